@@ -1,0 +1,315 @@
+"""The Python face of netpress: load a model, compress it, save/load .press files, evaluate.
+
+    handle = load_model("zoo:lenet5")
+    compressed = compress(handle, [MagnitudePruning(), UniformQuantization(5)], Budget(sparsity=0.9))
+    save(compressed, "lenet5.press")
+    model = load("lenet5.press")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
+from torch import nn
+from torch.utils.data import Dataset
+
+import netpress
+from netpress import codec, zoo
+from netpress.budget import Budget
+from netpress.compressed import CompressedModel
+from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
+from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError
+from netpress.evaluate import Evaluation, count_params, evaluate
+from netpress.methods.base import Method, check_budget, compressible_weights
+
+RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class ModelHandle:
+    """A model plus what netpress must know about it: where it came from and what data it expects."""
+
+    module: nn.Module
+    source: dict = field(default_factory=dict)
+    dataset: str | None = None
+    input_shape: tuple[int, ...] | None = None
+
+
+def _import_factory(spec: str):
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelSourceError(f"--arch must look like package.module:factory, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelSourceError(f"cannot import architecture {spec!r}: {exc}") from exc
+    if not callable(factory):
+        raise ModelSourceError(f"architecture {spec!r} is not callable")
+    return factory
+
+
+def build_architecture(arch: str) -> nn.Module:
+    """Call a ``package.module:factory`` with no arguments; it must return an ``nn.Module``."""
+    model = _import_factory(arch)()
+    if not isinstance(model, nn.Module):
+        raise ModelSourceError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelSourceError(f"{path} is not a readable safetensors file: {exc}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad or unsafe pickle
+        raise ModelSourceError(f"{path} cannot be loaded with weights_only=True: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ModelSourceError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _zoo_handle(name: str, module: nn.Module, source: dict) -> ModelHandle:
+    entry = zoo.ZOO[name]
+    return ModelHandle(module, source, entry.dataset, entry.input_shape)
+
+
+def load_model(spec: str, arch: str | None = None) -> ModelHandle:
+    """Load ``zoo:NAME``; a ``.press`` file; or a ``.safetensors``/``.pt``/``.pth`` state dict with ``arch``."""
+    if spec.startswith("zoo:"):
+        return _zoo_handle(spec[4:], zoo.load_pretrained(spec[4:]), {"zoo": spec[4:]})
+    path = Path(spec)
+    if path.suffix == ".press":
+        compressed = codec.read(path)
+        module = compressed.to_module(architecture_for(compressed.source, arch))
+        name = compressed.source.get("zoo")
+        if arch is None and name in zoo.ZOO:
+            return _zoo_handle(name, module, compressed.source)
+        return ModelHandle(module, compressed.source)
+    if path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise ModelSourceError(
+            f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, "
+            "or a .pt/.pth state dict"
+        )
+    if not path.is_file():
+        raise ModelSourceError(f"{spec}: no such file")
+    if arch is None:
+        raise ModelSourceError(f"{spec} holds weights only; pass the architecture with --arch package.module:factory")
+    model = build_architecture(arch)
+    state = _load_weights(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {exc}") from exc
+    return ModelHandle(model.eval(), {"arch": arch})
+
+
+def _as_handle(model: ModelHandle | nn.Module) -> ModelHandle:
+    return model if isinstance(model, ModelHandle) else ModelHandle(model)
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """Size of the model's state dict as an fp32 safetensors file: the reference every ratio uses."""
+    state = {
+        k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
+    }
+    return len(safetensors_save(state))
+
+
+def _check_zeros_kept(before: dict[str, torch.Tensor], model: nn.Module, stage: str) -> None:
+    after = model.state_dict()
+    for name, old in before.items():
+        if name in after and bool(((old == 0) & (after[name] != 0)).any()):
+            raise NetpressError(f"{stage} revived pruned weights of {name}; stages must not undo each other")
+
+
+def compress(
+    model: ModelHandle | nn.Module,
+    methods: Method | Sequence[Method],
+    budget: Budget | None = None,
+    data: Subset | None = None,
+    *,
+    raw_dtype: str = "fp32",
+) -> CompressedModel:
+    """Apply methods in order (structure, then weights) and collect the exact codes of every tensor.
+
+    The budget goes to every method that accepts its kind; a method that needs data gets ``data``.
+    """
+    handle = _as_handle(model)
+    methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    if not methods:
+        raise BudgetError("give at least one method")
+    if raw_dtype not in RAW_DTYPES:
+        raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
+    if budget is not None and not any(budget.kind in m.budgets for m in methods):
+        raise BudgetError(f"no chosen method takes a {budget.kind} target")
+    current = handle.module
+    codes: dict = {}
+    rows: dict[str, list[dict]] = {}
+    for method in methods:
+        if method.needs != "none" and data is None:
+            raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")
+        given = budget if budget is not None and budget.kind in method.budgets else None
+        check_budget(method, given)
+        zeros_before = {k: v.detach().clone() for k, v in compressible_weights(current).items()}
+        result = method.apply(current, data if method.needs != "none" else None, given)
+        _check_zeros_kept(zeros_before, result.model, method.name)
+        current = result.model
+        codes.update(result.codes)
+        rows[method.name] = result.rows
+    state = current.state_dict()
+    tensors: dict = {}
+    for name, value in state.items():
+        if name in codes:
+            if not torch.equal(codes[name].dequantize(), value):
+                raise NetpressError(f"internal error: the codes of {name} disagree with the model's weights")
+            tensors[name] = codes[name]
+        elif value.is_floating_point():
+            tensors[name] = value.detach().to(RAW_DTYPES[raw_dtype]).clone()
+        else:
+            tensors[name] = value.detach().clone()
+    coded = [c for c in codes.values()]
+    zeros = sum(round(c.sparsity() * torch.Size(c.shape).numel()) for c in coded)
+    numel = sum(torch.Size(c.shape).numel() for c in coded)
+    summary = {
+        "netpress": netpress.__version__,
+        "methods": [{"name": m.name, **{k: v for k, v in vars(m).items() if not k.startswith("_")}} for m in methods],
+        "budget": budget.to_dict() if budget else None,
+        "sparsity": zeros / numel if numel else 0.0,
+        "params": sum(v.numel() for v in state.values() if v.is_floating_point()),
+    }
+    if data is not None:
+        summary["calibration"] = {
+            "n": len(data.indices),
+            "seed": data.seed,
+            "indices_sha256": hashlib.sha256(",".join(map(str, data.indices)).encode()).hexdigest(),
+        }
+    details = {"layers": rows, "calibration_indices": list(data.indices) if data is not None else None}
+    return CompressedModel(tensors, dict(handle.source), summary, details)
+
+
+def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
+    """Write a .press file; returns its size in bytes."""
+    return codec.save(compressed, path)
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, arch: str | None = None) -> nn.Module:
+    """Rebuild the compressed model from a .press file.
+
+    The architecture comes from ``model``, from ``arch``, or (for zoo models) from the file itself.
+    A file made from a user architecture names it but never imports it on its own: pass ``arch``.
+    """
+    compressed = codec.read(path)
+    if model is None:
+        model = architecture_for(compressed.source, arch)
+    return compressed.to_module(model)
+
+
+def architecture_for(source: dict, arch: str | None = None) -> nn.Module:
+    """An (untrained) instance of the architecture a file or report names."""
+    if arch is not None:
+        return build_architecture(arch)
+    if isinstance(source.get("zoo"), str):
+        return zoo.build(source["zoo"])
+    if isinstance(source.get("arch"), str):
+        raise ModelSourceError(
+            f"this file was made from a model built by {source['arch']}; pass arch='{source['arch']}' "
+            "(CLI: --arch) to rebuild it"
+        )
+    raise ModelSourceError("the file does not say which architecture it holds; pass a model or --arch")
+
+
+def inspect(path: str | os.PathLike) -> dict:
+    """Per-tensor and total figures of a .press file; see ``netpress.codec.inspect``."""
+    return codec.inspect(path)
+
+
+def resolve_dataset(data: str | Dataset, split: str = "test", input_shape: tuple[int, ...] | None = None) -> Dataset:
+    """A dataset by name (see ``netpress.data.DATASETS``) or a torch Dataset, checked for shape."""
+    dataset = load_dataset(data, split) if isinstance(data, str) else data
+    check_dataset(dataset, input_shape)
+    return dataset
+
+
+def press(
+    model: ModelHandle | nn.Module,
+    methods: Method | Sequence[Method],
+    budget: Budget | None = None,
+    *,
+    out: str | os.PathLike,
+    data: str | None = None,
+    calib: int = 1024,
+    seed: int = 0,
+    raw_dtype: str = "fp32",
+) -> dict:
+    """Compress, write the file, and measure it: the one-call pipeline behind the CLI and benchmarks.
+
+    Accuracy after compression is measured on the model loaded back from the written file.
+    Calibration samples come from the training split; evaluation uses the test split.
+    """
+    handle = _as_handle(model)
+    methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    dataset_name = data or handle.dataset
+    torch.manual_seed(seed)
+    calibration = None
+    if any(m.needs != "none" for m in methods):
+        if dataset_name is None:
+            raise DataError("this method needs calibration data; pass --data")
+        calibration = calibration_subset(resolve_dataset(dataset_name, "train", handle.input_shape), calib, seed)
+    start = time.perf_counter()
+    compressed = compress(handle, methods, budget, calibration, raw_dtype=raw_dtype)
+    file_bytes = save(compressed, out)
+    seconds = time.perf_counter() - start
+    report = {
+        "source": handle.source,
+        "methods": compressed.summary["methods"],
+        "budget": compressed.summary["budget"],
+        "original_bytes": fp32_bytes(handle.module),
+        "file_bytes": file_bytes,
+        "ratio": fp32_bytes(handle.module) / file_bytes,
+        "seconds": round(seconds, 3),
+        "params_before": count_params(handle.module),
+        "params_after": compressed.summary["params"],
+        "sparsity": compressed.summary["sparsity"],
+        "file": str(out),
+    }
+    if dataset_name is not None:
+        test = resolve_dataset(dataset_name, "test", handle.input_shape)
+        before = evaluate(handle.module, test)
+        after = evaluate(load(out, model=handle.module), test)
+        report.update(dataset=dataset_name, accuracy_before=before.accuracy, accuracy_after=after.accuracy)
+    if calibration is not None:
+        report["calibration"] = {**compressed.summary["calibration"], "indices": calibration.indices}
+    report["layers"] = compressed.details["layers"]
+    return report
+
+
+__all__ = [
+    "Evaluation",
+    "ModelHandle",
+    "architecture_for",
+    "build_architecture",
+    "compress",
+    "evaluate",
+    "fp32_bytes",
+    "inspect",
+    "load",
+    "load_model",
+    "press",
+    "resolve_dataset",
+    "save",
+]

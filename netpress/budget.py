@@ -1,0 +1,45 @@
+"""``Budget``: the one global target that drives a method's per-layer allocation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netpress.errors import BudgetError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exactly one of:
+
+    ``ratio``     original fp32 bytes / written file bytes (> 1);
+    ``sparsity``  fraction of exact zeros over the compressible weights, in [0, 1);
+    ``params``    fraction of parameters removed by a structural method, in [0, 1).
+    """
+
+    ratio: float | None = None
+    sparsity: float | None = None
+    params: float | None = None
+
+    def __post_init__(self) -> None:
+        given = {k: v for k, v in self.items()}
+        if len(given) != 1:
+            raise BudgetError("give exactly one target: ratio, sparsity or params")
+        (kind, value), = given.items()
+        if kind == "ratio" and not value > 1:
+            raise BudgetError(f"ratio must be > 1 (original bytes / file bytes), got {value}")
+        if kind in ("sparsity", "params") and not 0 <= value < 1:
+            raise BudgetError(f"{kind} must be a fraction in [0, 1), got {value}")
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(k, v) for k, v in (("ratio", self.ratio), ("sparsity", self.sparsity), ("params", self.params)) if v is not None]
+
+    @property
+    def kind(self) -> str:
+        return self.items()[0][0]
+
+    @property
+    def value(self) -> float:
+        return self.items()[0][1]
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.items())

@@ -1,0 +1,237 @@
+"""The ``netpress`` command line: a thin layer that parses options, calls ``netpress.api``, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from netpress import api, zoo
+from netpress.budget import Budget
+from netpress.errors import BudgetError, DataError, NetpressError
+from netpress.methods import ALLOCATIONS, METHODS, MagnitudePruning, UniformQuantization
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress trained PyTorch networks into real, smaller files.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list and train the reference models.")
+app.add_typer(zoo_app, name="zoo")
+out = Console(width=max(Console().width, 120))
+err = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn every NetpressError into one line on stderr and exit code 2: no traceback for bad input."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NetpressError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
+AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, type=str)
+
+
+def build_methods(method: str, bits: int | None, allocation: str, per_channel: bool) -> list:
+    """The method chain a command line asks for: ``--bits`` after a pruning method quantizes the survivors."""
+    if method == "uniform":
+        return [UniformQuantization(bits if bits is not None else 8, per_channel)]
+    chain = [MagnitudePruning(allocation)]
+    if bits is not None:
+        chain.append(UniformQuantization(bits, per_channel))
+    return chain
+
+
+def build_budget(ratio: float | None, sparsity: float | None, params: float | None) -> Budget | None:
+    given = [v for v in (ratio, sparsity, params) if v is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise BudgetError("give one target: --ratio, --sparsity or --params")
+    return Budget(ratio=ratio, sparsity=sparsity, params=params)
+
+
+def _print_report(report: dict) -> None:
+    table = Table(title=f"{', '.join(m['name'] for m in report['methods'])} → {report['file']}")
+    for col in ("original bytes", "file bytes", "ratio", "sparsity", "acc before", "acc after", "seconds"):
+        table.add_column(col, justify="right")
+    acc = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
+    table.add_row(
+        f"{report['original_bytes']:,}",
+        f"{report['file_bytes']:,}",
+        f"{report['ratio']:.2f}×",
+        f"{100 * report['sparsity']:.2f} %",
+        acc("accuracy_before"),
+        acc("accuracy_after"),
+        f"{report['seconds']:.2f}",
+    )
+    out.print(table)
+
+
+@app.command()
+@friendly
+def compress(
+    model: str = typer.Argument(..., help="zoo:NAME, a .safetensors file or a .pt/.pth state dict"),
+    method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
+    output: Path = typer.Option(..., "-o", "--output", help="the .press file to write"),
+    sparsity: float | None = typer.Option(None, help="target fraction of zero weights"),
+    ratio: float | None = typer.Option(None, help="target original bytes / file bytes"),
+    params: float | None = typer.Option(None, help="target fraction of parameters removed"),
+    bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
+    allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
+    per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
+    data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
+    calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
+    seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
+    raw_dtype: str = typer.Option("fp32", help="dtype of tensors stored uncompressed: fp32 or fp16"),
+    arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
+    report: Path | None = typer.Option(None, help="write the JSON report here"),
+) -> None:
+    """Compress MODEL with a method and write a .press file."""
+    handle = api.load_model(model, arch)
+    methods = build_methods(method.value, bits, allocation.value, per_channel)
+    result = api.press(
+        handle, methods, build_budget(ratio, sparsity, params), out=output, data=data, calib=calib, seed=seed, raw_dtype=raw_dtype
+    )
+    _print_report(result)
+    if report is not None:
+        report.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    model: str = typer.Argument(..., help="zoo:NAME, a .press file, a .safetensors or .pt/.pth state dict"),
+    data: str | None = typer.Option(None, help="dataset name (default: the zoo model's own)"),
+    arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Top-1 and per-class accuracy of a model or a .press file on the test split."""
+    handle = api.load_model(model, arch)
+    module, dataset = handle.module, data or handle.dataset
+    if dataset is None:
+        raise DataError("pass --data to name the dataset to evaluate on")
+    result = api.evaluate(module, api.resolve_dataset(dataset, "test")).to_dict()
+    result.update(model=model, dataset=dataset)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{model} on {dataset} (test split)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for label, acc in result["per_class"].items():
+        table.add_row(label, f"{100 * acc:.2f} %")
+    table.add_row("[bold]all[/]", f"[bold]{100 * result['accuracy']:.2f} %[/]")
+    out.print(table)
+    out.print(f"{result['params']:,} parameters, {result['samples']:,} samples")
+
+
+@app.command()
+@friendly
+def inspect(
+    file: Path = typer.Argument(..., help="a .press file"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Per-tensor table of a .press file: shape, sparsity, levels, bytes, bits/weight, entropy bound."""
+    info = api.inspect(file)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"{file} — {info['file_bytes']:,} bytes")
+    for col in ("tensor", "shape", "kind", "coding", "sparsity", "levels", "bytes", "bits/w", "entropy bound"):
+        table.add_column(col, justify="left" if col in ("tensor", "kind", "coding") else "right")
+    for row in info["tensors"]:
+        table.add_row(
+            row["name"],
+            "×".join(map(str, row["shape"])) or "scalar",
+            row["kind"],
+            row["coding"],
+            f"{100 * row['sparsity']:.1f} %" if "sparsity" in row else "",
+            str(row.get("levels") or ""),
+            f"{row['bytes']:,}",
+            f"{row['bits_per_weight']:.3f}",
+            f"{row['entropy_bound_bytes']:,.0f}" if "entropy_bound_bytes" in row else "",
+        )
+    out.print(table)
+    out.print(
+        f"coded {info['payload_bytes']:,} B vs entropy bound {info['entropy_bound_bytes']:,.0f} B; "
+        f"raw {info['raw_bytes']:,} B; file {info['file_bytes']:,} B; {info['params']:,} parameters; "
+        f"sparsity {100 * info['sparsity']:.2f} %"
+    )
+
+
+@app.command()
+@friendly
+def decompress(
+    file: Path = typer.Argument(..., help="a .press file"),
+    output: Path = typer.Option(..., "-o", "--output", help="the .safetensors file to write"),
+) -> None:
+    """Write the exact tensors of a .press file as a plain safetensors state dict."""
+    from safetensors.torch import save_file
+
+    from netpress import codec
+
+    state = codec.read(file).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(output))
+    out.print(f"wrote {output} ({output.stat().st_size:,} bytes, {len(state)} tensors)")
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """The zoo's models with their recorded test accuracy."""
+    manifest = zoo.load_manifest()
+    table = Table(title="netpress zoo")
+    for col in ("name", "description", "dataset", "test accuracy", "params", "checkpoint"):
+        table.add_column(col)
+    for name, entry in zoo.ZOO.items():
+        rec = manifest.get(name, {})
+        table.add_row(
+            name,
+            entry.description,
+            entry.dataset,
+            f"{100 * rec['test_accuracy']:.2f} %" if rec else "not trained",
+            f"{rec['params']:,}" if rec else "",
+            f"{rec['file_bytes']:,} B" if rec else "",
+        )
+    out.print(table)
+
+
+@zoo_app.command("train")
+@friendly
+def zoo_train(
+    name: str = typer.Argument(..., help="zoo model name"),
+    seed: int = typer.Option(0, help="seed for initialisation, data order and augmentation"),
+    epochs: int | None = typer.Option(None, help="override the recipe's epoch count"),
+) -> None:
+    """Train a zoo model with its fixed recipe and record it in the manifest."""
+    record = zoo.train(name, seed=seed, epochs=epochs)
+    out.print(f"{name}: test accuracy {100 * record['test_accuracy']:.2f} %, sha256 {record['sha256'][:12]}…")
+
+
+@app.command()
+@friendly
+def demo(
+    output_dir: Path = typer.Option(Path("netpress-demo"), help="where the .press files go"),
+) -> None:
+    """Compress a zoo model with every available method and show one table of sizes and accuracy."""
+    from netpress.demo import run_demo
+
+    run_demo(output_dir, out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

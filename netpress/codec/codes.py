@@ -1,0 +1,111 @@
+"""What the weight stage hands the codec: exact, self-contained descriptions of compressed tensors.
+
+``Codes``        a quantized tensor: an integer symbol per weight and the float32 value of each symbol.
+``SparseValues`` a pruned but unquantized tensor: a keep-mask and the raw surviving values.
+
+Both ``dequantize()`` to the exact tensor the file will give back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from netpress.errors import FormatError
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A quantized tensor.
+
+    ``symbols`` (int32, the tensor's shape) index into ``levels`` (float32). With ``levels`` of shape
+    ``(L,)`` one table serves the whole tensor; with shape ``(C, L)`` output channel ``c`` (axis 0) has
+    its own table. ``zero`` is the symbol whose level is exactly 0.0 in every table, or None.
+    """
+
+    symbols: torch.Tensor
+    levels: torch.Tensor
+    zero: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.symbols.dtype != torch.int32:
+            raise FormatError(f"symbols must be int32, got {self.symbols.dtype}")
+        if self.levels.dtype != torch.float32 or self.levels.dim() not in (1, 2):
+            raise FormatError("levels must be a float32 table of shape (L,) or (channels, L)")
+        if self.levels.dim() == 2 and (self.symbols.dim() == 0 or self.levels.shape[0] != self.symbols.shape[0]):
+            raise FormatError("per-channel levels need one row per output channel (axis 0)")
+        if not torch.isfinite(self.levels).all():
+            raise FormatError("levels must be finite")
+        if self.symbols.numel() and (self.symbols.min() < 0 or self.symbols.max() >= self.num_levels):
+            raise FormatError(f"symbols must lie in [0, {self.num_levels})")
+        if self.zero is not None and not (self.levels[..., self.zero] == 0).all():
+            raise FormatError(f"the zero symbol {self.zero} must map to exactly 0.0")
+
+    @property
+    def num_levels(self) -> int:
+        return self.levels.shape[-1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.symbols.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        if self.levels.dim() == 1:
+            return self.levels[self.symbols.long()]
+        flat = self.symbols.reshape(self.symbols.shape[0], -1).long()
+        return torch.gather(self.levels, 1, flat).reshape(self.symbols.shape)
+
+    def sparsity(self) -> float:
+        return int((self.dequantize() == 0).sum()) / self.symbols.numel() if self.symbols.numel() else 0.0
+
+    @classmethod
+    def from_values(cls, values: torch.Tensor, levels: torch.Tensor) -> Codes:
+        """Codes of a tensor whose entries are all drawn from a 1-D table ``levels`` (exact match)."""
+        levels = levels.to(torch.float32)
+        table, symbols = torch.unique(levels, return_inverse=True)
+        if table.numel() != levels.numel():
+            raise FormatError("levels must be distinct")
+        idx = torch.searchsorted(table, values.to(torch.float32).reshape(-1))
+        idx = idx.clamp(max=table.numel() - 1)
+        if not torch.equal(table[idx], values.reshape(-1).to(torch.float32)):
+            raise FormatError("some values are not in the level table")
+        zero = (table == 0).nonzero()
+        return cls(idx.to(torch.int32).reshape(values.shape), table, int(zero[0]) if len(zero) else None)
+
+
+@dataclass(frozen=True)
+class SparseValues:
+    """A pruned tensor whose surviving weights keep their float value (no quantization).
+
+    ``mask`` (bool, the tensor's shape) marks survivors; ``values`` holds them in row-major order.
+    """
+
+    mask: torch.Tensor
+    values: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.mask.dtype != torch.bool:
+            raise FormatError("mask must be a bool tensor")
+        if self.values.dim() != 1 or self.values.numel() != int(self.mask.sum()):
+            raise FormatError("values must be a 1-D tensor with one entry per True in mask")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mask.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        out = torch.zeros(self.mask.shape, dtype=self.values.dtype)
+        out[self.mask] = self.values
+        return out
+
+    def sparsity(self) -> float:
+        return 1.0 - int(self.mask.sum()) / self.mask.numel() if self.mask.numel() else 0.0
+
+    @classmethod
+    def from_tensor(cls, tensor: torch.Tensor) -> SparseValues:
+        mask = tensor != 0
+        return cls(mask, tensor[mask].contiguous())
+
+
+Encoded = Codes | SparseValues

@@ -1,0 +1,276 @@
+"""The .press container: a safetensors file with two uint8 tensors and a small metadata header.
+
+* ``netpress.manifest``: zlib-compressed JSON: source-model identity, one record per tensor (shape,
+  dtype, coding, offset/length/CRC32 of its stream in the payload) and the report summary.
+* ``netpress.payload``: every tensor's stream, back to back.
+* safetensors metadata: ``format`` = "netpress", ``version``, and the manifest's CRC32.
+
+docs/format.md specifies every byte. Reading checks the format, version and every CRC before
+decoding, and validates every field it uses, so damage raises ``FormatError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from netpress.codec.codes import Codes, Encoded, SparseValues
+from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols, entropy_bits
+from netpress.compressed import CompressedModel
+from netpress.errors import FormatError
+
+FORMAT_NAME = "netpress"
+FORMAT_VERSION = 1
+MANIFEST_KEY, PAYLOAD_KEY = "netpress.manifest", "netpress.payload"
+MAX_NUMEL = 1 << 34
+
+# Raw tensor dtypes and their names in the file.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous().cpu()
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _bytes_tensor(data: bytes, dtype: str, shape: list[int], what: str) -> torch.Tensor:
+    torch_dtype = DTYPES[dtype]
+    storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
+    itemsize = torch.empty(0, dtype=storage).element_size()
+    numel = int(np.prod(shape, dtype=np.int64))
+    if len(data) != numel * itemsize:
+        raise FormatError(f"{what}: {len(data)} bytes of {dtype}, expected {numel * itemsize}")
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(storage) if data else torch.empty(0, dtype=storage)
+    return flat.to(torch_dtype).reshape(shape).clone()
+
+
+def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
+    """One tensor's record (without offsets) and its stream."""
+    if isinstance(value, Codes):
+        out = ByteWriter()
+        out.array(value.levels.numpy())
+        symbols = value.symbols.numpy()
+        mode, coded = encode_symbols(symbols, value.num_levels, value.zero)
+        out.parts.append(coded)
+        record = {
+            "kind": "codes",
+            "shape": list(value.shape),
+            "levels_shape": list(value.levels.shape),
+            "zero": value.zero,
+            "coding": mode,
+            "entropy_bits": round(entropy_bits(symbols), 1),
+            "coded_bytes": len(coded),
+        }
+        return record, out.getvalue()
+    if isinstance(value, SparseValues):
+        mask = value.mask.numpy().astype(np.int32)
+        mode, coded = encode_symbols(mask, 2, 0)
+        out = ByteWriter()
+        out.varint(len(coded))
+        out.parts.append(coded)
+        out.parts.append(_tensor_bytes(value.values))
+        record = {
+            "kind": "sparse",
+            "shape": list(value.shape),
+            "dtype": _DTYPE_NAMES[value.values.dtype],
+            "nnz": int(value.values.numel()),
+            "coding": mode,
+            "entropy_bits": round(entropy_bits(mask), 1),
+            "coded_bytes": len(coded),
+        }
+        return record, out.getvalue()
+    if value.dtype not in _DTYPE_NAMES:
+        raise FormatError(f"{name}: dtype {value.dtype} cannot be stored; supported: {', '.join(DTYPES)}")
+    return {"kind": "raw", "shape": list(value.shape), "dtype": _DTYPE_NAMES[value.dtype]}, _tensor_bytes(value)
+
+
+def to_bytes(compressed: CompressedModel) -> bytes:
+    """Serialise a compressed model to the bytes of a .press file."""
+    records, streams, offset = [], [], 0
+    for name, value in compressed.tensors.items():
+        record, stream = _encode(name, value)
+        record.update(name=name, offset=offset, length=len(stream), crc32=zlib.crc32(stream))
+        records.append(record)
+        streams.append(stream)
+        offset += len(stream)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "source": compressed.source,
+        "summary": compressed.summary,
+        "tensors": records,
+    }
+    manifest_bytes = zlib.compress(json.dumps(manifest, separators=(",", ":")).encode(), 9)
+    payload = b"".join(streams)
+    return safetensors_save(
+        {
+            MANIFEST_KEY: torch.frombuffer(bytearray(manifest_bytes), dtype=torch.uint8),
+            PAYLOAD_KEY: torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            if payload
+            else torch.empty(0, dtype=torch.uint8),
+        },
+        metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "manifest_crc32": str(zlib.crc32(manifest_bytes))},
+    )
+
+
+def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
+    """Write a .press file atomically (temp file + rename); returns its size in bytes."""
+    path = Path(path)
+    data = to_bytes(compressed)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def _header_metadata(data: bytes) -> dict:
+    if len(data) < 8:
+        raise FormatError("not a .press file: too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise FormatError("not a .press file, or truncated: the safetensors header runs past the end")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"not a .press file: unreadable safetensors header ({exc})") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise FormatError("not a .press file: a safetensors file without netpress metadata")
+    if meta.get("version") != str(FORMAT_VERSION):
+        raise FormatError(
+            f"format version {meta.get('version')!r}; this netpress reads version {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def read_manifest(data: bytes) -> tuple[dict, bytes]:
+    """Validate the container and return (manifest, payload bytes)."""
+    meta = _header_metadata(data)
+    try:
+        tensors = safetensors_load(data)
+    except Exception as exc:  # the safetensors parser's errors have no common public base class
+        raise FormatError(f"damaged or truncated .press file: {exc}") from exc
+    if set(tensors) != {MANIFEST_KEY, PAYLOAD_KEY}:
+        raise FormatError(f"damaged .press file: expected tensors {MANIFEST_KEY}, {PAYLOAD_KEY}")
+    manifest_bytes = tensors[MANIFEST_KEY].numpy().tobytes()
+    if str(zlib.crc32(manifest_bytes)) != meta.get("manifest_crc32"):
+        raise FormatError("damaged .press file: the manifest fails its CRC32 check")
+    try:
+        manifest = json.loads(zlib.decompress(manifest_bytes))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"damaged .press file: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("version") != FORMAT_VERSION:
+        raise FormatError("damaged .press file: the manifest's version disagrees with the header")
+    if not isinstance(manifest.get("tensors"), list):
+        raise FormatError("damaged .press file: the manifest lists no tensors")
+    return manifest, tensors[PAYLOAD_KEY].numpy().tobytes()
+
+
+def _check_record(record: object, payload_len: int) -> str:
+    """Type-check the fields every record needs; returns the tensor name."""
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        raise FormatError("damaged .press file: a tensor record has no name")
+    name = record["name"]
+    shape = record.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d for d in shape):
+        raise FormatError(f"tensor {name}: invalid shape {shape!r}")
+    if int(np.prod(shape, dtype=np.float64)) > MAX_NUMEL:
+        raise FormatError(f"tensor {name}: shape {shape} is implausibly large")
+    for key in ("offset", "length", "crc32"):
+        if not isinstance(record.get(key), int) or record[key] < 0:
+            raise FormatError(f"tensor {name}: invalid {key} {record.get(key)!r}")
+    if record["offset"] + record["length"] > payload_len:
+        raise FormatError(f"tensor {name}: its stream runs past the end of the payload (truncated file?)")
+    if record.get("kind") not in ("codes", "sparse", "raw"):
+        raise FormatError(f"tensor {name}: unknown kind {record.get('kind')!r}")
+    if record["kind"] != "codes" and record.get("dtype") not in DTYPES:
+        raise FormatError(f"tensor {name}: unsupported dtype {record.get('dtype')!r}")
+    return name
+
+
+def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
+    name, shape = record["name"], record["shape"]
+    numel = int(np.prod(shape, dtype=np.int64))
+    what = f"tensor {name}"
+    if record["kind"] == "raw":
+        return _bytes_tensor(stream, record["dtype"], shape, what)
+    reader = ByteReader(stream, what)
+    if record["kind"] == "codes":
+        levels_shape = record.get("levels_shape")
+        zero = record.get("zero")
+        if (
+            not isinstance(levels_shape, list)
+            or len(levels_shape) not in (1, 2)
+            or not all(isinstance(d, int) and 0 < d for d in levels_shape)
+            or (len(levels_shape) == 2 and (not shape or levels_shape[0] != shape[0]))
+            or levels_shape[-1] > 1 << 16
+            or not (zero is None or (isinstance(zero, int) and 0 <= zero < levels_shape[-1]))
+        ):
+            raise FormatError(f"{what}: invalid level table description")
+        levels = torch.from_numpy(reader.array("float32", int(np.prod(levels_shape))).copy()).reshape(levels_shape)
+        symbols = decode_symbols(record.get("coding"), reader.rest(), numel, levels_shape[-1], zero, what)
+        return Codes(torch.from_numpy(symbols).reshape(shape), levels, zero)
+    nnz = record.get("nnz")
+    if not isinstance(nnz, int) or not 0 <= nnz <= numel:
+        raise FormatError(f"{what}: invalid count of non-zeros {nnz!r}")
+    coded_len = reader.varint(limit=len(stream))
+    mask_bytes = reader.array("uint8", coded_len).tobytes()
+    mask = decode_symbols(record.get("coding"), mask_bytes, numel, 2, 0, what)
+    if int(mask.sum()) != nnz:
+        raise FormatError(f"{what}: mask has {int(mask.sum())} survivors, the record says {nnz}")
+    values = _bytes_tensor(reader.rest(), record["dtype"], [nnz], what)
+    return SparseValues(torch.from_numpy(mask.astype(bool)).reshape(shape), values)
+
+
+def from_bytes(data: bytes) -> CompressedModel:
+    """Parse and fully verify a .press file's bytes."""
+    manifest, payload = read_manifest(data)
+    tensors: dict[str, Encoded | torch.Tensor] = {}
+    for record in manifest["tensors"]:
+        name = _check_record(record, len(payload))
+        stream = payload[record["offset"] : record["offset"] + record["length"]]
+        if zlib.crc32(stream) != record["crc32"]:
+            raise FormatError(f"tensor {name}: its stream fails its CRC32 check (damaged file)")
+        if name in tensors:
+            raise FormatError(f"tensor {name}: listed twice in the manifest")
+        try:
+            tensors[name] = _decode(record, stream)
+        except FormatError:
+            raise
+        except Exception as exc:  # any inconsistency the checks above did not foresee
+            raise FormatError(f"tensor {name}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
+    return CompressedModel(tensors, source, summary)
+
+
+def read(path: str | os.PathLike) -> CompressedModel:
+    """Read a .press file; a missing file or any damage raises a ``NetpressError``."""
+    return from_bytes(read_file_bytes(path))
+
+
+def read_file_bytes(path: str | os.PathLike) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file")
+    return path.read_bytes()

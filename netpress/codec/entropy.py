@@ -1,0 +1,219 @@
+"""Lossless coding of integer symbol arrays with a range coder (constriction).
+
+The probability model of each array is its exact symbol counts, stored in the stream as varints:
+integer "fixed-point" probabilities, so encoder and decoder build bit-identical models.
+
+Two layouts, whichever is smaller for a given array (both are tried, the bytes decide):
+
+``symbols``  every symbol coded against one categorical model.
+``runs``     the lengths of zero runs before each non-zero symbol (alphabet ``0..M``, where ``M`` means
+             "M zeros, continue") followed by the non-zero symbols. Wins when zeros are clustered.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+
+from netpress.errors import FormatError
+
+MODES = ("symbols", "runs")
+MAX_ALPHABET = 1 << 16
+_RUN_CAPS = tuple(1 << k for k in range(0, 13))
+
+
+class ByteWriter:
+    """Appends varints, float arrays and coder words to a growing byte buffer."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def varint(self, value: int) -> None:
+        if value < 0:
+            raise ValueError("varints are unsigned")
+        out = bytearray()
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                break
+        self.parts.append(bytes(out))
+
+    def varints(self, values: np.ndarray) -> None:
+        for v in values.tolist():
+            self.varint(int(v))
+
+    def array(self, values: np.ndarray) -> None:
+        self.parts.append(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes())
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class ByteReader:
+    """Reads what ``ByteWriter`` wrote; any overrun is a ``FormatError``."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def varint(self, limit: int = 1 << 40) -> int:
+        value, shift = 0, 0
+        while True:
+            if self.pos >= len(self.data) or shift > 63:
+                raise FormatError(f"{self.what}: stream ends inside a number")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if value > limit:
+            raise FormatError(f"{self.what}: value {value} out of range (at most {limit})")
+        return value
+
+    def varints(self, n: int, limit: int = 1 << 40) -> np.ndarray:
+        return np.array([self.varint(limit) for _ in range(n)], dtype=np.int64)
+
+    def array(self, dtype: str, n: int) -> np.ndarray:
+        dt = np.dtype(dtype).newbyteorder("<")
+        end = self.pos + n * dt.itemsize
+        if end > len(self.data):
+            raise FormatError(f"{self.what}: stream is shorter than its tables")
+        out = np.frombuffer(self.data[self.pos : end], dtype=dt).astype(np.dtype(dtype))
+        self.pos = end
+        return out
+
+    def rest(self) -> bytes:
+        out = self.data[self.pos :]
+        self.pos = len(self.data)
+        return out
+
+
+def entropy_bits(symbols: np.ndarray) -> float:
+    """Empirical entropy of an array in bits, N·H: the bound no per-array model can beat."""
+    if symbols.size == 0:
+        return 0.0
+    counts = np.bincount(symbols.ravel()).astype(np.float64)
+    counts = counts[counts > 0]
+    return float(-(counts * np.log2(counts / symbols.size)).sum())
+
+
+def _range_encode(pieces: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """Range-code several (symbols, counts) pairs one after another into one stream."""
+    encoder = constriction.stream.queue.RangeEncoder()
+    for symbols, counts in pieces:
+        if symbols.size:
+            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+            encoder.encode(symbols.astype(np.int32, copy=False), model)
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def _range_decode(data: bytes, pieces: list[tuple[int, np.ndarray]], what: str) -> list[np.ndarray]:
+    if len(data) % 4:
+        raise FormatError(f"{what}: coded stream length {len(data)} is not a whole number of words")
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    out = []
+    for n, counts in pieces:
+        if n == 0:
+            out.append(np.zeros(0, dtype=np.int32))
+            continue
+        if counts.sum() <= 0:
+            raise FormatError(f"{what}: symbol counts are all zero")
+        model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+        out.append(np.asarray(decoder.decode(model, n), dtype=np.int32))
+    return out
+
+
+def _run_lengths(symbols: np.ndarray, zero: int) -> np.ndarray:
+    """Zeros before each non-zero symbol."""
+    nz = np.flatnonzero(symbols != zero)
+    return np.diff(np.concatenate(([-1], nz))) - 1
+
+
+def _run_symbols(runs: np.ndarray, cap: int) -> np.ndarray:
+    """Split each run into ``run // cap`` continuation symbols (value ``cap``) and a final ``run % cap``."""
+    reps = runs // cap + 1
+    out = np.full(int(reps.sum()), cap, dtype=np.int32)
+    out[np.cumsum(reps) - 1] = runs % cap
+    return out
+
+
+def _varint_bytes(values: np.ndarray) -> int:
+    v = np.maximum(values.astype(np.int64), 1)
+    return int(np.sum(np.floor(np.log2(v) / 7) + 1))
+
+
+def _best_run_cap(runs: np.ndarray) -> int:
+    """The continuation cap with the smallest estimated size: run entropy plus its count table."""
+    best, best_cost = 1, float("inf")
+    longest = int(runs.max()) if runs.size else 0
+    for cap in _RUN_CAPS:
+        syms = _run_symbols(runs, cap)
+        cost = entropy_bits(syms) / 8 + _varint_bytes(np.bincount(syms, minlength=cap + 1))
+        if cost < best_cost:
+            best, best_cost = cap, cost
+        if cap > longest:
+            break
+    return best
+
+
+def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None) -> tuple[str, bytes]:
+    """Code a flat int array over ``0..alphabet-1``; returns the chosen layout and its bytes."""
+    symbols = np.ascontiguousarray(symbols.ravel(), dtype=np.int32)
+    if not 0 < alphabet <= MAX_ALPHABET:
+        raise ValueError(f"alphabet size must be in 1..{MAX_ALPHABET}, got {alphabet}")
+    counts = np.bincount(symbols, minlength=alphabet)
+    plain = ByteWriter()
+    plain.varints(counts)
+    plain.parts.append(_range_encode([(symbols, counts)]))
+    candidates = [("symbols", plain.getvalue())]
+    if zero is not None and symbols.size and counts[zero]:
+        nonzero = symbols[symbols != zero]
+        runs = _run_lengths(symbols, zero)
+        cap = _best_run_cap(runs)
+        run_syms = _run_symbols(runs, cap)
+        run_counts = np.bincount(run_syms, minlength=cap + 1)
+        nz_counts = np.bincount(nonzero, minlength=alphabet)
+        rl = ByteWriter()
+        rl.varint(cap)
+        rl.varint(run_syms.size)
+        rl.varints(run_counts)
+        rl.varints(nz_counts)
+        rl.parts.append(_range_encode([(run_syms, run_counts), (nonzero, nz_counts)]))
+        candidates.append(("runs", rl.getvalue()))
+    return min(candidates, key=lambda c: len(c[1]))
+
+
+def decode_symbols(mode: str, data: bytes, n: int, alphabet: int, zero: int | None, what: str) -> np.ndarray:
+    """Inverse of ``encode_symbols``: exactly ``n`` symbols, or a ``FormatError``."""
+    reader = ByteReader(data, what)
+    if mode == "symbols":
+        counts = reader.varints(alphabet, limit=n)
+        if counts.sum() != n:
+            raise FormatError(f"{what}: symbol counts add up to {counts.sum()}, expected {n}")
+        (out,) = _range_decode(reader.rest(), [(n, counts)], what)
+        if np.bincount(out, minlength=alphabet).tolist() != counts.tolist():
+            raise FormatError(f"{what}: decoded symbols disagree with the stored counts")
+        return out
+    if mode != "runs" or zero is None:
+        raise FormatError(f"{what}: unknown coding {mode!r}")
+    cap = reader.varint(limit=_RUN_CAPS[-1])
+    n_runs = reader.varint(limit=n + n // max(cap, 1) + 1)
+    run_counts = reader.varints(cap + 1, limit=n_runs)
+    nz_counts = reader.varints(alphabet, limit=n)
+    n_nonzero = int(nz_counts.sum())
+    if cap < 1 or run_counts.sum() != n_runs or int(run_counts[:cap].sum()) != n_nonzero or nz_counts[zero]:
+        raise FormatError(f"{what}: inconsistent run-length tables")
+    run_syms, nonzero = _range_decode(reader.rest(), [(n_runs, run_counts), (n_nonzero, nz_counts)], what)
+    if (run_syms > cap).any() or (nonzero == zero).any() or (nonzero >= alphabet).any():
+        raise FormatError(f"{what}: decoded symbols disagree with the stored counts")
+    advance = np.where(run_syms == cap, cap, run_syms + 1).astype(np.int64)
+    ends = np.cumsum(advance) - 1
+    positions = ends[run_syms < cap]
+    if positions.size and positions[-1] >= n:
+        raise FormatError(f"{what}: runs overrun the tensor")
+    out = np.full(n, zero, dtype=np.int32)
+    out[positions] = nonzero
+    return out

@@ -1,0 +1,48 @@
+"""``CompressedModel``: everything a .press file holds, in memory."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from netpress.codec.codes import Codes, Encoded, SparseValues
+from netpress.errors import ModelSourceError
+from netpress.graph.surgery import resize_to
+
+
+@dataclass
+class CompressedModel:
+    """The full state of a compressed model.
+
+    ``tensors`` maps every state-dict entry to ``Codes``/``SparseValues`` (coded) or a plain tensor
+    (stored raw). Shapes may differ from the source architecture after structural compression;
+    ``to_module`` resizes the layers to match. ``source`` identifies the architecture, ``summary``
+    is the short report stored in the file.
+    """
+
+    tensors: dict[str, Encoded | torch.Tensor]
+    source: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # per-layer rows, calibration indices: report only, not stored
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The exact tensors the file gives back."""
+        return {
+            k: v.dequantize() if isinstance(v, (Codes, SparseValues)) else v for k, v in self.tensors.items()
+        }
+
+    def to_module(self, model: nn.Module) -> nn.Module:
+        """Load the state into a copy of ``model`` (its architecture), resizing layers where needed."""
+        model = copy.deepcopy(model)
+        state = self.state_dict()
+        resize_to(model, {k: tuple(v.shape) for k, v in state.items()})
+        reference = model.state_dict()
+        casted = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+        try:
+            model.load_state_dict(casted, strict=True)
+        except RuntimeError as exc:
+            raise ModelSourceError(f"the stored tensors do not fit this architecture: {exc}") from exc
+        return model.eval()

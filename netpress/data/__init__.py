@@ -1,0 +1,16 @@
+"""Datasets netpress can evaluate and calibrate on.
+
+Real data only, read from files a package manager installed; nothing is downloaded.
+Calibration and preservation subsets are always drawn from the *training* split.
+"""
+
+from netpress.data.datasets import (
+    DATASETS,
+    Subset,
+    batches,
+    calibration_subset,
+    check_dataset,
+    load_dataset,
+)
+
+__all__ = ["DATASETS", "Subset", "batches", "calibration_subset", "check_dataset", "load_dataset"]

@@ -1,0 +1,145 @@
+"""Dataset loading (Fashion-MNIST from Debian's files, scikit-learn digits) and seeded subsets."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from netpress.errors import DataError
+
+FASHION_MNIST_ENV = "NETPRESS_FASHION_MNIST"
+FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
+# Per-pixel statistics of the Fashion-MNIST training split, used to standardise inputs.
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+SPLITS = ("train", "test")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read a gzip-compressed IDX file (the MNIST family's format) into a uint8 array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise DataError(f"{path} is too short to be an IDX file")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path} holds {body.size} bytes, its header promises {int(np.prod(shape))}")
+    return body.reshape(shape)
+
+
+def _fashion_mnist(split: str) -> TensorDataset:
+    root = Path(os.environ.get(FASHION_MNIST_ENV, FASHION_MNIST_DEFAULT))
+    prefix = "train" if split == "train" else "t10k"
+    images_path = root / f"{prefix}-images-idx3-ubyte.gz"
+    labels_path = root / f"{prefix}-labels-idx1-ubyte.gz"
+    for p in (images_path, labels_path):
+        if not p.is_file():
+            raise DataError(
+                f"Fashion-MNIST file {p} not found. Install it with `{FASHION_MNIST_INSTALL}` "
+                f"or point {FASHION_MNIST_ENV} at a folder holding the four *-ubyte.gz files."
+            )
+    images = _read_idx(images_path)
+    labels = _read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"Fashion-MNIST files in {root} have mismatched shapes {images.shape} / {labels.shape}")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+def _digits(split: str) -> TensorDataset:
+    """scikit-learn's bundled 8x8 digits, split 80/20 with a fixed seed (train / test)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(x))
+    idx = order[:cut] if split == "train" else order[cut:]
+    return TensorDataset(x[idx], y[idx])
+
+
+DATASETS = {"fashion-mnist": _fashion_mnist, "digits": _digits}
+
+
+def load_dataset(name: str, split: str = "test") -> TensorDataset:
+    """Load a named dataset split as ``(image, label)`` pairs, standardised for the zoo models."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    return DATASETS[name](split)
+
+
+def check_dataset(dataset: Dataset, input_shape: tuple[int, ...] | None = None) -> None:
+    """Fail early and clearly on an empty dataset or one whose samples have the wrong shape."""
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise DataError("the dataset has no length; pass a map-style torch Dataset") from exc
+    if n == 0:
+        raise DataError("the dataset is empty")
+    sample = dataset[0]
+    if not isinstance(sample, (tuple, list)) or len(sample) < 1 or not torch.is_tensor(sample[0]):
+        raise DataError("each dataset item must be (input tensor, label) or (input tensor,)")
+    if input_shape is not None and tuple(sample[0].shape) != tuple(input_shape):
+        raise DataError(
+            f"dataset inputs have shape {tuple(sample[0].shape)}, the model expects {tuple(input_shape)}"
+        )
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A seeded subset of a training split; ``indices`` are recorded in every report."""
+
+    dataset: Dataset
+    indices: list[int]
+    seed: int
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stack the subset into (inputs, labels-or-None) for methods that work on one batch."""
+        return next(batches(self.dataset, len(self.indices), self.indices))
+
+
+def batches(dataset: Dataset, batch_size: int = 1000, indices: list[int] | None = None):
+    """Yield ``(inputs, labels-or-None)`` batches; slices tensors directly when the dataset holds them."""
+    idx = list(range(len(dataset))) if indices is None else indices  # type: ignore[arg-type]
+    tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start : start + batch_size]
+        if tensors is not None:
+            rows = torch.as_tensor(chunk)
+            yield tensors[0][rows], (tensors[1][rows] if len(tensors) > 1 else None)
+            continue
+        items = [dataset[i] for i in chunk]
+        x = torch.stack([it[0] for it in items])
+        y = torch.as_tensor([int(it[1]) for it in items]) if len(items[0]) > 1 else None
+        yield x, y
+
+
+def calibration_subset(train: Dataset, n: int, seed: int = 0) -> Subset:
+    """Draw ``n`` distinct samples from a training split with a seed.
+
+    Pass the training split: netpress never calibrates on test data, and the
+    returned indices let anyone check which samples were used.
+    """
+    check_dataset(train)
+    total = len(train)  # type: ignore[arg-type]
+    if n <= 0:
+        raise DataError(f"calibration size must be positive, got {n}")
+    if n > total:
+        raise DataError(f"asked for {n} calibration samples but the training split has only {total}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    return Subset(train, sorted(order.tolist()), seed)

@@ -1,0 +1,29 @@
+"""The errors netpress raises. Every user-facing failure is a ``NetpressError``.
+
+The CLI turns any of them into one line on stderr and a non-zero exit code,
+so each message must say what went wrong and, where possible, what to do.
+"""
+
+
+class NetpressError(Exception):
+    """Base class: a problem the user can act on (bad input, damaged file, impossible target)."""
+
+
+class DataError(NetpressError):
+    """A dataset is missing, empty or has the wrong shape."""
+
+
+class ModelSourceError(NetpressError):
+    """A model could not be loaded from what the user named."""
+
+
+class UnsupportedModelError(NetpressError):
+    """The model contains something a method cannot handle (named in the message)."""
+
+
+class BudgetError(NetpressError):
+    """A target that is malformed or cannot be met."""
+
+
+class FormatError(NetpressError):
+    """A .press file is damaged, truncated, of another version, or not a .press file."""

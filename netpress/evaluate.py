@@ -1,0 +1,64 @@
+"""Evaluation: the same function measures a model before and after compression."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from netpress.data import batches, check_dataset
+from netpress.errors import DataError
+from netpress.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Top-1 accuracy (a fraction), per-class accuracy, and the evaluated model's parameter count."""
+
+    accuracy: float
+    per_class: dict[int, float]
+    params: int
+    samples: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["per_class"] = {str(k): v for k, v in self.per_class.items()}
+        return d
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits for a stacked input tensor, in eval mode, batch by batch."""
+    model.eval()
+    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 1000) -> Evaluation:
+    """Top-1 and per-class accuracy of a classifier on a labelled dataset."""
+    check_dataset(dataset)
+    model.eval()
+    correct: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    n = len(dataset)  # type: ignore[arg-type]
+    with progress_bar() as progress:
+        task = progress.add_task("evaluating", total=n)
+        for x, y in batches(dataset, batch_size):
+            if y is None:
+                raise DataError("evaluation needs labelled samples: (input, label) pairs")
+            try:
+                pred = model(x).argmax(dim=1)
+            except RuntimeError as exc:
+                raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: {exc}") from exc
+            for label, ok in zip(y.tolist(), (pred == y).tolist()):
+                seen[label] = seen.get(label, 0) + 1
+                correct[label] = correct.get(label, 0) + int(ok)
+            progress.update(task, advance=len(y))
+    per_class = {c: correct[c] / seen[c] for c in sorted(seen)}
+    return Evaluation(sum(correct.values()) / n, per_class, count_params(model), n)

@@ -1,0 +1,57 @@
+"""Surgery: give a model's layers the shapes a (structurally compressed) state dict asks for."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from netpress.errors import UnsupportedModelError
+
+# Which constructor attribute each tensor axis of a resizable layer corresponds to.
+_AXIS_ATTRS: dict[type, dict[str, tuple[str, ...]]] = {
+    nn.Linear: {"weight": ("out_features", "in_features"), "bias": ("out_features",)},
+    nn.Conv1d: {"weight": ("out_channels", "in_channels"), "bias": ("out_channels",)},
+    nn.Conv2d: {"weight": ("out_channels", "in_channels"), "bias": ("out_channels",)},
+    nn.Conv3d: {"weight": ("out_channels", "in_channels"), "bias": ("out_channels",)},
+    nn.BatchNorm1d: {k: ("num_features",) for k in ("weight", "bias", "running_mean", "running_var")},
+    nn.BatchNorm2d: {k: ("num_features",) for k in ("weight", "bias", "running_mean", "running_var")},
+    nn.LayerNorm: {"weight": ("normalized_shape",), "bias": ("normalized_shape",)},
+    nn.Embedding: {"weight": ("num_embeddings", "embedding_dim")},
+}
+
+
+def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """Resize, in place, every parameter or buffer whose shape differs from ``shapes``.
+
+    The tensors get new (uninitialised) storage of the right shape and the layer's size attributes
+    follow, so ``load_state_dict`` then fills them. Layers of other types cannot be resized.
+    """
+    for full_name, shape in shapes.items():
+        module_name, _, tensor_name = full_name.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            continue  # an unexpected key: load_state_dict names it
+        current = getattr(module, tensor_name, None)
+        if not isinstance(current, torch.Tensor) or tuple(current.shape) == tuple(shape):
+            continue
+        attrs = _AXIS_ATTRS.get(type(module), {}).get(tensor_name)
+        if attrs is None or len(shape) != current.dim():
+            supported = ", ".join(t.__name__ for t in _AXIS_ATTRS)
+            raise UnsupportedModelError(
+                f"{full_name}: cannot change the shape of a {type(module).__name__} "
+                f"from {tuple(current.shape)} to {tuple(shape)}; resizable layers: {supported}"
+            )
+        fresh = torch.empty(shape, dtype=current.dtype)
+        if isinstance(current, nn.Parameter):
+            setattr(module, tensor_name, nn.Parameter(fresh, requires_grad=current.requires_grad))
+        else:
+            module.register_buffer(tensor_name, fresh)
+        for axis, attr in enumerate(attrs):
+            if attr == "normalized_shape":
+                module.normalized_shape = (shape[0],)
+            elif attr == "in_channels":
+                module.in_channels = shape[1] * module.groups
+            else:
+                setattr(module, attr, shape[axis])
+    return model

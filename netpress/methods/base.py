@@ -1,0 +1,97 @@
+"""The interface every compression method shares.
+
+A method is a config dataclass with ``apply(model, data=None, budget=None) -> MethodResult``.
+It declares which data it needs (``none``, ``calibration`` or ``training``) and which budget
+kinds it accepts, so callers can check both before running it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol
+
+import torch
+from torch import nn
+
+from netpress.budget import Budget
+from netpress.codec.codes import Encoded
+from netpress.data import Subset
+from netpress.errors import BudgetError, UnsupportedModelError
+
+DataNeed = Literal["none", "calibration", "training"]
+# Layers whose weight the weight stage compresses; every other tensor is stored raw.
+COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class MethodResult:
+    """A method's output: the model with its new weights, the codes of what it compressed, report rows."""
+
+    model: nn.Module
+    codes: dict[str, Encoded] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+    needs: ClassVar[DataNeed]
+    budgets: ClassVar[tuple[str, ...]]
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult: ...
+
+
+def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{state-dict name: weight}`` of every Linear/Conv layer, in model order."""
+    return {
+        f"{name}.weight" if name else "weight": module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, COMPRESSIBLE_LAYERS)
+    }
+
+
+def check_model(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Refuse models a weight-stage method cannot work on; return their compressible weights."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
+    weights = compressible_weights(model)
+    if not weights:
+        kinds = ", ".join(t.__name__ for t in COMPRESSIBLE_LAYERS)
+        raise UnsupportedModelError(f"the model has no compressible layer; supported: {kinds}")
+    return weights
+
+
+def check_budget(method: Method, budget: Budget | None, required: bool = True) -> Budget | None:
+    """One place that checks a budget fits a method, with a message that says what would."""
+    if budget is None:
+        if required and method.budgets:
+            raise BudgetError(f"method {method.name!r} needs a target: {' or '.join('--' + b for b in method.budgets)}")
+        return None
+    if budget.kind not in method.budgets:
+        accepted = ", ".join(method.budgets) or "none"
+        raise BudgetError(f"method {method.name!r} does not take a {budget.kind} target; it accepts: {accepted}")
+    return budget
+
+
+def split_exact(total: int, weights: list[float], caps: list[int]) -> list[int]:
+    """Integers proportional to ``weights``, each ≤ its cap, summing exactly to ``total``.
+
+    Largest-remainder rounding, so a per-layer allocation meets a global count exactly.
+    """
+    if total > sum(caps):
+        raise BudgetError(f"cannot place {total} items in layers holding {sum(caps)}")
+    wsum = sum(weights)
+    raw = [total * w / wsum if wsum else 0.0 for w in weights]
+    out = [min(int(r), c) for r, c in zip(raw, caps)]
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
+    while sum(out) < total:
+        progressed = False
+        for i in order:
+            if sum(out) == total:
+                break
+            if out[i] < caps[i]:
+                out[i] += 1
+                progressed = True
+        if not progressed:
+            break
+    return out

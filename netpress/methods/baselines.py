@@ -1,0 +1,142 @@
+"""Data-free baselines every other method must beat: magnitude pruning and uniform quantization."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from netpress.budget import Budget
+from netpress.codec.codes import Codes, SparseValues
+from netpress.data import Subset
+from netpress.errors import BudgetError
+from netpress.methods.base import MethodResult, check_budget, check_model, split_exact
+
+Allocation = Literal["global", "uniform", "erk", "lamp"]
+ALLOCATIONS: tuple[str, ...] = ("global", "uniform", "erk", "lamp")
+
+
+def _erk_prune_weights(weights: list[torch.Tensor], sparsity: float) -> list[float]:
+    """Erdős–Rényi-kernel densities (∝ sum of dims / product of dims, capped at 1) as prune counts."""
+    raw = [sum(w.shape) / w.numel() for w in weights]
+    sizes = [w.numel() for w in weights]
+    keep_total = (1 - sparsity) * sum(sizes)
+    dense: set[int] = set()
+    while True:
+        free = [i for i in range(len(weights)) if i not in dense]
+        budget = keep_total - sum(sizes[i] for i in dense)
+        eps = budget / sum(raw[i] * sizes[i] for i in free)
+        newly = {i for i in free if eps * raw[i] > 1}
+        if not newly:
+            break
+        dense |= newly
+    return [0.0 if i in dense else sizes[i] * (1 - eps * raw[i]) for i in range(len(weights))]
+
+
+def _lamp_scores(w: torch.Tensor) -> torch.Tensor:
+    """LAMP score of each weight: w² over the sum of w² of all weights at least as large in its layer."""
+    sq = w.detach().reshape(-1).double() ** 2
+    order = torch.argsort(sq, stable=True)
+    sorted_sq = sq[order]
+    tail = torch.flip(torch.cumsum(torch.flip(sorted_sq, [0]), 0), [0])
+    scores = torch.empty_like(sq)
+    scores[order] = sorted_sq / tail.clamp_min(1e-300)
+    return scores
+
+
+def _smallest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the ``count`` lowest scores (ties broken by position, so counts are exact)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[torch.argsort(scores.reshape(-1), stable=True)[:count]] = True
+    return mask.reshape(scores.shape)
+
+
+def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) -> list[int]:
+    """How many weights to remove per layer so the total is exactly round(sparsity · N)."""
+    sizes = [w.numel() for w in weights]
+    total = round(sparsity * sum(sizes))
+    if allocation == "uniform":
+        return split_exact(total, [float(n) for n in sizes], sizes)
+    if allocation == "erk":
+        return split_exact(total, _erk_prune_weights(weights, sparsity), sizes)
+    score_fn = _lamp_scores if allocation == "lamp" else (lambda w: w.detach().reshape(-1).abs().double())
+    scores = torch.cat([score_fn(w) for w in weights])
+    chosen = _smallest(scores, total)
+    return [int(part.sum()) for part in torch.split(chosen, sizes)]
+
+
+@dataclass
+class MagnitudePruning:
+    """Remove the smallest-magnitude weights of every Linear/Conv layer to an exact global sparsity.
+
+    ``allocation`` decides how many weights each layer loses: one global magnitude threshold
+    (``global``), the same fraction per layer (``uniform``), Erdős–Rényi-kernel densities (``erk``),
+    or layer-adaptive magnitude scores (``lamp``). Surviving weights keep their float values.
+    """
+
+    allocation: Allocation = "global"
+    name: ClassVar[str] = "magnitude"
+    needs: ClassVar[str] = "none"
+    budgets: ClassVar[tuple[str, ...]] = ("sparsity",)
+
+    def __post_init__(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise BudgetError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        budget = check_budget(self, budget)
+        model = copy.deepcopy(model)
+        weights = check_model(model)
+        tensors = list(weights.values())
+        counts = prune_counts(tensors, budget.sparsity, self.allocation)
+        result = MethodResult(model)
+        with torch.no_grad():
+            for (name, w), count in zip(weights.items(), counts):
+                w.masked_fill_(_smallest(w.abs(), count), 0.0)
+                result.codes[name] = SparseValues.from_tensor(w.detach().clone())
+                result.rows.append({"name": name, "shape": list(w.shape), "params": w.numel(), "sparsity": count / w.numel()})
+        return result
+
+
+@dataclass
+class UniformQuantization:
+    """Symmetric uniform quantization to ``bits`` bits (2^bits − 1 levels, zero exact).
+
+    One scale per tensor, or per output channel with ``per_channel``. Zeros stay zero, so it can
+    follow a pruning method.
+    """
+
+    bits: int = 8
+    per_channel: bool = False
+    name: ClassVar[str] = "uniform"
+    needs: ClassVar[str] = "none"
+    budgets: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
+            raise BudgetError(f"bits must be an integer from 2 to 16, got {self.bits!r}")
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        check_budget(self, budget, required=False)
+        model = copy.deepcopy(model)
+        result = MethodResult(model)
+        top = 2 ** (self.bits - 1) - 1
+        grid = torch.arange(-top, top + 1, dtype=torch.float32)
+        with torch.no_grad():
+            for name, w in check_model(model).items():
+                flat = w.detach().reshape(w.shape[0], -1) if self.per_channel else w.detach().reshape(1, -1)
+                scale = flat.abs().amax(dim=1, keepdim=True) / top
+                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                symbols = (torch.round(flat / scale).clamp(-top, top) + top).to(torch.int32)
+                levels = (grid[None, :] * scale).to(torch.float32)
+                levels[:, top] = 0.0
+                codes = Codes(symbols.reshape(w.shape), levels if self.per_channel else levels[0], zero=top)
+                w.copy_(codes.dequantize())
+                result.codes[name] = codes
+                result.rows.append(
+                    {"name": name, "shape": list(w.shape), "params": w.numel(), "bits": self.bits, "sparsity": codes.sparsity()}
+                )
+        return result

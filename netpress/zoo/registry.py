@@ -1,0 +1,152 @@
+"""Zoo registry, training recipes and checkpoint loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from netpress.data import load_dataset
+from netpress.errors import ModelSourceError
+from netpress.progress import progress_bar
+from netpress.zoo.models import VGG, LeNet5, LeNet300, ResNet20
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+MANIFEST = CHECKPOINT_DIR / "manifest.json"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: how to build it and how it was trained."""
+
+    name: str
+    factory: Callable[[], nn.Module]
+    description: str
+    epochs: int
+    lr: float
+    hflip: bool  # horizontal-flip augmentation (garments are left/right symmetric; useful for conv nets)
+    dataset: str = "fashion-mnist"
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    input_shape: tuple[int, ...] = (1, 28, 28)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry("lenet300", LeNet300, "LeNet-300-100, fully connected 784-300-100-10", 15, 0.05, False),
+        ZooEntry("lenet5", LeNet5, "LeNet-5 (Caffe): conv20-conv50-fc500-fc10", 8, 0.05, False),
+        ZooEntry("resnet20", ResNet20, "ResNet-20, 16/32/64 channels, BatchNorm, 1x1 projection shortcuts", 6, 0.1, True),
+        ZooEntry("vgg", VGG, "narrow VGG-BN: 2x(32,64,128) conv-BN-ReLU, fc 128", 4, 0.1, True),
+    ]
+}
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise ModelSourceError(f"unknown zoo model {name!r}; available: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def build(name: str) -> nn.Module:
+    """An untrained instance of a zoo architecture."""
+    return _entry(name).factory()
+
+
+def load_manifest() -> dict:
+    """The recorded metrics of every trained checkpoint (empty when none are trained yet)."""
+    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_pretrained(name: str) -> nn.Module:
+    """The trained zoo model, in eval mode, after checking its checkpoint against the manifest."""
+    entry = _entry(name)
+    path = CHECKPOINT_DIR / f"{name}.safetensors"
+    record = load_manifest().get(name)
+    if not path.is_file() or record is None:
+        raise ModelSourceError(f"zoo model {name!r} has no trained checkpoint; run `netpress zoo train {name}`")
+    if sha256(path) != record["sha256"]:
+        raise ModelSourceError(f"checkpoint {path} does not match the sha256 in the manifest")
+    model = entry.factory()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR) -> dict:
+    """Train a zoo model from scratch with its fixed recipe and record it in the manifest.
+
+    SGD with Nesterov momentum and a one-cycle schedule; the seed fixes initialisation,
+    data order and augmentation, so the same command on the same machine gives the same file.
+    """
+    from netpress.evaluate import evaluate
+
+    entry = _entry(name)
+    epochs = entry.epochs if epochs is None else epochs
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
+    x_all, y_all = train_set.tensors
+    model = entry.factory()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=entry.lr, momentum=0.9, nesterov=True, weight_decay=entry.weight_decay
+    )
+    steps_per_epoch = (len(x_all) + entry.batch_size - 1) // entry.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, entry.lr, total_steps=epochs * steps_per_epoch)
+    start = time.perf_counter()
+    with progress_bar() as progress:
+        task = progress.add_task(f"training {name}", total=epochs * steps_per_epoch)
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(len(x_all), generator=generator)
+            for i in range(steps_per_epoch):
+                idx = order[i * entry.batch_size : (i + 1) * entry.batch_size]
+                x = x_all[idx]
+                if entry.hflip:
+                    x = _augment(x, generator)
+                loss = nn.functional.cross_entropy(model(x), y_all[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                progress.update(task, advance=1, description=f"training {name} loss {loss.item():.3f}")
+    seconds = time.perf_counter() - start
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    result = evaluate(model, test_set)
+    record = {
+        "dataset": entry.dataset,
+        "description": entry.description,
+        "test_accuracy": result.accuracy,
+        "params": result.params,
+        "file_bytes": path.stat().st_size,
+        "sha256": sha256(path),
+        "seed": seed,
+        "epochs": epochs,
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "command": f"netpress zoo train {name} --seed {seed}"
+        + (f" --epochs {epochs}" if epochs != entry.epochs else ""),
+    }
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest[name] = record
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return record

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 import netpress
 from netpress import codec, zoo
 from netpress.budget import Budget
+from netpress.codec.codes import Codes
 from netpress.compressed import CompressedModel
 from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError
@@ -130,11 +131,16 @@ def fp32_bytes(model: nn.Module) -> int:
     return len(safetensors_save(state))
 
 
-def _check_zeros_kept(before: dict[str, torch.Tensor], model: nn.Module, stage: str) -> None:
+def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model: nn.Module, stage: str) -> None:
+    """Stages never undo each other: a pruned weight stays zero; a quantized tensor gains no new values."""
     after = model.state_dict()
     for name, old in before.items():
-        if name in after and bool(((old == 0) & (after[name] != 0)).any()):
+        if name not in after:
+            continue  # removed by a structural stage
+        if old.shape == after[name].shape and bool(((old == 0) & (after[name] != 0)).any()):
             raise NetpressError(f"{stage} revived pruned weights of {name}; stages must not undo each other")
+        if isinstance(codes.get(name), Codes) and len(torch.unique(after[name])) > len(torch.unique(old)):
+            raise NetpressError(f"{stage} added distinct values to the quantized tensor {name}")
 
 
 def compress(
@@ -165,9 +171,9 @@ def compress(
             raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")
         given = budget if budget is not None and budget.kind in method.budgets else None
         check_budget(method, given)
-        zeros_before = {k: v.detach().clone() for k, v in compressible_weights(current).items()}
+        weights_before = {k: v.detach().clone() for k, v in compressible_weights(current).items()}
         result = method.apply(current, data if method.needs != "none" else None, given)
-        _check_zeros_kept(zeros_before, result.model, method.name)
+        _check_stage_invariants(weights_before, codes, result.model, method.name)
         current = result.model
         codes.update(result.codes)
         rows[method.name] = result.rows

@@ -187,6 +187,7 @@ def decompress(
 
 
 @zoo_app.command("list")
+@friendly
 def zoo_list() -> None:
     """The zoo's models with their recorded test accuracy."""
     manifest = zoo.load_manifest()

@@ -16,12 +16,13 @@ from netpress.data.datasets import FASHION_MNIST_INSTALL
 from netpress.errors import DataError
 from netpress.methods import MagnitudePruning, UniformQuantization
 
+# (label, file name, methods, budget)
 SETTINGS = [
-    ("uniform 8-bit", [UniformQuantization(8)], None),
-    ("uniform 4-bit", [UniformQuantization(4)], None),
-    ("magnitude 90 % (global)", [MagnitudePruning("global")], Budget(sparsity=0.9)),
-    ("magnitude 90 % (LAMP) + 5-bit", [MagnitudePruning("lamp"), UniformQuantization(5)], Budget(sparsity=0.9)),
-    ("magnitude 70 % (ERK) + 4-bit", [MagnitudePruning("erk"), UniformQuantization(4)], Budget(sparsity=0.7)),
+    ("uniform 8-bit", "uniform8", [UniformQuantization(8)], None),
+    ("uniform 4-bit", "uniform4", [UniformQuantization(4)], None),
+    ("magnitude 90 % (global)", "magnitude90", [MagnitudePruning("global")], Budget(sparsity=0.9)),
+    ("magnitude 90 % (LAMP) + 5-bit", "lamp90-5bit", [MagnitudePruning("lamp"), UniformQuantization(5)], Budget(sparsity=0.9)),
+    ("magnitude 70 % (ERK) + 4-bit", "erk70-4bit", [MagnitudePruning("erk"), UniformQuantization(4)], Budget(sparsity=0.7)),
 ]
 
 
@@ -54,9 +55,8 @@ def run_demo(output_dir: Path, console: Console) -> list[dict]:
     for col in ("method", "bytes", "ratio", "sparsity", "accuracy", "Δ points", "seconds"):
         table.add_column(col, justify="left" if col == "method" else "right")
     reports = []
-    for label, methods, budget in SETTINGS:
-        slug = label.split(" (")[0].replace(" ", "-").replace("%", "pct").replace("+", "") + ".press"
-        path = output_dir / slug.replace("--", "-")
+    for label, filename, methods, budget in SETTINGS:
+        path = output_dir / f"{filename}.press"
         report = api.press(handle, methods, budget, out=path, data=handle.dataset)
         reports.append(report)
         if len(reports) == 1:

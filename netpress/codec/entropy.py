@@ -103,7 +103,7 @@ def _range_encode(pieces: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
     """Range-code several (symbols, counts) pairs one after another into one stream."""
     encoder = constriction.stream.queue.RangeEncoder()
     for symbols, counts in pieces:
-        if symbols.size:
+        if np.count_nonzero(counts) > 1:  # a single possible symbol costs no bits at all
             model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
             encoder.encode(symbols.astype(np.int32, copy=False), model)
     return encoder.get_compressed().astype("<u4").tobytes()
@@ -116,11 +116,11 @@ def _range_decode(data: bytes, pieces: list[tuple[int, np.ndarray]], what: str) 
     decoder = constriction.stream.queue.RangeDecoder(words)
     out = []
     for n, counts in pieces:
-        if n == 0:
-            out.append(np.zeros(0, dtype=np.int32))
-            continue
-        if counts.sum() <= 0:
+        if n and counts.sum() <= 0:
             raise FormatError(f"{what}: symbol counts are all zero")
+        if np.count_nonzero(counts) <= 1:
+            out.append(np.full(n, int(np.argmax(counts)), dtype=np.int32))
+            continue
         model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
         out.append(np.asarray(decoder.decode(model, n), dtype=np.int32))
     return out
@@ -207,7 +207,10 @@ def decode_symbols(mode: str, data: bytes, n: int, alphabet: int, zero: int | No
     if cap < 1 or run_counts.sum() != n_runs or int(run_counts[:cap].sum()) != n_nonzero or nz_counts[zero]:
         raise FormatError(f"{what}: inconsistent run-length tables")
     run_syms, nonzero = _range_decode(reader.rest(), [(n_runs, run_counts), (n_nonzero, nz_counts)], what)
-    if (run_syms > cap).any() or (nonzero == zero).any() or (nonzero >= alphabet).any():
+    if (
+        np.bincount(run_syms, minlength=cap + 1).tolist() != run_counts.tolist()
+        or np.bincount(nonzero, minlength=alphabet).tolist() != nz_counts.tolist()
+    ):
         raise FormatError(f"{what}: decoded symbols disagree with the stored counts")
     advance = np.where(run_syms == cap, cap, run_syms + 1).astype(np.int64)
     ends = np.cumsum(advance) - 1

@@ -1,0 +1,125 @@
+"""The command line: results on good input, one line and exit code 2 on bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from netpress.cli import app
+from tests.archs import tiny_mlp
+from tests.conftest import TRAINED, needs_fashion_mnist
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    model = tiny_mlp()
+    save_file(model.state_dict(), str(folder / "mlp.safetensors"))
+    torch.save(model.state_dict(), folder / "mlp.pt")
+    torch.save(model, folder / "whole_module.pt")  # a pickled module: must be refused
+    (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
+    return folder
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("name", TRAINED)
+def test_eval_json_reproduces_the_manifest(name):
+    from netpress import zoo
+
+    result = run("eval", f"zoo:{name}", "--data", "fashion-mnist", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["accuracy"] == zoo.load_manifest()[name]["test_accuracy"]
+    assert set(info) >= {"accuracy", "per_class", "params"} and len(info["per_class"]) == 10
+
+
+@needs_fashion_mnist
+def test_compress_inspect_eval_decompress(tmp_path):
+    press, report = tmp_path / "l.press", tmp_path / "r.json"
+    result = run("compress", "zoo:lenet300", "-m", "magnitude", "--sparsity", "0.8", "--bits", "6", "-o", press, "--report", report)
+    assert result.exit_code == 0, result.output
+    rep = json.loads(report.read_text())
+    assert rep["file_bytes"] == press.stat().st_size and rep["sparsity"] >= 0.8
+    assert {"original_bytes", "ratio", "accuracy_before", "accuracy_after", "seconds", "layers"} <= set(rep)
+    info = json.loads(run("inspect", press, "--json").output)
+    assert info["file_bytes"] == press.stat().st_size
+    evaluated = json.loads(run("eval", press, "--json").output)
+    assert evaluated["accuracy"] == rep["accuracy_after"]
+    assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
+
+
+def test_user_architecture_with_arch(weights, tmp_path):
+    press = tmp_path / "u.press"
+    for source in ("mlp.safetensors", "mlp.pt"):
+        result = run("compress", weights / source, "-m", "uniform", "--bits", "4", "--arch", "tests.archs:tiny_mlp", "-o", press)
+        assert result.exit_code == 0, result.output
+    assert run("inspect", press, "--json").exit_code == 0
+    assert_one_line_error(run("eval", press, "--data", "digits"), "--arch")
+    result = run("eval", press, "--data", "digits", "--arch", "tests.archs:tiny_mlp", "--json")
+    assert result.exit_code == 0 and 0 <= json.loads(result.output)["accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["eval", "missing.safetensors", "--arch", "tests.archs:tiny_mlp"], ["no such file"]),
+        (["eval", "model.onnx"], ["unsupported model source"]),
+        (["eval", "zoo:alexnet"], ["unknown zoo model"]),
+        (["eval", "{w}/mlp.safetensors"], ["--arch"]),
+        (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs"], ["package.module:factory"]),
+        (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:nope"], ["cannot import"]),
+        (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:not_a_module"], ["not a torch.nn.Module"]),
+        (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:tiny_cnn"], ["do not fit"]),
+        (["eval", "{w}/junk.safetensors", "--arch", "tests.archs:tiny_mlp"], ["not a readable safetensors"]),
+        (["eval", "{w}/whole_module.pt", "--arch", "tests.archs:tiny_mlp"], ["weights_only=True"]),
+        (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "--data", "mnist"], ["unknown dataset"]),
+        (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp"], ["--data"]),
+        (["inspect", "{w}/junk.safetensors"], ["not a .press file"]),
+        (["inspect", "{w}/nothing.press"], ["no such file"]),
+        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],
+         ["fraction in [0, 1)"]),
+        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "-o", "x.press"], ["--sparsity"]),
+        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--ratio", "10", "-o", "x.press"],
+         ["ratio"]),
+        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "--bits", "1", "-o", "x.press"],
+         ["bits must be"]),
+        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "0.5", "--ratio", "3",
+          "-o", "x.press"], ["one target"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(weights, args, fragments, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run(*[a.replace("{w}", str(weights)) for a in args]), *fragments)
+    assert not (tmp_path / "x.press").exists()
+
+
+def test_damaged_press_file_fails_cleanly(weights, tmp_path):
+    press = tmp_path / "d.press"
+    assert run("compress", weights / "mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", press).exit_code == 0
+    data = bytearray(press.read_bytes())
+    data[-5] ^= 0x55
+    press.write_bytes(bytes(data))
+    assert_one_line_error(run("eval", press, "--arch", "tests.archs:tiny_mlp", "--data", "digits"), "CRC32")
+    press.write_bytes(bytes(data[: len(data) // 2]))
+    assert_one_line_error(run("inspect", press), "truncated")
+
+
+def test_zoo_list():
+    result = run("zoo", "list")
+    assert result.exit_code == 0 and "lenet5" in result.output

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+import netpress
+from netpress import Budget, MagnitudePruning, UniformQuantization, codec
+from netpress.codec import Codes, SparseValues
+from netpress.compressed import CompressedModel
+from tests.conftest import TRAINED
+
+SETTINGS = {
+    "uniform8": ([UniformQuantization(8)], None),
+    "uniform4-per-channel": ([UniformQuantization(4, per_channel=True)], None),
+    "magnitude90": ([MagnitudePruning()], Budget(sparsity=0.9)),
+    "magnitude90+5bit": ([MagnitudePruning("lamp"), UniformQuantization(5)], Budget(sparsity=0.9)),
+}
+
+
+@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_zoo_roundtrip_is_bit_exact_and_inspect_adds_up(name, setting, tmp_path):
+    handle = netpress.load_model(f"zoo:{name}")
+    methods, budget = SETTINGS[setting]
+    compressed = netpress.compress(handle, methods, budget)
+    path = tmp_path / "m.press"
+    size = netpress.save(compressed, path)
+    assert size == path.stat().st_size < netpress.api.fp32_bytes(handle.module)
+    loaded = netpress.load(path).state_dict()
+    for key, value in compressed.state_dict().items():
+        assert torch.equal(loaded[key], value.to(loaded[key].dtype)), key
+    info = netpress.inspect(path)
+    assert info["file_bytes"] == size
+    assert sum(r["bytes"] for r in info["tensors"]) == info["streams_bytes"]
+    assert info["payload_bytes"] <= 1.01 * info["entropy_bound_bytes"] + 16 * len(info["tensors"])
+    if budget is not None:
+        assert info["sparsity"] >= budget.sparsity
+
+
+def test_fp16_raw_tensors_halve_raw_bytes_and_stay_exact(tmp_path):
+    from tests.archs import tiny_cnn
+
+    model = tiny_cnn()
+    sizes = {}
+    for dtype in ("fp32", "fp16"):
+        compressed = netpress.compress(model, UniformQuantization(8), raw_dtype=dtype)
+        netpress.save(compressed, tmp_path / f"{dtype}.press")
+        sizes[dtype] = netpress.inspect(tmp_path / f"{dtype}.press")["raw_bytes"]
+        loaded = netpress.load(tmp_path / f"{dtype}.press", model=model).state_dict()
+        for key, value in compressed.state_dict().items():
+            assert torch.equal(loaded[key], value.to(loaded[key].dtype))
+    assert sizes["fp16"] < 0.55 * sizes["fp32"]
+
+
+def test_per_channel_codes_and_sparse_values_roundtrip():
+    g = torch.Generator().manual_seed(0)
+    symbols = torch.randint(0, 5, (6, 7, 3), generator=g, dtype=torch.int32)
+    levels = torch.randn(6, 5, generator=g)
+    levels[:, 2] = 0
+    dense = torch.randn(50, 40, generator=g)
+    dense[dense.abs() < 1] = 0
+    original = CompressedModel(
+        {
+            "a": Codes(symbols, levels, zero=2),
+            "b": SparseValues.from_tensor(dense),
+            "c": SparseValues.from_tensor(dense.half()),
+            "n": torch.tensor(7),
+            "m": torch.tensor([True, False]),
+        },
+        {"zoo": "lenet5"},
+    )
+    back = codec.from_bytes(codec.to_bytes(original))
+    for key, value in original.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    assert back.source == {"zoo": "lenet5"}

@@ -1,0 +1,106 @@
+"""A damaged .press file gives back the exact tensors or one FormatError: never another exception."""
+
+import json
+import struct
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import netpress
+from netpress import Budget, MagnitudePruning, UniformQuantization, codec
+from netpress.errors import FormatError, NetpressError
+from tests.archs import tiny_cnn
+
+MODEL = tiny_cnn()
+COMPRESSED = netpress.compress(MODEL, [MagnitudePruning(), UniformQuantization(4)], Budget(sparsity=0.5))
+GOOD = codec.to_bytes(COMPRESSED)
+EXPECTED = COMPRESSED.state_dict()
+
+
+def outcome(data: bytes) -> None:
+    """Assert the only two acceptable outcomes."""
+    try:
+        back = codec.from_bytes(data)
+    except FormatError:
+        return
+    state = back.state_dict()
+    assert state.keys() == EXPECTED.keys()
+    for key, value in EXPECTED.items():
+        assert torch.equal(state[key], value), key
+
+
+def split(data: bytes) -> tuple[dict, bytes]:
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def join(header: dict, body: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+SLOW = settings(max_examples=250, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SLOW
+@given(st.integers(0, len(GOOD) - 1))
+def test_truncation(length):
+    with pytest.raises(FormatError):
+        codec.from_bytes(GOOD[:length])
+
+
+@SLOW
+@given(st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(1, 255)), min_size=1, max_size=4))
+def test_byte_flips(flips):
+    data = bytearray(GOOD)
+    for pos, mask in flips:
+        data[pos] ^= mask
+    outcome(bytes(data))
+
+
+HEADER, BODY = split(GOOD)
+TENSOR_KEYS = [k for k in HEADER if k != "__metadata__"]
+
+
+@settings(max_examples=150, deadline=2000)
+@given(
+    st.sampled_from(["format", "version", "manifest_crc32", "dtype", "shape", "data_offsets", "drop"]),
+    st.sampled_from(TENSOR_KEYS),
+    st.one_of(st.integers(-5, 10**6), st.text(max_size=8), st.lists(st.integers(0, 10**5), max_size=3)),
+)
+def test_header_edits(field, tensor, value):
+    header = json.loads(json.dumps(HEADER))
+    if field in ("format", "version", "manifest_crc32"):
+        header["__metadata__"][field] = str(value)
+    elif field == "drop":
+        del header[tensor]
+    else:
+        header[tensor][field] = value
+    outcome(join(header, BODY))
+
+
+def test_named_failures(tmp_path):
+    header = json.loads(json.dumps(HEADER))
+    header["__metadata__"]["version"] = "99"
+    with pytest.raises(FormatError, match="version"):
+        codec.from_bytes(join(header, BODY))
+    with pytest.raises(FormatError, match="not a .press file"):
+        codec.from_bytes(b"PK\x03\x04 a zip file, not safetensors")
+    with pytest.raises(FormatError, match="no such file"):
+        codec.read(tmp_path / "missing.press")
+    data = bytearray(GOOD)
+    data[-3] ^= 0xFF  # inside the last tensor's stream
+    with pytest.raises(FormatError, match="tensor .* CRC32"):
+        codec.from_bytes(bytes(data))
+
+
+def test_a_tensor_missing_from_the_manifest_is_named(tmp_path):
+    short = netpress.compressed.CompressedModel(
+        {k: v for k, v in COMPRESSED.tensors.items() if k != "4.weight"}, COMPRESSED.source
+    )
+    path = tmp_path / "short.press"
+    netpress.save(short, path)
+    with pytest.raises(NetpressError, match="4.weight"):
+        netpress.load(path, model=MODEL)

@@ -1,0 +1,56 @@
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from netpress.data import calibration_subset, check_dataset, load_dataset
+from netpress.errors import DataError
+from tests.conftest import needs_fashion_mnist
+
+
+def test_digits_split_is_disjoint_and_labelled():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert len(train) + len(test) == 1797
+    assert train[0][0].shape == (1, 8, 8)
+    train_rows = {tuple(x.flatten().tolist()) for x, _ in train}
+    assert sum(tuple(x.flatten().tolist()) in train_rows for x, _ in test) < 20  # digits has a few duplicate images
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_shapes_and_standardisation():
+    train = load_dataset("fashion-mnist", "train")
+    x, y = train.tensors
+    assert x.shape == (60000, 1, 28, 28) and y.shape == (60000,)
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
+    assert len(load_dataset("fashion-mnist", "test")) == 10000
+
+
+def test_calibration_subset_is_seeded_and_within_the_train_split():
+    train = load_dataset("digits", "train")
+    a, b, c = calibration_subset(train, 100, seed=1), calibration_subset(train, 100, seed=1), calibration_subset(train, 100, 2)
+    assert a.indices == b.indices != c.indices
+    assert len(set(a.indices)) == 100 and max(a.indices) < len(train)
+    assert a.dataset is train
+    x, y = a.tensors()
+    assert torch.equal(x[0], train[a.indices[0]][0]) and int(y[0]) == int(train[a.indices[0]][1])
+
+
+def test_missing_dataset_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("NETPRESS_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", "test")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: load_dataset("imagenet"), "unknown dataset"),
+        (lambda: load_dataset("digits", "validation"), "unknown split"),
+        (lambda: check_dataset(TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0))), "empty"),
+        (lambda: check_dataset(TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4)), (1, 8, 8)), "shape"),
+        (lambda: calibration_subset(load_dataset("digits", "train"), 10**6), "only"),
+        (lambda: calibration_subset(load_dataset("digits", "train"), 0), "positive"),
+    ],
+)
+def test_bad_data_gets_a_clear_error(call, message):
+    with pytest.raises(DataError, match=message):
+        call()

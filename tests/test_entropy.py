@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netpress.codec.entropy import decode_symbols, encode_symbols, entropy_bits
+
+
+def roundtrip(symbols, alphabet, zero):
+    mode, data = encode_symbols(symbols, alphabet, zero)
+    out = decode_symbols(mode, data, symbols.size, alphabet, zero, "test")
+    assert np.array_equal(out, symbols.ravel())
+    return mode, data
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 40).flatmap(
+        lambda k: st.tuples(st.just(k), st.lists(st.integers(0, k - 1), min_size=0, max_size=400), st.integers(0, k - 1))
+    )
+)
+def test_any_symbol_array_roundtrips(case):
+    alphabet, values, zero = case
+    roundtrip(np.array(values, dtype=np.int32), alphabet, zero)
+    roundtrip(np.array(values, dtype=np.int32), alphabet, None)
+
+
+def test_coded_size_is_within_one_percent_of_the_entropy_bound():
+    rng = np.random.default_rng(0)
+    symbols = rng.choice(16, size=200_000, p=np.r_[0.7, np.full(15, 0.02)]).astype(np.int32)
+    _, data = roundtrip(symbols, 16, 0)
+    assert len(data) <= 1.01 * entropy_bits(symbols) / 8 + 64
+
+
+def test_clustered_zeros_choose_run_lengths():
+    symbols = np.zeros(100_000, dtype=np.int32)
+    symbols[:5000] = np.random.default_rng(1).integers(1, 4, 5000)
+    mode, data = roundtrip(symbols, 4, 0)
+    assert mode == "runs"
+    assert len(data) < entropy_bits(symbols) / 8
+
+
+@pytest.mark.parametrize("symbols", [np.zeros(0, np.int32), np.zeros(10, np.int32), np.full(10, 3, np.int32)])
+def test_degenerate_arrays(symbols):
+    roundtrip(symbols, 4, 0)

@@ -1,0 +1,106 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import netpress
+from netpress import Budget, MagnitudePruning, UniformQuantization
+from netpress.errors import BudgetError, DataError, UnsupportedModelError
+from netpress.methods.base import compressible_weights, split_exact
+from tests.archs import tiny_cnn
+
+
+def random_model(seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    widths = torch.randint(3, 40, (4,), generator=g).tolist()
+    model = nn.Sequential(
+        nn.Conv2d(1, widths[0], 3), nn.ReLU(), nn.Conv2d(widths[0], widths[1], 1), nn.Flatten(),
+        nn.Linear(widths[1] * 36, widths[2]), nn.ReLU(), nn.Linear(widths[2], widths[3]),
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * torch.rand(1, generator=g))
+    return model
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 0.99), st.sampled_from(["global", "uniform", "erk", "lamp"]))
+def test_magnitude_pruning_hits_the_global_target_exactly(seed, sparsity, allocation):
+    model = random_model(seed)
+    result = MagnitudePruning(allocation).apply(model, budget=Budget(sparsity=sparsity))
+    weights = compressible_weights(result.model)
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    assert zeros == round(sparsity * total)
+    assert all(torch.equal(result.codes[k].dequantize(), w) for k, w in weights.items())
+    if allocation != "global":  # only a single global threshold may empty a whole layer
+        assert all((w != 0).any() for w in weights.values())
+
+
+def test_magnitude_leaves_the_input_model_alone():
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    MagnitudePruning().apply(model, budget=Budget(sparsity=0.5))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_uniform_quantization_levels_and_error(bits, per_channel):
+    model = tiny_cnn()
+    result = UniformQuantization(bits, per_channel).apply(model)
+    for name, w in compressible_weights(model).items():
+        codes = result.codes[name]
+        assert codes.num_levels == 2**bits - 1
+        rows = codes.dequantize().reshape(w.shape[0], -1) if per_channel else codes.dequantize().reshape(1, -1)
+        assert all(len(torch.unique(row)) <= 2**bits - 1 for row in rows)
+        step = w.detach().abs().max() / (2 ** (bits - 1) - 1)
+        assert (codes.dequantize() - w.detach()).abs().max() <= step / 2 + 1e-6
+
+
+def test_pruned_zeros_survive_quantization():
+    compressed = netpress.compress(tiny_cnn(), [MagnitudePruning(), UniformQuantization(3)], Budget(sparsity=0.7))
+    assert compressed.summary["sparsity"] >= 0.7
+
+
+def test_split_exact_meets_total_and_caps():
+    assert sum(split_exact(10, [1, 1, 1], [5, 5, 5])) == 10
+    assert split_exact(7, [10, 0, 0], [3, 5, 5])[0] == 3
+    with pytest.raises(BudgetError):
+        split_exact(20, [1, 1], [5, 5])
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: Budget(), BudgetError, "exactly one"),
+        (lambda: Budget(ratio=0.5), BudgetError, "> 1"),
+        (lambda: Budget(sparsity=1.0), BudgetError, "fraction"),
+        (lambda: MagnitudePruning("random"), BudgetError, "allocation"),
+        (lambda: UniformQuantization(17), BudgetError, "bits"),
+        (lambda: netpress.compress(tiny_cnn(), MagnitudePruning()), BudgetError, "needs a target"),
+        (lambda: netpress.compress(tiny_cnn(), UniformQuantization(4), Budget(params=0.3)), BudgetError, "params"),
+        (lambda: netpress.compress(nn.Sequential(nn.ReLU()), UniformQuantization(4)), UnsupportedModelError, "supported"),
+        (lambda: netpress.compress(tiny_cnn(), []), BudgetError, "at least one"),
+    ],
+)
+def test_bad_configuration_is_refused(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_non_finite_weights_are_refused():
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(UnsupportedModelError, match="0.weight.*NaN"):
+        netpress.compress(model, UniformQuantization(8))
+
+
+def test_a_method_that_needs_data_refuses_to_run_without_it():
+    class NeedsData(UniformQuantization):
+        needs = "calibration"
+
+    with pytest.raises(DataError, match="needs calibration data"):
+        netpress.compress(tiny_cnn(), NeedsData(4))

@@ -1,0 +1,29 @@
+import pytest
+
+from netpress import zoo
+from netpress.data import load_dataset
+from netpress.evaluate import evaluate
+from tests.conftest import TRAINED, needs_fashion_mnist
+
+FLOORS = {"lenet300": 0.88, "lenet5": 0.905, "resnet20": 0.915, "vgg": 0.91}
+
+
+def test_every_zoo_model_builds_and_runs():
+    import torch
+
+    for name in zoo.ZOO:
+        assert zoo.build(name)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("name", TRAINED)
+def test_checkpoint_reproduces_its_manifest_accuracy_exactly(name):
+    record = zoo.load_manifest()[name]
+    result = evaluate(zoo.load_pretrained(name), load_dataset(record["dataset"], "test"))
+    assert result.accuracy == record["test_accuracy"]
+    assert result.accuracy >= FLOORS[name]
+    assert record["command"].startswith(f"netpress zoo train {name}")
+
+
+def test_all_zoo_models_are_trained():
+    assert set(TRAINED) == set(zoo.ZOO)

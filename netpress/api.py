@@ -1,9 +1,9 @@
 """The Python face of netpress: load a model, compress it, save/load .press files, evaluate.
 
-    handle = load_model("zoo:lenet5")
-    compressed = compress(handle, [MagnitudePruning(), UniformQuantization(5)], Budget(sparsity=0.9))
-    save(compressed, "lenet5.press")
-    model = load("lenet5.press")
+handle = load_model("zoo:lenet5")
+compressed = compress(handle, [MagnitudePruning(), UniformQuantization(5)], Budget(sparsity=0.9))
+save(compressed, "lenet5.press")
+model = load("lenet5.press")
 """
 
 from __future__ import annotations
@@ -103,8 +103,7 @@ def load_model(spec: str, arch: str | None = None) -> ModelHandle:
         return ModelHandle(module, compressed.source)
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
-            f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, "
-            "or a .pt/.pth state dict"
+            f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, or a .pt/.pth state dict"
         )
     if not path.is_file():
         raise ModelSourceError(f"{spec}: no such file")
@@ -125,9 +124,7 @@ def _as_handle(model: ModelHandle | nn.Module) -> ModelHandle:
 
 def fp32_bytes(model: nn.Module) -> int:
     """Size of the model's state dict as an fp32 safetensors file: the reference every ratio uses."""
-    state = {
-        k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
-    }
+    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     return len(safetensors_save(state))
 
 
@@ -233,8 +230,7 @@ def architecture_for(source: dict, arch: str | None = None) -> nn.Module:
         return zoo.build(source["zoo"])
     if isinstance(source.get("arch"), str):
         raise ModelSourceError(
-            f"this file was made from a model built by {source['arch']}; pass arch='{source['arch']}' "
-            "(CLI: --arch) to rebuild it"
+            f"this file was made from a model built by {source['arch']}; pass arch='{source['arch']}' (CLI: --arch) to rebuild it"
         )
     raise ModelSourceError("the file does not say which architecture it holds; pass a model or --arch")
 

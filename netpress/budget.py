@@ -24,7 +24,7 @@ class Budget:
         given = {k: v for k, v in self.items()}
         if len(given) != 1:
             raise BudgetError("give exactly one target: ratio, sparsity or params")
-        (kind, value), = given.items()
+        ((kind, value),) = given.items()
         if kind == "ratio" and not value > 1:
             raise BudgetError(f"ratio must be > 1 (original bytes / file bytes), got {value}")
         if kind in ("sparsity", "params") and not 0 <= value < 1:

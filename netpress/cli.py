@@ -15,7 +15,7 @@ from rich.table import Table
 from netpress import api, zoo
 from netpress.budget import Budget
 from netpress.errors import BudgetError, DataError, NetpressError
-from netpress.methods import ALLOCATIONS, METHODS, MagnitudePruning, UniformQuantization
+from netpress.methods import ALLOCATIONS, FCPTS, METHODS, MagnitudePruning, UniformQuantization
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress trained PyTorch networks into real, smaller files.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list and train the reference models.")
@@ -42,11 +42,11 @@ MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, type=str)
 
 
-def build_methods(method: str, bits: int | None, allocation: str, per_channel: bool) -> list:
+def build_methods(method: str, bits: int | None, allocation: str, per_channel: bool, seed: int) -> list:
     """The method chain a command line asks for: ``--bits`` after a pruning method quantizes the survivors."""
     if method == "uniform":
         return [UniformQuantization(bits if bits is not None else 8, per_channel)]
-    chain = [MagnitudePruning(allocation)]
+    chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel))
     return chain
@@ -96,14 +96,20 @@ def compress(
     raw_dtype: str = typer.Option("fp32", help="dtype of tensors stored uncompressed: fp32 or fp16"),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     report: Path | None = typer.Option(None, help="write the JSON report here"),
+    plot: Path | None = typer.Option(None, help="write a PNG of the per-layer allocation here"),
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     handle = api.load_model(model, arch)
-    methods = build_methods(method.value, bits, allocation.value, per_channel)
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed)
     result = api.press(
         handle, methods, build_budget(ratio, sparsity, params), out=output, data=data, calib=calib, seed=seed, raw_dtype=raw_dtype
     )
     _print_report(result)
+    if plot is not None:
+        from netpress.report import plot_allocation
+
+        rows = result["layers"][methods[0].name]
+        plot_allocation(rows, plot, f"{model}: {methods[0].name} per-layer sparsity")
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -30,9 +30,7 @@ class CompressedModel:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The exact tensors the file gives back."""
-        return {
-            k: v.dequantize() if isinstance(v, (Codes, SparseValues)) else v for k, v in self.tensors.items()
-        }
+        return {k: v.dequantize() if isinstance(v, (Codes, SparseValues)) else v for k, v in self.tensors.items()}
 
     def to_module(self, model: nn.Module) -> nn.Module:
         """Load the state into a copy of ``model`` (its architecture), resizing layers where needed."""

@@ -61,8 +61,13 @@ def run_demo(output_dir: Path, console: Console) -> list[dict]:
         reports.append(report)
         if len(reports) == 1:
             table.add_row(
-                "original (fp32 safetensors)", f"{report['original_bytes']:,}", "1.00×", "0.00 %",
-                f"{100 * report['accuracy_before']:.2f} %", "", "",
+                "original (fp32 safetensors)",
+                f"{report['original_bytes']:,}",
+                "1.00×",
+                "0.00 %",
+                f"{100 * report['accuracy_before']:.2f} %",
+                "",
+                "",
             )
         table.add_row(
             label,

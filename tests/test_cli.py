@@ -52,7 +52,8 @@ def test_eval_json_reproduces_the_manifest(name):
 @needs_fashion_mnist
 def test_compress_inspect_eval_decompress(tmp_path):
     press, report = tmp_path / "l.press", tmp_path / "r.json"
-    result = run("compress", "zoo:lenet300", "-m", "magnitude", "--sparsity", "0.8", "--bits", "6", "-o", press, "--report", report)
+    args = ["-m", "magnitude", "--sparsity", "0.8", "--bits", "6", "-o", press, "--report", report, "--plot", tmp_path / "a.png"]
+    result = run("compress", "zoo:lenet300", *args)
     assert result.exit_code == 0, result.output
     rep = json.loads(report.read_text())
     assert rep["file_bytes"] == press.stat().st_size and rep["sparsity"] >= 0.8
@@ -62,6 +63,7 @@ def test_compress_inspect_eval_decompress(tmp_path):
     evaluated = json.loads(run("eval", press, "--json").output)
     assert evaluated["accuracy"] == rep["accuracy_after"]
     assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
+    assert (tmp_path / "a.png").stat().st_size > 1000
 
 
 def test_user_architecture_with_arch(weights, tmp_path):
@@ -92,15 +94,36 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp"], ["--data"]),
         (["inspect", "{w}/junk.safetensors"], ["not a .press file"]),
         (["inspect", "{w}/nothing.press"], ["no such file"]),
-        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],
-         ["fraction in [0, 1)"]),
+        (
+            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],
+            ["fraction in [0, 1)"],
+        ),
         (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "-o", "x.press"], ["--sparsity"]),
-        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--ratio", "10", "-o", "x.press"],
-         ["ratio"]),
-        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "--bits", "1", "-o", "x.press"],
-         ["bits must be"]),
-        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "0.5", "--ratio", "3",
-          "-o", "x.press"], ["one target"]),
+        (
+            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--ratio", "10", "-o", "x.press"],
+            ["ratio"],
+        ),
+        (
+            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "--bits", "1", "-o", "x.press"],
+            ["bits must be"],
+        ),
+        (
+            [
+                "compress",
+                "{w}/mlp.pt",
+                "--arch",
+                "tests.archs:tiny_mlp",
+                "-m",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--ratio",
+                "3",
+                "-o",
+                "x.press",
+            ],
+            ["one target"],
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(weights, args, fragments, tmp_path, monkeypatch):

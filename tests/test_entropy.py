@@ -6,9 +6,9 @@ from hypothesis import strategies as st
 from netpress.codec.entropy import decode_symbols, encode_symbols, entropy_bits
 
 
-def roundtrip(symbols, alphabet, zero):
-    mode, data = encode_symbols(symbols, alphabet, zero)
-    out = decode_symbols(mode, data, symbols.size, alphabet, zero, "test")
+def roundtrip(symbols, alphabet, zero, rows=0):
+    mode, data = encode_symbols(symbols, alphabet, zero, rows)
+    out = decode_symbols(mode, data, symbols.size, alphabet, zero, "test", rows)
     assert np.array_equal(out, symbols.ravel())
     return mode, data
 
@@ -23,6 +23,18 @@ def test_any_symbol_array_roundtrips(case):
     alphabet, values, zero = case
     roundtrip(np.array(values, dtype=np.int32), alphabet, zero)
     roundtrip(np.array(values, dtype=np.int32), alphabet, None)
+    for rows in (1, 2, 5):
+        if values and len(values) % rows == 0:
+            roundtrip(np.array(values, dtype=np.int32), alphabet, zero, rows)
+
+
+def test_rank_one_gaussian_layout_wins_on_rows_of_different_scales():
+    rng = np.random.default_rng(0)
+    scales = np.outer(rng.uniform(0.5, 20, 64), rng.uniform(0.1, 3, 300))
+    symbols = (np.clip(np.round(rng.normal(0, scales)), -127, 127) + 127).astype(np.int32)
+    mode, data = roundtrip(symbols, 255, 127, rows=64)
+    assert mode == "gaussian"
+    assert len(data) < entropy_bits(symbols) / 8
 
 
 def test_coded_size_is_within_one_percent_of_the_entropy_bound():

@@ -15,8 +15,13 @@ def random_model(seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     widths = torch.randint(3, 40, (4,), generator=g).tolist()
     model = nn.Sequential(
-        nn.Conv2d(1, widths[0], 3), nn.ReLU(), nn.Conv2d(widths[0], widths[1], 1), nn.Flatten(),
-        nn.Linear(widths[1] * 36, widths[2]), nn.ReLU(), nn.Linear(widths[2], widths[3]),
+        nn.Conv2d(1, widths[0], 3),
+        nn.ReLU(),
+        nn.Conv2d(widths[0], widths[1], 1),
+        nn.Flatten(),
+        nn.Linear(widths[1] * 36, widths[2]),
+        nn.ReLU(),
+        nn.Linear(widths[2], widths[3]),
     )
     with torch.no_grad():
         for p in model.parameters():

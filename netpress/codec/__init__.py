@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from netpress.codec.codes import Codes, Encoded, SparseValues
 from netpress.codec.container import FORMAT_VERSION, from_bytes, read, read_file_bytes, read_manifest, save, to_bytes
+from netpress.codec.entropy import entropy_bits
 
 
 def inspect(path: str | os.PathLike) -> dict:
@@ -29,14 +32,15 @@ def inspect(path: str | os.PathLike) -> dict:
             "bits_per_weight": 8 * record["length"] / numel if numel else 0.0,
         }
         if isinstance(value, (Codes, SparseValues)):
-            zeros = round(value.sparsity() * numel)
-            coded_zeros += zeros
+            coded_zeros += round(value.sparsity() * numel)
             coded_numel += numel
-            bound_bits += record["entropy_bits"]
+            symbols = value.symbols if isinstance(value, Codes) else value.mask.to(torch.int32)
+            bits = entropy_bits(symbols.numpy())
+            bound_bits += bits
             row.update(
                 sparsity=value.sparsity(),
                 levels=value.num_levels if isinstance(value, Codes) else None,
-                entropy_bound_bytes=record["entropy_bits"] / 8,
+                entropy_bound_bytes=bits / 8,
                 coded_bytes=record["coded_bytes"],
             )
         else:

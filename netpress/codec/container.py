@@ -23,7 +23,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from netpress.codec.codes import Codes, Encoded, SparseValues
-from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols, entropy_bits
+from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.compressed import CompressedModel
 from netpress.errors import FormatError
 
@@ -64,21 +64,42 @@ def _bytes_tensor(data: bytes, dtype: str, shape: list[int], what: str) -> torch
     return flat.to(torch_dtype).reshape(shape).clone()
 
 
+def _uniform_grid(steps: np.ndarray, length: int, zero: int) -> np.ndarray:
+    """Levels (k − zero) · step in float32, one row per step: how a uniform quantizer builds them."""
+    grid = np.arange(length, dtype=np.float32) - np.float32(zero)
+    return (grid[None, :] * steps.astype(np.float32)[:, None]).astype(np.float32)
+
+
+def _uniform_steps(levels: np.ndarray, zero: int | None) -> np.ndarray | None:
+    """The step of each level row when the table is exactly a uniform grid around the zero symbol, else None."""
+    if zero is None or levels.shape[-1] < 2:
+        return None
+    table = levels.reshape(-1, levels.shape[-1])
+    steps = table[:, zero + 1] if zero + 1 < table.shape[1] else -table[:, zero - 1]
+    return steps if np.array_equal(_uniform_grid(steps, table.shape[1], zero), table) else None
+
+
+def _rows(shape) -> int:
+    """Output channels: the row count of a tensor's 2-D view (0 for scalars)."""
+    return int(shape[0]) if len(shape) else 0
+
+
 def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
     """One tensor's record (without offsets) and its stream."""
     if isinstance(value, Codes):
         out = ByteWriter()
-        out.array(value.levels.numpy())
+        steps = _uniform_steps(value.levels.numpy(), value.zero)
+        out.array(steps if steps is not None else value.levels.numpy())
         symbols = value.symbols.numpy()
-        mode, coded = encode_symbols(symbols, value.num_levels, value.zero)
+        mode, coded = encode_symbols(symbols, value.num_levels, value.zero, rows=_rows(value.shape))
         out.parts.append(coded)
         record = {
             "kind": "codes",
             "shape": list(value.shape),
             "levels_shape": list(value.levels.shape),
+            "levels_form": "uniform" if steps is not None else "table",
             "zero": value.zero,
             "coding": mode,
-            "entropy_bits": round(entropy_bits(symbols), 1),
             "coded_bytes": len(coded),
         }
         return record, out.getvalue()
@@ -95,7 +116,6 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
             "dtype": _DTYPE_NAMES[value.values.dtype],
             "nnz": int(value.values.numel()),
             "coding": mode,
-            "entropy_bits": round(entropy_bits(mask), 1),
             "coded_bytes": len(coded),
         }
         return record, out.getvalue()
@@ -157,9 +177,7 @@ def _header_metadata(data: bytes) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise FormatError("not a .press file: a safetensors file without netpress metadata")
     if meta.get("version") != str(FORMAT_VERSION):
-        raise FormatError(
-            f"format version {meta.get('version')!r}; this netpress reads version {FORMAT_VERSION}"
-        )
+        raise FormatError(f"format version {meta.get('version')!r}; this netpress reads version {FORMAT_VERSION}")
     return meta
 
 
@@ -227,8 +245,15 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
             or not (zero is None or (isinstance(zero, int) and 0 <= zero < levels_shape[-1]))
         ):
             raise FormatError(f"{what}: invalid level table description")
-        levels = torch.from_numpy(reader.array("float32", int(np.prod(levels_shape))).copy()).reshape(levels_shape)
-        symbols = decode_symbols(record.get("coding"), reader.rest(), numel, levels_shape[-1], zero, what)
+        if record.get("levels_form") == "uniform" and zero is not None:
+            rows = levels_shape[0] if len(levels_shape) == 2 else 1
+            table = _uniform_grid(reader.array("float32", rows), levels_shape[-1], zero)
+        elif record.get("levels_form") == "table":
+            table = reader.array("float32", int(np.prod(levels_shape)))
+        else:
+            raise FormatError(f"{what}: unknown level table form {record.get('levels_form')!r}")
+        levels = torch.from_numpy(table.copy()).reshape(levels_shape)
+        symbols = decode_symbols(record.get("coding"), reader.rest(), numel, levels_shape[-1], zero, what, _rows(shape))
         return Codes(torch.from_numpy(symbols).reshape(shape), levels, zero)
     nnz = record.get("nnz")
     if not isinstance(nnz, int) or not 0 <= nnz <= numel:

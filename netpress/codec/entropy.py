@@ -3,11 +3,15 @@
 The probability model of each array is its exact symbol counts, stored in the stream as varints:
 integer "fixed-point" probabilities, so encoder and decoder build bit-identical models.
 
-Two layouts, whichever is smaller for a given array (both are tried, the bytes decide):
+Three layouts, whichever is smaller for a given array (all are tried, the bytes decide):
 
-``symbols``  every symbol coded against one categorical model.
-``runs``     the lengths of zero runs before each non-zero symbol (alphabet ``0..M``, where ``M`` means
-             "M zeros, continue") followed by the non-zero symbols. Wins when zeros are clustered.
+``symbols``   every symbol coded against one categorical model.
+``runs``      the lengths of zero runs before each non-zero symbol (alphabet ``0..M``, where ``M`` means
+              "M zeros, continue") followed by the non-zero symbols. Wins when zeros are clustered.
+``gaussian``  the symbols' offsets from the centre symbol, each coded with a quantized Gaussian whose
+              scale is a rank-1 product of a per-row and a per-column scale (the array viewed as
+              rows × columns, rows = output channels). No count table; wins on dense quantized weights,
+              whose magnitudes vary by output neuron and input feature.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from netpress.errors import FormatError
 
-MODES = ("symbols", "runs")
+MODES = ("symbols", "runs", "gaussian")
 MAX_ALPHABET = 1 << 16
 _RUN_CAPS = tuple(1 << k for k in range(0, 13))
 
@@ -159,8 +163,82 @@ def _best_run_cap(runs: np.ndarray) -> int:
     return best
 
 
-def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None) -> tuple[str, bytes]:
-    """Code a flat int array over ``0..alphabet-1``; returns the chosen layout and its bytes."""
+# 2^(k/8) for k = 0..7, written exactly so every machine builds the same scales.
+_EIGHTH_POWERS = np.array(
+    [
+        float.fromhex(h)
+        for h in (
+            "0x1.0000000000000p+0",
+            "0x1.172b83c7d517bp+0",
+            "0x1.306fe0a31b715p+0",
+            "0x1.4bfdad5362a27p+0",
+            "0x1.6a09e667f3bcdp+0",
+            "0x1.8ace5422aa0dbp+0",
+            "0x1.ae89f995ad3adp+0",
+            "0x1.d5818dcfba487p+0",
+        )
+    ]
+)
+_MIN_SCALE = 0.05
+
+
+def _pow2_eighths(q: np.ndarray) -> np.ndarray:
+    """2^(q/8) for integer q, from exact constants and ldexp (no libm rounding differences)."""
+    q = q.astype(np.int64)
+    return np.ldexp(_EIGHTH_POWERS[q % 8], (q // 8).astype(np.int32))
+
+
+def _gaussian_scales(row_q: np.ndarray, col_q: np.ndarray, norm: float) -> np.ndarray:
+    """Per-symbol Gaussian scales from the stored log-scales; identical in encoder and decoder."""
+    scales = np.outer(_pow2_eighths(row_q), _pow2_eighths(col_q)) / norm
+    return np.maximum(scales, _MIN_SCALE).ravel()
+
+
+def _log_scale_q(mean_abs: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(np.log2(mean_abs + 1e-3) * 8), -127, 127).astype(np.int8)
+
+
+def _gaussian_model(center: int, alphabet: int):
+    return constriction.stream.model.QuantizedGaussian(-center, alphabet - 1 - center)
+
+
+def _encode_gaussian(symbols: np.ndarray, alphabet: int, center: int, rows: int) -> bytes:
+    offsets = (symbols.astype(np.int64) - center).reshape(rows, -1)
+    magnitude = np.abs(offsets).astype(np.float64)
+    row_q, col_q = _log_scale_q(magnitude.mean(axis=1)), _log_scale_q(magnitude.mean(axis=0))
+    norm = float(magnitude.mean() + 1e-3)
+    out = ByteWriter()
+    out.array(np.array([norm], dtype=np.float64))
+    out.array(row_q)
+    out.array(col_q)
+    encoder = constriction.stream.queue.RangeEncoder()
+    scales = _gaussian_scales(row_q, col_q, norm)
+    encoder.encode(offsets.ravel().astype(np.int32), _gaussian_model(center, alphabet), np.zeros(scales.size), scales)
+    out.parts.append(encoder.get_compressed().astype("<u4").tobytes())
+    return out.getvalue()
+
+
+def _decode_gaussian(reader: ByteReader, n: int, alphabet: int, center: int, rows: int, what: str) -> np.ndarray:
+    if rows < 1 or n % rows:
+        raise FormatError(f"{what}: {n} symbols cannot form {rows} rows")
+    (norm,) = reader.array("float64", 1)
+    if not np.isfinite(norm) or norm <= 0:
+        raise FormatError(f"{what}: invalid scale normaliser")
+    row_q, col_q = reader.array("int8", rows), reader.array("int8", n // rows)
+    words = reader.rest()
+    if len(words) % 4:
+        raise FormatError(f"{what}: coded stream length {len(words)} is not a whole number of words")
+    scales = _gaussian_scales(row_q, col_q, float(norm))
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+    offsets = np.asarray(decoder.decode(_gaussian_model(center, alphabet), np.zeros(n), scales), dtype=np.int64)
+    return (offsets + center).astype(np.int32)
+
+
+def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: int = 0) -> tuple[str, bytes]:
+    """Code a flat int array over ``0..alphabet-1``; returns the chosen layout and its bytes.
+
+    ``rows`` (the size of axis 0 of the original tensor) enables the ``gaussian`` layout.
+    """
     symbols = np.ascontiguousarray(symbols.ravel(), dtype=np.int32)
     if not 0 < alphabet <= MAX_ALPHABET:
         raise ValueError(f"alphabet size must be in 1..{MAX_ALPHABET}, got {alphabet}")
@@ -183,12 +261,17 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None) -> tupl
         rl.varints(nz_counts)
         rl.parts.append(_range_encode([(run_syms, run_counts), (nonzero, nz_counts)]))
         candidates.append(("runs", rl.getvalue()))
+    if rows and alphabet >= 3 and symbols.size and symbols.size % rows == 0:
+        center = zero if zero is not None else alphabet // 2
+        candidates.append(("gaussian", _encode_gaussian(symbols, alphabet, center, rows)))
     return min(candidates, key=lambda c: len(c[1]))
 
 
-def decode_symbols(mode: str, data: bytes, n: int, alphabet: int, zero: int | None, what: str) -> np.ndarray:
+def decode_symbols(mode: str, data: bytes, n: int, alphabet: int, zero: int | None, what: str, rows: int = 0) -> np.ndarray:
     """Inverse of ``encode_symbols``: exactly ``n`` symbols, or a ``FormatError``."""
     reader = ByteReader(data, what)
+    if mode == "gaussian" and alphabet >= 3:
+        return _decode_gaussian(reader, n, alphabet, zero if zero is not None else alphabet // 2, rows, what)
     if mode == "symbols":
         counts = reader.varints(alphabet, limit=n)
         if counts.sum() != n:

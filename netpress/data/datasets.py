@@ -95,9 +95,7 @@ def check_dataset(dataset: Dataset, input_shape: tuple[int, ...] | None = None) 
     if not isinstance(sample, (tuple, list)) or len(sample) < 1 or not torch.is_tensor(sample[0]):
         raise DataError("each dataset item must be (input tensor, label) or (input tensor,)")
     if input_shape is not None and tuple(sample[0].shape) != tuple(input_shape):
-        raise DataError(
-            f"dataset inputs have shape {tuple(sample[0].shape)}, the model expects {tuple(input_shape)}"
-        )
+        raise DataError(f"dataset inputs have shape {tuple(sample[0].shape)}, the model expects {tuple(input_shape)}")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights
 from netpress.methods.baselines import ALLOCATIONS, MagnitudePruning, UniformQuantization
+from netpress.methods.fcpts import FCPTS
 
-METHODS: dict[str, type] = {m.name: m for m in (MagnitudePruning, UniformQuantization)}
+METHODS: dict[str, type] = {m.name: m for m in (MagnitudePruning, UniformQuantization, FCPTS)}
 
 __all__ = [
     "ALLOCATIONS",
+    "FCPTS",
     "COMPRESSIBLE_LAYERS",
     "METHODS",
     "MagnitudePruning",

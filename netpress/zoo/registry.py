@@ -103,9 +103,7 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
     train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
     x_all, y_all = train_set.tensors
     model = entry.factory()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=entry.lr, momentum=0.9, nesterov=True, weight_decay=entry.weight_decay
-    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=entry.lr, momentum=0.9, nesterov=True, weight_decay=entry.weight_decay)
     steps_per_epoch = (len(x_all) + entry.batch_size - 1) // entry.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, entry.lr, total_steps=epochs * steps_per_epoch)
     start = time.perf_counter()
@@ -142,8 +140,7 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
         "epochs": epochs,
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
-        "command": f"netpress zoo train {name} --seed {seed}"
-        + (f" --epochs {epochs}" if epochs != entry.epochs else ""),
+        "command": f"netpress zoo train {name} --seed {seed}" + (f" --epochs {epochs}" if epochs != entry.epochs else ""),
     }
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

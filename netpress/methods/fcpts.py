@@ -1,0 +1,171 @@
+"""FCPTS: fast and controllable post-training sparsity (Gong et al., AAAI 2024).
+
+One learnable magnitude threshold per layer, initialised from ERK. The loss is distillation from the
+dense model (KL, temperature 4) on a calibration subset plus λ·|global sparsity − target|, where the
+global sparsity is made differentiable in the thresholds by a kernel-density bridge
+(``netpress.quant.kde``). After optimisation a projection prunes exactly round(target · N) weights,
+split over layers in the learned proportions, and BatchNorm statistics are re-estimated on the
+calibration subset. See docs/methods/fcpts.md for where netpress departs from the paper's code.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from netpress.budget import Budget
+from netpress.codec.codes import SparseValues
+from netpress.data import Subset
+from netpress.errors import BudgetError, DataError
+from netpress.evaluate import predict
+from netpress.methods.base import MethodResult, check_budget, check_model, split_exact
+from netpress.methods.baselines import _smallest, prune_counts
+from netpress.progress import progress_bar
+from netpress.quant.kde import layer_sparsity
+
+
+def _kth_magnitude(w: torch.Tensor, count: int) -> float:
+    """A threshold that prunes ``count`` weights: midway between the count-th and next magnitude."""
+    mags = torch.sort(w.detach().abs().reshape(-1)).values
+    if count <= 0:
+        return float(mags[0]) * 0.5
+    if count >= mags.numel():
+        return float(mags[-1]) * 1.01 + 1e-12
+    return 0.5 * float(mags[count - 1] + mags[count])
+
+
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Re-estimate BatchNorm running statistics on ``inputs`` (cumulative average), weights untouched."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size])
+    for m, (momentum, training) in zip(norms, saved):
+        m.momentum = momentum
+        m.train(training)
+
+
+@dataclass
+class FCPTS:
+    """Learned per-layer sparsity that meets a global target exactly, from ~1k unlabelled samples.
+
+    ``iterations`` steps of batch ``batch_size``; Adam on the log-thresholds (``threshold_lr``) and
+    on the weights (``weight_lr``; 0 keeps the dense weights and learns only the allocation);
+    ``penalty`` is λ of the sparsity term; ``temperature`` is the distillation temperature.
+    """
+
+    iterations: int = 400
+    batch_size: int = 64
+    threshold_lr: float = 0.02
+    weight_lr: float = 1e-4
+    penalty: float = 1.0
+    temperature: float = 4.0
+    seed: int = 0
+    name: ClassVar[str] = "fcpts"
+    needs: ClassVar[str] = "calibration"
+    budgets: ClassVar[tuple[str, ...]] = ("sparsity",)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.batch_size < 1:
+            raise BudgetError("iterations must be ≥ 0 and batch_size ≥ 1")
+        if self.threshold_lr < 0 or self.weight_lr < 0 or self.penalty < 0 or self.temperature <= 0:
+            raise BudgetError("learning rates and penalty must be ≥ 0 and the temperature > 0")
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        budget = check_budget(self, budget)
+        if data is None:
+            raise DataError("FCPTS needs a calibration subset of the training split")
+        target = budget.sparsity
+        student = copy.deepcopy(model).eval()
+        weights = check_model(student)
+        names = list(weights)
+        sizes = [w.numel() for w in weights.values()]
+        total = sum(sizes)
+        erk_counts = prune_counts(list(weights.values()), target, "erk")
+        inputs, _ = data.tensors()
+        teacher_logits = predict(model, inputs)
+
+        log_thresholds = nn.Parameter(
+            torch.tensor([math.log(max(_kth_magnitude(w, c), 1e-12)) for w, c in zip(weights.values(), erk_counts)])
+        )
+        generator = torch.Generator().manual_seed(self.seed)
+        groups = [{"params": [log_thresholds], "lr": self.threshold_lr}]
+        if self.weight_lr > 0:
+            groups.append({"params": [p for p in student.parameters()], "lr": self.weight_lr})
+        optimizer = torch.optim.Adam(groups)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(self.iterations, 1))
+        frozen = {k: v.detach() for k, v in student.named_parameters()}
+
+        with progress_bar() as progress:
+            task = progress.add_task("FCPTS", total=self.iterations)
+            for _ in range(self.iterations):
+                idx = torch.randint(0, len(inputs), (min(self.batch_size, len(inputs)),), generator=generator)
+                thresholds = log_thresholds.exp()
+                params = dict(frozen) if self.weight_lr == 0 else dict(student.named_parameters())
+                layer_rates = []
+                for i, name in enumerate(names):
+                    w = params[name]
+                    params[name] = _masked(w, thresholds[i])
+                    layer_rates.append(layer_sparsity(thresholds[i], w, generator) * sizes[i])
+                sparsity = torch.stack(layer_rates).sum() / total
+                student_logits = functional_call(student, params, (inputs[idx],))
+                distill = (
+                    F.kl_div(
+                        F.log_softmax(student_logits / self.temperature, dim=1),
+                        F.softmax(teacher_logits[idx] / self.temperature, dim=1),
+                        reduction="batchmean",
+                    )
+                    * self.temperature**2
+                )
+                loss = distill + self.penalty * (sparsity - target).abs()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                progress.update(task, advance=1, description=f"FCPTS sparsity {sparsity.detach().item():.3f}")
+
+        # Projection: exactly round(target · N) zeros, in the learned per-layer proportions.
+        with torch.no_grad():
+            thresholds = log_thresholds.exp()
+            learned = [float((w.abs() < t).sum()) for w, t in zip(weights.values(), thresholds)]
+            counts = split_exact(round(target * total), learned, sizes)
+            result = MethodResult(student)
+            for w, count in zip(weights.values(), counts):
+                w.masked_fill_(_smallest(w.abs(), count), 0.0)
+            recalibrate_batchnorm(student, inputs)
+            for (name, w), count, erk in zip(weights.items(), counts, erk_counts):
+                result.codes[name] = SparseValues.from_tensor(w.detach().clone())
+                result.rows.append(
+                    {
+                        "name": name,
+                        "shape": list(w.shape),
+                        "params": w.numel(),
+                        "sparsity": count / w.numel(),
+                        "erk_sparsity": erk / w.numel(),
+                    }
+                )
+        return result
+
+
+def _masked(w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Forward: w · 1[|w| > t]. Backward: weights get the full gradient (straight-through, so pruned
+    weights can grow back), and the threshold gets the distillation gradient through a sigmoid
+    surrogate of the mask whose width is 5 % of the layer's mean magnitude."""
+    mags = w.detach().abs()
+    hard = (mags > threshold).to(w.dtype)
+    soft = torch.sigmoid((mags - threshold) / (0.05 * mags.mean() + 1e-12))
+    return w * hard + (w - w.detach()) * (1 - hard) + w.detach() * (soft - soft.detach())

@@ -1,0 +1,5 @@
+"""Reports: JSON rows and PNG plots of what a run did."""
+
+from netpress.report.plots import plot_allocation
+
+__all__ = ["plot_allocation"]

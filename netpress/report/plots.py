@@ -1,0 +1,30 @@
+"""PNG plots written next to a report (matplotlib, non-interactive backend)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_allocation(rows: list[dict], path: str | os.PathLike, title: str = "per-layer sparsity") -> None:
+    """Bars of each layer's sparsity; when rows carry ``erk_sparsity``, ERK's allocation beside it."""
+    names = [r["name"].removesuffix(".weight") for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 4))
+    has_erk = all("erk_sparsity" in r for r in rows)
+    width = 0.4 if has_erk else 0.8
+    ax.bar([i - width / 2 if has_erk else i for i in x], [r["sparsity"] for r in rows], width, label="chosen")
+    if has_erk:
+        ax.bar([i + width / 2 for i in x], [r["erk_sparsity"] for r in rows], width, label="ERK")
+        ax.legend()
+    ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("sparsity")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

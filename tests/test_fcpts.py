@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from netpress import Budget
+from netpress.data import calibration_subset, load_dataset
+from netpress.methods import FCPTS
+from netpress.methods.base import compressible_weights
+from netpress.quant.kde import layer_sparsity, magnitude_density, silverman_bandwidth
+from tests.archs import tiny_mlp
+
+FAST = FCPTS(iterations=15, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return calibration_subset(load_dataset("digits", "train"), 128, seed=0)
+
+
+def test_kde_bridge_derivative_matches_a_finite_difference():
+    w = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(0.7, requires_grad=True)
+    layer_sparsity(t, w, torch.Generator().manual_seed(1)).backward()
+    delta = 0.02
+    finite = float(((w.abs() < 0.7 + delta).float().mean() - (w.abs() < 0.7 - delta).float().mean()) / (2 * delta))
+    exact = 2 * math.exp(-0.49 / 2) / math.sqrt(2 * math.pi)  # density of |N(0,1)| at 0.7
+    assert abs(float(t.grad) - finite) < 0.05 * finite
+    assert abs(float(t.grad) - exact) < 0.05 * exact
+
+
+def test_kde_density_integrates_to_one():
+    sample = torch.rand(2000, generator=torch.Generator().manual_seed(0))
+    h = silverman_bandwidth(sample)
+    grid = torch.linspace(0, 3, 3001)
+    density = torch.stack([magnitude_density(t, sample, h) for t in grid])
+    assert abs(float(torch.trapezoid(density, grid)) - 1) < 0.01
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.77, 0.95])
+def test_fcpts_meets_the_target_exactly(calibration, sparsity):
+    model = tiny_mlp()
+    result = FAST.apply(model, calibration, Budget(sparsity=sparsity))
+    weights = compressible_weights(result.model)
+    total = sum(w.numel() for w in weights.values())
+    assert sum(int((w == 0).sum()) for w in weights.values()) == round(sparsity * total)
+    assert {"erk_sparsity", "sparsity"} <= set(result.rows[0])
+
+
+def test_fcpts_is_reproducible_bit_for_bit(calibration):
+    a = FAST.apply(tiny_mlp(), calibration, Budget(sparsity=0.8)).model.state_dict()
+    b = FAST.apply(tiny_mlp(), calibration, Budget(sparsity=0.8)).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_calibration_comes_from_the_training_split(monkeypatch, tmp_path):
+    import netpress.api
+
+    splits = []
+    original = netpress.api.load_dataset
+
+    def spy(name, split="test"):
+        splits.append(split)
+        return original(name, split)
+
+    monkeypatch.setattr(netpress.api, "load_dataset", spy)
+    handle = netpress.ModelHandle(tiny_mlp(), {}, "digits", (1, 8, 8))
+    report = netpress.press(handle, FAST, Budget(sparsity=0.5), out=tmp_path / "f.press", calib=64, seed=3)
+    assert splits[0] == "train" and set(splits[1:]) == {"test"}
+    train = load_dataset("digits", "train")
+    assert report["calibration"]["indices"] == calibration_subset(train, 64, seed=3).indices
+    assert report["calibration"]["n"] == 64
+    assert netpress.inspect(tmp_path / "f.press")["summary"]["calibration"]["seed"] == 3

@@ -30,9 +30,11 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 
 
 def run_case(name: str, handle: ModelHandle, methods: list[Method], budget: Budget | None, out_dir: Path) -> dict:
-    """Compress ``handle``, write ``out_dir/<name>.press`` and measure it (size, time, accuracy from the file)."""
+    """Compress ``handle``, write ``out_dir/<name>.press`` and measure it (size, time, accuracy from the file).
+
+    The per-layer rows stay under ``layers``; drop them before writing a results table.
+    """
     report = press(handle, methods, budget, out=Path(out_dir) / f"{name}.press")
-    report.pop("layers")
     return {"name": name, **report}
 
 

@@ -76,7 +76,8 @@ def _uniform_steps(levels: np.ndarray, zero: int | None) -> np.ndarray | None:
         return None
     table = levels.reshape(-1, levels.shape[-1])
     steps = table[:, zero + 1] if zero + 1 < table.shape[1] else -table[:, zero - 1]
-    return steps if np.array_equal(_uniform_grid(steps, table.shape[1], zero), table) else None
+    rebuilt = _uniform_grid(steps, table.shape[1], zero)
+    return steps if np.array_equal(rebuilt.view(np.uint32), table.view(np.uint32)) else None  # bit for bit, ±0 too
 
 
 def _rows(shape) -> int:

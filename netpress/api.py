@@ -185,7 +185,7 @@ def compress(
             tensors[name] = value.detach().to(RAW_DTYPES[raw_dtype]).clone()
         else:
             tensors[name] = value.detach().clone()
-    coded = [c for c in codes.values()]
+    coded = list(codes.values())
     zeros = sum(round(c.sparsity() * torch.Size(c.shape).numel()) for c in coded)
     numel = sum(torch.Size(c.shape).numel() for c in coded)
     summary = {
@@ -276,13 +276,14 @@ def press(
     compressed = compress(handle, methods, budget, calibration, raw_dtype=raw_dtype)
     file_bytes = save(compressed, out)
     seconds = time.perf_counter() - start
+    original_bytes = fp32_bytes(handle.module)
     report = {
         "source": handle.source,
         "methods": compressed.summary["methods"],
         "budget": compressed.summary["budget"],
-        "original_bytes": fp32_bytes(handle.module),
+        "original_bytes": original_bytes,
         "file_bytes": file_bytes,
-        "ratio": fp32_bytes(handle.module) / file_bytes,
+        "ratio": original_bytes / file_bytes,
         "seconds": round(seconds, 3),
         "params_before": count_params(handle.module),
         "params_after": compressed.summary["params"],

@@ -8,10 +8,10 @@ Three layouts, whichever is smaller for a given array (all are tried, the bytes 
 ``symbols``   every symbol coded against one categorical model.
 ``runs``      the lengths of zero runs before each non-zero symbol (alphabet ``0..M``, where ``M`` means
               "M zeros, continue") followed by the non-zero symbols. Wins when zeros are clustered.
-``gaussian``  the symbols' offsets from the centre symbol, each coded with a quantized Gaussian whose
-              scale is a rank-1 product of a per-row and a per-column scale (the array viewed as
-              rows × columns, rows = output channels). No count table; wins on dense quantized weights,
-              whose magnitudes vary by output neuron and input feature.
+``rank1``     the symbols' offsets from the centre symbol, each coded with a quantized Gaussian or
+              Laplace whose scale is a rank-1 product of a per-row and a per-column scale (the array
+              viewed as rows × columns, rows = output channels). No count table; wins on dense
+              quantized weights, whose magnitudes vary by output neuron and by input feature.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from netpress.errors import FormatError
 
-MODES = ("symbols", "runs", "gaussian")
+MODES = ("symbols", "runs", "rank1")
 MAX_ALPHABET = 1 << 16
 _RUN_CAPS = tuple(1 << k for k in range(0, 13))
 
@@ -188,9 +188,17 @@ def _pow2_eighths(q: np.ndarray) -> np.ndarray:
     return np.ldexp(_EIGHTH_POWERS[q % 8], (q // 8).astype(np.int32))
 
 
-def _gaussian_scales(row_q: np.ndarray, col_q: np.ndarray, norm: float) -> np.ndarray:
-    """Per-symbol Gaussian scales from the stored log-scales; identical in encoder and decoder."""
-    scales = np.outer(_pow2_eighths(row_q), _pow2_eighths(col_q)) / norm
+_FAMILIES = ("gaussian", "laplace")
+_MULTIPLIERS = (6, 8, 10, 12, 14)  # the scale multiplier is k/8; the writer keeps the smallest result
+
+
+def _rank1_scales(row_q: np.ndarray, col_q: np.ndarray, norm: float, multiplier: int) -> np.ndarray:
+    """Per-symbol scales from the stored log-scales; identical in encoder and decoder.
+
+    scale_ij = max(2^(qr_i/8) · 2^(qc_j/8) / norm · k/8, 0.05): a rank-1 model of the mean offset
+    magnitude, times a multiplier that turns it into the family's scale parameter.
+    """
+    scales = np.outer(_pow2_eighths(row_q), _pow2_eighths(col_q)) / norm * (multiplier / 8)
     return np.maximum(scales, _MIN_SCALE).ravel()
 
 
@@ -198,46 +206,60 @@ def _log_scale_q(mean_abs: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.log2(mean_abs + 1e-3) * 8), -127, 127).astype(np.int8)
 
 
-def _gaussian_model(center: int, alphabet: int):
-    return constriction.stream.model.QuantizedGaussian(-center, alphabet - 1 - center)
+def _rank1_model(family: int, center: int, alphabet: int):
+    model = constriction.stream.model.QuantizedGaussian if family == 0 else constriction.stream.model.QuantizedLaplace
+    return model(-center, alphabet - 1 - center)
 
 
-def _encode_gaussian(symbols: np.ndarray, alphabet: int, center: int, rows: int) -> bytes:
+def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) -> bytes:
+    """Try each family and multiplier; keep the smallest stream."""
     offsets = (symbols.astype(np.int64) - center).reshape(rows, -1)
     magnitude = np.abs(offsets).astype(np.float64)
     row_q, col_q = _log_scale_q(magnitude.mean(axis=1)), _log_scale_q(magnitude.mean(axis=0))
     norm = float(magnitude.mean() + 1e-3)
+    flat = offsets.ravel().astype(np.int32)
+    means = np.zeros(flat.size)
+    best: tuple[int, int, bytes] | None = None
+    for family in range(len(_FAMILIES)):
+        for multiplier in _MULTIPLIERS:
+            encoder = constriction.stream.queue.RangeEncoder()
+            scales = _rank1_scales(row_q, col_q, norm, multiplier)
+            encoder.encode(flat, _rank1_model(family, center, alphabet), means, scales)
+            words = encoder.get_compressed().astype("<u4").tobytes()
+            if best is None or len(words) < len(best[2]):
+                best = (family, multiplier, words)
+    family, multiplier, words = best
     out = ByteWriter()
     out.array(np.array([norm], dtype=np.float64))
+    out.array(np.array([family, multiplier], dtype=np.uint8))
     out.array(row_q)
     out.array(col_q)
-    encoder = constriction.stream.queue.RangeEncoder()
-    scales = _gaussian_scales(row_q, col_q, norm)
-    encoder.encode(offsets.ravel().astype(np.int32), _gaussian_model(center, alphabet), np.zeros(scales.size), scales)
-    out.parts.append(encoder.get_compressed().astype("<u4").tobytes())
+    out.parts.append(words)
     return out.getvalue()
 
 
-def _decode_gaussian(reader: ByteReader, n: int, alphabet: int, center: int, rows: int, what: str) -> np.ndarray:
+def _decode_rank1(reader: ByteReader, n: int, alphabet: int, center: int, rows: int, what: str) -> np.ndarray:
     if rows < 1 or n % rows:
         raise FormatError(f"{what}: {n} symbols cannot form {rows} rows")
     (norm,) = reader.array("float64", 1)
-    if not np.isfinite(norm) or norm <= 0:
-        raise FormatError(f"{what}: invalid scale normaliser")
+    family, multiplier = (int(v) for v in reader.array("uint8", 2))
+    if not np.isfinite(norm) or norm <= 0 or family >= len(_FAMILIES) or multiplier not in _MULTIPLIERS:
+        raise FormatError(f"{what}: invalid rank-1 model parameters")
     row_q, col_q = reader.array("int8", rows), reader.array("int8", n // rows)
     words = reader.rest()
     if len(words) % 4:
         raise FormatError(f"{what}: coded stream length {len(words)} is not a whole number of words")
-    scales = _gaussian_scales(row_q, col_q, float(norm))
+    scales = _rank1_scales(row_q, col_q, float(norm), multiplier)
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
-    offsets = np.asarray(decoder.decode(_gaussian_model(center, alphabet), np.zeros(n), scales), dtype=np.int64)
+    model = _rank1_model(family, center, alphabet)
+    offsets = np.asarray(decoder.decode(model, np.zeros(n), scales), dtype=np.int64)
     return (offsets + center).astype(np.int32)
 
 
 def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: int = 0) -> tuple[str, bytes]:
     """Code a flat int array over ``0..alphabet-1``; returns the chosen layout and its bytes.
 
-    ``rows`` (the size of axis 0 of the original tensor) enables the ``gaussian`` layout.
+    ``rows`` (the size of axis 0 of the original tensor) enables the ``rank1`` layout.
     """
     symbols = np.ascontiguousarray(symbols.ravel(), dtype=np.int32)
     if not 0 < alphabet <= MAX_ALPHABET:
@@ -263,15 +285,15 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: i
         candidates.append(("runs", rl.getvalue()))
     if rows and alphabet >= 3 and symbols.size and symbols.size % rows == 0:
         center = zero if zero is not None else alphabet // 2
-        candidates.append(("gaussian", _encode_gaussian(symbols, alphabet, center, rows)))
+        candidates.append(("rank1", _encode_rank1(symbols, alphabet, center, rows)))
     return min(candidates, key=lambda c: len(c[1]))
 
 
 def decode_symbols(mode: str, data: bytes, n: int, alphabet: int, zero: int | None, what: str, rows: int = 0) -> np.ndarray:
     """Inverse of ``encode_symbols``: exactly ``n`` symbols, or a ``FormatError``."""
     reader = ByteReader(data, what)
-    if mode == "gaussian" and alphabet >= 3:
-        return _decode_gaussian(reader, n, alphabet, zero if zero is not None else alphabet // 2, rows, what)
+    if mode == "rank1" and alphabet >= 3:
+        return _decode_rank1(reader, n, alphabet, zero if zero is not None else alphabet // 2, rows, what)
     if mode == "symbols":
         counts = reader.varints(alphabet, limit=n)
         if counts.sum() != n:

@@ -1,0 +1,276 @@
+"""Channel groups: every set of tensor axes that index the same channels, found by tracing.
+
+The dependency graph comes from Torch-Pruning's ``DependencyGraph`` (autograd tracing): a group
+holds the producers that write a set of channels (Linear/Conv output rows, their BatchNorm) and the
+consumers that read them (Linear/Conv input columns), across flattens, element-wise ops and
+residual adds, so one residual stream is one group. Structural methods change a group with two
+matrices: ``producer`` (k×n) maps the n old channels' rows to k new rows, ``consumer`` (k×n) maps
+old input columns to new ones; folding uses cluster means and sums, pruning uses selections.
+
+Blocks tracing cannot see are named in ``OPAQUE_BLOCKS`` (attention: its head reshapes would need
+head-aware folding); their layers are reported as not folded instead of being traced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.ops import OPTYPE
+
+Role = Literal["producer", "norm", "consumer"]
+# Module classes whose name ends with one of these are not traced: their channels are not folded.
+OPAQUE_BLOCKS: tuple[str, ...] = ("Attention",)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_ROLE_TENSORS: dict[Role, tuple[tuple[str, int], ...]] = {
+    "producer": (("weight", 0), ("bias", 0)),
+    "norm": (("weight", 0), ("bias", 0), ("running_mean", 0), ("running_var", 0)),
+    "consumer": (("weight", 1),),
+}
+
+
+@dataclass
+class Member:
+    """One layer's axis in a group. ``expand`` input columns per channel (conv → flatten → linear)."""
+
+    module: str
+    role: Role
+    expand: int = 1
+    source: str | None = None  # for a norm: the producer whose output it normalises
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled channels: ``reason`` says why the group cannot be changed (None when it can)."""
+
+    name: str
+    channels: int
+    members: list[Member] = field(default_factory=list)
+    reason: str | None = None
+
+    def by_role(self, role: Role) -> list[Member]:
+        return [m for m in self.members if m.role == role]
+
+    def row(self, model: nn.Module | None = None) -> dict:
+        """A report row: the group, its members by role, and why it was left alone."""
+        out = {"group": self.name, "channels": self.channels}
+        for role in ("producer", "norm", "consumer"):
+            out[role + "s"] = [m.module for m in self.by_role(role)]
+        if self.reason is not None:
+            out["folded"] = False
+            out["reason"] = self.reason
+        return out
+
+
+class ParamCounter:
+    """Exact parameter count of the model after each group keeps ``kept[g]`` of its channels.
+
+    A weight between two groups shrinks in both axes, so counts are products, not sums.
+    """
+
+    def __init__(self, model: nn.Module, groups: list[ChannelGroup]) -> None:
+        axes: dict[tuple[str, str], list[int]] = {}
+        for g, group in enumerate(groups):
+            for member in group.members:
+                for tensor_name, _ in _ROLE_TENSORS[member.role]:
+                    axes.setdefault((member.module, tensor_name), []).append(g)
+        self.channels = [group.channels for group in groups]
+        self.terms: list[tuple[int, list[int]]] = []
+        for name, param in model.named_parameters():
+            module_name, _, tensor_name = name.rpartition(".")
+            self.terms.append((param.numel(), axes.get((module_name, tensor_name), [])))
+
+    def __call__(self, kept: list[int]) -> int:
+        return round(sum(numel * math.prod(kept[g] / self.channels[g] for g in gs) for numel, gs in self.terms))
+
+
+def _first_tensor(output) -> torch.Tensor:
+    """The tensor a traced model's output starts with (plain tensor, tuple, or a HF ModelOutput)."""
+    while not isinstance(output, torch.Tensor):
+        output = output[0]
+    return output.float().sum()
+
+
+def _unsupported(module: nn.Module, node_type: OPTYPE, role: Role | None) -> str | None:
+    """Why a member layer cannot be folded, or None."""
+    if role is None:
+        return f"a {type(module).__name__} ({node_type.name}) shares these channels; folding it is not supported"
+    if isinstance(module, _CONVS) and module.groups != 1:
+        return f"grouped/depthwise {type(module).__name__} (groups={module.groups})"
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "transposed convolutions are not supported"
+    return None
+
+
+def _role(module: nn.Module, out_side: bool) -> Role | None:
+    if isinstance(module, (nn.Linear, *_CONVS)):
+        return "producer" if out_side else "consumer"
+    if isinstance(module, _NORMS) and out_side:
+        return "norm"
+    return None
+
+
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> list[ChannelGroup]:
+    """All channel groups of ``model``, foldable or not, in model order.
+
+    Groups whose channels reach the model's output, or that hold a layer netpress cannot fold
+    (LayerNorm, embeddings, depthwise convs, unwrapped parameters...), carry a ``reason``.
+    """
+    traced = copy.deepcopy(model).eval()
+    names = {module: name for name, module in traced.named_modules()}
+    opaque = [m for m in traced.modules() if type(m).__name__.endswith(OPAQUE_BLOCKS)]
+    hidden = {sub for block in opaque for sub in block.modules() if sub is not block}
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(traced, example_inputs, output_transform=_first_tensor, verbose=False)
+    groups: list[ChannelGroup] = []
+    seen: set[nn.Module] = set()
+    for module in graph.module2node:
+        if not isinstance(module, (nn.Linear, *_CONVS)) or module in seen or module in hidden:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        n = pruner.get_out_channels(module)
+        tp_group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
+        group = ChannelGroup(names[module], n)
+        for item in tp_group:
+            dep, node = item.dep, item.dep.target
+            out_side = graph.is_out_channel_pruning_fn(dep.handler)
+            if node.type == OPTYPE.OUTPUT:
+                group.reason = group.reason or "its channels are outputs of the model"
+                continue
+            target = node.module
+            if not isinstance(target, nn.Module) or target not in names:
+                if node.type == OPTYPE.PARAMETER:
+                    group.reason = group.reason or "an unwrapped parameter (e.g. RMSNorm weight) shares these channels"
+                continue  # an operation (add, reshape...), not a layer
+            if node.type in (OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE):
+                continue
+            if out_side:
+                seen.add(target)
+            role = _role(target, out_side)
+            reason = _unsupported(target, node.type, role)
+            if reason is None and target in hidden:
+                reason = f"{names[target]} lies inside an attention block (heads are not folded)"
+            if reason is not None:
+                group.reason = group.reason or f"{names[target]}: {reason}"
+                continue
+            expand, reason = _block_layout(target, role, item.idxs, item.root_idxs, n)
+            if reason is not None:
+                group.reason = group.reason or f"{names[target]}: {reason}"
+                continue
+            source = None
+            if role == "norm":
+                feeding = [i.module for i in node.inputs if isinstance(i.module, nn.Module) and i.module in names]
+                source = names[feeding[0]] if len(feeding) == 1 and isinstance(feeding[0], (nn.Linear, *_CONVS)) else None
+                if source is None:
+                    group.reason = group.reason or f"{names[target]}: a BatchNorm not directly after its producer"
+            group.members.append(Member(names[target], role, expand, source))
+        if group.reason is None and n < 2:
+            group.reason = "a single channel cannot be folded"
+        groups.append(group)
+    for block in opaque:
+        inner = [names[m] for m in block.modules() if isinstance(m, (nn.Linear, *_CONVS))]
+        groups.append(ChannelGroup(names[block], 0, [Member(n, "producer") for n in inner], "attention heads are not folded"))
+    return groups
+
+
+def _block_layout(module: nn.Module, role: Role, idxs: list[int], roots: list[int], n: int) -> tuple[int, str | None]:
+    """Channel c must own indices [c·e, (c+1)·e) of the whole axis; return e, or why not."""
+    size = module.weight.shape[1 if role == "consumer" else 0]
+    if len(idxs) != size or size % n:
+        return 1, f"its channels cover {len(idxs)} of {size} indices (concatenation/split is not supported)"
+    expand = size // n
+    expected = [i // expand for i in range(size)]
+    if [r for _, r in sorted(zip(idxs, roots))] != expected:
+        return 1, "its indices are not laid out channel by channel"
+    return expand, None
+
+
+def _map_axis(tensor: torch.Tensor, matrix: torch.Tensor, axis: int, expand: int) -> torch.Tensor:
+    """Apply ``matrix`` (k×n) to the n channel blocks (each ``expand`` wide) along ``axis``."""
+    moved = tensor.movedim(axis, 0)
+    blocks = moved.reshape(matrix.shape[1], expand, *moved.shape[1:])
+    mapped = torch.einsum("kn,ne...->ke...", matrix.to(tensor.dtype), blocks)
+    return mapped.reshape(matrix.shape[0] * expand, *moved.shape[1:]).movedim(0, axis).contiguous()
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    current = getattr(module, name)
+    if isinstance(current, nn.Parameter):
+        setattr(module, name, nn.Parameter(value, requires_grad=current.requires_grad))
+    else:
+        module.register_buffer(name, value)
+
+
+def _resize_attrs(module: nn.Module, role: Role) -> None:
+    """Keep the constructor attributes in step with the new weight shape."""
+    shape = module.weight.shape
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = shape[0], shape[1]
+    elif isinstance(module, _CONVS):
+        module.out_channels, module.in_channels = shape[0], shape[1] * module.groups
+    elif role == "norm":
+        module.num_features = shape[0]
+
+
+@torch.no_grad()
+def transform_group(model: nn.Module, group: ChannelGroup, producer: torch.Tensor, consumer: torch.Tensor) -> None:
+    """Replace the group's n channels by k, in place: producer rows ← producer·rows, inputs ← columns·consumerᵀ.
+
+    BatchNorm statistics are mapped like rows, so they must be standardised first
+    (``standardize_norms``): then a mean of rows is the right merged statistic.
+    """
+    for member in group.members:
+        module = model.get_submodule(member.module)
+        matrix = consumer if member.role == "consumer" else producer
+        for tensor_name, axis in _ROLE_TENSORS[member.role]:
+            tensor = getattr(module, tensor_name, None)
+            if isinstance(tensor, torch.Tensor):
+                _set_tensor(module, tensor_name, _map_axis(tensor.detach(), matrix, axis, member.expand))
+        _resize_attrs(module, member.role)
+
+
+@torch.no_grad()
+def standardize_norms(model: nn.Module, group: ChannelGroup) -> None:
+    """Fold each BatchNorm's 1/σ into its producer so every channel's running variance is 1 − eps.
+
+    The function is unchanged: W ← W/σ, b ← b/σ, μ ← μ/σ. Afterwards channels are on a common
+    scale, and averaging rows (weights, μ, γ, β) is the exact merge of their statistics.
+    """
+    for norm_member in group.by_role("norm"):
+        norm = model.get_submodule(norm_member.module)
+        producer = model.get_submodule(norm_member.source)
+        sigma = torch.sqrt(norm.running_var + norm.eps)
+        shape = (-1,) + (1,) * (producer.weight.dim() - 1)
+        producer.weight.div_(sigma.reshape(shape).to(producer.weight.dtype))
+        if producer.bias is not None:
+            producer.bias.div_(sigma.to(producer.bias.dtype))
+        norm.running_mean.div_(sigma)
+        norm.running_var.fill_(1.0 - norm.eps)
+
+
+def group_features(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """One row per channel: [producer rows, biases | norm γ, β | consumer columns] (n × D, float64)."""
+    parts = []
+    for member in group.members:
+        module = model.get_submodule(member.module)
+        for tensor_name, axis in _ROLE_TENSORS[member.role]:
+            tensor = getattr(module, tensor_name, None)
+            if isinstance(tensor, nn.Parameter):
+                moved = tensor.detach().movedim(axis, 0)
+                parts.append(moved.reshape(group.channels, -1).double())
+    return torch.cat(parts, dim=1)
+
+
+def producer_rows(model: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
+    """The weight rows of each producer (n × d each): what a channel's activation is computed from."""
+    rows = []
+    for member in group.by_role("producer"):
+        weight = model.get_submodule(member.module).weight.detach()
+        rows.append(weight.reshape(group.channels, -1).double())
+    return rows

@@ -1,0 +1,311 @@
+"""Model folding (Wang et al., ICLR 2025) and its structured-pruning baseline, channel-l1.
+
+Both act on the channel groups of ``netpress.graph.groups``: per group, k-means on the concatenated
+[producer rows | norm γ, β | consumer columns] merges channels (producers by cluster mean, consumers
+by cluster sum) in ``Fold``; ``ChannelL1`` keeps the k channels of largest L1 norm of the same rows.
+A ``Budget(params=P)`` is split over groups (``allocate``). Repair is a separate step (``repair``)
+that both methods run: ``none``, ``ar`` (data-free variance correction), ``dir`` (BatchNorm
+statistics from DeepInversion samples of the original model) or ``data`` (from calibration data).
+See docs/methods/fold.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from scipy.cluster.hierarchy import linkage
+from sklearn.cluster import KMeans
+from torch import nn
+from torch.nn import functional as F
+
+from netpress.budget import Budget
+from netpress.data import Subset
+from netpress.errors import BudgetError, DataError, UnsupportedModelError
+from netpress.evaluate import count_params
+from netpress.graph.groups import (
+    ChannelGroup,
+    ParamCounter,
+    channel_groups,
+    group_features,
+    producer_rows,
+    standardize_norms,
+    transform_group,
+)
+from netpress.methods.base import MethodResult, check_budget, check_model
+from netpress.methods.fcpts import recalibrate_batchnorm
+
+Repair = Literal["none", "ar", "dir", "data"]
+REPAIRS: tuple[str, ...] = ("none", "ar", "dir", "data")
+GroupAllocation = Literal["uniform", "adaptive"]
+GROUP_ALLOCATIONS: tuple[str, ...] = ("uniform", "adaptive")
+
+
+@dataclass
+class GroupPlan:
+    """What happened to one group: ``clusters[j]`` lists the old channels behind new channel j."""
+
+    group: ChannelGroup
+    clusters: list[list[int]]
+    rows: list[torch.Tensor]  # standardised producer rows before the change (for the ar repair)
+
+    def matrices(self, merge: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(producer, consumer) maps: cluster mean / cluster sum when merging, else a selection."""
+        producer = torch.zeros(len(self.clusters), self.group.channels, dtype=torch.float64)
+        for j, members in enumerate(self.clusters):
+            producer[j, members] = 1.0 / len(members)
+        return producer, (producer > 0).double() if merge else producer
+
+
+def allocate(sizes: list[int], count: ParamCounter, limit: int, allocation: str, merge_costs: list[np.ndarray]) -> list[int]:
+    """Channels each group keeps so the model has at most ``limit`` parameters, with the least overshoot.
+
+    ``uniform``: the same removed fraction p in every group, p found by bisection; groups then
+    step one channel at a time from the largest p that misses the target to the smallest that
+    meets it, so each group is within one channel of the uniform rounding. ``adaptive``: across
+    all groups, remove first the channels whose merge raises the group's relative clustering
+    error least per parameter saved (``merge_costs``: Ward merge costs, ascending), never more
+    than twice the uniform fraction of a group: groups whose channels are far apart are protected.
+    """
+    if count([1] * len(sizes)) > limit:
+        raise BudgetError(
+            f"even one channel per foldable group leaves {count([1] * len(sizes))} parameters; {limit} were asked for"
+        )
+
+    def kept_at(p: float) -> list[int]:
+        return [max(1, n - round(p * n)) for n in sizes]
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if count(kept_at(mid)) <= limit else (mid, hi)
+    kept, upper = kept_at(lo), kept_at(hi)
+    if allocation == "adaptive":
+        full = count(sizes)
+        saved = [full - count([n - (g == i) for i, n in enumerate(sizes)]) for g in range(len(sizes))]
+        floors = [max(1, n - math.ceil(2 * hi * n)) for n in sizes]
+        steps = sorted(
+            (float(mc[i]) / max(saved[g], 1), g) for g, mc in enumerate(merge_costs) for i in range(sizes[g] - floors[g])
+        )
+        greedy = list(sizes)
+        for _, g in steps:
+            if count(greedy) <= limit:
+                return greedy
+            greedy[g] -= 1
+        if count(greedy) <= limit:
+            return greedy
+    for g in range(len(sizes)):
+        if count(kept) <= limit:
+            break
+        kept[g] = upper[g]
+    return kept
+
+
+def ward_merge_costs(features: torch.Tensor) -> np.ndarray:
+    """Increase of the within-cluster sum of squares of each successive Ward merge, relative to Σ‖x‖²."""
+    x = features.numpy()
+    heights = linkage(x, "ward")[:, 2] if len(x) > 1 else np.zeros(0)
+    return heights**2 / 2 / max(float((x**2).sum()), 1e-30)
+
+
+def _kmeans_clusters(features: torch.Tensor, k: int, seed: int, n_init: int) -> list[list[int]]:
+    if k >= len(features):
+        return [[c] for c in range(len(features))]
+    labels = KMeans(k, n_init=n_init, random_state=seed).fit(features.numpy()).labels_
+    clusters: dict[int, list[int]] = {}
+    for c, label in enumerate(labels):
+        clusters.setdefault(int(label), []).append(c)
+    return sorted(clusters.values())
+
+
+def _l1_clusters(features: torch.Tensor, k: int) -> list[list[int]]:
+    scores = features.abs().sum(dim=1)
+    keep = torch.argsort(scores, descending=True, stable=True)[:k]
+    return [[int(c)] for c in sorted(keep.tolist())]
+
+
+def example_inputs(input_shape: tuple[int, ...] | None, input_dtype: str, data: Subset | None) -> torch.Tensor:
+    """One input to trace the model with: zeros of ``input_shape`` or the first calibration sample."""
+    if input_shape is not None:
+        return torch.zeros((1, *input_shape), dtype=getattr(torch, input_dtype))
+    if data is not None:
+        return data.tensors()[0][:1]
+    raise UnsupportedModelError("tracing the channel groups needs an input: give input_shape (CLI: a zoo model)")
+
+
+def deep_inversion(model: nn.Module, input_shape: tuple[int, ...], samples: int, steps: int, seed: int) -> torch.Tensor:
+    """Synthetic inputs whose BatchNorm input statistics match the model's running statistics.
+
+    DeepInversion (Yin et al., CVPR 2020), small: Adam on the pixels of a batch drawn from N(0, 1),
+    loss = Σ_BN ‖μ_batch − μ_run‖₂ + ‖σ²_batch − σ²_run‖₂ + cross-entropy to random classes
+    + 1e-4·total variation. Bounded by ``steps``.
+    """
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    norms = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    losses: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        x = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)
+        losses.append(torch.norm(x.mean(1) - module.running_mean) + torch.norm(x.var(1, unbiased=False) - module.running_var))
+
+    handles = [m.register_forward_hook(hook) for m in norms]
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((samples, *input_shape), generator=generator).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=0.1)
+    try:
+        for _ in range(steps):
+            losses.clear()
+            out = teacher(x)
+            labels = torch.randint(0, out.shape[1], (samples,), generator=generator) if out.dim() == 2 else None
+            loss = torch.stack(losses).sum()
+            if labels is not None:
+                loss = loss + F.cross_entropy(out, labels)
+            diffs = [x.diff(dim=d).abs().mean() for d in range(2, x.dim())]
+            loss = loss + 1e-4 * sum(diffs, torch.zeros(()))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        for h in handles:
+            h.remove()
+    return x.detach()
+
+
+@torch.no_grad()
+def repair_ar(model: nn.Module, plans: list[GroupPlan]) -> None:
+    """Fold-AR: scale each merged BatchNorm γ by √(n_c / (1 + (n_c − 1)·ρ̄_c)).
+
+    ρ̄_c is the mean pairwise cosine of the members' standardised producer rows (the activations'
+    correlation, estimated from weights), clipped to [0, 1] so the correction never exceeds √n_c.
+    """
+    for plan in plans:
+        producers = [m.module for m in plan.group.by_role("producer")]
+        for norm_member in plan.group.by_role("norm"):
+            rows = F.normalize(plan.rows[producers.index(norm_member.source)], dim=1)
+            norm = model.get_submodule(norm_member.module)
+            scale = torch.ones(len(plan.clusters), dtype=torch.float64)
+            for j, members in enumerate(plan.clusters):
+                n = len(members)
+                if n > 1:
+                    cos = rows[members] @ rows[members].T
+                    rho = float((cos.sum() - n) / (n * (n - 1)))
+                    scale[j] = math.sqrt(n / (1 + (n - 1) * min(max(rho, 0.0), 1.0)))
+            norm.weight.mul_(scale.to(norm.weight.dtype))
+
+
+def repair(
+    model: nn.Module,
+    plans: list[GroupPlan],
+    kind: str,
+    inputs: torch.Tensor | None = None,
+) -> None:
+    """Repair a structurally changed model in place; ``inputs``: calibration data or DeepInversion samples."""
+    if kind == "ar":
+        repair_ar(model, plans)
+    elif kind in ("dir", "data"):
+        if inputs is None:
+            raise DataError(f"the {kind} repair needs inputs to re-estimate BatchNorm statistics")
+        recalibrate_batchnorm(model, inputs)
+
+
+@dataclass
+class _GroupReduction:
+    """Shared pipeline: trace groups, standardise BatchNorms, allocate the budget, change groups, repair."""
+
+    repair: Repair = "ar"
+    allocation: GroupAllocation = "uniform"
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: str = "float32"
+    seed: int = 0
+    dir_samples: int = 256
+    dir_steps: int = 100
+    budgets: ClassVar[tuple[str, ...]] = ("params",)
+    merge: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.repair not in REPAIRS:
+            raise BudgetError(f"unknown repair {self.repair!r}; use one of {', '.join(REPAIRS)}")
+        if self.allocation not in GROUP_ALLOCATIONS:
+            raise BudgetError(f"unknown allocation {self.allocation!r}; use one of {', '.join(GROUP_ALLOCATIONS)}")
+
+    @property
+    def needs(self) -> str:
+        """Only the ``data`` repair reads data; every other setting is data-free."""
+        return "calibration" if self.repair == "data" else "none"
+
+    def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
+        raise NotImplementedError
+
+    def reduce(self, model: nn.Module, budget: Budget, example: torch.Tensor) -> tuple[nn.Module, list[GroupPlan], list[dict]]:
+        """The structural change without repair: a smaller copy of ``model``, the plans, report rows."""
+        reduced = copy.deepcopy(model).eval()
+        groups = channel_groups(reduced, example)
+        foldable = [g for g in groups if g.reason is None]
+        if not foldable:
+            reasons = "; ".join(f"{g.name}: {g.reason}" for g in groups)
+            raise UnsupportedModelError(f"no channel group can be changed ({reasons})")
+        for group in foldable:
+            standardize_norms(reduced, group)
+        before = count_params(model)
+        features = [group_features(reduced, g) for g in foldable]
+        merge_costs = [ward_merge_costs(f) for f in features] if self.allocation == "adaptive" else []
+        limit = before - round(budget.params * before)
+        kept = allocate([g.channels for g in foldable], ParamCounter(reduced, foldable), limit, self.allocation, merge_costs)
+        plans, rows = [], []
+        for group, feats, k in zip(foldable, features, kept):
+            plan = GroupPlan(group, self.clusters(feats, k), producer_rows(reduced, group))
+            transform_group(reduced, group, *plan.matrices(self.merge))
+            plans.append(plan)
+            rows.append({**group.row(), "channels_after": k, "folded": k < group.channels})
+        rows += [g.row() for g in groups if g.reason is not None]
+        traced = {m.module for g in groups for m in g.members}
+        rows += [
+            {"group": name, "folded": False, "reason": "not reached by tracing (unused in forward)"}
+            for name, m in reduced.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and name not in traced
+        ]
+        after = count_params(reduced)
+        rows.append({"group": "total", "params_before": before, "params_after": after, "params_removed": 1 - after / before})
+        return reduced, plans, rows
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        budget = check_budget(self, budget)
+        check_model(model)
+        if self.repair == "data" and data is None:
+            raise DataError("the data repair needs a calibration subset of the training split")
+        example = example_inputs(self.input_shape, self.input_dtype, data)
+        reduced, plans, rows = self.reduce(model, budget, example)
+        inputs = None
+        if self.repair == "data":
+            inputs = data.tensors()[0]
+        elif self.repair == "dir":
+            inputs = deep_inversion(model, tuple(example.shape[1:]), self.dir_samples, self.dir_steps, self.seed)
+        repair(reduced, plans, self.repair, inputs)
+        return MethodResult(reduced.eval(), rows=rows)
+
+
+@dataclass
+class Fold(_GroupReduction):
+    """Model folding: merge similar channels of each group (k-means, ``n_init`` seeded restarts)."""
+
+    n_init: int = 3
+    name: ClassVar[str] = "fold"
+
+    def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
+        return _kmeans_clusters(features, k, self.seed, self.n_init)
+
+
+@dataclass
+class ChannelL1(_GroupReduction):
+    """Data-free structured pruning: keep each group's channels of largest L1 norm (same groups as fold)."""
+
+    name: ClassVar[str] = "channel-l1"
+    merge: ClassVar[bool] = False
+
+    def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
+        return _l1_clusters(features, k)

@@ -5,6 +5,9 @@ counted in that file, the mask's coded bits per weight next to its binary-entrop
 and wall time. Writes benchmarks/results/sparsity.json, a curve plot and an allocation plot.
 
     .venv/bin/python benchmarks/sparsity.py [--models lenet5,resnet20,vgg] [--levels 0.5,0.7,0.8,0.9]
+        [--threads 2] [--name sparsity]
+
+``--name`` picks the results file, so models can run as parallel processes (one file each).
 """
 
 from __future__ import annotations
@@ -49,15 +52,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="lenet5,resnet20,vgg")
     parser.add_argument("--levels", default="0.5,0.7,0.8,0.9")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="sparsity")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    methods = {m: METHODS[m] for m in args.methods.split(",")}
     models, levels = args.models.split(","), [float(x) for x in args.levels.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             handle = netpress.load_model(f"zoo:{model}")
             for level in levels:
-                for method, make in METHODS.items():
+                for method, make in methods.items():
                     case = f"{model}-{method}-{level}"
                     report = run_case(case, handle, [make()], Budget(sparsity=level), Path(tmp))
                     coded, bound, zeros, numel = mask_cost(Path(tmp) / f"{case}.press")
@@ -78,20 +85,20 @@ def main() -> None:
                         }
                     )
                     print({k: rows[-1][k] for k in ("model", "sparsity", "method", "accuracy", "exact", "seconds")})
-                    if method == "fcpts" and model == "resnet20" and level == 0.8:
+                    if method == "fcpts" and level == 0.8:
                         plot_allocation(
                             report["layers"]["fcpts"],
-                            RESULTS_DIR / "sparsity_allocation_resnet20.png",
-                            "ResNet-20 at 80 %: FCPTS per-layer sparsity vs ERK",
+                            RESULTS_DIR / f"{args.name}_allocation_{model}.png",
+                            f"{model} at 80 %: FCPTS per-layer sparsity vs ERK",
                         )
-    _plot(rows, models)
+    _plot(rows, models, methods, RESULTS_DIR / f"{args.name}.png")
     write_result(
-        "sparsity",
+        args.name,
         {
             "description": "Exact global sparsity: FCPTS (1024 calibration samples from the training split, seed 0) "
             "against magnitude pruning with global / uniform / ERK / LAMP allocation. Accuracy is measured on the "
-            "model loaded back from the written .press file. Curves: results/sparsity.png; ResNet-20 allocation: "
-            "results/sparsity_allocation_resnet20.png.",
+            f"model loaded back from the written .press file. Curves: results/{args.name}.png; allocations at 80 %: "
+            f"results/{args.name}_allocation_<model>.png. Threads: {args.threads}.",
             "rows": rows,
             "summary": _summary(rows),
         },
@@ -105,8 +112,11 @@ def _summary(rows: list[dict]) -> list[str]:
     for model in dict.fromkeys(r["model"] for r in rows):
         for level in dict.fromkeys(r["sparsity"] for r in rows):
             cases = [r for r in rows if r["model"] == model and r["sparsity"] == level]
-            ours = next(r for r in cases if r["method"] == "fcpts")
-            best = max((r for r in cases if r["method"] != "fcpts"), key=lambda r: r["accuracy"])
+            ours = next((r for r in cases if r["method"] == "fcpts"), None)
+            others = [r for r in cases if r["method"] != "fcpts"]
+            if ours is None or not others:
+                continue
+            best = max(others, key=lambda r: r["accuracy"])
             gap = 100 * (ours["accuracy"] - best["accuracy"])
             lines.append(
                 f"{model} {level:.0%}: FCPTS {100 * ours['accuracy']:.2f} % vs best baseline {best['method']} "
@@ -116,10 +126,10 @@ def _summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _plot(rows: list[dict], models: list[str]) -> None:
+def _plot(rows: list[dict], models: list[str], methods: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for method in METHODS:
+        for method in methods:
             pts = [(r["sparsity"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method]
             ax.plot(*zip(*pts), marker="o", label=method, linewidth=2.5 if method == "fcpts" else 1)
         ax.set_title(model)
@@ -129,7 +139,7 @@ def _plot(rows: list[dict], models: list[str]) -> None:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS_DIR / "sparsity.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

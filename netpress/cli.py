@@ -15,7 +15,7 @@ from rich.table import Table
 from netpress import api, zoo
 from netpress.budget import Budget
 from netpress.errors import BudgetError, DataError, NetpressError
-from netpress.methods import ALLOCATIONS, FCPTS, METHODS, MagnitudePruning, UniformQuantization
+from netpress.methods import ALLOCATIONS, FCPTS, METHODS, REPAIRS, ChannelL1, Fold, MagnitudePruning, UniformQuantization
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress trained PyTorch networks into real, smaller files.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list and train the reference models.")
@@ -40,13 +40,29 @@ def friendly(fn):
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, type=str)
+RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
 
 
-def build_methods(method: str, bits: int | None, allocation: str, per_channel: bool, seed: int) -> list:
-    """The method chain a command line asks for: ``--bits`` after a pruning method quantizes the survivors."""
+def build_methods(
+    method: str,
+    bits: int | None,
+    allocation: str,
+    per_channel: bool,
+    seed: int,
+    repair: str = "ar",
+    input_shape: tuple[int, ...] | None = None,
+) -> list:
+    """The method chain a command line asks for: ``--bits`` after a pruning method quantizes the survivors.
+
+    Structural methods (fold, channel-l1) trace the model with an input of ``input_shape``.
+    """
     if method == "uniform":
         return [UniformQuantization(bits if bits is not None else 8, per_channel)]
-    chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
+    if method in (Fold.name, ChannelL1.name):
+        structural = Fold if method == Fold.name else ChannelL1
+        chain = [structural(repair=repair, input_shape=input_shape, seed=seed)]
+    else:
+        chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel))
     return chain
@@ -90,6 +106,7 @@ def compress(
     bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
+    repair: RepairName = typer.Option("ar", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
     calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
@@ -100,7 +117,7 @@ def compress(
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     handle = api.load_model(model, arch)
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed)
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, handle.input_shape)
     result = api.press(
         handle, methods, build_budget(ratio, sparsity, params), out=output, data=data, calib=calib, seed=seed, raw_dtype=raw_dtype
     )
@@ -219,9 +236,10 @@ def zoo_train(
     name: str = typer.Argument(..., help="zoo model name"),
     seed: int = typer.Option(0, help="seed for initialisation, data order and augmentation"),
     epochs: int | None = typer.Option(None, help="override the recipe's epoch count"),
+    device: str = typer.Option("cpu", help="torch device to train on (cpu, cuda)"),
 ) -> None:
     """Train a zoo model with its fixed recipe and record it in the manifest."""
-    record = zoo.train(name, seed=seed, epochs=epochs)
+    record = zoo.train(name, seed=seed, epochs=epochs, device=device)
     out.print(f"{name}: test accuracy {100 * record['test_accuracy']:.2f} %, sha256 {record['sha256'][:12]}…")
 
 

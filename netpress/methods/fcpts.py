@@ -25,10 +25,12 @@ from netpress.codec.codes import SparseValues
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError
 from netpress.evaluate import predict
-from netpress.methods.base import MethodResult, check_budget, check_model, split_exact
-from netpress.methods.baselines import _smallest, prune_counts
+from netpress.methods.base import MethodResult, check_budget, check_model, compressible_weights, split_exact
+from netpress.methods.baselines import ALLOCATIONS, _smallest, prune_counts
 from netpress.progress import progress_bar
 from netpress.quant.kde import layer_sparsity
+
+MIN_DENSITY = 0.01
 
 
 def _kth_magnitude(w: torch.Tensor, count: int) -> float:
@@ -66,6 +68,8 @@ class FCPTS:
     ``iterations`` steps of batch ``batch_size``; Adam on the log-thresholds (``threshold_lr``) and
     on the weights (``weight_lr``; 0 keeps the dense weights and learns only the allocation);
     ``penalty`` is λ of the sparsity term; ``temperature`` is the distillation temperature.
+    ``init`` is the starting allocation: ``erk`` (the paper's), one of the other magnitude
+    allocations, or ``best``: whichever of them distils best on the calibration set.
     """
 
     iterations: int = 400
@@ -74,6 +78,7 @@ class FCPTS:
     weight_lr: float = 1e-4
     penalty: float = 1.0
     temperature: float = 4.0
+    init: str = "best"
     seed: int = 0
     name: ClassVar[str] = "fcpts"
     needs: ClassVar[str] = "calibration"
@@ -84,6 +89,34 @@ class FCPTS:
             raise BudgetError("iterations must be ≥ 0 and batch_size ≥ 1")
         if self.threshold_lr < 0 or self.weight_lr < 0 or self.penalty < 0 or self.temperature <= 0:
             raise BudgetError("learning rates and penalty must be ≥ 0 and the temperature > 0")
+        if self.init != "best" and self.init not in ALLOCATIONS:
+            raise BudgetError(f"init must be 'best' or one of {', '.join(ALLOCATIONS)}, got {self.init!r}")
+
+    def _distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """KL divergence at temperature T, scaled by T² as in Hinton et al."""
+        return (
+            F.kl_div(
+                F.log_softmax(student_logits / self.temperature, dim=1),
+                F.softmax(teacher_logits / self.temperature, dim=1),
+                reduction="batchmean",
+            )
+            * self.temperature**2
+        )
+
+    def _initial_counts(self, student: nn.Module, weights: dict, target: float, inputs, teacher_logits) -> tuple:
+        """Per-layer prune counts to start from, and the allocation they come from."""
+        candidates = ALLOCATIONS if self.init == "best" else (self.init,)
+        scored = []
+        with torch.no_grad():
+            for allocation in candidates:
+                counts = prune_counts(list(weights.values()), target, allocation)
+                params = dict(student.named_parameters())
+                for (name, w), count in zip(weights.items(), counts):
+                    params[name] = w.masked_fill(_smallest(w.abs(), count), 0.0)
+                logits = torch.cat([functional_call(student, params, (inputs[i : i + 512],)) for i in range(0, len(inputs), 512)])
+                scored.append((float(self._distill(logits, teacher_logits)), allocation, counts))
+        _, allocation, counts = min(scored, key=lambda s: s[0])
+        return counts, allocation
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
@@ -98,9 +131,10 @@ class FCPTS:
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         inputs, _ = data.tensors()
         teacher_logits = predict(model, inputs)
+        init_counts, init = self._initial_counts(student, weights, target, inputs, teacher_logits)
 
         log_thresholds = nn.Parameter(
-            torch.tensor([math.log(max(_kth_magnitude(w, c), 1e-12)) for w, c in zip(weights.values(), erk_counts)])
+            torch.tensor([math.log(max(_kth_magnitude(w, c), 1e-12)) for w, c in zip(weights.values(), init_counts)])
         )
         generator = torch.Generator().manual_seed(self.seed)
         groups = [{"params": [log_thresholds], "lr": self.threshold_lr}]
@@ -109,6 +143,8 @@ class FCPTS:
         optimizer = torch.optim.Adam(groups)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(self.iterations, 1))
         frozen = {k: v.detach() for k, v in student.named_parameters()}
+        # Every layer keeps at least 1 % of its weights: a layer pruned away gets no gradient to come back.
+        min_keep = [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
 
         with progress_bar() as progress:
             task = progress.add_task("FCPTS", total=self.iterations)
@@ -123,31 +159,32 @@ class FCPTS:
                     layer_rates.append(layer_sparsity(thresholds[i], w, generator) * sizes[i])
                 sparsity = torch.stack(layer_rates).sum() / total
                 student_logits = functional_call(student, params, (inputs[idx],))
-                distill = (
-                    F.kl_div(
-                        F.log_softmax(student_logits / self.temperature, dim=1),
-                        F.softmax(teacher_logits[idx] / self.temperature, dim=1),
-                        reduction="batchmean",
-                    )
-                    * self.temperature**2
-                )
-                loss = distill + self.penalty * (sparsity - target).abs()
+                loss = self._distill(student_logits, teacher_logits[idx]) + self.penalty * (sparsity - target).abs()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                with torch.no_grad():
+                    for i, w in enumerate(weights.values()):
+                        ceiling = _kth_magnitude(w, sizes[i] - min_keep[i])
+                        log_thresholds[i].clamp_(max=math.log(max(ceiling, 1e-12)))
                 progress.update(task, advance=1, description=f"FCPTS sparsity {sparsity.detach().item():.3f}")
 
         # Projection: exactly round(target · N) zeros, in the learned per-layer proportions.
         with torch.no_grad():
             thresholds = log_thresholds.exp()
             learned = [float((w.abs() < t).sum()) for w, t in zip(weights.values(), thresholds)]
-            counts = split_exact(round(target * total), learned, sizes)
+            caps = [n - k for n, k in zip(sizes, min_keep)]
+            counts = split_exact(round(target * total), learned, caps)
+            _prune(student, counts, inputs)
+            # Never return worse than the starting allocation, as judged on the calibration set.
+            start = copy.deepcopy(model).eval()
+            _prune(start, init_counts, inputs)
+            kept = "learned"
+            if self._distill(predict(start, inputs), teacher_logits) < self._distill(predict(student, inputs), teacher_logits):
+                student, counts, kept = start, init_counts, init
             result = MethodResult(student)
-            for w, count in zip(weights.values(), counts):
-                w.masked_fill_(_smallest(w.abs(), count), 0.0)
-            recalibrate_batchnorm(student, inputs)
-            for (name, w), count, erk in zip(weights.items(), counts, erk_counts):
+            for (name, w), count, erk in zip(compressible_weights(student).items(), counts, erk_counts):
                 result.codes[name] = SparseValues.from_tensor(w.detach().clone())
                 result.rows.append(
                     {
@@ -156,9 +193,18 @@ class FCPTS:
                         "params": w.numel(),
                         "sparsity": count / w.numel(),
                         "erk_sparsity": erk / w.numel(),
+                        "init": init,
+                        "kept": kept,
                     }
                 )
         return result
+
+
+def _prune(model: nn.Module, counts: list[int], inputs: torch.Tensor) -> None:
+    """Zero each layer's ``count`` smallest weights, then re-estimate BatchNorm statistics."""
+    for w, count in zip(compressible_weights(model).values(), counts):
+        w.masked_fill_(_smallest(w.abs(), count), 0.0)
+    recalibrate_batchnorm(model, inputs)
 
 
 def _masked(w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:

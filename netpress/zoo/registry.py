@@ -84,11 +84,13 @@ def load_pretrained(name: str) -> nn.Module:
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR) -> dict:
+def train(
+    name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR, device: str = "cpu"
+) -> dict:
     """Train a zoo model from scratch with its fixed recipe and record it in the manifest.
 
     SGD with Nesterov momentum and a one-cycle schedule; the seed fixes initialisation,
@@ -101,8 +103,8 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
-    x_all, y_all = train_set.tensors
-    model = entry.factory()
+    x_all, y_all = (t.to(device) for t in train_set.tensors)
+    model = entry.factory().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=entry.lr, momentum=0.9, nesterov=True, weight_decay=entry.weight_decay)
     steps_per_epoch = (len(x_all) + entry.batch_size - 1) // entry.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, entry.lr, total_steps=epochs * steps_per_epoch)
@@ -111,7 +113,7 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
         task = progress.add_task(f"training {name}", total=epochs * steps_per_epoch)
         for _ in range(epochs):
             model.train()
-            order = torch.randperm(len(x_all), generator=generator)
+            order = torch.randperm(len(x_all), generator=generator).to(device)
             for i in range(steps_per_epoch):
                 idx = order[i * entry.batch_size : (i + 1) * entry.batch_size]
                 x = x_all[idx]
@@ -124,7 +126,7 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
                 schedule.step()
                 progress.update(task, advance=1, description=f"training {name} loss {loss.item():.3f}")
     seconds = time.perf_counter() - start
-    model.eval()
+    model = model.cpu().eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -140,7 +142,10 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
         "epochs": epochs,
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
-        "command": f"netpress zoo train {name} --seed {seed}" + (f" --epochs {epochs}" if epochs != entry.epochs else ""),
+        "device": device if device == "cpu" else torch.cuda.get_device_name(device),
+        "command": f"netpress zoo train {name} --seed {seed}"
+        + (f" --epochs {epochs}" if epochs != entry.epochs else "")
+        + (f" --device {device}" if device != "cpu" else ""),
     }
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

@@ -19,6 +19,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import brotli
@@ -50,11 +51,15 @@ COLUMNS = {
     "its accuracy equals the in-memory accuracy, and `to_bytes` of the in-memory model gives the file's manifest "
     "and payload (not its exact bytes: the safetensors metadata order varies from run to run)",
     "file_bytes": "size of the .press file",
-    "payload_bytes": "entropy-coded streams (`inspect()['payload_bytes']`, count tables included)",
+    "payload_bytes": "range-coded words (`inspect()['payload_bytes']`; count tables and scales are in tables_bytes)",
     "bound_bytes": "empirical (order-0) entropy of every coded symbol array, N·H/8 (`inspect()['entropy_bound_bytes']`)",
     "gap_pct": "(payload − bound) / bound",
     "raw_bytes": "tensors stored raw (biases, BatchNorm)",
-    "tables_bytes": "float32 level tables (and any other non-entropy-coded bytes of coded tensors' streams)",
+    "tables_bytes": (
+        "side information: count tables / rank-1 scales (`inspect()['side_bytes']`) and level tables as stored "
+        "(one float32 step per row for a uniform grid, else every float32 level)"
+    ),
+    "codings": "entropy-coding layout chosen per coded tensor, with counts",
     "header_bytes": "safetensors header and zlib'd JSON manifest (names, shapes, offsets, CRCs, report summary)",
     "zstd19_bytes / brotli11_bytes": "the same codes as int8 (symbol − zero symbol), then every float32 level table, "
     "then the raw tensors, concatenated and compressed with zstd level 19 / brotli quality 11",
@@ -100,6 +105,16 @@ def training_running() -> bool:
     return subprocess.run(["pgrep", "-f", "zoo import train"], capture_output=True).returncode == 0
 
 
+def timing_note(training: bool, load: float) -> str:
+    cores = os.cpu_count()
+    note = f"Timings were taken on a {cores}-core machine; highest 1-minute load average seen: {load:.1f}"
+    if training:
+        note += "; the zoo training job was running at the time"
+    if training or load > cores:
+        note += ", so other processes shared the CPU and the timings are pessimistic and noisy"
+    return note + "."
+
+
 def measure(model: str, setting: str, handle, test, out_dir: Path) -> dict:
     methods, budget = SETTINGS[setting]
     case = run_case(f"{model}-" + re.sub(r"\W+", "-", setting).strip("-"), handle, methods, budget, out_dir)
@@ -138,6 +153,7 @@ def measure(model: str, setting: str, handle, test, out_dir: Path) -> dict:
         "payload_bytes": payload,
         "bound_bytes": round(bound),
         "gap_pct": round(100 * (payload - bound) / bound, 2),
+        "codings": ", ".join(f"{c} {n}" for c, n in Counter(t["coding"] for t in info["tensors"] if "coded_bytes" in t).items()),
         "raw_bytes": info["raw_bytes"],
         "tables_bytes": info["streams_bytes"] - payload - info["raw_bytes"],
         "header_bytes": case["file_bytes"] - info["streams_bytes"],
@@ -159,7 +175,7 @@ def main() -> None:
     skipped = [m for m in MODELS if m not in available]
     for m in skipped:
         print(f"skipping zoo:{m}: no trained checkpoint yet")
-    training_at_start = training_running()
+    training_at_start, load_at_start = training_running(), os.getloadavg()[0]
     test = load_dataset("fashion-mnist", "test")
     rows = []
     with tempfile.TemporaryDirectory() as out_dir:
@@ -168,16 +184,16 @@ def main() -> None:
             for setting in SETTINGS:
                 rows.append(measure(model, setting, handle, test, Path(out_dir)))
                 print({k: rows[-1][k] for k in ("model", "setting", "file_bytes", "zstd19_bytes", "gap_pct")}, flush=True)
-    training = training_at_start or training_running()
     notes = [
-        f"Timings were taken on a {os.cpu_count()}-core machine"
-        + (", sharing CPU with the zoo training job that was running at the time, so they are pessimistic and noisy."
-           if training else " with no training job running."),
+        timing_note(training_at_start or training_running(), max(load_at_start, os.getloadavg()[0])),
+        "The decode path runs torch reductions (symbol range checks) that slow down several-fold when torch's "
+        "threads compete with other busy processes, so decode figures under load are pessimistic.",
         "The zip baselines get no metadata (no names, shapes or manifest), so the comparison is slightly in their "
         "favour; file_bytes − header_bytes is the like-for-like .press figure.",
-        "zstd/brotli see the codes in row-major order and can exploit neighbouring-weight context; the .press coder "
-        "is order-0 per tensor, so it cannot go below bound_bytes except through its run-length layout.",
-        "gap_pct can be negative: the bound is order-0 per array, and the run-length layout can beat it.",
+        "The zip input holds every float32 level (the full table), where .press stores one step per row of a "
+        "uniform grid: up to 1 KB more per tensor at 8 bits before zstd/brotli squeeze it.",
+        "bound_bytes is the order-0 entropy of each symbol array on its own; layouts that model structure "
+        "(zero runs, per-row/column scales) can go below it, so gap_pct can be negative.",
     ]
     if skipped:
         notes.append(f"Not measured (no trained checkpoint when this ran): {', '.join(skipped)}.")

@@ -32,6 +32,7 @@ from common import RESULTS_DIR, regenerate_results_md, run_case, write_result  #
 import netpress  # noqa: E402
 from netpress import Budget  # noqa: E402
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning  # noqa: E402
+from netpress.methods.base import target_zeros  # noqa: E402
 from netpress.report import plot_allocation  # noqa: E402
 
 METHODS = {f"magnitude-{a}": (lambda a=a: MagnitudePruning(a)) for a in ALLOCATIONS} | {"fcpts": FCPTS}
@@ -43,7 +44,7 @@ def mask_cost(path: Path) -> tuple[float, float, int, int]:
     sparse = [r for r in info["tensors"] if r["kind"] == "sparse"]
     numel = sum(int(torch.Size(r["shape"]).numel()) for r in sparse)
     zeros = sum(round(r["sparsity"] * torch.Size(r["shape"]).numel()) for r in sparse)
-    coded = 8 * sum(r["coded_bytes"] for r in sparse) / numel
+    coded = 8 * sum(r["coded_bytes"] + r["side_bytes"] for r in sparse) / numel
     bound = 8 * sum(r["entropy_bound_bytes"] for r in sparse) / numel
     return coded, bound, zeros, numel
 
@@ -76,7 +77,7 @@ def main() -> None:
                             "accuracy_before": report["accuracy_before"],
                             "accuracy": report["accuracy_after"],
                             "zeros_in_file": zeros,
-                            "exact": zeros == round(level * numel),
+                            "exact": zeros == target_zeros(level, numel),
                             "file_bytes": report["file_bytes"],
                             "ratio": round(report["ratio"], 2),
                             "mask_bits_per_weight": round(coded, 4),

@@ -49,7 +49,7 @@ def build_methods(
     allocation: str,
     per_channel: bool,
     seed: int,
-    repair: str = "ar",
+    repair: str = "none",
     input_shape: tuple[int, ...] | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` after a pruning method quantizes the survivors.
@@ -106,7 +106,7 @@ def compress(
     bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
-    repair: RepairName = typer.Option("ar", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
+    repair: RepairName = typer.Option("none", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
     calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),

@@ -7,7 +7,7 @@ from netpress.codec.entropy import decode_symbols, encode_symbols, entropy_bits
 
 
 def roundtrip(symbols, alphabet, zero, rows=0):
-    mode, data = encode_symbols(symbols, alphabet, zero, rows)
+    mode, data, _ = encode_symbols(symbols, alphabet, zero, rows)
     out = decode_symbols(mode, data, symbols.size, alphabet, zero, "test", rows)
     assert np.array_equal(out, symbols.ravel())
     return mode, data

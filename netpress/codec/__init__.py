@@ -13,7 +13,11 @@ from netpress.codec.entropy import entropy_bits
 
 
 def inspect(path: str | os.PathLike) -> dict:
-    """Per-tensor and total figures of a .press file (decodes and verifies every tensor)."""
+    """Per-tensor and total figures of a .press file (decodes and verifies every tensor).
+
+    ``payload_bytes`` counts the range-coded words only; ``side_bytes`` the count tables and scales
+    that let a decoder rebuild the probability models; level tables and raw tensors are the rest.
+    """
     data = read_file_bytes(path)
     manifest, payload = read_manifest(data)
     compressed = from_bytes(data)
@@ -41,7 +45,8 @@ def inspect(path: str | os.PathLike) -> dict:
                 sparsity=value.sparsity(),
                 levels=value.num_levels if isinstance(value, Codes) else None,
                 entropy_bound_bytes=bits / 8,
-                coded_bytes=record["coded_bytes"],
+                coded_bytes=record.get("coded_bytes", 0) - record.get("side_bytes", 0),
+                side_bytes=record.get("side_bytes", 0),
             )
         else:
             row["dtype"] = record["dtype"]
@@ -50,6 +55,7 @@ def inspect(path: str | os.PathLike) -> dict:
         "file": str(path),
         "file_bytes": Path(path).stat().st_size,
         "payload_bytes": sum(r.get("coded_bytes", 0) for r in rows),
+        "side_bytes": sum(r.get("side_bytes", 0) for r in rows),
         "streams_bytes": len(payload),
         "entropy_bound_bytes": bound_bits / 8,
         "raw_bytes": sum(r["bytes"] for r in rows if r["kind"] == "raw"),

@@ -92,7 +92,7 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
         steps = _uniform_steps(value.levels.numpy(), value.zero)
         out.array(steps if steps is not None else value.levels.numpy())
         symbols = value.symbols.numpy()
-        mode, coded = encode_symbols(symbols, value.num_levels, value.zero, rows=_rows(value.shape))
+        mode, coded, side = encode_symbols(symbols, value.num_levels, value.zero, rows=_rows(value.shape))
         out.parts.append(coded)
         record = {
             "kind": "codes",
@@ -102,11 +102,12 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
             "zero": value.zero,
             "coding": mode,
             "coded_bytes": len(coded),
+            "side_bytes": side,
         }
         return record, out.getvalue()
     if isinstance(value, SparseValues):
         mask = value.mask.numpy().astype(np.int32)
-        mode, coded = encode_symbols(mask, 2, 0)
+        mode, coded, side = encode_symbols(mask, 2, 0)
         out = ByteWriter()
         out.varint(len(coded))
         out.parts.append(coded)
@@ -118,6 +119,7 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
             "nnz": int(value.values.numel()),
             "coding": mode,
             "coded_bytes": len(coded),
+            "side_bytes": side,
         }
         return record, out.getvalue()
     if value.dtype not in _DTYPE_NAMES:

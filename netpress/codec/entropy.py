@@ -211,7 +211,7 @@ def _rank1_model(family: int, center: int, alphabet: int):
     return model(-center, alphabet - 1 - center)
 
 
-def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) -> bytes:
+def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) -> ByteWriter:
     """Try each family and multiplier; keep the smallest stream."""
     offsets = (symbols.astype(np.int64) - center).reshape(rows, -1)
     magnitude = np.abs(offsets).astype(np.float64)
@@ -235,7 +235,7 @@ def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) ->
     out.array(row_q)
     out.array(col_q)
     out.parts.append(words)
-    return out.getvalue()
+    return out
 
 
 def _decode_rank1(reader: ByteReader, n: int, alphabet: int, center: int, rows: int, what: str) -> np.ndarray:
@@ -256,10 +256,12 @@ def _decode_rank1(reader: ByteReader, n: int, alphabet: int, center: int, rows: 
     return (offsets + center).astype(np.int32)
 
 
-def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: int = 0) -> tuple[str, bytes]:
-    """Code a flat int array over ``0..alphabet-1``; returns the chosen layout and its bytes.
+def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: int = 0) -> tuple[str, bytes, int]:
+    """Code a flat int array over ``0..alphabet-1``.
 
-    ``rows`` (the size of axis 0 of the original tensor) enables the ``rank1`` layout.
+    Returns the chosen layout, its bytes, and how many of them are side information (count tables,
+    scales) rather than range-coded words. ``rows`` (the size of axis 0 of the original tensor)
+    enables the ``rank1`` layout.
     """
     symbols = np.ascontiguousarray(symbols.ravel(), dtype=np.int32)
     if not 0 < alphabet <= MAX_ALPHABET:
@@ -268,7 +270,7 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: i
     plain = ByteWriter()
     plain.varints(counts)
     plain.parts.append(_range_encode([(symbols, counts)]))
-    candidates = [("symbols", plain.getvalue())]
+    candidates = [("symbols", plain)]
     if zero is not None and symbols.size and counts[zero]:
         nonzero = symbols[symbols != zero]
         runs = _run_lengths(symbols, zero)
@@ -282,11 +284,13 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: i
         rl.varints(run_counts)
         rl.varints(nz_counts)
         rl.parts.append(_range_encode([(run_syms, run_counts), (nonzero, nz_counts)]))
-        candidates.append(("runs", rl.getvalue()))
+        candidates.append(("runs", rl))
     if rows and alphabet >= 3 and symbols.size and symbols.size % rows == 0:
         center = zero if zero is not None else alphabet // 2
         candidates.append(("rank1", _encode_rank1(symbols, alphabet, center, rows)))
-    return min(candidates, key=lambda c: len(c[1]))
+    mode, best = min(candidates, key=lambda c: len(c[1].getvalue()))
+    data = best.getvalue()
+    return mode, data, len(data) - len(best.parts[-1])  # the words are always the last part
 
 
 def decode_symbols(mode: str, data: bytes, n: int, alphabet: int, zero: int | None, what: str, rows: int = 0) -> np.ndarray:

@@ -173,6 +173,12 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
         if group.reason is None and n < 2:
             group.reason = "a single channel cannot be folded"
         groups.append(group)
+    untraced = [
+        name for module, name in names.items() if isinstance(module, (nn.Linear, *_CONVS)) and module not in graph.module2node
+    ]
+    groups += [
+        ChannelGroup(name, 0, [Member(name, "producer")], "not reached by tracing (unused in forward)") for name in untraced
+    ]
     for block in opaque:
         inner = [names[m] for m in block.modules() if isinstance(m, (nn.Linear, *_CONVS))]
         groups.append(ChannelGroup(names[block], 0, [Member(n, "producer") for n in inner], "attention heads are not folded"))
@@ -265,12 +271,3 @@ def group_features(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
                 moved = tensor.detach().movedim(axis, 0)
                 parts.append(moved.reshape(group.channels, -1).double())
     return torch.cat(parts, dim=1)
-
-
-def producer_rows(model: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
-    """The weight rows of each producer (n × d each): what a channel's activation is computed from."""
-    rows = []
-    for member in group.by_role("producer"):
-        weight = model.get_submodule(member.module).weight.detach()
-        rows.append(weight.reshape(group.channels, -1).double())
-    return rows

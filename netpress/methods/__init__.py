@@ -3,12 +3,16 @@
 from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights
 from netpress.methods.baselines import ALLOCATIONS, MagnitudePruning, UniformQuantization
 from netpress.methods.fcpts import FCPTS
+from netpress.methods.fold import REPAIRS, ChannelL1, Fold
 
-METHODS: dict[str, type] = {m.name: m for m in (MagnitudePruning, UniformQuantization, FCPTS)}
+METHODS: dict[str, type] = {m.name: m for m in (MagnitudePruning, UniformQuantization, FCPTS, Fold, ChannelL1)}
 
 __all__ = [
     "ALLOCATIONS",
     "FCPTS",
+    "REPAIRS",
+    "ChannelL1",
+    "Fold",
     "COMPRESSIBLE_LAYERS",
     "METHODS",
     "MagnitudePruning",

@@ -7,6 +7,7 @@ kinds it accepts, so callers can check both before running it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
@@ -71,6 +72,11 @@ def check_budget(method: Method, budget: Budget | None, required: bool = True) -
         accepted = ", ".join(method.budgets) or "none"
         raise BudgetError(f"method {method.name!r} does not take a {budget.kind} target; it accepts: {accepted}")
     return budget
+
+
+def target_zeros(sparsity: float, total: int) -> int:
+    """Zeros that meet a sparsity target from the safe side: ⌈sparsity · total⌉ (float noise ignored)."""
+    return math.ceil(round(sparsity * total, 6))
 
 
 def split_exact(total: int, weights: list[float], caps: list[int]) -> list[int]:

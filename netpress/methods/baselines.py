@@ -13,7 +13,7 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes, SparseValues
 from netpress.data import Subset
 from netpress.errors import BudgetError
-from netpress.methods.base import MethodResult, check_budget, check_model, split_exact
+from netpress.methods.base import MethodResult, check_budget, check_model, split_exact, target_zeros
 
 Allocation = Literal["global", "uniform", "erk", "lamp"]
 ALLOCATIONS: tuple[str, ...] = ("global", "uniform", "erk", "lamp")
@@ -55,9 +55,9 @@ def _smallest(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) -> list[int]:
-    """How many weights to remove per layer so the total is exactly round(sparsity · N)."""
+    """How many weights to remove per layer so the total is exactly ⌈sparsity · N⌉."""
     sizes = [w.numel() for w in weights]
-    total = round(sparsity * sum(sizes))
+    total = target_zeros(sparsity, sum(sizes))
     if allocation == "uniform":
         return split_exact(total, [float(n) for n in sizes], sizes)
     if allocation == "erk":

@@ -3,7 +3,7 @@
 One learnable magnitude threshold per layer, initialised from ERK. The loss is distillation from the
 dense model (KL, temperature 4) on a calibration subset plus λ·|global sparsity − target|, where the
 global sparsity is made differentiable in the thresholds by a kernel-density bridge
-(``netpress.quant.kde``). After optimisation a projection prunes exactly round(target · N) weights,
+(``netpress.quant.kde``). After optimisation a projection prunes exactly ⌈target · N⌉ weights,
 split over layers in the learned proportions, and BatchNorm statistics are re-estimated on the
 calibration subset. See docs/methods/fcpts.md for where netpress departs from the paper's code.
 """
@@ -25,7 +25,14 @@ from netpress.codec.codes import SparseValues
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError
 from netpress.evaluate import predict
-from netpress.methods.base import MethodResult, check_budget, check_model, compressible_weights, split_exact
+from netpress.methods.base import (
+    MethodResult,
+    check_budget,
+    check_model,
+    compressible_weights,
+    split_exact,
+    target_zeros,
+)
 from netpress.methods.baselines import ALLOCATIONS, _smallest, prune_counts
 from netpress.progress import progress_bar
 from netpress.quant.kde import layer_sparsity
@@ -170,12 +177,12 @@ class FCPTS:
                         log_thresholds[i].clamp_(max=math.log(max(ceiling, 1e-12)))
                 progress.update(task, advance=1, description=f"FCPTS sparsity {sparsity.detach().item():.3f}")
 
-        # Projection: exactly round(target · N) zeros, in the learned per-layer proportions.
+        # Projection: exactly ⌈target · N⌉ zeros, in the learned per-layer proportions.
         with torch.no_grad():
             thresholds = log_thresholds.exp()
             learned = [float((w.abs() < t).sum()) for w, t in zip(weights.values(), thresholds)]
             caps = [n - k for n, k in zip(sizes, min_keep)]
-            counts = split_exact(round(target * total), learned, caps)
+            counts = split_exact(target_zeros(target, total), learned, caps)
             _prune(student, counts, inputs)
             # Never return worse than the starting allocation, as judged on the calibration set.
             start = copy.deepcopy(model).eval()

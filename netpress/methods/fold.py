@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy.cluster.hierarchy import linkage
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.nn import functional as F
 
@@ -32,7 +33,6 @@ from netpress.graph.groups import (
     ParamCounter,
     channel_groups,
     group_features,
-    producer_rows,
     standardize_norms,
     transform_group,
 )
@@ -51,7 +51,7 @@ class GroupPlan:
 
     group: ChannelGroup
     clusters: list[list[int]]
-    rows: list[torch.Tensor]  # standardised producer rows before the change (for the ar repair)
+    features: torch.Tensor  # the clustered rows (n × D) before the change: the ar repair's correlations
 
     def matrices(self, merge: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(producer, consumer) maps: cluster mean / cluster sum when merging, else a selection."""
@@ -115,7 +115,8 @@ def ward_merge_costs(features: torch.Tensor) -> np.ndarray:
 def _kmeans_clusters(features: torch.Tensor, k: int, seed: int, n_init: int) -> list[list[int]]:
     if k >= len(features):
         return [[c] for c in range(len(features))]
-    labels = KMeans(k, n_init=n_init, random_state=seed).fit(features.numpy()).labels_
+    with threadpool_limits(1):  # OpenMP threads thrash on a shared machine; one thread is fast and steady
+        labels = KMeans(k, n_init=n_init, random_state=seed).fit(features.numpy()).labels_
     clusters: dict[int, list[int]] = {}
     for c, label in enumerate(labels):
         clusters.setdefault(int(label), []).append(c)
@@ -180,13 +181,13 @@ def deep_inversion(model: nn.Module, input_shape: tuple[int, ...], samples: int,
 def repair_ar(model: nn.Module, plans: list[GroupPlan]) -> None:
     """Fold-AR: scale each merged BatchNorm γ by √(n_c / (1 + (n_c − 1)·ρ̄_c)).
 
-    ρ̄_c is the mean pairwise cosine of the members' standardised producer rows (the activations'
-    correlation, estimated from weights), clipped to [0, 1] so the correction never exceeds √n_c.
+    ρ̄_c is the mean pairwise cosine of the members' clustered rows (standardised producer rows, γ, β
+    and consumer columns, as in the paper's code), clipped to [0, 1] so the correction never exceeds
+    √n_c. Producer rows alone were measured to overshoot more (docs/methods/fold.md).
     """
     for plan in plans:
-        producers = [m.module for m in plan.group.by_role("producer")]
+        rows = F.normalize(plan.features, dim=1)
         for norm_member in plan.group.by_role("norm"):
-            rows = F.normalize(plan.rows[producers.index(norm_member.source)], dim=1)
             norm = model.get_submodule(norm_member.module)
             scale = torch.ones(len(plan.clusters), dtype=torch.float64)
             for j, members in enumerate(plan.clusters):
@@ -217,7 +218,7 @@ def repair(
 class _GroupReduction:
     """Shared pipeline: trace groups, standardise BatchNorms, allocate the budget, change groups, repair."""
 
-    repair: Repair = "ar"
+    repair: Repair = "none"
     allocation: GroupAllocation = "uniform"
     input_shape: tuple[int, ...] | None = None
     input_dtype: str = "float32"
@@ -258,17 +259,11 @@ class _GroupReduction:
         kept = allocate([g.channels for g in foldable], ParamCounter(reduced, foldable), limit, self.allocation, merge_costs)
         plans, rows = [], []
         for group, feats, k in zip(foldable, features, kept):
-            plan = GroupPlan(group, self.clusters(feats, k), producer_rows(reduced, group))
+            plan = GroupPlan(group, self.clusters(feats, k), feats)
             transform_group(reduced, group, *plan.matrices(self.merge))
             plans.append(plan)
             rows.append({**group.row(), "channels_after": k, "folded": k < group.channels})
         rows += [g.row() for g in groups if g.reason is not None]
-        traced = {m.module for g in groups for m in g.members}
-        rows += [
-            {"group": name, "folded": False, "reason": "not reached by tracing (unused in forward)"}
-            for name, m in reduced.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and name not in traced
-        ]
         after = count_params(reduced)
         rows.append({"group": "total", "params_before": before, "params_after": after, "params_removed": 1 - after / before})
         return reduced, plans, rows

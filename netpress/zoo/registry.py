@@ -88,9 +88,7 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train(
-    name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR, device: str = "cpu"
-) -> dict:
+def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR, device: str = "cpu") -> dict:
     """Train a zoo model from scratch with its fixed recipe and record it in the manifest.
 
     SGD with Nesterov momentum and a one-cycle schedule; the seed fixes initialisation,

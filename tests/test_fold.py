@@ -1,0 +1,194 @@
+"""Channel groups, folding, channel-l1 and the repairs, on tiny models (randomly initialised)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import netpress
+from netpress.budget import Budget
+from netpress.graph.groups import ParamCounter, channel_groups
+from netpress.methods.fold import ChannelL1, Fold
+from netpress.zoo.models import VGG, LeNet5, ResNet20
+
+
+class Block18(nn.Module):
+    """torchvision's ResNet-18 BasicBlock: conv-bn-relu-conv-bn, downsample = 1x1 conv + bn."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class TinyResNet18(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(Block18(8, 8), Block18(8, 8))
+        self.layer2 = nn.Sequential(Block18(8, 16, 2), Block18(16, 16))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _randomise_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so standardisation and merging are really exercised."""
+    generator = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _tiny_llama() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+IMAGE = (1, 28, 28)
+ARCHS = {
+    "mlp": (_mlp, IMAGE, "float32"),
+    "lenet5": (LeNet5, IMAGE, "float32"),
+    "resnet20": (ResNet20, IMAGE, "float32"),
+    "vgg": (VGG, IMAGE, "float32"),
+    "resnet18-block": (TinyResNet18, IMAGE, "float32"),
+    "llama": (_tiny_llama, (8,), "int64"),
+}
+
+
+def _inputs(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    if dtype == "int64":
+        return torch.randint(0, 100, (2, *shape), generator=generator)
+    return torch.randn((4, *shape), generator=generator)
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_fold_runs_saves_and_loads(arch, tmp_path):
+    factory, shape, dtype = ARCHS[arch]
+    torch.manual_seed(0)
+    model = _randomise_norms(factory())
+    x = _inputs(shape, dtype)
+    method = Fold(repair="ar", input_shape=shape, input_dtype=dtype)
+    result = method.apply(model, budget=Budget(params=0.2))
+    folded = [r for r in result.rows if r.get("folded")]
+    assert folded, "no group was folded"
+    assert all(r["channels_after"] < r["channels"] for r in folded)
+    assert result.rows[-1]["params_removed"] >= 0.2
+    out = _logits(result.model, x)
+    assert out.shape == _logits(model, x).shape and torch.isfinite(out).all()
+    # The file rebuilds the same smaller model, and a second seeded run gives the same weights.
+    path = tmp_path / f"{arch}.press"
+    netpress.save(netpress.compress(model, method, Budget(params=0.2)), path)
+    loaded = netpress.load(path, model=model)
+    torch.testing.assert_close(_logits(loaded, x), out, rtol=0, atol=0)
+
+
+def test_groups_of_resnet18_block_tie_the_residual_stream():
+    groups = {g.name: g for g in channel_groups(TinyResNet18(), torch.zeros(1, *IMAGE))}
+    stream = groups["conv1"]
+    assert stream.reason is None
+    producers = {m.module for m in stream.by_role("producer")}
+    consumers = {m.module for m in stream.by_role("consumer")}
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2"} <= producers
+    assert {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0"} <= consumers
+    stage2 = groups["layer2.0.conv2"] if "layer2.0.conv2" in groups else groups["layer2.0.downsample.0"]
+    assert {"layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2"} <= {m.module for m in stage2.by_role("producer")}
+    assert "fc" in {m.module for m in stage2.by_role("consumer")}
+    assert groups["fc"].reason == "its channels are outputs of the model"
+
+
+def test_lenet5_flatten_maps_a_channel_to_columns():
+    groups = {g.name: g for g in channel_groups(LeNet5(), torch.zeros(1, *IMAGE))}
+    (fc1,) = [m for m in groups["conv2"].members if m.module == "fc1"]
+    assert (fc1.role, fc1.expand) == ("consumer", 16)
+
+
+def test_merging_identical_channels_with_ar_keeps_the_function():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    _randomise_norms(model)
+    with torch.no_grad():
+        conv, norm, linear = model[0], model[1], model[4]
+        for tensor in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var):
+            tensor[1] = tensor[0]
+        columns = linear.weight.view(3, 4, 16)
+        columns[:, 1] = columns[:, 0]
+    x = torch.randn(8, 1, 4, 4)
+    one_channel = (9 + 1 + 2 + 3 * 16) / sum(p.numel() for p in model.parameters())
+    result = Fold(repair="ar", input_shape=(1, 4, 4)).apply(model, budget=Budget(params=one_channel))
+    assert result.model[0].out_channels == 3
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [0.1, 0.35, 0.6])
+@pytest.mark.parametrize("allocation", ["uniform", "adaptive"])
+def test_param_budget_is_met_within_one_channel_per_group(target, allocation):
+    torch.manual_seed(0)
+    model = _randomise_norms(ResNet20())
+    result = ChannelL1(repair="none", allocation=allocation, input_shape=IMAGE).apply(model, budget=Budget(params=target))
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in result.model.parameters())
+    assert result.rows[-1]["params_after"] == after
+    assert after <= before - round(target * before)
+    groups = [g for g in channel_groups(model, torch.zeros(1, *IMAGE)) if g.reason is None]
+    count = ParamCounter(model, groups)
+    sizes = [g.channels for g in groups]
+    one_channel = [count(sizes) - count([n - (i == g) for i, n in enumerate(sizes)]) for g in range(len(sizes))]
+    assert before - round(target * before) - after <= sum(one_channel)
+
+
+def test_unsupported_layers_are_named():
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 28 * 28, 10),
+    )
+    rows = Fold(repair="none", input_shape=IMAGE).apply(model, budget=Budget(params=0.1)).rows
+    reasons = [r["reason"] for r in rows if "reason" in r]
+    assert any(r.startswith("2: grouped/depthwise") for r in reasons)
+    assert "its channels are outputs of the model" in reasons and len(reasons) == 2
+    assert any(r.get("folded") and r["producers"] == ["4"] for r in rows)
+
+
+def test_data_repair_needs_calibration_and_dir_runs():
+    assert Fold(repair="data").needs == "calibration" and ChannelL1(repair="dir").needs == "none"
+    torch.manual_seed(0)
+    model = _randomise_norms(VGG(widths=(8, 8, 8)))
+    result = ChannelL1(repair="dir", input_shape=IMAGE, dir_samples=16, dir_steps=3).apply(model, budget=Budget(params=0.3))
+    norm = result.model.features[1]
+    assert norm.running_var.shape == (norm.num_features,) and torch.isfinite(result.model(torch.randn(2, *IMAGE))).all()

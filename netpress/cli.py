@@ -79,13 +79,14 @@ def build_budget(ratio: float | None, sparsity: float | None, params: float | No
 
 def _print_report(report: dict) -> None:
     table = Table(title=f"{', '.join(m['name'] for m in report['methods'])} → {report['file']}")
-    for col in ("original bytes", "file bytes", "ratio", "sparsity", "acc before", "acc after", "seconds"):
+    for col in ("original bytes", "file bytes", "ratio", "params", "sparsity", "acc before", "acc after", "seconds"):
         table.add_column(col, justify="right")
     acc = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
     table.add_row(
         f"{report['original_bytes']:,}",
         f"{report['file_bytes']:,}",
         f"{report['ratio']:.2f}×",
+        f"{report['params_before']:,} → {report['params_after']:,}",
         f"{100 * report['sparsity']:.2f} %",
         acc("accuracy_before"),
         acc("accuracy_after"),

@@ -47,7 +47,7 @@ def _lamp_scores(w: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def _smallest(scores: torch.Tensor, count: int) -> torch.Tensor:
+def smallest_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Boolean mask of the ``count`` lowest scores (ties broken by position, so counts are exact)."""
     mask = torch.zeros(scores.numel(), dtype=torch.bool)
     mask[torch.argsort(scores.reshape(-1), stable=True)[:count]] = True
@@ -64,7 +64,7 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
         return split_exact(total, _erk_prune_weights(weights, sparsity), sizes)
     score_fn = _lamp_scores if allocation == "lamp" else (lambda w: w.detach().reshape(-1).abs().double())
     scores = torch.cat([score_fn(w) for w in weights])
-    chosen = _smallest(scores, total)
+    chosen = smallest_mask(scores, total)
     return [int(part.sum()) for part in torch.split(chosen, sizes)]
 
 
@@ -95,7 +95,7 @@ class MagnitudePruning:
         result = MethodResult(model)
         with torch.no_grad():
             for (name, w), count in zip(weights.items(), counts):
-                w.masked_fill_(_smallest(w.abs(), count), 0.0)
+                w.masked_fill_(smallest_mask(w.abs(), count), 0.0)
                 result.codes[name] = SparseValues.from_tensor(w.detach().clone())
                 result.rows.append({"name": name, "shape": list(w.shape), "params": w.numel(), "sparsity": count / w.numel()})
         return result

@@ -30,10 +30,11 @@ from netpress.methods.base import (
     check_budget,
     check_model,
     compressible_weights,
+    recalibrate_batchnorm,
     split_exact,
     target_zeros,
 )
-from netpress.methods.baselines import ALLOCATIONS, _smallest, prune_counts
+from netpress.methods.baselines import ALLOCATIONS, prune_counts, smallest_mask
 from netpress.progress import progress_bar
 from netpress.quant.kde import layer_sparsity
 
@@ -48,24 +49,6 @@ def _kth_magnitude(w: torch.Tensor, count: int) -> float:
     if count >= mags.numel():
         return float(mags[-1]) * 1.01 + 1e-12
     return 0.5 * float(mags[count - 1] + mags[count])
-
-
-def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
-    """Re-estimate BatchNorm running statistics on ``inputs`` (cumulative average), weights untouched."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    saved = [(m.momentum, m.training) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            model(inputs[start : start + batch_size])
-    for m, (momentum, training) in zip(norms, saved):
-        m.momentum = momentum
-        m.train(training)
 
 
 @dataclass
@@ -117,9 +100,9 @@ class FCPTS:
         with torch.no_grad():
             for allocation in candidates:
                 counts = prune_counts(list(weights.values()), target, allocation)
-                params = dict(student.named_parameters())
+                params = {k: v if self.weight_lr > 0 else v.detach() for k, v in student.named_parameters()}
                 for (name, w), count in zip(weights.items(), counts):
-                    params[name] = w.masked_fill(_smallest(w.abs(), count), 0.0)
+                    params[name] = w.masked_fill(smallest_mask(w.abs(), count), 0.0)
                 logits = torch.cat([functional_call(student, params, (inputs[i : i + 512],)) for i in range(0, len(inputs), 512)])
                 scored.append((float(self._distill(logits, teacher_logits)), allocation, counts))
         _, allocation, counts = min(scored, key=lambda s: s[0])
@@ -149,7 +132,6 @@ class FCPTS:
             groups.append({"params": [p for p in student.parameters()], "lr": self.weight_lr})
         optimizer = torch.optim.Adam(groups)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(self.iterations, 1))
-        frozen = {k: v.detach() for k, v in student.named_parameters()}
         # Every layer keeps at least 1 % of its weights: a layer pruned away gets no gradient to come back.
         min_keep = [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
 
@@ -158,7 +140,7 @@ class FCPTS:
             for _ in range(self.iterations):
                 idx = torch.randint(0, len(inputs), (min(self.batch_size, len(inputs)),), generator=generator)
                 thresholds = log_thresholds.exp()
-                params = dict(frozen) if self.weight_lr == 0 else dict(student.named_parameters())
+                params = {k: v if self.weight_lr > 0 else v.detach() for k, v in student.named_parameters()}
                 layer_rates = []
                 for i, name in enumerate(names):
                     w = params[name]
@@ -210,7 +192,7 @@ class FCPTS:
 def _prune(model: nn.Module, counts: list[int], inputs: torch.Tensor) -> None:
     """Zero each layer's ``count`` smallest weights, then re-estimate BatchNorm statistics."""
     for w, count in zip(compressible_weights(model).values(), counts):
-        w.masked_fill_(_smallest(w.abs(), count), 0.0)
+        w.masked_fill_(smallest_mask(w.abs(), count), 0.0)
     recalibrate_batchnorm(model, inputs)
 
 

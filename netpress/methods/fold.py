@@ -36,8 +36,7 @@ from netpress.graph.groups import (
     standardize_norms,
     transform_group,
 )
-from netpress.methods.base import MethodResult, check_budget, check_model
-from netpress.methods.fcpts import recalibrate_batchnorm
+from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm
 
 Repair = Literal["none", "ar", "dir", "data"]
 REPAIRS: tuple[str, ...] = ("none", "ar", "dir", "data")

@@ -13,13 +13,12 @@ import importlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_save
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -27,13 +26,11 @@ import netpress
 from netpress import codec, zoo
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
-from netpress.compressed import CompressedModel
+from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError
 from netpress.evaluate import Evaluation, count_params, evaluate
 from netpress.methods.base import Method, check_budget, compressible_weights
-
-RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 @dataclass
@@ -122,12 +119,6 @@ def _as_handle(model: ModelHandle | nn.Module) -> ModelHandle:
     return model if isinstance(model, ModelHandle) else ModelHandle(model)
 
 
-def fp32_bytes(model: nn.Module) -> int:
-    """Size of the model's state dict as an fp32 safetensors file: the reference every ratio uses."""
-    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    return len(safetensors_save(state))
-
-
 def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model: nn.Module, stage: str) -> None:
     """Stages never undo each other: a pruned weight stays zero; a quantized tensor gains no new values."""
     after = model.state_dict()
@@ -146,23 +137,28 @@ def compress(
     budget: Budget | None = None,
     data: Subset | None = None,
     *,
-    raw_dtype: str = "fp32",
+    raw_dtype: str | None = None,
 ) -> CompressedModel:
     """Apply methods in order (structure, then weights) and collect the exact codes of every tensor.
 
     The budget goes to every method that accepts its kind; a method that needs data gets ``data``.
+    Uncoded float tensors are stored in ``raw_dtype``; by default in the precision the last method
+    chose for them (fp32 unless it says otherwise). A ratio budget is checked on the serialised file.
     """
     handle = _as_handle(model)
     methods = [methods] if not isinstance(methods, Sequence) else list(methods)
     if not methods:
         raise BudgetError("give at least one method")
-    if raw_dtype not in RAW_DTYPES:
+    if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
         raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
     if budget is not None and not any(budget.kind in m.budgets for m in methods):
         raise BudgetError(f"no chosen method takes a {budget.kind} target")
+    if budget is not None and budget.kind == "ratio" and budget.reference_bytes is None:
+        budget = replace(budget, reference_bytes=fp32_bytes(handle.module))
     current = handle.module
     codes: dict = {}
     rows: dict[str, list[dict]] = {}
+    chosen_dtype = "fp32"
     for method in methods:
         if method.needs != "none" and data is None:
             raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")
@@ -174,17 +170,12 @@ def compress(
         current = result.model
         codes.update(result.codes)
         rows[method.name] = result.rows
+        chosen_dtype = result.raw_dtype or chosen_dtype
     state = current.state_dict()
-    tensors: dict = {}
-    for name, value in state.items():
-        if name in codes:
-            if not torch.equal(codes[name].dequantize(), value):
-                raise NetpressError(f"internal error: the codes of {name} disagree with the model's weights")
-            tensors[name] = codes[name]
-        elif value.is_floating_point():
-            tensors[name] = value.detach().to(RAW_DTYPES[raw_dtype]).clone()
-        else:
-            tensors[name] = value.detach().clone()
+    for name, value in codes.items():
+        if name in state and not torch.equal(value.dequantize(), state[name]):
+            raise NetpressError(f"internal error: the codes of {name} disagree with the model's weights")
+    tensors = stored_tensors(state, codes, raw_dtype or chosen_dtype)
     coded = list(codes.values())
     zeros = sum(round(c.sparsity() * torch.Size(c.shape).numel()) for c in coded)
     numel = sum(torch.Size(c.shape).numel() for c in coded)
@@ -202,7 +193,15 @@ def compress(
             "indices_sha256": hashlib.sha256(",".join(map(str, data.indices)).encode()).hexdigest(),
         }
     details = {"layers": rows, "calibration_indices": list(data.indices) if data is not None else None}
-    return CompressedModel(tensors, dict(handle.source), summary, details)
+    compressed = CompressedModel(tensors, dict(handle.source), summary, details)
+    if budget is not None and budget.kind == "ratio":
+        size = len(codec.to_bytes(compressed))
+        if size > budget.target_bytes():
+            raise BudgetError(
+                f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio allows; "
+                "no method in the pipeline enforces the file size (use --method l2)"
+            )
+    return compressed
 
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
@@ -256,7 +255,7 @@ def press(
     data: str | None = None,
     calib: int = 1024,
     seed: int = 0,
-    raw_dtype: str = "fp32",
+    raw_dtype: str | None = None,
 ) -> dict:
     """Compress, write the file, and measure it: the one-call pipeline behind the CLI and benchmarks.
 
@@ -301,6 +300,42 @@ def press(
     return report
 
 
+def sweep(
+    model: ModelHandle | nn.Module,
+    methods: Method | Sequence[Method],
+    budgets: Sequence[Budget],
+    *,
+    out_dir: str | os.PathLike,
+    data: str | None = None,
+    calib: int = 1024,
+    seed: int = 0,
+    raw_dtype: str | None = None,
+) -> list[dict]:
+    """``press`` once per budget, each file in ``out_dir`` named after the method and target.
+
+    Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve.
+    """
+    methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    if not budgets:
+        raise BudgetError("give at least one target to sweep")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = "+".join(m.name for m in methods)
+    return [
+        press(
+            model,
+            methods,
+            budget,
+            out=out_dir / f"{label}-{budget.kind}{budget.value:g}.press",
+            data=data,
+            calib=calib,
+            seed=seed,
+            raw_dtype=raw_dtype,
+        )
+        for budget in budgets
+    ]
+
+
 __all__ = [
     "Evaluation",
     "ModelHandle",
@@ -315,4 +350,5 @@ __all__ = [
     "press",
     "resolve_dataset",
     "save",
+    "sweep",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netpress.errors import BudgetError
 
@@ -19,6 +19,8 @@ class Budget:
     ratio: float | None = None
     sparsity: float | None = None
     params: float | None = None
+    # The fp32 bytes a ratio refers to (the model before any stage); ``compress`` fills it in.
+    reference_bytes: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         given = {k: v for k, v in self.items()}
@@ -29,6 +31,12 @@ class Budget:
             raise BudgetError(f"ratio must be > 1 (original bytes / file bytes), got {value}")
         if kind in ("sparsity", "params") and not 0 <= value < 1:
             raise BudgetError(f"{kind} must be a fraction in [0, 1), got {value}")
+
+    def target_bytes(self) -> int:
+        """The largest file a ratio target allows: ⌊reference bytes / ratio⌋."""
+        if self.ratio is None or self.reference_bytes is None:
+            raise BudgetError("a byte target needs a ratio budget and the reference size of the original model")
+        return int(self.reference_bytes // self.ratio)
 
     def items(self) -> list[tuple[str, float]]:
         return [(k, v) for k, v in (("ratio", self.ratio), ("sparsity", self.sparsity), ("params", self.params)) if v is not None]

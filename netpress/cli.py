@@ -15,7 +15,7 @@ from rich.table import Table
 from netpress import api, zoo
 from netpress.budget import Budget
 from netpress.errors import BudgetError, DataError, NetpressError
-from netpress.methods import ALLOCATIONS, FCPTS, METHODS, REPAIRS, ChannelL1, Fold, MagnitudePruning, UniformQuantization
+from netpress.methods import ALLOCATIONS, FCPTS, L2, METHODS, REPAIRS, ChannelL1, Fold, MagnitudePruning, UniformQuantization
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress trained PyTorch networks into real, smaller files.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list and train the reference models.")
@@ -58,6 +58,10 @@ def build_methods(
     """
     if method == "uniform":
         return [UniformQuantization(bits if bits is not None else 8, per_channel)]
+    if method == L2.name:
+        if bits is not None:
+            raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits")
+        return [L2(per_channel=per_channel, seed=seed)]
     if method in (Fold.name, ChannelL1.name):
         structural = Fold if method == Fold.name else ChannelL1
         chain = [structural(repair=repair, input_shape=input_shape, seed=seed)]
@@ -111,7 +115,9 @@ def compress(
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
     calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
-    raw_dtype: str = typer.Option("fp32", help="dtype of tensors stored uncompressed: fp32 or fp16"),
+    raw_dtype: str | None = typer.Option(
+        None, help="dtype of uncoded tensors: fp32 or fp16 (default: the method's choice; fp16 for l2, else fp32)"
+    ),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     report: Path | None = typer.Option(None, help="write the JSON report here"),
     plot: Path | None = typer.Option(None, help="write a PNG of the per-layer allocation here"),
@@ -130,6 +136,67 @@ def compress(
         plot_allocation(rows, plot, f"{model}: {methods[0].name} per-layer sparsity")
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _float_list(text: str | None, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()] if text else []
+    except ValueError:
+        raise BudgetError(f"{option} takes comma-separated numbers, e.g. {option} 5,10,20; got {text!r}") from None
+
+
+@app.command()
+@friendly
+def sweep(
+    model: str = typer.Argument(..., help="zoo:NAME, a .safetensors file or a .pt/.pth state dict"),
+    method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
+    ratios: str | None = typer.Option(None, help="comma-separated ratio targets, e.g. 5,10,20,40,80"),
+    sparsities: str | None = typer.Option(None, help="comma-separated sparsity targets, e.g. 0.5,0.8,0.9"),
+    bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
+    allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
+    per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
+    data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
+    calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
+    seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
+    arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
+    out_dir: Path = typer.Option(Path("netpress-sweep"), help="where the .press files go"),
+    plot: Path | None = typer.Option(None, help="write the accuracy-vs-bytes curve (PNG) here"),
+    report: Path | None = typer.Option(None, help="write the JSON reports here"),
+) -> None:
+    """Compress MODEL at several targets and show accuracy against the written file's bytes."""
+    targets = [("ratio", v) for v in _float_list(ratios, "--ratios")] + [
+        ("sparsity", v) for v in _float_list(sparsities, "--sparsities")
+    ]
+    if not targets or (ratios and sparsities):
+        raise BudgetError("give one list of targets: --ratios or --sparsities")
+    handle = api.load_model(model, arch)
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, input_shape=handle.input_shape)
+    budgets = [Budget(**{kind: value}) for kind, value in targets]
+    results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calib, seed=seed)
+    table = Table(title=f"{model}: {method.value} sweep")
+    for col in ("target", "file bytes", "ratio", "acc before", "acc after", "seconds"):
+        table.add_column(col, justify="right")
+    for (kind, value), r in zip(targets, results):
+        acc = lambda k, r=r: f"{100 * r[k]:.2f} %" if k in r else "-"  # noqa: E731
+        table.add_row(
+            f"{kind} {value:g}",
+            f"{r['file_bytes']:,}",
+            f"{r['ratio']:.2f}×",
+            acc("accuracy_before"),
+            acc("accuracy_after"),
+            f"{r['seconds']:.1f}",
+        )
+    out.print(table)
+    if plot is not None:
+        if not all("accuracy_after" in r for r in results):
+            raise DataError("a curve needs accuracy: pass --data")
+        from netpress.report import plot_curve
+
+        plot_curve(
+            {method.value: [(r["file_bytes"], r["accuracy_after"]) for r in results]}, plot, f"{model}: accuracy vs file size"
+        )
+    if report is not None:
+        report.write_text(json.dumps(results, indent=2) + "\n")
 
 
 @app.command("eval")

@@ -6,11 +6,34 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
+from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from netpress.codec.codes import Codes, Encoded, SparseValues
 from netpress.errors import ModelSourceError
 from netpress.graph.surgery import resize_to
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """Size of the model's state dict as an fp32 safetensors file: the reference every ratio uses."""
+    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    return len(safetensors_save(state))
+
+
+RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def stored_tensors(state: dict[str, torch.Tensor], codes: dict[str, Encoded], raw_dtype: str = "fp32") -> dict:
+    """What a file holds for a model state: the codes where a method made them, floats in ``raw_dtype`` elsewhere."""
+    tensors: dict = {}
+    for name, value in state.items():
+        if name in codes:
+            tensors[name] = codes[name]
+        elif value.is_floating_point():
+            tensors[name] = value.detach().to(RAW_DTYPES[raw_dtype]).clone()
+        else:
+            tensors[name] = value.detach().clone()
+    return tensors
 
 
 @dataclass

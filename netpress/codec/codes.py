@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from netpress.errors import FormatError
@@ -72,6 +73,36 @@ class Codes:
             raise FormatError("some values are not in the level table")
         zero = (table == 0).nonzero()
         return cls(idx.to(torch.int32).reshape(values.shape), table, int(zero[0]) if len(zero) else None)
+
+
+def deadzone_grid(first: np.ndarray, step: np.ndarray, length: int, zero: int) -> np.ndarray:
+    """Dead-zone levels in float32, one row per (first, step) pair: 0 at ``zero``, ±(first + (j − 1) · step) at ±j.
+
+    ``first`` is the magnitude of the first non-zero level (edge + step / 2). The codec rebuilds a table
+    stored in this form with this function, so a quantizer that builds its levels here is bit-exact.
+    """
+    offset = np.arange(length, dtype=np.int64) - zero
+    magnitude = np.abs(offset).astype(np.float32) - np.float32(1)
+    first = np.asarray(first, dtype=np.float32).reshape(-1, 1)
+    step = np.asarray(step, dtype=np.float32).reshape(-1, 1)
+    with np.errstate(all="ignore"):  # a damaged file may hold inf; Codes rejects the non-finite table
+        levels = (magnitude[None, :] * step + first).astype(np.float32) * np.sign(offset).astype(np.float32)[None, :]
+    levels[:, zero] = 0.0
+    return levels.astype(np.float32)
+
+
+def deadzone_params(levels: np.ndarray, zero: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(first, step)`` per row when a level table is exactly a dead-zone grid (bit for bit), else None."""
+    if zero is None or levels.shape[-1] < 3:
+        return None
+    table = levels.reshape(-1, levels.shape[-1]).astype(np.float32)
+    side = 1 if zero + 2 < table.shape[1] else -1
+    if not 0 <= zero + 2 * side < table.shape[1]:
+        return None
+    first = np.abs(table[:, zero + side])
+    step = (np.abs(table[:, zero + 2 * side]) - first).astype(np.float32)
+    rebuilt = deadzone_grid(first, step, table.shape[1], zero)
+    return (first, step) if np.array_equal(rebuilt.view(np.uint32), table.view(np.uint32)) else None
 
 
 @dataclass(frozen=True)

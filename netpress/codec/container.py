@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from netpress.codec.codes import Codes, Encoded, SparseValues
+from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, deadzone_params
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.compressed import CompressedModel
 from netpress.errors import FormatError
@@ -89,8 +89,18 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
     """One tensor's record (without offsets) and its stream."""
     if isinstance(value, Codes):
         out = ByteWriter()
-        steps = _uniform_steps(value.levels.numpy(), value.zero)
-        out.array(steps if steps is not None else value.levels.numpy())
+        levels = value.levels.numpy()
+        steps = _uniform_steps(levels, value.zero)
+        deadzone = deadzone_params(levels, value.zero) if steps is None else None
+        if steps is not None:
+            form = "uniform"
+            out.array(steps)
+        elif deadzone is not None:
+            form = "deadzone"
+            out.array(np.stack(deadzone, axis=1).reshape(-1))
+        else:
+            form = "table"
+            out.array(levels)
         symbols = value.symbols.numpy()
         mode, coded, side = encode_symbols(symbols, value.num_levels, value.zero, rows=_rows(value.shape))
         out.parts.append(coded)
@@ -98,7 +108,7 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
             "kind": "codes",
             "shape": list(value.shape),
             "levels_shape": list(value.levels.shape),
-            "levels_form": "uniform" if steps is not None else "table",
+            "levels_form": form,
             "zero": value.zero,
             "coding": mode,
             "coded_bytes": len(coded),
@@ -251,6 +261,10 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
         if record.get("levels_form") == "uniform" and zero is not None:
             rows = levels_shape[0] if len(levels_shape) == 2 else 1
             table = _uniform_grid(reader.array("float32", rows), levels_shape[-1], zero)
+        elif record.get("levels_form") == "deadzone" and zero is not None:
+            rows = levels_shape[0] if len(levels_shape) == 2 else 1
+            pairs = reader.array("float32", 2 * rows).reshape(rows, 2)
+            table = deadzone_grid(pairs[:, 0], pairs[:, 1], levels_shape[-1], zero)
         elif record.get("levels_form") == "table":
             table = reader.array("float32", int(np.prod(levels_shape)))
         else:

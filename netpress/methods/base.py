@@ -26,11 +26,15 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Con
 
 @dataclass
 class MethodResult:
-    """A method's output: the model with its new weights, the codes of what it compressed, report rows."""
+    """A method's output: the model with its new weights, the codes of what it compressed, report rows.
+
+    ``raw_dtype`` is the precision the method chose for the float tensors it left uncoded (None: no choice).
+    """
 
     model: nn.Module
     codes: dict[str, Encoded] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+    raw_dtype: str | None = None
 
 
 class Method(Protocol):
@@ -119,3 +123,24 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
     for m, (momentum, training) in zip(norms, saved):
         m.momentum = momentum
         m.train(training)
+
+
+def absorb_batchnorm_statistics(model: nn.Module) -> dict[str, float]:
+    """Fold each BatchNorm's running mean and variance into its affine weight and bias (same eval-mode
+    function), leaving mean 0 and variance 1: constants a file stores in a few bytes.
+
+    Returns ``{state-dict name: constant}`` of the tensors made constant.
+    """
+    constants: dict[str, float] = {}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not m.affine or m.running_mean is None:
+                continue
+            scale = m.weight / torch.sqrt(m.running_var + m.eps)
+            m.bias.copy_(m.bias - scale * m.running_mean)
+            m.weight.copy_(scale * math.sqrt(1 + m.eps))
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+            prefix = f"{name}." if name else ""
+            constants.update({f"{prefix}running_mean": 0.0, f"{prefix}running_var": 1.0})
+    return constants

@@ -1,5 +1,5 @@
 """Reports: JSON rows and PNG plots of what a run did."""
 
-from netpress.report.plots import plot_allocation
+from netpress.report.plots import plot_allocation, plot_curve
 
-__all__ = ["plot_allocation"]
+__all__ = ["plot_allocation", "plot_curve"]

@@ -28,3 +28,20 @@ def plot_allocation(rows: list[dict], path: str | os.PathLike, title: str = "per
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_curve(series: dict[str, list[tuple[int, float]]], path: str | os.PathLike, title: str = "accuracy vs file size") -> None:
+    """Accuracy against file bytes (log axis), one line per series of ``(bytes, accuracy)`` points."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in series.items():
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("file bytes")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,377 @@
+"""L²: lossy and lossless compression optimised together for one file-size target (Shi et al., ICCV 2023).
+
+Every Linear/Conv weight goes through a dead-zone quantizer (``netpress.quant.deadzone``) whose edge
+and step are learned against a differentiable estimate of the range-coded size
+(``netpress.quant.rate``). One global byte budget, set by the target ratio, is traded against
+distillation from the dense model on a calibration subset, so the per-layer allocation emerges
+from the optimisation. Rounds alternate a transform phase (edges and steps) and a reconstruction
+phase (latent weights seen through the quantizer). Finally the file itself is serialised and, if
+it is over the target, the grids are coarsened by bisection until it fits: the ratio a report
+gives is the ratio of the written file. See docs/methods/l2.md for where netpress departs from
+the paper's code.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+import netpress
+from netpress.budget import Budget
+from netpress.codec import to_bytes
+from netpress.codec.codes import Codes
+from netpress.codec.container import read_manifest
+from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
+from netpress.data import Subset
+from netpress.errors import BudgetError, DataError
+from netpress.evaluate import predict
+from netpress.methods.base import MethodResult, absorb_batchnorm_statistics, check_budget, check_model, recalibrate_batchnorm
+from netpress.progress import progress_bar
+from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
+from netpress.quant.rate import estimated_bits
+
+# Bytes kept free for what the method cannot see when it sizes the file: the source description
+# and other methods' entries in the stored summary.
+SUMMARY_ALLOWANCE = 192
+# How fast the rate multiplier reacts to the estimate being over (or under) budget, per step.
+DUAL_RATE = 0.2
+# The finest initial grid: at most this many levels on each side of zero (a count table stays small).
+MAX_LEVELS_PER_SIDE = 127
+
+
+@dataclass
+class L2:
+    """Dead-zone quantization + entropy coding, learned for a target file size (``--ratio``).
+
+    ``rounds`` × (``transform_steps`` on the log edges and steps at ``transform_lr``, then
+    ``reconstruction_steps`` on the latent weights at ``weight_lr``), batches of ``batch_size``.
+    The transform loss is the mean squared error to the dense model's logits (+ cross-entropy when
+    labels exist) + μ × estimated bytes / budget, μ starting at ``rate_weight`` × the ratio of the two
+    gradients and adapted by dual ascent; reconstruction uses the task loss alone.
+    ``per_channel`` learns an edge and step per output channel; ``raw_dtype`` stores biases and
+    normalisation tensors in fp16 (default) or fp32.
+    """
+
+    rounds: int = 2
+    transform_steps: int = 100
+    reconstruction_steps: int = 300
+    batch_size: int = 64
+    transform_lr: float = 0.02
+    weight_lr: float = 1e-4
+    rate_weight: float = 1.0
+    resolution: int = 64
+    per_channel: bool = False
+    raw_dtype: str = "fp16"
+    seed: int = 0
+    name: ClassVar[str] = "l2"
+    needs: ClassVar[str] = "calibration"
+    budgets: ClassVar[tuple[str, ...]] = ("ratio",)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.transform_steps < 0 or self.reconstruction_steps < 0 or self.batch_size < 1:
+            raise BudgetError("rounds and batch_size must be ≥ 1, step counts ≥ 0")
+        if self.transform_lr < 0 or self.weight_lr < 0 or self.rate_weight < 0:
+            raise BudgetError("learning rates and rate_weight must be ≥ 0")
+        if self.resolution < 2:
+            raise BudgetError(f"resolution must be ≥ 2, got {self.resolution}")
+        if self.raw_dtype not in RAW_DTYPES:
+            raise BudgetError(f"raw_dtype must be one of {', '.join(RAW_DTYPES)}, got {self.raw_dtype!r}")
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        budget = check_budget(self, budget)
+        if data is None:
+            raise DataError("L² needs a calibration subset of the training split")
+        if budget.reference_bytes is None:
+            budget = Budget(ratio=budget.ratio, reference_bytes=fp32_bytes(model))
+        run = _Run(self, model, data, budget)
+        return run.execute()
+
+
+class _Run:
+    """One L² optimisation: the state shared by its phases."""
+
+    def __init__(self, config: L2, model: nn.Module, data: Subset, budget: Budget) -> None:
+        self.config = config
+        self.budget = budget
+        self.target = budget.target_bytes()
+        self.student = copy.deepcopy(model).eval()
+        weights = check_model(self.student)
+        self.names = list(weights)
+        self.inputs, self.labels = data.tensors()
+        self.teacher_logits = predict(model, self.inputs)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.summary = {
+            "netpress": netpress.__version__,
+            "methods": [{"name": config.name, **vars(config)}],
+            "budget": budget.to_dict(),
+            "sparsity": 0.123456789,
+            "params": sum(v.numel() for v in self.student.state_dict().values() if v.is_floating_point()),
+            "calibration": {"n": len(data.indices), "seed": data.seed, "indices_sha256": "0" * 64},
+        }
+        self.constants = absorb_batchnorm_statistics(self.student)
+        _round_raw_tensors(self.student, set(self.names), config.raw_dtype)
+        self.latent = {n: nn.Parameter(w.detach().clone()) for n, w in weights.items()}
+        self.log_edge: dict[str, nn.Parameter] = {}
+        self.log_step: dict[str, nn.Parameter] = {}
+
+    # -- sizes -------------------------------------------------------------------------------------
+    def _codes(self, scale: float = 1.0) -> dict:
+        return {
+            n: deadzone_codes(self.latent[n], self.log_edge[n].exp() * scale, self.log_step[n].exp() * scale) for n in self.names
+        }
+
+    def _constant_codes(self) -> dict[str, Codes]:
+        """One-level codes of the constant BatchNorm statistics (a few bytes each in the file)."""
+        state = self.student.state_dict()
+        return {
+            n: Codes(
+                torch.zeros(state[n].shape, dtype=torch.int32),
+                torch.tensor([value], dtype=torch.float32),
+                0 if value == 0 else None,
+            )
+            for n, value in self.constants.items()
+        }
+
+    def _file(self, codes: dict) -> bytes:
+        state = self.student.state_dict()
+        compressed = CompressedModel(
+            stored_tensors(state, {**codes, **self._constant_codes()}, self.config.raw_dtype), {}, self.summary
+        )
+        return to_bytes(compressed)
+
+    def _file_bytes(self, codes: dict) -> int:
+        return len(self._file(codes)) + SUMMARY_ALLOWANCE
+
+    def _estimated_bytes(self) -> torch.Tensor:
+        bits = [
+            estimated_bits(
+                deadzone_encode(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp()), self.config.resolution
+            )
+            for n in self.names
+        ]
+        return torch.stack(bits).sum() / 8
+
+    def _calibrate_overhead(self) -> None:
+        """Bytes the estimate does not see (headers, tables, raw tensors, coder overhead): real − estimate."""
+        with torch.no_grad():
+            real = self._file_bytes(self._codes())
+            self.overhead = real - float(self._estimated_bytes())
+        self.rate_budget = max(self.target - self.overhead, 1.0)
+        self.last_rate = float(self._estimated_bytes().detach()) / self.rate_budget
+        self.last_real = real
+
+    # -- the loss ------------------------------------------------------------------------------------
+    def _quantized(self) -> dict[str, torch.Tensor]:
+        return {n: deadzone_quantize(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp()) for n in self.names}
+
+    def _task_loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        loss = F.mse_loss(logits, self.teacher_logits[idx])
+        if self.labels is not None:
+            loss = loss + F.cross_entropy(logits, self.labels[idx])
+        return loss
+
+    def _loss(self, with_rate: bool) -> tuple[torch.Tensor, float]:
+        idx = torch.randint(0, len(self.inputs), (min(self.config.batch_size, len(self.inputs)),), generator=self.generator)
+        logits = functional_call(self.student, self._quantized(), (self.inputs[idx],))
+        task = self._task_loss(logits, idx)
+        if not with_rate:
+            return task, self.last_rate
+        rate = self._estimated_bytes() / self.rate_budget
+        return task + self.multiplier * rate, rate.item()
+
+    def _balance(self) -> None:
+        """Start the rate multiplier where the task and rate gradients on the grids have equal norms."""
+        transform = [*self.log_edge.values(), *self.log_step.values()]
+        idx = torch.arange(min(256, len(self.inputs)))
+        task = self._task_loss(functional_call(self.student, self._quantized(), (self.inputs[idx],)), idx)
+        g_task = torch.autograd.grad(task, transform, allow_unused=True)
+        g_rate = torch.autograd.grad(self._estimated_bytes() / self.rate_budget, transform, allow_unused=True)
+        norm = lambda gs: math.sqrt(sum(float((g**2).sum()) for g in gs if g is not None))  # noqa: E731
+        self.multiplier = self.config.rate_weight * norm(g_task) / max(norm(g_rate), 1e-12)
+
+    def _phase(self, params: list[nn.Parameter], lr: float, steps: int, label: str, progress, task) -> None:
+        """Adam on ``params``. While the grids learn, the rate multiplier follows dual ascent, so the
+        estimate settles on the budget instead of chattering around a hinge."""
+        if steps == 0 or lr == 0:
+            progress.update(task, advance=steps)
+            return
+        with_rate = label == "transform"
+        optimizer = torch.optim.Adam(params, lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        for _ in range(steps):
+            loss, rate = self._loss(with_rate)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            self._keep_edges_wide()
+            if with_rate:
+                self.multiplier *= math.exp(DUAL_RATE * (rate - 1.0))
+                self.last_rate = rate
+            progress.update(task, advance=1, description=f"L² {label}: size {rate:.2f}× budget")
+
+    def _keep_edges_wide(self) -> None:
+        """The zero bin is never narrower than the others (step ≤ 2 · edge); the step gives way, since
+        widening the edge instead would coarsen the grid the task loss asked to refine."""
+        with torch.no_grad():
+            for n in self.names:
+                self.log_step[n].copy_(torch.minimum(self.log_step[n], self.log_edge[n] + math.log(2)))
+
+    # -- initialisation ------------------------------------------------------------------------------
+    def _sensitivities(self) -> dict[str, float]:
+        """Mean squared gradient of the task loss per weight (a diagonal Fisher estimate) for each layer."""
+        grads = {n: torch.zeros_like(w) for n, w in self.latent.items()}
+        for start in range(0, len(self.inputs), 256):
+            idx = torch.arange(start, min(start + 256, len(self.inputs)))
+            logits = functional_call(self.student, dict(self.latent), (self.inputs[idx],))
+            target = self.labels[idx] if self.labels is not None else self.teacher_logits[idx].argmax(1)
+            g = torch.autograd.grad(F.cross_entropy(logits, target), [self.latent[n] for n in self.names])
+            for n, gi in zip(self.names, g):
+                grads[n] += gi.detach() ** 2
+        return {n: float(grads[n].mean()) + 1e-20 for n in self.names}
+
+    def _initialise(self) -> None:
+        """Steps ∝ 1/√sensitivity (equal distortion per bit across layers), scaled by bisection to the budget."""
+        sens = self._sensitivities()
+        shape = {n: (self.latent[n].shape[0],) if self.config.per_channel else () for n in self.names}
+        base = {n: 1.0 / math.sqrt(sens[n]) for n in self.names}
+        spread = {n: float(self.latent[n].detach().abs().max()) + 1e-12 for n in self.names}
+
+        def set_scale(alpha: float) -> None:
+            for n in self.names:
+                step = min(max(alpha * base[n], spread[n] / MAX_LEVELS_PER_SIDE), spread[n])
+                self.log_step[n] = nn.Parameter(torch.full(shape[n], math.log(step)))
+                self.log_edge[n] = nn.Parameter(torch.full(shape[n], math.log(step)))
+
+        low, high = 1e-12, 1e12
+        for _ in range(60):  # geometric bisection on the estimated size
+            alpha = math.sqrt(low * high)
+            set_scale(alpha)
+            with torch.no_grad():
+                size = float(self._estimated_bytes())
+            if size > self.rate_budget_guess:
+                low = alpha
+            else:
+                high = alpha
+            if high / low < 1.01:
+                break
+        set_scale(high)
+
+    # -- finishing -----------------------------------------------------------------------------------
+    def _apply_codes(self, codes: dict) -> None:
+        with torch.no_grad():
+            params = dict(self.student.named_parameters())
+            for n, c in codes.items():
+                params[n].copy_(c.dequantize())
+
+    def _distillation(self) -> float:
+        return float(F.mse_loss(predict(self.student, self.inputs), self.teacher_logits))
+
+    def _fitting_scale(self, low: float, high: float) -> float:
+        """The smallest grid scale in [low, high] whose file fits the target (``high`` must fit)."""
+        for _ in range(12):
+            mid = math.sqrt(low * high)
+            if self._file_bytes(self._codes(mid)) > self.target:
+                low = mid
+            else:
+                high = mid
+        return high
+
+    def _finish(self) -> tuple[dict, float]:
+        """Hard codes whose file fits the target, using the budget the estimate left unspent when that
+        distils better; BatchNorm statistics re-estimated when that helps."""
+        if self._file_bytes(self._codes(1.0)) > self.target:
+            high = 1.25
+            while self._file_bytes(self._codes(high)) > self.target:
+                high *= 1.25
+                if high > 1e6:
+                    raise BudgetError(f"cannot reach {self.target} bytes: the uncoded tensors and headers alone are larger")
+            scale = self._fitting_scale(high / 1.25, high)
+        else:
+            scale = 1.0
+            finer = self._fitting_scale(0.7, 1.0)
+            if finer < 1.0:
+                self._apply_codes(self._codes(1.0))
+                at_one = self._distillation()
+                self._apply_codes(self._codes(finer))
+                scale = finer if self._distillation() < at_one else 1.0
+        codes = self._codes(scale)
+        self._apply_codes(codes)
+        before = self._distillation()
+        saved = copy.deepcopy(self.student.state_dict())
+        recalibrate_batchnorm(self.student, self.inputs)
+        absorb_batchnorm_statistics(self.student)
+        _round_raw_tensors(self.student, set(self.names), self.config.raw_dtype)
+        if self._distillation() > before or self._file_bytes(codes) > self.target:
+            self.student.load_state_dict(saved)
+        return codes, scale
+
+    def execute(self) -> MethodResult:
+        config = self.config
+        minimum = self._file_bytes(
+            {n: deadzone_codes(torch.zeros_like(w), torch.ones(()), torch.ones(())) for n, w in self.latent.items()}
+        )
+        if minimum > self.target:
+            raise BudgetError(
+                f"a {self.budget.ratio:g}x ratio allows {self.target} bytes, but the uncoded tensors and headers alone take "
+                f"{minimum}; the largest reachable ratio is about {self.budget.reference_bytes / minimum:.0f}x"
+            )
+        self.rate_budget_guess = self.target - minimum
+        self._initialise()
+        self._calibrate_overhead()
+        self._balance()
+        total = config.rounds * (config.transform_steps + config.reconstruction_steps)
+        with progress_bar() as progress:
+            task = progress.add_task("L²", total=total)
+            for _ in range(config.rounds):
+                transform = [*self.log_edge.values(), *self.log_step.values()]
+                self._phase(transform, config.transform_lr, config.transform_steps, "transform", progress, task)
+                self._phase(
+                    list(self.latent.values()), config.weight_lr, config.reconstruction_steps, "reconstruction", progress, task
+                )
+                self._calibrate_overhead()
+        codes, scale = self._finish()
+        return self._result(codes, scale)
+
+    def _result(self, codes: dict, scale: float) -> MethodResult:
+        data = self._file(codes)
+        manifest, _ = read_manifest(data)
+        coded = {r["name"]: r["length"] for r in manifest["tensors"]}
+        result = MethodResult(self.student, {**codes, **self._constant_codes()}, raw_dtype=self.config.raw_dtype)
+        with torch.no_grad():
+            for n in self.names:
+                c = codes[n]
+                numel = c.symbols.numel()
+                estimate = float(estimated_bits(deadzone_encode(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp())))
+                result.rows.append(
+                    {
+                        "name": n,
+                        "shape": list(c.shape),
+                        "params": numel,
+                        "edge": float(self.log_edge[n].exp().mean()) * scale,
+                        "step": float(self.log_step[n].exp().mean()) * scale,
+                        "levels": c.num_levels,
+                        "sparsity": c.sparsity(),
+                        "bytes": coded[n],
+                        "bits_per_weight": 8 * coded[n] / numel,
+                        "estimated_bits_per_weight": estimate / numel,
+                        "grid_scale": scale,
+                    }
+                )
+        return result
+
+
+def _round_raw_tensors(model: nn.Module, coded: set[str], raw_dtype: str) -> None:
+    """Round every float tensor the method leaves uncoded to the precision the file stores, so the
+    model the method evaluates is the model the file gives back."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name not in coded and tensor.is_floating_point():
+                tensor.copy_(tensor.to(RAW_DTYPES[raw_dtype]).to(tensor.dtype))

@@ -1,0 +1,145 @@
+"""L²: the dead-zone quantizer, the rate estimate, and a file that always meets the ratio target."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from netpress import Budget, api
+from netpress.codec import from_bytes, read_manifest, to_bytes
+from netpress.codec.codes import deadzone_params
+from netpress.codec.entropy import encode_symbols
+from netpress.compressed import CompressedModel
+from netpress.data import calibration_subset, load_dataset
+from netpress.errors import BudgetError
+from netpress.methods import L2
+from netpress.methods.base import absorb_batchnorm_statistics
+from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
+from netpress.quant.rate import estimated_bits
+from tests.archs import tiny_cnn, tiny_mlp
+from tests.test_cli import run
+
+FAST = L2(rounds=1, transform_steps=10, reconstruction_steps=10, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return calibration_subset(load_dataset("digits", "train"), 128, seed=0)
+
+
+def test_deadzone_forward_and_backward_by_hand():
+    w = torch.tensor([0.05, -0.3, 0.74, 0.0], requires_grad=True)
+    edge = torch.tensor(0.1, requires_grad=True)
+    step = torch.tensor(0.2, requires_grad=True)
+    # 0.05 is inside the dead zone; -0.3 has code -1.5 (rounds half to even: -2); 0.74 has code 3.7 → 4.
+    assert torch.allclose(deadzone_encode(w, edge, step), torch.tensor([0.25, -1.5, 3.7, 0.0]))
+    out = deadzone_quantize(w, edge, step)
+    assert torch.allclose(out, torch.tensor([0.0, -0.4, 0.8, 0.0]))
+    out.sum().backward()
+    assert torch.allclose(w.grad, torch.ones(4))  # straight through, inside and outside the dead zone
+    assert torch.allclose(step.grad, torch.tensor(-0.5 + 0.3))  # Σ sign(w)(|q| − |c|) outside the dead zone
+    assert torch.allclose(edge.grad, torch.tensor(-0.5))  # −2c for the weight rounded to zero inside it
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_deadzone_codes_are_exact_and_stored_as_two_numbers_per_row(per_channel):
+    w = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
+    shape = (8,) if per_channel else ()
+    edge, step = torch.full(shape, 0.6), torch.linspace(0.2, 0.3, 8) if per_channel else torch.tensor(0.25)
+    codes = deadzone_codes(w, edge, step)
+    assert torch.allclose(codes.dequantize(), deadzone_quantize(w, edge, step), atol=1e-6)
+    assert (codes.dequantize()[w.abs() <= 0.6] == 0).all()
+    assert deadzone_params(codes.levels.numpy(), codes.zero) is not None
+    data = to_bytes(CompressedModel({"w": codes}))
+    manifest, _ = read_manifest(data)
+    assert manifest["tensors"][0]["levels_form"] == "deadzone"
+    back = from_bytes(data).tensors["w"]
+    assert torch.equal(back.symbols, codes.symbols) and torch.equal(back.levels.view(torch.int32), codes.levels.view(torch.int32))
+
+
+@pytest.mark.parametrize("edge, step", [(0.5, 0.25), (1.0, 0.5), (0.2, 0.4), (2.0, 1.0)])
+def test_rate_estimate_is_within_5_percent_of_the_coded_bytes(edge, step):
+    w = torch.randn(200, 300, generator=torch.Generator().manual_seed(1))
+    e, s = torch.tensor(edge), torch.tensor(step, requires_grad=True)
+    estimate = estimated_bits(deadzone_encode(w, e, s)) / 8
+    codes = deadzone_codes(w, e, s)
+    _, coded, _ = encode_symbols(codes.symbols.numpy(), codes.num_levels, codes.zero, rows=200)
+    assert abs(float(estimate.detach()) - len(coded)) <= 0.05 * len(coded)
+    estimate.backward()
+    assert s.grad is not None and float(s.grad) < 0  # a coarser grid costs fewer bits
+
+
+def test_batchnorm_statistics_absorbed_without_changing_the_function():
+    model = tiny_cnn().eval()
+    bn = model[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 1, 8, 8)
+    before = model(x)
+    constants = absorb_batchnorm_statistics(model)
+    assert constants == {"1.running_mean": 0.0, "1.running_var": 1.0}
+    assert torch.allclose(model(x), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [2.0, 4.0, 6.0])
+def test_ratio_target_is_met_by_the_written_file(calibration, ratio, tmp_path):
+    handle = api.ModelHandle(tiny_mlp())
+    compressed = api.compress(handle, FAST, Budget(ratio=ratio), calibration)
+    size = api.save(compressed, tmp_path / "m.press")
+    assert size <= api.fp32_bytes(handle.module) / ratio
+    model = api.load(tmp_path / "m.press", model=tiny_mlp())
+    for name, value in compressed.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value.to(model.state_dict()[name].dtype))
+
+
+def test_models_with_batchnorm_and_reproducibility(calibration):
+    model = tiny_cnn()
+    calib = calibration_subset(
+        torch.utils.data.TensorDataset(torch.randn(256, 1, 8, 8), torch.randint(0, 10, (256,))), 64, seed=0
+    )
+    results = [api.compress(model, FAST, Budget(ratio=3), calib) for _ in range(2)]
+    first, second = (r.state_dict() for r in results)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert first["1.running_var"].eq(1).all()  # BatchNorm statistics absorbed: a constant in the file
+    assert results[0].summary["budget"] == {"ratio": 3}
+
+
+def test_impossible_ratio_is_refused_with_the_reachable_one(calibration):
+    with pytest.raises(BudgetError, match="largest reachable ratio"):
+        api.compress(tiny_mlp(), FAST, Budget(ratio=500), calibration)
+
+
+def test_other_methods_refuse_a_ratio_they_cannot_guarantee(calibration):
+    from netpress.methods import UniformQuantization
+
+    with pytest.raises(BudgetError, match="ratio"):
+        api.compress(tiny_mlp(), UniformQuantization(8), Budget(ratio=2), calibration)
+
+
+def test_cli_compress_and_sweep(tmp_path):
+    source = tmp_path / "mlp.pt"
+    torch.save(tiny_mlp().state_dict(), source)
+    common = ["--arch", "tests.archs:tiny_mlp", "--data", "digits", "--calib", "128"]
+    result = run(
+        "sweep",
+        source,
+        "-m",
+        "l2",
+        "--ratios",
+        "2,4",
+        *common,
+        "--out-dir",
+        tmp_path,
+        "--plot",
+        tmp_path / "c.png",
+        "--report",
+        tmp_path / "r.json",
+    )
+    assert result.exit_code == 0, result.output
+    reports = json.loads((tmp_path / "r.json").read_text())
+    assert [r["ratio"] >= t for r, t in zip(reports, (2, 4))] == [True, True]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    bad = run("compress", source, "-m", "l2", "--bits", "4", "--ratio", "3", *common, "-o", tmp_path / "x.press")
+    assert bad.exit_code == 2 and "drop --bits" in " ".join(bad.output.split())
+    assert np.isfinite([r["accuracy_after"] for r in reports]).all()

@@ -15,7 +15,18 @@ from rich.table import Table
 from netpress import api, zoo
 from netpress.budget import Budget
 from netpress.errors import BudgetError, DataError, NetpressError
-from netpress.methods import ALLOCATIONS, FCPTS, L2, METHODS, REPAIRS, ChannelL1, Fold, MagnitudePruning, UniformQuantization
+from netpress.methods import (
+    ALLOCATIONS,
+    FCPTS,
+    L2,
+    METHODS,
+    REPAIRS,
+    ChannelL1,
+    Fold,
+    KMeansQuantization,
+    MagnitudePruning,
+    UniformQuantization,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress trained PyTorch networks into real, smaller files.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list and train the reference models.")
@@ -51,16 +62,22 @@ def build_methods(
     seed: int,
     repair: str = "none",
     input_shape: tuple[int, ...] | None = None,
+    levels: int | None = None,
 ) -> list:
-    """The method chain a command line asks for: ``--bits`` after a pruning method quantizes the survivors.
+    """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
+    pruning method quantizes the survivors.
 
     Structural methods (fold, channel-l1) trace the model with an input of ``input_shape``.
     """
+    if bits is not None and levels is not None:
+        raise BudgetError("give --bits (uniform grid) or --levels (k-means), not both")
+    if method == KMeansQuantization.name:
+        return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
         return [UniformQuantization(bits if bits is not None else 8, per_channel)]
     if method == L2.name:
-        if bits is not None:
-            raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits")
+        if bits is not None or levels is not None:
+            raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits/--levels")
         return [L2(per_channel=per_channel, seed=seed)]
     if method in (Fold.name, ChannelL1.name):
         structural = Fold if method == Fold.name else ChannelL1
@@ -69,6 +86,8 @@ def build_methods(
         chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel))
+    if levels is not None:
+        chain.append(KMeansQuantization(levels))
     return chain
 
 
@@ -109,6 +128,7 @@ def compress(
     ratio: float | None = typer.Option(None, help="target original bytes / file bytes"),
     params: float | None = typer.Option(None, help="target fraction of parameters removed"),
     bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
+    levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
     repair: RepairName = typer.Option("none", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
@@ -124,7 +144,7 @@ def compress(
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     handle = api.load_model(model, arch)
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, handle.input_shape)
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, handle.input_shape, levels)
     result = api.press(
         handle, methods, build_budget(ratio, sparsity, params), out=output, data=data, calib=calib, seed=seed, raw_dtype=raw_dtype
     )
@@ -153,6 +173,7 @@ def sweep(
     ratios: str | None = typer.Option(None, help="comma-separated ratio targets, e.g. 5,10,20,40,80"),
     sparsities: str | None = typer.Option(None, help="comma-separated sparsity targets, e.g. 0.5,0.8,0.9"),
     bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
+    levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
@@ -170,7 +191,9 @@ def sweep(
     if not targets or (ratios and sparsities):
         raise BudgetError("give one list of targets: --ratios or --sparsities")
     handle = api.load_model(model, arch)
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, input_shape=handle.input_shape)
+    methods = build_methods(
+        method.value, bits, allocation.value, per_channel, seed, input_shape=handle.input_shape, levels=levels
+    )
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calib, seed=seed)
     table = Table(title=f"{model}: {method.value} sweep")

@@ -1,18 +1,21 @@
 """Compression methods. Each is a config dataclass with ``apply(model, data, budget)``."""
 
 from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights
-from netpress.methods.baselines import ALLOCATIONS, MagnitudePruning, UniformQuantization
+from netpress.methods.baselines import ALLOCATIONS, KMeansQuantization, MagnitudePruning, UniformQuantization
 from netpress.methods.fcpts import FCPTS
 from netpress.methods.fold import REPAIRS, ChannelL1, Fold
 from netpress.methods.l2 import L2
 
-METHODS: dict[str, type] = {m.name: m for m in (MagnitudePruning, UniformQuantization, FCPTS, Fold, ChannelL1, L2)}
+METHODS: dict[str, type] = {
+    m.name: m for m in (MagnitudePruning, UniformQuantization, KMeansQuantization, FCPTS, Fold, ChannelL1, L2)
+}
 
 __all__ = [
     "ALLOCATIONS",
     "FCPTS",
     "REPAIRS",
     "ChannelL1",
+    "KMeansQuantization",
     "L2",
     "Fold",
     "COMPRESSIBLE_LAYERS",

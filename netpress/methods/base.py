@@ -13,6 +13,7 @@ from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
@@ -105,6 +106,18 @@ def split_exact(total: int, weights: list[float], caps: list[int]) -> list[int]:
         if not progressed:
             break
     return out
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence from the teacher's softened outputs at ``temperature``, scaled by T² (Hinton et al.)."""
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=1),
+            F.softmax(teacher_logits / temperature, dim=1),
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
 
 
 def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:

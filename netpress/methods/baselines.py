@@ -140,3 +140,60 @@ class UniformQuantization:
                     {"name": name, "shape": list(w.shape), "params": w.numel(), "bits": self.bits, "sparsity": codes.sparsity()}
                 )
         return result
+
+
+def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30) -> torch.Tensor:
+    """Lloyd's k-means on a 1-D sample from a linear initialisation (Deep Compression's); sorted centroids."""
+    lo, hi = float(values.min()), float(values.max())
+    centroids = torch.linspace(lo, hi, clusters, dtype=torch.float64)
+    x = values.double()
+    for _ in range(iterations):
+        assign = torch.bucketize(x, (centroids[1:] + centroids[:-1]) / 2)
+        sums = torch.zeros(clusters, dtype=torch.float64).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=clusters)
+        updated = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return torch.unique(centroids.float())
+
+
+@dataclass
+class KMeansQuantization:
+    """Per-layer weight sharing: the non-zero weights of each layer take ``levels − 1`` k-means
+    centroids, zero stays exact (Han et al., Deep Compression). Follows a pruning method."""
+
+    levels: int = 16
+    name: ClassVar[str] = "kmeans"
+    needs: ClassVar[str] = "none"
+    budgets: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.levels, int) or not 2 <= self.levels <= 65536:
+            raise BudgetError(f"levels must be an integer from 2 to 65536, got {self.levels!r}")
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        check_budget(self, budget, required=False)
+        model = copy.deepcopy(model)
+        result = MethodResult(model)
+        with torch.no_grad():
+            for name, w in check_model(model).items():
+                survivors = w[w != 0]
+                table = torch.zeros(1)
+                if survivors.numel():
+                    centroids = kmeans_1d(survivors, min(self.levels - 1, survivors.numel()))
+                    table = torch.unique(torch.cat([table, centroids[centroids != 0]]))
+                    nearest = torch.bucketize(w.reshape(-1), (centroids[1:] + centroids[:-1]) / 2)
+                    w.copy_(torch.where(w != 0, centroids[nearest].reshape(w.shape), torch.zeros_like(w)))
+                codes = Codes.from_values(w.detach(), table)
+                result.codes[name] = codes
+                result.rows.append(
+                    {
+                        "name": name,
+                        "shape": list(w.shape),
+                        "params": w.numel(),
+                        "levels": codes.num_levels,
+                        "sparsity": codes.sparsity(),
+                    }
+                )
+        return result

@@ -18,7 +18,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.codec.codes import SparseValues
@@ -30,6 +29,7 @@ from netpress.methods.base import (
     check_budget,
     check_model,
     compressible_weights,
+    distillation_loss,
     recalibrate_batchnorm,
     split_exact,
     target_zeros,
@@ -83,15 +83,7 @@ class FCPTS:
             raise BudgetError(f"init must be 'best' or one of {', '.join(ALLOCATIONS)}, got {self.init!r}")
 
     def _distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """KL divergence at temperature T, scaled by T² as in Hinton et al."""
-        return (
-            F.kl_div(
-                F.log_softmax(student_logits / self.temperature, dim=1),
-                F.softmax(teacher_logits / self.temperature, dim=1),
-                reduction="batchmean",
-            )
-            * self.temperature**2
-        )
+        return distillation_loss(student_logits, teacher_logits, self.temperature)
 
     def _initial_counts(self, student: nn.Module, weights: dict, target: float, inputs, teacher_logits) -> tuple:
         """Per-layer prune counts to start from, and the allocation they come from."""

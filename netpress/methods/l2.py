@@ -32,7 +32,14 @@ from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError
 from netpress.evaluate import predict
-from netpress.methods.base import MethodResult, absorb_batchnorm_statistics, check_budget, check_model, recalibrate_batchnorm
+from netpress.methods.base import (
+    MethodResult,
+    absorb_batchnorm_statistics,
+    check_budget,
+    check_model,
+    distillation_loss,
+    recalibrate_batchnorm,
+)
 from netpress.progress import progress_bar
 from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
 from netpress.quant.rate import estimated_bits
@@ -52,9 +59,9 @@ class L2:
 
     ``rounds`` × (``transform_steps`` on the log edges and steps at ``transform_lr``, then
     ``reconstruction_steps`` on the latent weights at ``weight_lr``), batches of ``batch_size``.
-    The transform loss is the mean squared error to the dense model's logits (+ cross-entropy when
-    labels exist) + μ × estimated bytes / budget, μ starting at ``rate_weight`` × the ratio of the two
-    gradients and adapted by dual ascent; reconstruction uses the task loss alone.
+    The task loss is distillation from the dense model (KL at ``temperature``; labels are not needed).
+    The transform phase adds μ × estimated bytes / budget, μ starting at ``rate_weight`` × the ratio of
+    the two gradients and adapted by dual ascent; reconstruction uses the task loss alone.
     ``per_channel`` learns an edge and step per output channel; ``raw_dtype`` stores biases and
     normalisation tensors in fp16 (default) or fp32.
     """
@@ -66,6 +73,7 @@ class L2:
     transform_lr: float = 0.02
     weight_lr: float = 1e-4
     rate_weight: float = 1.0
+    temperature: float = 4.0
     resolution: int = 64
     per_channel: bool = False
     raw_dtype: str = "fp16"
@@ -79,6 +87,8 @@ class L2:
             raise BudgetError("rounds and batch_size must be ≥ 1, step counts ≥ 0")
         if self.transform_lr < 0 or self.weight_lr < 0 or self.rate_weight < 0:
             raise BudgetError("learning rates and rate_weight must be ≥ 0")
+        if self.temperature <= 0:
+            raise BudgetError(f"temperature must be > 0, got {self.temperature}")
         if self.resolution < 2:
             raise BudgetError(f"resolution must be ≥ 2, got {self.resolution}")
         if self.raw_dtype not in RAW_DTYPES:
@@ -104,7 +114,7 @@ class _Run:
         self.student = copy.deepcopy(model).eval()
         weights = check_model(self.student)
         self.names = list(weights)
-        self.inputs, self.labels = data.tensors()
+        self.inputs, _ = data.tensors()  # distillation needs no labels
         self.teacher_logits = predict(model, self.inputs)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.summary = {
@@ -172,10 +182,7 @@ class _Run:
         return {n: deadzone_quantize(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp()) for n in self.names}
 
     def _task_loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        loss = F.mse_loss(logits, self.teacher_logits[idx])
-        if self.labels is not None:
-            loss = loss + F.cross_entropy(logits, self.labels[idx])
-        return loss
+        return distillation_loss(logits, self.teacher_logits[idx], self.config.temperature)
 
     def _loss(self, with_rate: bool) -> tuple[torch.Tensor, float]:
         idx = torch.randint(0, len(self.inputs), (min(self.config.batch_size, len(self.inputs)),), generator=self.generator)
@@ -231,7 +238,7 @@ class _Run:
         for start in range(0, len(self.inputs), 256):
             idx = torch.arange(start, min(start + 256, len(self.inputs)))
             logits = functional_call(self.student, dict(self.latent), (self.inputs[idx],))
-            target = self.labels[idx] if self.labels is not None else self.teacher_logits[idx].argmax(1)
+            target = self.teacher_logits[idx].argmax(1)
             g = torch.autograd.grad(F.cross_entropy(logits, target), [self.latent[n] for n in self.names])
             for n, gi in zip(self.names, g):
                 grads[n] += gi.detach() ** 2
@@ -272,7 +279,7 @@ class _Run:
                 params[n].copy_(c.dequantize())
 
     def _distillation(self) -> float:
-        return float(F.mse_loss(predict(self.student, self.inputs), self.teacher_logits))
+        return float(distillation_loss(predict(self.student, self.inputs), self.teacher_logits, self.config.temperature))
 
     def _fitting_scale(self, low: float, high: float) -> float:
         """The smallest grid scale in [low, high] whose file fits the target (``high`` must fit)."""

@@ -1,0 +1,223 @@
+"""L² against its peers on the same models in the same run: accuracy against the bytes of the written file.
+
+For each model: L² at several ratio targets; zstd-19 of the fp32 safetensors file; the fixed
+post-training recipe (global magnitude pruning + per-layer k-means with zero kept + the netpress
+codec) swept over sparsity and levels; NNCF's data-free weight compression (INT8 asymmetric,
+INT4 symmetric per channel, every layer) saved with torch.save, with and without zstd-19.
+Accuracy is always measured on the model rebuilt from the file. Writes
+benchmarks/results/<name>.json and one curve per model, and checks the issue's targets.
+
+    .venv/bin/python benchmarks/l2.py [--models lenet300,lenet5,resnet20,vgg] [--ratios 10,20,40]
+        [--calib 1024] [--threads 2] [--no-peers] [--name l2]
+
+Needs the bench extra (zstandard) and, for the NNCF rows, ``pip install nncf`` (skipped when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("NETPRESS_QUIET", "1")
+
+from common import RESULTS_DIR, regenerate_results_md, write_result  # noqa: E402
+
+from netpress import Budget, api  # noqa: E402
+from netpress.evaluate import evaluate  # noqa: E402
+from netpress.methods import L2, KMeansQuantization, MagnitudePruning  # noqa: E402
+from netpress.report import plot_curve  # noqa: E402
+
+RATIOS = {"lenet300": [5, 10, 20, 30, 40, 60, 80], "lenet5": [10, 20, 40, 60, 80, 120], "resnet20": [5, 10, 20, 30], "vgg": [5, 10, 20, 30]}
+RECIPE_SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
+RECIPE_LEVELS = [8, 12, 16, 32]
+TARGETS = {"lenet300": (30, None), "lenet5": (40, None), "resnet20": (10, 20), "vgg": (10, 20)}  # (≤0.5 pt, ≤1 pt)
+
+
+def zstd19(data: bytes) -> int:
+    import zstandard
+
+    return len(zstandard.ZstdCompressor(level=19).compress(data))
+
+
+def l2_points(name: str, handle, ratios, calib: int, out: Path) -> list[dict]:
+    rows = []
+    for ratio in ratios:
+        start = time.perf_counter()
+        report = api.press(handle, [L2()], Budget(ratio=ratio), out=out / f"{name}-l2-{ratio}.press", calib=calib)
+        rows.append(
+            {
+                "method": "l2",
+                "setting": f"ratio {ratio}",
+                "file_bytes": report["file_bytes"],
+                "ratio": round(report["ratio"], 2),
+                "accuracy": report["accuracy_after"],
+                "seconds": round(time.perf_counter() - start, 1),
+                "target_met_on_file": report["file_bytes"] <= report["original_bytes"] // ratio,
+            }
+        )
+        print(name, rows[-1], flush=True)
+    return rows
+
+
+def recipe_points(name: str, handle, out: Path) -> list[dict]:
+    rows = []
+    for sparsity in RECIPE_SPARSITIES:
+        for levels in RECIPE_LEVELS:
+            start = time.perf_counter()
+            methods = [MagnitudePruning("global"), KMeansQuantization(levels)]
+            report = api.press(handle, methods, Budget(sparsity=sparsity), out=out / f"{name}-recipe.press")
+            rows.append(
+                {
+                    "method": "prune+kmeans+codec",
+                    "setting": f"sparsity {sparsity}, {levels} levels",
+                    "file_bytes": report["file_bytes"],
+                    "ratio": round(report["ratio"], 2),
+                    "accuracy": report["accuracy_after"],
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
+    return rows
+
+
+def nncf_points(handle, test, reference: int) -> list[dict]:
+    try:
+        import nncf
+    except ImportError:
+        return []
+    rows = []
+    example = torch.zeros(1, *handle.input_shape)
+    for mode, label in ((nncf.CompressWeightsMode.INT8_ASYM, "INT8"), (nncf.CompressWeightsMode.INT4_SYM, "INT4 per-channel")):
+        start = time.perf_counter()
+        extra = {"ratio": 1.0, "group_size": -1, "all_layers": True} if "INT4" in label else {}
+        model = nncf.compress_weights(copy.deepcopy(handle.module), mode=mode, dataset=nncf.Dataset([example]), **extra)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        accuracy = evaluate(model, test).accuracy
+        seconds = round(time.perf_counter() - start, 1)
+        for suffix, size in (("torch.save", len(buffer.getvalue())), ("torch.save + zstd-19", zstd19(buffer.getvalue()))):
+            rows.append(
+                {
+                    "method": f"NNCF {label}",
+                    "setting": suffix,
+                    "file_bytes": size,
+                    "ratio": round(reference / size, 2),
+                    "accuracy": accuracy,
+                    "seconds": seconds,
+                }
+            )
+    return rows
+
+
+def best_ratio(rows: list[dict], base: float, max_loss: float, method: str | None = None) -> float | None:
+    fits = [
+        r["ratio"] for r in rows if base - r["accuracy"] <= max_loss / 100 + 1e-12 and (method is None or r["method"] == method)
+    ]
+    return max(fits) if fits else None
+
+
+def smallest_everywhere(l2: list[dict], peers: list[dict]) -> tuple[bool, list[str]]:
+    """Is there, for every peer point, an L² file at least as accurate and smaller? Lists the exceptions."""
+    misses = []
+    for p in peers:
+        better = [r for r in l2 if r["accuracy"] >= p["accuracy"] and r["file_bytes"] < p["file_bytes"]]
+        if not better:
+            misses.append(f"{p['method']} ({p['setting']}): {p['file_bytes']:,} B at {100 * p['accuracy']:.2f} %")
+    return not misses, misses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="lenet300,lenet5,resnet20,vgg")
+    parser.add_argument("--ratios", default=None, help="comma-separated ratios (default: per model)")
+    parser.add_argument("--calib", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--name", default="l2")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for name in args.models.split(","):
+            handle = api.load_model(f"zoo:{name}")
+            test = api.resolve_dataset(handle.dataset, "test", handle.input_shape)
+            base = evaluate(handle.module, test).accuracy
+            reference = api.fp32_bytes(handle.module)
+            ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else RATIOS[name]
+            points = l2_points(name, handle, ratios, args.calib, out)
+            peers = []
+            if not args.no_peers:
+                state = {k: v.contiguous() for k, v in handle.module.state_dict().items()}
+                from safetensors.torch import save as safetensors_save
+
+                fp32 = safetensors_save({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+                peers.append(
+                    {
+                        "method": "zstd-19",
+                        "setting": "fp32 safetensors",
+                        "file_bytes": zstd19(fp32),
+                        "accuracy": base,
+                        "seconds": 0.0,
+                    }
+                )
+                peers[-1]["ratio"] = round(reference / peers[-1]["file_bytes"], 2)
+                peers += recipe_points(name, handle, out)
+                peers += nncf_points(handle, test, reference)
+            for r in points + peers:
+                rows.append(
+                    {
+                        "model": name,
+                        **r,
+                        "accuracy": round(100 * r["accuracy"], 2),
+                        "loss_pts": round(100 * (base - r["accuracy"]), 2),
+                    }
+                )
+            half, one = best_ratio(points, base, 0.5), best_ratio(points, base, 1.0)
+            peer_half = best_ratio(peers, base, 0.5)
+            wins, misses = smallest_everywhere(points, peers) if peers else (None, [])
+            need_half, need_one = TARGETS.get(name, (None, None))
+            notes.append(
+                f"{name} (fp32 {reference:,} B, {100 * base:.2f} %): L² largest ratio at ≤ 0.5 pt loss {half}×"
+                + (f" (target ≥ {need_half}×: {'met' if half and half >= need_half else 'NOT met'})" if need_half else "")
+                + f", at ≤ 1 pt {one}×"
+                + (f" (target ≥ {need_one}×: {'met' if one and one >= need_one else 'NOT met'})" if need_one else "")
+                + (f"; best peer at ≤ 0.5 pt {peer_half}×" if peers else "")
+                + (f"; L² smallest at every peer's accuracy: {'yes' if wins else 'NO — ' + '; '.join(misses)}" if peers else "")
+            )
+            print(notes[-1], flush=True)
+            series = {"l2": [(r["file_bytes"], r["accuracy"]) for r in points]}
+            for p in peers:
+                series.setdefault(p["method"], []).append((p["file_bytes"], p["accuracy"]))
+            series = {k: [(b, a) for b, a in v if base - a <= 0.05] for k, v in series.items()}
+            plot_curve(
+                {k: v for k, v in series.items() if v}, RESULTS_DIR / f"{args.name}_{name}.png", f"{name}: accuracy vs file bytes"
+            )
+    write_result(
+        args.name,
+        {
+            "description": "L² at ratio targets against peers on the same model, accuracy measured on the file "
+            f"(calibration: {args.calib} training samples, seed 0; threads {args.threads}). "
+            "Fixed recipe rows sweep sparsity × k-means levels. Curves: results/" + args.name + "_<model>.png.",
+            "columns": {
+                "ratio": "fp32 safetensors bytes / file bytes",
+                "loss_pts": "accuracy points lost against the uncompressed model",
+                "target_met_on_file": "the written file is at most original / ratio bytes",
+            },
+            "rows": rows,
+            "notes": notes,
+        },
+    )
+    print(regenerate_results_md())
+
+
+if __name__ == "__main__":
+    main()

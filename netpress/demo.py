@@ -14,7 +14,7 @@ from netpress.budget import Budget
 from netpress.data import load_dataset
 from netpress.data.datasets import FASHION_MNIST_INSTALL
 from netpress.errors import DataError
-from netpress.methods import FCPTS, MagnitudePruning, UniformQuantization
+from netpress.methods import FCPTS, L2, MagnitudePruning, UniformQuantization
 
 # (label, file name, methods, budget)
 SETTINGS = [
@@ -24,6 +24,7 @@ SETTINGS = [
     ("magnitude 90 % (LAMP) + 5-bit", "lamp90-5bit", [MagnitudePruning("lamp"), UniformQuantization(5)], Budget(sparsity=0.9)),
     ("magnitude 70 % (ERK) + 4-bit", "erk70-4bit", [MagnitudePruning("erk"), UniformQuantization(4)], Budget(sparsity=0.7)),
     ("FCPTS 90 % + 5-bit (1024 samples)", "fcpts90-5bit", [FCPTS(iterations=150), UniformQuantization(5)], Budget(sparsity=0.9)),
+    ("L² for a 40× smaller file (1024 samples)", "l2-40x", [L2()], Budget(ratio=40)),
 ]
 
 

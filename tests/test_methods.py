@@ -7,6 +7,7 @@ from torch import nn
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
+from netpress.methods import KMeansQuantization
 from netpress.methods.base import compressible_weights, split_exact, target_zeros
 from tests.archs import tiny_cnn
 
@@ -109,3 +110,16 @@ def test_a_method_that_needs_data_refuses_to_run_without_it():
 
     with pytest.raises(DataError, match="needs calibration data"):
         netpress.compress(tiny_cnn(), NeedsData(4))
+
+
+def test_kmeans_keeps_zeros_and_uses_at_most_the_levels_asked_for():
+    model = tiny_cnn()
+    pruned = netpress.compress(model, [MagnitudePruning(), KMeansQuantization(6)], Budget(sparsity=0.7))
+    assert pruned.summary["sparsity"] >= 0.7
+    for name, w in compressible_weights(model).items():
+        codes = pruned.tensors[name]
+        assert codes.num_levels <= 6 and codes.zero is not None
+        survivors = codes.dequantize()[codes.dequantize() != 0]
+        centroids = codes.levels[codes.levels != 0]
+        nearest = (w.detach()[codes.dequantize() != 0].unsqueeze(1) - centroids.unsqueeze(0)).abs().argmin(1)
+        assert torch.equal(survivors, centroids[nearest])  # every survivor sits on its nearest centroid

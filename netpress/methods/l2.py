@@ -49,6 +49,8 @@ from netpress.quant.rate import estimated_bits
 SUMMARY_ALLOWANCE = 192
 # How fast the rate multiplier reacts to the estimate being over (or under) budget, per step.
 DUAL_RATE = 0.2
+# The finest grid the final fill may move to, relative to the learned one.
+FILL_LIMIT = 0.7
 # The finest initial grid: at most this many levels on each side of zero (a count table stays small).
 MAX_LEVELS_PER_SIDE = 127
 
@@ -334,16 +336,24 @@ class _Run:
         self._initialise()
         self._calibrate_overhead()
         self._balance()
-        total = config.rounds * (config.transform_steps + config.reconstruction_steps)
+        fill_steps = config.reconstruction_steps // 3
+        total = config.rounds * (config.transform_steps + config.reconstruction_steps) + fill_steps
         with progress_bar() as progress:
             task = progress.add_task("L²", total=total)
+            weights = list(self.latent.values())
             for _ in range(config.rounds):
                 transform = [*self.log_edge.values(), *self.log_step.values()]
                 self._phase(transform, config.transform_lr, config.transform_steps, "transform", progress, task)
-                self._phase(
-                    list(self.latent.values()), config.weight_lr, config.reconstruction_steps, "reconstruction", progress, task
-                )
+                self._phase(weights, config.weight_lr, config.reconstruction_steps, "reconstruction", progress, task)
                 self._calibrate_overhead()
+            # Reconstruction moves weights and leaves bytes unspent: refine the grids to fill the file, then adapt to them.
+            fill = self._fitting_scale(FILL_LIMIT, 1.0) if self._file_bytes(self._codes(1.0)) <= self.target else 1.0
+            if fill < 1.0:
+                with torch.no_grad():
+                    for n in self.names:
+                        self.log_edge[n] += math.log(fill)
+                        self.log_step[n] += math.log(fill)
+            self._phase(weights, config.weight_lr, fill_steps if fill < 1.0 else 0, "fill", progress, task)
         codes, scale = self._finish()
         return self._result(codes, scale)
 

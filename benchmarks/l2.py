@@ -9,6 +9,7 @@ benchmarks/results/<name>.json and one curve per model, and checks the issue's t
 
     .venv/bin/python benchmarks/l2.py [--models lenet300,lenet5,resnet20,vgg] [--ratios 10,20,40]
         [--calib 1024] [--threads 2] [--no-peers] [--name l2]
+    .venv/bin/python benchmarks/l2.py --summary      # one row per model from results/l2_<model>.json
 
 Needs the bench extra (zstandard) and, for the NNCF rows, ``pip install nncf`` (skipped when absent).
 """
@@ -36,7 +37,12 @@ from netpress.evaluate import evaluate  # noqa: E402
 from netpress.methods import L2, KMeansQuantization, MagnitudePruning  # noqa: E402
 from netpress.report import plot_curve  # noqa: E402
 
-RATIOS = {"lenet300": [5, 10, 20, 30, 40, 60, 80], "lenet5": [10, 20, 40, 60, 80, 120], "resnet20": [5, 10, 20, 30], "vgg": [5, 10, 20, 30]}
+RATIOS = {
+    "lenet300": [5, 10, 20, 30, 40, 60, 80],
+    "lenet5": [10, 20, 40, 60, 80, 120],
+    "resnet20": [5, 10, 20, 30],
+    "vgg": [5, 10, 20, 30],
+}
 RECIPE_SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 RECIPE_LEVELS = [8, 12, 16, 32]
 TARGETS = {"lenet300": (30, None), "lenet5": (40, None), "resnet20": (10, 20), "vgg": (10, 20)}  # (≤0.5 pt, ≤1 pt)
@@ -134,6 +140,47 @@ def smallest_everywhere(l2: list[dict], peers: list[dict]) -> tuple[bool, list[s
     return not misses, misses
 
 
+def summarise(name: str) -> None:
+    """One row per model from the per-model result files (``<name>_<model>.json``): targets against what was measured."""
+    import json
+
+    rows = []
+    for path in sorted(RESULTS_DIR.glob(f"{name}_*.json")):
+        record = json.loads(path.read_text())
+        by_model: dict[str, list[dict]] = {}
+        for row in record["rows"]:
+            by_model.setdefault(row["model"], []).append(row)
+        for model, points in by_model.items():
+            l2 = [p for p in points if p["method"] == "l2"]
+            peers = [p for p in points if p["method"] != "l2"]
+            ratio_at = lambda rows, loss: max((p["ratio"] for p in rows if p["loss_pts"] <= loss), default=None)  # noqa: E731
+            need_half, need_one = TARGETS.get(model, (None, None))
+            half, one = ratio_at(l2, 0.5), ratio_at(l2, 1.0)
+            rows.append(
+                {
+                    "model": model,
+                    "l2_ratio_at_0.5pt": half,
+                    "target_0.5pt": need_half,
+                    "l2_ratio_at_1pt": one,
+                    "target_1pt": need_one,
+                    "best_peer_at_0.5pt": ratio_at(peers, 0.5),
+                    "best_peer_at_1pt": ratio_at(peers, 1.0),
+                    "l2_seconds_max": max(p["seconds"] for p in l2),
+                    "met": (need_half is None or (half or 0) >= need_half) and (need_one is None or (one or 0) >= need_one),
+                    "source": path.name,
+                }
+            )
+    write_result(
+        name,
+        {
+            "description": "Summary of the per-model L² runs below: largest ratio (fp32 bytes / file bytes) at ≤ 0.5 and "
+            "≤ 1 accuracy point lost, against the issue's targets and the best peer in the same run.",
+            "rows": rows,
+        },
+    )
+    print(regenerate_results_md())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lenet300,lenet5,resnet20,vgg")
@@ -142,7 +189,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--name", default="l2")
+    parser.add_argument("--summary", action="store_true", help="only summarise the existing <name>_<model>.json files")
     args = parser.parse_args()
+    if args.summary:
+        summarise(args.name)
+        return
     torch.set_num_threads(args.threads)
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -153,7 +153,8 @@ def compress(
         from netpress.report import plot_allocation
 
         rows = result["layers"][methods[0].name]
-        plot_allocation(rows, plot, f"{model}: {methods[0].name} per-layer sparsity")
+        what = "bits per weight" if methods[0].name == "l2" else "sparsity"
+        plot_allocation(rows, plot, f"{model}: {methods[0].name} per-layer {what}")
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -140,6 +140,10 @@ def test_cli_compress_and_sweep(tmp_path):
     reports = json.loads((tmp_path / "r.json").read_text())
     assert [r["ratio"] >= t for r, t in zip(reports, (2, 4))] == [True, True]
     assert (tmp_path / "c.png").stat().st_size > 1000
+    good = run("compress", source, "-m", "l2", "--ratio", "3", *common, "-o", tmp_path / "m.press", "--plot", tmp_path / "a.png")
+    assert good.exit_code == 0, good.output
+    assert (tmp_path / "m.press").stat().st_size <= reports[0]["original_bytes"] / 3
+    assert (tmp_path / "a.png").stat().st_size > 1000
     bad = run("compress", source, "-m", "l2", "--bits", "4", "--ratio", "3", *common, "-o", tmp_path / "x.press")
     assert bad.exit_code == 2 and "drop --bits" in " ".join(bad.output.split())
     assert np.isfinite([r["accuracy_after"] for r in reports]).all()

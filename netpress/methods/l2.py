@@ -340,7 +340,9 @@ class _Run:
         total = config.rounds * (config.transform_steps + config.reconstruction_steps) + fill_steps
         with progress_bar() as progress:
             task = progress.add_task("L²", total=total)
-            weights = list(self.latent.values())
+            # Reconstruction also trains the other parameters (biases, normalisation): a free bias correction.
+            coded = set(self.names)
+            weights = [*self.latent.values(), *(p for n, p in self.student.named_parameters() if n not in coded)]
             for _ in range(config.rounds):
                 transform = [*self.log_edge.values(), *self.log_step.values()]
                 self._phase(transform, config.transform_lr, config.transform_steps, "transform", progress, task)

@@ -11,7 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_allocation(rows: list[dict], path: str | os.PathLike, title: str = "per-layer sparsity") -> None:
-    """Bars of each layer's sparsity; when rows carry ``erk_sparsity``, ERK's allocation beside it."""
+    """Bars of each layer's sparsity; when rows carry ``erk_sparsity``, ERK's allocation beside it.
+    Rows with ``bits_per_weight`` (L²) get a second panel with the coded bits per weight."""
+    if all("bits_per_weight" in r for r in rows):
+        _plot_bits(rows, path, title)
+        return
     names = [r["name"].removesuffix(".weight") for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 4))
@@ -25,6 +29,25 @@ def plot_allocation(rows: list[dict], path: str | os.PathLike, title: str = "per
     ax.set_ylabel("sparsity")
     ax.set_ylim(0, 1)
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_bits(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    names = [r["name"].removesuffix(".weight") for r in rows]
+    x = list(range(len(rows)))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(rows) + 2), 6), sharex=True)
+    top.bar(x, [r["bits_per_weight"] for r in rows], 0.4, label="coded")
+    if all("estimated_bits_per_weight" in r for r in rows):
+        top.bar([i + 0.4 for i in x], [r["estimated_bits_per_weight"] for r in rows], 0.4, label="rate estimate")
+        top.legend(fontsize=8)
+    top.set_ylabel("bits per weight")
+    top.set_title(title)
+    bottom.bar(x, [r["sparsity"] for r in rows], 0.8)
+    bottom.set_ylabel("sparsity")
+    bottom.set_ylim(0, 1)
+    bottom.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

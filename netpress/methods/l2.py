@@ -49,7 +49,7 @@ from netpress.quant.rate import estimated_bits
 SUMMARY_ALLOWANCE = 192
 # How fast the rate multiplier reacts to the estimate being over (or under) budget, per step.
 DUAL_RATE = 0.2
-# The finest grid the final fill may move to, relative to the learned one.
+# The finest grid the fit phase may move to, relative to the learned one.
 FILL_LIMIT = 0.7
 # The finest initial grid: at most this many levels on each side of zero (a count table stays small).
 MAX_LEVELS_PER_SIDE = 127
@@ -283,9 +283,19 @@ class _Run:
     def _distillation(self) -> float:
         return float(distillation_loss(predict(self.student, self.inputs), self.teacher_logits, self.config.temperature))
 
-    def _fitting_scale(self, low: float, high: float) -> float:
-        """The smallest grid scale in [low, high] whose file fits the target (``high`` must fit)."""
-        for _ in range(12):
+    def _fitting_scale(self) -> float:
+        """The finest grid scale (at least ``FILL_LIMIT``; 1 = the learned grids) whose file fits the target."""
+        if self._file_bytes(self._codes(1.0)) <= self.target:
+            low, high = FILL_LIMIT, 1.0
+            if self._file_bytes(self._codes(low)) <= self.target:
+                return low
+        else:
+            low, high = 1.0, 1.25
+            while self._file_bytes(self._codes(high)) > self.target:
+                low, high = high, high * 1.25
+                if high > 1e6:
+                    raise BudgetError(f"cannot reach {self.target} bytes: the uncoded tensors and headers alone are larger")
+        for _ in range(10):
             mid = math.sqrt(low * high)
             if self._file_bytes(self._codes(mid)) > self.target:
                 low = mid
@@ -293,24 +303,16 @@ class _Run:
                 high = mid
         return high
 
+    def _rescale(self, scale: float) -> None:
+        with torch.no_grad():
+            for n in self.names:
+                self.log_edge[n] += math.log(scale)
+                self.log_step[n] += math.log(scale)
+
     def _finish(self) -> tuple[dict, float]:
-        """Hard codes whose file fits the target, using the budget the estimate left unspent when that
-        distils better; BatchNorm statistics re-estimated when that helps."""
-        if self._file_bytes(self._codes(1.0)) > self.target:
-            high = 1.25
-            while self._file_bytes(self._codes(high)) > self.target:
-                high *= 1.25
-                if high > 1e6:
-                    raise BudgetError(f"cannot reach {self.target} bytes: the uncoded tensors and headers alone are larger")
-            scale = self._fitting_scale(high / 1.25, high)
-        else:
-            scale = 1.0
-            finer = self._fitting_scale(0.7, 1.0)
-            if finer < 1.0:
-                self._apply_codes(self._codes(1.0))
-                at_one = self._distillation()
-                self._apply_codes(self._codes(finer))
-                scale = finer if self._distillation() < at_one else 1.0
+        """Hard codes whose file fits the target; BatchNorm statistics re-estimated when that helps."""
+        scale = self._fitting_scale()
+        scale = scale if scale > 1.0 else 1.0  # the fit phase already spent the budget; only ever tighten here
         codes = self._codes(scale)
         self._apply_codes(codes)
         before = self._distillation()
@@ -336,8 +338,8 @@ class _Run:
         self._initialise()
         self._calibrate_overhead()
         self._balance()
-        fill_steps = config.reconstruction_steps // 3
-        total = config.rounds * (config.transform_steps + config.reconstruction_steps) + fill_steps
+        fit_steps = config.reconstruction_steps // 3
+        total = config.rounds * (config.transform_steps + config.reconstruction_steps) + fit_steps
         with progress_bar() as progress:
             task = progress.add_task("L²", total=total)
             # Reconstruction also trains the other parameters (biases, normalisation): a free bias correction.
@@ -348,14 +350,11 @@ class _Run:
                 self._phase(transform, config.transform_lr, config.transform_steps, "transform", progress, task)
                 self._phase(weights, config.weight_lr, config.reconstruction_steps, "reconstruction", progress, task)
                 self._calibrate_overhead()
-            # Reconstruction moves weights and leaves bytes unspent: refine the grids to fill the file, then adapt to them.
-            fill = self._fitting_scale(FILL_LIMIT, 1.0) if self._file_bytes(self._codes(1.0)) <= self.target else 1.0
-            if fill < 1.0:
-                with torch.no_grad():
-                    for n in self.names:
-                        self.log_edge[n] += math.log(fill)
-                        self.log_step[n] += math.log(fill)
-            self._phase(weights, config.weight_lr, fill_steps if fill < 1.0 else 0, "fill", progress, task)
+            # Reconstruction moves weights, so the file ends over or under the target: rescale the grids
+            # to the finest that fits, then let a short reconstruction adapt the weights to them.
+            fit = self._fitting_scale()
+            self._rescale(fit)
+            self._phase(weights, config.weight_lr, fit_steps if fit != 1.0 else 0, "fit", progress, task)
         codes, scale = self._finish()
         return self._result(codes, scale)
 

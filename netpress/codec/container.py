@@ -47,21 +47,22 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's values as little-endian bytes, whatever the host's byte order."""
     t = t.detach().contiguous().cpu()
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    values = t.reshape(-1).numpy()
+    return values.astype(values.dtype.newbyteorder("<")).tobytes() if t.numel() else b""
 
 
 def _bytes_tensor(data: bytes, dtype: str, shape: list[int], what: str) -> torch.Tensor:
     torch_dtype = DTYPES[dtype]
-    storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
-    itemsize = torch.empty(0, dtype=storage).element_size()
+    storage = np.dtype(torch.empty(0, dtype=torch.uint8 if torch_dtype == torch.bool else torch_dtype).numpy().dtype)
     numel = int(np.prod(shape, dtype=np.int64))
-    if len(data) != numel * itemsize:
-        raise FormatError(f"{what}: {len(data)} bytes of {dtype}, expected {numel * itemsize}")
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(storage) if data else torch.empty(0, dtype=storage)
-    return flat.to(torch_dtype).reshape(shape).clone()
+    if len(data) != numel * storage.itemsize:
+        raise FormatError(f"{what}: {len(data)} bytes of {dtype}, expected {numel * storage.itemsize}")
+    flat = np.frombuffer(data, dtype=storage.newbyteorder("<")).astype(storage)
+    return torch.from_numpy(flat).to(torch_dtype).reshape(shape).clone()
 
 
 def _uniform_grid(steps: np.ndarray, length: int, zero: int) -> np.ndarray:

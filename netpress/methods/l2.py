@@ -123,7 +123,7 @@ class _Run:
             "netpress": netpress.__version__,
             "methods": [{"name": config.name, **vars(config)}],
             "budget": budget.to_dict(),
-            "sparsity": 0.123456789,
+            "sparsity": 0.123456789,  # as many digits as a real one: the stub must be as long as the final summary
             "params": sum(v.numel() for v in self.student.state_dict().values() if v.is_floating_point()),
             "calibration": {"n": len(data.indices), "seed": data.seed, "indices_sha256": "0" * 64},
         }
@@ -246,7 +246,7 @@ class _Run:
                 grads[n] += gi.detach() ** 2
         return {n: float(grads[n].mean()) + 1e-20 for n in self.names}
 
-    def _initialise(self) -> None:
+    def _initialise(self, weight_bytes: float) -> None:
         """Steps ∝ 1/√sensitivity (equal distortion per bit across layers), scaled by bisection to the budget."""
         sens = self._sensitivities()
         shape = {n: (self.latent[n].shape[0],) if self.config.per_channel else () for n in self.names}
@@ -265,7 +265,7 @@ class _Run:
             set_scale(alpha)
             with torch.no_grad():
                 size = float(self._estimated_bytes())
-            if size > self.rate_budget_guess:
+            if size > weight_bytes:
                 low = alpha
             else:
                 high = alpha
@@ -334,8 +334,7 @@ class _Run:
                 f"a {self.budget.ratio:g}x ratio allows {self.target} bytes, but the uncoded tensors and headers alone take "
                 f"{minimum}; the largest reachable ratio is about {self.budget.reference_bytes / minimum:.0f}x"
             )
-        self.rate_budget_guess = self.target - minimum
-        self._initialise()
+        self._initialise(weight_bytes=self.target - minimum)
         self._calibrate_overhead()
         self._balance()
         fit_steps = config.reconstruction_steps // 3

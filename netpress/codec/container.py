@@ -46,23 +46,30 @@ DTYPES: dict[str, torch.dtype] = {
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
+# Integer types of each item size: raw values travel as their bit patterns, so byte order is explicit
+# for every dtype (numpy has no bfloat16).
+_BIT_PATTERNS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     """A tensor's values as little-endian bytes, whatever the host's byte order."""
     t = t.detach().contiguous().cpu()
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
-    values = t.reshape(-1).numpy()
-    return values.astype(values.dtype.newbyteorder("<")).tobytes() if t.numel() else b""
+    bits = t.reshape(-1).view(_BIT_PATTERNS[t.element_size()]).numpy()
+    return bits.astype(bits.dtype.newbyteorder("<")).tobytes() if t.numel() else b""
 
 
 def _bytes_tensor(data: bytes, dtype: str, shape: list[int], what: str) -> torch.Tensor:
     torch_dtype = DTYPES[dtype]
-    storage = np.dtype(torch.empty(0, dtype=torch.uint8 if torch_dtype == torch.bool else torch_dtype).numpy().dtype)
+    storage = torch.uint8 if torch_dtype == torch.bool else torch_dtype
+    container = _BIT_PATTERNS[torch.empty(0, dtype=storage).element_size()]
+    bits = np.dtype(torch.empty(0, dtype=container).numpy().dtype)
     numel = int(np.prod(shape, dtype=np.int64))
-    if len(data) != numel * storage.itemsize:
-        raise FormatError(f"{what}: {len(data)} bytes of {dtype}, expected {numel * storage.itemsize}")
-    flat = np.frombuffer(data, dtype=storage.newbyteorder("<")).astype(storage)
-    return torch.from_numpy(flat).to(torch_dtype).reshape(shape).clone()
+    if len(data) != numel * bits.itemsize:
+        raise FormatError(f"{what}: {len(data)} bytes of {dtype}, expected {numel * bits.itemsize}")
+    flat = np.frombuffer(data, dtype=bits.newbyteorder("<")).astype(bits)
+    return torch.from_numpy(flat).view(storage).to(torch_dtype).reshape(shape).clone()
 
 
 def _uniform_grid(steps: np.ndarray, length: int, zero: int) -> np.ndarray:

@@ -71,3 +71,17 @@ def test_per_channel_codes_and_sparse_values_roundtrip():
     for key, value in original.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
     assert back.source == {"zoo": "lenet5"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32])
+def test_raw_tensors_are_little_endian_bit_patterns(dtype):
+    value = (torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 100).to(dtype)
+    data = codec.to_bytes(CompressedModel({"t": value}))
+    back = codec.from_bytes(data).tensors["t"]
+    assert back.dtype == dtype and torch.equal(back, value)
+    manifest, payload = codec.read_manifest(data)
+    record = manifest["tensors"][0]
+    stream = payload[record["offset"] : record["offset"] + record["length"]]
+    width = value.element_size()
+    bits = value.reshape(-1).view({2: torch.int16, 4: torch.int32, 8: torch.int64}[width]).tolist()
+    assert stream == b"".join((b & (1 << 8 * width) - 1).to_bytes(width, "little") for b in bits)

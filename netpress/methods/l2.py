@@ -5,10 +5,10 @@ and step are learned against a differentiable estimate of the range-coded size
 (``netpress.quant.rate``). One global byte budget, set by the target ratio, is traded against
 distillation from the dense model on a calibration subset, so the per-layer allocation emerges
 from the optimisation. Rounds alternate a transform phase (edges and steps) and a reconstruction
-phase (latent weights seen through the quantizer). Finally the file itself is serialised and, if
-it is over the target, the grids are coarsened by bisection until it fits: the ratio a report
-gives is the ratio of the written file. See docs/methods/l2.md for where netpress departs from
-the paper's code.
+phase (latent weights seen through the quantizer). Then the file itself is serialised, the grids
+are rescaled to the finest that fits the target and the weights re-adapted; if the file is still
+over, the grids are coarsened by bisection until it fits: the ratio a report gives is the ratio of
+the written file. See docs/methods/l2.md for where netpress departs from the paper's code.
 """
 
 from __future__ import annotations

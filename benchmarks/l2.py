@@ -39,9 +39,9 @@ from netpress.report import plot_curve  # noqa: E402
 
 RATIOS = {
     "lenet300": [5, 10, 20, 30, 40, 60, 80],
-    "lenet5": [10, 20, 40, 60, 80, 120],
+    "lenet5": [10, 20, 40, 50, 60, 80, 120],
     "resnet20": [5, 10, 20, 30],
-    "vgg": [5, 10, 20, 30],
+    "vgg": [5, 10, 15, 20, 30],
 }
 RECIPE_SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 RECIPE_LEVELS = [8, 12, 16, 32]
@@ -170,6 +170,7 @@ def summarise(name: str) -> None:
                     "target_1pt": need_one,
                     "best_peer_at_0.5pt": ratio_at(peers, 0.5),
                     "best_peer_at_1pt": ratio_at(peers, 1.0),
+                    "l2_doubles_best_peer_at_0.5pt": bool(half and ratio_at(peers, 0.5) and half >= 2 * ratio_at(peers, 0.5)),
                     "l2_seconds_max": max(p["seconds"] for p in l2),
                     f"l2_smallest_at_each_peer_accuracy (peers within {USEFUL_LOSS:g} pt)": not misses,
                     "exceptions": "; ".join(misses) or None,

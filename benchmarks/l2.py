@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save as safetensors_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
@@ -224,8 +225,6 @@ def main() -> None:
             peers = []
             if not args.no_peers:
                 state = {k: v.contiguous() for k, v in handle.module.state_dict().items()}
-                from safetensors.torch import save as safetensors_save
-
                 fp32 = safetensors_save({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
                 peers.append(
                     {

@@ -161,23 +161,19 @@ class _Run:
     def _file_bytes(self, codes: dict) -> int:
         return len(self._file(codes)) + SUMMARY_ALLOWANCE
 
+    def _estimated_bits(self, name: str) -> torch.Tensor:
+        codes = deadzone_encode(self.latent[name], self.log_edge[name].exp(), self.log_step[name].exp())
+        return estimated_bits(codes, self.config.resolution)
+
     def _estimated_bytes(self) -> torch.Tensor:
-        bits = [
-            estimated_bits(
-                deadzone_encode(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp()), self.config.resolution
-            )
-            for n in self.names
-        ]
-        return torch.stack(bits).sum() / 8
+        return torch.stack([self._estimated_bits(n) for n in self.names]).sum() / 8
 
     def _calibrate_overhead(self) -> None:
         """Bytes the estimate does not see (headers, tables, raw tensors, coder overhead): real − estimate."""
         with torch.no_grad():
-            real = self._file_bytes(self._codes())
-            self.overhead = real - float(self._estimated_bytes())
-        self.rate_budget = max(self.target - self.overhead, 1.0)
-        self.last_rate = float(self._estimated_bytes().detach()) / self.rate_budget
-        self.last_real = real
+            estimate = float(self._estimated_bytes())
+        self.rate_budget = max(self.target - (self._file_bytes(self._codes()) - estimate), 1.0)
+        self.last_rate = estimate / self.rate_budget
 
     # -- the loss ------------------------------------------------------------------------------------
     def _quantized(self) -> dict[str, torch.Tensor]:
@@ -205,13 +201,14 @@ class _Run:
         norm = lambda gs: math.sqrt(sum(float((g**2).sum()) for g in gs if g is not None))  # noqa: E731
         self.multiplier = self.config.rate_weight * norm(g_task) / max(norm(g_rate), 1e-12)
 
-    def _phase(self, params: list[nn.Parameter], lr: float, steps: int, label: str, progress, task) -> None:
-        """Adam on ``params``. While the grids learn, the rate multiplier follows dual ascent, so the
-        estimate settles on the budget instead of chattering around a hinge."""
+    def _phase(
+        self, params: list[nn.Parameter], lr: float, steps: int, label: str, progress, task, with_rate: bool = False
+    ) -> None:
+        """Adam on ``params``. ``with_rate`` (the grids learning) adds the rate term, whose multiplier
+        follows dual ascent, so the estimate settles on the budget instead of chattering around a hinge."""
         if steps == 0 or lr == 0:
             progress.update(task, advance=steps)
             return
-        with_rate = label == "transform"
         optimizer = torch.optim.Adam(params, lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         for _ in range(steps):
@@ -311,8 +308,8 @@ class _Run:
 
     def _finish(self) -> tuple[dict, float]:
         """Hard codes whose file fits the target; BatchNorm statistics re-estimated when that helps."""
-        scale = self._fitting_scale()
-        scale = scale if scale > 1.0 else 1.0  # the fit phase already spent the budget; only ever tighten here
+        # The fit phase already spent the budget; only ever tighten here.
+        scale = 1.0 if self._file_bytes(self._codes(1.0)) <= self.target else self._fitting_scale()
         codes = self._codes(scale)
         self._apply_codes(codes)
         before = self._distillation()
@@ -346,7 +343,7 @@ class _Run:
             weights = [*self.latent.values(), *(p for n, p in self.student.named_parameters() if n not in coded)]
             for _ in range(config.rounds):
                 transform = [*self.log_edge.values(), *self.log_step.values()]
-                self._phase(transform, config.transform_lr, config.transform_steps, "transform", progress, task)
+                self._phase(transform, config.transform_lr, config.transform_steps, "transform", progress, task, with_rate=True)
                 self._phase(weights, config.weight_lr, config.reconstruction_steps, "reconstruction", progress, task)
                 self._calibrate_overhead()
             # Reconstruction moves weights, so the file ends over or under the target: rescale the grids
@@ -366,7 +363,7 @@ class _Run:
             for n in self.names:
                 c = codes[n]
                 numel = c.symbols.numel()
-                estimate = float(estimated_bits(deadzone_encode(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp())))
+                estimate = float(self._estimated_bits(n))
                 result.rows.append(
                     {
                         "name": n,

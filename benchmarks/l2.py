@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as safetensors_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
@@ -34,6 +33,7 @@ os.environ.setdefault("NETPRESS_QUIET", "1")
 from common import RESULTS_DIR, regenerate_results_md, write_result  # noqa: E402
 
 from netpress import Budget, api  # noqa: E402
+from netpress.compressed import fp32_file  # noqa: E402
 from netpress.evaluate import evaluate  # noqa: E402
 from netpress.methods import L2, KMeansQuantization, MagnitudePruning  # noqa: E402
 from netpress.report import plot_curve  # noqa: E402
@@ -224,8 +224,7 @@ def main() -> None:
             points = l2_points(name, handle, ratios, args.calib, out)
             peers = []
             if not args.no_peers:
-                state = {k: v.contiguous() for k, v in handle.module.state_dict().items()}
-                fp32 = safetensors_save({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+                fp32 = fp32_file(handle.module)
                 peers.append(
                     {
                         "method": "zstd-19",

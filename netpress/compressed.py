@@ -14,10 +14,15 @@ from netpress.errors import ModelSourceError
 from netpress.graph.surgery import resize_to
 
 
-def fp32_bytes(model: nn.Module) -> int:
-    """Size of the model's state dict as an fp32 safetensors file: the reference every ratio uses."""
+def fp32_file(model: nn.Module) -> bytes:
+    """The model's state dict as an fp32 safetensors file."""
     state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    return len(safetensors_save(state))
+    return safetensors_save(state)
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """Size of the fp32 safetensors file: the reference every ratio uses."""
+    return len(fp32_file(model))
 
 
 RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

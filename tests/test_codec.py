@@ -4,7 +4,9 @@ import torch
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization, codec
 from netpress.codec import Codes, SparseValues
+from netpress.codec.floats import decode_floats, encode_floats
 from netpress.compressed import CompressedModel
+from netpress.errors import FormatError
 from tests.conftest import TRAINED
 
 SETTINGS = {
@@ -81,7 +83,39 @@ def test_raw_tensors_are_little_endian_bit_patterns(dtype):
     assert back.dtype == dtype and torch.equal(back, value)
     manifest, payload = codec.read_manifest(data)
     record = manifest["tensors"][0]
-    stream = payload[record["offset"] : record["offset"] + record["length"]]
+    if record["coding"] == "planes":  # smaller than the bit patterns; exactness is checked above
+        return
+    stream = payload[: record["length"]]
     width = value.element_size()
     bits = value.reshape(-1).view({2: torch.int16, 4: torch.int32, 8: torch.int64}[width]).tolist()
     assert stream == b"".join((b & (1 << 8 * width) - 1).to_bytes(width, "little") for b in bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("numel", [1, 2, 7, 5000])
+def test_float_planes_keep_every_bit_pattern(dtype, numel):
+    g = torch.Generator().manual_seed(numel)
+    value = (torch.randn(numel, generator=g) * 10).to(dtype)
+    special = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0, 0.0]).to(dtype)
+    value[: min(numel, 5)] = special[: min(numel, 5)]
+    if numel > 5:
+        value[5] = torch.finfo(dtype).tiny / 4  # subnormal
+        value[6] = -torch.finfo(dtype).max
+    stream = encode_floats(value)
+    back = decode_floats(stream, dtype, numel, "t")
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[value.element_size()]
+    assert torch.equal(back.view(bits), value.view(bits))
+    if numel == 5000:
+        assert len(stream) < 0.9 * numel * value.element_size()
+    with pytest.raises(FormatError):
+        decode_floats(stream[:-1], dtype, numel, "t")
+
+
+def test_biases_and_norms_are_stored_as_planes_when_smaller(tmp_path):
+    from tests.archs import tiny_cnn
+
+    compressed = netpress.compress(tiny_cnn(), UniformQuantization(4))
+    netpress.save(compressed, tmp_path / "m.press")
+    raw = [r for r in netpress.inspect(tmp_path / "m.press")["tensors"] if r["kind"] == "raw"]
+    assert {r["coding"] for r in raw} <= {"plain", "planes"}
+    assert any(r["coding"] == "planes" for r in raw)

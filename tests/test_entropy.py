@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netpress.codec.entropy import decode_symbols, encode_symbols, entropy_bits
+from netpress.codec.entropy import AdaptiveCounts, decode_symbols, encode_symbols, entropy_bits
 
 
 def roundtrip(symbols, alphabet, zero, rows=0):
@@ -55,3 +55,22 @@ def test_clustered_zeros_choose_run_lengths():
 @pytest.mark.parametrize("symbols", [np.zeros(0, np.int32), np.zeros(10, np.int32), np.full(10, 3, np.int32)])
 def test_degenerate_arrays(symbols):
     roundtrip(symbols, 4, 0)
+
+
+def test_context_layout_wins_when_neighbours_are_alike():
+    """A Markov chain along each row: order-0 cannot see it, the context layout can."""
+    rng = np.random.default_rng(0)
+    steps = rng.choice([-1, 0, 1], size=(64, 576), p=[0.2, 0.6, 0.2])
+    symbols = (np.cumsum(steps, axis=1) % 16).astype(np.int32)
+    mode, data = roundtrip(symbols, 16, 0, rows=64)
+    assert mode == "context"
+    assert len(data) < 0.5 * entropy_bits(symbols) / 8
+
+
+def test_adaptive_counts_learn_each_context_and_never_give_zero_probability():
+    model = AdaptiveCounts(alphabet=4, contexts=2)
+    for _ in range(50):
+        model.update(np.array([1, 3]), context=np.array([0, 1]))
+    probabilities = model.probabilities(np.array([0, 1]))
+    assert np.allclose(probabilities.sum(axis=1), 1) and (probabilities > 0).all()
+    assert probabilities[0].argmax() == 1 and probabilities[1].argmax() == 3

@@ -1,8 +1,8 @@
 """The .press container: a safetensors file with two uint8 tensors and a small metadata header.
 
-* ``netpress.manifest``: zlib-compressed JSON: source-model identity, one record per tensor (shape,
-  dtype, coding, offset/length/CRC32 of its stream in the payload) and the report summary.
-* ``netpress.payload``: every tensor's stream, back to back.
+* ``netpress.manifest``: LZMA2-compressed JSON: source-model identity, one record per tensor (shape,
+  dtype, coding, length/CRC32 of its stream in the payload) and the report summary.
+* ``netpress.payload``: every tensor's stream, back to back in record order.
 * safetensors metadata: ``format`` = "netpress", ``version``, and the manifest's CRC32.
 
 docs/format.md specifies every byte. Reading checks the format, version and every CRC before
@@ -12,6 +12,7 @@ decoding, and validates every field it uses, so damage raises ``FormatError`` na
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import struct
 import zlib
@@ -24,13 +25,17 @@ from safetensors.torch import save as safetensors_save
 
 from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, deadzone_params
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
+from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
 from netpress.errors import FormatError
 
 FORMAT_NAME = "netpress"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_KEY, PAYLOAD_KEY = "netpress.manifest", "netpress.payload"
 MAX_NUMEL = 1 << 34
+MAX_MANIFEST_BYTES = 1 << 26  # a manifest that inflates past this is damage, not a model
+# A raw LZMA2 stream (no .xz framing: the safetensors header already says what this is).
+_MANIFEST_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}]
 
 # Raw tensor dtypes and their names in the file.
 DTYPES: dict[str, torch.dtype] = {
@@ -70,6 +75,24 @@ def _bytes_tensor(data: bytes, dtype: str, shape: list[int], what: str) -> torch
         raise FormatError(f"{what}: {len(data)} bytes of {dtype}, expected {numel * bits.itemsize}")
     flat = np.frombuffer(data, dtype=bits.newbyteorder("<")).astype(bits)
     return torch.from_numpy(flat).view(storage).to(torch_dtype).reshape(shape).clone()
+
+
+def _encode_values(values: torch.Tensor) -> tuple[str, bytes]:
+    """Exact values as their bit patterns (``plain``) or, for floats when smaller, as ``planes``."""
+    plain = _tensor_bytes(values)
+    if values.dtype in FLOAT_FIELDS and values.numel():
+        planes = encode_floats(values)
+        if len(planes) < len(plain):
+            return "planes", planes
+    return "plain", plain
+
+
+def _decode_values(data: bytes, coding: object, dtype: str, shape: list[int], what: str) -> torch.Tensor:
+    if coding == "plain":
+        return _bytes_tensor(data, dtype, shape, what)
+    if coding == "planes" and DTYPES[dtype] in FLOAT_FIELDS:
+        return decode_floats(data, DTYPES[dtype], int(np.prod(shape, dtype=np.int64)), what).reshape(shape).clone()
+    raise FormatError(f"{what}: unknown value coding {coding!r} for {dtype}")
 
 
 def _uniform_grid(steps: np.ndarray, length: int, zero: int) -> np.ndarray:
@@ -126,34 +149,36 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
     if isinstance(value, SparseValues):
         mask = value.mask.numpy().astype(np.int32)
         mode, coded, side = encode_symbols(mask, 2, 0)
+        values_coding, values = _encode_values(value.values)
         out = ByteWriter()
         out.varint(len(coded))
         out.parts.append(coded)
-        out.parts.append(_tensor_bytes(value.values))
+        out.parts.append(values)
         record = {
             "kind": "sparse",
             "shape": list(value.shape),
             "dtype": _DTYPE_NAMES[value.values.dtype],
             "nnz": int(value.values.numel()),
             "coding": mode,
+            "values_coding": values_coding,
             "coded_bytes": len(coded),
             "side_bytes": side,
         }
         return record, out.getvalue()
     if value.dtype not in _DTYPE_NAMES:
         raise FormatError(f"{name}: dtype {value.dtype} cannot be stored; supported: {', '.join(DTYPES)}")
-    return {"kind": "raw", "shape": list(value.shape), "dtype": _DTYPE_NAMES[value.dtype]}, _tensor_bytes(value)
+    coding, data = _encode_values(value)
+    return {"kind": "raw", "shape": list(value.shape), "dtype": _DTYPE_NAMES[value.dtype], "coding": coding}, data
 
 
 def to_bytes(compressed: CompressedModel) -> bytes:
     """Serialise a compressed model to the bytes of a .press file."""
-    records, streams, offset = [], [], 0
+    records, streams = [], []
     for name, value in compressed.tensors.items():
         record, stream = _encode(name, value)
-        record.update(name=name, offset=offset, length=len(stream), crc32=zlib.crc32(stream))
+        record.update(name=name, length=len(stream), crc32=zlib.crc32(stream))
         records.append(record)
         streams.append(stream)
-        offset += len(stream)
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -161,7 +186,8 @@ def to_bytes(compressed: CompressedModel) -> bytes:
         "summary": compressed.summary,
         "tensors": records,
     }
-    manifest_bytes = zlib.compress(json.dumps(manifest, separators=(",", ":")).encode(), 9)
+    manifest_json = json.dumps(manifest, separators=(",", ":")).encode()
+    manifest_bytes = lzma.compress(manifest_json, format=lzma.FORMAT_RAW, filters=_MANIFEST_FILTERS)
     payload = b"".join(streams)
     return safetensors_save(
         {
@@ -215,8 +241,12 @@ def read_manifest(data: bytes) -> tuple[dict, bytes]:
     if str(zlib.crc32(manifest_bytes)) != meta.get("manifest_crc32"):
         raise FormatError("damaged .press file: the manifest fails its CRC32 check")
     try:
-        manifest = json.loads(zlib.decompress(manifest_bytes))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        inflater = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_MANIFEST_FILTERS)
+        manifest_json = inflater.decompress(manifest_bytes, max_length=MAX_MANIFEST_BYTES)
+        if not inflater.eof:
+            raise FormatError("damaged .press file: the manifest is truncated or implausibly large")
+        manifest = json.loads(manifest_json)
+    except (lzma.LZMAError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"damaged .press file: unreadable manifest ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("version") != FORMAT_VERSION:
         raise FormatError("damaged .press file: the manifest's version disagrees with the header")
@@ -225,8 +255,8 @@ def read_manifest(data: bytes) -> tuple[dict, bytes]:
     return manifest, tensors[PAYLOAD_KEY].numpy().tobytes()
 
 
-def _check_record(record: object, payload_len: int) -> str:
-    """Type-check the fields every record needs; returns the tensor name."""
+def _check_record(record: object, offset: int, payload_len: int) -> str:
+    """Type-check the fields every record needs (its stream starting at ``offset``); returns the tensor name."""
     if not isinstance(record, dict) or not isinstance(record.get("name"), str):
         raise FormatError("damaged .press file: a tensor record has no name")
     name = record["name"]
@@ -235,10 +265,10 @@ def _check_record(record: object, payload_len: int) -> str:
         raise FormatError(f"tensor {name}: invalid shape {shape!r}")
     if int(np.prod(shape, dtype=np.float64)) > MAX_NUMEL:
         raise FormatError(f"tensor {name}: shape {shape} is implausibly large")
-    for key in ("offset", "length", "crc32"):
+    for key in ("length", "crc32"):
         if not isinstance(record.get(key), int) or record[key] < 0:
             raise FormatError(f"tensor {name}: invalid {key} {record.get(key)!r}")
-    if record["offset"] + record["length"] > payload_len:
+    if offset + record["length"] > payload_len:
         raise FormatError(f"tensor {name}: its stream runs past the end of the payload (truncated file?)")
     if record.get("kind") not in ("codes", "sparse", "raw"):
         raise FormatError(f"tensor {name}: unknown kind {record.get('kind')!r}")
@@ -252,7 +282,7 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
     numel = int(np.prod(shape, dtype=np.int64))
     what = f"tensor {name}"
     if record["kind"] == "raw":
-        return _bytes_tensor(stream, record["dtype"], shape, what)
+        return _decode_values(stream, record.get("coding"), record["dtype"], shape, what)
     reader = ByteReader(stream, what)
     if record["kind"] == "codes":
         levels_shape = record.get("levels_shape")
@@ -288,7 +318,7 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
     mask = decode_symbols(record.get("coding"), mask_bytes, numel, 2, 0, what)
     if int(mask.sum()) != nnz:
         raise FormatError(f"{what}: mask has {int(mask.sum())} survivors, the record says {nnz}")
-    values = _bytes_tensor(reader.rest(), record["dtype"], [nnz], what)
+    values = _decode_values(reader.rest(), record.get("values_coding"), record["dtype"], [nnz], what)
     return SparseValues(torch.from_numpy(mask.astype(bool)).reshape(shape), values)
 
 
@@ -296,9 +326,11 @@ def from_bytes(data: bytes) -> CompressedModel:
     """Parse and fully verify a .press file's bytes."""
     manifest, payload = read_manifest(data)
     tensors: dict[str, Encoded | torch.Tensor] = {}
+    offset = 0
     for record in manifest["tensors"]:
-        name = _check_record(record, len(payload))
-        stream = payload[record["offset"] : record["offset"] + record["length"]]
+        name = _check_record(record, offset, len(payload))
+        stream = payload[offset : offset + record["length"]]
+        offset += record["length"]
         if zlib.crc32(stream) != record["crc32"]:
             raise FormatError(f"tensor {name}: its stream fails its CRC32 check (damaged file)")
         if name in tensors:
@@ -309,6 +341,8 @@ def from_bytes(data: bytes) -> CompressedModel:
             raise
         except Exception as exc:  # any inconsistency the checks above did not foresee
             raise FormatError(f"tensor {name}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    if offset != len(payload):
+        raise FormatError(f"damaged .press file: {len(payload) - offset} payload bytes belong to no tensor")
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
     return CompressedModel(tensors, source, summary)

@@ -58,10 +58,13 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
     """How many weights to remove per layer so the total is exactly ⌈sparsity · N⌉."""
     sizes = [w.numel() for w in weights]
     total = target_zeros(sparsity, sum(sizes))
+    # A per-layer allocation keeps one weight in every layer whenever the target leaves room:
+    # rounding must not disconnect a small layer.
+    caps = [n - 1 for n in sizes] if total <= sum(sizes) - len(sizes) else sizes
     if allocation == "uniform":
-        return split_exact(total, [float(n) for n in sizes], sizes)
+        return split_exact(total, [float(n) for n in sizes], caps)
     if allocation == "erk":
-        return split_exact(total, _erk_prune_weights(weights, sparsity), sizes)
+        return split_exact(total, _erk_prune_weights(weights, sparsity), caps)
     score_fn = _lamp_scores if allocation == "lamp" else (lambda w: w.detach().reshape(-1).abs().double())
     scores = torch.cat([score_fn(w) for w in weights])
     chosen = smallest_mask(scores, total)

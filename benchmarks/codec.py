@@ -54,6 +54,9 @@ COLUMNS = {
     "payload_bytes": "range-coded words (`inspect()['payload_bytes']`; count tables and scales are in tables_bytes)",
     "bound_bytes": "empirical (order-0) entropy of every coded symbol array, N·H/8 (`inspect()['entropy_bound_bytes']`)",
     "gap_pct": "(payload − bound) / bound",
+    "side_bytes": "count tables and rank-1 scales (`inspect()['side_bytes']`): what the static layouts send so the decoder can "
+    "build its models; the `context` layout sends none, its models are learned inside the words",
+    "gap_with_side_pct": "(payload + side − bound) / bound: the like-for-like figure across layouts",
     "raw_bytes": (
         "tensors stored exactly (biases, BatchNorm): plain bit patterns, or sign and exponent entropy-coded "
         "with the mantissa verbatim (`planes`) when smaller"
@@ -157,6 +160,8 @@ def measure(model: str, setting: str, handle, test, out_dir: Path) -> dict:
         "payload_bytes": payload,
         "bound_bytes": round(bound),
         "gap_pct": round(100 * (payload - bound) / bound, 2),
+        "side_bytes": info["side_bytes"],
+        "gap_with_side_pct": round(100 * (payload + info["side_bytes"] - bound) / bound, 2),
         "codings": ", ".join(f"{c} {n}" for c, n in Counter(t["coding"] for t in info["tensors"] if "coded_bytes" in t).items()),
         "raw_bytes": info["raw_bytes"],
         "raw_plain_bytes": sum(len(raw_bytes(v)) for v in compressed.tensors.values() if isinstance(v, torch.Tensor)),

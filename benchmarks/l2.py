@@ -4,7 +4,10 @@ For each model: L² at several ratio targets; zstd-19 of the fp32 safetensors fi
 post-training recipe (global magnitude pruning + per-layer k-means with zero kept + the netpress
 codec) swept over sparsity and levels; NNCF's data-free weight compression (INT8 asymmetric,
 INT4 symmetric per channel, every layer) saved with torch.save, with and without zstd-19.
-Accuracy is always measured on the model rebuilt from the file. Writes
+Then, for each peer point within a few points of the original accuracy that no L² file beats yet
+(at least as accurate and smaller), L² once more at that peer's own file size: the direct
+equal-size comparison (at most three per model). Accuracy is always measured on the model rebuilt
+from the file. Writes
 benchmarks/results/<name>.json and one curve per model, and checks the issue's targets.
 
     .venv/bin/python benchmarks/l2.py [--models lenet300,lenet5,resnet20,vgg] [--ratios 10,20,40]
@@ -47,6 +50,7 @@ RATIOS = {
 RECIPE_SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 RECIPE_LEVELS = [8, 12, 16, 32]
 USEFUL_LOSS = 5.0  # the summary compares against peer points that lose at most this many points
+MAX_MATCHED = 3  # extra L² runs per model at the size of a peer point that L² does not beat yet
 TARGETS = {"lenet300": (30, None), "lenet5": (40, None), "resnet20": (10, 20), "vgg": (10, 20)}  # (≤0.5 pt, ≤1 pt)
 
 
@@ -56,23 +60,33 @@ def zstd19(data: bytes) -> int:
     return len(zstandard.ZstdCompressor(level=19).compress(data))
 
 
-def l2_points(name: str, handle, ratios, calib: int, out: Path) -> list[dict]:
-    rows = []
-    for ratio in ratios:
-        start = time.perf_counter()
-        report = api.press(handle, [L2()], Budget(ratio=ratio), out=out / f"{name}-l2-{ratio}.press", calib=calib)
-        rows.append(
-            {
-                "method": "l2",
-                "setting": f"ratio {ratio}",
-                "file_bytes": report["file_bytes"],
-                "ratio": round(report["ratio"], 2),
-                "accuracy": report["accuracy_after"],
-                "seconds": round(time.perf_counter() - start, 1),
-                "target_met_on_file": report["file_bytes"] <= report["original_bytes"] // ratio,
-            }
-        )
-        print(name, rows[-1], flush=True)
+def l2_point(name: str, handle, ratio: float, calib: int, out: Path, setting: str | None = None) -> dict:
+    start = time.perf_counter()
+    report = api.press(handle, [L2()], Budget(ratio=ratio), out=out / f"{name}-l2-{ratio}.press", calib=calib)
+    row = {
+        "method": "l2",
+        "setting": setting or f"ratio {ratio:g}",
+        "file_bytes": report["file_bytes"],
+        "ratio": round(report["ratio"], 2),
+        "accuracy": report["accuracy_after"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "target_met_on_file": report["file_bytes"] <= report["original_bytes"] // ratio,
+    }
+    print(name, row, flush=True)
+    return row
+
+
+def matched_points(name: str, handle, l2: list[dict], peers: list[dict], base: float, calib: int, out: Path) -> list[dict]:
+    """L² at the file size of each useful peer point that no L² point beats yet, smallest first."""
+    reference = api.fp32_bytes(handle.module)
+    rows: list[dict] = []
+    useful = sorted((p for p in peers if base - p["accuracy"] <= USEFUL_LOSS / 100), key=lambda p: p["file_bytes"])
+    for peer in useful:
+        if len(rows) == MAX_MATCHED:
+            break
+        if unbeaten(l2 + rows, [peer]):
+            ratio = reference / (peer["file_bytes"] - 1)  # the file must come out strictly smaller
+            rows.append(l2_point(name, handle, ratio, calib, out, f"ratio {ratio:.2f} (size of {describe(peer, False)})"))
     return rows
 
 
@@ -132,13 +146,19 @@ def best_ratio(rows: list[dict], base: float, max_loss: float, method: str | Non
     return max(fits) if fits else None
 
 
+def unbeaten(l2: list[dict], peers: list[dict]) -> list[dict]:
+    """The peer points for which no L² file is at least as accurate and smaller."""
+    return [p for p in peers if not any(r["accuracy"] >= p["accuracy"] and r["file_bytes"] < p["file_bytes"] for r in l2)]
+
+
+def describe(peer: dict, with_accuracy: bool = True) -> str:
+    text = f"{peer['method']} ({peer['setting']})"
+    return text + (f": {peer['file_bytes']:,} B at {100 * peer['accuracy']:.2f} %" if with_accuracy else "")
+
+
 def smallest_everywhere(l2: list[dict], peers: list[dict]) -> tuple[bool, list[str]]:
     """Is there, for every peer point, an L² file at least as accurate and smaller? Lists the exceptions."""
-    misses = []
-    for p in peers:
-        better = [r for r in l2 if r["accuracy"] >= p["accuracy"] and r["file_bytes"] < p["file_bytes"]]
-        if not better:
-            misses.append(f"{p['method']} ({p['setting']}): {p['file_bytes']:,} B at {100 * p['accuracy']:.2f} %")
+    misses = [describe(p) for p in unbeaten(l2, peers)]
     return not misses, misses
 
 
@@ -191,7 +211,12 @@ def summarise(name: str) -> None:
             "notes": [
                 "l2_seconds_max is the slowest L² run of the model; runs that overlapped another job on the 2 cores are slower "
                 "(the per-model tables give every run's time).",
-                "Runs are reproducible for a given seed and thread count; 1- and 2-thread runs differ by up to ~0.2 points.",
+                "Runs are reproducible for a given seed and thread count; 1- and 2-thread runs differ by up to ~0.2 points. "
+                "LeNet-300 at 30× with 1 thread, seeds 0 / 1 / 2: 89.28 / 89.21 / 89.38 % (0.51–0.68 points lost), so its "
+                "≤ 0.5-point target is missed whatever the seed, not by chance.",
+                "Rows named 'ratio … (size of …)' are L² runs at the file size of a peer point that no sweep point beat: "
+                "the direct equal-size comparison. VGG's two such runs (412 s, 416 s) overlapped the MiniLM fold benchmark "
+                "on the same 2 cores; its five sweep runs, alone, took 137–158 s.",
             ],
         },
     )
@@ -221,7 +246,7 @@ def main() -> None:
             base = evaluate(handle.module, test).accuracy
             reference = api.fp32_bytes(handle.module)
             ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else RATIOS[name]
-            points = l2_points(name, handle, ratios, args.calib, out)
+            points = [l2_point(name, handle, ratio, args.calib, out) for ratio in ratios]
             peers = []
             if not args.no_peers:
                 fp32 = fp32_file(handle.module)
@@ -237,6 +262,7 @@ def main() -> None:
                 peers[-1]["ratio"] = round(reference / peers[-1]["file_bytes"], 2)
                 peers += recipe_points(name, handle, out)
                 peers += nncf_points(handle, test, reference)
+                points += matched_points(name, handle, points, peers, base, args.calib, out)
             for r in points + peers:
                 rows.append(
                     {

@@ -17,6 +17,7 @@ from netpress.budget import Budget
 from netpress.errors import BudgetError, DataError, NetpressError
 from netpress.methods import (
     ALLOCATIONS,
+    CLUSTERINGS,
     FCPTS,
     L2,
     METHODS,
@@ -52,6 +53,7 @@ def friendly(fn):
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, type=str)
 RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
+ClusteringName = Enum("ClusteringName", {name: name for name in CLUSTERINGS}, type=str)
 
 
 def build_methods(
@@ -63,14 +65,19 @@ def build_methods(
     repair: str = "none",
     input_shape: tuple[int, ...] | None = None,
     levels: int | None = None,
+    clustering: str = "kmeans",
+    prune_fraction: float = 0.0,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
-    Structural methods (fold, channel-l1) trace the model with an input of ``input_shape``.
+    Structural methods (fold, channel-l1) trace the model with an input of ``input_shape``;
+    ``clustering`` and ``prune_fraction`` configure fold.
     """
     if bits is not None and levels is not None:
         raise BudgetError("give --bits (uniform grid) or --levels (k-means), not both")
+    if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
+        raise BudgetError("--clustering and --prune-fraction configure --method fold only")
     if method == KMeansQuantization.name:
         return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
@@ -80,8 +87,11 @@ def build_methods(
             raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits/--levels")
         return [L2(per_channel=per_channel, seed=seed)]
     if method in (Fold.name, ChannelL1.name):
-        structural = Fold if method == Fold.name else ChannelL1
-        chain = [structural(repair=repair, input_shape=input_shape, seed=seed)]
+        if method == Fold.name:
+            options = {"clustering": clustering, "prune_fraction": prune_fraction}
+            chain = [Fold(repair=repair, input_shape=input_shape, seed=seed, **options)]
+        else:
+            chain = [ChannelL1(repair=repair, input_shape=input_shape, seed=seed)]
     else:
         chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
     if bits is not None:
@@ -132,6 +142,10 @@ def compress(
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
     repair: RepairName = typer.Option("none", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
+    clustering: ClusteringName = typer.Option("kmeans", help="fold: kmeans (the paper's CNN code) or ward (its LLM code)"),
+    prune_fraction: float = typer.Option(
+        0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
+    ),
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
     calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
@@ -144,7 +158,18 @@ def compress(
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     handle = api.load_model(model, arch)
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, handle.input_shape, levels)
+    methods = build_methods(
+        method.value,
+        bits,
+        allocation.value,
+        per_channel,
+        seed,
+        repair.value,
+        handle.input_shape,
+        levels,
+        clustering.value,
+        prune_fraction,
+    )
     result = api.press(
         handle, methods, build_budget(ratio, sparsity, params), out=output, data=data, calib=calib, seed=seed, raw_dtype=raw_dtype
     )

@@ -192,3 +192,31 @@ def test_data_repair_needs_calibration_and_dir_runs():
     result = ChannelL1(repair="dir", input_shape=IMAGE, dir_samples=16, dir_steps=3).apply(model, budget=Budget(params=0.3))
     norm = result.model.features[1]
     assert norm.running_var.shape == (norm.num_features,) and torch.isfinite(result.model(torch.randn(2, *IMAGE))).all()
+
+
+def test_ward_clustering_and_pruning_share_the_same_budget():
+    """Ward and k-means give the same shapes; prune_fraction=1 drops channels exactly like channel-l1."""
+    torch.manual_seed(0)
+    model = _randomise_norms(ResNet20())
+    budget = Budget(params=0.3)
+    shapes = {}
+    for label, method in {
+        "kmeans": Fold(repair="none", input_shape=IMAGE),
+        "ward": Fold(repair="none", input_shape=IMAGE, clustering="ward"),
+        "hybrid": Fold(repair="none", input_shape=IMAGE, clustering="ward", prune_fraction=0.5),
+    }.items():
+        folded = method.apply(model, budget=budget).model
+        shapes[label] = {k: v.shape for k, v in folded.state_dict().items()}
+        assert torch.isfinite(folded(torch.randn(2, *IMAGE))).all()
+    assert shapes["kmeans"] == shapes["ward"] == shapes["hybrid"]
+    dropped = Fold(repair="none", input_shape=IMAGE, clustering="ward", prune_fraction=1.0).apply(model, budget=budget)
+    pruned = ChannelL1(repair="none", input_shape=IMAGE).apply(model, budget=budget)
+    for key, value in pruned.model.state_dict().items():
+        torch.testing.assert_close(dropped.model.state_dict()[key], value)
+
+
+def test_fold_options_are_validated():
+    with pytest.raises(netpress.errors.BudgetError, match="clustering"):
+        Fold(clustering="spectral")
+    with pytest.raises(netpress.errors.BudgetError, match="prune_fraction"):
+        Fold(prune_fraction=1.5)

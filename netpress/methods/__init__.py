@@ -3,7 +3,7 @@
 from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights
 from netpress.methods.baselines import ALLOCATIONS, KMeansQuantization, MagnitudePruning, UniformQuantization
 from netpress.methods.fcpts import FCPTS
-from netpress.methods.fold import REPAIRS, ChannelL1, Fold
+from netpress.methods.fold import CLUSTERINGS, REPAIRS, ChannelL1, Fold
 from netpress.methods.l2 import L2
 
 METHODS: dict[str, type] = {
@@ -13,6 +13,7 @@ METHODS: dict[str, type] = {
 __all__ = [
     "ALLOCATIONS",
     "FCPTS",
+    "CLUSTERINGS",
     "REPAIRS",
     "ChannelL1",
     "KMeansQuantization",

@@ -100,7 +100,8 @@ def test_user_architecture_with_arch(weights, tmp_path):
         ),
         (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "-o", "x.press"], ["--sparsity"]),
         (
-            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "channel-l1", "--clustering", "ward", "-o", "x.press"],
+            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "channel-l1"]
+            + ["--clustering", "ward", "-o", "x.press"],
             ["--method fold only"],
         ),
         (

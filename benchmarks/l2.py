@@ -76,9 +76,12 @@ def l2_point(name: str, handle, ratio: float, calib: int, out: Path, setting: st
     return row
 
 
-def matched_points(name: str, handle, l2: list[dict], peers: list[dict], base: float, calib: int, out: Path) -> list[dict]:
-    """L² at the file size of each useful peer point that no L² point beats yet, smallest first."""
-    reference = api.fp32_bytes(handle.module)
+def matched_points(
+    name: str, handle, reference: int, l2: list[dict], peers: list[dict], base: float, calib: int, out: Path
+) -> list[dict]:
+    """L² at the file size of each useful peer point that no L² point beats yet, smallest first.
+
+    ``reference``: the original model's fp32 bytes, which the ratios refer to."""
     rows: list[dict] = []
     useful = sorted((p for p in peers if base - p["accuracy"] <= USEFUL_LOSS / 100), key=lambda p: p["file_bytes"])
     for peer in useful:
@@ -262,7 +265,7 @@ def main() -> None:
                 peers[-1]["ratio"] = round(reference / peers[-1]["file_bytes"], 2)
                 peers += recipe_points(name, handle, out)
                 peers += nncf_points(handle, test, reference)
-                points += matched_points(name, handle, points, peers, base, args.calib, out)
+                points += matched_points(name, handle, reference, points, peers, base, args.calib, out)
             for r in points + peers:
                 rows.append(
                     {

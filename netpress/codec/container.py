@@ -91,7 +91,7 @@ def _decode_values(data: bytes, coding: object, dtype: str, shape: list[int], wh
     if coding == "plain":
         return _bytes_tensor(data, dtype, shape, what)
     if coding == "planes" and DTYPES[dtype] in FLOAT_FIELDS:
-        return decode_floats(data, DTYPES[dtype], int(np.prod(shape, dtype=np.int64)), what).reshape(shape).clone()
+        return decode_floats(data, DTYPES[dtype], int(np.prod(shape, dtype=np.int64)), what).reshape(shape)
     raise FormatError(f"{what}: unknown value coding {coding!r} for {dtype}")
 
 

@@ -116,7 +116,7 @@ def _range_encode(pieces: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
         if np.count_nonzero(counts) > 1:  # a single possible symbol costs no bits at all
             model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
             encoder.encode(symbols.astype(np.int32, copy=False), model)
-    return encoder.get_compressed().astype("<u4").tobytes()
+    return word_bytes(encoder)
 
 
 def _range_decode(data: bytes, pieces: list[tuple[int, np.ndarray]], what: str) -> list[np.ndarray]:
@@ -190,7 +190,7 @@ def _encode_context(symbols: np.ndarray, alphabet: int, rows: int) -> ByteWriter
         model.update(column, context)
         context = column
     out = ByteWriter()
-    out.parts.append(encoder.get_compressed().astype("<u4").tobytes())
+    out.parts.append(word_bytes(encoder))
     return out
 
 
@@ -208,14 +208,19 @@ def _decode_context(data: bytes, n: int, alphabet: int, rows: int, what: str) ->
     return np.ascontiguousarray(columns.T).ravel()
 
 
+def word_bytes(encoder: constriction.stream.queue.RangeEncoder) -> bytes:
+    """A range coder's output as little-endian 32-bit words."""
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
 def encode_words(out: ByteWriter, encoder: constriction.stream.queue.RangeEncoder) -> None:
     """A range coder's words with their count in front, for streams where more data follows."""
-    words = encoder.get_compressed().astype("<u4").tobytes()
+    words = word_bytes(encoder)
     out.varint(len(words) // 4)
     out.parts.append(words)
 
 
-def decode_words(reader: ByteReader, what: str) -> np.ndarray:
+def decode_words(reader: ByteReader) -> np.ndarray:
     return reader.array("uint32", reader.varint(limit=len(reader.data) // 4))
 
 
@@ -321,7 +326,7 @@ def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) ->
             encoder = constriction.stream.queue.RangeEncoder()
             scales = _rank1_scales(row_q, col_q, norm, multiplier)
             encoder.encode(flat, _rank1_model(family, center, alphabet), means, scales)
-            words = encoder.get_compressed().astype("<u4").tobytes()
+            words = word_bytes(encoder)
             if best is None or len(words) < len(best[2]):
                 best = (family, multiplier, words)
     family, multiplier, words = best

@@ -96,7 +96,7 @@ def decode_floats(data: bytes, dtype: torch.dtype, numel: int, what: str) -> tor
     alphabet = reader.varint(limit=symbol_limit - first)
     if alphabet < 1:
         raise FormatError(f"{what}: empty exponent alphabet")
-    decoder = constriction.stream.queue.RangeDecoder(decode_words(reader, what))
+    decoder = constriction.stream.queue.RangeDecoder(decode_words(reader))
     symbols = np.zeros(numel, dtype=np.int64)
     model = AdaptiveCounts(alphabet)
     for block in _blocks(numel):

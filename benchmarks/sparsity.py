@@ -13,6 +13,7 @@ and wall time. Writes benchmarks/results/sparsity.json, a curve plot and an allo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -31,6 +32,8 @@ from common import RESULTS_DIR, regenerate_results_md, run_case, write_result  #
 
 import netpress  # noqa: E402
 from netpress import Budget  # noqa: E402
+from netpress.data import load_dataset  # noqa: E402
+from netpress.evaluate import predict  # noqa: E402
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning  # noqa: E402
 from netpress.methods.base import target_zeros  # noqa: E402
 from netpress.report import plot_allocation  # noqa: E402
@@ -60,7 +63,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     methods = {m: METHODS[m] for m in args.methods.split(",")}
     models, levels = args.models.split(","), [float(x) for x in args.levels.split(",")]
-    rows = []
+    test_inputs, test_labels = next(iter(torch.utils.data.DataLoader(load_dataset("fashion-mnist", "test"), batch_size=10**6)))
+    rows, correct = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             handle = netpress.load_model(f"zoo:{model}")
@@ -69,6 +73,9 @@ def main() -> None:
                     case = f"{model}-{method}-{level}"
                     report = run_case(case, handle, [make()], Budget(sparsity=level), Path(tmp))
                     coded, bound, zeros, numel = mask_cost(Path(tmp) / f"{case}.press")
+                    with torch.no_grad():
+                        logits = predict(netpress.load(Path(tmp) / f"{case}.press"), test_inputs)
+                    correct[(model, level, method)] = logits.argmax(1) == test_labels
                     rows.append(
                         {
                             "model": model,
@@ -101,14 +108,23 @@ def main() -> None:
             f"model loaded back from the written .press file. Curves: results/{args.name}.png; allocations at 80 %: "
             f"results/{args.name}_allocation_<model>.png. Threads: {args.threads}.",
             "rows": rows,
-            "summary": _summary(rows),
+            "summary": _summary(rows, correct),
         },
     )
     regenerate_results_md()
 
 
-def _summary(rows: list[dict]) -> list[str]:
-    """One line per model and level: FCPTS vs the best baseline."""
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar test: the chance of a split at least this uneven between the images
+    only A gets right and those only B gets right, if both models were equally accurate."""
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def _summary(rows: list[dict], correct: dict) -> list[str]:
+    """One line per model and level: FCPTS vs the best baseline, with a paired test on the same images."""
     lines = []
     for model in dict.fromkeys(r["model"] for r in rows):
         for level in dict.fromkeys(r["sparsity"] for r in rows):
@@ -119,10 +135,13 @@ def _summary(rows: list[dict]) -> list[str]:
                 continue
             best = max(others, key=lambda r: r["accuracy"])
             gap = 100 * (ours["accuracy"] - best["accuracy"])
+            a, b = correct[(model, level, "fcpts")], correct[(model, level, best["method"])]
+            only_ours, only_best = int((a & ~b).sum()), int((b & ~a).sum())
             lines.append(
                 f"{model} {level:.0%}: FCPTS {100 * ours['accuracy']:.2f} % vs best baseline {best['method']} "
                 f"{100 * best['accuracy']:.2f} % ({gap:+.2f} points; baseline lost "
-                f"{100 * (best['accuracy_before'] - best['accuracy']):.2f})"
+                f"{100 * (best['accuracy_before'] - best['accuracy']):.2f}); test images only FCPTS / only the baseline "
+                f"gets right: {only_ours} / {only_best}, exact McNemar p = {mcnemar_p(only_ours, only_best):.2g}"
             )
     return lines
 

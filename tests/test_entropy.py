@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netpress.codec.entropy import AdaptiveCounts, decode_symbols, encode_symbols, entropy_bits
+from netpress.errors import FormatError
 
 
 def roundtrip(symbols, alphabet, zero, rows=0):
@@ -65,6 +66,25 @@ def test_context_layout_wins_when_neighbours_are_alike():
     mode, data = roundtrip(symbols, 16, 0, rows=64)
     assert mode == "context"
     assert len(data) < 0.5 * entropy_bits(symbols) / 8
+
+
+def test_context_period_sees_the_pixel_above():
+    """Each row is a flattened 28 × 28 image whose columns are alike: the symbol 28 back (the pixel
+    above) predicts, the left neighbour does not. The writer finds the period and the file shrinks."""
+    rng = np.random.default_rng(0)
+    image_columns = rng.integers(0, 4, size=(64, 1, 28))
+    noise = rng.choice([0, 1], size=(64, 28, 28), p=[0.9, 0.1])
+    symbols = ((image_columns + noise) % 4).reshape(64, 784).astype(np.int32)
+    mode, data = roundtrip(symbols, 4, 0, rows=64)
+    assert mode == "context" and data[0] % 28 == 0  # 28 or a multiple: the same pixel some rows up
+    assert len(data) < 0.6 * entropy_bits(symbols) / 8
+
+
+@pytest.mark.parametrize("period", [b"\x01", b"\x0b"])
+def test_context_period_that_does_not_fit_is_a_format_error(period):
+    """Period 1 would duplicate the left neighbour; 11 > 20 columns / 2 cannot be a period."""
+    with pytest.raises(FormatError, match="period"):
+        decode_symbols("context", period + b"\0\0\0\0", 40, 4, 0, "test", rows=2)
 
 
 def test_adaptive_counts_learn_each_context_and_never_give_zero_probability():

@@ -30,7 +30,7 @@ from netpress.compressed import CompressedModel
 from netpress.errors import FormatError
 
 FORMAT_NAME = "netpress"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_KEY, PAYLOAD_KEY = "netpress.manifest", "netpress.payload"
 MAX_NUMEL = 1 << 34
 MAX_MANIFEST_BYTES = 1 << 26  # a manifest that inflates past this is damage, not a model

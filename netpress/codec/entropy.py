@@ -3,7 +3,7 @@
 The probability model of each array is its exact symbol counts, stored in the stream as varints:
 integer "fixed-point" probabilities, so encoder and decoder build bit-identical models.
 
-Three layouts, whichever is smaller for a given array (all are tried, the bytes decide):
+Four layouts, whichever is smaller for a given array (all are tried, the bytes decide):
 
 ``symbols``   every symbol coded against one categorical model.
 ``runs``      the lengths of zero runs before each non-zero symbol (alphabet ``0..M``, where ``M`` means

@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def command_line() -> str:
     return shlex.join([_repo_relative(sys.executable), _repo_relative(sys.argv[0]), *sys.argv[1:]])
 
 
+def source_revision() -> str:
+    """The commit the code came from, and whether the package or the benchmarks differ from it: a
+    result is only reproducible from its command if they do not."""
+    try:
+        git = ["git", "-C", str(REPO_DIR)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--", "netpress", "benchmarks/*.py", "pyproject.toml"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.strip() + (" with uncommitted changes" if changed.strip() else "")
+
+
 def write_result(name: str, payload: dict) -> Path:
     """Write ``benchmarks/results/<name>.json``: the payload plus the command and environment that produced it."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -56,6 +74,7 @@ def write_result(name: str, payload: dict) -> Path:
         "name": name,
         "command": command_line(),
         "netpress": netpress.__version__,
+        "revision": source_revision(),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
@@ -84,7 +103,9 @@ def _section(record: dict) -> list[str]:
         "",
         f"Reproduce: `{record['command']}`",
         "",
-        f"netpress {record['netpress']}, torch {record['torch']}, {record['cpu_count']} CPUs, {record['date']}.",
+        f"netpress {record['netpress']}"
+        + (f" (commit {record['revision']})" if record.get("revision") else "")
+        + f", torch {record['torch']}, {record['cpu_count']} CPUs, {record['date']}.",
         "",
     ]
     if record.get("description"):

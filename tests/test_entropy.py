@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netpress.codec.entropy import AdaptiveCounts, decode_symbols, encode_symbols, entropy_bits
+from netpress.codec.entropy import AdaptiveCounts, decode_symbols, encode_symbols, entropy_bits, growing_blocks
 from netpress.errors import FormatError
 
 
@@ -87,10 +87,18 @@ def test_context_period_that_does_not_fit_is_a_format_error(period):
         decode_symbols("context", period + b"\0\0\0\0", 40, 4, 0, "test", rows=2)
 
 
+def test_growing_blocks_cover_every_index_once_and_grow_geometrically():
+    assert [(b.start, b.stop) for b in growing_blocks(20, 1)] == [(0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 20)]
+    blocks = growing_blocks(1000, 8)
+    assert [b.stop - b.start for b in blocks[:10]] == [1] * 9 + [2]
+    assert np.array_equal(np.concatenate([np.arange(1000)[b] for b in blocks]), np.arange(1000))
+    assert len(blocks) < 60
+
+
 def test_adaptive_counts_learn_each_context_and_never_give_zero_probability():
     model = AdaptiveCounts(alphabet=4, contexts=2)
     for _ in range(50):
-        model.update(np.array([1, 3]), context=np.array([0, 1]))
+        model.count(np.array([1, 3]), context=np.array([0, 1]))
     probabilities = model.probabilities(np.array([0, 1]))
     assert np.allclose(probabilities.sum(axis=1), 1) and (probabilities > 0).all()
     assert probabilities[0].argmax() == 1 and probabilities[1].argmax() == 3

@@ -142,10 +142,9 @@ class AdaptiveCounts:
     Probabilities are the context's counts plus ``backoff`` pseudo-counts spread like the order-0
     estimate (all counts + ½), so rare contexts borrow from the whole array and no symbol gets zero
     probability. With ``pairs`` a second, finer context (a pair of neighbours) backs off the same
-    way to the first. New symbols are counted once they add 1/8 to what has been seen (a geometric
-    schedule: the model stays current at a fraction of the cost of recounting after every block).
-    Every value is an integer count or one IEEE operation on them, so the encoder and any decoder
-    compute bit-identical probabilities.
+    way to the first. The caller decides when to ``count`` (after each block of ``growing_blocks``):
+    recounting after every symbol would cost far more than it gains. Every value is an integer count
+    or one IEEE operation on them, so the encoder and any decoder compute bit-identical probabilities.
     """
 
     def __init__(self, alphabet: int, contexts: int = 1, backoff: float = 32.0, pairs: int = 0) -> None:
@@ -153,20 +152,19 @@ class AdaptiveCounts:
         self.by_pair = np.zeros((pairs, alphabet))
         self.overall = np.zeros(alphabet)
         self.backoff = backoff
-        self._pending: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
-        self._pending_count = 0
-        self._refresh()
+        self._recompute()
 
-    def _refresh(self) -> None:
+    def count(self, symbols: np.ndarray, context: np.ndarray | None = None, pair: np.ndarray | None = None) -> None:
+        """Add symbols (with their contexts, flat arrays of one length) and recompute the probabilities."""
         alphabet = self.overall.size
-        if self._pending:
-            symbols = np.concatenate([s for s, _, _ in self._pending])
-            self.overall += np.bincount(symbols, minlength=alphabet)
-            for index, table in ((1, self.by_context), (2, self.by_pair)):
-                if self._pending[0][index] is not None:
-                    keys = np.concatenate([p[index] for p in self._pending]) * alphabet + symbols
-                    table += np.bincount(keys, minlength=table.size).reshape(table.shape)
-        self._pending, self._pending_count = [], 0
+        self.overall += np.bincount(symbols, minlength=alphabet)
+        for keys, table in ((context, self.by_context), (pair, self.by_pair)):
+            if keys is not None:
+                table += np.bincount(keys.astype(np.int64) * alphabet + symbols, minlength=table.size).reshape(table.shape)
+        self._recompute()
+
+    def _recompute(self) -> None:
+        alphabet = self.overall.size
         self._order0 = (self.overall + 0.5) / (self.overall.sum() + 0.5 * alphabet)
         counts = self.by_context
         self._table = (counts + self.backoff * self._order0) / (counts.sum(axis=1, keepdims=True) + self.backoff)
@@ -181,11 +179,16 @@ class AdaptiveCounts:
             return self._table[context]
         return (self.by_pair[pair] + self.backoff * self._table[context]) / (self._pair_totals[pair][:, None] + self.backoff)
 
-    def update(self, symbols: np.ndarray, context: np.ndarray | None = None, pair: np.ndarray | None = None) -> None:
-        self._pending.append((symbols.copy(), *(None if c is None else c.copy() for c in (context, pair))))
-        self._pending_count += symbols.size
-        if 8 * self._pending_count >= self.overall.sum():
-            self._refresh()
+
+def growing_blocks(n: int, divisor: int) -> list[slice]:
+    """Consecutive slices covering 0..n, each 1/``divisor`` as long as everything before it (at least 1):
+    an adaptive model counted after each block stays current with a logarithmic number of recounts."""
+    out, start = [], 0
+    while start < n:
+        size = max(1, -(-start // divisor))
+        out.append(slice(start, min(n, start + size)))
+        start += size
+    return out
 
 
 def _conditional_entropy(columns: np.ndarray, alphabet: int, lag: int) -> float:
@@ -210,30 +213,46 @@ def _best_period(symbols: np.ndarray, alphabet: int, rows: int) -> int:
     return best if scores[best] < _conditional_entropy(view, alphabet, 1) else 0
 
 
-def _context_keys(columns: np.ndarray, j: int, alphabet: int, period: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Column ``j``'s contexts: the left symbol (``alphabet`` = start of row) and, with a period, the
-    (left, p-back) pair (``alphabet`` again where there is none)."""
-    rows = columns.shape[1]
-    left = columns[j - 1] if j else np.full(rows, alphabet, dtype=np.int32)
-    if not period:
-        return left, None
-    back = columns[j - period] if j >= period else np.full(rows, alphabet, dtype=np.int32)
-    return left, left.astype(np.int64) * (alphabet + 1) + back
+class _ContextCoder:
+    """The ``context`` layout's shared state: the columns (after ``pad`` rows of the value ``alphabet``,
+    which stands for "no neighbour"), the contexts they give, and the adaptive model."""
 
+    # Columns between recounts: a recount after each of the first 8, then whenever the uncounted ones
+    # reach 1/8 of the counted (under 0.1 % in size against a recount per column; decoding twice as fast).
+    BLOCK_DIVISOR = 8
 
-def _context_model(alphabet: int, period: int) -> AdaptiveCounts:
-    return AdaptiveCounts(alphabet, alphabet + 1, pairs=(alphabet + 1) ** 2 if period else 0)
+    def __init__(self, cols: int, rows: int, alphabet: int, period: int) -> None:
+        self.alphabet, self.period, self.pad = alphabet, period, max(period, 1)
+        self.buffer = np.full((self.pad + cols, rows), alphabet, dtype=np.int32)
+        self.columns = self.buffer[self.pad :]
+        self.model = AdaptiveCounts(alphabet, alphabet + 1, pairs=(alphabet + 1) ** 2 if period else 0)
+        self.blocks = growing_blocks(cols, self.BLOCK_DIVISOR)
+
+    def keys(self, block: slice) -> tuple[np.ndarray, np.ndarray | None]:
+        """The contexts of the columns in ``block``, (columns × rows) each: the left symbol and, with a
+        period, the (left, p-back) pair."""
+        left = self.buffer[self.pad + block.start - 1 : self.pad + block.stop - 1]
+        if not self.period:
+            return left, None
+        back = self.buffer[self.pad + block.start - self.period : self.pad + block.stop - self.period]
+        return left, left.astype(np.int64) * (self.alphabet + 1) + back
+
+    def count(self, block: slice) -> None:
+        left, pair = self.keys(block)
+        self.model.count(self.columns[block].ravel(), left.ravel(), None if pair is None else pair.ravel())
 
 
 def _encode_context(symbols: np.ndarray, alphabet: int, rows: int, period: int) -> ByteWriter:
-    """Column by column; see ``_context_keys`` for the contexts."""
-    columns = np.ascontiguousarray(symbols.reshape(rows, -1).T)
-    model = _context_model(alphabet, period)
+    """Column by column (see ``_ContextCoder``); the model is fixed within a block, so each block is
+    one call to the coder."""
+    coder = _ContextCoder(symbols.size // rows, rows, alphabet, period)
+    coder.columns[:] = symbols.reshape(rows, -1).T
     encoder = constriction.stream.queue.RangeEncoder()
-    for j, column in enumerate(columns):
-        left, pair = _context_keys(columns, j, alphabet, period)
-        encoder.encode(column, _CATEGORICAL, model.probabilities(left, pair))
-        model.update(column, left, pair)
+    for block in coder.blocks:
+        left, pair = coder.keys(block)
+        probabilities = coder.model.probabilities(left.ravel(), None if pair is None else pair.ravel())
+        encoder.encode(coder.columns[block].ravel(), _CATEGORICAL, probabilities)
+        coder.count(block)
     out = ByteWriter()
     out.varint(period)
     out.parts.append(word_bytes(encoder))
@@ -247,13 +266,18 @@ def _decode_context(reader: ByteReader, n: int, alphabet: int, rows: int, what: 
     if period == 1 or (period and 2 * period > n // rows):
         raise FormatError(f"{what}: context period {period} does not fit {n // rows} columns")
     decoder = constriction.stream.queue.RangeDecoder(_words(reader.rest(), what))
-    model = _context_model(alphabet, period)
-    columns = np.empty((n // rows, rows), dtype=np.int32)
-    for j, column in enumerate(columns):
-        left, pair = _context_keys(columns, j, alphabet, period)
-        column[:] = decoder.decode(_CATEGORICAL, model.probabilities(left, pair))
-        model.update(column, left, pair)
-    return np.ascontiguousarray(columns.T).ravel()
+    coder = _ContextCoder(n // rows, rows, alphabet, period)
+    model, buffer, pad, width = coder.model, coder.buffer, coder.pad, alphabet + 1
+    for block in coder.blocks:
+        for j in range(pad + block.start, pad + block.stop):  # each column needs the one before it
+            if period:
+                pair = buffer[j - 1].astype(np.int64) * width + buffer[j - period]
+                probabilities = model.probabilities(buffer[j - 1], pair)
+            else:
+                probabilities = model.probabilities(buffer[j - 1])
+            buffer[j] = decoder.decode(_CATEGORICAL, probabilities)
+        coder.count(block)
+    return np.ascontiguousarray(coder.columns.T).ravel()
 
 
 def word_bytes(encoder: constriction.stream.queue.RangeEncoder) -> bytes:

@@ -14,7 +14,7 @@ import constriction
 import numpy as np
 import torch
 
-from netpress.codec.entropy import AdaptiveCounts, ByteReader, ByteWriter, decode_words, encode_words
+from netpress.codec.entropy import AdaptiveCounts, ByteReader, ByteWriter, decode_words, encode_words, growing_blocks
 from netpress.errors import FormatError
 
 # dtype → (exponent bits, mantissa bits) of IEEE-style floats.
@@ -26,16 +26,6 @@ FLOAT_FIELDS: dict[torch.dtype, tuple[int, int]] = {
 }
 _INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _CHUNK = 1 << 16  # values packed at a time: a multiple of 8, so chunks join at byte boundaries
-
-
-def _blocks(n: int) -> list[slice]:
-    """1, 1, 2, 4, 8, … values: each block is coded with the counts of everything before it."""
-    out, start, size = [], 0, 1
-    while start < n:
-        out.append(slice(start, min(n, start + size)))
-        start += size
-        size = max(size, start)
-    return out
 
 
 def _bit_patterns(values: torch.Tensor) -> np.ndarray:
@@ -75,10 +65,10 @@ def encode_floats(values: torch.Tensor) -> bytes:
     alphabet = int(symbols.max()) + 1 if symbols.size else 1
     encoder = constriction.stream.queue.RangeEncoder()
     model = AdaptiveCounts(alphabet)
-    for block in _blocks(symbols.size):
+    for block in growing_blocks(symbols.size, 1):
         if alphabet > 1:
             encoder.encode(symbols[block], constriction.stream.model.Categorical(model.order0(), perfect=False))
-        model.update(symbols[block])
+        model.count(symbols[block])
     out = ByteWriter()
     out.varint(first)
     out.varint(alphabet)
@@ -99,11 +89,11 @@ def decode_floats(data: bytes, dtype: torch.dtype, numel: int, what: str) -> tor
     decoder = constriction.stream.queue.RangeDecoder(decode_words(reader))
     symbols = np.zeros(numel, dtype=np.int64)
     model = AdaptiveCounts(alphabet)
-    for block in _blocks(numel):
+    for block in growing_blocks(numel, 1):
         if alphabet > 1:
             model_block = constriction.stream.model.Categorical(model.order0(), perfect=False)
             symbols[block] = decoder.decode(model_block, block.stop - block.start)
-        model.update(symbols[block])
+        model.count(symbols[block])
     packed = reader.rest()
     if len(packed) != (numel * mantissa_bits + 7) // 8:
         raise FormatError(f"{what}: {len(packed)} bytes of mantissas, expected {(numel * mantissa_bits + 7) // 8}")

@@ -6,7 +6,7 @@ uniform 5-bit) this writes a .press file through ``run_case`` and measures:
 * round trip: the model loaded from the file has exactly the in-memory compressed tensors and accuracy;
 * payload (entropy-coded streams) against the empirical-entropy bound, and the file's other bytes;
 * the same codes as int8 + float32 level tables + raw tensors, compressed by zstd -19 and brotli -11;
-* encode (``to_bytes``) and decode (``from_bytes``) time, best of 3.
+* encode (``to_bytes``) and decode (``from_bytes``) time, best of 5.
 
 Run: NETPRESS_QUIET=1 .venv/bin/python benchmarks/codec.py
 """
@@ -42,7 +42,7 @@ SETTINGS = {
     "uniform 4-bit": ([UniformQuantization(4)], None),
     "magnitude 90% + uniform 5-bit": ([MagnitudePruning("global"), UniformQuantization(5)], Budget(sparsity=0.9)),
 }
-REPEATS = 3
+REPEATS = 5
 
 COLUMNS = {
     "coded_weights": "weights stored as codes",
@@ -73,7 +73,7 @@ COLUMNS = {
     "beats_zip": ".press file smaller than both",
     "fp32_zstd19_bytes": "zstd level 19 of the original fp32 safetensors checkpoint",
     "ratio": "fp32 checkpoint bytes / .press bytes",
-    "encode_ms / decode_ms": "`to_bytes` / `from_bytes` of the whole model, best of 3",
+    "encode_ms / decode_ms": "`to_bytes` / `from_bytes` of the whole model, best of 5",
     "decode_mw_s": "coded weights decoded per second, millions",
 }
 

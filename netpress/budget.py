@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from netpress.errors import BudgetError
@@ -27,6 +28,14 @@ class Budget:
         if len(given) != 1:
             raise BudgetError("give exactly one target: ratio, sparsity or params")
         ((kind, value),) = given.items()
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise BudgetError(f"{kind} must be a number, got {value!r}") from None
+        # 30 and 30.0 are one target: the same request must give the same file, and the stored summary says 30.0.
+        object.__setattr__(self, kind, value)
+        if not math.isfinite(value):
+            raise BudgetError(f"{kind} must be finite, got {value}")
         if kind == "ratio" and not value > 1:
             raise BudgetError(f"ratio must be > 1 (original bytes / file bytes), got {value}")
         if kind in ("sparsity", "params") and not 0 <= value < 1:

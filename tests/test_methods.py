@@ -44,6 +44,13 @@ def test_magnitude_pruning_hits_the_global_target_exactly(seed, sparsity, alloca
         assert all((w != 0).any() for w in weights.values())
 
 
+@pytest.mark.parametrize("allocation", ["global", "uniform", "erk", "lamp"])
+def test_a_zero_sparsity_target_prunes_nothing(allocation):
+    """ERK once divided by zero here: every layer is dense, so no layer is left to share the budget."""
+    result = MagnitudePruning(allocation).apply(random_model(3), budget=Budget(sparsity=0.0))
+    assert all((w != 0).all() for w in compressible_weights(result.model).values())
+
+
 def test_magnitude_leaves_the_input_model_alone():
     model = tiny_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -83,6 +90,8 @@ def test_split_exact_meets_total_and_caps():
         (lambda: Budget(), BudgetError, "exactly one"),
         (lambda: Budget(ratio=0.5), BudgetError, "> 1"),
         (lambda: Budget(sparsity=1.0), BudgetError, "fraction"),
+        (lambda: Budget(ratio=float("inf")), BudgetError, "finite"),
+        (lambda: Budget(ratio="20x"), BudgetError, "number"),
         (lambda: MagnitudePruning("random"), BudgetError, "allocation"),
         (lambda: UniformQuantization(17), BudgetError, "bits"),
         (lambda: netpress.compress(tiny_cnn(), MagnitudePruning()), BudgetError, "needs a target"),
@@ -94,6 +103,12 @@ def test_split_exact_meets_total_and_caps():
 def test_bad_configuration_is_refused(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_an_integer_target_is_the_same_target_as_its_float():
+    """The stored summary must not tell 30 from 30.0: it is part of the file, whose size L² fits."""
+    assert Budget(ratio=30).to_dict() == {"ratio": 30.0} and isinstance(Budget(ratio=30).ratio, float)
+    assert str(Budget(ratio=30).to_dict()) == str(Budget(ratio=30.0).to_dict())
 
 
 def test_non_finite_weights_are_refused():

@@ -67,6 +67,9 @@ def source_revision() -> str:
     return commit.strip() + (" with uncommitted changes" if changed.strip() else "")
 
 
+REVISION = source_revision()  # taken when the benchmark starts: the code it imported
+
+
 def write_result(name: str, payload: dict) -> Path:
     """Write ``benchmarks/results/<name>.json``: the payload plus the command and environment that produced it."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ def write_result(name: str, payload: dict) -> Path:
         "name": name,
         "command": command_line(),
         "netpress": netpress.__version__,
-        "revision": source_revision(),
+        "revision": REVISION,
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),

@@ -221,8 +221,8 @@ def summarise(name: str) -> None:
                 "89.47 / 89.40 / 89.29 / 89.38 % (0.42 / 0.49 / 0.60 / 0.51 points lost), so its ≤ 0.5-point target is met "
                 "at seeds 0 and 1 only: on the edge, not robustly. A few bytes of difference in the file change the "
                 "grids the final fit settles on: before netpress stored every target as a float, this benchmark's integer "
-                "ratios (30 rather than 30.0) made the summary in the file 2 bytes shorter and LeNet-300 at 30× gave 89.40 % "
-                "instead of 89.47 %; accuracy differences under ~0.1 point between L² runs are noise of this kind.",
+                "ratios (30 rather than 30.0) made the summary in the file two characters shorter and LeNet-300 at 30× "
+                "gave 89.40 % instead of 89.47 %; accuracy differences under ~0.1 point between L² runs are noise of this kind.",
                 "Rows named 'ratio … (size of …)' are L² runs at the file size of a peer point that no sweep point beat: "
                 "the direct equal-size comparison. All runs of this summary ran alone on the 2 cores.",
             ],

@@ -214,8 +214,8 @@ def _best_period(symbols: np.ndarray, alphabet: int, rows: int) -> int:
 
 
 class _ContextCoder:
-    """The ``context`` layout's shared state: the columns (after ``pad`` rows of the value ``alphabet``,
-    which stands for "no neighbour"), the contexts they give, and the adaptive model."""
+    """The ``context`` layout's shared state: the columns (after ``pad`` columns of the value
+    ``alphabet``, which stands for "no neighbour"), the contexts they give, and the adaptive model."""
 
     # Columns between recounts: a recount after each of the first 8, then whenever the uncounted ones
     # reach 1/8 of the counted (under 0.1 % in size against a recount per column, and nearly half the decoding time).
@@ -237,8 +237,8 @@ class _ContextCoder:
         back = self.buffer[self.pad + block.start - self.period : self.pad + block.stop - self.period]
         return left, left.astype(np.int64) * (self.alphabet + 1) + back
 
-    def count(self, block: slice) -> None:
-        left, pair = self.keys(block)
+    def count(self, block: slice, left: np.ndarray, pair: np.ndarray | None) -> None:
+        """Add the block's symbols with their contexts (``keys(block)``) to the model."""
         self.model.count(self.columns[block].ravel(), left.ravel(), None if pair is None else pair.ravel())
 
 
@@ -252,7 +252,7 @@ def _encode_context(symbols: np.ndarray, alphabet: int, rows: int, period: int) 
         left, pair = coder.keys(block)
         probabilities = coder.model.probabilities(left.ravel(), None if pair is None else pair.ravel())
         encoder.encode(coder.columns[block].ravel(), _CATEGORICAL, probabilities)
-        coder.count(block)
+        coder.count(block, left, pair)
     out = ByteWriter()
     out.varint(period)
     out.parts.append(word_bytes(encoder))
@@ -272,7 +272,7 @@ def _decode_context(reader: ByteReader, n: int, alphabet: int, rows: int, what: 
             left, pair = coder.keys(slice(j, j + 1))
             probabilities = coder.model.probabilities(left[0], None if pair is None else pair[0])
             coder.columns[j] = decoder.decode(_CATEGORICAL, probabilities)
-        coder.count(block)
+        coder.count(block, *coder.keys(block))
     return np.ascontiguousarray(coder.columns.T).ravel()
 
 

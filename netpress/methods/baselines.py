@@ -25,7 +25,6 @@ def _erk_prune_weights(weights: list[torch.Tensor], sparsity: float) -> list[flo
     sizes = [w.numel() for w in weights]
     keep_total = (1 - sparsity) * sum(sizes)
     dense: set[int] = set()
-    eps = 0.0
     while True:
         free = [i for i in range(len(weights)) if i not in dense]
         if not free:  # a target at or near 0 keeps every layer dense

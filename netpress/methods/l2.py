@@ -53,8 +53,6 @@ DUAL_RATE = 0.2
 FILL_LIMIT = 0.7
 # The finest initial grid: at most this many levels on each side of zero (a count table stays small).
 MAX_LEVELS_PER_SIDE = 127
-# A latent weight's learning rate is at most this fraction of its layer's grid step.
-STEP_FRACTION = 0.005
 
 
 @dataclass
@@ -203,26 +201,15 @@ class _Run:
         norm = lambda gs: math.sqrt(sum(float((g**2).sum()) for g in gs if g is not None))  # noqa: E731
         self.multiplier = self.config.rate_weight * norm(g_task) / max(norm(g_rate), 1e-12)
 
-    def _weight_groups(self) -> list[dict]:
-        """Latent weights and the uncoded parameters, each coded layer's learning rate capped at
-        ``STEP_FRACTION`` of its grid step: Adam moves every weight by about its rate per step whatever
-        the gradient, so on a fine grid, with little error left to repair, the uncapped rate would
-        carry weights across bins and fit the calibration samples instead of the dense model."""
-        lr = self.config.weight_lr
-        steps = {n: float(self.log_step[n].detach().exp().mean()) for n in self.names}
-        capped = [{"params": [self.latent[n]], "lr": min(lr, STEP_FRACTION * steps[n])} for n in self.names]
-        coded = set(self.names)
-        # Reconstruction also trains the other parameters (biases, normalisation): a free bias correction.
-        return [*capped, {"params": [p for n, p in self.student.named_parameters() if n not in coded], "lr": lr}]
-
-    def _phase(self, groups: list[dict], steps: int, label: str, progress, task, with_rate: bool = False) -> None:
-        """Adam on the parameter ``groups``. ``with_rate`` (the grids learning) adds the rate term, whose
-        multiplier follows dual ascent, so the estimate settles on the budget instead of chattering
-        around a hinge."""
-        if steps == 0 or all(g["lr"] == 0 for g in groups):
+    def _phase(
+        self, params: list[nn.Parameter], lr: float, steps: int, label: str, progress, task, with_rate: bool = False
+    ) -> None:
+        """Adam on ``params``. ``with_rate`` (the grids learning) adds the rate term, whose multiplier
+        follows dual ascent, so the estimate settles on the budget instead of chattering around a hinge."""
+        if steps == 0 or lr == 0:
             progress.update(task, advance=steps)
             return
-        optimizer = torch.optim.Adam(groups)
+        optimizer = torch.optim.Adam(params, lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         for _ in range(steps):
             loss, rate = self._loss(with_rate)
@@ -351,16 +338,19 @@ class _Run:
         total = config.rounds * (config.transform_steps + config.reconstruction_steps) + fit_steps
         with progress_bar() as progress:
             task = progress.add_task("L²", total=total)
+            # Reconstruction also trains the other parameters (biases, normalisation): a free bias correction.
+            coded = set(self.names)
+            weights = [*self.latent.values(), *(p for n, p in self.student.named_parameters() if n not in coded)]
             for _ in range(config.rounds):
-                transform = [{"params": [*self.log_edge.values(), *self.log_step.values()], "lr": config.transform_lr}]
-                self._phase(transform, config.transform_steps, "transform", progress, task, with_rate=True)
-                self._phase(self._weight_groups(), config.reconstruction_steps, "reconstruction", progress, task)
+                transform = [*self.log_edge.values(), *self.log_step.values()]
+                self._phase(transform, config.transform_lr, config.transform_steps, "transform", progress, task, with_rate=True)
+                self._phase(weights, config.weight_lr, config.reconstruction_steps, "reconstruction", progress, task)
                 self._calibrate_overhead()
             # Reconstruction moves weights, so the file ends over or under the target: rescale the grids
             # to the finest that fits, then let a short reconstruction adapt the weights to them.
             fit = self._fitting_scale()
             self._rescale(fit)
-            self._phase(self._weight_groups(), fit_steps if fit != 1.0 else 0, "fit", progress, task)
+            self._phase(weights, config.weight_lr, fit_steps if fit != 1.0 else 0, "fit", progress, task)
         codes, scale = self._finish()
         return self._result(codes, scale)
 

@@ -122,8 +122,9 @@ def _section(record: dict) -> list[str]:
     ]
     if record.get("columns"):
         lines += [*(f"- `{key}`: {meaning}" for key, meaning in record["columns"].items()), ""]
-    if record.get("notes"):
-        lines += ["Notes:", "", *(f"- {note}" for note in record["notes"]), ""]
+    for key in ("summary", "notes"):
+        if record.get(key):
+            lines += [f"{key.capitalize()}:", "", *(f"- {line}" for line in record[key]), ""]
     return lines
 
 

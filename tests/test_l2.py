@@ -1,6 +1,7 @@
 """L²: the dead-zone quantizer, the rate estimate, and a file that always meets the ratio target."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,6 +104,21 @@ def test_models_with_batchnorm_and_reproducibility(calibration):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert first["1.running_var"].eq(1).all()  # BatchNorm statistics absorbed: a constant in the file
     assert results[0].summary["budget"] == {"ratio": 3}
+
+
+def test_reconstruction_is_kept_only_when_it_brings_the_model_closer(calibration):
+    """Weights wrecked by a huge reconstruction rate are dropped for the original weights rounded to
+    the same grids; an ordinary reconstruction at a tight budget is kept."""
+    dense = tiny_mlp()
+    wrecked = api.compress(dense, replace(FAST, weight_lr=0.5), Budget(ratio=4), calibration)
+    rows = wrecked.details["layers"]["l2"]
+    assert not any(row["reconstructed"] for row in rows)
+    state = wrecked.state_dict()
+    for row in rows:  # every weight is its original value rounded to the grid: off by at most the edge or half a step
+        error = (state[row["name"]] - dense.state_dict()[row["name"]]).abs()
+        assert error.max() <= max(row["edge"], row["step"] / 2) * 1.001
+    tight = api.compress(dense, FAST, Budget(ratio=8), calibration)
+    assert all(row["reconstructed"] for row in tight.details["layers"]["l2"])
 
 
 def test_impossible_ratio_is_refused_with_the_reachable_one(calibration):

@@ -129,6 +129,7 @@ class _Run:
         }
         self.constants = absorb_batchnorm_statistics(self.student)
         _round_raw_tensors(self.student, set(self.names), config.raw_dtype)
+        self.original = copy.deepcopy(self.student.state_dict())  # the dense model as the file would store it
         self.latent = {n: nn.Parameter(w.detach().clone()) for n, w in weights.items()}
         self.log_edge: dict[str, nn.Parameter] = {}
         self.log_step: dict[str, nn.Parameter] = {}
@@ -306,20 +307,47 @@ class _Run:
                 self.log_edge[n] += math.log(scale)
                 self.log_step[n] += math.log(scale)
 
-    def _finish(self) -> tuple[dict, float]:
-        """Hard codes whose file fits the target; BatchNorm statistics re-estimated when that helps."""
+    def _finish(self) -> tuple[dict, float, bool]:
+        """Hard codes whose file fits the target, from the reconstructed weights or from the original
+        weights on the same grids, whichever is closer to the dense model on the calibration set.
+
+        On grids fine enough that plain rounding is already close, reconstruction only adds noise
+        (Adam moves each weight by about its learning rate per step, whatever the gradient), so the
+        original weights win there; on coarse grids reconstruction wins by a wide margin.
+        """
         # The fit phase already spent the budget; only ever tighten here.
         scale = 1.0 if self._file_bytes(self._codes(1.0)) <= self.target else self._fitting_scale()
-        codes = self._codes(scale)
+        candidates = [(*self._settle(self._codes(scale)), True)]
+        with torch.no_grad():
+            original = {
+                n: deadzone_codes(self.original[n], self.log_edge[n].exp() * scale, self.log_step[n].exp() * scale)
+                for n in self.names
+            }
+        self.student.load_state_dict(self.original)
+        if self._file_bytes(original) <= self.target:
+            candidates.append((*self._settle(original), False))
+        codes, state, _, reconstructed = min(candidates, key=lambda c: c[2])
+        self.student.load_state_dict(state)
+        if not reconstructed:
+            with torch.no_grad():
+                for n in self.names:  # the latent weights are the ones the codes came from
+                    self.latent[n].copy_(self.original[n])
+        return codes, scale, reconstructed
+
+    def _settle(self, codes: dict) -> tuple[dict, dict, float]:
+        """Put ``codes`` into the student (BatchNorm statistics re-estimated when that helps); return
+        them with the student's state and its distillation loss on the calibration set."""
         self._apply_codes(codes)
         before = self._distillation()
         saved = copy.deepcopy(self.student.state_dict())
         recalibrate_batchnorm(self.student, self.inputs)
         absorb_batchnorm_statistics(self.student)
         _round_raw_tensors(self.student, set(self.names), self.config.raw_dtype)
-        if self._distillation() > before or self._file_bytes(codes) > self.target:
+        after = self._distillation()
+        if after > before or self._file_bytes(codes) > self.target:
             self.student.load_state_dict(saved)
-        return codes, scale
+            after = before
+        return codes, copy.deepcopy(self.student.state_dict()), after
 
     def execute(self) -> MethodResult:
         config = self.config
@@ -351,10 +379,9 @@ class _Run:
             fit = self._fitting_scale()
             self._rescale(fit)
             self._phase(weights, config.weight_lr, fit_steps if fit != 1.0 else 0, "fit", progress, task)
-        codes, scale = self._finish()
-        return self._result(codes, scale)
+        return self._result(*self._finish())
 
-    def _result(self, codes: dict, scale: float) -> MethodResult:
+    def _result(self, codes: dict, scale: float, reconstructed: bool) -> MethodResult:
         data = self._file(codes)
         manifest, _ = read_manifest(data)
         coded = {r["name"]: r["length"] for r in manifest["tensors"]}
@@ -377,6 +404,7 @@ class _Run:
                         "bits_per_weight": 8 * coded[n] / numel,
                         "estimated_bits_per_weight": estimate / numel,
                         "grid_scale": scale,
+                        "reconstructed": reconstructed,
                     }
                 )
         return result

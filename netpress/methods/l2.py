@@ -8,7 +8,9 @@ from the optimisation. Rounds alternate a transform phase (edges and steps) and 
 phase (latent weights seen through the quantizer). Then the file itself is serialised, the grids
 are rescaled to the finest that fits the target and the weights re-adapted; if the file is still
 over, the grids are coarsened by bisection until it fits: the ratio a report gives is the ratio of
-the written file. See docs/methods/l2.md for where netpress departs from the paper's code.
+the written file. The reconstructed weights are written only if they distil better than the
+original weights on the same grids (on fine grids they do not). See docs/methods/l2.md for where
+netpress departs from the paper's code.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ from netpress.data import batches, check_dataset
 from netpress.errors import DataError
 from netpress.progress import progress_bar
 
+# Inference batch: on a CPU, conv activations of a few hundred images stay in cache; at 1000 images
+# ResNet-20 runs about 2× slower. The logits do not depend on it (checked bit for bit on the zoo).
+INFERENCE_BATCH = 128
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -33,14 +37,14 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """Logits for a stacked input tensor, in eval mode, batch by batch."""
     model.eval()
     return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 1000) -> Evaluation:
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = INFERENCE_BATCH) -> Evaluation:
     """Top-1 and per-class accuracy of a classifier on a labelled dataset."""
     check_dataset(dataset)
     model.eval()

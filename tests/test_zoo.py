@@ -2,7 +2,7 @@ import pytest
 
 from netpress import zoo
 from netpress.data import load_dataset
-from netpress.evaluate import evaluate
+from netpress.evaluate import evaluate, predict
 from tests.conftest import TRAINED, needs_fashion_mnist
 
 FLOORS = {"lenet300": 0.88, "lenet5": 0.905, "resnet20": 0.915, "vgg": 0.91}
@@ -23,6 +23,16 @@ def test_checkpoint_reproduces_its_manifest_accuracy_exactly(name):
     assert result.accuracy == record["test_accuracy"]
     assert result.accuracy >= FLOORS[name]
     assert record["command"].startswith(f"netpress zoo train {name}")
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_logits_do_not_depend_on_the_inference_batch(name):
+    """Evaluation batches for speed; a logit that moved with the batch would move reported accuracies."""
+    import torch
+
+    model = zoo.load_pretrained(name)
+    x = torch.randn(300, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(predict(model, x), predict(model, x, batch_size=len(x)))
 
 
 def test_all_zoo_models_are_trained():

@@ -28,7 +28,7 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError
+from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError, not_a_file
 from netpress.evaluate import Evaluation, count_params, evaluate
 from netpress.methods.base import Method, check_budget, compressible_weights
 
@@ -103,7 +103,7 @@ def load_model(spec: str, arch: str | None = None) -> ModelHandle:
             f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, or a .pt/.pth state dict"
         )
     if not path.is_file():
-        raise ModelSourceError(f"{spec}: no such file")
+        raise ModelSourceError(not_a_file(spec))
     if arch is None:
         raise ModelSourceError(f"{spec} holds weights only; pass the architecture with --arch package.module:factory")
     model = build_architecture(arch)

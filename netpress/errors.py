@@ -4,6 +4,15 @@ The CLI turns any of them into one line on stderr and a non-zero exit code,
 so each message must say what went wrong and, where possible, what to do.
 """
 
+from __future__ import annotations
+
+import os
+
+
+def not_a_file(path: str | os.PathLike) -> str:
+    """The message for a path that should name an existing file and does not."""
+    return f"{path}: is a directory, not a file" if os.path.isdir(path) else f"{path}: no such file"
+
 
 class NetpressError(Exception):
     """Base class: a problem the user can act on (bad input, damaged file, impossible target)."""

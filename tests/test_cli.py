@@ -94,6 +94,7 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp"], ["--data"]),
         (["inspect", "{w}/junk.safetensors"], ["not a .press file"]),
         (["inspect", "{w}/nothing.press"], ["no such file"]),
+        (["inspect", "{w}"], ["is a directory"]),
         (
             ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],
             ["fraction in [0, 1)"],

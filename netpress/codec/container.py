@@ -27,7 +27,7 @@ from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, de
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
-from netpress.errors import FormatError
+from netpress.errors import FormatError, not_a_file
 
 FORMAT_NAME = "netpress"
 FORMAT_VERSION = 3
@@ -356,5 +356,5 @@ def read(path: str | os.PathLike) -> CompressedModel:
 def read_file_bytes(path: str | os.PathLike) -> bytes:
     path = Path(path)
     if not path.is_file():
-        raise FormatError(f"{path}: no such file")
+        raise FormatError(not_a_file(path))
     return path.read_bytes()

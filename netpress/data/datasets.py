@@ -111,7 +111,7 @@ class Subset:
         return next(batches(self.dataset, len(self.indices), self.indices))
 
 
-def batches(dataset: Dataset, batch_size: int = 1000, indices: list[int] | None = None):
+def batches(dataset: Dataset, batch_size: int, indices: list[int] | None = None):
     """Yield ``(inputs, labels-or-None)`` batches; slices tensors directly when the dataset holds them."""
     idx = list(range(len(dataset))) if indices is None else indices  # type: ignore[arg-type]
     tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None

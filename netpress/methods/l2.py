@@ -137,10 +137,10 @@ class _Run:
         self.log_step: dict[str, nn.Parameter] = {}
 
     # -- sizes -------------------------------------------------------------------------------------
-    def _codes(self, scale: float = 1.0) -> dict:
-        return {
-            n: deadzone_codes(self.latent[n], self.log_edge[n].exp() * scale, self.log_step[n].exp() * scale) for n in self.names
-        }
+    def _codes(self, scale: float = 1.0, weights: dict | None = None) -> dict:
+        """Hard codes of ``weights`` (default: the latent weights) on the current grids times ``scale``."""
+        weights = self.latent if weights is None else weights
+        return {n: deadzone_codes(weights[n], self.log_edge[n].exp() * scale, self.log_step[n].exp() * scale) for n in self.names}
 
     def _constant_codes(self) -> dict[str, Codes]:
         """One-level codes of the constant BatchNorm statistics (a few bytes each in the file)."""
@@ -320,11 +320,7 @@ class _Run:
         # The fit phase already spent the budget; only ever tighten here.
         scale = 1.0 if self._file_bytes(self._codes(1.0)) <= self.target else self._fitting_scale()
         candidates = [(*self._settle(self._codes(scale)), True)]
-        with torch.no_grad():
-            original = {
-                n: deadzone_codes(self.original[n], self.log_edge[n].exp() * scale, self.log_step[n].exp() * scale)
-                for n in self.names
-            }
+        original = self._codes(scale, self.original)
         self.student.load_state_dict(self.original)
         if self._file_bytes(original) <= self.target:
             candidates.append((*self._settle(original), False))

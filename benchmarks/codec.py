@@ -54,8 +54,9 @@ COLUMNS = {
     "payload_bytes": "range-coded words (`inspect()['payload_bytes']`; count tables and scales are in tables_bytes)",
     "bound_bytes": "empirical (order-0) entropy of every coded symbol array, N·H/8 (`inspect()['entropy_bound_bytes']`)",
     "gap_pct": "(payload − bound) / bound",
-    "side_bytes": "count tables and rank-1 scales (`inspect()['side_bytes']`): what the static layouts send so the decoder can "
-    "build its models; the `context` layout sends none, its models are learned inside the words",
+    "side_bytes": "count tables, rank-1 scales and `context` priors (`inspect()['side_bytes']`): what each layout sends so "
+    "the decoder can build its models; the `context` layout sends a coarse prior (each count to within a factor 2^(1/4)) "
+    "and learns the rest inside the words",
     "gap_with_side_pct": "(payload + side − bound) / bound: the like-for-like figure across layouts",
     "raw_bytes": (
         "tensors stored exactly (biases, BatchNorm): plain bit patterns, or sign and exponent entropy-coded "
@@ -63,7 +64,7 @@ COLUMNS = {
     ),
     "raw_plain_bytes": "the same tensors as plain bit patterns (what raw_bytes would be without planes)",
     "tables_bytes": (
-        "side information: count tables / rank-1 scales (`inspect()['side_bytes']`) and level tables as stored "
+        "side information: count tables / rank-1 scales / context priors (`inspect()['side_bytes']`) and level tables as stored "
         "(one float32 step per row for a uniform grid, else every float32 level)"
     ),
     "codings": "entropy-coding layout chosen per coded tensor, with counts",

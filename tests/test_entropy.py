@@ -3,7 +3,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netpress.codec.entropy import AdaptiveCounts, decode_symbols, encode_symbols, entropy_bits, growing_blocks
+from netpress.codec import entropy
+from netpress.codec.entropy import (
+    AdaptiveCounts,
+    decode_symbols,
+    encode_symbols,
+    entropy_bits,
+    growing_blocks,
+    prior_levels,
+    prior_probabilities,
+)
 from netpress.errors import FormatError
 
 
@@ -102,3 +111,53 @@ def test_adaptive_counts_learn_each_context_and_never_give_zero_probability():
     probabilities = model.probabilities(np.array([0, 1]))
     assert np.allclose(probabilities.sum(axis=1), 1) and (probabilities > 0).all()
     assert probabilities[0].argmax() == 1 and probabilities[1].argmax() == 3
+
+
+def test_prior_levels_keep_each_count_within_a_factor_of_root_two_and_mark_absent_symbols():
+    counts = np.array([0, 1, 2, 3, 1000, 0, 2**20])
+    levels = prior_levels(counts)
+    assert levels.tolist()[:4] == [0, 1, 3, 4] and levels[5] == 0
+    probabilities = prior_probabilities(levels)
+    assert probabilities.sum() == pytest.approx(1) and (probabilities[counts == 0] == 0).all()
+    ratio = (probabilities / counts.sum())[counts > 0] / (counts[counts > 0] / counts.sum() ** 2)
+    assert np.all(np.abs(np.log2(ratio / np.median(ratio))) <= 0.5 + 1e-9)
+
+
+def test_context_prior_is_cheaper_than_a_count_table_on_a_small_sparse_tensor():
+    """90 % zeros and a tail of magnitudes, like a pruned 5-bit conv of 16 × 16 × 3 × 3: the stored
+    prior (about 4 bits a symbol) costs less than exact counts do, so the context layout wins even
+    though the symbols are independent and the contexts have nothing to learn."""
+    rng = np.random.default_rng(0)
+    tail = np.r_[np.zeros(5), np.exp(-np.arange(10) / 3)]
+    p = np.r_[tail[::-1], 0, tail] / np.r_[tail[::-1], 0, tail].sum() * 0.1
+    p[15] = 0.9
+    symbols = rng.choice(31, size=(16, 144), p=p).astype(np.int32)
+    mode, data, side = encode_symbols(symbols, 31, 15, rows=16)
+    counted, counted_data, counted_side = encode_symbols(symbols, 31, 15, rows=0)
+    assert (mode, counted) == ("context", "symbols")
+    assert len(data) < len(counted_data) and side < counted_side
+
+
+@pytest.mark.parametrize(
+    ("prior", "message"),
+    [
+        (b"\x04\xff", "order"),  # Exp-Golomb order 4 is out of range
+        (b"\x00", "cut short"),  # no prior bits at all
+        (b"\x00\x00\x00\x00\x00\x00\x00", "damaged"),  # a run of zeros longer than any code
+        (b"\x00\xff", "no symbol present"),  # four zero deltas: every level 0
+    ],
+)
+def test_damaged_context_prior_is_a_format_error(prior, message):
+    with pytest.raises(FormatError, match=message):
+        decode_symbols("context", b"\x00" + prior + b"\0\0\0\0", 40, 4, 0, "test", rows=2)
+
+
+def test_decoding_a_symbol_the_prior_marks_absent_is_a_format_error(monkeypatch):
+    """A writer whose prior leaves out a symbol that occurs (the coder still codes it, at the smallest
+    probability): the reader decodes it and refuses the stream instead of trusting it."""
+    symbols = np.tile(np.array([0, 1, 2, 1], dtype=np.int32), 20)
+    honest = prior_levels
+    monkeypatch.setattr(entropy, "prior_levels", lambda counts: honest(counts) * (np.arange(counts.size) != 2))
+    data = entropy._encode_context(symbols, 4, 4, 0).getvalue()
+    with pytest.raises(FormatError, match="marks absent"):
+        decode_symbols("context", data, symbols.size, 4, None, "test", rows=4)

@@ -30,7 +30,7 @@ from netpress.compressed import CompressedModel
 from netpress.errors import FormatError, not_a_file
 
 FORMAT_NAME = "netpress"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST_KEY, PAYLOAD_KEY = "netpress.manifest", "netpress.payload"
 MAX_NUMEL = 1 << 34
 MAX_MANIFEST_BYTES = 1 << 26  # a manifest that inflates past this is damage, not a model

@@ -15,12 +15,16 @@ Four layouts, whichever is smaller for a given array (all are tried, the bytes d
 ``context``   each symbol coded given its left neighbour in the rows × columns view and, when a
               ``period`` p is set, also the symbol p columns back (the pixel above, when a layer's
               inputs are an image flattened row by row), with counts that encoder and decoder
-              learn as they go (``AdaptiveCounts``), so no table is stored. Coded column by column,
-              so decoding stays vectorised. Wins on low-bit dense weights, where neighbouring
-              kernel taps and inputs are alike.
+              learn as they go (``AdaptiveCounts``), starting from a coarse stored prior (each
+              symbol's count to within a factor 2^(1/4), a few bits a symbol). Coded column by column,
+              so decoding stays vectorised. Wins on low-bit weights, where neighbouring kernel
+              taps and inputs are alike, and on sparse ones, where the prior is cheaper than a
+              count table.
 """
 
 from __future__ import annotations
+
+import math
 
 import constriction
 import numpy as np
@@ -140,18 +144,23 @@ class AdaptiveCounts:
     """Symbol counts per context, learned from the symbols already coded, in encoder and decoder alike.
 
     Probabilities are the context's counts plus ``backoff`` pseudo-counts spread like the order-0
-    estimate (all counts + ½), so rare contexts borrow from the whole array and no symbol gets zero
-    probability. With ``pairs`` a second, finer context (a pair of neighbours) backs off the same
-    way to the first. The caller decides when to ``count`` (after each block of ``growing_blocks``):
-    recounting after every symbol would cost far more than it gains. Every value is an integer count
-    or one IEEE operation on them, so the encoder and any decoder compute bit-identical probabilities.
+    estimate, so rare contexts borrow from the whole array. The order-0 estimate is a stored
+    ``prior`` when there is one (its cost is then paid once, in a table, instead of symbol by
+    symbol while it is learned), else all counts + ½, so no symbol gets zero probability. With
+    ``pairs`` a second, finer context (a pair of neighbours) backs off the same way to the first.
+    The caller decides when to ``count`` (after each block of ``growing_blocks``): recounting after
+    every symbol would cost far more than it gains. Every value is an integer count or one IEEE
+    operation on them, so the encoder and any decoder compute bit-identical probabilities.
     """
 
-    def __init__(self, alphabet: int, contexts: int = 1, backoff: float = 32.0, pairs: int = 0) -> None:
+    def __init__(
+        self, alphabet: int, contexts: int = 1, backoff: float = 32.0, pairs: int = 0, prior: np.ndarray | None = None
+    ) -> None:
         self.by_context = np.zeros((contexts, alphabet))
         self.by_pair = np.zeros((pairs, alphabet))
         self.overall = np.zeros(alphabet)
         self.backoff = backoff
+        self.prior = prior
         self._recompute()
 
     def count(self, symbols: np.ndarray, context: np.ndarray | None = None, pair: np.ndarray | None = None) -> None:
@@ -165,7 +174,10 @@ class AdaptiveCounts:
 
     def _recompute(self) -> None:
         alphabet = self.overall.size
-        self._order0 = (self.overall + 0.5) / (self.overall.sum() + 0.5 * alphabet)
+        if self.prior is not None:
+            self._order0 = self.prior
+        else:
+            self._order0 = (self.overall + 0.5) / (self.overall.sum() + 0.5 * alphabet)
         counts = self.by_context
         self._table = (counts + self.backoff * self._order0) / (counts.sum(axis=1, keepdims=True) + self.backoff)
         self._pair_totals = self.by_pair.sum(axis=1)
@@ -213,6 +225,75 @@ def _best_period(symbols: np.ndarray, alphabet: int, rows: int) -> int:
     return best if scores[best] < _conditional_entropy(view, alphabet, 1) else 0
 
 
+_PRIOR_STEPS = 2  # prior levels per doubling of a count: each count known to within a factor 2^(1/4) either way
+_PRIOR_MAX_LEVEL = 127
+_PRIOR_MAX_ORDER = 3  # Exp-Golomb orders the writer tries for the prior
+
+
+def prior_levels(counts: np.ndarray) -> np.ndarray:
+    """Each symbol's count as a level: 0 for an absent symbol, else 1 + round(2·log2(count))."""
+    safe = np.maximum(counts, 1).astype(np.float64)
+    return np.where(counts > 0, 1 + np.round(_PRIOR_STEPS * np.log2(safe)), 0).astype(np.int64)
+
+
+def prior_probabilities(levels: np.ndarray) -> np.ndarray:
+    """The order-0 probabilities that levels stand for: 2^((L-1)/2) normalised, 0 where L = 0 (exact,
+    from ``_pow2_eighths`` and a correctly rounded sum, so any decoder gets the same binary64 values)."""
+    weights = np.where(levels > 0, _pow2_eighths((levels - 1) * (8 // _PRIOR_STEPS)), 0.0)
+    return weights / math.fsum(weights.tolist())
+
+
+def _zigzag_deltas(levels: np.ndarray) -> np.ndarray:
+    deltas = np.diff(levels, prepend=0)
+    return np.where(deltas >= 0, 2 * deltas, -2 * deltas - 1)
+
+
+def _exp_golomb_bits(values: np.ndarray, order: int) -> list[int]:
+    """Exp-Golomb code of order ``order`` of each value: zeros, then value + 2^order in binary, MSB first."""
+    bits = []
+    for value in values.tolist():
+        word = value + (1 << order)
+        length = word.bit_length()
+        bits += [0] * (length - 1 - order) + [int(b) for b in format(word, "b")]
+    return bits
+
+
+def _write_prior(out: ByteWriter, levels: np.ndarray) -> None:
+    """The order (one byte), then each level's zigzag delta from the previous level, Exp-Golomb coded
+    and packed MSB first into bytes, zero-padded: the writer keeps the order that packs smallest."""
+    deltas = _zigzag_deltas(levels)
+    order, bits = min(((k, _exp_golomb_bits(deltas, k)) for k in range(_PRIOR_MAX_ORDER + 1)), key=lambda kb: len(kb[1]))
+    out.parts.append(bytes([order]) + np.packbits(np.array(bits, dtype=np.uint8)).tobytes())
+
+
+def _read_prior(reader: ByteReader, alphabet: int, what: str) -> np.ndarray:
+    order = int(reader.array("uint8", 1)[0])
+    if order > _PRIOR_MAX_ORDER:
+        raise FormatError(f"{what}: prior code order {order} is not in 0..{_PRIOR_MAX_ORDER}")
+    longest = -(-(2 * 17 + _PRIOR_MAX_ORDER) // 8)  # bytes in the code of the largest delta
+    bits = np.unpackbits(np.frombuffer(reader.data[reader.pos : reader.pos + alphabet * longest], dtype=np.uint8))
+    pos, previous, levels = 0, 0, []
+    for _ in range(alphabet):
+        zeros = 0
+        while pos < bits.size and not bits[pos]:
+            zeros, pos = zeros + 1, pos + 1
+        width = zeros + order + 1
+        if zeros > 16 or pos + width > bits.size:
+            raise FormatError(f"{what}: the context prior is damaged or cut short")
+        word = int("".join(map(str, bits[pos : pos + width])), 2)
+        pos += width
+        zig = word - (1 << order)
+        previous += zig // 2 if zig % 2 == 0 else -(zig + 1) // 2
+        if not 0 <= previous <= _PRIOR_MAX_LEVEL:
+            raise FormatError(f"{what}: prior level {previous} is not in 0..{_PRIOR_MAX_LEVEL}")
+        levels.append(previous)
+    reader.pos += -(-pos // 8)
+    levels = np.array(levels, dtype=np.int64)
+    if not levels.any():
+        raise FormatError(f"{what}: the context prior has no symbol present")
+    return levels
+
+
 class _ContextCoder:
     """The ``context`` layout's shared state: the columns (after ``pad`` columns of the value
     ``alphabet``, which stands for "no neighbour"), the contexts they give, and the adaptive model."""
@@ -220,12 +301,15 @@ class _ContextCoder:
     # Columns between recounts: a recount after each of the first 8, then whenever the uncounted ones
     # reach 1/8 of the counted (under 0.1 % in size against a recount per column, and nearly half the decoding time).
     BLOCK_DIVISOR = 8
+    # Pseudo-counts of the prior in each context: with the prior stored, trusting it longer pays.
+    BACKOFF = 64.0
 
-    def __init__(self, cols: int, rows: int, alphabet: int, period: int) -> None:
+    def __init__(self, cols: int, rows: int, alphabet: int, period: int, levels: np.ndarray) -> None:
         self.alphabet, self.period, self.pad = alphabet, period, max(period, 1)
         self.buffer = np.full((self.pad + cols, rows), alphabet, dtype=np.int32)
         self.columns = self.buffer[self.pad :]
-        self.model = AdaptiveCounts(alphabet, alphabet + 1, pairs=(alphabet + 1) ** 2 if period else 0)
+        pairs = (alphabet + 1) ** 2 if period else 0
+        self.model = AdaptiveCounts(alphabet, alphabet + 1, self.BACKOFF, pairs, prior_probabilities(levels))
         self.blocks = growing_blocks(cols, self.BLOCK_DIVISOR)
 
     def keys(self, block: slice) -> tuple[np.ndarray, np.ndarray | None]:
@@ -245,7 +329,8 @@ class _ContextCoder:
 def _encode_context(symbols: np.ndarray, alphabet: int, rows: int, period: int) -> ByteWriter:
     """Column by column (see ``_ContextCoder``); the model is fixed within a block, so each block is
     one call to the coder."""
-    coder = _ContextCoder(symbols.size // rows, rows, alphabet, period)
+    levels = prior_levels(np.bincount(symbols, minlength=alphabet))
+    coder = _ContextCoder(symbols.size // rows, rows, alphabet, period, levels)
     coder.columns[:] = symbols.reshape(rows, -1).T
     encoder = constriction.stream.queue.RangeEncoder()
     for block in coder.blocks:
@@ -255,6 +340,7 @@ def _encode_context(symbols: np.ndarray, alphabet: int, rows: int, period: int) 
         coder.count(block, left, pair)
     out = ByteWriter()
     out.varint(period)
+    _write_prior(out, levels)
     out.parts.append(word_bytes(encoder))
     return out
 
@@ -265,14 +351,17 @@ def _decode_context(reader: ByteReader, n: int, alphabet: int, rows: int, what: 
     period = reader.varint(limit=n // rows)
     if period == 1 or (period and 2 * period > n // rows):
         raise FormatError(f"{what}: context period {period} does not fit {n // rows} columns")
+    levels = _read_prior(reader, alphabet, what)
     decoder = constriction.stream.queue.RangeDecoder(_words(reader.rest(), what))
-    coder = _ContextCoder(n // rows, rows, alphabet, period)
+    coder = _ContextCoder(n // rows, rows, alphabet, period, levels)
     for block in coder.blocks:
         for j in range(block.start, block.stop):  # each column's contexts need the column before it
             left, pair = coder.keys(slice(j, j + 1))
             probabilities = coder.model.probabilities(left[0], None if pair is None else pair[0])
             coder.columns[j] = decoder.decode(_CATEGORICAL, probabilities)
         coder.count(block, *coder.keys(block))
+    if not levels[coder.columns].all():
+        raise FormatError(f"{what}: decoded a symbol that the context prior marks absent")
     return np.ascontiguousarray(coder.columns.T).ravel()
 
 

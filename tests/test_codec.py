@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization, codec
-from netpress.codec import Codes, SparseValues
+from netpress.codec import Codes, SparseValues, entropy
 from netpress.codec.floats import decode_floats, encode_floats
 from netpress.compressed import CompressedModel
 from netpress.errors import FormatError
@@ -119,3 +120,18 @@ def test_biases_and_norms_are_stored_as_planes_when_smaller(tmp_path):
     raw = [r for r in netpress.inspect(tmp_path / "m.press")["tensors"] if r["kind"] == "raw"]
     assert {r["coding"] for r in raw} <= {"plain", "planes"}
     assert any(r["coding"] == "planes" for r in raw)
+
+
+def test_worked_example_in_the_format_spec_has_the_bytes_it_shows():
+    """docs/format.md §8 and §4.4: the manifest record, the payload and the `context` stream byte by byte."""
+    symbols = torch.tensor([[1, 1, 0, 1], [2, 1, 1, 1]], dtype=torch.int32)
+    weight = Codes(symbols, torch.tensor([-0.5, 0.0, 0.5]), zero=1)
+    data = codec.to_bytes(CompressedModel({"fc.weight": weight, "fc.bias": torch.tensor([0.25, -1.0])}, {"zoo": "example"}, {}))
+    manifest, payload = codec.read_manifest(data)
+    assert manifest["tensors"][0]["coding"] == "symbols" and manifest["tensors"][0]["crc32"] == 291209529
+    assert payload.hex(" ") == "00 00 00 3f 01 06 01 9f df 8c 46 00 00 80 3e 00 00 80 bf"
+    context = entropy._encode_context(symbols.numpy().ravel(), 3, 2, 0).getvalue()
+    assert context.hex(" ") == "00 02 ce 68 89 8f ff cb"
+    prior = entropy.ByteWriter()
+    entropy._write_prior(prior, entropy.prior_levels(np.array([0, 1, 6, 1])))
+    assert prior.getvalue().hex(" ") == "02 99 cd"

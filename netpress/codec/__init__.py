@@ -15,7 +15,7 @@ from netpress.codec.entropy import entropy_bits
 def inspect(path: str | os.PathLike) -> dict:
     """Per-tensor and total figures of a .press file (decodes and verifies every tensor).
 
-    ``payload_bytes`` counts the range-coded words only; ``side_bytes`` the count tables and scales
+    ``payload_bytes`` counts the range-coded words only; ``side_bytes`` the count tables, scales and priors
     that let a decoder rebuild the probability models; level tables and raw tensors are the rest.
     """
     data = read_file_bytes(path)

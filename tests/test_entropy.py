@@ -161,3 +161,15 @@ def test_decoding_a_symbol_the_prior_marks_absent_is_a_format_error(monkeypatch)
     data = entropy._encode_context(symbols, 4, 4, 0).getvalue()
     with pytest.raises(FormatError, match="marks absent"):
         decode_symbols("context", data, symbols.size, 4, None, "test", rows=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.integers(2, 8), st.sampled_from([(2, 8), (4, 12), (3, 30)]))
+def test_random_context_streams_decode_or_raise_a_format_error(data, alphabet, shape):
+    """Streams that skip the container's CRC checks: the prior and word parsers never fail otherwise."""
+    rows, cols = shape
+    try:
+        out = decode_symbols("context", data, rows * cols, alphabet, 0, "test", rows=rows)
+    except FormatError:
+        return
+    assert out.shape == (rows * cols,) and 0 <= out.min() and out.max() < alphabet

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from netpress import zoo
 from netpress.data import load_dataset
@@ -28,8 +29,6 @@ def test_checkpoint_reproduces_its_manifest_accuracy_exactly(name):
 @pytest.mark.parametrize("name", TRAINED)
 def test_logits_do_not_depend_on_the_inference_batch(name):
     """Evaluation batches for speed; a logit that moved with the batch would move reported accuracies."""
-    import torch
-
     model = zoo.load_pretrained(name)
     x = torch.randn(300, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert torch.equal(predict(model, x), predict(model, x, batch_size=len(x)))

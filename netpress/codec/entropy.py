@@ -228,6 +228,7 @@ def _best_period(symbols: np.ndarray, alphabet: int, rows: int) -> int:
 _PRIOR_STEPS = 2  # prior levels per doubling of a count: each count known to within a factor 2^(1/4) either way
 _PRIOR_MAX_LEVEL = 127
 _PRIOR_MAX_ORDER = 3  # Exp-Golomb orders the writer tries for the prior
+_PRIOR_MAX_ZEROS = 16  # leading zeros of one prior code: more than any level difference needs
 
 
 def prior_levels(counts: np.ndarray) -> np.ndarray:
@@ -270,7 +271,7 @@ def _read_prior(reader: ByteReader, alphabet: int, what: str) -> np.ndarray:
     order = int(reader.array("uint8", 1)[0])
     if order > _PRIOR_MAX_ORDER:
         raise FormatError(f"{what}: prior code order {order} is not in 0..{_PRIOR_MAX_ORDER}")
-    longest = -(-(2 * 17 + _PRIOR_MAX_ORDER) // 8)  # bytes in the code of the largest delta
+    longest = -(-(2 * _PRIOR_MAX_ZEROS + _PRIOR_MAX_ORDER + 1) // 8)  # bytes in the longest code a reader accepts
     bits = np.unpackbits(np.frombuffer(reader.data[reader.pos : reader.pos + alphabet * longest], dtype=np.uint8))
     pos, previous, levels = 0, 0, []
     for _ in range(alphabet):
@@ -278,7 +279,7 @@ def _read_prior(reader: ByteReader, alphabet: int, what: str) -> np.ndarray:
         while pos < bits.size and not bits[pos]:
             zeros, pos = zeros + 1, pos + 1
         width = zeros + order + 1
-        if zeros > 16 or pos + width > bits.size:
+        if zeros > _PRIOR_MAX_ZEROS or pos + width > bits.size:
             raise FormatError(f"{what}: the context prior is damaged or cut short")
         word = int("".join(map(str, bits[pos : pos + width])), 2)
         pos += width

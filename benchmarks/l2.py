@@ -87,8 +87,7 @@ def matched_points(
 
     ``reference``: the original model's fp32 bytes, which the ratios refer to."""
     rows: list[dict] = []
-    useful = sorted((p for p in peers if base - p["accuracy"] <= USEFUL_LOSS / 100), key=lambda p: p["file_bytes"])
-    for peer in useful:
+    for peer in useful_peers(peers, base):
         if len(rows) == MAX_MATCHED:
             break
         if unbeaten(l2 + rows, [peer]):
@@ -151,6 +150,11 @@ def best_ratio(rows: list[dict], base: float, max_loss: float, method: str | Non
         r["ratio"] for r in rows if base - r["accuracy"] <= max_loss / 100 + 1e-12 and (method is None or r["method"] == method)
     ]
     return max(fits) if fits else None
+
+
+def useful_peers(peers: list[dict], base: float) -> list[dict]:
+    """Peer points within ``USEFUL_LOSS`` points of the original accuracy ``base`` (fractions), smallest file first."""
+    return sorted((p for p in peers if base - p["accuracy"] <= USEFUL_LOSS / 100), key=lambda p: p["file_bytes"])
 
 
 def unbeaten(l2: list[dict], peers: list[dict]) -> list[dict]:
@@ -311,7 +315,8 @@ def main() -> None:
                 )
             half, one = best_ratio(points, base, 0.5), best_ratio(points, base, 1.0)
             peer_half = best_ratio(peers, base, 0.5)
-            wins, misses = smallest_everywhere(points, peers) if peers else (None, [])
+            useful = useful_peers(peers, base)
+            wins, misses = smallest_everywhere(points, useful) if useful else (None, [])
             need_half, need_one = TARGETS.get(name, (None, None))
             notes.append(
                 f"{name} (fp32 {reference:,} B, {100 * base:.2f} %): L² largest ratio at ≤ 0.5 pt loss {half}×"
@@ -319,7 +324,12 @@ def main() -> None:
                 + f", at ≤ 1 pt {one}×"
                 + (f" (target ≥ {need_one}×: {'met' if one and one >= need_one else 'NOT met'})" if need_one else "")
                 + (f"; best peer at ≤ 0.5 pt {peer_half}×" if peers else "")
-                + (f"; L² smallest at every peer's accuracy: {'yes' if wins else 'NO — ' + '; '.join(misses)}" if peers else "")
+                + (
+                    f"; L² smallest at every accuracy of a peer within {USEFUL_LOSS:g} pt: "
+                    + ("yes" if wins else "NO — " + "; ".join(misses))
+                    if useful
+                    else ""
+                )
             )
             print(notes[-1], flush=True)
             series = {"l2": [(r["file_bytes"], r["accuracy"]) for r in points]}

@@ -69,10 +69,12 @@ def main() -> None:
     methods = {m: METHODS[m] for m in args.methods.split(",")}
     models, levels = args.models.split(","), [float(x) for x in args.levels.split(",")]
     test_inputs, test_labels = next(iter(torch.utils.data.DataLoader(load_dataset("fashion-mnist", "test"), batch_size=10**6)))
-    rows, correct = [], {}
+    rows, correct, agrees = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             handle = netpress.load_model(f"zoo:{model}")
+            with torch.no_grad():
+                dense_pred = predict(handle.module, test_inputs).argmax(1)
             for level in levels:
                 runs = [(m, make, 0) for m, make in methods.items() if m != "fcpts"]
                 if "fcpts" in methods:
@@ -84,6 +86,8 @@ def main() -> None:
                     with torch.no_grad():
                         logits = predict(netpress.load(Path(tmp) / f"{case}.press"), test_inputs)
                     correct[(model, level, method)] = logits.argmax(1) == test_labels
+                    agrees[(model, level, method)] = logits.argmax(1) == dense_pred
+                    start = report["layers"]["fcpts"][0] if method.startswith("fcpts") else None
                     rows.append(
                         {
                             "model": model,
@@ -91,6 +95,8 @@ def main() -> None:
                             "method": method,
                             "accuracy_before": report["accuracy_before"],
                             "accuracy": report["accuracy_after"],
+                            "agreement": round(agrees[(model, level, method)].float().mean().item(), 4),
+                            "kept": f"{start['kept']} (from {start['init']})" if start else "–",
                             "zeros_in_file": zeros,
                             "exact": zeros == target_zeros(level, numel),
                             "file_bytes": report["file_bytes"],
@@ -118,7 +124,11 @@ def main() -> None:
             + (f"; allocations at 80 %: results/{args.name}_allocation_<model>.png" if allocation_plots else "")
             + f". Threads: {args.threads}.",
             "rows": rows,
-            "summary": _summary(rows, correct),
+            "columns": {
+                "agreement": "share of test images on which the file's top-1 class is the dense model's",
+                "kept": "FCPTS: the allocation it returned, learned or its start (safeguard), and the start",
+            },
+            "summary": _summary(rows, correct, agrees),
         },
     )
     regenerate_results_md()
@@ -133,8 +143,9 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
-def _summary(rows: list[dict], correct: dict) -> list[str]:
-    """One line per model and level: FCPTS vs the best baseline, with a paired test on the same images."""
+def _summary(rows: list[dict], correct: dict, agrees: dict) -> list[str]:
+    """One line per model and level: FCPTS vs the best baseline, with paired tests on the same images
+    for accuracy and for agreement with the dense model."""
     lines = []
     for model in dict.fromkeys(r["model"] for r in rows):
         for level in dict.fromkeys(r["sparsity"] for r in rows):
@@ -153,9 +164,20 @@ def _summary(rows: list[dict], correct: dict) -> list[str]:
                 f"{100 * best['accuracy']:.2f} % ({gap:+.2f} points; baseline lost "
                 f"{100 * (best['accuracy_before'] - best['accuracy']):.2f}); test images only FCPTS / only the baseline "
                 f"gets right: {only_ours} / {only_best}, exact McNemar p = {mcnemar_p(only_ours, only_best):.2g}"
+                + _agreement(agrees[(model, level, "fcpts")], agrees[(model, level, best["method"])])
                 + _over_seeds(seeds, best)
             )
     return lines
+
+
+def _agreement(ours: torch.Tensor, best: torch.Tensor) -> str:
+    """Top-1 agreement with the dense model, FCPTS against the best baseline, with the same paired test."""
+    only_ours, only_best = int((ours & ~best).sum()), int((best & ~ours).sum())
+    return (
+        f"; agreement with the dense model {100 * ours.float().mean():.2f} % vs {100 * best.float().mean():.2f} % "
+        f"(images only FCPTS / only the baseline agrees on: {only_ours} / {only_best}, "
+        f"McNemar p = {mcnemar_p(only_ours, only_best):.2g})"
+    )
 
 
 def _over_seeds(runs: list[dict], best: dict) -> str:

@@ -5,10 +5,11 @@ import torch
 
 from netpress import Budget
 from netpress.data import calibration_subset, load_dataset
-from netpress.methods import FCPTS
-from netpress.methods.base import compressible_weights, target_zeros
+from netpress.evaluate import predict
+from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning
+from netpress.methods.base import compressible_weights, distillation_loss, recalibrate_batchnorm, target_zeros
 from netpress.quant.kde import layer_sparsity, magnitude_density, silverman_bandwidth
-from tests.archs import tiny_mlp
+from tests.archs import tiny_cnn, tiny_mlp
 
 FAST = FCPTS(iterations=15, batch_size=32)
 
@@ -71,3 +72,18 @@ def test_calibration_comes_from_the_training_split(monkeypatch, tmp_path):
     assert report["calibration"]["indices"] == calibration_subset(train, 64, seed=3).indices
     assert report["calibration"]["n"] == 64
     assert netpress.inspect(tmp_path / "f.press")["summary"]["calibration"]["seed"] == 3
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.95])
+def test_fcpts_distils_at_least_as_well_as_every_baseline_with_batchnorm_reestimated(calibration, sparsity):
+    """The start is scored, and optimisation runs, under re-estimated BatchNorm statistics; the
+    safeguard then keeps whichever of start and learned distils better."""
+    model = tiny_cnn().eval()
+    inputs, _ = calibration.tensors()
+    teacher = predict(model, inputs)
+    result = FAST.apply(model, calibration, Budget(sparsity=sparsity))
+    ours = float(distillation_loss(predict(result.model, inputs), teacher, FAST.temperature))
+    for allocation in ALLOCATIONS:
+        baseline = MagnitudePruning(allocation).apply(model, None, Budget(sparsity=sparsity)).model
+        recalibrate_batchnorm(baseline, inputs)
+        assert ours <= float(distillation_loss(predict(baseline, inputs), teacher, FAST.temperature)) + 1e-6

@@ -85,20 +85,20 @@ class FCPTS:
     def _distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return distillation_loss(student_logits, teacher_logits, self.temperature)
 
-    def _initial_counts(self, student: nn.Module, weights: dict, target: float, inputs, teacher_logits) -> tuple:
-        """Per-layer prune counts to start from, and the allocation they come from."""
+    def _initial_pruned(self, model: nn.Module, weights: dict, target: float, inputs, teacher_logits) -> tuple:
+        """The starting per-layer prune counts, the allocation they come from, and that start pruned with
+        BatchNorm re-estimated. Candidates are scored as they would be returned, after the re-estimation,
+        which matters most at high sparsity (ResNet-20 at 90 % with ERK: 14 % before it, 82 % after)."""
         candidates = ALLOCATIONS if self.init == "best" else (self.init,)
         scored = []
         with torch.no_grad():
             for allocation in candidates:
                 counts = prune_counts(list(weights.values()), target, allocation)
-                params = {k: v if self.weight_lr > 0 else v.detach() for k, v in student.named_parameters()}
-                for (name, w), count in zip(weights.items(), counts):
-                    params[name] = w.masked_fill(smallest_mask(w.abs(), count), 0.0)
-                logits = torch.cat([functional_call(student, params, (inputs[i : i + 512],)) for i in range(0, len(inputs), 512)])
-                scored.append((float(self._distill(logits, teacher_logits)), allocation, counts))
-        _, allocation, counts = min(scored, key=lambda s: s[0])
-        return counts, allocation
+                pruned = copy.deepcopy(model).eval()
+                _prune(pruned, counts, inputs)
+                scored.append((float(self._distill(predict(pruned, inputs), teacher_logits)), allocation, counts, pruned))
+        _, allocation, counts, pruned = min(scored, key=lambda s: s[0])
+        return counts, allocation, pruned
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
@@ -113,7 +113,12 @@ class FCPTS:
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         inputs, _ = data.tensors()
         teacher_logits = predict(model, inputs)
-        init_counts, init = self._initial_counts(student, weights, target, inputs, teacher_logits)
+        init_counts, init, start = self._initial_pruned(model, weights, target, inputs, teacher_logits)
+        # Optimise under the start's re-estimated BatchNorm statistics, not the dense model's: weights
+        # tuned to stale statistics are undone by the re-estimation at the end.
+        with torch.no_grad():
+            for buffer, start_buffer in zip(student.buffers(), start.buffers()):
+                buffer.copy_(start_buffer)
 
         log_thresholds = nn.Parameter(
             torch.tensor([math.log(max(_kth_magnitude(w, c), 1e-12)) for w, c in zip(weights.values(), init_counts)])
@@ -159,8 +164,6 @@ class FCPTS:
             counts = split_exact(target_zeros(target, total), learned, caps)
             _prune(student, counts, inputs)
             # Never return worse than the starting allocation, as judged on the calibration set.
-            start = copy.deepcopy(model).eval()
-            _prune(start, init_counts, inputs)
             kept = "learned"
             if self._distill(predict(start, inputs), teacher_logits) < self._distill(predict(student, inputs), teacher_logits):
                 student, counts, kept = start, init_counts, init

@@ -95,7 +95,7 @@ def main() -> None:
                         logits = predict(netpress.load(Path(tmp) / f"{case}.press"), test_inputs)
                     correct[(model, level, method)] = logits.argmax(1) == test_labels
                     agrees[(model, level, method)] = logits.argmax(1) == dense_pred
-                    start = report["layers"]["fcpts"][0] if method.startswith("fcpts") else None
+                    first_layer = report["layers"]["fcpts"][0] if method.startswith("fcpts") else None
                     rows.append(
                         {
                             "model": model,
@@ -104,7 +104,7 @@ def main() -> None:
                             "accuracy_before": report["accuracy_before"],
                             "accuracy": report["accuracy_after"],
                             "agreement": round(agrees[(model, level, method)].float().mean().item(), 4),
-                            "kept": f"{start['kept']} (from {start['init']})" if start else "–",
+                            "kept": f"{first_layer['kept']} (from {first_layer['init']})" if first_layer else "–",
                             "zeros_in_file": zeros,
                             "exact": zeros == target_zeros(level, numel),
                             "file_bytes": report["file_bytes"],

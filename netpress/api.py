@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -28,9 +30,9 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError, not_a_file
+from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError, OutputError, check_writable, not_a_file
 from netpress.evaluate import Evaluation, count_params, evaluate
-from netpress.methods.base import Method, check_budget, compressible_weights
+from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
 
 
 @dataclass
@@ -47,10 +49,21 @@ def _import_factory(spec: str):
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ModelSourceError(f"--arch must look like package.module:factory, got {spec!r}")
+    # The current directory is searched last, as `python` would: the `netpress` script does not put it on sys.path.
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelSourceError(f"cannot import architecture {spec!r}: {exc}") from exc
+        raise ModelSourceError(
+            f"cannot import architecture {spec!r}: {exc}; the module must be importable (installed, in the current "
+            "directory, or on PYTHONPATH)"
+        ) from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
     if not callable(factory):
         raise ModelSourceError(f"architecture {spec!r} is not callable")
     return factory
@@ -72,8 +85,13 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
             raise ModelSourceError(f"{path} is not a readable safetensors file: {exc}") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad or unsafe pickle
-        raise ModelSourceError(f"{path} cannot be loaded with weights_only=True: {exc}") from exc
+    except pickle.UnpicklingError as exc:  # torch's own text here advises weights_only=False: not for netpress
+        raise ModelSourceError(
+            f"{path} holds pickled objects other than tensors (a whole model?), and netpress unpickles only "
+            "tensors (weights_only=True); save model.state_dict() instead, or a .safetensors file"
+        ) from exc
+    except Exception as exc:  # torch raises many types for a file that is not a torch checkpoint
+        raise ModelSourceError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -264,6 +282,13 @@ def press(
     """
     handle = _as_handle(model)
     methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    if data is not None and not isinstance(data, str):
+        raise DataError(
+            "press() takes a dataset name, so that it can calibrate on the training split and evaluate on the test "
+            "split; with your own Datasets, call compress(model, methods, budget, "
+            "netpress.data.calibration_subset(train, n)), save(), and evaluate(load(file, model), test)"
+        )
+    check_writable(out)
     dataset_name = data or handle.dataset
     torch.manual_seed(seed)
     calibration = None
@@ -288,6 +313,7 @@ def press(
         "params_after": compressed.summary["params"],
         "sparsity": compressed.summary["sparsity"],
         "file": str(out),
+        "uncompressed_layers": uncompressed_layers(handle.module),
     }
     if dataset_name is not None:
         test = resolve_dataset(dataset_name, "test", handle.input_shape)
@@ -319,7 +345,10 @@ def sweep(
     if not budgets:
         raise BudgetError("give at least one target to sweep")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot use {out_dir} as the output directory: {exc.strerror or exc}") from exc
     label = "+".join(m.name for m in methods)
     return [
         press(

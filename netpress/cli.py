@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from netpress import api, zoo
+from netpress import api, codec, zoo
 from netpress.budget import Budget
-from netpress.errors import BudgetError, DataError, NetpressError
+from netpress.errors import BudgetError, DataError, NetpressError, check_writable
 from netpress.methods import (
     ALLOCATIONS,
     CLUSTERINGS,
@@ -48,6 +48,13 @@ def friendly(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = ()) -> None:
+    """Refuse unwritable output paths before any work is done, so a long run never fails at the end."""
+    for path in paths:
+        if path is not None:
+            check_writable(path, keep=keep)
 
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
@@ -126,6 +133,9 @@ def _print_report(report: dict) -> None:
         f"{report['seconds']:.2f}",
     )
     out.print(table)
+    if report["uncompressed_layers"]:
+        layers = ", ".join(f"{name} ({v['type']}, {v['params']:,} weights)" for name, v in report["uncompressed_layers"].items())
+        err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -157,6 +167,7 @@ def compress(
     plot: Path | None = typer.Option(None, help="write a PNG of the per-layer allocation here"),
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
+    check_outputs(output, report, plot, keep=(model,))
     handle = api.load_model(model, arch)
     methods = build_methods(
         method.value,
@@ -181,7 +192,7 @@ def compress(
         what = "bits per weight" if methods[0].name == "l2" else "sparsity"
         plot_allocation(rows, plot, f"{model}: {methods[0].name} per-layer {what}")
     if report is not None:
-        report.write_text(json.dumps(result, indent=2) + "\n")
+        codec.write_file(report, (json.dumps(result, indent=2) + "\n").encode())
 
 
 def _float_list(text: str | None, option: str) -> list[float]:
@@ -216,7 +227,10 @@ def sweep(
     ]
     if not targets or (ratios and sparsities):
         raise BudgetError("give one list of targets: --ratios or --sparsities")
+    check_outputs(report, plot)
     handle = api.load_model(model, arch)
+    if plot is not None and data is None and handle.dataset is None:
+        raise DataError("a curve needs accuracy: pass --data")
     methods = build_methods(
         method.value, bits, allocation.value, per_channel, seed, input_shape=handle.input_shape, levels=levels
     )
@@ -237,15 +251,13 @@ def sweep(
         )
     out.print(table)
     if plot is not None:
-        if not all("accuracy_after" in r for r in results):
-            raise DataError("a curve needs accuracy: pass --data")
         from netpress.report import plot_curve
 
         plot_curve(
             {method.value: [(r["file_bytes"], r["accuracy_after"]) for r in results]}, plot, f"{model}: accuracy vs file size"
         )
     if report is not None:
-        report.write_text(json.dumps(results, indent=2) + "\n")
+        codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
 
 
 @app.command("eval")
@@ -317,13 +329,12 @@ def decompress(
     output: Path = typer.Option(..., "-o", "--output", help="the .safetensors file to write"),
 ) -> None:
     """Write the exact tensors of a .press file as a plain safetensors state dict."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from netpress import codec
-
+    check_outputs(output, keep=(file,))
     state = codec.read(file).state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(output))
-    out.print(f"wrote {output} ({output.stat().st_size:,} bytes, {len(state)} tensors)")
+    size = codec.write_file(output, save({k: v.contiguous() for k, v in state.items()}))
+    out.print(f"wrote {output} ({size:,} bytes, {len(state)} tensors)")
 
 
 @zoo_app.command("list")

@@ -14,6 +14,19 @@ def not_a_file(path: str | os.PathLike) -> str:
     return f"{path}: is a directory, not a file" if os.path.isdir(path) else f"{path}: no such file"
 
 
+def check_writable(path: str | os.PathLike, *, keep: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Refuse an output path before any work is done: a directory, a missing parent directory, or one of
+    the user's inputs in ``keep`` (writing there would destroy it)."""
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputError(f"{path}: the directory {parent} does not exist")
+    for source in keep:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise OutputError(f"{path} is the input file; writing there would destroy it, so give another output path")
+
+
 class NetpressError(Exception):
     """Base class: a problem the user can act on (bad input, damaged file, impossible target)."""
 
@@ -36,3 +49,7 @@ class BudgetError(NetpressError):
 
 class FormatError(NetpressError):
     """A .press file is damaged, truncated, of another version, or not a .press file."""
+
+
+class OutputError(NetpressError):
+    """An output file cannot be written where the user asked."""

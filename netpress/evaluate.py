@@ -36,11 +36,19 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's output, with an input it cannot take reported as a data problem, not a traceback."""
+    try:
+        return model(x)
+    except RuntimeError as exc:
+        raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: {exc}") from exc
+
+
 @torch.no_grad()
 def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """Logits for a stacked input tensor, in eval mode, batch by batch."""
     model.eval()
-    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    return torch.cat([_forward(model, inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
 @torch.no_grad()
@@ -56,10 +64,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = INFERENCE_BAT
         for x, y in batches(dataset, batch_size):
             if y is None:
                 raise DataError("evaluation needs labelled samples: (input, label) pairs")
-            try:
-                pred = model(x).argmax(dim=1)
-            except RuntimeError as exc:
-                raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: {exc}") from exc
+            pred = _forward(model, x).argmax(dim=1)
             for label, ok in zip(y.tolist(), (pred == y).tolist()):
                 seen[label] = seen.get(label, 0) + 1
                 correct[label] = correct.get(label, 0) + int(ok)

@@ -16,3 +16,23 @@ def tiny_cnn() -> nn.Module:
 
 def not_a_module() -> int:
     return 3
+
+
+class _Mixer(nn.Module):
+    """A custom layer with its own weight matrix: no netpress method compresses it."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
+def mlp_with_custom_layer() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), _Mixer(32), nn.Linear(32, 10))
+
+
+def custom_only() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), _Mixer(64))

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from netpress.cli import app
-from tests.archs import tiny_mlp
+from tests.archs import custom_only, mlp_with_custom_layer, tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
 runner = CliRunner()
@@ -26,6 +26,8 @@ def weights(tmp_path_factory):
     torch.save(model.state_dict(), folder / "mlp.pt")
     torch.save(model, folder / "whole_module.pt")  # a pickled module: must be refused
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
+    for factory in (custom_only, mlp_with_custom_layer):
+        save_file(factory().state_dict(), str(folder / f"{factory.__name__}.safetensors"))
     return folder
 
 
@@ -92,7 +94,19 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["eval", "{w}/whole_module.pt", "--arch", "tests.archs:tiny_mlp"], ["weights_only=True"]),
         (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "--data", "mnist"], ["unknown dataset"]),
         (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp"], ["--data"]),
+        (
+            ["compress", "{w}/custom_only.safetensors", "--arch", "tests.archs:custom_only", "-m", "uniform", "-o", "x.press"],
+            ["no compressible layer", "1 (_Mixer)", "supported: Linear"],
+        ),
         (["inspect", "{w}/junk.safetensors"], ["not a .press file"]),
+        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", "no/x.press"], ["does not exist"]),
+        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", "{w}"], ["is a directory"]),
+        (
+            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", "x.press"]
+            + ["--report", "no/r.json"],
+            ["does not exist"],
+        ),
+        (["decompress", "{w}/nothing.press", "-o", "no/d.safetensors"], ["does not exist"]),
         (["inspect", "{w}/nothing.press"], ["no such file"]),
         (["inspect", "{w}"], ["is a directory"]),
         (
@@ -152,3 +166,31 @@ def test_damaged_press_file_fails_cleanly(weights, tmp_path):
 def test_zoo_list():
     result = run("zoo", "list")
     assert result.exit_code == 0 and "lenet5" in result.output
+
+
+def test_an_output_path_that_is_an_input_is_refused_and_the_input_kept(weights, tmp_path):
+    source = tmp_path / "mlp.safetensors"
+    source.write_bytes((weights / "mlp.safetensors").read_bytes())
+    args = ["compress", source, "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", source]
+    assert_one_line_error(run(*args), "is the input file")
+    assert source.read_bytes() == (weights / "mlp.safetensors").read_bytes()
+    press = tmp_path / "m.press"
+    assert run(*args[:-1], press).exit_code == 0
+    kept = press.read_bytes()
+    assert_one_line_error(run("decompress", press, "-o", press), "is the input file")
+    assert press.read_bytes() == kept
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_layers_no_method_compresses_are_named(weights, tmp_path):
+    model, arch = weights / "mlp_with_custom_layer.safetensors", "tests.archs:mlp_with_custom_layer"
+    result = run("compress", model, "--arch", arch, "-m", "uniform", "-o", tmp_path / "c.press")
+    assert result.exit_code == 0, result.output
+    assert "stored uncompressed" in result.output and "3 (_Mixer, 1,024 weights)" in " ".join(result.output.split())
+
+
+def test_arch_is_found_in_the_current_directory(weights, tmp_path, monkeypatch):
+    (tmp_path / "my_arch_here.py").write_text("from tests.archs import tiny_mlp as build\n")
+    monkeypatch.chdir(tmp_path)
+    result = run("compress", weights / "mlp.pt", "--arch", "my_arch_here:build", "-m", "uniform", "-o", "m.press")
+    assert result.exit_code == 0, result.output

@@ -126,7 +126,14 @@ def test_worked_example_in_the_format_spec_has_the_bytes_it_shows():
     """docs/format.md §8 and §4.4: the manifest record, the payload and the `context` stream byte by byte."""
     symbols = torch.tensor([[1, 1, 0, 1], [2, 1, 1, 1]], dtype=torch.int32)
     weight = Codes(symbols, torch.tensor([-0.5, 0.0, 0.5]), zero=1)
-    data = codec.to_bytes(CompressedModel({"fc.weight": weight, "fc.bias": torch.tensor([0.25, -1.0])}, {"zoo": "example"}, {}))
+    tensors = {"fc.weight": weight, "fc.bias": torch.tensor([0.25, -1.0])}
+    data = codec.to_bytes(CompressedModel(tensors, {"zoo": "example"}, {"netpress": "0.1.0"}))
+    assert len(data) == 521 and data[:8].hex(" ") == "e8 00 00 00 00 00 00 00"
+    assert data[8:240].decode() == (
+        '{"__metadata__":{"format":"netpress","manifest_crc32":"3125622450","version":"4"},'
+        '"netpress.manifest":{"dtype":"U8","shape":[262],"data_offsets":[0,262]},'
+        '"netpress.payload":{"dtype":"U8","shape":[19],"data_offsets":[262,281]}}      '
+    )
     manifest, payload = codec.read_manifest(data)
     assert manifest["tensors"][0]["coding"] == "symbols" and manifest["tensors"][0]["crc32"] == 291209529
     assert payload.hex(" ") == "00 00 00 3f 01 06 01 9f df 8c 46 00 00 80 3e 00 00 80 bf"

@@ -1,9 +1,13 @@
+import gzip
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from netpress.data import calibration_subset, check_dataset, load_dataset
 from netpress.errors import DataError
+from netpress.evaluate import predict
+from tests.archs import tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
 
@@ -40,6 +44,15 @@ def test_missing_dataset_names_the_install_command(monkeypatch, tmp_path):
         load_dataset("fashion-mnist", "test")
 
 
+@pytest.mark.parametrize("damage", [b"not gzip at all", gzip.compress(bytes(100))[:30], gzip.compress(b"\x00\x00\x08\x03")])
+def test_damaged_dataset_files_get_a_clear_error(monkeypatch, tmp_path, damage):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes(damage)
+    monkeypatch.setenv("NETPRESS_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(DataError, match="damaged|too short"):
+        load_dataset("fashion-mnist", "test")
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -49,6 +62,7 @@ def test_missing_dataset_names_the_install_command(monkeypatch, tmp_path):
         (lambda: check_dataset(TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4)), (1, 8, 8)), "shape"),
         (lambda: calibration_subset(load_dataset("digits", "train"), 10**6), "only"),
         (lambda: calibration_subset(load_dataset("digits", "train"), 0), "positive"),
+        (lambda: predict(tiny_mlp(), torch.zeros(4, 1, 28, 28)), "cannot run on inputs of shape"),
     ],
 )
 def test_bad_data_gets_a_clear_error(call, message):

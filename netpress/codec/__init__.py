@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from netpress.codec.codes import Codes, Encoded, SparseValues
-from netpress.codec.container import FORMAT_VERSION, from_bytes, read, read_file_bytes, read_manifest, save, to_bytes
+from netpress.codec.container import FORMAT_VERSION, from_bytes, read, read_file_bytes, read_manifest, save, to_bytes, write_file
 from netpress.codec.entropy import entropy_bits
 
 
@@ -78,4 +78,5 @@ __all__ = [
     "read_manifest",
     "save",
     "to_bytes",
+    "write_file",
 ]

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 
 from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, deadzone_params
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
-from netpress.errors import FormatError, not_a_file
+from netpress.errors import FormatError, OutputError, check_writable, not_a_file
 
 FORMAT_NAME = "netpress"
 FORMAT_VERSION = 4
@@ -189,24 +188,41 @@ def to_bytes(compressed: CompressedModel) -> bytes:
     manifest_json = json.dumps(manifest, separators=(",", ":")).encode()
     manifest_bytes = lzma.compress(manifest_json, format=lzma.FORMAT_RAW, filters=_MANIFEST_FILTERS)
     payload = b"".join(streams)
-    return safetensors_save(
-        {
-            MANIFEST_KEY: torch.frombuffer(bytearray(manifest_bytes), dtype=torch.uint8),
-            PAYLOAD_KEY: torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-            if payload
-            else torch.empty(0, dtype=torch.uint8),
-        },
-        metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "manifest_crc32": str(zlib.crc32(manifest_bytes))},
-    )
+    metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "manifest_crc32": str(zlib.crc32(manifest_bytes))}
+    return _safetensors_bytes({MANIFEST_KEY: manifest_bytes, PAYLOAD_KEY: payload}, metadata)
+
+
+def _safetensors_bytes(buffers: dict[str, bytes], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of 1-D uint8 tensors, written here so that the same model always gives the
+    same bytes: the safetensors writer orders the metadata by a randomly seeded hash."""
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name, data in buffers.items():
+        header[name] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(buffers.values())
 
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
-    """Write a .press file atomically (temp file + rename); returns its size in bytes."""
+    """Write a .press file atomically; returns its size in bytes."""
+    return write_file(path, to_bytes(compressed))
+
+
+def write_file(path: str | os.PathLike, data: bytes) -> int:
+    """Write ``data`` through a temp file and a rename, so a failed write never leaves half a file
+    where ``path`` was; returns the size in bytes."""
     path = Path(path)
-    data = to_bytes(compressed)
+    check_writable(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
     return path.stat().st_size
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +25,18 @@ SPLITS = ("train", "test")
 
 def _read_idx(path: Path) -> np.ndarray:
     """Read a gzip-compressed IDX file (the MNIST family's format) into a uint8 array."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, or corrupt
+        raise DataError(f"{path} is damaged ({exc}); reinstall the dataset") from exc
     if len(data) < 4:
         raise DataError(f"{path} is too short to be an IDX file")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} is too short for its {ndim}-dimensional IDX header")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

@@ -55,6 +55,16 @@ def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     }
 
 
+def uncompressed_layers(model: nn.Module) -> dict[str, dict]:
+    """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
+    (an LSTM, an Embedding, a custom layer): they go into the file raw, and the user should know."""
+    return {
+        name: {"type": type(module).__name__, "params": sum(p.numel() for p in module.parameters(recurse=False))}
+        for name, module in model.named_modules()
+        if not isinstance(module, COMPRESSIBLE_LAYERS) and any(p.dim() > 1 for p in module.parameters(recurse=False))
+    }
+
+
 def check_model(model: nn.Module) -> dict[str, nn.Parameter]:
     """Refuse models a weight-stage method cannot work on; return their compressible weights."""
     for name, tensor in model.state_dict().items():
@@ -63,7 +73,10 @@ def check_model(model: nn.Module) -> dict[str, nn.Parameter]:
     weights = compressible_weights(model)
     if not weights:
         kinds = ", ".join(t.__name__ for t in COMPRESSIBLE_LAYERS)
-        raise UnsupportedModelError(f"the model has no compressible layer; supported: {kinds}")
+        found = ", ".join(f"{name or 'the model'} ({layer['type']})" for name, layer in uncompressed_layers(model).items())
+        raise UnsupportedModelError(
+            f"the model has no compressible layer{f'; its weights are in {found}' if found else ''}; supported: {kinds}"
+        )
     return weights
 
 

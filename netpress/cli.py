@@ -227,7 +227,7 @@ def sweep(
     ]
     if not targets or (ratios and sparsities):
         raise BudgetError("give one list of targets: --ratios or --sparsities")
-    check_outputs(report, plot)
+    check_outputs(report, plot, keep=(model,))
     handle = api.load_model(model, arch)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs accuracy: pass --data")

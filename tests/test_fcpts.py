@@ -8,6 +8,7 @@ from netpress.data import calibration_subset, load_dataset
 from netpress.evaluate import predict
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning
 from netpress.methods.base import compressible_weights, distillation_loss, recalibrate_batchnorm, target_zeros
+from netpress.methods.fcpts import _mixed_pool
 from netpress.quant.kde import layer_sparsity, magnitude_density, silverman_bandwidth
 from tests.archs import tiny_cnn, tiny_mlp
 
@@ -53,6 +54,15 @@ def test_fcpts_is_reproducible_bit_for_bit(calibration):
     a, b = (compress(tiny_mlp(), FAST, Budget(sparsity=0.8), calibration) for _ in range(2))
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert codec.to_bytes(a) == codec.to_bytes(b)
+
+
+def test_mixed_inputs_carry_the_dense_models_logits_and_skip_integer_inputs():
+    model, inputs = tiny_mlp(), torch.randn(20, 64)
+    pool, logits = _mixed_pool(model, inputs, predict(model, inputs), 3, torch.Generator().manual_seed(0))
+    assert pool.shape == (80, 64) and torch.equal(pool[:20], inputs)
+    assert torch.allclose(logits, predict(model, pool), atol=1e-6)
+    tokens = torch.randint(0, 9, (20, 64))
+    assert _mixed_pool(model, tokens, logits[:20], 3, torch.Generator())[0] is tokens
 
 
 def test_calibration_comes_from_the_training_split(monkeypatch, tmp_path):

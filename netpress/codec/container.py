@@ -26,7 +26,7 @@ from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, de
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
-from netpress.errors import FormatError, OutputError, check_writable, not_a_file
+from netpress.errors import FormatError, OutputError, not_a_file
 
 FORMAT_NAME = "netpress"
 FORMAT_VERSION = 4
@@ -212,9 +212,9 @@ def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
 
 def write_file(path: str | os.PathLike, data: bytes) -> int:
     """Write ``data`` through a temp file and a rename, so a failed write never leaves half a file
-    where ``path`` was; returns the size in bytes."""
+    where ``path`` was; returns the size in bytes. Callers check the path before their work
+    (``errors.check_writable``); a failure here still becomes an ``OutputError``."""
     path = Path(path)
-    check_writable(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_bytes(data)

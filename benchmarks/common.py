@@ -105,7 +105,11 @@ def _section(record: dict) -> list[str]:
     lines = [
         f"## {record['name']}",
         "",
-        f"Reproduce: `{record['command']}`",
+        *(
+            ["Reproduce, one command per model:", "", *(f"- {key}: `{cmd}`" for key, cmd in record["commands"].items())]
+            if record.get("commands")
+            else [f"Reproduce: `{record['command']}`"]
+        ),
         "",
         f"netpress {record['netpress']}"
         + (f" (commit {record['revision']})" if record.get("revision") else "")

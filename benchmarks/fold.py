@@ -37,6 +37,7 @@ from netpress.budget import Budget
 from netpress.data import calibration_subset, load_dataset
 from netpress.evaluate import count_params, evaluate
 from netpress.methods.fold import ChannelL1, Fold, deep_inversion, repair
+from netpress.report import save_figure
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
@@ -225,8 +226,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set(title=f"{model} on Fashion-MNIST, no fine-tuning", xlabel="parameters removed", ylabel="test accuracy (2k subset)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
@@ -248,7 +248,7 @@ def main() -> None:
         "fold",
         {
             "description": "Fold vs structured pruning at equal parameters removed, no fine-tuning. "
-            "Curve: [fold.png](results/fold.png). Per-model commands in `commands`.",
+            "Curve: [fold.png](results/fold.png).",
             "columns": COLUMNS,
             "commands": commands,
             "notes": [

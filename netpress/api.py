@@ -30,7 +30,7 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError, OutputError, check_writable, not_a_file
+from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError, check_writable, make_output_dir, not_a_file
 from netpress.evaluate import Evaluation, count_params, evaluate
 from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
 
@@ -169,6 +169,12 @@ def compress(
         raise BudgetError("give at least one method")
     if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
         raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
+    for method in methods:  # L² sizes the file in its own raw dtype; another one would break the fit
+        if raw_dtype is not None and getattr(method, "raw_dtype", raw_dtype) != raw_dtype:
+            raise BudgetError(
+                f"{method.name} sizes the file with raw_dtype={method.raw_dtype!r}: set raw_dtype={raw_dtype!r} "
+                f"on the method ({type(method).__name__}(raw_dtype={raw_dtype!r})) instead of on compress()"
+            )
     if budget is not None and not any(budget.kind in m.budgets for m in methods):
         raise BudgetError(f"no chosen method takes a {budget.kind} target")
     if budget is not None and budget.kind == "ratio" and budget.reference_bytes is None:
@@ -345,10 +351,7 @@ def sweep(
     if not budgets:
         raise BudgetError("give at least one target to sweep")
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot use {out_dir} as the output directory: {exc.strerror or exc}") from exc
+    make_output_dir(out_dir)
     label = "+".join(m.name for m in methods)
     return [
         press(

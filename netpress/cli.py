@@ -14,7 +14,7 @@ from rich.table import Table
 
 from netpress import api, codec, zoo
 from netpress.budget import Budget
-from netpress.errors import BudgetError, DataError, NetpressError, check_writable
+from netpress.errors import BudgetError, DataError, NetpressError, check_writable, make_output_dir
 from netpress.methods import (
     ALLOCATIONS,
     CLUSTERINGS,
@@ -74,12 +74,14 @@ def build_methods(
     levels: int | None = None,
     clustering: str = "kmeans",
     prune_fraction: float = 0.0,
+    raw_dtype: str | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
     Structural methods (fold, channel-l1) trace the model with an input of ``input_shape``;
-    ``clustering`` and ``prune_fraction`` configure fold.
+    ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
+    file in it.
     """
     if bits is not None and levels is not None:
         raise BudgetError("give --bits (uniform grid) or --levels (k-means), not both")
@@ -92,7 +94,7 @@ def build_methods(
     if method == L2.name:
         if bits is not None or levels is not None:
             raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits/--levels")
-        return [L2(per_channel=per_channel, seed=seed)]
+        return [L2(per_channel=per_channel, seed=seed, **({"raw_dtype": raw_dtype} if raw_dtype else {}))]
     if method in (Fold.name, ChannelL1.name):
         if method == Fold.name:
             options = {"clustering": clustering, "prune_fraction": prune_fraction}
@@ -141,7 +143,7 @@ def _print_report(report: dict) -> None:
 @app.command()
 @friendly
 def compress(
-    model: str = typer.Argument(..., help="zoo:NAME, a .safetensors file or a .pt/.pth state dict"),
+    model: str = typer.Argument(..., help="zoo:NAME, a .press file, a .safetensors or .pt/.pth state dict"),
     method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
     output: Path = typer.Option(..., "-o", "--output", help="the .press file to write"),
     sparsity: float | None = typer.Option(None, help="target fraction of zero weights"),
@@ -180,6 +182,7 @@ def compress(
         levels,
         clustering.value,
         prune_fraction,
+        raw_dtype,
     )
     result = api.press(
         handle, methods, build_budget(ratio, sparsity, params), out=output, data=data, calib=calib, seed=seed, raw_dtype=raw_dtype
@@ -189,8 +192,10 @@ def compress(
         from netpress.report import plot_allocation
 
         rows = result["layers"][methods[0].name]
-        what = "bits per weight" if methods[0].name == "l2" else "sparsity"
-        plot_allocation(rows, plot, f"{model}: {methods[0].name} per-layer {what}")
+        removed = "share of channels removed per group"
+        titles = {L2.name: "per-layer bits per weight", Fold.name: removed, ChannelL1.name: removed}
+        what = titles.get(methods[0].name, "per-layer sparsity")
+        plot_allocation(rows, plot, f"{model}: {methods[0].name} {what}")
     if report is not None:
         codec.write_file(report, (json.dumps(result, indent=2) + "\n").encode())
 
@@ -205,7 +210,7 @@ def _float_list(text: str | None, option: str) -> list[float]:
 @app.command()
 @friendly
 def sweep(
-    model: str = typer.Argument(..., help="zoo:NAME, a .safetensors file or a .pt/.pth state dict"),
+    model: str = typer.Argument(..., help="zoo:NAME, a .press file, a .safetensors or .pt/.pth state dict"),
     method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
     ratios: str | None = typer.Option(None, help="comma-separated ratio targets, e.g. 5,10,20,40,80"),
     sparsities: str | None = typer.Option(None, help="comma-separated sparsity targets, e.g. 0.5,0.8,0.9"),
@@ -228,6 +233,7 @@ def sweep(
     if not targets or (ratios and sparsities):
         raise BudgetError("give one list of targets: --ratios or --sparsities")
     check_outputs(report, plot, keep=(model,))
+    make_output_dir(out_dir)
     handle = api.load_model(model, arch)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs accuracy: pass --data")
@@ -376,7 +382,7 @@ def zoo_train(
 def demo(
     output_dir: Path = typer.Option(Path("netpress-demo"), help="where the .press files go"),
 ) -> None:
-    """Compress a zoo model with every available method and show one table of sizes and accuracy."""
+    """Compress LeNet-5 in seven settings (quantization, pruning, FCPTS, L²) and show one table of sizes and accuracy."""
     from netpress.demo import run_demo
 
     run_demo(output_dir, out)

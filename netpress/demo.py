@@ -1,4 +1,5 @@
-"""``netpress demo``: one zoo model, every available method, one table of real file sizes and accuracy."""
+"""``netpress demo``: one zoo model in seven settings (quantization, pruning, FCPTS, L²), one table of real
+file sizes and accuracy."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from netpress import api
 from netpress.budget import Budget
 from netpress.data import load_dataset
 from netpress.data.datasets import FASHION_MNIST_INSTALL
-from netpress.errors import DataError
+from netpress.errors import DataError, make_output_dir
 from netpress.methods import FCPTS, L2, MagnitudePruning, UniformQuantization
 
 # (label, file name, methods, budget)
@@ -46,13 +47,13 @@ def _digits_model(console: Console) -> api.ModelHandle:
 
 
 def run_demo(output_dir: Path, console: Console) -> list[dict]:
+    make_output_dir(output_dir)
     try:
         load_dataset("fashion-mnist", "test")
         handle = api.load_model("zoo:lenet5")
     except DataError:
         handle = _digits_model(console)
     name = handle.source.get("zoo", "digits-mlp")
-    output_dir.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"netpress demo — {name} on {handle.dataset} (accuracy measured on the written file)")
     for col in ("method", "bytes", "ratio", "sparsity", "accuracy", "Δ points", "seconds"):
         table.add_column(col, justify="left" if col == "method" else "right")

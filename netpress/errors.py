@@ -27,6 +27,14 @@ def check_writable(path: str | os.PathLike, *, keep: tuple[str | os.PathLike, ..
             raise OutputError(f"{path} is the input file; writing there would destroy it, so give another output path")
 
 
+def make_output_dir(path: str | os.PathLike) -> None:
+    """Create an output directory (and its parents) before any work, or say why it cannot be one."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot use {path} as the output directory: {exc.strerror or exc}") from exc
+
+
 class NetpressError(Exception):
     """Base class: a problem the user can act on (bad input, damaged file, impossible target)."""
 

@@ -65,7 +65,29 @@ def test_compress_inspect_eval_decompress(tmp_path):
     evaluated = json.loads(run("eval", press, "--json").output)
     assert evaluated["accuracy"] == rep["accuracy_after"]
     assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
-    assert (tmp_path / "a.png").stat().st_size > 1000
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@needs_fashion_mnist
+def test_fold_plot_shows_channels_removed_per_group(tmp_path):
+    result = run(
+        "compress", "zoo:lenet300", "-m", "fold", "--params", "0.3", "-o", tmp_path / "f.press", "--plot", tmp_path / "f.png"
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_plot_write_leaves_nothing(tmp_path):
+    from matplotlib import pyplot as plt
+
+    from netpress.errors import OutputError
+    from netpress.report import save_figure
+
+    target = tmp_path / "gone" / "a.png"  # the directory vanished after the up-front check
+    with pytest.raises(OutputError, match="cannot write"):
+        save_figure(plt.figure(), target)
+    assert not target.parent.exists() and plt.get_fignums() == []
 
 
 def test_user_architecture_with_arch(weights, tmp_path):
@@ -109,6 +131,12 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["decompress", "{w}/nothing.press", "-o", "no/d.safetensors"], ["does not exist"]),
         (["inspect", "{w}/nothing.press"], ["no such file"]),
         (["inspect", "{w}"], ["is a directory"]),
+        (["demo", "--output-dir", "{w}/mlp.pt"], ["cannot use", "as the output directory"]),
+        (
+            ["sweep", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsities", "0.5"]
+            + ["--out-dir", "{w}/mlp.pt/runs"],
+            ["cannot use", "as the output directory"],
+        ),
         (
             ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],
             ["fraction in [0, 1)"],

@@ -126,6 +126,11 @@ def test_impossible_ratio_is_refused_with_the_reachable_one(calibration):
         api.compress(tiny_mlp(), FAST, Budget(ratio=500), calibration)
 
 
+def test_a_raw_dtype_l2_did_not_size_the_file_for_is_refused_before_work(calibration):
+    with pytest.raises(BudgetError, match=r"L2\(raw_dtype='fp32'\)"):
+        api.compress(tiny_mlp(), FAST, Budget(ratio=3), calibration, raw_dtype="fp32")
+
+
 def test_other_methods_refuse_a_ratio_they_cannot_guarantee(calibration):
     from netpress.methods import UniformQuantization
 
@@ -160,6 +165,10 @@ def test_cli_compress_and_sweep(tmp_path):
     assert good.exit_code == 0, good.output
     assert (tmp_path / "m.press").stat().st_size <= reports[0]["original_bytes"] / 3
     assert (tmp_path / "a.png").stat().st_size > 1000
+    fp32 = run("compress", source, "-m", "l2", "--ratio", "3", "--raw-dtype", "fp32", *common, "-o", tmp_path / "f.press")
+    assert fp32.exit_code == 0, fp32.output  # --raw-dtype reaches L², which then sizes the file with it
+    raw = [r for r in api.inspect(tmp_path / "f.press")["tensors"] if r["kind"] == "raw"]
+    assert raw and {r["dtype"] for r in raw} == {"float32"}
     bad = run("compress", source, "-m", "l2", "--bits", "4", "--ratio", "3", *common, "-o", tmp_path / "x.press")
     assert bad.exit_code == 2 and "drop --bits" in " ".join(bad.output.split())
     assert np.isfinite([r["accuracy_after"] for r in reports]).all()

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -36,3 +38,13 @@ def test_logits_do_not_depend_on_the_inference_batch(name):
 
 def test_all_zoo_models_are_trained():
     assert set(TRAINED) == set(zoo.ZOO)
+
+
+@needs_fashion_mnist
+def test_train_writes_a_checkpoint_its_manifest_vouches_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETPRESS_QUIET", "1")
+    record = zoo.train("lenet300", epochs=1, out_dir=tmp_path)
+    path = tmp_path / "lenet300.safetensors"
+    assert json.loads((tmp_path / "manifest.json").read_text())["lenet300"] == record
+    assert record["sha256"] == zoo.registry.sha256(path) and record["file_bytes"] == path.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet300.safetensors", "manifest.json"]

@@ -1,12 +1,13 @@
 """FCPTS: fast and controllable post-training sparsity (Gong et al., AAAI 2024).
 
-One learnable magnitude threshold per layer, initialised from ERK. The loss is distillation from the
-dense model (KL, temperature 4) on a calibration subset and on mixtures of its inputs, plus
-λ·|global sparsity − target|, where the global sparsity is made differentiable in the thresholds by
-a kernel-density bridge (``netpress.quant.kde``). After optimisation a projection prunes exactly
-⌈target · N⌉ weights, split over layers in the learned proportions, and BatchNorm statistics are
-re-estimated on the calibration subset. See docs/methods/fcpts.md for where netpress departs from
-the paper's code.
+One learnable magnitude threshold per layer, initialised from whichever magnitude allocation (ERK,
+the paper's, or global, uniform, LAMP) distils best on the calibration subset. The loss is
+distillation from the dense model (KL, temperature 4) on a calibration subset and on mixtures of its
+inputs, plus λ·|global sparsity − target|, where the global sparsity is made differentiable in the
+thresholds by a kernel-density bridge (``netpress.quant.kde``). After optimisation a projection
+prunes exactly ⌈target · N⌉ weights, split over layers in the learned proportions, and BatchNorm
+statistics are re-estimated on the calibration subset. See docs/methods/fcpts.md for where netpress
+departs from the paper's code.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Reports: JSON rows and PNG plots of what a run did."""
 
-from netpress.report.plots import plot_allocation, plot_curve
+from netpress.report.plots import plot_allocation, plot_curve, save_figure
 
-__all__ = ["plot_allocation", "plot_curve"]
+__all__ = ["plot_allocation", "plot_curve", "save_figure"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import matplotlib
@@ -9,12 +10,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from netpress.codec import write_file  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Render ``fig`` in memory and write it through a temp file and a rename (``codec.write_file``),
+    so a failed write never leaves half an image; the figure is closed either way."""
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    write_file(path, buffer.getvalue())
+
 
 def plot_allocation(rows: list[dict], path: str | os.PathLike, title: str = "per-layer sparsity") -> None:
     """Bars of each layer's sparsity; when rows carry ``erk_sparsity``, ERK's allocation beside it.
-    Rows with ``bits_per_weight`` (L²) get a second panel with the coded bits per weight."""
+    Rows with ``bits_per_weight`` (L²) get a second panel with the coded bits per weight; channel
+    groups (fold, channel-l1) get the share of each group's channels removed."""
     if all("bits_per_weight" in r for r in rows):
         _plot_bits(rows, path, title)
+        return
+    if any("group" in r for r in rows):
+        _plot_groups([r for r in rows if "channels_after" in r], path, title)
         return
     names = [r["name"].removesuffix(".weight") for r in rows]
     x = range(len(rows))
@@ -29,9 +48,7 @@ def plot_allocation(rows: list[dict], path: str | os.PathLike, title: str = "per
     ax.set_ylabel("sparsity")
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_bits(rows: list[dict], path: str | os.PathLike, title: str) -> None:
@@ -48,9 +65,18 @@ def _plot_bits(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     bottom.set_ylabel("sparsity")
     bottom.set_ylim(0, 1)
     bottom.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def _plot_groups(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    x = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 4))
+    ax.bar(x, [1 - r["channels_after"] / r["channels"] for r in rows], 0.8)
+    ax.set_xticks(x, [r["group"] for r in rows], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("share of channels removed")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    save_figure(fig, path)
 
 
 def plot_curve(series: dict[str, list[tuple[int, float]]], path: str | os.PathLike, title: str = "accuracy vs file size") -> None:
@@ -65,6 +91,4 @@ def plot_curve(series: dict[str, list[tuple[int, float]]], path: str | os.PathLi
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

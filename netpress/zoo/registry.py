@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from netpress.codec import write_file
 from netpress.data import load_dataset
 from netpress.errors import ModelSourceError
 from netpress.progress import progress_bar
@@ -125,17 +126,17 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
                 progress.update(task, advance=1, description=f"training {name} loss {loss.item():.3f}")
     seconds = time.perf_counter() - start
     model = model.cpu().eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    # Evaluate and build both files in memory first: a failure then leaves the checkpoint and the
+    # manifest as they were, never a new checkpoint whose sha256 the manifest does not know.
     result = evaluate(model, test_set)
+    checkpoint = save({k: v.contiguous() for k, v in model.state_dict().items()})
     record = {
         "dataset": entry.dataset,
         "description": entry.description,
         "test_accuracy": result.accuracy,
         "params": result.params,
-        "file_bytes": path.stat().st_size,
-        "sha256": sha256(path),
+        "file_bytes": len(checkpoint),
+        "sha256": hashlib.sha256(checkpoint).hexdigest(),
         "seed": seed,
         "epochs": epochs,
         "train_seconds": round(seconds, 1),
@@ -148,5 +149,7 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest[name] = record
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_file(out_dir / f"{name}.safetensors", checkpoint)
+    write_file(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return record

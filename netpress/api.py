@@ -31,7 +31,7 @@ from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError, check_writable, make_output_dir, not_a_file
-from netpress.evaluate import Evaluation, count_params, evaluate
+from netpress.evaluate import Evaluation, count_params, evaluate, predict
 from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
 
 
@@ -43,6 +43,7 @@ class ModelHandle:
     source: dict = field(default_factory=dict)
     dataset: str | None = None
     input_shape: tuple[int, ...] | None = None
+    path: str | None = None  # the file it was loaded from: never an output (not written into files)
 
 
 def _import_factory(spec: str):
@@ -114,8 +115,8 @@ def load_model(spec: str, arch: str | None = None) -> ModelHandle:
         module = compressed.to_module(architecture_for(compressed.source, arch))
         name = compressed.source.get("zoo")
         if arch is None and name in zoo.ZOO:
-            return _zoo_handle(name, module, compressed.source)
-        return ModelHandle(module, compressed.source)
+            return replace(_zoo_handle(name, module, compressed.source), path=spec)
+        return ModelHandle(module, compressed.source, path=spec)
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
             f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, or a .pt/.pth state dict"
@@ -130,7 +131,7 @@ def load_model(spec: str, arch: str | None = None) -> ModelHandle:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {exc}") from exc
-    return ModelHandle(model.eval(), {"arch": arch})
+    return ModelHandle(model.eval(), {"arch": arch}, path=spec)
 
 
 def _as_handle(model: ModelHandle | nn.Module) -> ModelHandle:
@@ -147,6 +148,12 @@ def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model:
             raise NetpressError(f"{stage} revived pruned weights of {name}; stages must not undo each other")
         if isinstance(codes.get(name), Codes) and len(torch.unique(after[name])) > len(torch.unique(old)):
             raise NetpressError(f"{stage} added distinct values to the quantized tensor {name}")
+
+
+def _check_target_kind(methods: list[Method], budget: Budget | None) -> None:
+    if budget is not None and not any(budget.kind in m.budgets for m in methods):
+        takes = "; ".join(f"{m.name} takes {' or '.join(m.budgets) or 'no target'}" for m in methods)
+        raise BudgetError(f"no chosen method takes a {budget.kind} target ({takes})")
 
 
 def compress(
@@ -175,8 +182,7 @@ def compress(
                 f"{method.name} sizes the file with raw_dtype={method.raw_dtype!r}: set raw_dtype={raw_dtype!r} "
                 f"on the method ({type(method).__name__}(raw_dtype={raw_dtype!r})) instead of on compress()"
             )
-    if budget is not None and not any(budget.kind in m.budgets for m in methods):
-        raise BudgetError(f"no chosen method takes a {budget.kind} target")
+    _check_target_kind(methods, budget)
     if budget is not None and budget.kind == "ratio" and budget.reference_bytes is None:
         budget = replace(budget, reference_bytes=fp32_bytes(handle.module))
     current = handle.module
@@ -294,7 +300,7 @@ def press(
             "split; with your own Datasets, call compress(model, methods, budget, "
             "netpress.data.calibration_subset(train, n)), save(), and evaluate(load(file, model), test)"
         )
-    check_writable(out)
+    check_writable(out, keep=(handle.path,) if handle.path else ())
     dataset_name = data or handle.dataset
     torch.manual_seed(seed)
     calibration = None
@@ -302,6 +308,10 @@ def press(
         if dataset_name is None:
             raise DataError("this method needs calibration data; pass --data")
         calibration = calibration_subset(resolve_dataset(dataset_name, "train", handle.input_shape), calib, seed)
+    test = None
+    if dataset_name is not None:  # a dataset that does not fit the model fails here, not after the file is written
+        test = resolve_dataset(dataset_name, "test", handle.input_shape)
+        predict(handle.module, test[0][0].unsqueeze(0))
     start = time.perf_counter()
     compressed = compress(handle, methods, budget, calibration, raw_dtype=raw_dtype)
     file_bytes = save(compressed, out)
@@ -321,8 +331,7 @@ def press(
         "file": str(out),
         "uncompressed_layers": uncompressed_layers(handle.module),
     }
-    if dataset_name is not None:
-        test = resolve_dataset(dataset_name, "test", handle.input_shape)
+    if test is not None:
         before = evaluate(handle.module, test)
         after = evaluate(load(out, model=handle.module), test)
         report.update(dataset=dataset_name, accuracy_before=before.accuracy, accuracy_after=after.accuracy)
@@ -350,6 +359,8 @@ def sweep(
     methods = [methods] if not isinstance(methods, Sequence) else list(methods)
     if not budgets:
         raise BudgetError("give at least one target to sweep")
+    for budget in budgets:  # before the output directory is made
+        _check_target_kind(methods, budget)
     out_dir = Path(out_dir)
     make_output_dir(out_dir)
     label = "+".join(m.name for m in methods)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import replace
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -14,7 +16,7 @@ from rich.table import Table
 
 from netpress import api, codec, zoo
 from netpress.budget import Budget
-from netpress.errors import BudgetError, DataError, NetpressError, check_writable, make_output_dir
+from netpress.errors import BudgetError, DataError, NetpressError, OutputError, check_writable
 from netpress.methods import (
     ALLOCATIONS,
     CLUSTERINGS,
@@ -51,10 +53,14 @@ def friendly(fn):
 
 
 def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = ()) -> None:
-    """Refuse unwritable output paths before any work is done, so a long run never fails at the end."""
-    for path in paths:
-        if path is not None:
-            check_writable(path, keep=keep)
+    """Refuse unwritable output paths before any work is done, so a long run never fails at the end,
+    and two outputs that name one file (the second would overwrite the first)."""
+    given = [p for p in paths if p is not None]
+    for i, path in enumerate(given):
+        check_writable(path, keep=keep)
+        for other in given[:i]:
+            if os.path.abspath(path) == os.path.abspath(other):
+                raise OutputError(f"{path} is named for two outputs; give each output its own file")
 
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
@@ -83,8 +89,19 @@ def build_methods(
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
     file in it.
     """
+    # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
     if bits is not None and levels is not None:
         raise BudgetError("give --bits (uniform grid) or --levels (k-means), not both")
+    if method == "uniform" and levels is not None:
+        raise BudgetError("--levels sets k-means levels (-m kmeans); uniform takes --bits")
+    if method == KMeansQuantization.name and (bits is not None or per_channel):
+        raise BudgetError("k-means takes --levels and keeps one table per tensor; drop --bits and --per-channel")
+    if per_channel and method not in ("uniform", L2.name) and bits is None:
+        raise BudgetError("--per-channel configures uniform quantization (-m uniform, or --bits after pruning) and l2")
+    if method != MagnitudePruning.name and allocation != "global":
+        raise BudgetError("--allocation configures --method magnitude only")
+    if method not in (Fold.name, ChannelL1.name) and repair != "none":
+        raise BudgetError("--repair configures --method fold and channel-l1 only")
     if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
     if method == KMeansQuantization.name:
@@ -108,6 +125,13 @@ def build_methods(
     if levels is not None:
         chain.append(KMeansQuantization(levels))
     return chain
+
+
+def _with_input_shape(handle: api.ModelHandle, data: str | None) -> api.ModelHandle:
+    """A user's model declares no input shape: take a sample's from --data, so fold can trace it."""
+    if handle.input_shape is not None or data is None:
+        return handle
+    return replace(handle, input_shape=tuple(api.resolve_dataset(data, "test")[0][0].shape))
 
 
 def build_budget(ratio: float | None, sparsity: float | None, params: float | None) -> Budget | None:
@@ -170,7 +194,7 @@ def compress(
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     check_outputs(output, report, plot, keep=(model,))
-    handle = api.load_model(model, arch)
+    handle = _with_input_shape(api.load_model(model, arch), data)
     methods = build_methods(
         method.value,
         bits,
@@ -200,11 +224,15 @@ def compress(
         codec.write_file(report, (json.dumps(result, indent=2) + "\n").encode())
 
 
-def _float_list(text: str | None, option: str) -> list[float]:
+# The target lists of ``sweep``: budget kind -> option and an example value for messages.
+TARGET_LISTS = {"ratio": ("--ratios", "5,10,20"), "sparsity": ("--sparsities", "0.5,0.8,0.9"), "params": ("--params", "0.1,0.3")}
+
+
+def _float_list(text: str, option: str, example: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()] if text else []
+        return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise BudgetError(f"{option} takes comma-separated numbers, e.g. {option} 5,10,20; got {text!r}") from None
+        raise BudgetError(f"{option} takes comma-separated numbers, e.g. {option} {example}; got {text!r}") from None
 
 
 @app.command()
@@ -214,10 +242,14 @@ def sweep(
     method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
     ratios: str | None = typer.Option(None, help="comma-separated ratio targets, e.g. 5,10,20,40,80"),
     sparsities: str | None = typer.Option(None, help="comma-separated sparsity targets, e.g. 0.5,0.8,0.9"),
+    params: str | None = typer.Option(
+        None, help="comma-separated fractions of parameters removed, e.g. 0.1,0.3,0.5 (fold, channel-l1)"
+    ),
     bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
     levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
+    repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
     calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
@@ -227,22 +259,22 @@ def sweep(
     report: Path | None = typer.Option(None, help="write the JSON reports here"),
 ) -> None:
     """Compress MODEL at several targets and show accuracy against the written file's bytes."""
-    targets = [("ratio", v) for v in _float_list(ratios, "--ratios")] + [
-        ("sparsity", v) for v in _float_list(sparsities, "--sparsities")
-    ]
-    if not targets or (ratios and sparsities):
-        raise BudgetError("give one list of targets: --ratios or --sparsities")
+    texts = {"ratio": ratios, "sparsity": sparsities, "params": params}
+    given = {kind: _float_list(text, *TARGET_LISTS[kind]) for kind, text in texts.items() if text}
+    if len(given) != 1:
+        raise BudgetError("give one list of targets: --ratios, --sparsities or --params")
+    targets = [(kind, value) for kind, values in given.items() for value in values]
     check_outputs(report, plot, keep=(model,))
-    make_output_dir(out_dir)
-    handle = api.load_model(model, arch)
+    handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs accuracy: pass --data")
     methods = build_methods(
-        method.value, bits, allocation.value, per_channel, seed, input_shape=handle.input_shape, levels=levels
+        method.value, bits, allocation.value, per_channel, seed, repair.value, handle.input_shape, levels=levels
     )
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calib, seed=seed)
-    table = Table(title=f"{model}: {method.value} sweep")
+    label = "+".join(m.name for m in methods)
+    table = Table(title=f"{model}: {label} sweep")
     for col in ("target", "file bytes", "ratio", "acc before", "acc after", "seconds"):
         table.add_column(col, justify="right")
     for (kind, value), r in zip(targets, results):
@@ -259,9 +291,7 @@ def sweep(
     if plot is not None:
         from netpress.report import plot_curve
 
-        plot_curve(
-            {method.value: [(r["file_bytes"], r["accuracy_after"]) for r in results]}, plot, f"{model}: accuracy vs file size"
-        )
+        plot_curve({label: [(r["file_bytes"], r["accuracy_after"]) for r in results]}, plot, f"{model}: accuracy vs file size")
     if report is not None:
         codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
 
@@ -321,10 +351,14 @@ def inspect(
             f"{row['entropy_bound_bytes']:,.0f}" if "entropy_bound_bytes" in row else "",
         )
     out.print(table)
+    # The parts add up to the file: a sparse tensor's survivors and a quantized one's level table are
+    # neither coded symbols nor raw tensors, and a reader adding the line up should find them.
+    values = info["streams_bytes"] - info["payload_bytes"] - info["side_bytes"] - info["raw_bytes"]
     out.print(
-        f"coded {info['payload_bytes']:,} B vs entropy bound {info['entropy_bound_bytes']:,.0f} B; "
-        f"raw {info['raw_bytes']:,} B; file {info['file_bytes']:,} B; {info['params']:,} parameters; "
-        f"sparsity {100 * info['sparsity']:.2f} %"
+        f"coded {info['payload_bytes']:,} B (entropy bound {info['entropy_bound_bytes']:,.0f} B) + models "
+        f"{info['side_bytes']:,} B + survivor values and level tables {values:,} B + raw {info['raw_bytes']:,} B "
+        f"+ header {info['file_bytes'] - info['streams_bytes']:,} B = file {info['file_bytes']:,} B; "
+        f"{info['params']:,} parameters; sparsity {100 * info['sparsity']:.2f} %"
     )
 
 

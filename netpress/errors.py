@@ -61,3 +61,12 @@ class FormatError(NetpressError):
 
 class OutputError(NetpressError):
     """An output file cannot be written where the user asked."""
+
+
+SEED_LIMIT = 2**32  # the widest range every seeded library here takes (scikit-learn's k-means is the narrowest)
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed some library would reject mid-run, before any work."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise BudgetError(f"seed must be an integer in [0, 2**32), got {seed!r}")

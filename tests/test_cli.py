@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from netpress.cli import app
-from tests.archs import custom_only, mlp_with_custom_layer, tiny_mlp
+from tests.archs import custom_only, mlp_with_custom_layer, tiny_cnn, tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
 runner = CliRunner()
@@ -29,6 +29,9 @@ def weights(tmp_path_factory):
     for factory in (custom_only, mlp_with_custom_layer):
         save_file(factory().state_dict(), str(folder / f"{factory.__name__}.safetensors"))
     return folder
+
+
+MLP = ["{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp"]  # the user model of the bad-input cases
 
 
 def assert_one_line_error(result, *fragments):
@@ -67,6 +70,23 @@ def test_compress_inspect_eval_decompress(tmp_path):
     assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@needs_fashion_mnist
+def test_a_dataset_the_model_cannot_take_fails_before_the_file_is_written(weights, tmp_path):
+    out = tmp_path / "x.press"
+    result = run(
+        "compress", weights / "mlp.pt", "--arch", "tests.archs:tiny_mlp", "--data", "fashion-mnist", "-m", "uniform", "-o", out
+    )
+    assert_one_line_error(result, "shape")
+    assert not out.exists()
+
+
+@needs_fashion_mnist
+def test_sweep_over_parameters_removed_with_fold(tmp_path):
+    result = run("sweep", "zoo:lenet300", "-m", "fold", "--params", "0.2,0.4", "--out-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*.press")) == ["fold-params0.2.press", "fold-params0.4.press"]
 
 
 @needs_fashion_mnist
@@ -114,18 +134,17 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:tiny_cnn"], ["do not fit"]),
         (["eval", "{w}/junk.safetensors", "--arch", "tests.archs:tiny_mlp"], ["not a readable safetensors"]),
         (["eval", "{w}/whole_module.pt", "--arch", "tests.archs:tiny_mlp"], ["weights_only=True"]),
-        (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "--data", "mnist"], ["unknown dataset"]),
-        (["eval", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp"], ["--data"]),
+        (["eval", *MLP, "--data", "mnist"], ["unknown dataset"]),
+        (["eval", *MLP], ["--data"]),
         (
             ["compress", "{w}/custom_only.safetensors", "--arch", "tests.archs:custom_only", "-m", "uniform", "-o", "x.press"],
             ["no compressible layer", "1 (_Mixer)", "supported: Linear"],
         ),
         (["inspect", "{w}/junk.safetensors"], ["not a .press file"]),
-        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", "no/x.press"], ["does not exist"]),
-        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", "{w}"], ["is a directory"]),
+        (["compress", *MLP, "-m", "uniform", "-o", "no/x.press"], ["does not exist"]),
+        (["compress", *MLP, "-m", "uniform", "-o", "{w}"], ["is a directory"]),
         (
-            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "-o", "x.press"]
-            + ["--report", "no/r.json"],
+            ["compress", *MLP, "-m", "uniform", "-o", "x.press"] + ["--report", "no/r.json"],
             ["does not exist"],
         ),
         (["decompress", "{w}/nothing.press", "-o", "no/d.safetensors"], ["does not exist"]),
@@ -133,43 +152,73 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["inspect", "{w}"], ["is a directory"]),
         (["demo", "--output-dir", "{w}/mlp.pt"], ["cannot use", "as the output directory"]),
         (
-            ["sweep", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsities", "0.5"]
-            + ["--out-dir", "{w}/mlp.pt/runs"],
+            ["compress", *MLP, "-m", "uniform", "-o", "x.press", "--report", "x.press"],
+            ["named for two outputs"],
+        ),
+        (
+            ["compress", *MLP, "-m", "uniform", "-o", "x.press", "--plot", "./x.press"],
+            ["named for two outputs"],
+        ),
+        (["compress", "zoo:lenet300", "-m", "uniform", "--data", "digits", "-o", "x.press"], ["shape"]),
+        (
+            ["compress", *MLP, "-m", "uniform", "--levels", "8", "-o", "x.press"],
+            ["-m kmeans"],
+        ),
+        (
+            ["compress", *MLP, "-m", "kmeans", "--bits", "4", "-o", "x.press"],
+            ["drop --bits"],
+        ),
+        (
+            ["compress", *MLP, "-m", "kmeans", "--per-channel", "-o", "x.press"],
+            ["--per-channel"],
+        ),
+        (
+            ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--per-channel", "-o", "x.press"],
+            ["--per-channel"],
+        ),
+        (
+            ["compress", *MLP, "-m", "fcpts", "--sparsity", "0.5", "--allocation", "lamp", "-o", "x.press"],
+            ["magnitude only"],
+        ),
+        (
+            ["compress", *MLP, "-m", "uniform", "--repair", "ar", "-o", "x.press"],
+            ["fold and channel-l1 only"],
+        ),
+        (
+            ["compress", *MLP, "-m", "magnitude", "--params", "0.5", "-o", "x.press"],
+            ["magnitude takes sparsity"],
+        ),
+        (
+            ["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5", "--params", "0.3"],
+            ["one list of targets"],
+        ),
+        (
+            ["sweep", *MLP, "-m", "magnitude", "--sparsities", "a,b"],
+            ["--sparsities 0.5,0.8,0.9"],
+        ),
+        (
+            ["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5"] + ["--out-dir", "{w}/mlp.pt/runs"],
             ["cannot use", "as the output directory"],
         ),
         (
-            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],
+            ["compress", *MLP, "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],
             ["fraction in [0, 1)"],
         ),
-        (["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "-o", "x.press"], ["--sparsity"]),
+        (["compress", *MLP, "-m", "magnitude", "-o", "x.press"], ["--sparsity"]),
         (
-            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "channel-l1"]
-            + ["--clustering", "ward", "-o", "x.press"],
+            ["compress", *MLP, "-m", "channel-l1"] + ["--clustering", "ward", "-o", "x.press"],
             ["--method fold only"],
         ),
         (
-            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--ratio", "10", "-o", "x.press"],
+            ["compress", *MLP, "-m", "magnitude", "--ratio", "10", "-o", "x.press"],
             ["ratio"],
         ),
         (
-            ["compress", "{w}/mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "uniform", "--bits", "1", "-o", "x.press"],
+            ["compress", *MLP, "-m", "uniform", "--bits", "1", "-o", "x.press"],
             ["bits must be"],
         ),
         (
-            [
-                "compress",
-                "{w}/mlp.pt",
-                "--arch",
-                "tests.archs:tiny_mlp",
-                "-m",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--ratio",
-                "3",
-                "-o",
-                "x.press",
-            ],
+            ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--ratio", "3", "-o", "x.press"],
             ["one target"],
         ),
     ],
@@ -177,7 +226,25 @@ def test_user_architecture_with_arch(weights, tmp_path):
 def test_bad_input_is_one_clear_line(weights, args, fragments, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(run(*[a.replace("{w}", str(weights)) for a in args]), *fragments)
-    assert not (tmp_path / "x.press").exists()
+    assert not (tmp_path / "x.press").exists() and not (tmp_path / "netpress-sweep").exists()
+
+
+def test_sweep_never_overwrites_its_input(weights, tmp_path):
+    source = tmp_path / "magnitude-sparsity0.5.press"  # the name sweep would give its own output
+    mlp = ["--arch", "tests.archs:tiny_mlp"]
+    assert run("compress", weights / "mlp.pt", *mlp, "-m", "magnitude", "--sparsity", "0.5", "-o", source).exit_code == 0
+    before = source.read_bytes()
+    result = run("sweep", source, *mlp, "-m", "magnitude", "--sparsities", "0.5", "--out-dir", tmp_path)
+    assert_one_line_error(result, "is the input file")
+    assert source.read_bytes() == before
+
+
+def test_fold_traces_a_user_model_with_a_sample_of_data(tmp_path):
+    source = tmp_path / "cnn.pt"
+    torch.save(tiny_cnn().state_dict(), source)
+    args = ["--arch", "tests.archs:tiny_cnn", "--data", "digits", "-m", "fold", "--params", "0.5", "--repair", "ar"]
+    result = run("compress", source, *args, "-o", tmp_path / "f.press")
+    assert result.exit_code == 0, result.output
 
 
 def test_damaged_press_file_fails_cleanly(weights, tmp_path):

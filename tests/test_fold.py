@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 import netpress
 from netpress.budget import Budget
+from netpress.errors import UnsupportedModelError
 from netpress.graph.groups import ParamCounter, channel_groups
 from netpress.methods.fold import ChannelL1, Fold
 from netpress.zoo.models import VGG, LeNet5, ResNet20
@@ -98,7 +99,8 @@ def test_fold_runs_saves_and_loads(arch, tmp_path):
     torch.manual_seed(0)
     model = _randomise_norms(factory())
     x = _inputs(shape, dtype)
-    method = Fold(repair="ar", input_shape=shape, input_dtype=dtype)
+    has_norms = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    method = Fold(repair="ar" if has_norms else "none", input_shape=shape, input_dtype=dtype)
     result = method.apply(model, budget=Budget(params=0.2))
     folded = [r for r in result.rows if r.get("folded")]
     assert folded, "no group was folded"
@@ -183,6 +185,12 @@ def test_unsupported_layers_are_named():
     assert any(r.startswith("2: grouped/depthwise") for r in reasons)
     assert "its channels are outputs of the model" in reasons and len(reasons) == 2
     assert any(r.get("folded") and r["producers"] == ["4"] for r in rows)
+
+
+@pytest.mark.parametrize("repair", ["ar", "dir", "data"])
+def test_a_repair_on_a_model_without_batchnorm_is_refused(repair):
+    with pytest.raises(UnsupportedModelError, match="no BatchNorm layer"):
+        Fold(repair=repair, input_shape=IMAGE).apply(_mlp(), budget=Budget(params=0.2))
 
 
 def test_data_repair_needs_calibration_and_dir_runs():

@@ -5,9 +5,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import netpress
-from netpress import Budget, MagnitudePruning, UniformQuantization
+from netpress import Budget, MagnitudePruning, UniformQuantization, zoo
+from netpress.data import calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
-from netpress.methods import KMeansQuantization
+from netpress.methods import FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import compressible_weights, split_exact, target_zeros
 from tests.archs import tiny_cnn
 
@@ -98,6 +99,12 @@ def test_split_exact_meets_total_and_caps():
         (lambda: netpress.compress(tiny_cnn(), UniformQuantization(4), Budget(params=0.3)), BudgetError, "params"),
         (lambda: netpress.compress(nn.Sequential(nn.ReLU()), UniformQuantization(4)), UnsupportedModelError, "supported"),
         (lambda: netpress.compress(tiny_cnn(), []), BudgetError, "at least one"),
+        (lambda: FCPTS(seed=-1), BudgetError, "seed"),
+        (lambda: L2(seed=2**32), BudgetError, "seed"),
+        (lambda: Fold(seed=1.5), BudgetError, "seed"),
+        (lambda: calibration_subset(load_dataset("digits", "train"), 8, seed=-1), BudgetError, "seed"),
+        (lambda: zoo.train("lenet300", epochs=0), BudgetError, "epochs"),
+        (lambda: zoo.train("lenet300", device="gpu"), BudgetError, "cpu or cuda"),
     ],
 )
 def test_bad_configuration_is_refused(call, error, message):

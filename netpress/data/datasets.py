@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from netpress.errors import DataError
+from netpress.errors import DataError, check_seed
 
 FASHION_MNIST_ENV = "NETPRESS_FASHION_MNIST"
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
@@ -145,5 +145,6 @@ def calibration_subset(train: Dataset, n: int, seed: int = 0) -> Subset:
         raise DataError(f"calibration size must be positive, got {n}")
     if n > total:
         raise DataError(f"asked for {n} calibration samples but the training split has only {total}")
+    check_seed(seed)
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
     return Subset(train, sorted(order.tolist()), seed)

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from netpress.budget import Budget
 from netpress.codec.codes import SparseValues
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError
+from netpress.errors import BudgetError, DataError, check_seed
 from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
@@ -83,6 +83,7 @@ class FCPTS:
     budgets: ClassVar[tuple[str, ...]] = ("sparsity",)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.iterations < 0 or self.batch_size < 1 or self.mixed < 0:
             raise BudgetError("iterations and mixed must be ≥ 0 and batch_size ≥ 1")
         if self.threshold_lr < 0 or self.weight_lr < 0 or self.penalty < 0 or self.temperature <= 0:

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError
+from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
     ChannelGroup,
@@ -74,9 +74,11 @@ def allocate(sizes: list[int], count: ParamCounter, limit: int, allocation: str,
     error least per parameter saved (``merge_costs``: Ward merge costs, ascending), never more
     than twice the uniform fraction of a group: groups whose channels are far apart are protected.
     """
-    if count([1] * len(sizes)) > limit:
+    floor = count([1] * len(sizes))
+    if floor > limit:
         raise BudgetError(
-            f"even one channel per foldable group leaves {count([1] * len(sizes))} parameters; {limit} were asked for"
+            f"even one channel per foldable group leaves {floor} parameters; {limit} were asked for: "
+            f"the most this model can lose is params={math.floor(1e4 * (1 - floor / count(sizes))) / 1e4:g}"
         )
 
     def kept_at(p: float) -> list[int]:
@@ -149,7 +151,9 @@ def example_inputs(input_shape: tuple[int, ...] | None, input_dtype: str, data: 
         return torch.zeros((1, *input_shape), dtype=getattr(torch, input_dtype))
     if data is not None:
         return data.tensors()[0][:1]
-    raise UnsupportedModelError("tracing the channel groups needs an input: give input_shape (CLI: a zoo model)")
+    raise UnsupportedModelError(
+        "tracing the channel groups needs an input: give input_shape (CLI: --data, whose samples have it)"
+    )
 
 
 def deep_inversion(model: nn.Module, input_shape: tuple[int, ...], samples: int, steps: int, seed: int) -> torch.Tensor:
@@ -243,6 +247,7 @@ class _GroupReduction:
     merge: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.repair not in REPAIRS:
             raise BudgetError(f"unknown repair {self.repair!r}; use one of {', '.join(REPAIRS)}")
         if self.allocation not in GROUP_ALLOCATIONS:
@@ -285,6 +290,11 @@ class _GroupReduction:
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
         check_model(model)
+        if self.repair != "none" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise UnsupportedModelError(
+                f"the {self.repair} repair corrects BatchNorm statistics and this model has no BatchNorm layer; "
+                "use repair='none' (CLI: --repair none)"
+            )
         if self.repair == "data" and data is None:
             raise DataError("the data repair needs a calibration subset of the training split")
         example = example_inputs(self.input_shape, self.input_dtype, data)

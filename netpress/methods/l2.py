@@ -32,7 +32,7 @@ from netpress.codec.codes import Codes
 from netpress.codec.container import read_manifest
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError
+from netpress.errors import BudgetError, DataError, check_seed
 from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
@@ -87,6 +87,7 @@ class L2:
     budgets: ClassVar[tuple[str, ...]] = ("ratio",)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.rounds < 1 or self.transform_steps < 0 or self.reconstruction_steps < 0 or self.batch_size < 1:
             raise BudgetError("rounds and batch_size must be ≥ 1, step counts ≥ 0")
         if self.transform_lr < 0 or self.weight_lr < 0 or self.rate_weight < 0:

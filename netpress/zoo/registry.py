@@ -15,7 +15,7 @@ from torch import nn
 
 from netpress.codec import write_file
 from netpress.data import load_dataset
-from netpress.errors import ModelSourceError
+from netpress.errors import BudgetError, ModelSourceError, check_seed, make_output_dir
 from netpress.progress import progress_bar
 from netpress.zoo.models import VGG, LeNet5, LeNet300, ResNet20
 
@@ -89,6 +89,15 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise BudgetError(f"unknown device {device!r}; use cpu or cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BudgetError(f"device {device!r}: this machine or torch build has no usable CUDA; use --device cpu")
+
+
 def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR, device: str = "cpu") -> dict:
     """Train a zoo model from scratch with its fixed recipe and record it in the manifest.
 
@@ -99,6 +108,11 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
 
     entry = _entry(name)
     epochs = entry.epochs if epochs is None else epochs
+    check_seed(seed)
+    if epochs < 1:
+        raise BudgetError(f"epochs must be ≥ 1, got {epochs}")
+    _check_device(device)
+    make_output_dir(out_dir)  # before the training, not after it
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
@@ -149,7 +163,6 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest[name] = record
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_file(out_dir / f"{name}.safetensors", checkpoint)
     write_file(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return record

@@ -108,6 +108,8 @@ def _zoo_handle(name: str, module: nn.Module, source: dict) -> ModelHandle:
 def load_model(spec: str, arch: str | None = None) -> ModelHandle:
     """Load ``zoo:NAME``; a ``.press`` file; or a ``.safetensors``/``.pt``/``.pth`` state dict with ``arch``."""
     if spec.startswith("zoo:"):
+        if arch is not None:
+            raise ModelSourceError(f"{spec} brings its own architecture; drop --arch")
         return _zoo_handle(spec[4:], zoo.load_pretrained(spec[4:]), {"zoo": spec[4:]})
     path = Path(spec)
     if path.suffix == ".press":

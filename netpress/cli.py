@@ -63,6 +63,15 @@ def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = ()) -> Non
                 raise OutputError(f"{path} is named for two outputs; give each output its own file")
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_suffix(path: Path | None, suffixes: tuple[str, ...], why: str) -> None:
+    """Refuse an output name whose suffix would mislead: netpress and other tools go by it."""
+    if path is not None and path.suffix.lower() not in suffixes:
+        raise OutputError(f"{path}: {why}; give it a name ending in {' or '.join(suffixes)}")
+
+
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, type=str)
 RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
@@ -194,6 +203,8 @@ def compress(
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     check_outputs(output, report, plot, keep=(model,))
+    check_suffix(output, (".press",), "netpress recognises its files by the .press suffix")
+    check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     handle = _with_input_shape(api.load_model(model, arch), data)
     methods = build_methods(
         method.value,
@@ -265,6 +276,7 @@ def sweep(
         raise BudgetError("give one list of targets: --ratios, --sparsities or --params")
     targets = [(kind, value) for kind, values in given.items() for value in values]
     check_outputs(report, plot, keep=(model,))
+    check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs accuracy: pass --data")
@@ -372,6 +384,7 @@ def decompress(
     from safetensors.torch import save
 
     check_outputs(output, keep=(file,))
+    check_suffix(output, (".safetensors",), "the output is a safetensors file, recognised by its suffix")
     state = codec.read(file).state_dict()
     size = codec.write_file(output, save({k: v.contiguous() for k, v in state.items()}))
     out.print(f"wrote {output} ({size:,} bytes, {len(state)} tensors)")

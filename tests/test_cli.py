@@ -127,6 +127,7 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["eval", "missing.safetensors", "--arch", "tests.archs:tiny_mlp"], ["no such file"]),
         (["eval", "model.onnx"], ["unsupported model source"]),
         (["eval", "zoo:alexnet"], ["unknown zoo model"]),
+        (["eval", "zoo:lenet300", "--arch", "tests.archs:tiny_mlp"], ["drop --arch"]),
         (["eval", "{w}/mlp.safetensors"], ["--arch"]),
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs"], ["package.module:factory"]),
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:nope"], ["cannot import"]),
@@ -151,6 +152,9 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["inspect", "{w}/nothing.press"], ["no such file"]),
         (["inspect", "{w}"], ["is a directory"]),
         (["demo", "--output-dir", "{w}/mlp.pt"], ["cannot use", "as the output directory"]),
+        (["compress", *MLP, "-m", "uniform", "-o", "x.pt"], [".press suffix"]),
+        (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--plot", "a.jpeg"], ["ending in .png or .svg or .pdf"]),
+        (["decompress", "{w}/nothing.press", "-o", "d.bin"], ["ending in .safetensors"]),
         (
             ["compress", *MLP, "-m", "uniform", "-o", "x.press", "--report", "x.press"],
             ["named for two outputs"],

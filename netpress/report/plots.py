@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import matplotlib
 
@@ -11,15 +12,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from netpress.codec import write_file  # noqa: E402
+from netpress.errors import OutputError  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Render ``fig`` in memory and write it through a temp file and a rename (``codec.write_file``),
-    so a failed write never leaves half an image; the figure is closed either way."""
+    """Render ``fig`` in memory, in the format its suffix names (PNG without one), and write it through
+    a temp file and a rename (``codec.write_file``), so a failed write never leaves half an image; the
+    figure is closed either way."""
     buffer = io.BytesIO()
     try:
         fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=dpi)
+        fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=dpi)
+    except ValueError as exc:  # a format matplotlib cannot write
+        raise OutputError(f"cannot write the plot {path}: {exc}") from exc
     finally:
         plt.close(fig)
     write_file(path, buffer.getvalue())

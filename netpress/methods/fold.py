@@ -38,6 +38,7 @@ from netpress.graph.groups import (
     transform_group,
 )
 from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm
+from netpress.progress import progress_bar
 
 Repair = Literal["none", "ar", "dir", "data"]
 REPAIRS: tuple[str, ...] = ("none", "ar", "dir", "data")
@@ -177,18 +178,21 @@ def deep_inversion(model: nn.Module, input_shape: tuple[int, ...], samples: int,
     x = torch.randn((samples, *input_shape), generator=generator).requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=0.1)
     try:
-        for _ in range(steps):
-            losses.clear()
-            out = teacher(x)
-            labels = torch.randint(0, out.shape[1], (samples,), generator=generator) if out.dim() == 2 else None
-            loss = torch.stack(losses).sum()
-            if labels is not None:
-                loss = loss + F.cross_entropy(out, labels)
-            diffs = [x.diff(dim=d).abs().mean() for d in range(2, x.dim())]
-            loss = loss + 1e-4 * sum(diffs, torch.zeros(()))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with progress_bar() as progress:
+            task = progress.add_task("DeepInversion samples", total=steps)
+            for _ in range(steps):
+                losses.clear()
+                out = teacher(x)
+                labels = torch.randint(0, out.shape[1], (samples,), generator=generator) if out.dim() == 2 else None
+                loss = torch.stack(losses).sum()
+                if labels is not None:
+                    loss = loss + F.cross_entropy(out, labels)
+                diffs = [x.diff(dim=d).abs().mean() for d in range(2, x.dim())]
+                loss = loss + 1e-4 * sum(diffs, torch.zeros(()))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                progress.update(task, advance=1)
     finally:
         for h in handles:
             h.remove()

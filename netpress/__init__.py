@@ -11,13 +11,27 @@ from netpress.api import (  # noqa: E402
     load_model,
     press,
     save,
+    sweep,
 )
 from netpress.budget import Budget  # noqa: E402
 from netpress.errors import NetpressError  # noqa: E402
-from netpress.methods import MagnitudePruning, UniformQuantization  # noqa: E402
+from netpress.methods import (  # noqa: E402
+    FCPTS,
+    L2,
+    ChannelL1,
+    Fold,
+    KMeansQuantization,
+    MagnitudePruning,
+    UniformQuantization,
+)
 
 __all__ = [
+    "FCPTS",
+    "L2",
     "Budget",
+    "ChannelL1",
+    "Fold",
+    "KMeansQuantization",
     "MagnitudePruning",
     "ModelHandle",
     "NetpressError",
@@ -29,4 +43,5 @@ __all__ = [
     "load_model",
     "press",
     "save",
+    "sweep",
 ]

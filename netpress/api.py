@@ -30,8 +30,18 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, NetpressError, check_writable, make_output_dir, not_a_file
-from netpress.evaluate import Evaluation, count_params, evaluate, predict
+from netpress.errors import (
+    BudgetError,
+    DataError,
+    ModelSourceError,
+    NetpressError,
+    check_seed,
+    check_writable,
+    make_output_dir,
+    not_a_file,
+)
+from netpress.evaluate import INFERENCE_BATCH, Evaluation, count_params, predict
+from netpress.evaluate import evaluate as _evaluate
 from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
 
 
@@ -105,8 +115,11 @@ def _zoo_handle(name: str, module: nn.Module, source: dict) -> ModelHandle:
     return ModelHandle(module, source, entry.dataset, entry.input_shape)
 
 
-def load_model(spec: str, arch: str | None = None) -> ModelHandle:
+def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     """Load ``zoo:NAME``; a ``.press`` file; or a ``.safetensors``/``.pt``/``.pth`` state dict with ``arch``."""
+    spec = os.fspath(spec)
+    if arch is not None and not isinstance(arch, str):
+        raise ModelSourceError(f"arch names a factory as 'package.module:function', got {arch!r}")
     if spec.startswith("zoo:"):
         if arch is not None:
             raise ModelSourceError(f"{spec} brings its own architecture; drop --arch")
@@ -152,7 +165,13 @@ def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model:
             raise NetpressError(f"{stage} added distinct values to the quantized tensor {name}")
 
 
-def _check_target_kind(methods: list[Method], budget: Budget | None) -> None:
+def _check_call(methods: list[Method], budget: Budget | None) -> None:
+    """The arguments' types, and a target some method takes, before any work."""
+    for method in methods:
+        if isinstance(method, type) or not callable(getattr(method, "apply", None)):
+            raise BudgetError(f"{method!r} is not a method; pass an instance such as FCPTS() or MagnitudePruning('lamp')")
+    if budget is not None and not isinstance(budget, Budget):
+        raise BudgetError(f"the target must be a Budget, e.g. Budget(sparsity=0.8), got {budget!r}")
     if budget is not None and not any(budget.kind in m.budgets for m in methods):
         takes = "; ".join(f"{m.name} takes {' or '.join(m.budgets) or 'no target'}" for m in methods)
         raise BudgetError(f"no chosen method takes a {budget.kind} target ({takes})")
@@ -184,7 +203,16 @@ def compress(
                 f"{method.name} sizes the file with raw_dtype={method.raw_dtype!r}: set raw_dtype={raw_dtype!r} "
                 f"on the method ({type(method).__name__}(raw_dtype={raw_dtype!r})) instead of on compress()"
             )
-    _check_target_kind(methods, budget)
+    _check_call(methods, budget)
+    if data is not None and not isinstance(data, Subset):
+        raise DataError("data must be a calibration Subset: netpress.data.calibration_subset(load_dataset(name, 'train'), n)")
+    structural = [i for i, m in enumerate(methods) if getattr(m, "structural", False)]
+    if structural and structural[-1] >= len(structural):
+        raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
+    if not any(m.needs != "none" for m in methods):
+        data = None  # unused, so not recorded in the file either
+    if handle.input_shape is not None:  # structural methods trace the model with an input of this shape
+        methods = [replace(m, input_shape=handle.input_shape) if getattr(m, "input_shape", 0) is None else m for m in methods]
     if budget is not None and budget.kind == "ratio" and budget.reference_bytes is None:
         budget = replace(budget, reference_bytes=fp32_bytes(handle.module))
     current = handle.module
@@ -241,12 +269,22 @@ def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
     return codec.save(compressed, path)
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None, arch: str | None = None) -> nn.Module:
+def evaluate(model: ModelHandle | nn.Module, dataset: Dataset, batch_size: int = INFERENCE_BATCH) -> Evaluation:
+    """Top-1 and per-class accuracy of a model (or a handle's) on a labelled dataset."""
+    return _evaluate(_as_handle(model).module, dataset, batch_size)
+
+
+def load(path: str | os.PathLike, model: ModelHandle | nn.Module | None = None, arch: str | None = None) -> nn.Module:
     """Rebuild the compressed model from a .press file.
 
     The architecture comes from ``model``, from ``arch``, or (for zoo models) from the file itself.
     A file made from a user architecture names it but never imports it on its own: pass ``arch``.
     """
+    if model is not None and arch is not None:
+        raise ModelSourceError("give the architecture once: model or arch, not both")
+    model = model.module if isinstance(model, ModelHandle) else model
+    if model is not None and not isinstance(model, nn.Module):
+        raise ModelSourceError(f"model must be an nn.Module instance (or a ModelHandle), got {model!r}")
     compressed = codec.read(path)
     if model is None:
         model = architecture_for(compressed.source, arch)
@@ -296,6 +334,7 @@ def press(
     """
     handle = _as_handle(model)
     methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    check_seed(seed)
     if data is not None and not isinstance(data, str):
         raise DataError(
             "press() takes a dataset name, so that it can calibrate on the training split and evaluate on the test "
@@ -328,19 +367,25 @@ def press(
         "ratio": original_bytes / file_bytes,
         "seconds": round(seconds, 3),
         "params_before": count_params(handle.module),
-        "params_after": compressed.summary["params"],
+        "params_after": _stored_params(compressed, handle.module),
         "sparsity": compressed.summary["sparsity"],
         "file": str(out),
         "uncompressed_layers": uncompressed_layers(handle.module),
     }
     if test is not None:
-        before = evaluate(handle.module, test)
-        after = evaluate(load(out, model=handle.module), test)
+        before = _evaluate(handle.module, test)
+        after = _evaluate(load(out, model=handle.module), test)
         report.update(dataset=dataset_name, accuracy_before=before.accuracy, accuracy_after=after.accuracy)
     if calibration is not None:
         report["calibration"] = {**compressed.summary["calibration"], "indices": calibration.indices}
     report["layers"] = compressed.details["layers"]
     return report
+
+
+def _stored_params(compressed: CompressedModel, module: nn.Module) -> int:
+    """Parameters in the file, counted like ``params_before`` (BatchNorm statistics are buffers, not parameters)."""
+    names = {name for name, _ in module.named_parameters()}
+    return sum(torch.Size(t.shape).numel() for name, t in compressed.tensors.items() if name in names)
 
 
 def sweep(
@@ -359,25 +404,31 @@ def sweep(
     Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve.
     """
     methods = [methods] if not isinstance(methods, Sequence) else list(methods)
-    if not budgets:
-        raise BudgetError("give at least one target to sweep")
-    for budget in budgets:  # before the output directory is made
-        _check_target_kind(methods, budget)
+    if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
+        raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")
+    for budget in budgets:  # all checked before the output directory is made
+        if budget is None:
+            raise BudgetError("give a Budget for every point of the sweep")
+        _check_call(methods, budget)
+    label = "+".join(m.name for m in methods)
+    names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BudgetError(f"two targets would write the same file ({', '.join(twice)}); give distinct targets")
     out_dir = Path(out_dir)
     make_output_dir(out_dir)
-    label = "+".join(m.name for m in methods)
     return [
         press(
             model,
             methods,
             budget,
-            out=out_dir / f"{label}-{budget.kind}{budget.value:g}.press",
+            out=out_dir / name,
             data=data,
             calib=calib,
             seed=seed,
             raw_dtype=raw_dtype,
         )
-        for budget in budgets
+        for budget, name in zip(budgets, names)
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from netpress.errors import BudgetError
+from netpress.errors import BudgetError, check_whole
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Budget:
             raise BudgetError(f"ratio must be > 1 (original bytes / file bytes), got {value}")
         if kind in ("sparsity", "params") and not 0 <= value < 1:
             raise BudgetError(f"{kind} must be a fraction in [0, 1), got {value}")
+        if self.reference_bytes is not None:
+            check_whole("reference_bytes", self.reference_bytes, 1)
 
     def target_bytes(self) -> int:
         """The largest file a ratio target allows: ⌊reference bytes / ratio⌋."""

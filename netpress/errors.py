@@ -6,6 +6,7 @@ so each message must say what went wrong and, where possible, what to do.
 
 from __future__ import annotations
 
+import math
 import os
 
 
@@ -70,3 +71,17 @@ def check_seed(seed: int) -> None:
     """Refuse a seed some library would reject mid-run, before any work."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise BudgetError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+
+def check_whole(name: str, value: object, minimum: int) -> None:
+    """A method setting that counts something (steps, samples, restarts): a whole number ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BudgetError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
+
+
+def check_real(name: str, value: object, minimum: float, *, inclusive: bool = True) -> None:
+    """A method setting that is a finite real number ≥ ``minimum`` (> it unless ``inclusive``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BudgetError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum or (value == minimum and not inclusive):
+        raise BudgetError(f"{name} must be {'≥' if inclusive else '>'} {minimum}, got {value!r}")

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from netpress.data import batches, check_dataset
-from netpress.errors import DataError
+from netpress.errors import DataError, UnsupportedModelError
 from netpress.progress import progress_bar
 
 # Inference batch: on a CPU, conv activations of a few hundred images stay in cache; at 1000 images
@@ -39,9 +39,13 @@ def count_params(model: nn.Module) -> int:
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's output, with an input it cannot take reported as a data problem, not a traceback."""
     try:
-        return model(x)
+        out = model(x)
     except RuntimeError as exc:
         raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: {exc}") from exc
+    if not torch.is_tensor(out) or out.dim() != 2:
+        what = f"a {tuple(out.shape)} tensor" if torch.is_tensor(out) else f"a {type(out).__name__}"
+        raise UnsupportedModelError(f"the model returns {what}; netpress needs a (batch, classes) tensor of logits")
+    return out
 
 
 @torch.no_grad()
@@ -64,7 +68,10 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = INFERENCE_BAT
         for x, y in batches(dataset, batch_size):
             if y is None:
                 raise DataError("evaluation needs labelled samples: (input, label) pairs")
-            pred = _forward(model, x).argmax(dim=1)
+            logits = _forward(model, x)
+            if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
+                raise DataError(f"labels must be class indices 0..{logits.shape[1] - 1}, one per sample, for this model")
+            pred = logits.argmax(dim=1)
             for label, ok in zip(y.tolist(), (pred == y).tolist()):
                 seen[label] = seen.get(label, 0) + 1
                 correct[label] = correct.get(label, 0) + int(ok)

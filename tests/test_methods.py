@@ -105,11 +105,75 @@ def test_split_exact_meets_total_and_caps():
         (lambda: calibration_subset(load_dataset("digits", "train"), 8, seed=-1), BudgetError, "seed"),
         (lambda: zoo.train("lenet300", epochs=0), BudgetError, "epochs"),
         (lambda: zoo.train("lenet300", device="gpu"), BudgetError, "cpu or cuda"),
+        (lambda: FCPTS(iterations=5.5), BudgetError, "whole number"),
+        (lambda: L2(temperature=float("nan")), BudgetError, "finite"),
+        (lambda: Fold(dir_steps=0), BudgetError, "dir_steps"),
+        (lambda: Fold(input_dtype="float33"), BudgetError, "torch dtype"),
+        (lambda: UniformQuantization(4, per_channel="no"), BudgetError, "True or False"),
+        (lambda: Budget(ratio=2, reference_bytes=-5), BudgetError, "reference_bytes"),
+        (lambda: calibration_subset(load_dataset("digits"), 64), DataError, "test split"),
+        (lambda: calibration_subset(load_dataset("digits", "train"), 64.0), DataError, "whole number"),
+        (lambda: netpress.compress(tiny_cnn(), MagnitudePruning, Budget(sparsity=0.5)), BudgetError, "not a method"),
+        (lambda: netpress.compress(tiny_cnn(), MagnitudePruning(), 0.5), BudgetError, "must be a Budget"),
+        (
+            lambda: netpress.compress(tiny_cnn(), FCPTS(), Budget(sparsity=0.5), load_dataset("digits", "train")),
+            DataError,
+            "Subset",
+        ),
+        (lambda: netpress.compress(tiny_cnn(), [UniformQuantization(4), Fold()], Budget(params=0.3)), BudgetError, "first"),
+        (lambda: netpress.compress(tiny_cnn().half(), UniformQuantization(4)), UnsupportedModelError, "float32"),
+        (lambda: netpress.compress(_weight_normed(), UniformQuantization(4)), UnsupportedModelError, "parametrization"),
+        (lambda: netpress.evaluate(_two_outputs(), load_dataset("digits")), UnsupportedModelError, "logits"),
+        (
+            lambda: netpress.evaluate(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), load_dataset("digits")),
+            DataError,
+            "class indices",
+        ),
+        (
+            lambda: netpress.sweep(tiny_cnn(), MagnitudePruning(), Budget(sparsity=0.5), out_dir="s"),
+            BudgetError,
+            "list of targets",
+        ),
+        (
+            lambda: netpress.sweep(
+                tiny_cnn(), MagnitudePruning(), [Budget(sparsity=0.5), Budget(sparsity=0.5000001)], out_dir="s"
+            ),
+            BudgetError,
+            "same file",
+        ),
+        (lambda: netpress.press(tiny_cnn(), UniformQuantization(4), out="x.press", seed=-1), BudgetError, "seed"),
     ],
 )
-def test_bad_configuration_is_refused(call, error, message):
+def test_bad_configuration_is_refused(call, error, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(error, match=message):
         call()
+    assert not list(tmp_path.iterdir()), "a refused call left files behind"
+
+
+def _weight_normed() -> nn.Module:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    torch.nn.utils.parametrizations.weight_norm(model[1])
+    return model
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.fc(x.flatten(1))
+        return y, y
+
+
+def _two_outputs() -> nn.Module:
+    return _TwoOutputs()
+
+
+def test_press_counts_parameters_alike_before_and_after(tmp_path):
+    report = netpress.press(tiny_cnn(), UniformQuantization(4), out=tmp_path / "c.press")
+    assert report["params_after"] == report["params_before"]  # BatchNorm statistics are buffers, not parameters
 
 
 def test_an_integer_target_is_the_same_target_as_its_float():

@@ -86,7 +86,9 @@ def load_dataset(name: str, split: str = "test") -> TensorDataset:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[name](split)
+    dataset = DATASETS[name](split)
+    dataset.split = split  # calibration_subset refuses the test split by this mark
+    return dataset
 
 
 def check_dataset(dataset: Dataset, input_shape: tuple[int, ...] | None = None) -> None:
@@ -111,6 +113,9 @@ class Subset:
     dataset: Dataset
     indices: list[int]
     seed: int
+
+    def __post_init__(self) -> None:  # plain ints, so the recorded indices and their hash never depend on the type
+        object.__setattr__(self, "indices", [int(i) for i in self.indices])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stack the subset into (inputs, labels-or-None) for methods that work on one batch."""
@@ -139,8 +144,12 @@ def calibration_subset(train: Dataset, n: int, seed: int = 0) -> Subset:
     Pass the training split: netpress never calibrates on test data, and the
     returned indices let anyone check which samples were used.
     """
+    if getattr(train, "split", None) == "test":
+        raise DataError("that is the test split: calibrate on load_dataset(name, 'train'); netpress never calibrates on it")
     check_dataset(train)
     total = len(train)  # type: ignore[arg-type]
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise DataError(f"calibration size must be a whole number of samples, got {n!r}")
     if n <= 0:
         raise DataError(f"calibration size must be positive, got {n}")
     if n > total:

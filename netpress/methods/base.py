@@ -71,6 +71,15 @@ def check_model(model: nn.Module) -> dict[str, nn.Parameter]:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
     weights = compressible_weights(model)
+    state = model.state_dict()
+    for name, weight in weights.items():
+        if name not in state:
+            raise UnsupportedModelError(
+                f"{name.removesuffix('.weight')} computes its weight (weight_norm, spectral_norm or another parametrization), "
+                "so there is no stored weight to compress; remove it first (torch.nn.utils.parametrize.remove_parametrizations)"
+            )
+        if weight.dtype not in (torch.float32, torch.float64):
+            raise UnsupportedModelError(f"{name} is {weight.dtype}; netpress compresses float32 weights: call model.float()")
     if not weights:
         kinds = ", ".join(t.__name__ for t in COMPRESSIBLE_LAYERS)
         found = ", ".join(f"{name or 'the model'} ({layer['type']})" for name, layer in uncompressed_layers(model).items())

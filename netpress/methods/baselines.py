@@ -123,6 +123,8 @@ class UniformQuantization:
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
             raise BudgetError(f"bits must be an integer from 2 to 16, got {self.bits!r}")
+        if not isinstance(self.per_channel, bool):
+            raise BudgetError(f"per_channel must be True or False, got {self.per_channel!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         check_budget(self, budget, required=False)

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from netpress.budget import Budget
 from netpress.codec.codes import SparseValues
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, check_seed
+from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
 from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
@@ -84,10 +84,11 @@ class FCPTS:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
-        if self.iterations < 0 or self.batch_size < 1 or self.mixed < 0:
-            raise BudgetError("iterations and mixed must be ≥ 0 and batch_size ≥ 1")
-        if self.threshold_lr < 0 or self.weight_lr < 0 or self.penalty < 0 or self.temperature <= 0:
-            raise BudgetError("learning rates and penalty must be ≥ 0 and the temperature > 0")
+        for name, minimum in (("iterations", 0), ("batch_size", 1), ("mixed", 0)):
+            check_whole(name, getattr(self, name), minimum)
+        for name in ("threshold_lr", "weight_lr", "penalty"):
+            check_real(name, getattr(self, name), 0.0)
+        check_real("temperature", self.temperature, 0.0, inclusive=False)
         if self.init != "best" and self.init not in ALLOCATIONS:
             raise BudgetError(f"init must be 'best' or one of {', '.join(ALLOCATIONS)}, got {self.init!r}")
 

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed
+from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed, check_whole
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
     ChannelGroup,
@@ -249,9 +249,14 @@ class _GroupReduction:
     dir_steps: int = 100
     budgets: ClassVar[tuple[str, ...]] = ("params",)
     merge: ClassVar[bool] = True
+    structural: ClassVar[bool] = True  # changes layer shapes: compress() refuses it after a weight stage
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        check_whole("dir_samples", self.dir_samples, 1)
+        check_whole("dir_steps", self.dir_steps, 1)
+        if not isinstance(getattr(torch, str(self.input_dtype), None), torch.dtype):
+            raise BudgetError(f"input_dtype must name a torch dtype such as 'float32' or 'int64', got {self.input_dtype!r}")
         if self.repair not in REPAIRS:
             raise BudgetError(f"unknown repair {self.repair!r}; use one of {', '.join(REPAIRS)}")
         if self.allocation not in GROUP_ALLOCATIONS:
@@ -335,8 +340,7 @@ class Fold(_GroupReduction):
             raise BudgetError(f"unknown clustering {self.clustering!r}; use one of {', '.join(CLUSTERINGS)}")
         if not 0.0 <= self.prune_fraction <= 1.0:
             raise BudgetError(f"prune_fraction must be in [0, 1], got {self.prune_fraction}")
-        if self.n_init < 1:
-            raise BudgetError(f"n_init must be ≥ 1, got {self.n_init}")
+        check_whole("n_init", self.n_init, 1)
 
     def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
         n = len(features)

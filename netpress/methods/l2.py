@@ -32,7 +32,7 @@ from netpress.codec.codes import Codes
 from netpress.codec.container import read_manifest
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, check_seed
+from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
 from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
@@ -88,14 +88,17 @@ class L2:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
-        if self.rounds < 1 or self.transform_steps < 0 or self.reconstruction_steps < 0 or self.batch_size < 1:
-            raise BudgetError("rounds and batch_size must be ≥ 1, step counts ≥ 0")
-        if self.transform_lr < 0 or self.weight_lr < 0 or self.rate_weight < 0:
-            raise BudgetError("learning rates and rate_weight must be ≥ 0")
-        if self.temperature <= 0:
-            raise BudgetError(f"temperature must be > 0, got {self.temperature}")
-        if self.resolution < 2:
-            raise BudgetError(f"resolution must be ≥ 2, got {self.resolution}")
+        for name, minimum in (
+            ("rounds", 1),
+            ("transform_steps", 0),
+            ("reconstruction_steps", 0),
+            ("batch_size", 1),
+            ("resolution", 2),
+        ):
+            check_whole(name, getattr(self, name), minimum)
+        for name in ("transform_lr", "weight_lr", "rate_weight"):
+            check_real(name, getattr(self, name), 0.0)
+        check_real("temperature", self.temperature, 0.0, inclusive=False)
         if self.raw_dtype not in RAW_DTYPES:
             raise BudgetError(f"raw_dtype must be one of {', '.join(RAW_DTYPES)}, got {self.raw_dtype!r}")
 

@@ -40,7 +40,7 @@ from netpress.errors import (
     make_output_dir,
     not_a_file,
 )
-from netpress.evaluate import INFERENCE_BATCH, Evaluation, count_params, predict
+from netpress.evaluate import INFERENCE_BATCH, Evaluation, count_params, kept_modes, predict
 from netpress.evaluate import evaluate as _evaluate
 from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
 
@@ -225,7 +225,8 @@ def compress(
         given = budget if budget is not None and budget.kind in method.budgets else None
         check_budget(method, given)
         weights_before = {k: v.detach().clone() for k, v in compressible_weights(current).items()}
-        result = method.apply(current, data if method.needs != "none" else None, given)
+        with kept_modes(handle.module):  # methods run the caller's model in eval mode; leave it as it was
+            result = method.apply(current, data if method.needs != "none" else None, given)
         _check_stage_invariants(weights_before, codes, result.model, method.name)
         current = result.model
         codes.update(result.codes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -57,8 +58,26 @@ def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = INFERENCE_
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = INFERENCE_BATCH) -> Evaluation:
-    """Top-1 and per-class accuracy of a classifier on a labelled dataset."""
+    """Top-1 and per-class accuracy of a classifier on a labelled dataset (the model's train/eval
+    flags are left as they were)."""
     check_dataset(dataset)
+    with kept_modes(model):
+        return _evaluate(model, dataset, batch_size)
+
+
+@contextmanager
+def kept_modes(model: nn.Module):
+    """Restore every submodule's train/eval flag on exit: netpress runs a caller's model in eval mode
+    and must not leave it switched."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _evaluate(model: nn.Module, dataset: Dataset, batch_size: int) -> Evaluation:
     model.eval()
     correct: dict[int, int] = {}
     seen: dict[int, int] = {}

@@ -2,9 +2,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
+import netpress
 from netpress import Budget, codec, compress
 from netpress.data import calibration_subset, load_dataset
+from netpress.errors import UnsupportedModelError
 from netpress.evaluate import predict
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning
 from netpress.methods.base import compressible_weights, distillation_loss, recalibrate_batchnorm, target_zeros
@@ -98,3 +101,14 @@ def test_fcpts_distils_at_least_as_well_as_every_baseline_with_batchnorm_reestim
         baseline = MagnitudePruning(allocation).apply(model, None, Budget(sparsity=sparsity)).model
         recalibrate_batchnorm(baseline, inputs)
         assert ours <= float(distillation_loss(predict(baseline, inputs), teacher, FAST.temperature)) + 1e-6
+
+
+def test_tied_weights_are_refused_and_the_callers_model_keeps_its_mode(calibration):
+    shared = nn.Linear(64, 64)
+    tied = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.Linear(64, 10))
+    with pytest.raises(UnsupportedModelError, match="shared with another layer"):
+        FAST.apply(tied, calibration, Budget(sparsity=0.5))
+    model = tiny_cnn().train()
+    netpress.compress(model, FAST, Budget(sparsity=0.5), calibration)
+    netpress.evaluate(model, load_dataset("digits"))
+    assert all(m.training for m in model.modules())

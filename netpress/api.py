@@ -344,7 +344,6 @@ def press(
         )
     check_writable(out, keep=(handle.path,) if handle.path else ())
     dataset_name = data or handle.dataset
-    torch.manual_seed(seed)
     calibration = None
     if any(m.needs != "none" for m in methods):
         if dataset_name is None:

@@ -216,3 +216,15 @@ def test_kmeans_keeps_zeros_and_uses_at_most_the_levels_asked_for():
         centroids = codes.levels[codes.levels != 0]
         nearest = (w.detach()[codes.dequantize() != 0].unsqueeze(1) - centroids.unsqueeze(0)).abs().argmin(1)
         assert torch.equal(survivors, centroids[nearest])  # every survivor sits on its nearest centroid
+
+
+def test_press_leaves_the_global_random_state_alone_and_is_reproducible(tmp_path):
+    """Every method seeds its own generator; press() must not reseed the caller's global one."""
+    model = tiny_cnn()  # the factory seeds torch itself
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    netpress.press(model, MagnitudePruning("lamp"), Budget(sparsity=0.5), out=tmp_path / "a.press")
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(7)
+    netpress.press(model, MagnitudePruning("lamp"), Budget(sparsity=0.5), out=tmp_path / "b.press")
+    assert (tmp_path / "a.press").read_bytes() == (tmp_path / "b.press").read_bytes()

@@ -292,6 +292,9 @@ class _GroupReduction:
             plans.append(plan)
             rows.append({**group.row(), "channels_after": k, "folded": k < group.channels})
         rows += [g.row() for g in groups if g.reason is not None]
+        # Rows in the model's layer order (tracing order puts e.g. fc2 before fc1), for reports and plots.
+        position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        rows.sort(key=lambda r: min((position.get(p, len(position)) for p in r["producers"]), default=len(position)))
         after = count_params(reduced)
         rows.append({"group": "total", "params_before": before, "params_after": after, "params_removed": 1 - after / before})
         return reduced, plans, rows

@@ -128,10 +128,14 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     if path.suffix == ".press":
         compressed = codec.read(path)
         module = compressed.to_module(architecture_for(compressed.source, arch))
+        # A file compressed again keeps the history of the stages before it.
+        earlier = compressed.source.get("earlier")
+        stage = {k: compressed.summary[k] for k in ("methods", "budget") if k in compressed.summary}
+        source = {**compressed.source, "earlier": [*(earlier if isinstance(earlier, list) else []), stage]}
         name = compressed.source.get("zoo")
         if arch is None and name in zoo.ZOO:
-            return replace(_zoo_handle(name, module, compressed.source), path=spec)
-        return ModelHandle(module, compressed.source, path=spec)
+            return replace(_zoo_handle(name, module, source), path=spec)
+        return ModelHandle(module, source, path=spec)
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
             f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, or a .pt/.pth state dict"

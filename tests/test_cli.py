@@ -90,6 +90,17 @@ def test_sweep_over_parameters_removed_with_fold(tmp_path):
 
 
 @needs_fashion_mnist
+def test_a_second_stage_keeps_the_history_of_the_first(tmp_path):
+    first, second = tmp_path / "a.press", tmp_path / "b.press"
+    assert run("compress", "zoo:lenet300", "-m", "magnitude", "--sparsity", "0.5", "-o", first).exit_code == 0
+    assert run("compress", first, "-m", "uniform", "--bits", "6", "-o", second).exit_code == 0
+    info = json.loads(run("inspect", second, "--json").output)
+    assert info["source"]["zoo"] == "lenet300" and info["summary"]["methods"][0]["name"] == "uniform"
+    first_stage = {"methods": [{"name": "magnitude", "allocation": "global"}], "budget": {"sparsity": 0.5}}
+    assert info["source"]["earlier"] == [first_stage]
+
+
+@needs_fashion_mnist
 def test_fold_plot_shows_channels_removed_per_group(tmp_path):
     result = run(
         "compress", "zoo:lenet300", "-m", "fold", "--params", "0.3", "-o", tmp_path / "f.press", "--plot", tmp_path / "f.png"

@@ -290,6 +290,8 @@ def load(path: str | os.PathLike, model: ModelHandle | nn.Module | None = None, 
     model = model.module if isinstance(model, ModelHandle) else model
     if model is not None and not isinstance(model, nn.Module):
         raise ModelSourceError(f"model must be an nn.Module instance (or a ModelHandle), got {model!r}")
+    if model is not None and any(t.is_meta for t in model.state_dict().values()):
+        raise ModelSourceError("the model is on the meta device: materialise it first, e.g. model.to_empty(device='cpu')")
     compressed = codec.read(path)
     if model is None:
         model = architecture_for(compressed.source, arch)

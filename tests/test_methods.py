@@ -142,6 +142,7 @@ def test_split_exact_meets_total_and_caps():
             "same file",
         ),
         (lambda: netpress.press(tiny_cnn(), UniformQuantization(4), out="x.press", seed=-1), BudgetError, "seed"),
+        (lambda: netpress.compress(tiny_cnn().to("meta"), UniformQuantization(4)), UnsupportedModelError, "meta device"),
     ],
 )
 def test_bad_configuration_is_refused(call, error, message, tmp_path, monkeypatch):

@@ -201,13 +201,13 @@ def compress(
         raise BudgetError("give at least one method")
     if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
         raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
+    _check_call(methods, budget)
     for method in methods:  # L² sizes the file in its own raw dtype; another one would break the fit
         if raw_dtype is not None and getattr(method, "raw_dtype", raw_dtype) != raw_dtype:
             raise BudgetError(
                 f"{method.name} sizes the file with raw_dtype={method.raw_dtype!r}: set raw_dtype={raw_dtype!r} "
                 f"on the method ({type(method).__name__}(raw_dtype={raw_dtype!r})) instead of on compress()"
             )
-    _check_call(methods, budget)
     if data is not None and not isinstance(data, Subset):
         raise DataError("data must be a calibration Subset: netpress.data.calibration_subset(load_dataset(name, 'train'), n)")
     structural = [i for i, m in enumerate(methods) if getattr(m, "structural", False)]
@@ -358,7 +358,8 @@ def press(
     test = None
     if dataset_name is not None:  # a dataset that does not fit the model fails here, not after the file is written
         test = resolve_dataset(dataset_name, "test", handle.input_shape)
-        predict(handle.module, test[0][0].unsqueeze(0))
+        with kept_modes(handle.module):
+            predict(handle.module, test[0][0].unsqueeze(0))
     start = time.perf_counter()
     compressed = compress(handle, methods, budget, calibration, raw_dtype=raw_dtype)
     file_bytes = save(compressed, out)

@@ -85,7 +85,6 @@ def build_methods(
     per_channel: bool,
     seed: int,
     repair: str = "none",
-    input_shape: tuple[int, ...] | None = None,
     levels: int | None = None,
     clustering: str = "kmeans",
     prune_fraction: float = 0.0,
@@ -94,7 +93,7 @@ def build_methods(
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
-    Structural methods (fold, channel-l1) trace the model with an input of ``input_shape``;
+    Structural methods (fold, channel-l1) get the handle's input shape from ``compress()``;
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
     file in it.
     """
@@ -124,9 +123,9 @@ def build_methods(
     if method in (Fold.name, ChannelL1.name):
         if method == Fold.name:
             options = {"clustering": clustering, "prune_fraction": prune_fraction}
-            chain = [Fold(repair=repair, input_shape=input_shape, seed=seed, **options)]
+            chain = [Fold(repair=repair, seed=seed, **options)]
         else:
-            chain = [ChannelL1(repair=repair, input_shape=input_shape, seed=seed)]
+            chain = [ChannelL1(repair=repair, seed=seed)]
     else:
         chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
     if bits is not None:
@@ -213,7 +212,6 @@ def compress(
         per_channel,
         seed,
         repair.value,
-        handle.input_shape,
         levels,
         clustering.value,
         prune_fraction,
@@ -280,9 +278,7 @@ def sweep(
     handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs accuracy: pass --data")
-    methods = build_methods(
-        method.value, bits, allocation.value, per_channel, seed, repair.value, handle.input_shape, levels=levels
-    )
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calib, seed=seed)
     label = "+".join(m.name for m in methods)

@@ -67,13 +67,13 @@ def uncompressed_layers(model: nn.Module) -> dict[str, dict]:
 
 def check_model(model: nn.Module) -> dict[str, nn.Parameter]:
     """Refuse models a weight-stage method cannot work on; return their compressible weights."""
-    for name, tensor in model.state_dict().items():
+    state = model.state_dict()
+    for name, tensor in state.items():
         if tensor.is_meta:
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
     weights = compressible_weights(model)
-    state = model.state_dict()
     for name, weight in weights.items():
         if name not in state:
             raise UnsupportedModelError(

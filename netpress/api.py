@@ -54,6 +54,9 @@ class ModelHandle:
     dataset: str | None = None
     input_shape: tuple[int, ...] | None = None
     path: str | None = None  # the file it was loaded from: never an output (not written into files)
+    # fp32 bytes of the model before netpress's first stage, for a model read from a .press file: a
+    # ratio against the reloaded model alone would hide what the earlier stages (a fold) removed.
+    first_original_bytes: int | None = None
 
 
 def _import_factory(spec: str):
@@ -127,15 +130,17 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     path = Path(spec)
     if path.suffix == ".press":
         compressed = codec.read(path)
-        module = compressed.to_module(architecture_for(compressed.source, arch))
+        architecture = architecture_for(compressed.source, arch)
+        module = compressed.to_module(architecture)
         # A file compressed again keeps the history of the stages before it.
         earlier = compressed.source.get("earlier")
         stage = {k: compressed.summary[k] for k in ("methods", "budget") if k in compressed.summary}
         source = {**compressed.source, "earlier": [*(earlier if isinstance(earlier, list) else []), stage]}
         name = compressed.source.get("zoo")
+        first = fp32_bytes(architecture)
         if arch is None and name in zoo.ZOO:
-            return replace(_zoo_handle(name, module, source), path=spec)
-        return ModelHandle(module, source, path=spec)
+            return replace(_zoo_handle(name, module, source), path=spec, first_original_bytes=first)
+        return ModelHandle(module, source, path=spec, first_original_bytes=first)
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
             f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, or a .pt/.pth state dict"
@@ -379,6 +384,9 @@ def press(
         "file": str(out),
         "uncompressed_layers": uncompressed_layers(handle.module),
     }
+    if handle.first_original_bytes is not None:  # the input is itself a .press file
+        report["first_original_bytes"] = handle.first_original_bytes
+        report["overall_ratio"] = handle.first_original_bytes / file_bytes
     if test is not None:
         before = _evaluate(handle.module, test)
         after = _evaluate(load(out, model=handle.module), test)

@@ -167,6 +167,15 @@ def _print_report(report: dict) -> None:
         f"{report['seconds']:.2f}",
     )
     out.print(table)
+    if "first_original_bytes" in report:
+        earlier = " + ".join(m["name"] for stage in report["source"].get("earlier", []) for m in stage.get("methods", []))
+        out.print(
+            f"the input is a .press file, so 'original bytes' are its reloaded model's; against the model before "
+            f"the first stage ({earlier or 'earlier stages'}): {report['first_original_bytes']:,} → "
+            f"{report['file_bytes']:,} bytes, {report['overall_ratio']:.2f}×",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report["uncompressed_layers"]:
         layers = ", ".join(f"{name} ({v['type']}, {v['params']:,} weights)" for name, v in report["uncompressed_layers"].items())
         err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)
@@ -283,7 +292,8 @@ def sweep(
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calib, seed=seed)
     label = "+".join(m.name for m in methods)
     table = Table(title=f"{model}: {label} sweep")
-    for col in ("target", "file bytes", "ratio", "acc before", "acc after", "seconds"):
+    overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input
+    for col in ("target", "file bytes", "ratio", *(["overall ratio"] if overall else []), "acc before", "acc after", "seconds"):
         table.add_column(col, justify="right")
     for (kind, value), r in zip(targets, results):
         acc = lambda k, r=r: f"{100 * r[k]:.2f} %" if k in r else "-"  # noqa: E731
@@ -291,6 +301,7 @@ def sweep(
             f"{kind} {value:g}",
             f"{r['file_bytes']:,}",
             f"{r['ratio']:.2f}×",
+            *([f"{r['overall_ratio']:.2f}×"] if overall else []),
             acc("accuracy_before"),
             acc("accuracy_after"),
             f"{r['seconds']:.1f}",

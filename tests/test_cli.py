@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from netpress import api, zoo
 from netpress.cli import app
 from tests.archs import custom_only, mlp_with_custom_layer, tiny_cnn, tiny_mlp
 from tests.conftest import needs_fashion_mnist
@@ -304,3 +305,15 @@ def test_arch_is_found_in_the_current_directory(weights, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("compress", weights / "mlp.pt", "--arch", "my_arch_here:build", "-m", "uniform", "-o", "m.press")
     assert result.exit_code == 0, result.output
+
+
+@needs_fashion_mnist
+def test_a_second_stage_after_fold_reports_the_ratio_against_the_model_before_the_first(tmp_path):
+    first, second, report = tmp_path / "a.press", tmp_path / "b.press", tmp_path / "b.json"
+    assert run("compress", "zoo:lenet300", "-m", "fold", "--params", "0.5", "-o", first).exit_code == 0
+    result = run("compress", first, "-m", "uniform", "--bits", "8", "-o", second, "--report", report)
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert r["first_original_bytes"] == api.fp32_bytes(zoo.build("lenet300")) > r["original_bytes"]
+    assert r["overall_ratio"] == r["first_original_bytes"] / r["file_bytes"]
+    assert "before the first stage (fold)" in result.output

@@ -46,12 +46,19 @@ MIX_SHARE = 0.5  # a mixed input is (1 − s)·x_a + s·x_b with s uniform in [0
 
 def _kth_magnitude(w: torch.Tensor, count: int) -> float:
     """A threshold that prunes ``count`` weights: midway between the count-th and next magnitude."""
-    mags = torch.sort(w.detach().abs().reshape(-1)).values
+    mags = w.detach().abs().reshape(-1)
+    n = mags.numel()
     if count <= 0:
-        return float(mags[0]) * 0.5
-    if count >= mags.numel():
-        return float(mags[-1]) * 1.01 + 1e-12
-    return 0.5 * float(mags[count - 1] + mags[count])
+        return float(mags.min()) * 0.5
+    if count >= n:
+        return float(mags.max()) * 1.01 + 1e-12
+    # The count-th and next smallest magnitudes, taken from the nearer end: the clamp asks for this
+    # every step, and a partial selection of the top 1 % costs a tenth of a full sort.
+    if count <= n - count:
+        pair = torch.topk(mags, count + 1, largest=False).values[-2:]
+    else:
+        pair = torch.topk(mags, n - count + 1).values[-2:]
+    return 0.5 * float(pair[0] + pair[1])
 
 
 @dataclass

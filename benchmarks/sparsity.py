@@ -13,19 +13,28 @@ beyond the first); the data-free baselines do not depend on it.
 ``--methods fcpts`` alone is a wall-time run: no baselines and no curve plot (the allocation plot
 stays), and a note on the ≤ 180 s target for ResNet-20 at 80 %.
 
+``--methods`` may also name the peer ``torch-prune``: ``torch.nn.utils.prune.global_unstructured``
+(L1, the same layers), made permanent and saved three ways a PyTorch user would (the dense state dict
+with ``torch.save``; that through zstd-19; the pruned weights as CSR with int32 indices, through
+zstd-19), each loaded back and evaluated. Needs the ``bench`` extra (zstandard).
+
 ``--name`` picks the results file, so models can run as parallel processes (one file each).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import io
 import math
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
@@ -38,18 +47,69 @@ from common import RESULTS_DIR, regenerate_results_md, run_case, write_result  #
 
 import netpress  # noqa: E402
 from netpress import Budget  # noqa: E402
+from netpress.compressed import fp32_bytes  # noqa: E402
 from netpress.data import load_dataset  # noqa: E402
 from netpress.evaluate import predict  # noqa: E402
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning  # noqa: E402
-from netpress.methods.base import target_zeros  # noqa: E402
+from netpress.methods.base import COMPRESSIBLE_LAYERS, target_zeros  # noqa: E402
 from netpress.report import plot_allocation, save_figure  # noqa: E402
 
 TIME_TARGET = 180.0  # seconds for FCPTS on ResNet-20 at 80 % with 1024 calibration samples (issue 5)
 COLUMNS = {
     "agreement": "share of test images on which the file's top-1 class is the dense model's",
     "kept": "FCPTS: the allocation it returned, learned or its start (safeguard), and the start",
+    "storage": "the file the accuracy and bytes come from: netpress's .press, or the peer's file",
 }
 METHODS = {f"magnitude-{a}": (lambda a=a: MagnitudePruning(a)) for a in ALLOCATIONS} | {"fcpts": FCPTS}
+PEER = "torch-prune"  # not a netpress method: see torch_prune_files
+
+
+def torch_prune_files(module: nn.Module, level: float) -> tuple[dict[str, bytes], set[str], float]:
+    """The peer: PyTorch's own global L1 pruning over the layers netpress prunes, made permanent, and
+    the files a PyTorch user would ship: {storage: bytes}, the pruned keys, and seconds spent pruning."""
+    import zstandard
+    from torch.nn.utils import prune
+
+    start = time.perf_counter()
+    model = copy.deepcopy(module)
+    params = [(m, "weight") for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS)]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=level)
+    for m, name in params:
+        prune.remove(m, name)
+    seconds = time.perf_counter() - start
+    state = model.state_dict()
+    pruned = {key for key, value in state.items() for m, _ in params if value is m.weight}
+    csr = {key: _csr(value) if key in pruned else value for key, value in state.items()}
+    dense, sparse = _saved(state), _saved(csr)
+    zstd = zstandard.ZstdCompressor(level=19)
+    files = {"torch.save": dense, "torch.save + zstd-19": zstd.compress(dense), "CSR torch.save + zstd-19": zstd.compress(sparse)}
+    return files, pruned, seconds
+
+
+def _csr(weight: torch.Tensor) -> torch.Tensor:
+    """A weight as a CSR matrix of (output channel, rest) with int32 indices, the smallest torch offers."""
+    matrix = weight.reshape(weight.shape[0], -1).to_sparse_csr()
+    return torch.sparse_csr_tensor(matrix.crow_indices().int(), matrix.col_indices().int(), matrix.values(), matrix.shape)
+
+
+def _saved(state: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_peer_file(module: nn.Module, storage: str, data: bytes) -> nn.Module:
+    """The peer's file loaded back as a user would: decompressed, ``weights_only``, CSR made dense."""
+    import zstandard
+
+    if "zstd" in storage:
+        data = zstandard.ZstdDecompressor().decompress(data)
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    reference = module.state_dict()
+    state = {k: v.to_dense().reshape(reference[k].shape) if v.layout == torch.sparse_csr else v for k, v in state.items()}
+    model = copy.deepcopy(module)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def mask_cost(path: Path) -> tuple[float, float, int, int]:
@@ -74,7 +134,11 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
-    methods = {m: METHODS[m] for m in args.methods.split(",")}
+    chosen = args.methods.split(",")
+    unknown = set(chosen) - set(METHODS) - {PEER}
+    if unknown:
+        parser.error(f"unknown --methods {sorted(unknown)}; choose from {[*METHODS, PEER]}")
+    methods = {m: METHODS[m] for m in chosen if m in METHODS}
     models, levels = args.models.split(","), [float(x) for x in args.levels.split(",")]
     test_inputs, test_labels = next(iter(torch.utils.data.DataLoader(load_dataset("fashion-mnist", "test"), batch_size=10**6)))
     rows, correct, agrees = [], {}, {}
@@ -101,6 +165,7 @@ def main() -> None:
                             "model": model,
                             "sparsity": level,
                             "method": method,
+                            "storage": ".press",
                             "accuracy_before": report["accuracy_before"],
                             "accuracy": report["accuracy_after"],
                             "agreement": round(agrees[(model, level, method)].float().mean().item(), 4),
@@ -121,7 +186,9 @@ def main() -> None:
                             RESULTS_DIR / f"{args.name}_allocation_{model}.png",
                             f"{model} at 80 %: FCPTS per-layer sparsity vs ERK",
                         )
-    if list(methods) == ["fcpts"]:
+                if PEER in chosen:
+                    rows += _peer_rows(handle.module, model, level, test_inputs, test_labels, dense_pred, correct, agrees)
+    if chosen == ["fcpts"]:
         write_result(args.name, _timing_record(rows, args.threads))
         regenerate_results_md()
         return
@@ -130,17 +197,79 @@ def main() -> None:
     write_result(
         args.name,
         {
-            "description": f"Exact global sparsity: FCPTS (1024 calibration samples from the training split, seeds {args.seeds}) "
-            "against magnitude pruning with global / uniform / ERK / LAMP allocation. Accuracy is measured on the "
-            f"model loaded back from the written .press file. Curves: results/{args.name}.png"
+            "description": _description(chosen, args.seeds)
+            + f" Curves: results/{args.name}.png"
             + (f"; allocations at 80 %: results/{args.name}_allocation_<model>.png" if allocation_plots else "")
             + f". Threads: {args.threads}.",
             "rows": rows,
             "columns": COLUMNS,
-            "summary": _summary(rows, correct, agrees),
+            "summary": _summary(rows, correct, agrees) + _bytes_summary(rows),
         },
     )
     regenerate_results_md()
+
+
+def _description(chosen: list[str], seeds: str) -> str:
+    """What ran, in words."""
+    allocations = [m.removeprefix("magnitude-") for m in chosen if m.startswith("magnitude-")]
+    parts = [f"FCPTS (1024 calibration samples from the training split, seeds {seeds})"] if "fcpts" in chosen else []
+    parts += [f"magnitude pruning with {' / '.join(allocations)} allocation"] if allocations else []
+    if PEER in chosen:
+        parts.append(
+            "the peer torch-prune: torch.nn.utils.prune.global_unstructured (L1) on the same layers, made permanent, "
+            "saved with torch.save (dense), that through zstd-19, and with the pruned weights as CSR (int32 indices) "
+            "through zstd-19"
+        )
+    return (
+        "Exact global sparsity, one target for all: "
+        + "; ".join(parts)
+        + ". Accuracy is measured on the model loaded back from the written file (`storage`)."
+    )
+
+
+def _peer_rows(
+    module: nn.Module,
+    model: str,
+    level: float,
+    test_inputs: torch.Tensor,
+    test_labels: torch.Tensor,
+    dense_pred: torch.Tensor,
+    correct: dict,
+    agrees: dict,
+) -> list[dict]:
+    """One row per way of storing PyTorch's own pruning, each file loaded back and evaluated."""
+    files, pruned, seconds = torch_prune_files(module, level)
+    rows, predictions = [], []
+    for storage, data in files.items():
+        loaded = load_peer_file(module, storage, data)
+        with torch.no_grad():
+            predictions.append(predict(loaded, test_inputs).argmax(1))
+        weights = [v for k, v in loaded.state_dict().items() if k in pruned]
+        zeros, numel = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+        rows.append(
+            {
+                "model": model,
+                "sparsity": level,
+                "method": PEER,
+                "storage": storage,
+                "accuracy_before": round((dense_pred == test_labels).float().mean().item(), 4),
+                "accuracy": round((predictions[-1] == test_labels).float().mean().item(), 4),
+                "agreement": round((predictions[-1] == dense_pred).float().mean().item(), 4),
+                "kept": "–",
+                "zeros_in_file": zeros,
+                "exact": zeros == target_zeros(level, numel),
+                "file_bytes": len(data),
+                "ratio": round(fp32_bytes(module) / len(data), 2),
+                "mask_bits_per_weight": None,
+                "mask_entropy_bound": None,
+                "seconds": round(seconds, 3),
+            }
+        )
+        print({k: rows[-1][k] for k in ("model", "sparsity", "method", "storage", "accuracy", "file_bytes")})
+    assert all(torch.equal(p, predictions[0]) for p in predictions), "the three storages must hold the same weights"
+    correct[(model, level, PEER)] = predictions[0] == test_labels
+    agrees[(model, level, PEER)] = predictions[0] == dense_pred
+    return rows
 
 
 def _timing_record(rows: list[dict], threads: int) -> dict:
@@ -194,6 +323,25 @@ def _summary(rows: list[dict], correct: dict, agrees: dict) -> list[str]:
                 f"gets right: {only_ours} / {only_best}, exact McNemar p = {mcnemar_p(only_ours, only_best):.2g}"
                 + _agreement(agrees[(model, level, "fcpts")], agrees[(model, level, best["method"])])
                 + _over_seeds(seeds, best)
+            )
+    return lines
+
+
+def _bytes_summary(rows: list[dict]) -> list[str]:
+    """Per model and level, netpress's smallest file against the peer's smallest, when the peer ran."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for level in dict.fromkeys(r["sparsity"] for r in rows):
+            cases = [r for r in rows if r["model"] == model and r["sparsity"] == level]
+            ours = [r for r in cases if r["storage"] == ".press"]
+            peers = [r for r in cases if r["method"] == PEER]
+            if not ours or not peers:
+                continue
+            a, b = min(ours, key=lambda r: r["file_bytes"]), min(peers, key=lambda r: r["file_bytes"])
+            lines.append(
+                f"{model} {level:.0%} bytes: smallest .press {a['file_bytes']:,} B ({a['method']}, {100 * a['accuracy']:.2f} %) "
+                f"vs smallest torch-prune file {b['file_bytes']:,} B ({b['storage']}, {100 * b['accuracy']:.2f} %): "
+                f"{b['file_bytes'] / a['file_bytes']:.2f}× smaller"
             )
     return lines
 

@@ -29,12 +29,13 @@ from netpress import codec, zoo
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
-from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
+from netpress.data import Subset, calibration_subset, check_dataset, check_not_test, load_dataset
 from netpress.errors import (
     BudgetError,
     DataError,
     ModelSourceError,
     NetpressError,
+    OutputError,
     check_seed,
     check_writable,
     make_output_dir,
@@ -70,7 +71,7 @@ def _import_factory(spec: str):
         sys.path.append(cwd)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # ImportError, AttributeError, or whatever the module raises while it is imported
         raise ModelSourceError(
             f"cannot import architecture {spec!r}: {exc}; the module must be importable (installed, in the current "
             "directory, or on PYTHONPATH)"
@@ -85,14 +86,21 @@ def _import_factory(spec: str):
 
 def build_architecture(arch: str) -> nn.Module:
     """Call a ``package.module:factory`` with no arguments; it must return an ``nn.Module``."""
-    model = _import_factory(arch)()
+    factory = _import_factory(arch)
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ModelSourceError(
+            f"{arch}() failed ({type(exc).__name__}: {exc}); netpress calls the factory with no arguments, and it must "
+            "return the untrained model"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ModelSourceError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -120,6 +128,8 @@ def _zoo_handle(name: str, module: nn.Module, source: dict) -> ModelHandle:
 
 def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     """Load ``zoo:NAME``; a ``.press`` file; or a ``.safetensors``/``.pt``/``.pth`` state dict with ``arch``."""
+    if not isinstance(spec, str | os.PathLike):
+        raise ModelSourceError(f"a model source is 'zoo:NAME' or a path, got {type(spec).__name__}")
     spec = os.fspath(spec)
     if arch is not None and not isinstance(arch, str):
         raise ModelSourceError(f"arch names a factory as 'package.module:function', got {arch!r}")
@@ -128,7 +138,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
             raise ModelSourceError(f"{spec} brings its own architecture; drop --arch")
         return _zoo_handle(spec[4:], zoo.load_pretrained(spec[4:]), {"zoo": spec[4:]})
     path = Path(spec)
-    if path.suffix == ".press":
+    if path.suffix.lower() == ".press":
         compressed = codec.read(path)
         architecture = architecture_for(compressed.source, arch)
         module = compressed.to_module(architecture)
@@ -141,7 +151,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         if arch is None and name in zoo.ZOO:
             return replace(_zoo_handle(name, module, source), path=spec, first_original_bytes=first)
         return ModelHandle(module, source, path=spec, first_original_bytes=first)
-    if path.suffix not in (".safetensors", ".pt", ".pth"):
+    if path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
             f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, or a .pt/.pth state dict"
         )
@@ -159,7 +169,12 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
 
 
 def _as_handle(model: ModelHandle | nn.Module) -> ModelHandle:
-    return model if isinstance(model, ModelHandle) else ModelHandle(model)
+    if isinstance(model, ModelHandle):
+        return model
+    if not isinstance(model, nn.Module):
+        hint = "; for a file or zoo name, call netpress.load_model() first" if isinstance(model, str | os.PathLike) else ""
+        raise ModelSourceError(f"the model must be a torch.nn.Module or a netpress ModelHandle, got {type(model).__name__}{hint}")
+    return ModelHandle(model)
 
 
 def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model: nn.Module, stage: str) -> None:
@@ -215,6 +230,14 @@ def compress(
             )
     if data is not None and not isinstance(data, Subset):
         raise DataError("data must be a calibration Subset: netpress.data.calibration_subset(load_dataset(name, 'train'), n)")
+    if data is not None:
+        check_not_test(data.dataset)
+    quantizer = next((m for m in methods[:-1] if getattr(m, "quantizes", False)), None)
+    if quantizer is not None:
+        raise BudgetError(
+            f"put {quantizer.name} last: a stage after it would store its weights as floats again and throw its codes "
+            "away (prune first, then quantize)"
+        )
     structural = [i for i, m in enumerate(methods) if getattr(m, "structural", False)]
     if structural and structural[-1] >= len(structural):
         raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
@@ -276,6 +299,8 @@ def compress(
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
     """Write a .press file; returns its size in bytes."""
+    if not isinstance(compressed, CompressedModel):
+        raise OutputError(f"save() writes what netpress.compress() returns, got {type(compressed).__name__}")
     return codec.save(compressed, path)
 
 
@@ -305,6 +330,8 @@ def load(path: str | os.PathLike, model: ModelHandle | nn.Module | None = None, 
 
 def architecture_for(source: dict, arch: str | None = None) -> nn.Module:
     """An (untrained) instance of the architecture a file or report names."""
+    if arch is not None and isinstance(source.get("zoo"), str):
+        raise ModelSourceError(f"this file was made from zoo:{source['zoo']}, which brings its own architecture; drop --arch")
     if arch is not None:
         return build_architecture(arch)
     if isinstance(source.get("zoo"), str):

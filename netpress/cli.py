@@ -212,6 +212,7 @@ def compress(
     """Compress MODEL with a method and write a .press file."""
     check_outputs(output, report, plot, keep=(model,))
     check_suffix(output, (".press",), "netpress recognises its files by the .press suffix")
+    check_suffix(report, (".json",), "the report is JSON")
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     handle = _with_input_shape(api.load_model(model, arch), data)
     methods = build_methods(
@@ -284,6 +285,7 @@ def sweep(
     targets = [(kind, value) for kind, values in given.items() for value in values]
     check_outputs(report, plot, keep=(model,))
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
+    check_suffix(report, (".json",), "the reports are JSON")
     handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs accuracy: pass --data")

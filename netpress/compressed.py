@@ -15,8 +15,14 @@ from netpress.graph.surgery import resize_to
 
 
 def fp32_file(model: nn.Module) -> bytes:
-    """The model's state dict as an fp32 safetensors file."""
-    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    """The model's state dict as an fp32 safetensors file (a tensor shared by several names stored once, as
+    ``safetensors.torch.save_model`` does)."""
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if v.numel() and (v.data_ptr(), v.shape, v.stride()) in seen:
+            continue
+        seen.add((v.data_ptr(), v.shape, v.stride()))
+        state[k] = (v.float() if v.is_floating_point() else v).contiguous().clone()
     return safetensors_save(state)
 
 

@@ -36,3 +36,18 @@ def mlp_with_custom_layer() -> nn.Module:
 
 def custom_only() -> nn.Module:
     return nn.Sequential(nn.Flatten(), _Mixer(64))
+
+
+def needs_an_argument(width: int) -> nn.Module:
+    return nn.Linear(width, 10)
+
+
+def raises() -> nn.Module:
+    raise ValueError("checkpoint path not configured")
+
+
+def tied() -> nn.Module:
+    """One layer used twice: its weight has two names in the state dict."""
+    torch.manual_seed(0)
+    shared = nn.Linear(32, 32)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), shared, nn.ReLU(), shared, nn.Linear(32, 10))

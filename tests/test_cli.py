@@ -7,9 +7,10 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+import netpress
 from netpress import api, zoo
 from netpress.cli import app
-from tests.archs import custom_only, mlp_with_custom_layer, tiny_cnn, tiny_mlp
+from tests.archs import custom_only, mlp_with_custom_layer, tied, tiny_cnn, tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
 runner = CliRunner()
@@ -27,6 +28,9 @@ def weights(tmp_path_factory):
     torch.save(model.state_dict(), folder / "mlp.pt")
     torch.save(model, folder / "whole_module.pt")  # a pickled module: must be refused
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
+    torch.save(tied().state_dict(), folder / "tied.pt")
+    uniform = netpress.compress(netpress.load_model("zoo:lenet300"), netpress.UniformQuantization(8))
+    netpress.save(uniform, folder / "lenet300.press")
     for factory in (custom_only, mlp_with_custom_layer):
         save_file(factory().state_dict(), str(folder / f"{factory.__name__}.safetensors"))
     return folder
@@ -165,6 +169,27 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["inspect", "{w}"], ["is a directory"]),
         (["demo", "--output-dir", "{w}/mlp.pt"], ["cannot use", "as the output directory"]),
         (["compress", *MLP, "-m", "uniform", "-o", "x.pt"], [".press suffix"]),
+        (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--report", "archs.py"], ["ending in .json"]),
+        (
+            [
+                "sweep",
+                *MLP,
+                "-m",
+                "magnitude",
+                "--sparsities",
+                "0.5",
+                "--out-dir",
+                "s",
+                "--report",
+                "r.press",
+            ],
+            ["ending in .json"],
+        ),
+        (["eval", "{w}/lenet300.press", "--arch", "tests.archs:tiny_mlp", "--data", "digits"], ["zoo:lenet300", "drop --arch"]),
+        (
+            ["compress", "{w}/tied.pt", "--arch", "tests.archs:tied", "-m", "uniform", "-o", "x.press"],
+            ["shared with another layer"],
+        ),
         (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--plot", "a.jpeg"], ["ending in .png or .svg or .pdf"]),
         (["decompress", "{w}/nothing.press", "-o", "d.bin"], ["ending in .safetensors"]),
         (
@@ -317,3 +342,11 @@ def test_a_second_stage_after_fold_reports_the_ratio_against_the_model_before_th
     assert r["first_original_bytes"] == api.fp32_bytes(zoo.build("lenet300")) > r["original_bytes"]
     assert r["overall_ratio"] == r["first_original_bytes"] / r["file_bytes"]
     assert "before the first stage (fold)" in result.output
+
+
+def test_file_suffixes_are_read_in_any_case(weights, tmp_path):
+    upper = tmp_path / "LENET300.PRESS"
+    upper.write_bytes((weights / "lenet300.press").read_bytes())
+    result = run("inspect", upper)
+    assert result.exit_code == 0, result.output
+    assert run("compress", upper, "-m", "uniform", "--bits", "4", "-o", tmp_path / "b.press").exit_code == 0

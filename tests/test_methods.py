@@ -5,12 +5,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import netpress
-from netpress import Budget, MagnitudePruning, UniformQuantization, zoo
-from netpress.data import calibration_subset, load_dataset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError
+from netpress import Budget, MagnitudePruning, UniformQuantization, api, zoo
+from netpress.compressed import fp32_bytes
+from netpress.data import Subset, calibration_subset, load_dataset
+from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import compressible_weights, split_exact, target_zeros
-from tests.archs import tiny_cnn
+from tests.archs import tied, tiny_cnn
 
 
 def random_model(seed: int) -> nn.Module:
@@ -143,6 +144,31 @@ def test_split_exact_meets_total_and_caps():
         ),
         (lambda: netpress.press(tiny_cnn(), UniformQuantization(4), out="x.press", seed=-1), BudgetError, "seed"),
         (lambda: netpress.compress(tiny_cnn().to("meta"), UniformQuantization(4)), UnsupportedModelError, "meta device"),
+        (
+            lambda: netpress.compress(tiny_cnn(), [UniformQuantization(4), MagnitudePruning()], Budget(sparsity=0.5)),
+            BudgetError,
+            "put uniform last",
+        ),
+        (lambda: netpress.compress(tied(), MagnitudePruning(), Budget(sparsity=0.5)), UnsupportedModelError, "5.weight"),
+        (lambda: netpress.compress(tied(), UniformQuantization(4)), UnsupportedModelError, "shared with another layer"),
+        (lambda: netpress.compress("zoo:lenet300", UniformQuantization(4)), ModelSourceError, "load_model"),
+        (lambda: netpress.compress(tiny_cnn().state_dict(), UniformQuantization(4)), ModelSourceError, "got OrderedDict"),
+        (lambda: netpress.load_model(None), ModelSourceError, "or a path, got NoneType"),
+        (lambda: netpress.save(tiny_cnn(), "x.press"), OutputError, "what netpress.compress"),
+        (lambda: api.build_architecture("tests.archs:raises"), ModelSourceError, "checkpoint path not configured"),
+        (lambda: api.build_architecture("tests.archs:needs_an_argument"), ModelSourceError, "no arguments"),
+        (
+            lambda: calibration_subset(torch.utils.data.Subset(load_dataset("digits", "test"), range(100)), 10),
+            DataError,
+            "test split",
+        ),
+        (
+            lambda: netpress.compress(
+                tiny_cnn(), FCPTS(), Budget(sparsity=0.5), Subset(load_dataset("digits", "test"), list(range(64)), 0)
+            ),
+            DataError,
+            "test split",
+        ),
     ],
 )
 def test_bad_configuration_is_refused(call, error, message, tmp_path, monkeypatch):
@@ -229,3 +255,9 @@ def test_press_leaves_the_global_random_state_alone_and_is_reproducible(tmp_path
     torch.manual_seed(7)
     netpress.press(model, MagnitudePruning("lamp"), Budget(sparsity=0.5), out=tmp_path / "b.press")
     assert (tmp_path / "a.press").read_bytes() == (tmp_path / "b.press").read_bytes()
+
+
+def test_the_fp32_reference_of_a_model_with_a_shared_layer_stores_it_once():
+    model = tied()
+    untied = nn.Sequential(*list(model)[:5], nn.Linear(32, 10))  # the same layers, the shared one used once
+    assert fp32_bytes(model) < fp32_bytes(untied) + 32 * 33 * 4

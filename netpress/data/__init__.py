@@ -10,7 +10,8 @@ from netpress.data.datasets import (
     batches,
     calibration_subset,
     check_dataset,
+    check_not_test,
     load_dataset,
 )
 
-__all__ = ["DATASETS", "Subset", "batches", "calibration_subset", "check_dataset", "load_dataset"]
+__all__ = ["DATASETS", "Subset", "batches", "calibration_subset", "check_dataset", "check_not_test", "load_dataset"]

@@ -138,14 +138,23 @@ def batches(dataset: Dataset, batch_size: int, indices: list[int] | None = None)
         yield x, y
 
 
+def check_not_test(dataset: Dataset) -> None:
+    """Refuse a test split, also inside the wrappers torch offers (Subset, ConcatDataset and the like)."""
+    stack, seen = [dataset], 0
+    while stack and seen < 1000:
+        current, seen = stack.pop(), seen + 1
+        if getattr(current, "split", None) == "test":
+            raise DataError("that is the test split: calibrate on load_dataset(name, 'train'); netpress never calibrates on it")
+        stack += [inner for inner in [getattr(current, "dataset", None), *getattr(current, "datasets", ())] if inner is not None]
+
+
 def calibration_subset(train: Dataset, n: int, seed: int = 0) -> Subset:
     """Draw ``n`` distinct samples from a training split with a seed.
 
     Pass the training split: netpress never calibrates on test data, and the
     returned indices let anyone check which samples were used.
     """
-    if getattr(train, "split", None) == "test":
-        raise DataError("that is the test split: calibrate on load_dataset(name, 'train'); netpress never calibrates on it")
+    check_not_test(train)
     check_dataset(train)
     total = len(train)  # type: ignore[arg-type]
     if isinstance(n, bool) or not isinstance(n, int):

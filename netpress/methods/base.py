@@ -73,6 +73,13 @@ def check_model(model: nn.Module) -> dict[str, nn.Parameter]:
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
+    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    if aliases:
+        raise UnsupportedModelError(
+            f"{', '.join(sorted(aliases))}: parameters shared with another layer (tied weights, or one layer used twice); "
+            "netpress compresses each stored weight once and does not support sharing yet: untie them first "
+            "(give each use its own copy)"
+        )
     weights = compressible_weights(model)
     for name, weight in weights.items():
         if name not in state:

@@ -119,6 +119,7 @@ class UniformQuantization:
     name: ClassVar[str] = "uniform"
     needs: ClassVar[str] = "none"
     budgets: ClassVar[tuple[str, ...]] = ()
+    quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
@@ -174,6 +175,7 @@ class KMeansQuantization:
     name: ClassVar[str] = "kmeans"
     needs: ClassVar[str] = "none"
     budgets: ClassVar[tuple[str, ...]] = ()
+    quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
 
     def __post_init__(self) -> None:
         if not isinstance(self.levels, int) or not 2 <= self.levels <= 65536:

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from netpress.budget import Budget
 from netpress.codec.codes import SparseValues
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_real, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
 from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
@@ -128,12 +128,6 @@ class FCPTS:
         student = copy.deepcopy(model).eval()
         weights = check_model(student)
         names = list(weights)
-        aliases = {n for n, _ in student.named_parameters(remove_duplicate=False)} - {n for n, _ in student.named_parameters()}
-        if aliases:
-            raise UnsupportedModelError(
-                f"{', '.join(sorted(aliases))}: parameters shared with another layer (tied weights, or one layer used twice); "
-                "FCPTS learns one threshold per layer: untie them, or use --method magnitude"
-            )
         sizes = [w.numel() for w in weights.values()]
         total = sum(sizes)
         erk_counts = prune_counts(list(weights.values()), target, "erk")

@@ -85,6 +85,7 @@ class L2:
     name: ClassVar[str] = "l2"
     needs: ClassVar[str] = "calibration"
     budgets: ClassVar[tuple[str, ...]] = ("ratio",)
+    quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
 
     def __post_init__(self) -> None:
         check_seed(self.seed)

@@ -60,6 +60,9 @@ class ModelHandle:
     first_original_bytes: int | None = None
 
 
+DEFAULT_CALIB = 1024  # calibration samples drawn from the training split when the caller names no number
+
+
 def _import_factory(spec: str):
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -96,6 +99,10 @@ def build_architecture(arch: str) -> nn.Module:
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelSourceError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise ModelSourceError(
+            f"{arch} builds its model on the meta device; netpress loads weights into real tensors: build it on the cpu"
+        )
     return model
 
 
@@ -164,7 +171,10 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {exc}") from exc
+        raise ModelSourceError(
+            f"the weights in {spec} do not fit {arch}: {exc}; if they came from `netpress decompress` of a fold file, they "
+            "have fewer channels than the architecture builds: load the .press file instead, which resizes the layers"
+        ) from exc
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
 
 
@@ -175,6 +185,15 @@ def _as_handle(model: ModelHandle | nn.Module) -> ModelHandle:
         hint = "; for a file or zoo name, call netpress.load_model() first" if isinstance(model, str | os.PathLike) else ""
         raise ModelSourceError(f"the model must be a torch.nn.Module or a netpress ModelHandle, got {type(model).__name__}{hint}")
     return ModelHandle(model)
+
+
+def _method_list(methods: Method | Sequence[Method]) -> list[Method]:
+    """One method or several, as a list; a method's name is not a method."""
+    if isinstance(methods, str):
+        raise BudgetError(
+            f"{methods!r} is a name; pass method objects, e.g. MagnitudePruning() or [MagnitudePruning(), UniformQuantization(5)]"
+        )
+    return [methods] if not isinstance(methods, Sequence) else list(methods)
 
 
 def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model: nn.Module, stage: str) -> None:
@@ -216,7 +235,7 @@ def compress(
     chose for them (fp32 unless it says otherwise). A ratio budget is checked on the serialised file.
     """
     handle = _as_handle(model)
-    methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    methods = _method_list(methods)
     if not methods:
         raise BudgetError("give at least one method")
     if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
@@ -362,7 +381,7 @@ def press(
     *,
     out: str | os.PathLike,
     data: str | None = None,
-    calib: int = 1024,
+    calib: int = DEFAULT_CALIB,
     seed: int = 0,
     raw_dtype: str | None = None,
 ) -> dict:
@@ -372,7 +391,7 @@ def press(
     Calibration samples come from the training split; evaluation uses the test split.
     """
     handle = _as_handle(model)
-    methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    methods = _method_list(methods)
     check_seed(seed)
     if data is not None and not isinstance(data, str):
         raise DataError(
@@ -437,7 +456,7 @@ def sweep(
     *,
     out_dir: str | os.PathLike,
     data: str | None = None,
-    calib: int = 1024,
+    calib: int = DEFAULT_CALIB,
     seed: int = 0,
     raw_dtype: str | None = None,
 ) -> list[dict]:
@@ -445,7 +464,7 @@ def sweep(
 
     Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve.
     """
-    methods = [methods] if not isinstance(methods, Sequence) else list(methods)
+    methods = _method_list(methods)
     if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
         raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")
     for budget in budgets:  # all checked before the output directory is made

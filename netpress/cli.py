@@ -142,6 +142,13 @@ def _with_input_shape(handle: api.ModelHandle, data: str | None) -> api.ModelHan
     return replace(handle, input_shape=tuple(api.resolve_dataset(data, "test")[0][0].shape))
 
 
+def calibration_size(calib: int | None, methods: list) -> int:
+    """``--calib``, refused where no chosen method calibrates (it would be ignored)."""
+    if calib is not None and all(m.needs == "none" for m in methods):
+        raise BudgetError(f"{' + '.join(m.name for m in methods)} uses no calibration data; drop --calib")
+    return api.DEFAULT_CALIB if calib is None else calib
+
+
 def build_budget(ratio: float | None, sparsity: float | None, params: float | None) -> Budget | None:
     given = [v for v in (ratio, sparsity, params) if v is not None]
     if not given:
@@ -200,7 +207,7 @@ def compress(
         0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
     ),
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
-    calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
+    calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
     raw_dtype: str | None = typer.Option(
         None, help="dtype of uncoded tensors: fp32 or fp16 (default: the method's choice; fp16 for l2, else fp32)"
@@ -228,7 +235,14 @@ def compress(
         raw_dtype,
     )
     result = api.press(
-        handle, methods, build_budget(ratio, sparsity, params), out=output, data=data, calib=calib, seed=seed, raw_dtype=raw_dtype
+        handle,
+        methods,
+        build_budget(ratio, sparsity, params),
+        out=output,
+        data=data,
+        calib=calibration_size(calib, methods),
+        seed=seed,
+        raw_dtype=raw_dtype,
     )
     _print_report(result)
     if plot is not None:
@@ -270,7 +284,7 @@ def sweep(
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
     data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
-    calib: int = typer.Option(1024, help="calibration samples drawn from the training split"),
+    calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     out_dir: Path = typer.Option(Path("netpress-sweep"), help="where the .press files go"),
@@ -291,7 +305,7 @@ def sweep(
         raise DataError("a curve needs accuracy: pass --data")
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
-    results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calib, seed=seed)
+    results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calibration_size(calib, methods), seed=seed)
     label = "+".join(m.name for m in methods)
     table = Table(title=f"{model}: {label} sweep")
     overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input

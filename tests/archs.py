@@ -51,3 +51,7 @@ def tied() -> nn.Module:
     torch.manual_seed(0)
     shared = nn.Linear(32, 32)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), shared, nn.ReLU(), shared, nn.Linear(32, 10))
+
+
+def on_meta() -> nn.Module:
+    return tiny_mlp().to("meta")

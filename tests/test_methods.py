@@ -154,6 +154,19 @@ def test_split_exact_meets_total_and_caps():
         (lambda: netpress.compress("zoo:lenet300", UniformQuantization(4)), ModelSourceError, "load_model"),
         (lambda: netpress.compress(tiny_cnn().state_dict(), UniformQuantization(4)), ModelSourceError, "got OrderedDict"),
         (lambda: netpress.load_model(None), ModelSourceError, "or a path, got NoneType"),
+        (lambda: netpress.compress(tiny_cnn(), "magnitude", Budget(sparsity=0.5)), BudgetError, "is a name"),
+        (lambda: L2(per_channel="x"), BudgetError, "True or False"),
+        (lambda: zoo.train("lenet300", device="cpu:1"), BudgetError, "one cpu device"),
+        (lambda: zoo.train("lenet300", device="meta"), BudgetError, "cpu or cuda"),
+        (lambda: api.build_architecture("tests.archs:on_meta"), ModelSourceError, "meta device"),
+        (lambda: netpress.compress(tiny_cnn(), MagnitudePruning(), Budget(sparsity=0.9999999)), BudgetError, "removes all"),
+        (
+            lambda: netpress.compress(
+                tiny_cnn(), FCPTS(), Budget(sparsity=0.995), calibration_subset(load_dataset("digits", "train"), 16)
+            ),
+            BudgetError,
+            "the most it can remove from this model is 0.9898",
+        ),
         (lambda: netpress.save(tiny_cnn(), "x.press"), OutputError, "what netpress.compress"),
         (lambda: api.build_architecture("tests.archs:raises"), ModelSourceError, "checkpoint path not configured"),
         (lambda: api.build_architecture("tests.archs:needs_an_argument"), ModelSourceError, "no arguments"),

@@ -60,6 +60,11 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
     """How many weights to remove per layer so the total is exactly ⌈sparsity · N⌉."""
     sizes = [w.numel() for w in weights]
     total = target_zeros(sparsity, sum(sizes))
+    if total >= sum(sizes):
+        raise BudgetError(
+            f"sparsity {sparsity:g} removes all {sum(sizes):,} weights of this model (it rounds up); the largest target "
+            f"that keeps one is {(sum(sizes) - 1) / sum(sizes):.6g}"
+        )
     # A per-layer allocation keeps one weight in every layer whenever the target leaves room:
     # rounding must not disconnect a small layer.
     caps = [n - 1 for n in sizes] if total <= sum(sizes) - len(sizes) else sizes

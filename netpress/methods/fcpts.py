@@ -130,6 +130,13 @@ class FCPTS:
         names = list(weights)
         sizes = [w.numel() for w in weights.values()]
         total = sum(sizes)
+        # Every layer keeps at least 1 % of its weights: a layer pruned away gets no gradient to come back.
+        min_keep = [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
+        if target_zeros(target, total) > total - sum(min_keep):
+            raise BudgetError(
+                f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
+                f"{(total - sum(min_keep)) / total:.4f} of its weights; lower --sparsity, or use --method magnitude"
+            )
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         inputs, _ = data.tensors()
         teacher_logits = predict(model, inputs)
@@ -150,8 +157,6 @@ class FCPTS:
             groups.append({"params": [p for p in student.parameters()], "lr": self.weight_lr})
         optimizer = torch.optim.Adam(groups)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(self.iterations, 1))
-        # Every layer keeps at least 1 % of its weights: a layer pruned away gets no gradient to come back.
-        min_keep = [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
 
         with progress_bar() as progress:
             task = progress.add_task("FCPTS", total=self.iterations)

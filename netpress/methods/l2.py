@@ -102,6 +102,8 @@ class L2:
         check_real("temperature", self.temperature, 0.0, inclusive=False)
         if self.raw_dtype not in RAW_DTYPES:
             raise BudgetError(f"raw_dtype must be one of {', '.join(RAW_DTYPES)}, got {self.raw_dtype!r}")
+        if not isinstance(self.per_channel, bool):
+            raise BudgetError(f"per_channel must be True or False, got {self.per_channel!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)

@@ -91,11 +91,17 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def _check_device(device: str) -> None:
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError:
         raise BudgetError(f"unknown device {device!r}; use cpu or cuda") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise BudgetError(f"device {device!r}: torch has one cpu device; use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise BudgetError(f"device {device!r}: netpress trains on cpu or cuda")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise BudgetError(f"device {device!r}: this machine or torch build has no usable CUDA; use --device cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise BudgetError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
 
 
 def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR, device: str = "cpu") -> dict:

@@ -43,6 +43,7 @@ from netpress.errors import (
 )
 from netpress.evaluate import INFERENCE_BATCH, Evaluation, count_params, kept_modes, predict
 from netpress.evaluate import evaluate as _evaluate
+from netpress.methods import METHODS
 from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
 
 
@@ -196,6 +197,21 @@ def _method_list(methods: Method | Sequence[Method]) -> list[Method]:
     return [methods] if not isinstance(methods, Sequence) else list(methods)
 
 
+def _check_quantized_input(handle: ModelHandle, methods: list[Method]) -> None:
+    """A model loaded from a quantized .press file holds few distinct values; a pipeline that does not end
+    in a quantizer would store them as floats again, a larger file than its input."""
+    earlier = handle.source.get("earlier")
+    last = earlier[-1].get("methods") if isinstance(earlier, list) and earlier and isinstance(earlier[-1], dict) else None
+    names = [m.get("name") for m in last or [] if isinstance(m, dict)]
+    quantized = [n for n in names if getattr(METHODS.get(n), "quantizes", False)]
+    if quantized and not getattr(methods[-1], "quantizes", False):
+        raise BudgetError(
+            f"the input file's weights are quantized ({quantized[0]}); {methods[-1].name} would store them as floats "
+            "again and throw the codes away, a larger file: end with a quantizer (e.g. --bits B), or compress the "
+            "model from before the quantization"
+        )
+
+
 def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model: nn.Module, stage: str) -> None:
     """Stages never undo each other: a pruned weight stays zero; a quantized tensor gains no new values."""
     after = model.state_dict()
@@ -257,6 +273,7 @@ def compress(
             f"put {quantizer.name} last: a stage after it would store its weights as floats again and throw its codes "
             "away (prune first, then quantize)"
         )
+    _check_quantized_input(handle, methods)
     structural = [i for i, m in enumerate(methods) if getattr(m, "structural", False)]
     if structural and structural[-1] >= len(structural):
         raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")

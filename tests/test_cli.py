@@ -172,6 +172,10 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--report", "archs.py"], ["ending in .json"]),
         (["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--calib", "64", "-o", "x.press"], ["drop --calib"]),
         (
+            ["compress", "{w}/lenet300.press", "-m", "magnitude", "--sparsity", "0.5", "-o", "x.press"],
+            ["quantized (uniform)", "end with a quantizer"],
+        ),
+        (
             [
                 "sweep",
                 *MLP,

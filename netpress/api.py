@@ -169,6 +169,12 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         raise ModelSourceError(f"{spec} holds weights only; pass the architecture with --arch package.module:factory")
     model = build_architecture(arch)
     state = _load_weights(path)
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key in expected and expected[key].is_floating_point() and not value.is_floating_point():
+            raise ModelSourceError(
+                f"{key} in {spec} is {value.dtype}, where {arch} holds a float tensor; these are not trained float weights"
+            )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -417,7 +423,7 @@ def press(
             "netpress.data.calibration_subset(train, n)), save(), and evaluate(load(file, model), test)"
         )
     check_writable(out, keep=(handle.path,) if handle.path else ())
-    dataset_name = data or handle.dataset
+    dataset_name = data if data is not None else handle.dataset  # "" is a wrong name, not "use the default"
     calibration = None
     if any(m.needs != "none" for m in methods):
         if dataset_name is None:

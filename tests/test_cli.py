@@ -29,6 +29,7 @@ def weights(tmp_path_factory):
     torch.save(model, folder / "whole_module.pt")  # a pickled module: must be refused
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
     torch.save(tied().state_dict(), folder / "tied.pt")
+    save_file({k: v.to(torch.int32) for k, v in model.state_dict().items()}, str(folder / "int.safetensors"))
     uniform = netpress.compress(netpress.load_model("zoo:lenet300"), netpress.UniformQuantization(8))
     netpress.save(uniform, folder / "lenet300.press")
     for factory in (custom_only, mlp_with_custom_layer):
@@ -171,6 +172,8 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["compress", *MLP, "-m", "uniform", "-o", "x.pt"], [".press suffix"]),
         (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--report", "archs.py"], ["ending in .json"]),
         (["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--calib", "64", "-o", "x.press"], ["drop --calib"]),
+        (["eval", "{w}/int.safetensors", "--arch", "tests.archs:tiny_mlp", "--data", "digits"], ["torch.int32", "float"]),
+        (["compress", *MLP, "-m", "uniform", "--data", "", "-o", "x.press"], ["unknown dataset ''"]),
         (
             ["compress", "{w}/lenet300.press", "-m", "magnitude", "--sparsity", "0.5", "-o", "x.press"],
             ["quantized (uniform)", "end with a quantizer"],

@@ -358,3 +358,10 @@ def test_file_suffixes_are_read_in_any_case(weights, tmp_path):
     result = run("inspect", upper)
     assert result.exit_code == 0, result.output
     assert run("compress", upper, "-m", "uniform", "--bits", "4", "-o", tmp_path / "b.press").exit_code == 0
+
+
+def test_an_output_directory_without_write_permission_is_refused_before_any_work(weights, tmp_path, monkeypatch):
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # as root every path is writable: pretend otherwise
+    result = run("compress", *(a.format(w=weights) for a in MLP), "-m", "uniform", "-o", tmp_path / "x.press")
+    assert_one_line_error(result, "no permission to write")
+    assert not (tmp_path / "x.press").exists()

@@ -228,3 +228,26 @@ def test_fold_options_are_validated():
         Fold(clustering="spectral")
     with pytest.raises(netpress.errors.BudgetError, match="prune_fraction"):
         Fold(prune_fraction=1.5)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, attention: bool) -> None:
+        super().__init__()
+        self.attention = attention
+        self.inp = nn.Linear(28, 16)
+        self.mix = nn.MultiheadAttention(16, 2, batch_first=True) if attention else nn.LSTM(16, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x.reshape(x.shape[0], 28, 28))
+        h = self.mix(h, h, h)[0] if self.attention else self.mix(h)[0]
+        return self.fc(h.mean(1))
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_a_model_fold_cannot_change_names_the_layers_it_leaves_alone(attention):
+    torch.manual_seed(0)
+    kind = "MultiheadAttention" if attention else "LSTM"
+    with pytest.raises(UnsupportedModelError, match=f"Linear and Conv layers only, not mix \\({kind}\\)") as error:
+        Fold(input_shape=IMAGE).apply(_Recurrent(attention), budget=Budget(params=0.2))
+    assert "not reached by tracing" not in str(error.value)  # the attention block's own projections are not "unused"

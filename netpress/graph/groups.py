@@ -174,8 +174,10 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
             group.reason = "a single channel cannot be folded"
         groups.append(group)
     untraced = [
-        name for module, name in names.items() if isinstance(module, (nn.Linear, *_CONVS)) and module not in graph.module2node
-    ]
+        name
+        for module, name in names.items()
+        if isinstance(module, (nn.Linear, *_CONVS)) and module not in graph.module2node and module not in hidden
+    ]  # layers inside an attention block are reported with the block
     groups += [
         ChannelGroup(name, 0, [Member(name, "producer")], "not reached by tracing (unused in forward)") for name in untraced
     ]

@@ -37,7 +37,7 @@ from netpress.graph.groups import (
     standardize_norms,
     transform_group,
 )
-from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm
+from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm, uncompressed_layers
 from netpress.progress import progress_bar
 
 Repair = Literal["none", "ar", "dir", "data"]
@@ -277,7 +277,11 @@ class _GroupReduction:
         foldable = [g for g in groups if g.reason is None]
         if not foldable:
             reasons = "; ".join(f"{g.name}: {g.reason}" for g in groups)
-            raise UnsupportedModelError(f"no channel group can be changed ({reasons})")
+            others = ", ".join(f"{name} ({layer['type']})" for name, layer in uncompressed_layers(model).items())
+            raise UnsupportedModelError(
+                f"no channel group can be changed ({reasons})"
+                + (f"; fold changes Linear and Conv layers only, not {others}" if others else "")
+            )
         for group in foldable:
             standardize_norms(reduced, group)
         before = count_params(model)

@@ -78,7 +78,9 @@ def torch_prune_files(module: nn.Module, level: float) -> tuple[dict[str, bytes]
         prune.remove(m, name)
     seconds = time.perf_counter() - start
     state = model.state_dict()
-    pruned = {key for key, value in state.items() for m, _ in params if value is m.weight}
+    weights = {id(m.weight) for m, _ in params}
+    pruned = {key for key, value in model.state_dict(keep_vars=True).items() if id(value) in weights}
+    assert len(pruned) == len(params), "every pruned weight must be found in the state dict"
     csr = {key: _csr(value) if key in pruned else value for key, value in state.items()}
     dense, sparse = _saved(state), _saved(csr)
     zstd = zstandard.ZstdCompressor(level=19)
@@ -257,7 +259,7 @@ def _peer_rows(
                 "agreement": round((predictions[-1] == dense_pred).float().mean().item(), 4),
                 "kept": "–",
                 "zeros_in_file": zeros,
-                "exact": zeros == target_zeros(level, numel),
+                "exact": numel > 0 and zeros == target_zeros(level, numel),
                 "file_bytes": len(data),
                 "ratio": round(fp32_bytes(module) / len(data), 2),
                 "mask_bits_per_weight": None,

@@ -156,7 +156,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         source = {**compressed.source, "earlier": [*(earlier if isinstance(earlier, list) else []), stage]}
         name = compressed.source.get("zoo")
         first = fp32_bytes(architecture)
-        if arch is None and name in zoo.ZOO:
+        if name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
             return replace(_zoo_handle(name, module, source), path=spec, first_original_bytes=first)
         return ModelHandle(module, source, path=spec, first_original_bytes=first)
     if path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
@@ -230,8 +230,11 @@ def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model:
             raise NetpressError(f"{stage} added distinct values to the quantized tensor {name}")
 
 
-def _check_call(methods: list[Method], budget: Budget | None) -> None:
-    """The arguments' types, and a target some method takes, before any work."""
+def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | None) -> None:
+    """The arguments' types, a target some method takes, and an order of methods that keeps every
+    stage's work: checked by compress, press and sweep before any work."""
+    if not methods:
+        raise BudgetError("give at least one method")
     for method in methods:
         if isinstance(method, type) or not callable(getattr(method, "apply", None)):
             raise BudgetError(f"{method!r} is not a method; pass an instance such as FCPTS() or MagnitudePruning('lamp')")
@@ -240,6 +243,16 @@ def _check_call(methods: list[Method], budget: Budget | None) -> None:
     if budget is not None and not any(budget.kind in m.budgets for m in methods):
         takes = "; ".join(f"{m.name} takes {' or '.join(m.budgets) or 'no target'}" for m in methods)
         raise BudgetError(f"no chosen method takes a {budget.kind} target ({takes})")
+    quantizer = next((m for m in methods[:-1] if getattr(m, "quantizes", False)), None)
+    if quantizer is not None:
+        raise BudgetError(
+            f"put {quantizer.name} last: a stage after it would store its weights as floats again and throw its codes "
+            "away (prune first, then quantize)"
+        )
+    structural = [i for i, m in enumerate(methods) if getattr(m, "structural", False)]
+    if structural and structural[-1] >= len(structural):
+        raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
+    _check_quantized_input(handle, methods)
 
 
 def compress(
@@ -258,11 +271,9 @@ def compress(
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
-    if not methods:
-        raise BudgetError("give at least one method")
     if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
         raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
-    _check_call(methods, budget)
+    _check_call(handle, methods, budget)
     for method in methods:  # L² sizes the file in its own raw dtype; another one would break the fit
         if raw_dtype is not None and getattr(method, "raw_dtype", raw_dtype) != raw_dtype:
             raise BudgetError(
@@ -273,16 +284,6 @@ def compress(
         raise DataError("data must be a calibration Subset: netpress.data.calibration_subset(load_dataset(name, 'train'), n)")
     if data is not None:
         check_not_test(data.dataset)
-    quantizer = next((m for m in methods[:-1] if getattr(m, "quantizes", False)), None)
-    if quantizer is not None:
-        raise BudgetError(
-            f"put {quantizer.name} last: a stage after it would store its weights as floats again and throw its codes "
-            "away (prune first, then quantize)"
-        )
-    _check_quantized_input(handle, methods)
-    structural = [i for i, m in enumerate(methods) if getattr(m, "structural", False)]
-    if structural and structural[-1] >= len(structural):
-        raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
     if not any(m.needs != "none" for m in methods):
         data = None  # unused, so not recorded in the file either
     if handle.input_shape is not None:  # structural methods trace the model with an input of this shape
@@ -415,6 +416,7 @@ def press(
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
+    _check_call(handle, methods, budget)
     check_seed(seed)
     if data is not None and not isinstance(data, str):
         raise DataError(
@@ -487,13 +489,14 @@ def sweep(
 
     Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve.
     """
+    handle = _as_handle(model)
     methods = _method_list(methods)
     if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
         raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")
     for budget in budgets:  # all checked before the output directory is made
         if budget is None:
             raise BudgetError("give a Budget for every point of the sweep")
-        _check_call(methods, budget)
+        _check_call(handle, methods, budget)
     label = "+".join(m.name for m in methods)
     names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -503,7 +506,7 @@ def sweep(
     make_output_dir(out_dir)
     return [
         press(
-            model,
+            handle,
             methods,
             budget,
             out=out_dir / name,

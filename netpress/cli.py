@@ -341,7 +341,7 @@ def eval_(
 ) -> None:
     """Top-1 and per-class accuracy of a model or a .press file on the test split."""
     handle = api.load_model(model, arch)
-    module, dataset = handle.module, data or handle.dataset
+    module, dataset = handle.module, data if data is not None else handle.dataset
     if dataset is None:
         raise DataError("pass --data to name the dataset to evaluate on")
     result = api.evaluate(module, api.resolve_dataset(dataset, "test")).to_dict()

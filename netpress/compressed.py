@@ -17,12 +17,16 @@ from netpress.graph.surgery import resize_to
 def fp32_file(model: nn.Module) -> bytes:
     """The model's state dict as an fp32 safetensors file (a tensor shared by several names stored once, as
     ``safetensors.torch.save_model`` does)."""
-    state, seen = {}, set()
+    state, seen, storages = {}, set(), set()
     for k, v in model.state_dict().items():
-        if v.numel() and (v.data_ptr(), v.shape, v.stride()) in seen:
+        key = (v.data_ptr(), v.dtype, v.shape, v.stride())
+        if v.numel() and key in seen:
             continue
-        seen.add((v.data_ptr(), v.shape, v.stride()))
-        state[k] = (v.float() if v.is_floating_point() else v).contiguous().clone()
+        seen.add(key)
+        value = (v.float() if v.is_floating_point() else v).contiguous()
+        shares = value.numel() and value.untyped_storage().data_ptr() in storages
+        storages.add(value.untyped_storage().data_ptr())
+        state[k] = value.clone() if shares else value  # safetensors refuses tensors that share memory
     return safetensors_save(state)
 
 

@@ -23,8 +23,8 @@ def check_writable(path: str | os.PathLike, *, keep: tuple[str | os.PathLike, ..
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise OutputError(f"{path}: the directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise OutputError(f"{path}: no permission to write there; give a path you can write to")
+    if not os.access(parent, os.W_OK):  # the file itself is replaced through a new file in this directory
+        raise OutputError(f"{path}: no permission to write in {parent}; give a path you can write to")
     for source in keep:
         if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise OutputError(f"{path} is the input file; writing there would destroy it, so give another output path")

@@ -62,10 +62,16 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-def _tiny_llama() -> nn.Module:
+def _tiny_llama(tied: bool = False) -> nn.Module:
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        tie_word_embeddings=tied,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -78,6 +84,7 @@ ARCHS = {
     "vgg": (VGG, IMAGE, "float32"),
     "resnet18-block": (TinyResNet18, IMAGE, "float32"),
     "llama": (_tiny_llama, (8,), "int64"),
+    "llama-tied-embeddings": (lambda: _tiny_llama(tied=True), (8,), "int64"),  # fold resizes a shared weight once
 }
 
 

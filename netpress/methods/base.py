@@ -39,6 +39,9 @@ class MethodResult:
 
 
 class Method(Protocol):
+    """Optional class attributes that compress() reads: ``structural = True`` (changes layer shapes: must
+    come first) and ``quantizes = True`` (its codes are final: must come last)."""
+
     name: ClassVar[str]
     needs: ClassVar[DataNeed]
     budgets: ClassVar[tuple[str, ...]]
@@ -65,22 +68,29 @@ def uncompressed_layers(model: nn.Module) -> dict[str, dict]:
     }
 
 
-def check_model(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Refuse models a weight-stage method cannot work on; return their compressible weights."""
+def check_model(model: nn.Module, *, coded: bool = True) -> dict[str, nn.Parameter]:
+    """Refuse models a weight-stage method cannot work on; return their compressible weights.
+
+    ``coded``: the method writes codes for the weights. A coded weight that a second name shares would
+    also be stored raw under that name, and on loading the raw copy could win, so it is refused. Fold
+    resizes a shared weight once for all its names (tied embeddings) and passes False."""
     state = model.state_dict()
     for name, tensor in state.items():
         if tensor.is_meta:
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
-    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
-    if aliases:
+    weights = compressible_weights(model)
+    names_of: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), []).append(name)
+    shared = [names for names in names_of.values() if len(names) > 1 and any(n in weights for n in names)]
+    if coded and shared:
         raise UnsupportedModelError(
-            f"{', '.join(sorted(aliases))}: parameters shared with another layer (tied weights, or one layer used twice); "
-            "netpress compresses each stored weight once and does not support sharing yet: untie them first "
+            f"{' = '.join(shared[0])}: one weight under several names (tied weights, or one layer used twice); "
+            "a weight-coding method would store it coded under one name and raw under the other: untie them first "
             "(give each use its own copy)"
         )
-    weights = compressible_weights(model)
     for name, weight in weights.items():
         if name not in state:
             raise UnsupportedModelError(

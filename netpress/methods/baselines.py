@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -62,8 +63,8 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
     total = target_zeros(sparsity, sum(sizes))
     if total >= sum(sizes):
         raise BudgetError(
-            f"sparsity {sparsity:g} removes all {sum(sizes):,} weights of this model (it rounds up); the largest target "
-            f"that keeps one is {(sum(sizes) - 1) / sum(sizes):.6g}"
+            f"sparsity {sparsity} removes all {sum(sizes):,} weights of this model (it rounds up); the largest target "
+            f"that keeps one is {math.floor((sum(sizes) - 1) / sum(sizes) * 1e9) / 1e9:.9f}"
         )
     # A per-layer allocation keeps one weight in every layer whenever the target leaves room:
     # rounding must not disconnect a small layer.

@@ -135,7 +135,8 @@ class FCPTS:
         if target_zeros(target, total) > total - sum(min_keep):
             raise BudgetError(
                 f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
-                f"{(total - sum(min_keep)) / total:.4f} of its weights; lower --sparsity, or use --method magnitude"
+                f"{math.floor((total - sum(min_keep)) / total * 1e4) / 1e4:.4f} of its weights; lower --sparsity, or use "
+                "--method magnitude"
             )
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         inputs, _ = data.tensors()

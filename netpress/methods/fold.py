@@ -305,7 +305,7 @@ class _GroupReduction:
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
-        check_model(model)
+        check_model(model, coded=False)
         if self.repair != "none" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise UnsupportedModelError(
                 f"the {self.repair} repair corrects BatchNorm statistics and this model has no BatchNorm layer; "

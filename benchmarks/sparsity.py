@@ -241,7 +241,7 @@ def _peer_rows(
 ) -> list[dict]:
     """One row per way of storing PyTorch's own pruning, each file loaded back and evaluated."""
     files, pruned, seconds = torch_prune_files(module, level)
-    rows, predictions = [], []
+    rows, predictions, reference = [], [], fp32_bytes(module)
     for storage, data in files.items():
         loaded = load_peer_file(module, storage, data)
         with torch.no_grad():
@@ -261,7 +261,7 @@ def _peer_rows(
                 "zeros_in_file": zeros,
                 "exact": numel > 0 and zeros == target_zeros(level, numel),
                 "file_bytes": len(data),
-                "ratio": round(fp32_bytes(module) / len(data), 2),
+                "ratio": round(reference / len(data), 2),
                 "mask_bits_per_weight": None,
                 "mask_entropy_bound": None,
                 "seconds": round(seconds, 3),

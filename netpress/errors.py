@@ -81,6 +81,12 @@ def check_whole(name: str, value: object, minimum: int) -> None:
         raise BudgetError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
 
 
+def check_flag(name: str, value: object) -> None:
+    """A method setting that is on or off: a bool, not a truthy string."""
+    if not isinstance(value, bool):
+        raise BudgetError(f"{name} must be True or False, got {value!r}")
+
+
 def check_real(name: str, value: object, minimum: float, *, inclusive: bool = True) -> None:
     """A method setting that is a finite real number ≥ ``minimum`` (> it unless ``inclusive``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -82,10 +82,10 @@ def check_model(model: nn.Module, *, coded: bool = True) -> dict[str, nn.Paramet
             raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
     weights = compressible_weights(model)
     names_of: dict[int, list[str]] = {}
-    for name, parameter in model.named_parameters(remove_duplicate=False):
+    for name, parameter in model.named_parameters(remove_duplicate=False) if coded else ():
         names_of.setdefault(id(parameter), []).append(name)
     shared = [names for names in names_of.values() if len(names) > 1 and any(n in weights for n in names)]
-    if coded and shared:
+    if shared:
         raise UnsupportedModelError(
             f"{' = '.join(shared[0])}: one weight under several names (tied weights, or one layer used twice); "
             "a weight-coding method would store it coded under one name and raw under the other: untie them first "

@@ -13,7 +13,7 @@ from torch import nn
 from netpress.budget import Budget
 from netpress.codec.codes import Codes, SparseValues
 from netpress.data import Subset
-from netpress.errors import BudgetError
+from netpress.errors import BudgetError, check_flag
 from netpress.methods.base import MethodResult, check_budget, check_model, split_exact, target_zeros
 
 Allocation = Literal["global", "uniform", "erk", "lamp"]
@@ -130,8 +130,7 @@ class UniformQuantization:
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
             raise BudgetError(f"bits must be an integer from 2 to 16, got {self.bits!r}")
-        if not isinstance(self.per_channel, bool):
-            raise BudgetError(f"per_channel must be True or False, got {self.per_channel!r}")
+        check_flag("per_channel", self.per_channel)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         check_budget(self, budget, required=False)

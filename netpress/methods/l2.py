@@ -32,7 +32,7 @@ from netpress.codec.codes import Codes
 from netpress.codec.container import read_manifest
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, check_flag, check_real, check_seed, check_whole
 from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
@@ -102,8 +102,7 @@ class L2:
         check_real("temperature", self.temperature, 0.0, inclusive=False)
         if self.raw_dtype not in RAW_DTYPES:
             raise BudgetError(f"raw_dtype must be one of {', '.join(RAW_DTYPES)}, got {self.raw_dtype!r}")
-        if not isinstance(self.per_channel, bool):
-            raise BudgetError(f"per_channel must be True or False, got {self.per_channel!r}")
+        check_flag("per_channel", self.per_channel)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)

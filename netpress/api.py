@@ -36,6 +36,7 @@ from netpress.errors import (
     ModelSourceError,
     NetpressError,
     OutputError,
+    check_press_suffix,
     check_seed,
     check_writable,
     make_output_dir,
@@ -253,6 +254,10 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     if structural and structural[-1] >= len(structural):
         raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
     _check_quantized_input(handle, methods)
+    if budget is not None and not structural:  # with the input's shapes, a method can tell now if its target is reachable
+        for method in methods:
+            if budget.kind in method.budgets and hasattr(method, "check_target"):
+                method.check_target(handle.module, budget)
 
 
 def compress(
@@ -344,6 +349,7 @@ def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
     """Write a .press file; returns its size in bytes."""
     if not isinstance(compressed, CompressedModel):
         raise OutputError(f"save() writes what netpress.compress() returns, got {type(compressed).__name__}")
+    check_press_suffix(path)
     return codec.save(compressed, path)
 
 
@@ -424,6 +430,7 @@ def press(
             "split; with your own Datasets, call compress(model, methods, budget, "
             "netpress.data.calibration_subset(train, n)), save(), and evaluate(load(file, model), test)"
         )
+    check_press_suffix(out)
     check_writable(out, keep=(handle.path,) if handle.path else ())
     dataset_name = data if data is not None else handle.dataset  # "" is a wrong name, not "use the default"
     calibration = None

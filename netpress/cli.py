@@ -16,7 +16,15 @@ from rich.table import Table
 
 from netpress import api, codec, zoo
 from netpress.budget import Budget
-from netpress.errors import BudgetError, DataError, NetpressError, OutputError, check_writable
+from netpress.errors import (
+    BudgetError,
+    DataError,
+    NetpressError,
+    OutputError,
+    check_press_suffix,
+    check_suffix,
+    check_writable,
+)
 from netpress.methods import (
     ALLOCATIONS,
     CLUSTERINGS,
@@ -52,24 +60,18 @@ def friendly(fn):
     return wrapper
 
 
-def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = ()) -> None:
+def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = (), made: Path | None = None) -> None:
     """Refuse unwritable output paths before any work is done, so a long run never fails at the end,
     and two outputs that name one file (the second would overwrite the first)."""
     given = [p for p in paths if p is not None]
     for i, path in enumerate(given):
-        check_writable(path, keep=keep)
+        check_writable(path, keep=keep, made=made)
         for other in given[:i]:
             if os.path.abspath(path) == os.path.abspath(other):
                 raise OutputError(f"{path} is named for two outputs; give each output its own file")
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-
-
-def check_suffix(path: Path | None, suffixes: tuple[str, ...], why: str) -> None:
-    """Refuse an output name whose suffix would mislead: netpress and other tools go by it."""
-    if path is not None and path.suffix.lower() not in suffixes:
-        raise OutputError(f"{path}: {why}; give it a name ending in {' or '.join(suffixes)}")
 
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
@@ -218,7 +220,7 @@ def compress(
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     check_outputs(output, report, plot, keep=(model,))
-    check_suffix(output, (".press",), "netpress recognises its files by the .press suffix")
+    check_press_suffix(output)
     check_suffix(report, (".json",), "the report is JSON")
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     handle = _with_input_shape(api.load_model(model, arch), data)
@@ -297,7 +299,7 @@ def sweep(
     if len(given) != 1:
         raise BudgetError("give one list of targets: --ratios, --sparsities or --params")
     targets = [(kind, value) for kind, values in given.items() for value in values]
-    check_outputs(report, plot, keep=(model,))
+    check_outputs(report, plot, keep=(model,), made=out_dir)
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     check_suffix(report, (".json",), "the reports are JSON")
     handle = _with_input_shape(api.load_model(model, arch), data)

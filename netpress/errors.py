@@ -15,19 +15,37 @@ def not_a_file(path: str | os.PathLike) -> str:
     return f"{path}: is a directory, not a file" if os.path.isdir(path) else f"{path}: no such file"
 
 
-def check_writable(path: str | os.PathLike, *, keep: tuple[str | os.PathLike, ...] = ()) -> None:
+def check_writable(
+    path: str | os.PathLike, *, keep: tuple[str | os.PathLike, ...] = (), made: str | os.PathLike | None = None
+) -> None:
     """Refuse an output path before any work is done: a directory, a missing parent directory, or one of
-    the user's inputs in ``keep`` (writing there would destroy it)."""
+    the user's inputs in ``keep`` (writing there would destroy it). ``made`` is a directory the command
+    creates before it writes (sweep's ``--out-dir``), so a path inside it need not exist yet."""
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise OutputError(f"{path}: the directory {parent} does not exist")
+        inside = made is not None and os.path.commonpath([parent, os.path.abspath(made)]) == os.path.abspath(made)
+        if not inside:
+            raise OutputError(f"{path}: the directory {parent} does not exist")
+        while not os.path.isdir(parent):  # the nearest existing folder is where the new ones are made
+            parent = os.path.dirname(parent)
     if not os.access(parent, os.W_OK):  # the file itself is replaced through a new file in this directory
         raise OutputError(f"{path}: no permission to write in {parent}; give a path you can write to")
     for source in keep:
         if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise OutputError(f"{path} is the input file; writing there would destroy it, so give another output path")
+
+
+def check_suffix(path: str | os.PathLike | None, suffixes: tuple[str, ...], why: str) -> None:
+    """Refuse an output name whose suffix would mislead: netpress and other tools go by it."""
+    if path is not None and os.path.splitext(path)[1].lower() not in suffixes:
+        raise OutputError(f"{path}: {why}; give it a name ending in {' or '.join(suffixes)}")
+
+
+def check_press_suffix(path: str | os.PathLike) -> None:
+    """A .press file must be named so: ``load_model`` and the CLI recognise it by the suffix alone."""
+    check_suffix(path, (".press",), "netpress recognises its files by the .press suffix")
 
 
 def make_output_dir(path: str | os.PathLike) -> None:

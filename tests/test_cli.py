@@ -288,6 +288,15 @@ def test_sweep_never_overwrites_its_input(weights, tmp_path):
     assert source.read_bytes() == before
 
 
+def test_sweep_report_may_go_inside_the_out_dir_it_creates(weights, tmp_path):
+    runs = tmp_path / "runs" / "lenet"
+    mlp = ["--arch", "tests.archs:tiny_mlp", "--data", "digits"]
+    args = ["-m", "magnitude", "--sparsities", "0.5", "--out-dir", runs, "--report", runs / "report.json"]
+    result = run("sweep", weights / "mlp.pt", *mlp, *args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((runs / "report.json").read_text())[0]["file"] == str(runs / "magnitude-sparsity0.5.press")
+
+
 def test_fold_traces_a_user_model_with_a_sample_of_data(tmp_path):
     source = tmp_path / "cnn.pt"
     torch.save(tiny_cnn().state_dict(), source)

@@ -1,5 +1,7 @@
 """Channel groups, folding, channel-l1 and the repairs, on tiny models (randomly initialised)."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -228,6 +230,24 @@ def test_ward_clustering_and_pruning_share_the_same_budget():
     pruned = ChannelL1(repair="none", input_shape=IMAGE).apply(model, budget=budget)
     for key, value in pruned.model.state_dict().items():
         torch.testing.assert_close(dropped.model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("clustering", ["kmeans", "ward"])
+def test_equal_channels_still_fold_to_the_budget(clustering):
+    """All-zero (so all-equal) channels: k-means finds fewer clusters than asked, which removed more than
+    the target; now equal channels share clusters and the shapes match those of a random model."""
+    torch.manual_seed(0)
+    model = ResNet20()
+    zeros = ResNet20()
+    with torch.no_grad():
+        for p in zeros.parameters():
+            p.zero_()
+    fold = Fold(repair="none", input_shape=IMAGE, clustering=clustering)
+    budget = Budget(params=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConvergenceWarning from k-means on equal rows
+        shapes = [{k: v.shape for k, v in fold.apply(m, budget=budget).model.state_dict().items()} for m in (model, zeros)]
+    assert shapes[0] == shapes[1]
 
 
 def test_fold_options_are_validated():

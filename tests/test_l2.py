@@ -126,6 +126,13 @@ def test_impossible_ratio_is_refused_with_the_reachable_one(calibration):
         api.compress(tiny_mlp(), FAST, Budget(ratio=500), calibration)
 
 
+def test_a_sweep_with_an_unreachable_ratio_is_refused_before_any_file(tmp_path):
+    """Checked from the model's shapes alone: no calibration data is loaded and no point is run first."""
+    with pytest.raises(BudgetError, match="largest reachable ratio"):
+        api.sweep(tiny_mlp(), FAST, [Budget(ratio=2), Budget(ratio=500)], out_dir=tmp_path / "runs", data="digits")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_raw_dtype_l2_did_not_size_the_file_for_is_refused_before_work(calibration):
     with pytest.raises(BudgetError, match=r"L2\(raw_dtype='fp32'\)"):
         api.compress(tiny_mlp(), FAST, Budget(ratio=3), calibration, raw_dtype="fp32")

@@ -173,6 +173,16 @@ def test_split_exact_meets_total_and_caps():
             "the most it can remove from this model is 0.9897",
         ),
         (lambda: netpress.save(tiny_cnn(), "x.press"), OutputError, "what netpress.compress"),
+        (
+            lambda: netpress.save(netpress.compress(tiny_cnn(), UniformQuantization(4)), "x.txt"),
+            OutputError,
+            "ending in .press",
+        ),
+        (
+            lambda: api.press(tiny_cnn(), UniformQuantization(4), out="p.txt"),
+            OutputError,
+            "ending in .press",
+        ),
         (lambda: api.build_architecture("tests.archs:raises"), ModelSourceError, "checkpoint path not configured"),
         (lambda: api.build_architecture("tests.archs:needs_an_argument"), ModelSourceError, "no arguments"),
         (

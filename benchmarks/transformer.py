@@ -1,0 +1,143 @@
+"""A pretrained transformer through netpress: all-MiniLM-L6-v2 (22.7 M parameters, half of them in the
+token-embedding table), its bytes on disk and how faithful its sentence embeddings stay.
+
+Each netpress setting writes a .press file, loads it back into a fresh copy of the model and embeds
+2,000 Debian fortunes; fidelity is the mean cosine to the original embeddings and the overlap of each
+sentence's 10 nearest neighbours. Peers in the same run, on the same model and sentences: the fp32
+and fp16 state dicts saved with ``torch.save``, and PyTorch's dynamic int8 quantization
+(``torch.ao.quantization.quantize_dynamic`` of the Linear layers, the usual CPU recipe for BERT-style
+models) saved with ``torch.save`` and that file through zstd-19; each peer file is loaded back
+(``weights_only=True``) before it is evaluated. No data is used to compress.
+
+Run: .venv/bin/python benchmarks/transformer.py
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+import warnings
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+import zstandard
+from common import embed, embedding_fidelity, fortune_sentences, minilm, regenerate_results_md, write_result
+from torch import nn
+
+from netpress import api
+from netpress.budget import Budget
+from netpress.compressed import fp32_bytes
+from netpress.methods import KMeansQuantization, MagnitudePruning, UniformQuantization
+
+SENTENCES = 2000
+SETTINGS = [
+    ("uniform 8-bit", [UniformQuantization(8)], None),
+    ("uniform 8-bit per-channel", [UniformQuantization(8, per_channel=True)], None),
+    ("uniform 4-bit per-channel", [UniformQuantization(4, per_channel=True)], None),
+    ("kmeans 16 levels", [KMeansQuantization(16)], None),
+    (
+        "magnitude LAMP 50 % + uniform 8-bit per-channel",
+        [MagnitudePruning("lamp"), UniformQuantization(8, per_channel=True)],
+        Budget(sparsity=0.5),
+    ),
+]
+COLUMNS = {
+    "file_bytes": "bytes of the file on disk",
+    "ratio": "fp32 bytes of the model (the size of its fp32 safetensors payload) / file_bytes",
+    "cosine": "mean cosine of the original and the compressed model's embeddings of the same sentence",
+    "top10": "mean overlap of each sentence's 10 nearest neighbours (cosine) between the two models",
+    "compress_s": "seconds to compress and write the file",
+    "load_s": "seconds to read the file back into a model",
+}
+
+
+def _saved(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _load_state(data: bytes) -> dict:
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _dynamic_int8(bert: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's notice that it moves to torchao
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(bert), {nn.Linear}, dtype=torch.qint8)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    st = minilm()
+    bert = st[0].model.eval()
+    sentences = fortune_sentences(SENTENCES, 0)
+    reference = embed(st, sentences)
+    original_bytes = fp32_bytes(bert)
+    rows = []
+
+    def measure(setting: str, storage: str, file_bytes: int, model: nn.Module, compress_s: float, load_s: float) -> None:
+        st[0].model = model
+        cosine, top10 = embedding_fidelity(embed(st, sentences), reference)
+        st[0].model = bert
+        row = {
+            "setting": setting,
+            "storage": storage,
+            "file_bytes": file_bytes,
+            "ratio": round(original_bytes / file_bytes, 2),
+            "cosine": cosine,
+            "top10": top10,
+            "compress_s": round(compress_s, 1),
+            "load_s": round(load_s, 2),
+        }
+        print(row, flush=True)
+        rows.append(row)
+
+    with TemporaryDirectory() as tmp:
+        for setting, methods, budget in SETTINGS:
+            path = Path(tmp) / "m.press"
+            report = api.press(bert, methods, budget, out=path)
+            start = time.perf_counter()
+            loaded = api.load(path, model=copy.deepcopy(bert))
+            measure(setting, ".press", report["file_bytes"], loaded, report["seconds"], time.perf_counter() - start)
+
+    for setting, state in (
+        ("fp32", bert.state_dict()),
+        ("fp16", {k: v.half() if v.is_floating_point() else v for k, v in bert.state_dict().items()}),
+    ):
+        data = _saved(state)
+        start = time.perf_counter()
+        model = copy.deepcopy(bert)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in _load_state(data).items()})
+        measure(setting, "torch.save", len(data), model, 0.0, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    data = _saved(_dynamic_int8(bert).state_dict())
+    packed = zstandard.ZstdCompressor(level=19).compress(data)
+    seconds = time.perf_counter() - start
+    for storage, file_bytes, decode in (
+        ("torch.save", len(data), lambda: data),
+        ("torch.save + zstd-19", len(packed), lambda: zstandard.ZstdDecompressor().decompress(packed)),
+    ):
+        start = time.perf_counter()
+        model = _dynamic_int8(bert)
+        model.load_state_dict(_load_state(decode()))
+        measure("torch.ao dynamic int8 (Linear layers)", storage, file_bytes, model, seconds, time.perf_counter() - start)
+
+    write_result(
+        "transformer",
+        {
+            "description": "all-MiniLM-L6-v2 (22.7 M parameters; the token-embedding table holds 11.7 M of them) compressed "
+            f"without data; fidelity on {SENTENCES:,} Debian fortunes against the original model's embeddings. netpress rows "
+            "are measured on the model loaded back from the written .press file, peer rows on theirs.",
+            "columns": COLUMNS,
+            "rows": rows,
+        },
+    )
+    regenerate_results_md()
+
+
+if __name__ == "__main__":
+    main()

@@ -46,6 +46,8 @@ FORTUNES = Path("/usr/share/games/fortunes")
 
 def fortune_sentences(n: int, seed: int) -> list[str]:
     """``n`` distinct fortunes (whitespace-normalised, '%' separators stripped), drawn with ``seed``."""
+    if not FORTUNES.is_dir():
+        sys.exit(f"{FORTUNES} is missing: install Debian's English fortunes (apt-get install fortunes)")
     texts = set()
     for path in sorted(FORTUNES.glob("*")):
         if path.is_file() and not path.suffix:

@@ -47,6 +47,23 @@ def test_rank_one_layout_wins_on_rows_of_different_scales():
     assert len(data) < entropy_bits(symbols) / 8
 
 
+def test_a_large_tensor_picks_its_rank_one_model_on_a_sample_and_still_roundtrips(monkeypatch):
+    """Above the sampling size the model is chosen on a strided sample; the stream must decode all the same,
+    and the sampled scales must be the full ones at those positions."""
+    rng = np.random.default_rng(0)
+    scales = np.outer(rng.uniform(0.5, 20, 64), rng.uniform(0.1, 3, 300))
+    symbols = (np.clip(np.round(rng.normal(0, scales)), -127, 127) + 127).astype(np.int32)
+    full_mode, full = roundtrip(symbols, 255, 127, rows=64)
+    monkeypatch.setattr(entropy, "RANK1_SAMPLE", 500)
+    monkeypatch.setattr(entropy, "RANK1_SAMPLE_ABOVE", 1000)
+    mode, data = roundtrip(symbols, 255, 127, rows=64)
+    assert mode == full_mode == "rank1" and len(data) <= 1.01 * len(full)
+    row_q, col_q = rng.integers(-40, 40, 64).astype(np.int8), rng.integers(-40, 40, 300).astype(np.int8)
+    positions = np.arange(0, 64 * 300, 37)
+    every = entropy._rank1_scales(row_q, col_q, 3.0, 10)
+    assert np.array_equal(entropy._rank1_scales(row_q, col_q, 3.0, 10, positions), every[positions])
+
+
 def test_coded_size_is_within_one_percent_of_the_entropy_bound():
     rng = np.random.default_rng(0)
     symbols = rng.choice(16, size=200_000, p=np.r_[0.7, np.full(15, 0.02)]).astype(np.int32)

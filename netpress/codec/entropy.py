@@ -451,14 +451,21 @@ _FAMILIES = ("gaussian", "laplace")
 _MULTIPLIERS = (6, 8, 10, 12, 14)  # the scale multiplier is k/8; the writer keeps the smallest result
 
 
-def _rank1_scales(row_q: np.ndarray, col_q: np.ndarray, norm: float, multiplier: int) -> np.ndarray:
+def _rank1_scales(
+    row_q: np.ndarray, col_q: np.ndarray, norm: float, multiplier: int, positions: np.ndarray | None = None
+) -> np.ndarray:
     """Per-symbol scales from the stored log-scales; identical in encoder and decoder.
 
     scale_ij = max(2^(qr_i/8) · 2^(qc_j/8) / norm · k/8, 0.05): a rank-1 model of the mean offset
-    magnitude, times a multiplier that turns it into the family's scale parameter.
+    magnitude, times a multiplier that turns it into the family's scale parameter. ``positions``
+    (flat indices) gives the scales of those symbols only.
     """
-    scales = np.outer(_pow2_eighths(row_q), _pow2_eighths(col_q)) / norm * (multiplier / 8)
-    return np.maximum(scales, _MIN_SCALE).ravel()
+    rows, cols = _pow2_eighths(row_q), _pow2_eighths(col_q)
+    if positions is None:
+        scales = np.outer(rows, cols).ravel()
+    else:
+        scales = rows[positions // cols.size] * cols[positions % cols.size]
+    return np.maximum(scales / norm * (multiplier / 8), _MIN_SCALE)
 
 
 def _log_scale_q(mean_abs: np.ndarray) -> np.ndarray:
@@ -470,24 +477,39 @@ def _rank1_model(family: int, center: int, alphabet: int):
     return model(-center, alphabet - 1 - center)
 
 
+# Above this many symbols the rank-1 family and multiplier are chosen on an evenly strided sample of
+# about RANK1_SAMPLE symbols, then only the chosen model codes the whole tensor: ten full encodes of a
+# large embedding table took most of the time to write a transformer.
+RANK1_SAMPLE = 1 << 16
+RANK1_SAMPLE_ABOVE = 8 * RANK1_SAMPLE
+
+
+def _rank1_words(flat: np.ndarray, scales: np.ndarray, family: int, center: int, alphabet: int) -> bytes:
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(flat, _rank1_model(family, center, alphabet), np.zeros(flat.size), scales)
+    return word_bytes(encoder)
+
+
 def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) -> ByteWriter:
-    """Try each family and multiplier; keep the smallest stream."""
+    """Try each family and multiplier; keep the smallest stream (judged on a sample for large tensors)."""
     offsets = (symbols.astype(np.int64) - center).reshape(rows, -1)
     magnitude = np.abs(offsets).astype(np.float64)
     row_q, col_q = _log_scale_q(magnitude.mean(axis=1)), _log_scale_q(magnitude.mean(axis=0))
     norm = float(magnitude.mean() + 1e-3)
     flat = offsets.ravel().astype(np.int32)
-    means = np.zeros(flat.size)
-    best: tuple[int, int, bytes] | None = None
-    for family in range(len(_FAMILIES)):
-        for multiplier in _MULTIPLIERS:
-            encoder = constriction.stream.queue.RangeEncoder()
-            scales = _rank1_scales(row_q, col_q, norm, multiplier)
-            encoder.encode(flat, _rank1_model(family, center, alphabet), means, scales)
-            words = word_bytes(encoder)
-            if best is None or len(words) < len(best[2]):
-                best = (family, multiplier, words)
-    family, multiplier, words = best
+    stride = -(-flat.size // RANK1_SAMPLE) if flat.size > RANK1_SAMPLE_ABOVE else 1
+    sample = np.arange(0, flat.size, stride) if stride > 1 else None
+    tried = {
+        (family, multiplier): _rank1_words(
+            flat[::stride], _rank1_scales(row_q, col_q, norm, multiplier, sample), family, center, alphabet
+        )
+        for family in range(len(_FAMILIES))
+        for multiplier in _MULTIPLIERS
+    }
+    family, multiplier = min(tried, key=lambda key: len(tried[key]))  # the first of equal sizes
+    words = tried[family, multiplier]
+    if stride > 1:
+        words = _rank1_words(flat, _rank1_scales(row_q, col_q, norm, multiplier), family, center, alphabet)
     out = ByteWriter()
     out.array(np.array([norm], dtype=np.float64))
     out.array(np.array([family, multiplier], dtype=np.uint8))

@@ -192,6 +192,11 @@ def test_split_exact_meets_total_and_caps():
         ),
         (lambda: netpress.save(tiny_cnn(), "x.press"), OutputError, "what netpress.compress"),
         (
+            lambda: netpress.compress(nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)), UniformQuantization(4)),
+            UnsupportedModelError,
+            "max_norm=None",
+        ),
+        (
             lambda: netpress.save(netpress.compress(tiny_cnn(), UniformQuantization(4)), "x.txt"),
             OutputError,
             "ending in .press",

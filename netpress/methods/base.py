@@ -93,6 +93,12 @@ def check_model(model: nn.Module, *, coded: bool = True) -> dict[str, nn.Paramet
             "a weight-coding method would store it coded under one name and raw under the other: untie them first "
             "(give each use its own copy)"
         )
+    renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
+    if renormed:
+        raise UnsupportedModelError(
+            f"{renormed[0] or 'the model'} is an Embedding with max_norm, which rewrites its weight on every forward pass, "
+            "so the stored codes would not stay the model's weights; build it with max_norm=None"
+        )
     for name, weight in weights.items():
         if name not in state:
             raise UnsupportedModelError(

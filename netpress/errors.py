@@ -20,13 +20,14 @@ def check_writable(
 ) -> None:
     """Refuse an output path before any work is done: a directory, a missing parent directory, or one of
     the user's inputs in ``keep`` (writing there would destroy it). ``made`` is a directory the command
-    creates before it writes (sweep's ``--out-dir``), so a path inside it need not exist yet."""
+    creates, with its parents, before it writes (sweep's ``--out-dir``), so a file directly in one of them
+    need not have its directory yet."""
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        inside = made is not None and os.path.commonpath([parent, os.path.abspath(made)]) == os.path.abspath(made)
-        if not inside:
+        # a missing directory is fine if it is ``made`` or one of the parents made with it
+        if made is None or os.path.commonpath([parent, os.path.abspath(made)]) != parent:
             raise OutputError(f"{path}: the directory {parent} does not exist")
         while not os.path.isdir(parent):  # the nearest existing folder is where the new ones are made
             parent = os.path.dirname(parent)

@@ -166,6 +166,11 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["does not exist"],
         ),
         (["decompress", "{w}/nothing.press", "-o", "no/d.safetensors"], ["does not exist"]),
+        (
+            ["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5", "--out-dir", "{w}/runs"]
+            + ["--report", "{w}/runs/sub/r.json"],
+            ["runs/sub does not exist"],
+        ),
         (["inspect", "{w}/nothing.press"], ["no such file"]),
         (["inspect", "{w}"], ["is a directory"]),
         (["demo", "--output-dir", "{w}/mlp.pt"], ["cannot use", "as the output directory"]),

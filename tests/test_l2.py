@@ -6,16 +6,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from netpress import Budget, api
 from netpress.codec import from_bytes, read_manifest, to_bytes
 from netpress.codec.codes import deadzone_params
 from netpress.codec.entropy import encode_symbols
-from netpress.compressed import CompressedModel
+from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import calibration_subset, load_dataset
 from netpress.errors import BudgetError
 from netpress.methods import L2
 from netpress.methods.base import absorb_batchnorm_statistics
+from netpress.methods.l2 import _Run
 from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
 from netpress.quant.rate import estimated_bits
 from tests.archs import tiny_cnn, tiny_mlp
@@ -131,6 +133,19 @@ def test_a_sweep_with_an_unreachable_ratio_is_refused_before_any_file(tmp_path):
     with pytest.raises(BudgetError, match="largest reachable ratio"):
         api.sweep(tiny_mlp(), FAST, [Budget(ratio=2), Budget(ratio=500)], out_dir=tmp_path / "runs", data="digits")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_smallest_per_channel_file_counts_a_grid_per_row():
+    """A per-channel file stores a (first, step) pair per row: a target between the per-tensor and the
+    per-channel minimum is reachable only per tensor, and must be refused up front per channel."""
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(8 * 4, 3))
+    loose = Budget(ratio=1.01, reference_bytes=fp32_bytes(model))
+    per_tensor, per_channel = (_Run(L2(per_channel=p), model, loose).smallest_file_bytes() for p in (False, True))
+    assert per_channel > per_tensor
+    between = Budget(ratio=loose.reference_bytes / ((per_tensor + per_channel) // 2))
+    L2().check_target(model, between)
+    with pytest.raises(BudgetError, match="largest reachable ratio"):
+        L2(per_channel=True).check_target(model, between)
 
 
 def test_a_raw_dtype_l2_did_not_size_the_file_for_is_refused_before_work(calibration):

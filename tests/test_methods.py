@@ -11,7 +11,7 @@ from netpress.compressed import fp32_bytes
 from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import FCPTS, L2, Fold, KMeansQuantization
-from netpress.methods.base import compressible_weights, split_exact, target_zeros, uncompressed_layers
+from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
 from tests.archs import tied, tiny_cnn
 
 
@@ -95,6 +95,34 @@ def test_an_embedding_table_is_compressed_like_any_weight(tmp_path):
     tokens = torch.randint(0, 50, (5, 4))
     torch.testing.assert_close(netpress.load(path, model=model)(tokens), compressed.to_module(model)(tokens), rtol=0, atol=0)
     assert not uncompressed_layers(model)
+
+
+class _SharedTable(nn.Module):
+    """T5's pattern: one embedding table under two names (encoder and decoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Embedding(10, 4)
+        self.encoder_tokens = self.shared
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder_tokens(x).mean(1))
+
+
+def test_a_shared_embedding_table_stays_raw_and_the_rest_is_coded():
+    model = _SharedTable()
+    compressed = netpress.compress(model, UniformQuantization(4))
+    assert isinstance(compressed.tensors["head.weight"], Codes)
+    assert torch.equal(compressed.tensors["shared.weight"], model.shared.weight.detach())
+    assert "shared" in uncompressed_layers(model)
+
+
+def test_training_methods_refuse_an_embedding_with_sparse_gradients():
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True))
+    check_model(model)  # rounding or pruning it needs no gradient
+    with pytest.raises(UnsupportedModelError, match="sparse=False"):
+        check_model(model, trains=True)
 
 
 def test_split_exact_meets_total_and_caps():

@@ -498,6 +498,8 @@ def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) ->
     norm = float(magnitude.mean() + 1e-3)
     flat = offsets.ravel().astype(np.int32)
     stride = -(-flat.size // RANK1_SAMPLE) if flat.size > RANK1_SAMPLE_ABOVE else 1
+    while math.gcd(stride, flat.size // rows) > 1:  # a stride sharing a factor with the row would see few columns
+        stride += 1
     sample = np.arange(0, flat.size, stride) if stride > 1 else None
     tried = {
         (family, multiplier): _rank1_words(

@@ -51,31 +51,46 @@ class Method(Protocol):
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult: ...
 
 
-def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """``{state-dict name: weight}`` of every Linear/Conv layer, in model order."""
+def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``{module name: layer}`` of the layers whose weight a weight stage codes, in model order.
+
+    An Embedding reachable under several names (T5's table shared by encoder and decoder) is left
+    raw: a coded weight under one name and a raw alias under another could not both be the weight."""
+    uses: dict[int, int] = {}
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        uses[id(parameter)] = uses.get(id(parameter), 0) + 1
     return {
-        f"{name}.weight" if name else "weight": module.weight
+        name: module
         for name, module in model.named_modules()
-        if isinstance(module, COMPRESSIBLE_LAYERS)
+        if isinstance(module, COMPRESSIBLE_LAYERS) and not (isinstance(module, nn.Embedding) and uses[id(module.weight)] > 1)
     }
+
+
+def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{state-dict name: weight}`` of every layer a weight stage codes (``COMPRESSIBLE_LAYERS``), in model order."""
+    return {f"{name}.weight" if name else "weight": module.weight for name, module in _coded_layers(model).items()}
 
 
 def uncompressed_layers(model: nn.Module) -> dict[str, dict]:
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
-    (an LSTM, attention's packed in-projection, a custom layer): they go into the file raw, and the user should know."""
+    (an LSTM, attention's packed in-projection, a shared embedding table, a custom layer): they go into the
+    file raw, and the user should know."""
+    coded = set(_coded_layers(model).values())
     return {
         name: {"type": type(module).__name__, "params": sum(p.numel() for p in module.parameters(recurse=False))}
         for name, module in model.named_modules()
-        if not isinstance(module, COMPRESSIBLE_LAYERS) and any(p.dim() > 1 for p in module.parameters(recurse=False))
+        if module not in coded and any(p.dim() > 1 for p in module.parameters(recurse=False))
     }
 
 
-def check_model(model: nn.Module, *, coded: bool = True) -> dict[str, nn.Parameter]:
+def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -> dict[str, nn.Parameter]:
     """Refuse models a weight-stage method cannot work on; return their compressible weights.
 
     ``coded``: the method writes codes for the weights. A coded weight that a second name shares would
     also be stored raw under that name, and on loading the raw copy could win, so it is refused. Fold
-    resizes a shared weight once for all its names (tied embeddings) and passes False."""
+    resizes a shared weight once for all its names (tied embeddings) and passes False.
+    ``trains``: the method optimises the weights by gradient (FCPTS, L²), which an Embedding with
+    ``sparse=True`` (sparse gradients) does not allow."""
     state = model.state_dict()
     for name, tensor in state.items():
         if tensor.is_meta:
@@ -98,6 +113,12 @@ def check_model(model: nn.Module, *, coded: bool = True) -> dict[str, nn.Paramet
         raise UnsupportedModelError(
             f"{renormed[0] or 'the model'} is an Embedding with max_norm, which rewrites its weight on every forward pass, "
             "so the stored codes would not stay the model's weights; build it with max_norm=None"
+        )
+    sparse = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.sparse] if trains else []
+    if sparse:
+        raise UnsupportedModelError(
+            f"{sparse[0] or 'the model'} is an Embedding with sparse=True, whose sparse gradients this method cannot "
+            "train with; build it with sparse=False (the weights are the same)"
         )
     for name, weight in weights.items():
         if name not in state:

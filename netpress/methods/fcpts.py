@@ -126,7 +126,7 @@ class FCPTS:
             raise DataError("FCPTS needs a calibration subset of the training split")
         target = budget.sparsity
         student = copy.deepcopy(model).eval()
-        weights = check_model(student)
+        weights = check_model(student, trains=True)
         names = list(weights)
         sizes = [w.numel() for w in weights.values()]
         total = sum(sizes)

@@ -130,7 +130,7 @@ class _Run:
         self.budget = budget
         self.target = budget.target_bytes()
         self.student = copy.deepcopy(model).eval()
-        weights = check_model(self.student)
+        weights = check_model(self.student, trains=True)
         self.names = list(weights)
         if data is not None:
             self.inputs, _ = data.tensors()  # distillation needs no labels
@@ -262,10 +262,14 @@ class _Run:
                 grads[n] += gi.detach() ** 2
         return {n: float(grads[n].mean()) + 1e-20 for n in self.names}
 
+    def _grid_shape(self, name: str) -> tuple[int, ...]:
+        """One edge and step per output channel, or one per tensor."""
+        return (self.latent[name].shape[0],) if self.config.per_channel else ()
+
     def _initialise(self, weight_bytes: float) -> None:
         """Steps ∝ 1/√sensitivity (equal distortion per bit across layers), scaled by bisection to the budget."""
         sens = self._sensitivities()
-        shape = {n: (self.latent[n].shape[0],) if self.config.per_channel else () for n in self.names}
+        shape = {n: self._grid_shape(n) for n in self.names}
         base = {n: 1.0 / math.sqrt(sens[n]) for n in self.names}
         spread = {n: float(self.latent[n].detach().abs().max()) + 1e-12 for n in self.names}
 
@@ -366,12 +370,15 @@ class _Run:
     def smallest_file_bytes(self) -> int:
         """The file with every weight zero: what the uncoded tensors and headers alone take; refused if over the target."""
         minimum = self._file_bytes(
-            {n: deadzone_codes(torch.zeros_like(w), torch.ones(()), torch.ones(())) for n, w in self.latent.items()}
+            {
+                n: deadzone_codes(torch.zeros_like(w), torch.ones(self._grid_shape(n)), torch.ones(self._grid_shape(n)))
+                for n, w in self.latent.items()
+            }
         )
         if minimum > self.target:
             raise BudgetError(
                 f"a {self.budget.ratio:g}x ratio allows {self.target} bytes, but the uncoded tensors and headers alone take "
-                f"{minimum}; the largest reachable ratio is about {self.budget.reference_bytes / minimum:.0f}x"
+                f"{minimum}; the largest reachable ratio is {math.floor(100 * self.budget.reference_bytes / minimum) / 100:g}x"
             )
         return minimum
 

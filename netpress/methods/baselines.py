@@ -81,7 +81,7 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
 
 @dataclass
 class MagnitudePruning:
-    """Remove the smallest-magnitude weights of every Linear/Conv layer to an exact global sparsity.
+    """Remove the smallest-magnitude weights of every Linear/Conv/Embedding layer to an exact global sparsity.
 
     ``allocation`` decides how many weights each layer loses: one global magnitude threshold
     (``global``), the same fraction per layer (``uniform``), Erdős–Rényi-kernel densities (``erk``),

@@ -1,6 +1,6 @@
 """L²: lossy and lossless compression optimised together for one file-size target (Shi et al., ICCV 2023).
 
-Every Linear/Conv weight goes through a dead-zone quantizer (``netpress.quant.deadzone``) whose edge
+Every Linear/Conv/Embedding weight goes through a dead-zone quantizer (``netpress.quant.deadzone``) whose edge
 and step are learned against a differentiable estimate of the range-coded size
 (``netpress.quant.rate``). One global byte budget, set by the target ratio, is traded against
 distillation from the dense model on a calibration subset, so the per-layer allocation emerges

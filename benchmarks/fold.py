@@ -70,8 +70,8 @@ COLUMNS = {
 CNN_NOTES = {
     "resnet20": "ResNet-20 (checkpoint 93.39 %; 2,000-image subset gives 93.2 %): the best data-free fold (dir repair) "
     "beats channel-l1 and Torch-Pruning global/uniform at every level 10-60 %, and beats channel-l1 with data repair at "
-    "every level >= 20 %. Folding takes 0.3-2 s; generating the DeepInversion samples took 202 s once per model on this "
-    "2-core machine.",
+    "every level >= 20 %. Folding takes 0.5-1 s (ResNet-20 0.46-0.65 s, VGG 0.76-0.97 s); generating the DeepInversion "
+    "samples took 111 s (ResNet-20) and 81 s (VGG) once per model on this 2-core machine.",
     "vgg": "ar over-corrects on VGG (below no repair at every level): the weight cosine underestimates activation "
     "correlation. On ResNet-20 ar is better than no repair but well below dir.",
 }

@@ -220,6 +220,11 @@ def test_split_exact_meets_total_and_caps():
         ),
         (lambda: netpress.save(tiny_cnn(), "x.press"), OutputError, "what netpress.compress"),
         (
+            lambda: netpress.compress(torch.nn.utils.parametrizations.weight_norm(nn.Embedding(10, 4)), UniformQuantization(4)),
+            UnsupportedModelError,
+            "computes its weight",
+        ),
+        (
             lambda: netpress.compress(nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)), UniformQuantization(4)),
             UnsupportedModelError,
             "max_norm=None",

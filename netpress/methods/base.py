@@ -59,11 +59,9 @@ def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
     uses: dict[int, int] = {}
     for _, parameter in model.named_parameters(remove_duplicate=False):
         uses[id(parameter)] = uses.get(id(parameter), 0) + 1
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, COMPRESSIBLE_LAYERS) and not (isinstance(module, nn.Embedding) and uses[id(module.weight)] > 1)
-    }
+    shared = {id(module) for module in model.modules() if isinstance(module, nn.Embedding) and uses.get(id(module.weight), 0) > 1}
+    layers = model.named_modules()
+    return {name: module for name, module in layers if isinstance(module, COMPRESSIBLE_LAYERS) and id(module) not in shared}
 
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:

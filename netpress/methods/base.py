@@ -69,11 +69,11 @@ def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     return {f"{name}.weight" if name else "weight": module.weight for name, module in _coded_layers(model).items()}
 
 
-def uncompressed_layers(model: nn.Module) -> dict[str, dict]:
+def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | None = None) -> dict[str, dict]:
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
     (an LSTM, attention's packed in-projection, a shared embedding table, a custom layer): they go into the
-    file raw, and the user should know."""
-    coded = set(_coded_layers(model).values())
+    file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
+    coded = set(_coded_layers(model).values()) if kinds is None else {m for m in model.modules() if isinstance(m, kinds)}
     return {
         name: {"type": type(module).__name__, "params": sum(p.numel() for p in module.parameters(recurse=False))}
         for name, module in model.named_modules()

@@ -286,7 +286,8 @@ class _GroupReduction:
         foldable = [g for g in groups if g.reason is None]
         if not foldable:
             reasons = "; ".join(f"{g.name}: {g.reason}" for g in groups)
-            others = ", ".join(f"{name} ({layer['type']})" for name, layer in uncompressed_layers(model).items())
+            left = uncompressed_layers(model, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            others = ", ".join(f"{name} ({layer['type']})" for name, layer in left.items())
             raise UnsupportedModelError(
                 f"no channel group can be changed ({reasons})"
                 + (f"; fold changes Linear and Conv layers only, not {others}" if others else "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import random
 import shlex
 import subprocess
 import sys
@@ -41,23 +40,6 @@ def run_case(name: str, handle: ModelHandle, methods: list[Method], budget: Budg
     return {"name": name, **report}
 
 
-FORTUNES = Path("/usr/share/games/fortunes")
-
-
-def fortune_sentences(n: int, seed: int) -> list[str]:
-    """``n`` distinct fortunes (whitespace-normalised, '%' separators stripped), drawn with ``seed``."""
-    if not FORTUNES.is_dir():
-        sys.exit(f"{FORTUNES} is missing: install Debian's English fortunes (apt-get install fortunes)")
-    texts = set()
-    for path in sorted(FORTUNES.glob("*")):
-        if path.is_file() and not path.suffix:
-            for block in path.read_text(errors="ignore").split("\n%\n"):
-                text = " ".join(block.replace("%", " ").split())
-                if 20 <= len(text) <= 400:
-                    texts.add(text)
-    return random.Random(seed).sample(sorted(texts), n)
-
-
 def minilm():
     """all-MiniLM-L6-v2 as a SentenceTransformer, from the PyPI package (offline); ``[0].model`` is its BERT."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,18 +52,6 @@ def minilm():
 def embed(st, sentences: list[str]) -> torch.Tensor:
     """Unit-length sentence embeddings."""
     return st.encode(sentences, batch_size=128, convert_to_tensor=True, normalize_embeddings=True)
-
-
-def embedding_fidelity(emb: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
-    """Mean cosine to the reference embeddings, and mean overlap of each sentence's 10 nearest neighbours."""
-
-    def neighbours(e: torch.Tensor) -> torch.Tensor:
-        sims = e @ e.T
-        sims.fill_diagonal_(-2)
-        return sims.topk(10, dim=1).indices
-
-    overlap = [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(neighbours(emb), neighbours(reference))]
-    return round(float((emb * reference).sum(1).mean()), 4), round(sum(overlap) / len(overlap), 4)
 
 
 def _repo_relative(path: str) -> str:

@@ -33,8 +33,6 @@ from common import (
     RESULTS_DIR,
     command_line,
     embed,
-    embedding_fidelity,
-    fortune_sentences,
     minilm,
     regenerate_results_md,
     write_result,
@@ -43,7 +41,8 @@ from common import (
 import netpress
 from netpress.budget import Budget
 from netpress.data import calibration_subset, load_dataset
-from netpress.evaluate import count_params, evaluate
+from netpress.data.text import fortune_sentences
+from netpress.evaluate import count_params, evaluate, fidelity
 from netpress.methods.fold import ChannelL1, Fold, deep_inversion, repair
 from netpress.report import save_figure
 
@@ -182,7 +181,8 @@ def run_minilm(levels: list[float]) -> list[dict]:
             st[0].model = result.model
             emb = embed(st, sentences)
             st[0].model = bert
-            row[f"{prefix}_cosine"], row[f"{prefix}_top10"] = embedding_fidelity(emb, reference)
+            match = fidelity(emb, reference)
+            row[f"{prefix}_cosine"], row[f"{prefix}_top10"] = match.cosine, match.top10
             row[f"{prefix}_s"] = round(seconds, 1)
             row["removed"] = round(result.rows[-1]["params_removed"], 4)
         for prefix in ("hybrid", "fold"):

@@ -23,12 +23,14 @@ from tempfile import TemporaryDirectory
 
 import torch
 import zstandard
-from common import embed, embedding_fidelity, fortune_sentences, minilm, regenerate_results_md, write_result
+from common import embed, minilm, regenerate_results_md, write_result
 from torch import nn
 
 from netpress import api
 from netpress.budget import Budget
 from netpress.compressed import fp32_bytes
+from netpress.data.text import fortune_sentences
+from netpress.evaluate import fidelity
 from netpress.methods import KMeansQuantization, MagnitudePruning, UniformQuantization
 
 SENTENCES = 2000
@@ -94,15 +96,15 @@ def main() -> None:
 
     def measure(setting: str, storage: str, file_bytes: int, model: nn.Module, compress_s: float, load_s: float) -> None:
         st[0].model = model
-        cosine, top10 = embedding_fidelity(embed(st, sentences), reference)
+        match = fidelity(embed(st, sentences), reference)
         st[0].model = bert
         row = {
             "setting": setting,
             "storage": storage,
             "file_bytes": file_bytes,
             "ratio": round(original_bytes / file_bytes, 2),
-            "cosine": cosine,
-            "top10": top10,
+            "cosine": match.cosine,
+            "top10": match.top10,
             "compress_s": round(compress_s, 1),
             "load_s": round(load_s, 2),
         }

@@ -25,11 +25,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import netpress
-from netpress import codec, zoo
+from netpress import codec, hf, zoo
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, check_not_test, load_dataset
+from netpress.data.text import TEXT_DATASETS, load_sentences
 from netpress.errors import (
     BudgetError,
     DataError,
@@ -42,8 +43,9 @@ from netpress.errors import (
     make_output_dir,
     not_a_file,
 )
-from netpress.evaluate import INFERENCE_BATCH, Evaluation, count_params, kept_modes, predict
+from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_params, kept_modes, predict
 from netpress.evaluate import evaluate as _evaluate
+from netpress.evaluate import fidelity as _fidelity
 from netpress.methods import METHODS
 from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
 
@@ -56,6 +58,8 @@ class ModelHandle:
     source: dict = field(default_factory=dict)
     dataset: str | None = None
     input_shape: tuple[int, ...] | None = None
+    input_dtype: str | None = None  # of the inputs structural methods trace with (token ids are int64); None: float32
+    encoder: hf.TextEncoder | None = None  # turns sentences into embeddings: a Hugging Face directory's tokenizer
     path: str | None = None  # the file it was loaded from: never an output (not written into files)
     # fp32 bytes of the model before netpress's first stage, for a model read from a .press file: a
     # ratio against the reloaded model alone would hide what the earlier stages (a fold) removed.
@@ -135,8 +139,14 @@ def _zoo_handle(name: str, module: nn.Module, source: dict) -> ModelHandle:
     return ModelHandle(module, source, entry.dataset, entry.input_shape)
 
 
+def _text_handle(module: nn.Module, source: dict, **fields) -> ModelHandle:
+    """A handle for a Hugging Face model: structural methods trace it with a sequence of token ids."""
+    return ModelHandle(module, source, input_shape=(hf.TRACE_LENGTH,), input_dtype="int64", **fields)
+
+
 def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
-    """Load ``zoo:NAME``; a ``.press`` file; or a ``.safetensors``/``.pt``/``.pth`` state dict with ``arch``."""
+    """Load ``zoo:NAME``; a ``.press`` file; a Hugging Face model directory; or a ``.safetensors``/``.pt``/``.pth``
+    state dict with ``arch``."""
     if not isinstance(spec, str | os.PathLike):
         raise ModelSourceError(f"a model source is 'zoo:NAME' or a path, got {type(spec).__name__}")
     spec = os.fspath(spec)
@@ -159,10 +169,21 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         first = fp32_bytes(architecture)
         if name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
             return replace(_zoo_handle(name, module, source), path=spec, first_original_bytes=first)
+        if "hf" in source:
+            return _text_handle(module, source, path=spec, first_original_bytes=first)
         return ModelHandle(module, source, path=spec, first_original_bytes=first)
+    if path.is_dir():
+        if not hf.is_model_directory(path):
+            raise ModelSourceError(f"{spec} is a folder without config.json; a folder is read as a Hugging Face model directory")
+        if arch is not None:
+            raise ModelSourceError(f"{spec} brings its own architecture (config.json); drop --arch")
+        module, source = hf.load_directory(path)
+        encoder = hf.TextEncoder.from_directory(path) if hf.has_tokenizer(path) else None
+        return _text_handle(module, source, encoder=encoder, path=spec)
     if path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
-            f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a .safetensors file, or a .pt/.pth state dict"
+            f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a Hugging Face model directory, a .safetensors "
+            "file, or a .pt/.pth state dict"
         )
     if not path.is_file():
         raise ModelSourceError(not_a_file(spec))
@@ -292,7 +313,8 @@ def compress(
     if not any(m.needs != "none" for m in methods):
         data = None  # unused, so not recorded in the file either
     if handle.input_shape is not None:  # structural methods trace the model with an input of this shape
-        methods = [replace(m, input_shape=handle.input_shape) if getattr(m, "input_shape", 0) is None else m for m in methods]
+        traced = {"input_shape": handle.input_shape, **({"input_dtype": handle.input_dtype} if handle.input_dtype else {})}
+        methods = [replace(m, **traced) if getattr(m, "input_shape", 0) is None else m for m in methods]
     if budget is not None and budget.kind == "ratio" and budget.reference_bytes is None:
         budget = replace(budget, reference_bytes=fp32_bytes(handle.module))
     current = handle.module
@@ -381,10 +403,14 @@ def architecture_for(source: dict, arch: str | None = None) -> nn.Module:
     """An (untrained) instance of the architecture a file or report names."""
     if arch is not None and isinstance(source.get("zoo"), str):
         raise ModelSourceError(f"this file was made from zoo:{source['zoo']}, which brings its own architecture; drop --arch")
+    if arch is not None and "hf" in source:
+        raise ModelSourceError("this file holds a Hugging Face model and its config, which rebuild it; drop --arch")
     if arch is not None:
         return build_architecture(arch)
     if isinstance(source.get("zoo"), str):
         return zoo.build(source["zoo"])
+    if "hf" in source:
+        return hf.build(source["hf"])
     if isinstance(source.get("arch"), str):
         raise ModelSourceError(
             f"this file was made from a model built by {source['arch']}; pass arch='{source['arch']}' (CLI: --arch) to rebuild it"
@@ -433,16 +459,28 @@ def press(
     check_press_suffix(out)
     check_writable(out, keep=(handle.path,) if handle.path else ())
     dataset_name = data if data is not None else handle.dataset  # "" is a wrong name, not "use the default"
+    calibrating = [m.name for m in methods if m.needs != "none"]
+    if calibrating and "hf" in handle.source:
+        raise DataError(
+            f"{', '.join(calibrating)} calibrates on labelled images through a classifier's logits; a Hugging Face model "
+            "takes the data-free methods: uniform, kmeans, magnitude, fold and channel-l1 (repair none)"
+        )
     calibration = None
-    if any(m.needs != "none" for m in methods):
+    if calibrating:
         if dataset_name is None:
             raise DataError("this method needs calibration data; pass --data")
         calibration = calibration_subset(resolve_dataset(dataset_name, "train", handle.input_shape), calib, seed)
-    test = None
+    test = sentences = None
     if dataset_name is not None:  # a dataset that does not fit the model fails here, not after the file is written
-        test = resolve_dataset(dataset_name, "test", handle.input_shape)
-        with kept_modes(handle.module):
-            predict(handle.module, test[0][0].unsqueeze(0))
+        if _is_text(handle, dataset_name):
+            sentences = load_sentences(dataset_name)
+            encoder = _encoder(handle)
+            with kept_modes(handle.module):
+                encoder.embed(handle.module, sentences[:1])
+        else:
+            test = resolve_dataset(dataset_name, "test", handle.input_shape)
+            with kept_modes(handle.module):
+                predict(handle.module, test[0][0].unsqueeze(0))
     start = time.perf_counter()
     compressed = compress(handle, methods, budget, calibration, raw_dtype=raw_dtype)
     file_bytes = save(compressed, out)
@@ -469,10 +507,47 @@ def press(
         before = _evaluate(handle.module, test)
         after = _evaluate(load(out, model=handle.module), test)
         report.update(dataset=dataset_name, accuracy_before=before.accuracy, accuracy_after=after.accuracy)
+    if sentences is not None:  # an encoder is measured against itself uncompressed
+        match = fidelity(load(out, model=handle.module), handle, sentences)
+        report.update(dataset=dataset_name, fidelity=match.to_dict())
     if calibration is not None:
         report["calibration"] = {**compressed.summary["calibration"], "indices": calibration.indices}
     report["layers"] = compressed.details["layers"]
     return report
+
+
+def _is_text(handle: ModelHandle, dataset: str) -> bool:
+    """Whether ``dataset`` is text for a Hugging Face model (else images for a classifier); a mismatch is refused."""
+    text_model = "hf" in handle.source
+    if text_model and dataset not in TEXT_DATASETS:
+        raise DataError(f"a Hugging Face model is measured on text: --data {' or '.join(TEXT_DATASETS)}, not {dataset!r}")
+    if not text_model and dataset in TEXT_DATASETS:
+        raise DataError(f"{dataset} is text: it measures encoders read from a Hugging Face model directory")
+    return text_model
+
+
+def _encoder(handle: ModelHandle) -> hf.TextEncoder:
+    if handle.encoder is not None:
+        return handle.encoder
+    if handle.path is not None and Path(handle.path).suffix.lower() == ".press":
+        raise DataError(
+            f"{handle.path} holds the network, not its tokenizer: measure it against the directory it came from, "
+            f"`netpress eval {handle.path} --data fortunes --reference DIR`"
+        )
+    raise DataError(f"{handle.path or 'the model'} has no tokenizer, so netpress cannot embed text with it")
+
+
+def fidelity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: str | Sequence[str] = "fortunes") -> Fidelity:
+    """How close ``model``'s sentence embeddings stay to ``reference``'s (a handle from a Hugging Face directory,
+    whose tokenizer and pooling embed both), on a text dataset by name or a list of sentences."""
+    if not isinstance(reference, ModelHandle):
+        raise ModelSourceError("the reference is the handle of the uncompressed model: netpress.load_model(DIR)")
+    encoder = _encoder(reference)
+    if isinstance(sentences, str):
+        sentences = load_sentences(sentences)
+    module = _as_handle(model).module
+    with kept_modes(module), kept_modes(reference.module):
+        return _fidelity(encoder.embed(module, list(sentences)), encoder.embed(reference.module, list(sentences)))
 
 
 def _stored_params(compressed: CompressedModel, module: nn.Module) -> int:
@@ -533,6 +608,7 @@ __all__ = [
     "build_architecture",
     "compress",
     "evaluate",
+    "fidelity",
     "fp32_bytes",
     "inspect",
     "load",

@@ -72,6 +72,8 @@ def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = (), made: 
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+MODEL_HELP = "zoo:NAME, a .press file, a Hugging Face model directory, or a .safetensors / .pt / .pth state dict"
+DATA_HELP = "dataset for calibration and evaluation (fashion-mnist, digits; fortunes for a Hugging Face encoder)"
 
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
@@ -160,19 +162,32 @@ def build_budget(ratio: float | None, sparsity: float | None, params: float | No
     return Budget(ratio=ratio, sparsity=sparsity, params=params)
 
 
+def _quality(report: dict) -> tuple[str, str]:
+    """The two measured columns of a report: accuracy before and after for a classifier; for an encoder, the
+    cosine and top-10 neighbour agreement of its embeddings with the uncompressed model's."""
+    if "fidelity" in report:
+        return f"{report['fidelity']['cosine']:.4f}", f"{100 * report['fidelity']['top10']:.1f} %"
+    if "hf" in report["source"]:
+        return "-", "-"
+    acc = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
+    return acc("accuracy_before"), acc("accuracy_after")
+
+
+def _quality_columns(reports: list[dict]) -> tuple[str, str]:
+    return ("cosine", "top-10 agreement") if any("hf" in r["source"] for r in reports) else ("acc before", "acc after")
+
+
 def _print_report(report: dict) -> None:
     table = Table(title=f"{', '.join(m['name'] for m in report['methods'])} → {report['file']}")
-    for col in ("original bytes", "file bytes", "ratio", "params", "sparsity", "acc before", "acc after", "seconds"):
+    for col in ("original bytes", "file bytes", "ratio", "params", "sparsity", *_quality_columns([report]), "seconds"):
         table.add_column(col, justify="right")
-    acc = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
     table.add_row(
         f"{report['original_bytes']:,}",
         f"{report['file_bytes']:,}",
         f"{report['ratio']:.2f}×",
         f"{report['params_before']:,} → {report['params_after']:,}",
         f"{100 * report['sparsity']:.2f} %",
-        acc("accuracy_before"),
-        acc("accuracy_after"),
+        *_quality(report),
         f"{report['seconds']:.2f}",
     )
     out.print(table)
@@ -193,7 +208,7 @@ def _print_report(report: dict) -> None:
 @app.command()
 @friendly
 def compress(
-    model: str = typer.Argument(..., help="zoo:NAME, a .press file, a .safetensors or .pt/.pth state dict"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
     output: Path = typer.Option(..., "-o", "--output", help="the .press file to write"),
     sparsity: float | None = typer.Option(None, help="target fraction of zero weights"),
@@ -208,7 +223,7 @@ def compress(
     prune_fraction: float = typer.Option(
         0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
     ),
-    data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
+    data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
     raw_dtype: str | None = typer.Option(
@@ -273,7 +288,7 @@ def _float_list(text: str, option: str, example: str) -> list[float]:
 @app.command()
 @friendly
 def sweep(
-    model: str = typer.Argument(..., help="zoo:NAME, a .press file, a .safetensors or .pt/.pth state dict"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
     ratios: str | None = typer.Option(None, help="comma-separated ratio targets, e.g. 5,10,20,40,80"),
     sparsities: str | None = typer.Option(None, help="comma-separated sparsity targets, e.g. 0.5,0.8,0.9"),
@@ -285,7 +300,7 @@ def sweep(
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
-    data: str | None = typer.Option(None, help="dataset for calibration and evaluation (fashion-mnist, digits)"),
+    data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
@@ -311,24 +326,28 @@ def sweep(
     label = "+".join(m.name for m in methods)
     table = Table(title=f"{model}: {label} sweep")
     overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input
-    for col in ("target", "file bytes", "ratio", *(["overall ratio"] if overall else []), "acc before", "acc after", "seconds"):
+    columns = ("target", "file bytes", "ratio", *(["overall ratio"] if overall else []), *_quality_columns(results), "seconds")
+    for col in columns:
         table.add_column(col, justify="right")
     for (kind, value), r in zip(targets, results):
-        acc = lambda k, r=r: f"{100 * r[k]:.2f} %" if k in r else "-"  # noqa: E731
         table.add_row(
             f"{kind} {value:g}",
             f"{r['file_bytes']:,}",
             f"{r['ratio']:.2f}×",
             *([f"{r['overall_ratio']:.2f}×"] if overall else []),
-            acc("accuracy_before"),
-            acc("accuracy_after"),
+            *_quality(r),
             f"{r['seconds']:.1f}",
         )
     out.print(table)
     if plot is not None:
         from netpress.report import plot_curve
 
-        plot_curve({label: [(r["file_bytes"], r["accuracy_after"]) for r in results]}, plot, f"{model}: accuracy vs file size")
+        if "fidelity" in results[0]:
+            points = [(r["file_bytes"], r["fidelity"]["cosine"]) for r in results]
+            plot_curve({label: points}, plot, f"{model}: embedding cosine vs file size", "mean cosine to the original (%)")
+        else:
+            points = [(r["file_bytes"], r["accuracy_after"]) for r in results]
+            plot_curve({label: points}, plot, f"{model}: accuracy vs file size")
     if report is not None:
         codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
 
@@ -336,17 +355,25 @@ def sweep(
 @app.command("eval")
 @friendly
 def eval_(
-    model: str = typer.Argument(..., help="zoo:NAME, a .press file, a .safetensors or .pt/.pth state dict"),
-    data: str | None = typer.Option(None, help="dataset name (default: the zoo model's own)"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    data: str | None = typer.Option(None, help="dataset name (default: the zoo model's own; fortunes for an encoder)"),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
+    reference: str | None = typer.Option(
+        None, help="an encoder's uncompressed Hugging Face directory: its tokenizer embeds the text, its model is compared"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Top-1 and per-class accuracy of a model or a .press file on the test split."""
+    """Top-1 and per-class accuracy of a classifier on the test split, or an encoder's fidelity to its original."""
     handle = api.load_model(model, arch)
-    module, dataset = handle.module, data if data is not None else handle.dataset
+    dataset = data if data is not None else handle.dataset
+    if "hf" in handle.source:
+        _eval_encoder(model, handle, dataset or "fortunes", reference, as_json)
+        return
+    if reference is not None:
+        raise DataError("--reference is for Hugging Face encoders, which are measured against their original")
     if dataset is None:
         raise DataError("pass --data to name the dataset to evaluate on")
-    result = api.evaluate(module, api.resolve_dataset(dataset, "test")).to_dict()
+    result = api.evaluate(handle.module, api.resolve_dataset(dataset, "test")).to_dict()
     result.update(model=model, dataset=dataset)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -359,6 +386,27 @@ def eval_(
     table.add_row("[bold]all[/]", f"[bold]{100 * result['accuracy']:.2f} %[/]")
     out.print(table)
     out.print(f"{result['params']:,} parameters, {result['samples']:,} samples")
+
+
+def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: str | None, as_json: bool) -> None:
+    if reference is None:
+        raise DataError(
+            "an encoder is measured against the model it was compressed from: pass --reference DIR, its Hugging Face directory"
+        )
+    base = api.load_model(reference)
+    if "hf" not in base.source or Path(reference).suffix.lower() == ".press":
+        raise DataError(f"--reference names the uncompressed Hugging Face directory (with its tokenizer), not {reference!r}")
+    result = api.fidelity(handle, base, dataset).to_dict()
+    result.update(model=model, reference=reference, dataset=dataset)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    out.print(
+        f"{model} against {reference} on {result['samples']:,} {dataset} sentences: mean cosine {result['cosine']:.4f}, "
+        f"top-10 neighbour agreement {100 * result['top10']:.1f} %",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

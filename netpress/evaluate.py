@@ -33,6 +33,41 @@ class Evaluation:
         return d
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """How close an encoder's sentence embeddings stay to its reference's: the mean cosine, and the mean
+    share of each sentence's nearest neighbours (among the other sentences) that both agree on."""
+
+    cosine: float
+    top10: float
+    samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NEIGHBOURS = 10
+
+
+def fidelity(embeddings: torch.Tensor, reference: torch.Tensor) -> Fidelity:
+    """Compare unit-length embeddings of the same sentences, row by row."""
+    if embeddings.shape != reference.shape or embeddings.dim() != 2:
+        shapes = f"{tuple(embeddings.shape)} and {tuple(reference.shape)}"
+        raise DataError(f"embeddings and reference must both be one row per sentence, got {shapes}")
+    if len(reference) <= NEIGHBOURS:
+        raise DataError(f"fidelity compares {NEIGHBOURS} nearest neighbours: give more than {NEIGHBOURS} sentences")
+
+    def neighbours(e: torch.Tensor) -> torch.Tensor:
+        sims = e @ e.T
+        sims.fill_diagonal_(-2)
+        return sims.topk(NEIGHBOURS, dim=1).indices
+
+    mine, theirs = neighbours(embeddings), neighbours(reference)
+    shared = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(mine, theirs))
+    cosine = float((embeddings * reference).sum(1).mean())
+    return Fidelity(round(cosine, 4), round(shared / (NEIGHBOURS * len(reference)), 4), len(reference))
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -84,15 +84,21 @@ def _plot_groups(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_curve(series: dict[str, list[tuple[int, float]]], path: str | os.PathLike, title: str = "accuracy vs file size") -> None:
-    """Accuracy against file bytes (log axis), one line per series of ``(bytes, accuracy)`` points."""
+def plot_curve(
+    series: dict[str, list[tuple[int, float]]],
+    path: str | os.PathLike,
+    title: str = "accuracy vs file size",
+    ylabel: str = "test accuracy (%)",
+) -> None:
+    """A measured quality (a fraction, shown in %) against file bytes (log axis), one line per series of
+    ``(bytes, quality)`` points."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in series.items():
         points = sorted(points)
         ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("file bytes")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)

@@ -1,0 +1,145 @@
+"""Hugging Face model directories: compressed, written, rebuilt from the .press file alone, and measured as
+sentence encoders against their original; bad input is refused with one line."""
+
+import json
+
+import pytest
+import torch
+
+import netpress
+from netpress import api, hf
+from netpress.data.text import FIDELITY_SENTENCES, FORTUNES_ENV, fortune_sentences, load_sentences
+from netpress.errors import DataError, ModelSourceError
+from netpress.evaluate import fidelity
+from tests.test_cli import assert_one_line_error, run
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = "the a cat dog bird fish sat ran flew swam on under over mat tree sea big small red blue old new".split()
+
+
+def _save_tiny_bert(folder, pooling: str | None = None):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).save_pretrained(folder)
+    transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    if pooling is not None:  # a sentence-transformers directory declares its pooling
+        (folder / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling", "type": "Pooling"}]))
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({f"pooling_mode_{pooling}_token": True}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return _save_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(autouse=True)
+def fortunes(tmp_path_factory, monkeypatch):
+    """A fortune file of distinct sentences of the tiny vocabulary, in place of Debian's package."""
+    folder = tmp_path_factory.getbasetemp() / "fortunes"
+    if not folder.is_dir():
+        folder.mkdir()
+        generator = torch.Generator().manual_seed(0)
+        lines = set()
+        while len(lines) < FIDELITY_SENTENCES + 100:
+            lines.add(" ".join(WORDS[i] for i in torch.randint(len(WORDS), (8,), generator=generator).tolist()))
+        (folder / "fortunes").write_text("\n%\n".join(sorted(lines)) + "\n%\n")
+    monkeypatch.setenv(FORTUNES_ENV, str(folder))
+    return folder
+
+
+def test_directory_round_trip_rebuilds_from_the_file_alone(bert_dir, tmp_path):
+    handle = api.load_model(bert_dir)
+    assert isinstance(handle.module, transformers.BertModel) and handle.encoder is not None
+    report = api.press(handle, netpress.UniformQuantization(8, per_channel=True), out=tmp_path / "b.press", data="fortunes")
+    assert report["dataset"] == "fortunes" and report["fidelity"]["samples"] == FIDELITY_SENTENCES
+    assert 0.99 < report["fidelity"]["cosine"] <= 1 and 0.5 < report["fidelity"]["top10"] <= 1
+    model = netpress.load(tmp_path / "b.press")  # no directory, no arch: the file holds the config
+    assert isinstance(model, transformers.BertModel)
+    stored = netpress.codec.read(tmp_path / "b.press").state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stored.items())
+    again = api.fidelity(model, handle, "fortunes")
+    assert again.to_dict() == report["fidelity"]
+
+
+def test_fidelity_of_the_model_itself_is_perfect_and_needs_neighbours(bert_dir):
+    handle = api.load_model(bert_dir)
+    sentences = load_sentences("fortunes")[:50]
+    match = api.fidelity(handle, handle, sentences)
+    assert (match.cosine, match.top10, match.samples) == (1.0, 1.0, 50)
+    with pytest.raises(DataError, match="more than 10"):
+        api.fidelity(handle, handle, sentences[:10])
+    with pytest.raises(DataError, match="one row per sentence"):
+        fidelity(torch.ones(12, 3), torch.ones(12, 4))
+
+
+def test_embeddings_follow_the_declared_pooling(tmp_path):
+    folder = _save_tiny_bert(tmp_path / "st", pooling="cls")
+    handle = api.load_model(folder)
+    assert handle.encoder.pooling == "cls"
+    sentences = ["the cat sat on the mat", "a big red dog ran", "old fish swam under the sea"]
+    batch = handle.encoder.tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        cls = handle.module(**batch).last_hidden_state[:, 0]
+    torch.testing.assert_close(handle.encoder.embed(handle.module, sentences), torch.nn.functional.normalize(cls, dim=1))
+    mean = hf.TextEncoder(handle.encoder.tokenizer, "mean").embed(handle.module, sentences)  # longest-first batching
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    with torch.no_grad():
+        hidden = handle.module(**batch).last_hidden_state
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    torch.testing.assert_close(mean, expected)
+
+
+def test_cli_compress_fold_and_eval_against_the_directory(bert_dir, tmp_path):
+    report = tmp_path / "r.json"
+    options = "-m fold --params 0.1 --data fortunes".split()
+    result = run("compress", bert_dir, *options, "-o", tmp_path / "f.press", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "cosine" in result.output
+    folded = netpress.load(tmp_path / "f.press")
+    assert sum(p.numel() for p in folded.parameters()) < sum(p.numel() for p in api.load_model(bert_dir).module.parameters())
+    result = run("eval", tmp_path / "f.press", "--data", "fortunes", "--reference", bert_dir, "--json")
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.output)
+    assert {k: measured[k] for k in ("cosine", "top10", "samples")} == json.loads(report.read_text())["fidelity"]
+    assert_one_line_error(run("eval", tmp_path / "f.press"), "pass --reference DIR")
+    assert_one_line_error(run("eval", tmp_path / "f.press", "--reference", tmp_path / "f.press"), "uncompressed Hugging Face")
+    assert_one_line_error(
+        run("compress", tmp_path / "f.press", "-m", "uniform", "-o", tmp_path / "g.press", "--data", "fortunes"),
+        "not its tokenizer",
+        "--reference DIR",
+    )
+
+
+def test_bad_input_is_refused_before_any_work(bert_dir, tmp_path, monkeypatch):
+    out = tmp_path / "x.press"
+    assert_one_line_error(
+        run("compress", bert_dir, "-m", "fcpts", "--sparsity", "0.5", "-o", out, "--data", "fortunes"),
+        "fcpts calibrates",
+        "data-free methods",
+    )
+    assert_one_line_error(run("compress", bert_dir, "-m", "uniform", "-o", out, "--data", "digits"), "measured on text")
+    assert_one_line_error(run("compress", "zoo:lenet300", "-m", "uniform", "-o", out, "--data", "fortunes"), "fortunes is text")
+    assert_one_line_error(run("compress", bert_dir, "-m", "uniform", "-o", out, "--arch", "tests.archs:tiny_mlp"), "drop --arch")
+    assert_one_line_error(run("compress", tmp_path, "-m", "uniform", "-o", out), "without config.json")
+    assert not out.exists()
+    custom = _save_tiny_bert(tmp_path / "custom")
+    config = json.loads((custom / "config.json").read_text())
+    (custom / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "modeling_mine.MyModel"}}))
+    with pytest.raises(ModelSourceError, match="does not run code"):
+        api.load_model(custom)
+    with pytest.raises(ModelSourceError, match="not a model class"):
+        hf.build({"class": "os", "config": config})
+    monkeypatch.setenv(FORTUNES_ENV, str(tmp_path / "none"))
+    with pytest.raises(DataError, match="apt-get install fortunes"):
+        fortune_sentences(10)

@@ -178,7 +178,8 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         if arch is not None:
             raise ModelSourceError(f"{spec} brings its own architecture (config.json); drop --arch")
         module, source = hf.load_directory(path)
-        encoder = hf.TextEncoder.from_directory(path) if hf.has_tokenizer(path) else None
+        positions = getattr(getattr(module, "config", None), "max_position_embeddings", None)
+        encoder = hf.TextEncoder.from_directory(path, positions) if hf.has_tokenizer(path) else None
         return _text_handle(module, source, encoder=encoder, path=spec)
     if path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
@@ -470,13 +471,12 @@ def press(
         if dataset_name is None:
             raise DataError("this method needs calibration data; pass --data")
         calibration = calibration_subset(resolve_dataset(dataset_name, "train", handle.input_shape), calib, seed)
-    test = sentences = None
+    test = sentences = reference = None
     if dataset_name is not None:  # a dataset that does not fit the model fails here, not after the file is written
         if _is_text(handle, dataset_name):
             sentences = load_sentences(dataset_name)
-            encoder = _encoder(handle)
-            with kept_modes(handle.module):
-                encoder.embed(handle.module, sentences[:1])
+            with kept_modes(handle.module):  # every sentence: one too long for the model fails now
+                reference = _encoder(handle).embed(handle.module, sentences)
         else:
             test = resolve_dataset(dataset_name, "test", handle.input_shape)
             with kept_modes(handle.module):
@@ -507,8 +507,8 @@ def press(
         before = _evaluate(handle.module, test)
         after = _evaluate(load(out, model=handle.module), test)
         report.update(dataset=dataset_name, accuracy_before=before.accuracy, accuracy_after=after.accuracy)
-    if sentences is not None:  # an encoder is measured against itself uncompressed
-        match = fidelity(load(out, model=handle.module), handle, sentences)
+    if reference is not None:  # an encoder is measured against itself uncompressed
+        match = _fidelity(handle.encoder.embed(load(out, model=handle.module), sentences), reference)
         report.update(dataset=dataset_name, fidelity=match.to_dict())
     if calibration is not None:
         report["calibration"] = {**compressed.summary["calibration"], "indices": calibration.indices}
@@ -527,6 +527,7 @@ def _is_text(handle: ModelHandle, dataset: str) -> bool:
 
 
 def _encoder(handle: ModelHandle) -> hf.TextEncoder:
+    """The handle's tokenizer and pooling, or an error that says where to find them."""
     if handle.encoder is not None:
         return handle.encoder
     if handle.path is not None and Path(handle.path).suffix.lower() == ".press":
@@ -542,12 +543,34 @@ def fidelity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: 
     whose tokenizer and pooling embed both), on a text dataset by name or a list of sentences."""
     if not isinstance(reference, ModelHandle):
         raise ModelSourceError("the reference is the handle of the uncompressed model: netpress.load_model(DIR)")
+    if isinstance(model, ModelHandle):
+        _check_same_model(model, reference)
     encoder = _encoder(reference)
     if isinstance(sentences, str):
         sentences = load_sentences(sentences)
     module = _as_handle(model).module
     with kept_modes(module), kept_modes(reference.module):
         return _fidelity(encoder.embed(module, list(sentences)), encoder.embed(reference.module, list(sentences)))
+
+
+# Config entries that make two Hugging Face models different networks (fold changes layer widths, not these)
+IDENTITY_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
+
+
+def _check_same_model(model: ModelHandle, reference: ModelHandle) -> None:
+    """Refuse to compare a compressed model with a reference it was not made from."""
+    mine, theirs = (h.source.get("hf", {}) for h in (model, reference))
+    if not mine or not theirs:
+        return
+    differ = [k for k in IDENTITY_KEYS if mine["config"].get(k) != theirs["config"].get(k)]
+    if mine["class"] != theirs["class"] or differ:
+        what = [f"{k} {mine['config'].get(k)!r} against {theirs['config'].get(k)!r}" for k in differ]
+        if mine["class"] != theirs["class"]:
+            what.insert(0, f"{mine['class']} against {theirs['class']}")
+        raise DataError(
+            f"the model and the reference are different networks ({', '.join(what)}); compare a compressed file with "
+            "the directory it was compressed from"
+        )
 
 
 def _stored_params(compressed: CompressedModel, module: nn.Module) -> int:

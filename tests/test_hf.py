@@ -216,3 +216,14 @@ def test_a_sweep_embeds_the_original_once(bert_dir, tmp_path, monkeypatch):
     reports = api.sweep(handle, methods, budgets, out_dir=tmp_path / "sweep", data="fortunes")
     assert [c is handle.module for c in calls] == [True, False, False]
     assert reports[0]["fidelity"]["cosine"] > reports[1]["fidelity"]["cosine"]
+
+
+def test_cli_sweep_plots_cosine_against_bytes(bert_dir, tmp_path):
+    plot, report = tmp_path / "curve.png", tmp_path / "sweep.json"
+    options = "-m magnitude --sparsities 0.3,0.6 --bits 8 --data fortunes".split()
+    result = run("sweep", bert_dir, *options, "--out-dir", tmp_path / "s", "--plot", plot, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "cosine" in result.output and plot.stat().st_size > 0
+    assert [r["budget"]["sparsity"] for r in json.loads(report.read_text())] == [0.3, 0.6]
+    no_data = run("sweep", bert_dir, *options[:-2], "--out-dir", tmp_path / "t", "--plot", plot)
+    assert_one_line_error(no_data, "--data (fortunes for a Hugging Face encoder)")

@@ -27,6 +27,7 @@ Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
 OPAQUE_BLOCKS: tuple[str, ...] = ("Attention",)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CHANNEL_LAYERS = (nn.Linear, *_CONVS)  # the layers whose output channels a group can hold
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _ROLE_TENSORS: dict[Role, tuple[tuple[str, int], ...]] = {
     "producer": (("weight", 0), ("bias", 0)),
@@ -109,7 +110,7 @@ def _unsupported(module: nn.Module, node_type: OPTYPE, role: Role | None) -> str
 
 
 def _role(module: nn.Module, out_side: bool) -> Role | None:
-    if isinstance(module, (nn.Linear, *_CONVS)):
+    if isinstance(module, CHANNEL_LAYERS):
         return "producer" if out_side else "consumer"
     if isinstance(module, _NORMS) and out_side:
         return "norm"
@@ -131,7 +132,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     groups: list[ChannelGroup] = []
     seen: set[nn.Module] = set()
     for module in graph.module2node:
-        if not isinstance(module, (nn.Linear, *_CONVS)) or module in seen or module in hidden:
+        if not isinstance(module, CHANNEL_LAYERS) or module in seen or module in hidden:
             continue
         pruner = graph.get_pruner_of_module(module)
         n = pruner.get_out_channels(module)
@@ -166,7 +167,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
             source = None
             if role == "norm":
                 feeding = [i.module for i in node.inputs if isinstance(i.module, nn.Module) and i.module in names]
-                source = names[feeding[0]] if len(feeding) == 1 and isinstance(feeding[0], (nn.Linear, *_CONVS)) else None
+                source = names[feeding[0]] if len(feeding) == 1 and isinstance(feeding[0], CHANNEL_LAYERS) else None
                 if source is None:
                     group.reason = group.reason or f"{names[target]}: a BatchNorm not directly after its producer"
             group.members.append(Member(names[target], role, expand, source))
@@ -176,13 +177,13 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     untraced = [
         name
         for module, name in names.items()
-        if isinstance(module, (nn.Linear, *_CONVS)) and module not in graph.module2node and module not in hidden
+        if isinstance(module, CHANNEL_LAYERS) and module not in graph.module2node and module not in hidden
     ]  # layers inside an attention block are reported with the block
     groups += [
         ChannelGroup(name, 0, [Member(name, "producer")], "not reached by tracing (unused in forward)") for name in untraced
     ]
     for block in opaque:
-        inner = [names[m] for m in block.modules() if isinstance(m, (nn.Linear, *_CONVS))]
+        inner = [names[m] for m in block.modules() if isinstance(m, CHANNEL_LAYERS)]
         groups.append(ChannelGroup(names[block], 0, [Member(n, "producer") for n in inner], "attention heads are not folded"))
     return groups
 

@@ -30,6 +30,7 @@ from netpress.data import Subset
 from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed, check_whole
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
+    CHANNEL_LAYERS,
     ChannelGroup,
     ParamCounter,
     channel_groups,
@@ -286,7 +287,7 @@ class _GroupReduction:
         foldable = [g for g in groups if g.reason is None]
         if not foldable:
             reasons = "; ".join(f"{g.name}: {g.reason}" for g in groups)
-            left = uncompressed_layers(model, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            left = uncompressed_layers(model, CHANNEL_LAYERS)
             others = ", ".join(f"{name} ({layer['type']})" for name, layer in left.items())
             raise UnsupportedModelError(
                 f"no channel group can be changed ({reasons})"

@@ -39,7 +39,9 @@ SENTENCES = 2000
 SETTINGS = [
     ("uniform 8-bit", [UniformQuantization(8)], None),
     ("uniform 8-bit per-channel", [UniformQuantization(8, per_channel=True)], None),
+    ("uniform 8-bit, MSE clipping", [UniformQuantization(8, clip="mse")], None),
     ("uniform 4-bit per-channel", [UniformQuantization(4, per_channel=True)], None),
+    ("uniform 4-bit per-channel, MSE clipping", [UniformQuantization(4, per_channel=True, clip="mse")], None),
     ("kmeans 16 levels", [KMeansQuantization(16)], None),
     (
         "magnitude LAMP 50 % + uniform 8-bit per-channel",

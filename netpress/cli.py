@@ -27,6 +27,7 @@ from netpress.errors import (
 )
 from netpress.methods import (
     ALLOCATIONS,
+    CLIPS,
     CLUSTERINGS,
     FCPTS,
     L2,
@@ -80,6 +81,8 @@ MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, type=str)
 RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
 ClusteringName = Enum("ClusteringName", {name: name for name in CLUSTERINGS}, type=str)
+ClipName = Enum("ClipName", {name: name for name in CLIPS}, type=str)
+CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
 
 def build_methods(
@@ -93,13 +96,14 @@ def build_methods(
     clustering: str = "kmeans",
     prune_fraction: float = 0.0,
     raw_dtype: str | None = None,
+    clip: str = "max",
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
     Structural methods (fold, channel-l1) get the handle's input shape from ``compress()``;
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
-    file in it.
+    file in it; ``clip`` to uniform quantization.
     """
     # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
     if bits is not None and levels is not None:
@@ -110,6 +114,8 @@ def build_methods(
         raise BudgetError("k-means takes --levels and keeps one table per tensor; drop --bits and --per-channel")
     if per_channel and method not in ("uniform", L2.name) and bits is None:
         raise BudgetError("--per-channel configures uniform quantization (-m uniform, or --bits after pruning) and l2")
+    if clip != "max" and method != "uniform" and bits is None:
+        raise BudgetError("--clip configures uniform quantization (-m uniform, or --bits after pruning)")
     if method != MagnitudePruning.name and allocation != "global":
         raise BudgetError("--allocation configures --method magnitude only")
     if method not in (Fold.name, ChannelL1.name) and repair != "none":
@@ -119,7 +125,7 @@ def build_methods(
     if method == KMeansQuantization.name:
         return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
-        return [UniformQuantization(bits if bits is not None else 8, per_channel)]
+        return [UniformQuantization(bits if bits is not None else 8, per_channel, clip)]
     if method == L2.name:
         if bits is not None or levels is not None:
             raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits/--levels")
@@ -133,7 +139,7 @@ def build_methods(
     else:
         chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
     if bits is not None:
-        chain.append(UniformQuantization(bits, per_channel))
+        chain.append(UniformQuantization(bits, per_channel, clip))
     if levels is not None:
         chain.append(KMeansQuantization(levels))
     return chain
@@ -218,6 +224,7 @@ def compress(
     levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
+    clip: ClipName = typer.Option("max", help=CLIP_HELP),
     repair: RepairName = typer.Option("none", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
     clustering: ClusteringName = typer.Option("kmeans", help="fold: kmeans (the paper's CNN code) or ward (its LLM code)"),
     prune_fraction: float = typer.Option(
@@ -250,6 +257,7 @@ def compress(
         clustering.value,
         prune_fraction,
         raw_dtype,
+        clip.value,
     )
     result = api.press(
         handle,
@@ -299,6 +307,7 @@ def sweep(
     levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
+    clip: ClipName = typer.Option("max", help=CLIP_HELP),
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
@@ -320,7 +329,7 @@ def sweep(
     handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face encoder)")
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels)
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels, clip=clip.value)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calibration_size(calib, methods), seed=seed)
     label = "+".join(m.name for m in methods)

@@ -235,6 +235,10 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["magnitude only"],
         ),
         (
+            ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--clip", "mse", "-o", "x.press"],
+            ["--clip configures uniform quantization"],
+        ),
+        (
             ["compress", *MLP, "-m", "uniform", "--repair", "ar", "-o", "x.press"],
             ["fold and channel-l1 only"],
         ),
@@ -379,3 +383,13 @@ def test_an_output_directory_without_write_permission_is_refused_before_any_work
     result = run("compress", *(a.format(w=weights) for a in MLP), "-m", "uniform", "-o", tmp_path / "x.press")
     assert_one_line_error(result, "no permission to write")
     assert not (tmp_path / "x.press").exists()
+
+
+def test_clip_reaches_uniform_quantization_after_pruning(tmp_path):
+    report = tmp_path / "r.json"
+    options = "-m magnitude --sparsity 0.5 --bits 4 --per-channel --clip mse".split()
+    result = run("compress", "zoo:lenet300", *options, "-o", tmp_path / "c.press", "--report", report)
+    assert result.exit_code == 0, result.output
+    methods = json.loads(report.read_text())["methods"]
+    assert methods[-1] == {"name": "uniform", "bits": 4, "per_channel": True, "clip": "mse"}
+    assert netpress.load(tmp_path / "c.press") is not None

@@ -75,6 +75,24 @@ def test_uniform_quantization_levels_and_error(bits, per_channel):
         assert (codes.dequantize() - w.detach()).abs().max() <= step / 2 + 1e-6
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_mse_clipping_never_rounds_worse_than_the_full_range(per_channel):
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = 1.0  # one outlier (3x the others) stretches the full-range grid of its row
+        model[0].weight[1].zero_()  # an all-zero row keeps a usable scale
+    full = UniformQuantization(4, per_channel).apply(model)
+    clipped = UniformQuantization(4, per_channel, clip="mse").apply(model)
+    for name, w in compressible_weights(model).items():
+        rows = w.detach().reshape(w.shape[0] if per_channel else 1, -1)
+        errors = [((r.codes[name].dequantize().reshape(rows.shape) - rows) ** 2).sum(1) for r in (full, clipped)]
+        assert (errors[1] <= errors[0]).all()
+        assert torch.isfinite(clipped.codes[name].dequantize()).all()
+    errors = [((r.codes["0.weight"].dequantize() - model[0].weight) ** 2).sum() for r in (full, clipped)]
+    assert errors[1] < errors[0]
+    assert torch.equal(clipped.codes["0.weight"].dequantize()[1], torch.zeros_like(model[0].weight[1]))
+
+
 def test_pruned_zeros_survive_quantization():
     compressed = netpress.compress(tiny_cnn(), [MagnitudePruning(), UniformQuantization(3)], Budget(sparsity=0.7))
     assert compressed.summary["sparsity"] >= 0.7
@@ -142,6 +160,7 @@ def test_split_exact_meets_total_and_caps():
         (lambda: Budget(ratio="20x"), BudgetError, "number"),
         (lambda: MagnitudePruning("random"), BudgetError, "allocation"),
         (lambda: UniformQuantization(17), BudgetError, "bits"),
+        (lambda: UniformQuantization(4, clip="percentile"), BudgetError, "clip must be one of max, mse"),
         (lambda: netpress.compress(tiny_cnn(), MagnitudePruning()), BudgetError, "needs a target"),
         (lambda: netpress.compress(tiny_cnn(), UniformQuantization(4), Budget(params=0.3)), BudgetError, "params"),
         (lambda: netpress.compress(nn.Sequential(nn.ReLU()), UniformQuantization(4)), UnsupportedModelError, "supported"),

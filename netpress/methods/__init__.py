@@ -1,7 +1,7 @@
 """Compression methods. Each is a config dataclass with ``apply(model, data, budget)``."""
 
 from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights
-from netpress.methods.baselines import ALLOCATIONS, KMeansQuantization, MagnitudePruning, UniformQuantization
+from netpress.methods.baselines import ALLOCATIONS, CLIPS, KMeansQuantization, MagnitudePruning, UniformQuantization
 from netpress.methods.fcpts import FCPTS
 from netpress.methods.fold import CLUSTERINGS, REPAIRS, ChannelL1, Fold
 from netpress.methods.l2 import L2
@@ -12,6 +12,7 @@ METHODS: dict[str, type] = {
 
 __all__ = [
     "ALLOCATIONS",
+    "CLIPS",
     "FCPTS",
     "CLUSTERINGS",
     "REPAIRS",

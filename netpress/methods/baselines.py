@@ -116,12 +116,15 @@ class MagnitudePruning:
 class UniformQuantization:
     """Symmetric uniform quantization to ``bits`` bits (2^bits − 1 levels, zero exact).
 
-    One scale per tensor, or per output channel with ``per_channel``. Zeros stay zero, so it can
-    follow a pruning method.
+    One scale per tensor, or per output channel with ``per_channel``. ``clip="max"`` spans the
+    largest magnitude; ``"mse"`` clips it where the squared rounding error is least (the ratios
+    in ``MSE_CLIP_RATIOS``), which helps at 4–5 bits, where a few large weights would otherwise
+    coarsen the grid for all. Zeros stay zero, so it can follow a pruning method.
     """
 
     bits: int = 8
     per_channel: bool = False
+    clip: str = "max"
     name: ClassVar[str] = "uniform"
     needs: ClassVar[str] = "none"
     budgets: ClassVar[tuple[str, ...]] = ()
@@ -131,6 +134,8 @@ class UniformQuantization:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
             raise BudgetError(f"bits must be an integer from 2 to 16, got {self.bits!r}")
         check_flag("per_channel", self.per_channel)
+        if self.clip not in CLIPS:
+            raise BudgetError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         check_budget(self, budget, required=False)
@@ -141,8 +146,7 @@ class UniformQuantization:
         with torch.no_grad():
             for name, w in check_model(model).items():
                 flat = w.detach().reshape(w.shape[0], -1) if self.per_channel else w.detach().reshape(1, -1)
-                scale = flat.abs().amax(dim=1, keepdim=True) / top
-                scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+                scale = _scales(flat, top, self.clip)
                 symbols = (torch.round(flat / scale).clamp(-top, top) + top).to(torch.int32)
                 levels = (grid[None, :] * scale).to(torch.float32)
                 levels[:, top] = 0.0
@@ -153,6 +157,25 @@ class UniformQuantization:
                     {"name": name, "shape": list(w.shape), "params": w.numel(), "bits": self.bits, "sparsity": codes.sparsity()}
                 )
         return result
+
+
+CLIPS = ("max", "mse")
+MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
+
+
+def _scales(flat: torch.Tensor, top: int, clip: str) -> torch.Tensor:
+    """One scale per row of ``flat`` for the grid −top…top: the row's largest magnitude, or with ``mse`` the
+    clipped one of least squared error (ties keep the larger, so an exact grid is never clipped)."""
+    amax = flat.abs().amax(dim=1, keepdim=True)
+    best = amax / top
+    if clip == "mse":  # an all-zero row gives NaN errors, never "better": it keeps the fallback below
+        best_error = torch.full_like(amax, float("inf"))
+        for ratio in MSE_CLIP_RATIOS:
+            scale = amax * ratio / top
+            error = ((torch.round(flat / scale).clamp(-top, top) * scale - flat) ** 2).sum(dim=1, keepdim=True)
+            better = error < best_error
+            best, best_error = torch.where(better, scale, best), torch.where(better, error, best_error)
+    return torch.where(best > 0, best, torch.ones_like(best))
 
 
 def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30) -> torch.Tensor:

@@ -253,11 +253,13 @@ def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model:
             raise NetpressError(f"{stage} added distinct values to the quantized tensor {name}")
 
 
-def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | None) -> None:
+def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | None, raw_dtype: str | None) -> None:
     """The arguments' types, a target some method takes, and an order of methods that keeps every
     stage's work: checked by compress, press and sweep before any work."""
     if not methods:
         raise BudgetError("give at least one method")
+    if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
+        raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
     for method in methods:
         if isinstance(method, type) or not callable(getattr(method, "apply", None)):
             raise BudgetError(f"{method!r} is not a method; pass an instance such as FCPTS() or MagnitudePruning('lamp')")
@@ -266,6 +268,12 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     if budget is not None and not any(budget.kind in m.budgets for m in methods):
         takes = "; ".join(f"{m.name} takes {' or '.join(m.budgets) or 'no target'}" for m in methods)
         raise BudgetError(f"no chosen method takes a {budget.kind} target ({takes})")
+    for method in methods:  # L² sizes the file in its own raw dtype; another one would break the fit
+        if raw_dtype is not None and getattr(method, "raw_dtype", raw_dtype) != raw_dtype:
+            raise BudgetError(
+                f"{method.name} sizes the file with raw_dtype={method.raw_dtype!r}: set raw_dtype={raw_dtype!r} "
+                f"on the method ({type(method).__name__}(raw_dtype={raw_dtype!r})) instead of on compress()"
+            )
     quantizer = next((m for m in methods[:-1] if getattr(m, "quantizes", False)), None)
     if quantizer is not None:
         raise BudgetError(
@@ -298,7 +306,7 @@ def compress(
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
-    _check_call(handle, methods, budget)
+    _check_call(handle, methods, budget, raw_dtype)
     return _compress(handle, methods, budget, data, raw_dtype)
 
 
@@ -306,14 +314,6 @@ def _compress(
     handle: ModelHandle, methods: list[Method], budget: Budget | None, data: Subset | None, raw_dtype: str | None
 ) -> CompressedModel:
     """``compress`` after ``_check_call``, which press and sweep run once themselves."""
-    if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
-        raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
-    for method in methods:  # L² sizes the file in its own raw dtype; another one would break the fit
-        if raw_dtype is not None and getattr(method, "raw_dtype", raw_dtype) != raw_dtype:
-            raise BudgetError(
-                f"{method.name} sizes the file with raw_dtype={method.raw_dtype!r}: set raw_dtype={raw_dtype!r} "
-                f"on the method ({type(method).__name__}(raw_dtype={raw_dtype!r})) instead of on compress()"
-            )
     if data is not None and not isinstance(data, Subset):
         raise DataError("data must be a calibration Subset: netpress.data.calibration_subset(load_dataset(name, 'train'), n)")
     if data is not None:
@@ -456,7 +456,7 @@ def press(
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
-    _check_call(handle, methods, budget)
+    _check_call(handle, methods, budget, raw_dtype)
     check_press_suffix(out)
     check_writable(out, keep=(handle.path,) if handle.path else ())
     return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
@@ -464,8 +464,8 @@ def press(
 
 @dataclass
 class _Prepared:
-    """What press needs besides the methods, drawn and checked before any file is written, and measured on the
-    original once (a sweep reuses it for every point): calibration samples, and the test data."""
+    """What press needs besides the methods, drawn and checked before any work (a sweep reuses it for every
+    point): calibration samples, the test data, and once measured, the original's figures on it."""
 
     dataset: str | None
     calibration: Subset | None = None
@@ -497,16 +497,24 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
         prepared.calibration = calibration_subset(resolve_dataset(name, "train", handle.input_shape), calib, seed)
     if name is None:
         return prepared
-    # Measuring the original first also means a dataset that does not fit the model fails before any file is written.
-    with kept_modes(handle.module):
+    with kept_modes(handle.module):  # one sample through the model: data it cannot take fails before any work
         if _is_text(handle, name):
             prepared.sentences = load_sentences(name)
-            prepared.reference = _encoder(handle).embed(handle.module, prepared.sentences)
+            _encoder(handle).embed(handle.module, prepared.sentences[:1])
         else:
             prepared.test = resolve_dataset(name, "test", handle.input_shape)
             predict(handle.module, prepared.test[0][0].unsqueeze(0))
-            prepared.before = _evaluate(handle.module, prepared.test)
     return prepared
+
+
+def _measure_original(handle: ModelHandle, prepared: _Prepared) -> None:
+    """The original's accuracy or sentence embeddings, once per sweep; press calls it after compressing (a
+    method's own errors come first) and before writing (a sentence too long for the model stops the run there)."""
+    with kept_modes(handle.module):
+        if prepared.test is not None and prepared.before is None:
+            prepared.before = _evaluate(handle.module, prepared.test)
+        if prepared.sentences is not None and prepared.reference is None:
+            prepared.reference = _encoder(handle).embed(handle.module, prepared.sentences)
 
 
 def _press(
@@ -520,8 +528,11 @@ def _press(
     """``press`` once its arguments are checked and its data prepared."""
     start = time.perf_counter()
     compressed = _compress(handle, methods, budget, prepared.calibration, raw_dtype)
-    file_bytes = save(compressed, out)
     seconds = time.perf_counter() - start
+    _measure_original(handle, prepared)
+    start = time.perf_counter()
+    file_bytes = save(compressed, out)
+    seconds += time.perf_counter() - start
     original_bytes = fp32_bytes(handle.module)
     report = {
         "source": handle.source,
@@ -637,17 +648,17 @@ def sweep(
     for budget in budgets:  # all checked before the output directory is made
         if budget is None:
             raise BudgetError("give a Budget for every point of the sweep")
-        _check_call(handle, methods, budget)
+        _check_call(handle, methods, budget, raw_dtype)
     label = "+".join(m.name for m in methods)
     names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise BudgetError(f"two targets would write the same file ({', '.join(twice)}); give distinct targets")
     out_dir = Path(out_dir)
-    make_output_dir(out_dir)
     for name in names:
-        check_writable(out_dir / name, keep=(handle.path,) if handle.path else ())
+        check_writable(out_dir / name, keep=(handle.path,) if handle.path else (), made=out_dir)
     prepared = _prepare(handle, methods, data, calib, seed)
+    make_output_dir(out_dir)
     return [_press(handle, methods, budget, out_dir / name, prepared, raw_dtype) for budget, name in zip(budgets, names)]
 
 

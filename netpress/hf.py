@@ -79,9 +79,12 @@ KERNEL_KEYS = (
 )
 
 
-def _with_builtin_attention(build_model):
-    """``build_model(attn_implementation=...)`` with PyTorch's SDPA attention, or the plain one where a model has no
-    SDPA version: never a kernel a config names."""
+def _with_builtin_attention(cls, build_model):
+    """``build_model(attn_implementation=...)`` with PyTorch's SDPA attention where ``cls`` has it, else the plain
+    one: never a kernel a config names. A class that does not say (AutoModel) is tried with SDPA first."""
+    supports = getattr(cls, "_supports_sdpa", None)
+    if isinstance(supports, bool):
+        return build_model(attn_implementation="sdpa" if supports else "eager")
     try:
         return build_model(attn_implementation="sdpa")
     except (ValueError, ImportError):
@@ -109,7 +112,8 @@ def load_directory(path: Path) -> tuple[nn.Module, dict]:
     """The fp32 model in a Hugging Face directory (in eval mode) and the source record that rebuilds it.
 
     Every weight the model class holds must come from the directory: a weight transformers would initialise
-    at random (a missing head, renamed tensors) is refused, since compressing it would be meaningless.
+    at random (a missing head, renamed tensors, a shape that does not fit) is refused, since compressing it
+    would be meaningless. The pooler, which sentence embeddings never use, may be absent.
     """
     transformers = _transformers()
     with _quiet(transformers):
@@ -127,23 +131,28 @@ def load_directory(path: Path) -> tuple[nn.Module, dict]:
 
         def from_directory(**attention):
             return cls.from_pretrained(
-                path, local_files_only=True, weights_only=True, dtype=torch.float32, output_loading_info=True, **attention
+                path,
+                local_files_only=True,
+                weights_only=True,
+                dtype=torch.float32,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, by name
+                **attention,
             )
 
         try:
-            model, info = _with_builtin_attention(from_directory)
+            model, info = _with_builtin_attention(cls, from_directory)
         except Exception as exc:  # missing or damaged weights, or weights that do not fit the config
             _refuse_pickle_advice(path, exc)
             raise ModelSourceError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from exc
-    absent = [
-        *info.get("missing_keys", ()),
-        *(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())),
-    ]
-    if absent:
-        shown = ", ".join(sorted(absent)[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")]
+    unfit = [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())]
+    if missing or unfit:
+        absent = sorted(missing + unfit)
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
         raise ModelSourceError(
-            f"{path} lacks trained weights for {type(model).__name__}: {shown} would start random; check that "
-            "config.json's architectures names the class the weights were saved from"
+            f"{path} has no trained weights of the right shape for {type(model).__name__}'s {shown}, which would start "
+            "random; check that config.json (architectures, sizes) describes the weights saved there"
         )
     return model.eval(), {"hf": {"class": type(model).__name__, "config": _config_record(config)}}
 
@@ -159,12 +168,10 @@ def build(record: Any) -> nn.Module:
     if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
         raise ModelSourceError(f"model type {model_type!r} is unknown to the installed transformers {transformers.__version__}")
     config_class = transformers.CONFIG_MAPPING[model_type]
-    if cls.config_class is not config_class:
-        raise ModelSourceError(f"the file's record pairs {cls.__name__} with a {model_type!r} config; it is damaged")
     try:
         with _quiet(transformers):
             model = _with_builtin_attention(
-                lambda **attention: cls._from_config(config_class.from_dict(config), dtype=torch.float32, **attention)
+                cls, lambda **attention: cls._from_config(config_class.from_dict(config), dtype=torch.float32, **attention)
             )
     except Exception as exc:  # a config this transformers cannot build: damaged, or from another version
         made = config.get("transformers_version", "an unknown version")
@@ -251,11 +258,20 @@ def _weighted_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return _masked_sum(hidden, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
+# Token positions of each sentence, with padding on either side (a left-padding tokenizer puts it first).
+def _first_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return hidden[torch.arange(len(hidden)), mask.int().argmax(dim=1)]
+
+
 def _last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The last real token of each sentence, with padding on either side."""
-    length = mask.shape[1]
-    last = length - 1 - mask.flip(1).int().argmax(dim=1)
+    last = mask.shape[1] - 1 - mask.flip(1).int().argmax(dim=1)
     return hidden[torch.arange(len(hidden)), last]
+
+
+def _position_weighted_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token i of a sentence (from its first real token) weighs i + 1."""
+    positions = torch.arange(1, mask.shape[1] + 1) - mask.int().argmax(dim=1, keepdim=True)
+    return _weighted_mean(hidden, mask * positions)
 
 
 # sentence-transformers' pooling modes (a Pooling module's ``pooling_mode``), computed as that library does
@@ -263,8 +279,8 @@ POOLINGS = {
     "mean": _weighted_mean,
     "mean_sqrt_len_tokens": lambda h, m: _masked_sum(h, m) / m.sum(dim=1, keepdim=True).clamp(min=1e-9).sqrt(),
     "max": lambda h, m: h.masked_fill(m.unsqueeze(-1) == 0, -1e9).amax(dim=1),
-    "cls": lambda h, m: h[:, 0],
-    "weightedmean": lambda h, m: _weighted_mean(h, m * torch.arange(1, m.shape[1] + 1)),
+    "cls": _first_token,
+    "weightedmean": _position_weighted_mean,
     "lasttoken": _last_token,
 }
 # Their older config format: one flag per mode
@@ -312,9 +328,9 @@ def _max_tokens(path: Path, tokenizer, positions: int | None) -> int:
     never more than the model's position table holds."""
     declared = _read_json(path / "sentence_bert_config.json", dict).get("max_seq_length")
     limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_TOKENS)
+    limit = min(limit, DEFAULT_MAX_TOKENS) if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
     if isinstance(declared, int) and declared > 0:
         limit = declared
-    limit = min(limit, DEFAULT_MAX_TOKENS) if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
     return min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
 
 

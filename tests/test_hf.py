@@ -9,7 +9,7 @@ import torch
 import netpress
 from netpress import api, hf
 from netpress.data.text import FIDELITY_SENTENCES, FORTUNES_ENV, fortune_sentences, load_sentences
-from netpress.errors import DataError, ModelSourceError, UnsupportedModelError
+from netpress.errors import BudgetError, DataError, ModelSourceError, UnsupportedModelError
 from netpress.evaluate import fidelity
 from tests.test_cli import assert_one_line_error, run
 
@@ -190,7 +190,7 @@ def test_a_damaged_or_foreign_record_is_refused(bert_dir, tmp_path):
     record = handle.source["hf"]
     for damaged, message in (
         ({**record, "class": None}, "not a model class"),
-        ({**record, "class": "GPT2Model"}, "pairs GPT2Model"),
+        ({**record, "class": "GPT2Model"}, "cannot rebuild GPT2Model"),
         ({**record, "config": {**record["config"], "model_type": ["bert"]}}, "unknown"),
         ({**record, "config": {**record["config"], "hidden_size": 31}}, "cannot rebuild BertModel"),
     ):
@@ -210,11 +210,14 @@ def test_a_sweep_embeds_the_original_once(bert_dir, tmp_path, monkeypatch):
     handle = api.load_model(bert_dir)
     calls = []
     embed = hf.TextEncoder.embed
-    monkeypatch.setattr(hf.TextEncoder, "embed", lambda self, model, s: calls.append(model) or embed(self, model, s))
+    monkeypatch.setattr(
+        hf.TextEncoder, "embed", lambda self, model, s: calls.append((model is handle.module, len(s))) or embed(self, model, s)
+    )
     methods = [netpress.MagnitudePruning(), netpress.UniformQuantization(8)]
     budgets = [netpress.Budget(sparsity=0.3), netpress.Budget(sparsity=0.6)]
     reports = api.sweep(handle, methods, budgets, out_dir=tmp_path / "sweep", data="fortunes")
-    assert [c is handle.module for c in calls] == [True, False, False]
+    n = FIDELITY_SENTENCES
+    assert calls == [(True, 1), (True, n), (False, n), (False, n)]  # a probe, the original once, each written file
     assert reports[0]["fidelity"]["cosine"] > reports[1]["fidelity"]["cosine"]
 
 
@@ -227,3 +230,44 @@ def test_cli_sweep_plots_cosine_against_bytes(bert_dir, tmp_path):
     assert [r["budget"]["sparsity"] for r in json.loads(report.read_text())] == [0.3, 0.6]
     no_data = run("sweep", bert_dir, *options[:-2], "--out-dir", tmp_path / "t", "--plot", plot)
     assert_one_line_error(no_data, "--data (fortunes for a Hugging Face encoder)")
+
+
+@pytest.mark.parametrize("mode", sorted(hf.POOLINGS))
+def test_pooling_ignores_which_side_the_padding_is_on(mode):
+    real = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(0))
+    pad = torch.full((1, 2, 4), 7.0)  # padding positions carry junk that must not count
+    right, left = torch.cat([real, pad], dim=1), torch.cat([pad, real], dim=1)
+    mask_right, mask_left = torch.tensor([[1, 1, 1, 0, 0]]), torch.tensor([[0, 0, 1, 1, 1]])
+    pool = hf.POOLINGS[mode]
+    torch.testing.assert_close(pool(right, mask_right), pool(left, mask_left))
+    torch.testing.assert_close(pool(right, mask_right), pool(real, torch.ones(1, 3, dtype=torch.long)))
+
+
+def test_a_missing_pooler_is_allowed_and_a_misfit_weight_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _save_tiny_bert(tmp_path / "nopooler")
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, str(folder / "model.safetensors"))
+    assert isinstance(api.load_model(folder).module, transformers.BertModel)
+    weights["encoder.layer.0.intermediate.dense.bias"] = torch.zeros(63)
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(ModelSourceError, match="right shape.*encoder.layer.0.intermediate.dense.bias"):
+        api.load_model(folder)
+
+
+def test_errors_come_before_the_original_is_measured_and_leave_no_folder(bert_dir, tmp_path, monkeypatch):
+    handle = api.load_model(bert_dir)
+    calls = []
+    monkeypatch.setattr(hf.TextEncoder, "embed", lambda self, model, s: calls.append(len(s)) or torch.eye(len(s), 4))
+    with pytest.raises(BudgetError, match="raw dtype"):
+        api.press(handle, netpress.UniformQuantization(8), out=tmp_path / "a.press", data="fortunes", raw_dtype="fp8")
+    with pytest.raises(UnsupportedModelError):  # fold's BatchNorm repair on a model without BatchNorm
+        api.press(handle, netpress.Fold(repair="ar"), netpress.Budget(params=0.1), out=tmp_path / "b.press", data="fortunes")
+    assert calls == [1]  # only the one-sentence probe of the second call ran
+    budgets = [netpress.Budget(sparsity=0.5)]
+    with pytest.raises(DataError, match="measured on text"):
+        api.sweep(
+            handle, [netpress.MagnitudePruning(), netpress.UniformQuantization(8)], budgets, out_dir=tmp_path / "s", data="digits"
+        )
+    assert not (tmp_path / "s").exists() and not any(tmp_path.glob("*.press"))

@@ -593,11 +593,10 @@ def fidelity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: 
     if isinstance(model, ModelHandle):
         _check_same_model(model, reference)
     encoder = _encoder(reference)
-    if isinstance(sentences, str):
-        sentences = load_sentences(sentences)
+    sentences = load_sentences(sentences) if isinstance(sentences, str) else list(sentences)
     module = _as_handle(model).module
     with kept_modes(module), kept_modes(reference.module):
-        return _fidelity(encoder.embed(module, list(sentences)), encoder.embed(reference.module, list(sentences)))
+        return _fidelity(encoder.embed(module, sentences), encoder.embed(reference.module, sentences))
 
 
 # Config entries that make two Hugging Face models different networks (fold changes layer widths, not these)

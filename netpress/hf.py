@@ -258,9 +258,13 @@ def _weighted_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return _masked_sum(hidden, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
-# Token positions of each sentence, with padding on either side (a left-padding tokenizer puts it first).
+def _first_real(mask: torch.Tensor) -> torch.Tensor:
+    """Each sentence's first real token, with padding on either side (a left-padding tokenizer puts it first)."""
+    return mask.int().argmax(dim=1)
+
+
 def _first_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return hidden[torch.arange(len(hidden)), mask.int().argmax(dim=1)]
+    return hidden[torch.arange(len(hidden)), _first_real(mask)]
 
 
 def _last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -270,7 +274,7 @@ def _last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _position_weighted_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Token i of a sentence (from its first real token) weighs i + 1."""
-    positions = torch.arange(1, mask.shape[1] + 1) - mask.int().argmax(dim=1, keepdim=True)
+    positions = torch.arange(1, mask.shape[1] + 1) - _first_real(mask).unsqueeze(1)
     return _weighted_mean(hidden, mask * positions)
 
 

@@ -30,7 +30,7 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, check_not_test, load_dataset
-from netpress.data.text import TEXT_DATASETS, load_sentences
+from netpress.data.text import TEXT_DATASETS, Sentences, load_sentences
 from netpress.errors import (
     BudgetError,
     DataError,
@@ -318,6 +318,8 @@ def _compress(
         raise DataError("data must be a calibration Subset: netpress.data.calibration_subset(load_dataset(name, 'train'), n)")
     if data is not None:
         check_not_test(data.dataset)
+    if data is not None and isinstance(data.dataset, Sentences):
+        _check_encoder_calibration([m for m in methods if m.needs != "none"])
     if not any(m.needs != "none" for m in methods):
         data = None  # unused, so not recorded in the file either
     if handle.input_shape is not None:  # structural methods trace the model with an input of this shape
@@ -485,26 +487,38 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
         )
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
     name = prepared.dataset
-    calibrating = [m.name for m in methods if m.needs != "none"]
+    calibrating = [m for m in methods if m.needs != "none"]
     if calibrating and "hf" in handle.source:
-        raise DataError(
-            f"{', '.join(calibrating)} calibrates on labelled images through a classifier's logits; a Hugging Face model "
-            "takes the data-free methods: uniform, kmeans, magnitude, fold and channel-l1 (repair none)"
-        )
-    if calibrating:
-        if name is None:
-            raise DataError("this method needs calibration data; pass --data")
-        prepared.calibration = calibration_subset(resolve_dataset(name, "train", handle.input_shape), calib, seed)
+        _check_encoder_calibration(calibrating)
     if name is None:
+        if calibrating:
+            raise DataError("this method needs calibration data; pass --data")
         return prepared
+    text = _is_text(handle, name)
+    if calibrating and text:
+        sentences = Sentences(load_sentences(name, "train"), "train", _encoder(handle))
+        prepared.calibration = calibration_subset(sentences, calib, seed)
+    elif calibrating:
+        prepared.calibration = calibration_subset(resolve_dataset(name, "train", handle.input_shape), calib, seed)
     with kept_modes(handle.module):  # one sample through the model: data it cannot take fails before any work
-        if _is_text(handle, name):
+        if text:
             prepared.sentences = load_sentences(name)
             _encoder(handle).embed(handle.module, prepared.sentences[:1])
         else:
             prepared.test = resolve_dataset(name, "test", handle.input_shape)
             predict(handle.module, prepared.test[0][0].unsqueeze(0))
     return prepared
+
+
+def _check_encoder_calibration(methods: list[Method]) -> None:
+    """Refuse a calibrating method that distils only a classifier's logits, for a Hugging Face encoder."""
+    logits_only = [m.name for m in methods if not getattr(m, "calibrates_encoders", False)]
+    if logits_only:
+        raise DataError(
+            f"{', '.join(logits_only)} calibrates through a classifier's logits on images; a Hugging Face encoder takes "
+            "fcpts (calibrated on sentences) and the data-free methods: uniform, kmeans, magnitude, fold and channel-l1 "
+            "(repair none)"
+        )
 
 
 def _measure_original(handle: ModelHandle, prepared: _Prepared) -> None:

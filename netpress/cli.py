@@ -82,6 +82,8 @@ AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, ty
 RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
 ClusteringName = Enum("ClusteringName", {name: name for name in CLUSTERINGS}, type=str)
 ClipName = Enum("ClipName", {name: name for name in CLIPS}, type=str)
+ITERATIONS_HELP = f"fcpts: optimisation steps (default {FCPTS.iterations}; a sentence encoder on a CPU: 200)"
+BATCH_HELP = f"fcpts: calibration samples per step (default {FCPTS.batch_size}; a sentence encoder on a CPU: 16)"
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
 
@@ -97,13 +99,15 @@ def build_methods(
     prune_fraction: float = 0.0,
     raw_dtype: str | None = None,
     clip: str = "max",
+    iterations: int | None = None,
+    batch_size: int | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
     Structural methods (fold, channel-l1) get the handle's input shape from ``compress()``;
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
-    file in it; ``clip`` to uniform quantization.
+    file in it; ``clip`` to uniform quantization; ``iterations`` and ``batch_size`` to FCPTS.
     """
     # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
     if bits is not None and levels is not None:
@@ -122,6 +126,9 @@ def build_methods(
         raise BudgetError("--repair configures --method fold and channel-l1 only")
     if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
+    schedule = {k: v for k, v in (("iterations", iterations), ("batch_size", batch_size)) if v is not None}
+    if method != FCPTS.name and schedule:
+        raise BudgetError("--iterations and --batch-size configure --method fcpts only")
     if method == KMeansQuantization.name:
         return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
@@ -137,7 +144,7 @@ def build_methods(
         else:
             chain = [ChannelL1(repair=repair, seed=seed)]
     else:
-        chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed)]
+        chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed, **schedule)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel, clip))
     if levels is not None:
@@ -230,6 +237,8 @@ def compress(
     prune_fraction: float = typer.Option(
         0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
     ),
+    iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
+    batch_size: int | None = typer.Option(None, help=BATCH_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
@@ -258,6 +267,8 @@ def compress(
         prune_fraction,
         raw_dtype,
         clip.value,
+        iterations,
+        batch_size,
     )
     result = api.press(
         handle,
@@ -309,6 +320,8 @@ def sweep(
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
     clip: ClipName = typer.Option("max", help=CLIP_HELP),
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
+    iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
+    batch_size: int | None = typer.Option(None, help=BATCH_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
@@ -329,7 +342,8 @@ def sweep(
     handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face encoder)")
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels, clip=clip.value)
+    options = {"clip": clip.value, "iterations": iterations, "batch_size": batch_size}
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calibration_size(calib, methods), seed=seed)
     label = "+".join(m.name for m in methods)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from netpress.errors import DataError, ModelSourceError, UnsupportedModelError
 from netpress.progress import progress_bar
@@ -223,19 +224,24 @@ class TextEncoder:
             task = progress.add_task("embedding sentences", total=len(order))
             for i in range(0, len(order), EMBED_BATCH):
                 chunk = [sentences[j] for j in order[i : i + EMBED_BATCH]]
-                out.append(self._embed_batch(model, chunk))
+                out.append(self.encode(model, self.tokenize(chunk)))
                 progress.update(task, advance=len(chunk))
         embeddings = torch.empty(len(order), out[0].shape[1], dtype=out[0].dtype)
         embeddings[order] = torch.cat(out)
         return embeddings
 
-    def _embed_batch(self, model: nn.Module, sentences: list[str]) -> torch.Tensor:
+    def tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        """One padded batch of token ids and attention mask, cut at ``max_tokens``."""
         try:
-            batch = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+            return dict(self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"))
         except ValueError as exc:  # e.g. a tokenizer with no padding token
             raise UnsupportedModelError(f"the directory's tokenizer cannot make a batch of sentences: {exc}") from exc
+
+    def encode(self, model: nn.Module, batch: dict[str, torch.Tensor], params: dict | None = None) -> torch.Tensor:
+        """Unit-length embeddings of a tokenized batch, differentiable (FCPTS trains through it); ``params``
+        replace the model's own tensors, as ``torch.func.functional_call`` does."""
         try:
-            output = model(**batch)
+            output = model(**batch) if params is None else functional_call(model, params, (), batch)
         except Exception as exc:  # an encoder-decoder wanting decoder inputs, token ids the model has no row for, ...
             raise UnsupportedModelError(
                 f"{type(model).__name__} cannot embed tokenized sentences ({type(exc).__name__}: {exc}); netpress measures "

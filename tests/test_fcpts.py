@@ -11,7 +11,7 @@ from netpress.errors import UnsupportedModelError
 from netpress.evaluate import predict
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning
 from netpress.methods.base import compressible_weights, distillation_loss, recalibrate_batchnorm, target_zeros
-from netpress.methods.fcpts import _mixed_pool
+from netpress.methods.teacher import LogitTeacher
 from netpress.quant.kde import layer_sparsity, magnitude_density, silverman_bandwidth
 from tests.archs import tiny_cnn, tiny_mlp
 
@@ -61,11 +61,14 @@ def test_fcpts_is_reproducible_bit_for_bit(calibration):
 
 def test_mixed_inputs_carry_the_dense_models_logits_and_skip_integer_inputs():
     model, inputs = tiny_mlp(), torch.randn(20, 64)
-    pool, logits = _mixed_pool(model, inputs, predict(model, inputs), 3, torch.Generator().manual_seed(0))
-    assert pool.shape == (80, 64) and torch.equal(pool[:20], inputs)
-    assert torch.allclose(logits, predict(model, pool), atol=1e-6)
-    tokens = torch.randint(0, 9, (20, 64))
-    assert _mixed_pool(model, tokens, logits[:20], 3, torch.Generator())[0] is tokens
+    teacher = LogitTeacher(model, inputs, 4.0)
+    teacher.add_mixtures(model, 3, torch.Generator().manual_seed(0))
+    assert teacher.size == 80 and teacher.pool.shape == (80, 64) and torch.equal(teacher.pool[:20], inputs)
+    assert torch.allclose(teacher.logits, predict(model, teacher.pool), atol=1e-6)
+    reader = torch.nn.Sequential(torch.nn.Embedding(9, 4), torch.nn.Flatten(), torch.nn.Linear(256, 3))
+    tokens = LogitTeacher(reader, torch.randint(0, 9, (20, 64)), 4.0)
+    tokens.add_mixtures(reader, 3, torch.Generator())
+    assert tokens.size == 20
 
 
 def test_calibration_comes_from_the_training_split(monkeypatch, tmp_path):

@@ -8,9 +8,12 @@ import torch
 
 import netpress
 from netpress import api, hf
-from netpress.data.text import FIDELITY_SENTENCES, FORTUNES_ENV, fortune_sentences, load_sentences
+from netpress.data import calibration_subset
+from netpress.data.text import FIDELITY_SENTENCES, FORTUNES_ENV, Sentences, fortune_sentences, load_sentences
 from netpress.errors import BudgetError, DataError, ModelSourceError, UnsupportedModelError
 from netpress.evaluate import fidelity
+from netpress.methods.base import compressible_weights, target_zeros
+from netpress.methods.teacher import EmbeddingTeacher
 from tests.test_cli import assert_one_line_error, run
 
 transformers = pytest.importorskip("transformers")
@@ -124,10 +127,11 @@ def test_cli_compress_fold_and_eval_against_the_directory(bert_dir, tmp_path):
 def test_bad_input_is_refused_before_any_work(bert_dir, tmp_path, monkeypatch):
     out = tmp_path / "x.press"
     assert_one_line_error(
-        run("compress", bert_dir, "-m", "fcpts", "--sparsity", "0.5", "-o", out, "--data", "fortunes"),
-        "fcpts calibrates",
-        "data-free methods",
+        run("compress", bert_dir, "-m", "l2", "--ratio", "4", "-o", out, "--data", "fortunes"),
+        "l2 calibrates through a classifier's logits",
+        "takes fcpts",
     )
+    assert_one_line_error(run("compress", bert_dir, "-m", "fcpts", "--sparsity", "0.5", "-o", out), "needs calibration data")
     assert_one_line_error(run("compress", bert_dir, "-m", "uniform", "-o", out, "--data", "digits"), "measured on text")
     assert_one_line_error(run("compress", "zoo:lenet300", "-m", "uniform", "-o", out, "--data", "fortunes"), "fortunes is text")
     assert_one_line_error(run("compress", bert_dir, "-m", "uniform", "-o", out, "--arch", "tests.archs:tiny_mlp"), "drop --arch")
@@ -271,3 +275,47 @@ def test_errors_come_before_the_original_is_measured_and_leave_no_folder(bert_di
             handle, [netpress.MagnitudePruning(), netpress.UniformQuantization(8)], budgets, out_dir=tmp_path / "s", data="digits"
         )
     assert not (tmp_path / "s").exists() and not any(tmp_path.glob("*.press"))
+
+
+def test_text_splits_are_disjoint_and_the_test_split_is_never_calibrated_on(bert_dir):
+    test, train = load_sentences("fortunes"), load_sentences("fortunes", "train")
+    assert len(test) == FIDELITY_SENTENCES and len(train) == 100 and not set(test) & set(train)
+    with pytest.raises(DataError, match="splits 'train' and 'test'"):
+        load_sentences("fortunes", "validation")
+    handle = api.load_model(bert_dir)
+    with pytest.raises(DataError, match="test split"):
+        calibration_subset(Sentences(test, "test", handle.encoder), 10)
+    budget = netpress.Budget(sparsity=0.5)
+    with pytest.raises(DataError, match="need the encoder"):
+        api.compress(handle, netpress.FCPTS(iterations=1), budget, calibration_subset(Sentences(train, "train"), 10))
+    with pytest.raises(DataError, match="takes fcpts"):
+        api.compress(handle, netpress.L2(), netpress.Budget(ratio=4), calibration_subset(Sentences(train, "train"), 10))
+
+
+def test_fcpts_calibrates_an_encoder_on_sentences_and_meets_the_target_exactly(bert_dir, tmp_path):
+    handle = api.load_model(bert_dir)
+    fcpts = netpress.FCPTS(iterations=5, batch_size=8)
+    report = api.press(handle, fcpts, netpress.Budget(sparsity=0.6), out=tmp_path / "0.press", data="fortunes", calib=64)
+    options = "-m fcpts --sparsity 0.6 --iterations 5 --batch-size 8 --data fortunes --calib 64".split()
+    result = run("compress", bert_dir, *options, "-o", tmp_path / "1.press")
+    assert result.exit_code == 0, result.output
+    assert "cosine" in result.output
+    train = load_sentences("fortunes", "train")
+    assert report["calibration"]["n"] == 64 and max(report["calibration"]["indices"]) < len(train)
+    assert not {train[i] for i in report["calibration"]["indices"]} & set(load_sentences("fortunes"))
+    weights = compressible_weights(netpress.load(tmp_path / "0.press"))
+    total = sum(w.numel() for w in weights.values())
+    assert sum(int((w == 0).sum()) for w in weights.values()) == target_zeros(0.6, total)
+    assert 0 < report["fidelity"]["cosine"] <= 1
+    assert (tmp_path / "0.press").read_bytes() == (tmp_path / "1.press").read_bytes()  # reproducible from the seed
+
+
+def test_the_embedding_teacher_scores_the_dense_model_at_zero(bert_dir):
+    handle = api.load_model(bert_dir)
+    sentences = load_sentences("fortunes", "train")[:20]
+    teacher = EmbeddingTeacher(handle.module, handle.encoder, sentences)
+    assert abs(teacher.score(handle.module)) < 1e-6
+    idx = torch.arange(4)
+    params = dict(handle.module.named_parameters())
+    outputs = teacher.outputs(handle.module, idx, params)
+    assert outputs.requires_grad and torch.allclose(outputs, teacher.embeddings[:4], atol=1e-5)

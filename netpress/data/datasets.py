@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from netpress.data.text import Sentences
 from netpress.errors import DataError, check_seed
 
 FASHION_MNIST_ENV = "NETPRESS_FASHION_MNIST"
@@ -99,6 +100,8 @@ def check_dataset(dataset: Dataset, input_shape: tuple[int, ...] | None = None) 
         raise DataError("the dataset has no length; pass a map-style torch Dataset") from exc
     if n == 0:
         raise DataError("the dataset is empty")
+    if isinstance(dataset, Sentences):  # text: the encoder's tokenizer makes the inputs
+        return
     sample = dataset[0]
     if not isinstance(sample, (tuple, list)) or len(sample) < 1 or not torch.is_tensor(sample[0]):
         raise DataError("each dataset item must be (input tensor, label) or (input tensor,)")

@@ -8,6 +8,7 @@ kinds it accepts, so callers can check both before running it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
@@ -190,6 +191,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
     """Re-estimate BatchNorm running statistics on ``inputs`` (cumulative average), weights untouched."""
+    running_statistics(model, lambda: [model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def running_statistics(model: nn.Module, run: Callable[[], object]) -> None:
+    """Re-estimate BatchNorm running statistics (cumulative average) over the forward passes ``run`` makes;
+    nothing runs when the model has no BatchNorm."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -199,8 +206,7 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
         m.momentum = None
         m.train()
     with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            model(inputs[start : start + batch_size])
+        run()
     for m, (momentum, training) in zip(norms, saved):
         m.momentum = momentum
         m.train(training)

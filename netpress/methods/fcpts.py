@@ -2,8 +2,9 @@
 
 One learnable magnitude threshold per layer, initialised from whichever magnitude allocation (ERK,
 the paper's, or global, uniform, LAMP) distils best on the calibration subset. The loss is
-distillation from the dense model (KL, temperature 4) on a calibration subset and on mixtures of its
-inputs, plus λ·|global sparsity − target|, where the global sparsity is made differentiable in the
+distillation from the dense model on a calibration subset (a classifier: KL at temperature 4, also on
+mixtures of its inputs; a sentence encoder: cosine distance of its embeddings; see
+``netpress.methods.teacher``), plus λ·|global sparsity − target|, where the global sparsity is made differentiable in the
 thresholds by a kernel-density bridge (``netpress.quant.kde``). After optimisation a projection
 prunes exactly ⌈target · N⌉ weights, split over layers in the learned proportions, and BatchNorm
 statistics are re-estimated on the calibration subset. See docs/methods/fcpts.md for where netpress
@@ -19,29 +20,25 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from netpress.budget import Budget
 from netpress.codec.codes import SparseValues
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
-from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
     check_budget,
     check_model,
     compressible_weights,
-    distillation_loss,
-    recalibrate_batchnorm,
     split_exact,
     target_zeros,
 )
 from netpress.methods.baselines import ALLOCATIONS, prune_counts, smallest_mask
+from netpress.methods.teacher import Teacher, teacher_for
 from netpress.progress import progress_bar
 from netpress.quant.kde import layer_sparsity
 
 MIN_DENSITY = 0.01
-MIX_SHARE = 0.5  # a mixed input is (1 − s)·x_a + s·x_b with s uniform in [0, MIX_SHARE]: x_a stays dominant
 
 
 def _kth_magnitude(w: torch.Tensor, count: int) -> float:
@@ -67,13 +64,14 @@ class FCPTS:
 
     ``iterations`` steps of batch ``batch_size``; Adam on the log-thresholds (``threshold_lr``) and
     on the weights (``weight_lr``; 0 keeps the dense weights and learns only the allocation);
-    ``penalty`` is λ of the sparsity term; ``temperature`` is the distillation temperature.
+    ``penalty`` is λ of the sparsity term; ``temperature`` is the distillation temperature (of a
+    classifier's logits; an encoder's embeddings are compared by cosine).
     ``init`` is the starting allocation: ``erk`` (the paper's), one of the other magnitude
     allocations, or ``best``: whichever of them distils best on the calibration set.
     ``mixed`` adds that many mixtures of two calibration inputs per calibration sample to the
     distillation set, with the dense model's logits on them: 1024 samples then cover more of the input
     space, and the pruned model follows the dense one more closely on unseen inputs (0: off; float
-    inputs only).
+    inputs only: token ids do not mix).
     """
 
     iterations: int = 400
@@ -88,6 +86,7 @@ class FCPTS:
     name: ClassVar[str] = "fcpts"
     needs: ClassVar[str] = "calibration"
     budgets: ClassVar[tuple[str, ...]] = ("sparsity",)
+    calibrates_encoders: ClassVar[bool] = True  # takes calibration sentences for a Hugging Face encoder
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -99,10 +98,7 @@ class FCPTS:
         if self.init != "best" and self.init not in ALLOCATIONS:
             raise BudgetError(f"init must be 'best' or one of {', '.join(ALLOCATIONS)}, got {self.init!r}")
 
-    def _distill(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return distillation_loss(student_logits, teacher_logits, self.temperature)
-
-    def _initial_pruned(self, model: nn.Module, weights: dict, target: float, inputs, teacher_logits) -> tuple:
+    def _initial_pruned(self, model: nn.Module, weights: dict, target: float, teacher: Teacher) -> tuple:
         """The starting per-layer prune counts, the allocation they come from, that start pruned with
         BatchNorm re-estimated, and its distillation loss on the calibration set. Candidates are scored
         as they would be returned, after the re-estimation, which matters most at high sparsity
@@ -113,8 +109,8 @@ class FCPTS:
             for allocation in candidates:
                 counts = prune_counts(list(weights.values()), target, allocation)
                 pruned = copy.deepcopy(model).eval()
-                _prune(pruned, counts, inputs)
-                score = float(self._distill(predict(pruned, inputs), teacher_logits))
+                _prune(pruned, counts, teacher)
+                score = teacher.score(pruned)
                 if best is None or score < best[0]:
                     best = (score, allocation, counts, pruned)
         score, allocation, counts, pruned = best
@@ -139,9 +135,8 @@ class FCPTS:
                 "--method magnitude"
             )
         erk_counts = prune_counts(list(weights.values()), target, "erk")
-        inputs, _ = data.tensors()
-        teacher_logits = predict(model, inputs)
-        init_counts, init, start, start_loss = self._initial_pruned(model, weights, target, inputs, teacher_logits)
+        teacher = teacher_for(model, data, self.temperature)
+        init_counts, init, start, start_loss = self._initial_pruned(model, weights, target, teacher)
         # Optimise under the start's re-estimated BatchNorm statistics, not the dense model's: weights
         # tuned to stale statistics are undone by the re-estimation at the end.
         with torch.no_grad():
@@ -152,7 +147,7 @@ class FCPTS:
             torch.tensor([math.log(max(_kth_magnitude(w, c), 1e-12)) for w, c in zip(weights.values(), init_counts)])
         )
         generator = torch.Generator().manual_seed(self.seed)
-        pool_inputs, pool_logits = _mixed_pool(model, inputs, teacher_logits, self.mixed, generator)
+        teacher.add_mixtures(model, self.mixed, generator)
         groups = [{"params": [log_thresholds], "lr": self.threshold_lr}]
         if self.weight_lr > 0:
             groups.append({"params": [p for p in student.parameters()], "lr": self.weight_lr})
@@ -162,7 +157,7 @@ class FCPTS:
         with progress_bar() as progress:
             task = progress.add_task("FCPTS", total=self.iterations)
             for _ in range(self.iterations):
-                idx = torch.randint(0, len(pool_inputs), (min(self.batch_size, len(pool_inputs)),), generator=generator)
+                idx = teacher.batch(self.batch_size, generator)
                 thresholds = log_thresholds.exp()
                 params = {k: v if self.weight_lr > 0 else v.detach() for k, v in student.named_parameters()}
                 layer_rates = []
@@ -171,8 +166,8 @@ class FCPTS:
                     params[name] = _masked(w, thresholds[i])
                     layer_rates.append(layer_sparsity(thresholds[i], w, generator) * sizes[i])
                 sparsity = torch.stack(layer_rates).sum() / total
-                student_logits = functional_call(student, params, (pool_inputs[idx],))
-                loss = self._distill(student_logits, pool_logits[idx]) + self.penalty * (sparsity - target).abs()
+                outputs = teacher.outputs(student, idx, params)
+                loss = teacher.loss(outputs, idx) + self.penalty * (sparsity - target).abs()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -189,10 +184,10 @@ class FCPTS:
             learned = [float((w.abs() < t).sum()) for w, t in zip(weights.values(), thresholds)]
             caps = [n - k for n, k in zip(sizes, min_keep)]
             counts = split_exact(target_zeros(target, total), learned, caps)
-            _prune(student, counts, inputs)
+            _prune(student, counts, teacher)
             # Never return worse than the starting allocation, as judged on the calibration set.
             kept = "learned"
-            if start_loss < float(self._distill(predict(student, inputs), teacher_logits)):
+            if start_loss < teacher.score(student):
                 student, counts, kept = start, init_counts, init
             result = MethodResult(student)
             for (name, w), count, erk in zip(compressible_weights(student).items(), counts, erk_counts):
@@ -211,25 +206,11 @@ class FCPTS:
         return result
 
 
-def _mixed_pool(
-    model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, per_sample: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The calibration inputs and logits plus ``per_sample`` · n mixtures of two calibration inputs with
-    the dense model's logits on them, computed once, so optimisation costs no extra teacher passes."""
-    if per_sample == 0 or not inputs.is_floating_point():
-        return inputs, logits
-    n = per_sample * len(inputs)
-    first, second = (torch.randint(0, len(inputs), (n,), generator=generator) for _ in range(2))
-    share = MIX_SHARE * torch.rand(n, generator=generator).view(-1, *[1] * (inputs.dim() - 1))
-    mixed = (1 - share) * inputs[first] + share * inputs[second]
-    return torch.cat([inputs, mixed]), torch.cat([logits, predict(model, mixed)])
-
-
-def _prune(model: nn.Module, counts: list[int], inputs: torch.Tensor) -> None:
+def _prune(model: nn.Module, counts: list[int], teacher: Teacher) -> None:
     """Zero each layer's ``count`` smallest weights, then re-estimate BatchNorm statistics."""
     for w, count in zip(compressible_weights(model).values(), counts):
         w.masked_fill_(smallest_mask(w.abs(), count), 0.0)
-    recalibrate_batchnorm(model, inputs)
+    teacher.recalibrate(model)
 
 
 def _masked(w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:

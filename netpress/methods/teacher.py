@@ -1,0 +1,129 @@
+"""The dense model as a teacher on calibration data: its outputs, once, and how far a student is from them.
+
+Methods that distil (FCPTS) are written against ``Teacher``, so one method serves both kinds of model
+netpress measures: a classifier, pulled towards the dense model's logits (KL at a temperature), and a
+Hugging Face sentence encoder, pulled towards the dense model's sentence embeddings (cosine distance).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from netpress.data import Subset
+from netpress.data.text import Sentences
+from netpress.errors import DataError
+from netpress.evaluate import predict
+from netpress.methods.base import distillation_loss, recalibrate_batchnorm, running_statistics
+
+MIX_SHARE = 0.5  # a mixed input is (1 − s)·x_a + s·x_b with s uniform in [0, MIX_SHARE]: x_a stays dominant
+
+
+class Teacher(Protocol):
+    """``size`` training samples; ``outputs`` of a student (with ``params`` in place of its own tensors) on some
+    of them, differentiable; ``loss`` of those outputs; ``score``: the loss over the calibration samples;
+    ``recalibrate``: BatchNorm statistics from them; ``add_mixtures``: more training samples, where inputs mix;
+    ``batch``: the indices of a random training batch."""
+
+    size: int
+
+    def batch(self, size: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor: ...
+
+    def loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor: ...
+
+    def score(self, model: nn.Module) -> float: ...
+
+    def recalibrate(self, model: nn.Module) -> None: ...
+
+    def add_mixtures(self, model: nn.Module, per_sample: int, generator: torch.Generator) -> None: ...
+
+
+def teacher_for(model: nn.Module, data: Subset, temperature: float) -> Teacher:
+    """The teacher for ``data``: sentences (with their encoder) teach embeddings, anything else logits."""
+    if isinstance(data.dataset, Sentences):
+        if data.dataset.encoder is None:
+            raise DataError(
+                "calibration sentences need the encoder of the model's directory: Sentences(texts, 'train', handle.encoder)"
+            )
+        return EmbeddingTeacher(model, data.dataset.encoder, [data.dataset[i] for i in data.indices])
+    inputs, _ = data.tensors()  # distillation needs no labels
+    return LogitTeacher(model, inputs, temperature)
+
+
+class LogitTeacher:
+    """A classifier's logits; the loss is KL at ``temperature`` (Hinton et al.)."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, temperature: float) -> None:
+        self.inputs = inputs
+        self.temperature = temperature
+        self.pool, self.logits = inputs, predict(model, inputs)
+        self.size = len(self.pool)
+
+    def add_mixtures(self, model: nn.Module, per_sample: int, generator: torch.Generator) -> None:
+        """Train also on ``per_sample`` · n mixtures of two calibration inputs, with the dense model's logits on
+        them, computed once (float inputs only): 1024 samples then cover more of the input space."""
+        if per_sample == 0 or not self.inputs.is_floating_point():
+            return
+        n = per_sample * len(self.inputs)
+        first, second = (torch.randint(0, len(self.inputs), (n,), generator=generator) for _ in range(2))
+        share = MIX_SHARE * torch.rand(n, generator=generator).view(-1, *[1] * (self.inputs.dim() - 1))
+        mixed = (1 - share) * self.inputs[first] + share * self.inputs[second]
+        self.pool, self.logits = torch.cat([self.inputs, mixed]), torch.cat([self.logits, predict(model, mixed)])
+        self.size = len(self.pool)
+
+    def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.size, (min(size, self.size),), generator=generator)
+
+    def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        return model(self.pool[idx]) if params is None else functional_call(model, params, (self.pool[idx],))
+
+    def loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return distillation_loss(outputs, self.logits[idx], self.temperature)
+
+    def score(self, model: nn.Module) -> float:
+        return float(distillation_loss(predict(model, self.inputs), self.logits[: len(self.inputs)], self.temperature))
+
+    def recalibrate(self, model: nn.Module) -> None:
+        recalibrate_batchnorm(model, self.inputs)
+
+
+class EmbeddingTeacher:
+    """A sentence encoder's unit-length embeddings, pooled as its directory declares; the loss is the mean
+    cosine distance, 1 − cos, the quantity netpress's fidelity measures."""
+
+    def __init__(self, model: nn.Module, encoder, sentences: list[str]) -> None:
+        self.encoder = encoder
+        self.sentences = sentences
+        self.embeddings = encoder.embed(model, sentences)
+        self.size = len(sentences)
+        self.by_length = torch.tensor(sorted(range(self.size), key=lambda i: len(sentences[i])))
+
+    def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """Sentences of similar length (a random window of them sorted by length): a batch then carries little
+        padding, which would cost as much as the text itself (fortunes of 20-400 characters)."""
+        size = min(size, self.size)
+        start = int(torch.randint(0, self.size - size + 1, (1,), generator=generator))
+        return self.by_length[start : start + size]
+
+    def add_mixtures(self, model: nn.Module, per_sample: int, generator: torch.Generator) -> None:
+        """Token ids do not mix: the calibration sentences are the whole training set."""
+
+    def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        return self.encoder.encode(model, self.encoder.tokenize([self.sentences[i] for i in idx.tolist()]), params)
+
+    def loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return 1 - (outputs * self.embeddings[idx]).sum(dim=1).mean()
+
+    def score(self, model: nn.Module) -> float:
+        return float(self.loss(self.encoder.embed(model, self.sentences), torch.arange(self.size)))
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Transformer encoders normalise per token and keep no running statistics; an encoder with BatchNorm
+        has them re-estimated on the calibration sentences."""
+        chunks = [self.sentences[i : i + 64] for i in range(0, self.size, 64)]
+        running_statistics(model, lambda: [model(**self.encoder.tokenize(chunk)) for chunk in chunks])

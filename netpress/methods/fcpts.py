@@ -2,13 +2,13 @@
 
 One learnable magnitude threshold per layer, initialised from whichever magnitude allocation (ERK,
 the paper's, or global, uniform, LAMP) distils best on the calibration subset. The loss is
-distillation from the dense model on a calibration subset (a classifier: KL at temperature 4, also on
-mixtures of its inputs; a sentence encoder: cosine distance of its embeddings; see
-``netpress.methods.teacher``), plus λ·|global sparsity − target|, where the global sparsity is made differentiable in the
-thresholds by a kernel-density bridge (``netpress.quant.kde``). After optimisation a projection
-prunes exactly ⌈target · N⌉ weights, split over layers in the learned proportions, and BatchNorm
-statistics are re-estimated on the calibration subset. See docs/methods/fcpts.md for where netpress
-departs from the paper's code.
+distillation from the dense model on a calibration subset (a classifier: KL at temperature 4, also
+on mixtures of its inputs; a sentence encoder: cosine distance of its embeddings; see
+``netpress.methods.teacher``), plus λ·|global sparsity − target|, where the global sparsity is made
+differentiable in the thresholds by a kernel-density bridge (``netpress.quant.kde``). After
+optimisation a projection prunes exactly ⌈target · N⌉ weights, split over layers in the learned
+proportions, and BatchNorm statistics are re-estimated on the calibration subset. See
+docs/methods/fcpts.md for where netpress departs from the paper's code.
 """
 
 from __future__ import annotations

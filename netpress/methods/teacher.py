@@ -105,7 +105,8 @@ class EmbeddingTeacher:
 
     def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
         """Sentences of similar length (a random window of them sorted by length): a batch then carries little
-        padding, which would cost as much as the text itself (fortunes of 20-400 characters)."""
+        padding, which would cost as much as the text itself (fortunes of 20-400 characters). The shortest and
+        longest ``size`` sentences fall in fewer windows, so they are drawn less often."""
         size = min(size, self.size)
         start = int(torch.randint(0, self.size - size + 1, (1,), generator=generator))
         return self.by_length[start : start + size]

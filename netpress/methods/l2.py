@@ -22,7 +22,6 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.nn import functional as F
 
 import netpress
@@ -33,15 +32,13 @@ from netpress.codec.container import read_manifest
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError, check_flag, check_real, check_seed, check_whole
-from netpress.evaluate import predict
 from netpress.methods.base import (
     MethodResult,
     absorb_batchnorm_statistics,
     check_budget,
     check_model,
-    distillation_loss,
-    recalibrate_batchnorm,
 )
+from netpress.methods.teacher import LogitTeacher
 from netpress.progress import progress_bar
 from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
 from netpress.quant.rate import estimated_bits
@@ -133,8 +130,7 @@ class _Run:
         weights = check_model(self.student, trains=True)
         self.names = list(weights)
         if data is not None:
-            self.inputs, _ = data.tensors()  # distillation needs no labels
-            self.teacher_logits = predict(model, self.inputs)
+            self.teacher = LogitTeacher(model, data.tensors()[0], config.temperature)  # distillation needs no labels
         self.generator = torch.Generator().manual_seed(config.seed)
         calibration = {"n": len(data.indices), "seed": data.seed} if data is not None else {"n": 0, "seed": 0}
         self.summary = {
@@ -198,13 +194,10 @@ class _Run:
     def _quantized(self) -> dict[str, torch.Tensor]:
         return {n: deadzone_quantize(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp()) for n in self.names}
 
-    def _task_loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return distillation_loss(logits, self.teacher_logits[idx], self.config.temperature)
-
     def _loss(self, with_rate: bool) -> tuple[torch.Tensor, float]:
-        idx = torch.randint(0, len(self.inputs), (min(self.config.batch_size, len(self.inputs)),), generator=self.generator)
-        logits = functional_call(self.student, self._quantized(), (self.inputs[idx],))
-        task = self._task_loss(logits, idx)
+        idx = self.teacher.batch(self.config.batch_size, self.generator)
+        logits = self.teacher.outputs(self.student, idx, self._quantized())
+        task = self.teacher.loss(logits, idx)
         if not with_rate:
             return task, self.last_rate
         rate = self._estimated_bytes() / self.rate_budget
@@ -213,8 +206,8 @@ class _Run:
     def _balance(self) -> None:
         """Start the rate multiplier where the task and rate gradients on the grids have equal norms."""
         transform = [*self.log_edge.values(), *self.log_step.values()]
-        idx = torch.arange(min(256, len(self.inputs)))
-        task = self._task_loss(functional_call(self.student, self._quantized(), (self.inputs[idx],)), idx)
+        idx = torch.arange(min(256, self.teacher.size))
+        task = self.teacher.loss(self.teacher.outputs(self.student, idx, self._quantized()), idx)
         g_task = torch.autograd.grad(task, transform, allow_unused=True)
         g_rate = torch.autograd.grad(self._estimated_bytes() / self.rate_budget, transform, allow_unused=True)
         norm = lambda gs: math.sqrt(sum(float((g**2).sum()) for g in gs if g is not None))  # noqa: E731
@@ -253,10 +246,10 @@ class _Run:
     def _sensitivities(self) -> dict[str, float]:
         """Mean squared gradient of the task loss per weight (a diagonal Fisher estimate) for each layer."""
         grads = {n: torch.zeros_like(w) for n, w in self.latent.items()}
-        for start in range(0, len(self.inputs), 256):
-            idx = torch.arange(start, min(start + 256, len(self.inputs)))
-            logits = functional_call(self.student, dict(self.latent), (self.inputs[idx],))
-            target = self.teacher_logits[idx].argmax(1)
+        for start in range(0, self.teacher.size, 256):
+            idx = torch.arange(start, min(start + 256, self.teacher.size))
+            logits = self.teacher.outputs(self.student, idx, dict(self.latent))
+            target = self.teacher.logits[idx].argmax(1)
             g = torch.autograd.grad(F.cross_entropy(logits, target), [self.latent[n] for n in self.names])
             for n, gi in zip(self.names, g):
                 grads[n] += gi.detach() ** 2
@@ -301,7 +294,7 @@ class _Run:
                 params[n].copy_(c.dequantize())
 
     def _distillation(self) -> float:
-        return float(distillation_loss(predict(self.student, self.inputs), self.teacher_logits, self.config.temperature))
+        return self.teacher.score(self.student)
 
     def _fitting_scale(self) -> float:
         """The finest grid scale (at least ``FILL_LIMIT``; 1 = the learned grids) whose file fits the target."""
@@ -358,7 +351,7 @@ class _Run:
         self._apply_codes(codes)
         before = self._distillation()
         saved = copy.deepcopy(self.student.state_dict())
-        recalibrate_batchnorm(self.student, self.inputs)
+        self.teacher.recalibrate(self.student)
         absorb_batchnorm_statistics(self.student)
         _round_raw_tensors(self.student, set(self.names), self.config.raw_dtype)
         after = self._distillation()

@@ -325,8 +325,8 @@ def _compress(
     if handle.input_shape is not None:  # structural methods trace the model with an input of this shape
         traced = {"input_shape": handle.input_shape, **({"input_dtype": handle.input_dtype} if handle.input_dtype else {})}
         methods = [replace(m, **traced) if getattr(m, "input_shape", 0) is None else m for m in methods]
-    if budget is not None and budget.kind == "ratio" and budget.reference_bytes is None:
-        budget = replace(budget, reference_bytes=fp32_bytes(handle.module))
+    if budget is not None and budget.kind == "ratio":
+        budget = replace(budget, reference_bytes=budget.reference_bytes or fp32_bytes(handle.module), source=dict(handle.source))
     current = handle.module
     codes: dict = {}
     rows: dict[str, list[dict]] = {}
@@ -511,13 +511,13 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
 
 
 def _check_encoder_calibration(methods: list[Method]) -> None:
-    """Refuse a calibrating method that distils only a classifier's logits, for a Hugging Face encoder."""
-    logits_only = [m.name for m in methods if not getattr(m, "calibrates_encoders", False)]
-    if logits_only:
+    """Refuse a calibrating method that reads only a classifier's images (fold's BatchNorm repair), for a Hugging Face encoder."""
+    images_only = [m.name for m in methods if not getattr(m, "calibrates_encoders", False)]
+    if images_only:
         raise DataError(
-            f"{', '.join(logits_only)} calibrates through a classifier's logits on images; a Hugging Face encoder takes "
-            "fcpts (calibrated on sentences) and the data-free methods: uniform, kmeans, magnitude, fold and channel-l1 "
-            "(repair none)"
+            f"{', '.join(images_only)} calibrates on a classifier's images; a Hugging Face encoder takes "
+            "fcpts and l2 (calibrated on sentences) and the data-free methods: uniform, kmeans, magnitude, fold and "
+            "channel-l1 (repair none)"
         )
 
 

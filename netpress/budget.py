@@ -22,6 +22,9 @@ class Budget:
     params: float | None = None
     # The fp32 bytes a ratio refers to (the model before any stage); ``compress`` fills it in.
     reference_bytes: int | None = field(default=None, compare=False)
+    # The source record the written file carries (a Hugging Face model's config takes about a kilobyte): a
+    # method that sizes its file for a ratio sizes it with this record; ``compress`` fills it in.
+    source: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         given = {k: v for k, v in self.items()}

@@ -8,6 +8,7 @@ import torch
 
 import netpress
 from netpress import api, hf
+from netpress.compressed import fp32_bytes
 from netpress.data import calibration_subset
 from netpress.data.text import FIDELITY_SENTENCES, FORTUNES_ENV, Sentences, fortune_sentences, load_sentences
 from netpress.errors import BudgetError, DataError, ModelSourceError, UnsupportedModelError
@@ -127,9 +128,9 @@ def test_cli_compress_fold_and_eval_against_the_directory(bert_dir, tmp_path):
 def test_bad_input_is_refused_before_any_work(bert_dir, tmp_path, monkeypatch):
     out = tmp_path / "x.press"
     assert_one_line_error(
-        run("compress", bert_dir, "-m", "l2", "--ratio", "4", "-o", out, "--data", "fortunes"),
-        "l2 calibrates through a classifier's logits",
-        "takes fcpts",
+        run("compress", bert_dir, "-m", "fold", "--repair", "data", "--params", "0.1", "-o", out, "--data", "fortunes"),
+        "fold calibrates on a classifier's images",
+        "takes fcpts and l2",
     )
     assert_one_line_error(run("compress", bert_dir, "-m", "fcpts", "--sparsity", "0.5", "-o", out), "needs calibration data")
     assert_one_line_error(run("compress", bert_dir, "-m", "uniform", "-o", out, "--data", "digits"), "measured on text")
@@ -288,8 +289,10 @@ def test_text_splits_are_disjoint_and_the_test_split_is_never_calibrated_on(bert
     budget = netpress.Budget(sparsity=0.5)
     with pytest.raises(DataError, match="need the encoder"):
         api.compress(handle, netpress.FCPTS(iterations=1), budget, calibration_subset(Sentences(train, "train"), 10))
-    with pytest.raises(DataError, match="takes fcpts"):
-        api.compress(handle, netpress.L2(), netpress.Budget(ratio=4), calibration_subset(Sentences(train, "train"), 10))
+    with pytest.raises(DataError, match="takes fcpts and l2"):
+        api.compress(
+            handle, netpress.Fold(repair="data"), netpress.Budget(params=0.1), calibration_subset(Sentences(train, "train"), 10)
+        )
 
 
 def test_fcpts_calibrates_an_encoder_on_sentences_and_meets_the_target_exactly(bert_dir, tmp_path):
@@ -310,6 +313,20 @@ def test_fcpts_calibrates_an_encoder_on_sentences_and_meets_the_target_exactly(b
     assert (tmp_path / "0.press").read_bytes() == (tmp_path / "1.press").read_bytes()  # reproducible from the seed
 
 
+def test_l2_calibrates_an_encoder_on_sentences_and_fits_the_ratio(bert_dir, tmp_path):
+    handle = api.load_model(bert_dir)
+    l2 = netpress.L2(rounds=1, transform_steps=4, reconstruction_steps=6, batch_size=8)
+    report = api.press(handle, l2, netpress.Budget(ratio=6), out=tmp_path / "0.press", data="fortunes", calib=64)
+    assert report["file_bytes"] == (tmp_path / "0.press").stat().st_size <= fp32_bytes(handle.module) / 6
+    assert report["calibration"]["n"] == 64 and 0.5 < report["fidelity"]["cosine"] <= 1
+    model = netpress.load(tmp_path / "0.press")
+    assert isinstance(model, transformers.BertModel)
+    assert api.fidelity(model, handle, "fortunes").to_dict() == report["fidelity"]
+    again = api.press(handle, l2, netpress.Budget(ratio=6), out=tmp_path / "1.press", data="fortunes", calib=64)
+    assert again["file_bytes"] == report["file_bytes"]
+    assert (tmp_path / "0.press").read_bytes() == (tmp_path / "1.press").read_bytes()  # reproducible from the seed
+
+
 def test_the_embedding_teacher_scores_the_dense_model_at_zero(bert_dir):
     handle = api.load_model(bert_dir)
     sentences = load_sentences("fortunes", "train")[:20]
@@ -319,3 +336,7 @@ def test_the_embedding_teacher_scores_the_dense_model_at_zero(bert_dir):
     params = dict(handle.module.named_parameters())
     outputs = teacher.outputs(handle.module, idx, params)
     assert outputs.requires_grad and torch.allclose(outputs, teacher.embeddings[:4], atol=1e-5)
+    weight = params["encoder.layer.0.output.dense.weight"]
+    (flat,) = torch.autograd.grad(teacher.loss(outputs, idx), weight, retain_graph=True)
+    (fisher,) = torch.autograd.grad(teacher.sensitivity_loss(outputs, idx), weight)
+    assert flat.abs().max() < 1e-4 < fisher.abs().max()  # distillation is flat at the dense model, retrieval is not

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import netpress
 from netpress.budget import Budget
@@ -38,13 +37,13 @@ from netpress.methods.base import (
     check_budget,
     check_model,
 )
-from netpress.methods.teacher import LogitTeacher
+from netpress.methods.teacher import teacher_for
 from netpress.progress import progress_bar
 from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
 from netpress.quant.rate import estimated_bits
 
-# Bytes kept free for what the method cannot see when it sizes the file: the source description
-# and other methods' entries in the stored summary.
+# Bytes kept free for what the method cannot see when it sizes the file: other methods' entries in
+# the stored summary.
 SUMMARY_ALLOWANCE = 192
 # How fast the rate multiplier reacts to the estimate being over (or under) budget, per step.
 DUAL_RATE = 0.2
@@ -60,7 +59,8 @@ class L2:
 
     ``rounds`` × (``transform_steps`` on the log edges and steps at ``transform_lr``, then
     ``reconstruction_steps`` on the latent weights at ``weight_lr``), batches of ``batch_size``.
-    The task loss is distillation from the dense model (KL at ``temperature``; labels are not needed).
+    The task loss is distillation from the dense model, labels not needed: KL at ``temperature`` on a
+    classifier's logits, the cosine distance of a Hugging Face encoder's sentence embeddings.
     The transform phase adds μ × estimated bytes / budget, μ starting at ``rate_weight`` × the ratio of
     the two gradients and adapted by dual ascent; reconstruction uses the task loss alone.
     ``per_channel`` learns an edge and step per output channel; ``raw_dtype`` stores biases and
@@ -83,6 +83,7 @@ class L2:
     needs: ClassVar[str] = "calibration"
     budgets: ClassVar[tuple[str, ...]] = ("ratio",)
     quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
+    calibrates_encoders: ClassVar[bool] = True  # takes calibration sentences for a Hugging Face encoder
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -114,7 +115,7 @@ class L2:
 def _with_reference(config: L2, budget: Budget | None, model: nn.Module) -> Budget:
     budget = check_budget(config, budget)
     if budget.reference_bytes is None:
-        budget = Budget(ratio=budget.ratio, reference_bytes=fp32_bytes(model))
+        budget = replace(budget, reference_bytes=fp32_bytes(model))
     return budget
 
 
@@ -130,7 +131,7 @@ class _Run:
         weights = check_model(self.student, trains=True)
         self.names = list(weights)
         if data is not None:
-            self.teacher = LogitTeacher(model, data.tensors()[0], config.temperature)  # distillation needs no labels
+            self.teacher = teacher_for(model, data, config.temperature)  # distillation needs no labels
         self.generator = torch.Generator().manual_seed(config.seed)
         calibration = {"n": len(data.indices), "seed": data.seed} if data is not None else {"n": 0, "seed": 0}
         self.summary = {
@@ -168,9 +169,8 @@ class _Run:
 
     def _file(self, codes: dict) -> bytes:
         state = self.student.state_dict()
-        compressed = CompressedModel(
-            stored_tensors(state, {**codes, **self._constant_codes()}, self.config.raw_dtype), {}, self.summary
-        )
+        tensors = stored_tensors(state, {**codes, **self._constant_codes()}, self.config.raw_dtype)
+        compressed = CompressedModel(tensors, self.budget.source or {}, self.summary)
         return to_bytes(compressed)
 
     def _file_bytes(self, codes: dict) -> int:
@@ -196,8 +196,7 @@ class _Run:
 
     def _loss(self, with_rate: bool) -> tuple[torch.Tensor, float]:
         idx = self.teacher.batch(self.config.batch_size, self.generator)
-        logits = self.teacher.outputs(self.student, idx, self._quantized())
-        task = self.teacher.loss(logits, idx)
+        task = self.teacher.loss(self.teacher.outputs(self.student, idx, self._quantized()), idx)
         if not with_rate:
             return task, self.last_rate
         rate = self._estimated_bytes() / self.rate_budget
@@ -206,7 +205,7 @@ class _Run:
     def _balance(self) -> None:
         """Start the rate multiplier where the task and rate gradients on the grids have equal norms."""
         transform = [*self.log_edge.values(), *self.log_step.values()]
-        idx = torch.arange(min(256, self.teacher.size))
+        idx = self.teacher.chunks(256)[0]
         task = self.teacher.loss(self.teacher.outputs(self.student, idx, self._quantized()), idx)
         g_task = torch.autograd.grad(task, transform, allow_unused=True)
         g_rate = torch.autograd.grad(self._estimated_bytes() / self.rate_budget, transform, allow_unused=True)
@@ -244,15 +243,17 @@ class _Run:
 
     # -- initialisation ------------------------------------------------------------------------------
     def _sensitivities(self) -> dict[str, float]:
-        """Mean squared gradient of the task loss per weight (a diagonal Fisher estimate) for each layer."""
+        """Mean squared gradient per weight of the teacher's sensitivity loss (a diagonal Fisher estimate) for each
+        layer. A weight the teacher's outputs never read has none: it starts on the coarsest grid, and the rate
+        term alone then drives it, to zero bits."""
         grads = {n: torch.zeros_like(w) for n, w in self.latent.items()}
-        for start in range(0, self.teacher.size, 256):
-            idx = torch.arange(start, min(start + 256, self.teacher.size))
-            logits = self.teacher.outputs(self.student, idx, dict(self.latent))
-            target = self.teacher.logits[idx].argmax(1)
-            g = torch.autograd.grad(F.cross_entropy(logits, target), [self.latent[n] for n in self.names])
+        for idx in self.teacher.chunks(256):
+            outputs = self.teacher.outputs(self.student, idx, dict(self.latent))
+            loss = self.teacher.sensitivity_loss(outputs, idx)
+            g = torch.autograd.grad(loss, [self.latent[n] for n in self.names], allow_unused=True)
             for n, gi in zip(self.names, g):
-                grads[n] += gi.detach() ** 2
+                if gi is not None:  # an output the teacher does not read (BERT's pooler under mean pooling)
+                    grads[n] += gi.detach() ** 2
         return {n: float(grads[n].mean()) + 1e-20 for n in self.names}
 
     def _grid_shape(self, name: str) -> tuple[int, ...]:

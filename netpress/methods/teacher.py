@@ -1,6 +1,6 @@
 """The dense model as a teacher on calibration data: its outputs, once, and how far a student is from them.
 
-Methods that distil (FCPTS) are written against ``Teacher``, so one method serves both kinds of model
+Methods that distil (FCPTS, L²) are written against ``Teacher``, so one method serves both kinds of model
 netpress measures: a classifier, pulled towards the dense model's logits (KL at a temperature), and a
 Hugging Face sentence encoder, pulled towards the dense model's sentence embeddings (cosine distance).
 """
@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn import functional as F
 
 from netpress.data import Subset
 from netpress.data.text import Sentences
@@ -20,15 +21,22 @@ from netpress.evaluate import predict
 from netpress.methods.base import distillation_loss, recalibrate_batchnorm, running_statistics
 
 MIX_SHARE = 0.5  # a mixed input is (1 − s)·x_a + s·x_b with s uniform in [0, MIX_SHARE]: x_a stays dominant
+RETRIEVAL_SCALE = 20.0  # cosines × 20: sentence-transformers' MultipleNegativesRankingLoss default
 
 
 class Teacher(Protocol):
     """``size`` training samples; ``outputs`` of a student (with ``params`` in place of its own tensors) on some
     of them, differentiable; ``loss`` of those outputs; ``score``: the loss over the calibration samples;
     ``recalibrate``: BatchNorm statistics from them; ``add_mixtures``: more training samples, where inputs mix;
-    ``batch``: the indices of a random training batch."""
+    ``batch``: the indices of a random training batch; ``chunks``: the calibration samples once, in batches;
+    ``sensitivity_loss``: a loss whose gradient is not zero at the dense model, for a Fisher estimate (the
+    distillation loss has its minimum there)."""
 
     size: int
+
+    def chunks(self, size: int) -> list[torch.Tensor]: ...
+
+    def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor: ...
 
     def batch(self, size: int, generator: torch.Generator) -> torch.Tensor: ...
 
@@ -79,6 +87,13 @@ class LogitTeacher:
     def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.size, (min(size, self.size),), generator=generator)
 
+    def chunks(self, size: int) -> list[torch.Tensor]:
+        return list(torch.arange(len(self.inputs)).split(size))
+
+    def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the dense model's predicted classes."""
+        return F.cross_entropy(outputs, self.logits[idx].argmax(1))
+
     def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         return model(self.pool[idx]) if params is None else functional_call(model, params, (self.pool[idx],))
 
@@ -110,6 +125,17 @@ class EmbeddingTeacher:
         size = min(size, self.size)
         start = int(torch.randint(0, self.size - size + 1, (1,), generator=generator))
         return self.by_length[start : start + size]
+
+    def chunks(self, size: int) -> list[torch.Tensor]:
+        return list(self.by_length.split(size))
+
+    def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """In-batch retrieval: each sentence's embedding must pick the dense model's embedding of the same
+        sentence among the batch's (cross-entropy on cosines × ``RETRIEVAL_SCALE``), the contrastive loss
+        sentence encoders such as MiniLM are trained with; the neighbours a sentence is confused with make
+        its gradient non-zero."""
+        similarities = RETRIEVAL_SCALE * outputs @ self.embeddings[idx].T
+        return F.cross_entropy(similarities, torch.arange(len(idx)))
 
     def add_mixtures(self, model: nn.Module, per_sample: int, generator: torch.Generator) -> None:
         """Token ids do not mix: the calibration sentences are the whole training set."""

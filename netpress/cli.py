@@ -83,7 +83,12 @@ RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
 ClusteringName = Enum("ClusteringName", {name: name for name in CLUSTERINGS}, type=str)
 ClipName = Enum("ClipName", {name: name for name in CLIPS}, type=str)
 ITERATIONS_HELP = f"fcpts: optimisation steps (default {FCPTS.iterations}; a sentence encoder on a CPU: 200)"
-BATCH_HELP = f"fcpts: calibration samples per step (default {FCPTS.batch_size}; a sentence encoder on a CPU: 16)"
+BATCH_HELP = (
+    f"fcpts, l2: calibration samples per step (default {FCPTS.batch_size}, {L2.batch_size}; a sentence encoder on a CPU: 16)"
+)
+ROUNDS_HELP = f"l2: rounds of a transform and a reconstruction phase (default {L2.rounds}; a sentence encoder on a CPU: 1)"
+TRANSFORM_HELP = f"l2: steps on the grids per round (default {L2.transform_steps}; a sentence encoder on a CPU: 30)"
+RECONSTRUCTION_HELP = f"l2: steps on the weights per round (default {L2.reconstruction_steps}; a sentence encoder on a CPU: 60)"
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
 
@@ -101,13 +106,17 @@ def build_methods(
     clip: str = "max",
     iterations: int | None = None,
     batch_size: int | None = None,
+    rounds: int | None = None,
+    transform_steps: int | None = None,
+    reconstruction_steps: int | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
     Structural methods (fold, channel-l1) get the handle's input shape from ``compress()``;
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
-    file in it; ``clip`` to uniform quantization; ``iterations`` and ``batch_size`` to FCPTS.
+    file in it; ``clip`` to uniform quantization; ``iterations`` to FCPTS; ``rounds``, ``transform_steps``
+    and ``reconstruction_steps`` to L²; ``batch_size`` to either.
     """
     # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
     if bits is not None and levels is not None:
@@ -126,9 +135,14 @@ def build_methods(
         raise BudgetError("--repair configures --method fold and channel-l1 only")
     if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
-    schedule = {k: v for k, v in (("iterations", iterations), ("batch_size", batch_size)) if v is not None}
-    if method != FCPTS.name and schedule:
-        raise BudgetError("--iterations and --batch-size configure --method fcpts only")
+    steps = _given(rounds=rounds, transform_steps=transform_steps, reconstruction_steps=reconstruction_steps)
+    batch = _given(batch_size=batch_size)
+    if method != FCPTS.name and iterations is not None:
+        raise BudgetError("--iterations configures --method fcpts only (l2: --rounds, --transform-steps, --reconstruction-steps)")
+    if method != L2.name and steps:
+        raise BudgetError("--rounds, --transform-steps and --reconstruction-steps configure --method l2 only")
+    if method not in (FCPTS.name, L2.name) and batch:
+        raise BudgetError("--batch-size configures --method fcpts and l2 only")
     if method == KMeansQuantization.name:
         return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
@@ -136,7 +150,7 @@ def build_methods(
     if method == L2.name:
         if bits is not None or levels is not None:
             raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits/--levels")
-        return [L2(per_channel=per_channel, seed=seed, **({"raw_dtype": raw_dtype} if raw_dtype else {}))]
+        return [L2(per_channel=per_channel, seed=seed, **_given(raw_dtype=raw_dtype), **steps, **batch)]
     if method in (Fold.name, ChannelL1.name):
         if method == Fold.name:
             options = {"clustering": clustering, "prune_fraction": prune_fraction}
@@ -144,12 +158,18 @@ def build_methods(
         else:
             chain = [ChannelL1(repair=repair, seed=seed)]
     else:
+        schedule = {**_given(iterations=iterations), **batch}
         chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed, **schedule)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel, clip))
     if levels is not None:
         chain.append(KMeansQuantization(levels))
     return chain
+
+
+def _given(**options) -> dict:
+    """The options the command line set; the others keep the method's defaults."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _with_input_shape(handle: api.ModelHandle, data: str | None) -> api.ModelHandle:
@@ -239,6 +259,9 @@ def compress(
     ),
     iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
     batch_size: int | None = typer.Option(None, help=BATCH_HELP),
+    rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
+    transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
+    reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
@@ -269,6 +292,9 @@ def compress(
         clip.value,
         iterations,
         batch_size,
+        rounds,
+        transform_steps,
+        reconstruction_steps,
     )
     result = api.press(
         handle,
@@ -322,6 +348,9 @@ def sweep(
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
     iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
     batch_size: int | None = typer.Option(None, help=BATCH_HELP),
+    rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
+    transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
+    reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
@@ -342,7 +371,14 @@ def sweep(
     handle = _with_input_shape(api.load_model(model, arch), data)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face encoder)")
-    options = {"clip": clip.value, "iterations": iterations, "batch_size": batch_size}
+    options = {
+        "clip": clip.value,
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "transform_steps": transform_steps,
+        "reconstruction_steps": reconstruction_steps,
+    }
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calibration_size(calib, methods), seed=seed)

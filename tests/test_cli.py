@@ -243,6 +243,18 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["fold and channel-l1 only"],
         ),
         (
+            ["compress", *MLP, "-m", "l2", "--ratio", "4", "--iterations", "10", "-o", "x.press"],
+            ["fcpts only", "--transform-steps"],
+        ),
+        (
+            ["sweep", *MLP, "-m", "fcpts", "--sparsities", "0.5", "--rounds", "1"],
+            ["configure --method l2 only"],
+        ),
+        (
+            ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--batch-size", "8", "-o", "x.press"],
+            ["fcpts and l2 only"],
+        ),
+        (
             ["compress", *MLP, "-m", "magnitude", "--params", "0.5", "-o", "x.press"],
             ["magnitude takes sparsity"],
         ),

@@ -244,8 +244,8 @@ class _Run:
     # -- initialisation ------------------------------------------------------------------------------
     def _sensitivities(self) -> dict[str, float]:
         """Mean squared gradient per weight of the teacher's sensitivity loss (a diagonal Fisher estimate) for each
-        layer. A weight the teacher's outputs never read has none: it starts on the coarsest grid, and the rate
-        term alone then drives it, to zero bits."""
+        layer. A weight the teacher's outputs never read has none (the floor, 1e-20): it starts on a far coarser
+        grid than the weights that matter, and only the rate term moves it."""
         grads = {n: torch.zeros_like(w) for n, w in self.latent.items()}
         for idx in self.teacher.chunks(256):
             outputs = self.teacher.outputs(self.student, idx, dict(self.latent))

@@ -84,7 +84,8 @@ ClusteringName = Enum("ClusteringName", {name: name for name in CLUSTERINGS}, ty
 ClipName = Enum("ClipName", {name: name for name in CLIPS}, type=str)
 ITERATIONS_HELP = f"fcpts: optimisation steps (default {FCPTS.iterations}; a sentence encoder on a CPU: 200)"
 BATCH_HELP = (
-    f"fcpts, l2: calibration samples per step (default {FCPTS.batch_size}, {L2.batch_size}; a sentence encoder on a CPU: 16)"
+    f"fcpts, l2: calibration samples per step (default {FCPTS.batch_size} for fcpts, {L2.batch_size} for l2; "
+    "a sentence encoder on a CPU: 16)"
 )
 ROUNDS_HELP = f"l2: rounds of a transform and a reconstruction phase (default {L2.rounds}; a sentence encoder on a CPU: 1)"
 TRANSFORM_HELP = f"l2: steps on the grids per round (default {L2.transform_steps}; a sentence encoder on a CPU: 30)"

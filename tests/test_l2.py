@@ -123,6 +123,19 @@ def test_reconstruction_is_kept_only_when_it_brings_the_model_closer(calibration
     assert all(row["reconstructed"] for row in tight.details["layers"]["l2"])
 
 
+def test_an_outlier_weight_does_not_coarsen_the_initial_grid_of_the_rest(calibration):
+    """At a budget every grid can start at its finest, one weight over 100 × its layer's RMS (as in a BERT output
+    projection) must not make that layer's grid so coarse that most of its weights start at zero."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+    with torch.no_grad():
+        weight = model[1].weight
+        weight[0, 0] = 150 * weight.pow(2).mean().sqrt()  # 115 × the RMS it makes: 68 % zeros on the old grid
+    run = _Run(FAST, model, Budget(ratio=1.01, reference_bytes=fp32_bytes(model)), calibration)
+    run._initialise(weight_bytes=1e9)
+    assert run._codes()["1.weight"].sparsity() < 0.1
+
+
 def test_impossible_ratio_is_refused_with_the_reachable_one(calibration):
     with pytest.raises(BudgetError, match="largest reachable ratio"):
         api.compress(tiny_mlp(), FAST, Budget(ratio=500), calibration)

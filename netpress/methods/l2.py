@@ -49,8 +49,11 @@ SUMMARY_ALLOWANCE = 192
 DUAL_RATE = 0.2
 # The finest grid the fit phase may move to, relative to the learned one.
 FILL_LIMIT = 0.7
-# The finest initial grid: at most this many levels on each side of zero (a count table stays small).
+# The finest initial grid: at most this many levels on each side of zero (a count table stays small),
+# up to the tensor's largest weight or OUTLIER_RMS × its RMS, whichever is smaller: a transformer's
+# outlier weights (a BERT output projection's largest is ~175 × its RMS) must not coarsen the grid of the rest.
 MAX_LEVELS_PER_SIDE = 127
+OUTLIER_RMS = 8.0
 
 
 @dataclass
@@ -266,10 +269,14 @@ class _Run:
         shape = {n: self._grid_shape(n) for n in self.names}
         base = {n: 1.0 / math.sqrt(sens[n]) for n in self.names}
         spread = {n: float(self.latent[n].detach().abs().max()) + 1e-12 for n in self.names}
+        finest = {
+            n: min(spread[n], OUTLIER_RMS * float(self.latent[n].detach().pow(2).mean().sqrt())) / MAX_LEVELS_PER_SIDE
+            for n in self.names
+        }
 
         def set_scale(alpha: float) -> None:
             for n in self.names:
-                step = min(max(alpha * base[n], spread[n] / MAX_LEVELS_PER_SIDE), spread[n])
+                step = min(max(alpha * base[n], finest[n]), spread[n])
                 self.log_step[n] = nn.Parameter(torch.full(shape[n], math.log(step)))
                 self.log_edge[n] = nn.Parameter(torch.full(shape[n], math.log(step)))
 

@@ -255,11 +255,13 @@ def summarise(name: str) -> None:
                 "grids the final fit settles on: before netpress stored every target as a float, this benchmark's integer "
                 "ratios (30 rather than 30.0) made the summary in the file two characters shorter and LeNet-300 at 30× "
                 "gave 89.40 % instead of 89.47 % (LeNet-5 at 120×: 89.68 % instead of 89.86 %); accuracy differences "
-                "up to ~0.2 point between L² runs are noise of this kind. Since commit 3ede9f7 L² sizes its trial files "
-                "with the source record the file carries (before, an allowance of 192 bytes), so these files aim a few bytes "
-                "lower than at commit 4ed5d24: LeNet-5 at 50× went from 91.41 % to 91.29 % at seed 0, which moves its "
-                "largest ratio at ≤ 0.5 point from 50.42× to 40.33×, short of double the best peer's 23.2×; the RMS bound "
-                "on L²'s finest initial grid (commit ce215d9) leaves that file byte for byte the same.",
+                "up to ~0.2 point between L² runs are noise of this kind. Since the recording at commit 4ed5d24, L² sizes its "
+                "trial files with the source record the file carries (commit 3ede9f7; before, an allowance of 192 bytes), so "
+                "its files aim a few bytes lower, and these runs ran on another CPU (AMD EPYC), whose float kernels round "
+                "differently (the same short L² run gives 86,094 B there and 86,087 B here at the same commit), so the "
+                "differences cannot be assigned to either alone. LeNet-5 at 50× went from 91.41 % to 91.29 % at seed 0, "
+                "which moves its largest ratio at ≤ 0.5 point from 50.42× to 40.33×, short of double the best peer's "
+                "23.2×; the RMS bound on L²'s finest initial grid (commit ce215d9) leaves that file byte for byte the same.",
                 "Rows named 'ratio … (size of …)' are L² runs at the file size of a peer point that no sweep point beat: "
                 "the direct equal-size comparison. All runs of this summary ran alone on the 2 cores.",
             ],

@@ -51,7 +51,8 @@ DUAL_RATE = 0.2
 FILL_LIMIT = 0.7
 # The finest initial grid: at most this many levels on each side of zero (a count table stays small),
 # up to the tensor's largest weight or OUTLIER_RMS × its RMS, whichever is smaller: a transformer's
-# outlier weights (a BERT output projection's largest is ~175 × its RMS) must not coarsen the grid of the rest.
+# outlier weights (a BERT output projection's largest is up to 175 × its RMS) must not coarsen the grid
+# of the rest, and a tensor without outliers (a Gaussian's largest is about 5 × its RMS) is left as it was.
 MAX_LEVELS_PER_SIDE = 127
 OUTLIER_RMS = 8.0
 

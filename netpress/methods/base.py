@@ -194,10 +194,15 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
     running_statistics(model, lambda: [model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (1d, 2d, 3d, synced), in module order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def running_statistics(model: nn.Module, run: Callable[[], object]) -> None:
     """Re-estimate BatchNorm running statistics (cumulative average) over the forward passes ``run`` makes;
     nothing runs when the model has no BatchNorm."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(model)
     if not norms:
         return
     saved = [(m.momentum, m.training) for m in norms]

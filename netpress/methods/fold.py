@@ -38,7 +38,14 @@ from netpress.graph.groups import (
     standardize_norms,
     transform_group,
 )
-from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm, uncompressed_layers
+from netpress.methods.base import (
+    MethodResult,
+    batchnorm_layers,
+    check_budget,
+    check_model,
+    recalibrate_batchnorm,
+    uncompressed_layers,
+)
 from netpress.progress import progress_bar
 
 Repair = Literal["none", "ar", "dir", "data"]
@@ -176,7 +183,7 @@ def deep_inversion(model: nn.Module, input_shape: tuple[int, ...], samples: int,
     """
     teacher = copy.deepcopy(model).eval()
     teacher.requires_grad_(False)
-    norms = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(teacher)
     losses: list[torch.Tensor] = []
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
@@ -317,7 +324,7 @@ class _GroupReduction:
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
         check_model(model, coded=False)
-        if self.repair != "none" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if self.repair != "none" and not batchnorm_layers(model):
             raise UnsupportedModelError(
                 f"the {self.repair} repair corrects BatchNorm statistics and this model has no BatchNorm layer; "
                 "use repair='none' (CLI: --repair none)"

@@ -34,6 +34,7 @@ from netpress.errors import BudgetError, DataError, check_flag, check_real, chec
 from netpress.methods.base import (
     MethodResult,
     absorb_batchnorm_statistics,
+    batchnorm_layers,
     check_budget,
     check_model,
 )
@@ -359,6 +360,8 @@ class _Run:
         them with the student's state and its distillation loss on the calibration set."""
         self._apply_codes(codes)
         before = self._distillation()
+        if not batchnorm_layers(self.student):  # nothing to re-estimate: scoring again would repeat ``before``
+            return codes, copy.deepcopy(self.student.state_dict()), before
         saved = copy.deepcopy(self.student.state_dict())
         self.teacher.recalibrate(self.student)
         absorb_batchnorm_statistics(self.student)

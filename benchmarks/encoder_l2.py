@@ -50,7 +50,8 @@ COLUMNS = {
 NOTES = [
     "L² starts from grids with steps ∝ 1/√sensitivity, each at most 127 levels per side of the tensor's largest weight "
     "or of 8 × its RMS, whichever is smaller (MAX_LEVELS_PER_SIDE and OUTLIER_RMS in netpress/methods/l2.py). A BERT "
-    "output projection's largest weight is up to 175 × its RMS: counted from it alone (before commit ce215d9), 53-85 % "
+    "output projection's largest weight is up to 175 × its RMS: counted from it alone (before commit ce215d9, on an "
+    "earlier machine), 53-85 % "
     "of the first four layers' output.dense weights started in the zero bin, and with per-tensor grids L² reached "
     "cosine 0.966 (top-10 0.719) at the 4-bit size and 0.975 (0.746) at the 8-bit size, its file 17 % under the target "
     "(13,840,073 B; per-channel grids: 0.955 and 0.968).",

@@ -247,7 +247,7 @@ def summarise(name: str) -> None:
             "notes": [
                 "l2_seconds_max is the slowest L² run of the model (wall, test evaluations included); runs that "
                 "overlapped another job on the 2 cores are slower (the per-model tables give every run's time).",
-                "Runs are reproducible for a given seed and thread count; 1- and 2-thread runs differ by up to ~0.2 points. "
+                "Runs are reproducible for a given seed, thread count and CPU; 1- and 2-thread runs differ by up to ~0.2 points. "
                 + seed_spread("l2seeds")
                 + " "
                 + seed_spread("l2seeds-lenet5")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -91,6 +92,18 @@ def source_revision() -> str:
 REVISION = source_revision()  # taken when the benchmark starts: the code it imported
 
 
+def cpu_model() -> str:
+    """The processor's name: float kernels round differently on different CPUs, so a learned
+    method's file is reproducible bit for bit only on the CPU that made it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def write_result(name: str, payload: dict) -> Path:
     """Write ``benchmarks/results/<name>.json``: the payload plus the command and environment that produced it."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -102,6 +115,7 @@ def write_result(name: str, payload: dict) -> Path:
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
         **payload,
     }
     path = RESULTS_DIR / f"{name}.json"
@@ -133,7 +147,9 @@ def _section(record: dict) -> list[str]:
         "",
         f"netpress {record['netpress']}"
         + (f" (commit {record['revision']})" if record.get("revision") else "")
-        + f", torch {record['torch']}, {record['cpu_count']} CPUs, {record['date']}.",
+        + f", torch {record['torch']}, {record['cpu_count']} CPUs"
+        + (f" ({record['cpu']})" if record.get("cpu") else "")
+        + f", {record['date']}.",
         "",
     ]
     if record.get("description"):

@@ -7,7 +7,7 @@ from torch import nn
 import netpress
 from netpress import Budget, codec, compress
 from netpress.data import calibration_subset, load_dataset
-from netpress.errors import UnsupportedModelError
+from netpress.errors import BudgetError, UnsupportedModelError
 from netpress.evaluate import predict
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning
 from netpress.methods.base import compressible_weights, distillation_loss, recalibrate_batchnorm, target_zeros
@@ -50,6 +50,19 @@ def test_fcpts_meets_the_target_exactly(calibration, sparsity):
     total = sum(w.numel() for w in weights.values())
     assert sum(int((w == 0).sum()) for w in weights.values()) == target_zeros(sparsity, total)
     assert {"erk_sparsity", "sparsity"} <= set(result.rows[0])
+
+
+def test_fcpts_after_pruning_keeps_the_pruned_weights_zero(calibration):
+    """FCPTS's straight-through gradient lets its own pruned weights grow back, never an earlier stage's."""
+    model = MagnitudePruning("uniform").apply(tiny_mlp(), budget=Budget(sparsity=0.5)).model
+    zero = {k: w == 0 for k, w in compressible_weights(model).items()}
+    result = compress(model, FCPTS(iterations=15, batch_size=32, weight_lr=0.1), Budget(sparsity=0.6), calibration)
+    weights = compressible_weights(result.to_module(tiny_mlp()))
+    assert all(weights[k][z].eq(0).all() for k, z in zero.items())
+    total = sum(w.numel() for w in weights.values())
+    assert sum(int((w == 0).sum()) for w in weights.values()) == target_zeros(0.6, total)
+    with pytest.raises(BudgetError, match="at least 0.5"):
+        compress(model, FAST, Budget(sparsity=0.4), calibration)
 
 
 def test_fcpts_is_reproducible_bit_for_bit(calibration):

@@ -15,7 +15,7 @@ from netpress.codec.entropy import encode_symbols
 from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import calibration_subset, load_dataset
 from netpress.errors import BudgetError
-from netpress.methods import L2
+from netpress.methods import L2, MagnitudePruning
 from netpress.methods.base import absorb_batchnorm_statistics
 from netpress.methods.l2 import _Run
 from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
@@ -121,6 +121,20 @@ def test_reconstruction_is_kept_only_when_it_brings_the_model_closer(calibration
         assert error.max() <= max(row["edge"], row["step"] / 2) * 1.001
     tight = api.compress(dense, FAST, Budget(ratio=8), calibration)
     assert all(row["reconstructed"] for row in tight.details["layers"]["l2"])
+
+
+def test_weights_an_earlier_stage_pruned_stay_zero(calibration):
+    """Pruning, then L² on the pruned model (FCPTS → L²): reconstruction must not revive pruned weights,
+    even at a learning rate that moves every other weight far past its dead zone."""
+    pruned = api.compress(tiny_mlp(), MagnitudePruning("global"), Budget(sparsity=0.7)).to_module(tiny_mlp())
+    run = _Run(FAST, pruned, Budget(ratio=4, reference_bytes=fp32_bytes(pruned)), calibration)
+    run._initialise(weight_bytes=run.target - run.smallest_file_bytes())
+    run._calibrate_overhead()
+    progress = type("Silent", (), {"update": lambda *args, **kwargs: None})()
+    run._phase(list(run.latent.values()), 0.05, 5, "reconstruction", progress, None)
+    for name, weight in run.latent.items():
+        zero = pruned.state_dict()[name] == 0
+        assert zero.any() and weight[zero].eq(0).all() and weight[~zero].ne(0).all()
 
 
 def test_an_outlier_weight_does_not_coarsen_the_initial_grid_of_the_rest(calibration):

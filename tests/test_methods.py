@@ -10,7 +10,7 @@ from netpress.codec.codes import Codes
 from netpress.compressed import fp32_bytes
 from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
-from netpress.methods import FCPTS, L2, Fold, KMeansQuantization
+from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
 from tests.archs import tied, tiny_cnn
 
@@ -45,6 +45,31 @@ def test_magnitude_pruning_hits_the_global_target_exactly(seed, sparsity, alloca
     assert all(torch.equal(result.codes[k].dequantize(), w) for k, w in weights.items())
     if allocation != "global":  # only a single global threshold may empty a whole layer
         assert all((w != 0).any() for w in weights.values())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.floats(0.0, 0.9),
+    st.floats(0.0, 0.99),
+    st.sampled_from(ALLOCATIONS),
+    st.sampled_from(ALLOCATIONS),
+)
+def test_pruning_a_pruned_model_keeps_its_zeros_and_hits_the_target_exactly(seed, first, second, alloc1, alloc2):
+    """A second pruning stage (or a model pruned elsewhere) starts from zeros its allocation must count:
+    ERK once left 65 % zeros for a 60 % target on a model pruned to 50 % uniformly."""
+    model = MagnitudePruning(alloc1).apply(random_model(seed), budget=Budget(sparsity=first)).model
+    before = {k: w == 0 for k, w in compressible_weights(model).items()}
+    total = sum(w.numel() for w in before.values())
+    if target_zeros(second, total) < sum(int(z.sum()) for z in before.values()):
+        with pytest.raises(BudgetError, match="ask for a sparsity of at least"):
+            MagnitudePruning(alloc2).apply(model, budget=Budget(sparsity=second))
+        return
+    result = MagnitudePruning(alloc2).apply(model, budget=Budget(sparsity=second))
+    weights = compressible_weights(result.model)
+    assert sum(int((w == 0).sum()) for w in weights.values()) == target_zeros(second, total)
+    assert all(weights[k][zero].eq(0).all() for k, zero in before.items())
+    assert [row["sparsity"] for row in result.rows] == [int((w == 0).sum()) / w.numel() for w in weights.values()]
 
 
 @pytest.mark.parametrize("allocation", ["global", "uniform", "erk", "lamp"])
@@ -148,6 +173,9 @@ def test_split_exact_meets_total_and_caps():
     assert split_exact(7, [10, 0, 0], [3, 5, 5])[0] == 3
     with pytest.raises(BudgetError):
         split_exact(20, [1, 1], [5, 5])
+    # A floor above a layer's share is met, and the rest is shared in proportion by the others.
+    assert split_exact(10, [1, 1, 2], [9, 9, 9], [6, 0, 0]) == [6, 1, 3]
+    assert split_exact(10, [1, 1, 1], [5, 5, 5], [0, 0, 0]) == split_exact(10, [1, 1, 1], [5, 5, 5])
 
 
 @pytest.mark.parametrize(

@@ -153,15 +153,27 @@ def target_zeros(sparsity: float, total: int) -> int:
     return math.ceil(round(sparsity * total, 6))
 
 
-def split_exact(total: int, weights: list[float], caps: list[int]) -> list[int]:
-    """Integers proportional to ``weights``, each ≤ its cap, summing exactly to ``total``.
+def split_exact(total: int, weights: list[float], caps: list[int], floors: list[int] | None = None) -> list[int]:
+    """Integers proportional to ``weights``, each between its floor and its cap, summing exactly to ``total``.
 
-    Largest-remainder rounding, so a per-layer allocation meets a global count exactly.
+    Largest-remainder rounding, so a per-layer allocation meets a global count exactly. A layer whose
+    proportional share is below its floor (the zeros an earlier stage left in it) gets the floor, and the
+    others share the rest.
     """
+    floors = floors or [0] * len(weights)
+    caps = [max(c, f) for c, f in zip(caps, floors)]
     if total > sum(caps):
         raise BudgetError(f"cannot place {total} items in layers holding {sum(caps)}")
-    wsum = sum(weights)
-    raw = [total * w / wsum if wsum else 0.0 for w in weights]
+    fixed: dict[int, int] = {}
+    while True:
+        free = [i for i in range(len(weights)) if i not in fixed]
+        rest = total - sum(fixed.values())
+        wsum = sum(weights[i] for i in free)
+        raw = [float(fixed[i]) if i in fixed else (rest * weights[i] / wsum if wsum else 0.0) for i in range(len(weights))]
+        below = [i for i in free if raw[i] < floors[i]]
+        if not below:
+            break
+        fixed.update({i: floors[i] for i in below})
     out = [min(int(r), c) for r, c in zip(raw, caps)]
     order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
     while sum(out) < total:
@@ -175,6 +187,19 @@ def split_exact(total: int, weights: list[float], caps: list[int]) -> list[int]:
         if not progressed:
             break
     return out
+
+
+def check_not_below_zeros(sparsity: float, weights: list[torch.Tensor]) -> list[int]:
+    """The weights already zero in each layer (an earlier stage pruned them, and no stage revives them), or
+    an error when the target asks for fewer zeros than that."""
+    zeros = [int((w == 0).sum()) for w in weights]
+    total = sum(w.numel() for w in weights)
+    if target_zeros(sparsity, total) < sum(zeros):
+        raise BudgetError(
+            f"this model already has {sum(zeros):,} of its {total:,} weights at zero, and no stage revives pruned "
+            f"weights: ask for a sparsity of at least {math.ceil(sum(zeros) / total * 1e4) / 1e4:.4f}"
+        )
+    return zeros
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -14,7 +14,14 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes, SparseValues
 from netpress.data import Subset
 from netpress.errors import BudgetError, check_flag
-from netpress.methods.base import MethodResult, check_budget, check_model, split_exact, target_zeros
+from netpress.methods.base import (
+    MethodResult,
+    check_budget,
+    check_model,
+    check_not_below_zeros,
+    split_exact,
+    target_zeros,
+)
 
 Allocation = Literal["global", "uniform", "erk", "lamp"]
 ALLOCATIONS: tuple[str, ...] = ("global", "uniform", "erk", "lamp")
@@ -69,10 +76,12 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
     # A per-layer allocation keeps one weight in every layer whenever the target leaves room:
     # rounding must not disconnect a small layer.
     caps = [n - 1 for n in sizes] if total <= sum(sizes) - len(sizes) else sizes
+    zeros = check_not_below_zeros(sparsity, weights)
     if allocation == "uniform":
-        return split_exact(total, [float(n) for n in sizes], caps)
+        return split_exact(total, [float(n) for n in sizes], caps, zeros)
     if allocation == "erk":
-        return split_exact(total, _erk_prune_weights(weights, sparsity), caps)
+        return split_exact(total, _erk_prune_weights(weights, sparsity), caps, zeros)
+    # Ranking by score: a zero scores lowest (magnitude 0, LAMP 0), so it is always among the chosen.
     score_fn = _lamp_scores if allocation == "lamp" else (lambda w: w.detach().reshape(-1).abs().double())
     scores = torch.cat([score_fn(w) for w in weights])
     chosen = smallest_mask(scores, total)

@@ -29,6 +29,7 @@ from netpress.methods.base import (
     MethodResult,
     check_budget,
     check_model,
+    check_not_below_zeros,
     compressible_weights,
     split_exact,
     target_zeros,
@@ -134,6 +135,9 @@ class FCPTS:
                 f"{math.floor((total - sum(min_keep)) / total * 1e4) / 1e4:.4f} of its weights; lower --sparsity, or use "
                 "--method magnitude"
             )
+        # Weights an earlier stage pruned stay zero (stages never undo each other): masked after every step.
+        zeros = check_not_below_zeros(target, list(weights.values()))
+        pruned_before = {name: w == 0 for (name, w), z in zip(weights.items(), zeros) if z}
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         teacher = teacher_for(model, data, self.temperature)
         init_counts, init, start, start_loss = self._initial_pruned(model, weights, target, teacher)
@@ -173,6 +177,8 @@ class FCPTS:
                 optimizer.step()
                 schedule.step()
                 with torch.no_grad():
+                    for name, mask in pruned_before.items():
+                        weights[name].masked_fill_(mask, 0.0)
                     for i, w in enumerate(weights.values()):
                         ceiling = _kth_magnitude(w, sizes[i] - min_keep[i])
                         log_thresholds[i].clamp_(max=math.log(max(ceiling, 1e-12)))
@@ -183,7 +189,7 @@ class FCPTS:
             thresholds = log_thresholds.exp()
             learned = [float((w.abs() < t).sum()) for w, t in zip(weights.values(), thresholds)]
             caps = [n - k for n, k in zip(sizes, min_keep)]
-            counts = split_exact(target_zeros(target, total), learned, caps)
+            counts = split_exact(target_zeros(target, total), learned, caps, zeros)
             _prune(student, counts, teacher)
             # Never return worse than the starting allocation, as judged on the calibration set.
             kept = "learned"

@@ -151,6 +151,8 @@ class _Run:
         _round_raw_tensors(self.student, set(self.names), config.raw_dtype)
         self.original = copy.deepcopy(self.student.state_dict())  # the dense model as the file would store it
         self.latent = {n: nn.Parameter(w.detach().clone()) for n, w in weights.items()}
+        # Weights an earlier stage pruned stay zero (stages never undo each other): masked after every step.
+        self.pruned = {n: w == 0 for n, w in weights.items() if bool((w == 0).any())}
         self.log_edge: dict[str, nn.Parameter] = {}
         self.log_step: dict[str, nn.Parameter] = {}
 
@@ -234,10 +236,16 @@ class _Run:
             optimizer.step()
             schedule.step()
             self._keep_edges_wide()
+            self._keep_pruned_zero()
             if with_rate:
                 self.multiplier *= math.exp(DUAL_RATE * (rate - 1.0))
                 self.last_rate = rate
             progress.update(task, advance=1, description=f"L² {label}: size {rate:.2f}× budget")
+
+    def _keep_pruned_zero(self) -> None:
+        with torch.no_grad():
+            for n, mask in self.pruned.items():
+                self.latent[n].masked_fill_(mask, 0.0)
 
     def _keep_edges_wide(self) -> None:
         """The zero bin is never narrower than the others (step ≤ 2 · edge); the step gives way, since

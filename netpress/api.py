@@ -169,7 +169,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         first = fp32_bytes(architecture)
         if name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
             return replace(_zoo_handle(name, module, source), path=spec, first_original_bytes=first)
-        if "hf" in source:
+        if hf.is_hf_source(source):
             return _text_handle(module, source, path=spec, first_original_bytes=first)
         return ModelHandle(module, source, path=spec, first_original_bytes=first)
     if path.is_dir():
@@ -413,14 +413,14 @@ def architecture_for(source: dict, arch: str | None = None) -> nn.Module:
     """An (untrained) instance of the architecture a file or report names."""
     if arch is not None and isinstance(source.get("zoo"), str):
         raise ModelSourceError(f"this file was made from zoo:{source['zoo']}, which brings its own architecture; drop --arch")
-    if arch is not None and "hf" in source:
+    if arch is not None and hf.is_hf_source(source):
         raise ModelSourceError("this file holds a Hugging Face model and its config, which rebuild it; drop --arch")
     if arch is not None:
         return build_architecture(arch)
     if isinstance(source.get("zoo"), str):
         return zoo.build(source["zoo"])
-    if "hf" in source:
-        return hf.build(source["hf"])
+    if hf.is_hf_source(source):
+        return hf.build(source[hf.SOURCE_KEY])
     if isinstance(source.get("arch"), str):
         raise ModelSourceError(
             f"this file was made from a model built by {source['arch']}; pass arch='{source['arch']}' (CLI: --arch) to rebuild it"
@@ -488,7 +488,7 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
     name = prepared.dataset
     calibrating = [m for m in methods if m.needs != "none"]
-    if calibrating and "hf" in handle.source:
+    if calibrating and hf.is_hf_source(handle.source):
         _check_encoder_calibration(calibrating)
     if name is None:
         if calibrating:
@@ -579,7 +579,7 @@ def _press(
 
 def _is_text(handle: ModelHandle, dataset: str) -> bool:
     """Whether ``dataset`` is text for a Hugging Face model (else images for a classifier); a mismatch is refused."""
-    text_model = "hf" in handle.source
+    text_model = hf.is_hf_source(handle.source)
     if text_model and dataset not in TEXT_DATASETS:
         raise DataError(f"a Hugging Face model is measured on text: --data {' or '.join(TEXT_DATASETS)}, not {dataset!r}")
     if not text_model and dataset in TEXT_DATASETS:
@@ -619,7 +619,7 @@ IDENTITY_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
 
 def _check_same_model(model: ModelHandle, reference: ModelHandle) -> None:
     """Refuse to compare a compressed model with a reference it was not made from."""
-    mine, theirs = (h.source.get("hf", {}) for h in (model, reference))
+    mine, theirs = (h.source.get(hf.SOURCE_KEY, {}) for h in (model, reference))
     if not mine or not theirs:
         return
     differ = [k for k in IDENTITY_KEYS if mine["config"].get(k) != theirs["config"].get(k)]

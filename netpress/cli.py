@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from netpress import api, codec, zoo
+from netpress import api, codec, hf, zoo
 from netpress.budget import Budget
 from netpress.errors import (
     BudgetError,
@@ -201,14 +201,14 @@ def _quality(report: dict) -> tuple[str, str]:
     cosine and top-10 neighbour agreement of its embeddings with the uncompressed model's."""
     if "fidelity" in report:
         return f"{report['fidelity']['cosine']:.4f}", f"{100 * report['fidelity']['top10']:.1f} %"
-    if "hf" in report["source"]:
+    if hf.is_hf_source(report["source"]):
         return "-", "-"
     acc = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
     return acc("accuracy_before"), acc("accuracy_after")
 
 
 def _quality_columns(reports: list[dict]) -> tuple[str, str]:
-    return ("cosine", "top-10 agreement") if any("hf" in r["source"] for r in reports) else ("acc before", "acc after")
+    return ("cosine", "top-10 agreement") if any(hf.is_hf_source(r["source"]) for r in reports) else ("acc before", "acc after")
 
 
 def _print_report(report: dict) -> None:
@@ -426,7 +426,7 @@ def eval_(
     """Top-1 and per-class accuracy of a classifier on the test split, or an encoder's fidelity to its original."""
     handle = api.load_model(model, arch)
     dataset = data if data is not None else handle.dataset
-    if "hf" in handle.source:
+    if hf.is_hf_source(handle.source):
         _eval_encoder(model, handle, dataset or "fortunes", reference, as_json)
         return
     if reference is not None:
@@ -454,7 +454,7 @@ def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: 
             "an encoder is measured against the model it was compressed from: pass --reference DIR, its Hugging Face directory"
         )
     base = api.load_model(reference)
-    if "hf" not in base.source or Path(reference).suffix.lower() == ".press":
+    if not hf.is_hf_source(base.source) or Path(reference).suffix.lower() == ".press":
         raise DataError(f"--reference names the uncompressed Hugging Face directory (with its tokenizer), not {reference!r}")
     result = api.fidelity(handle, base, dataset).to_dict()
     result.update(model=model, reference=reference, dataset=dataset)

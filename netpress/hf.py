@@ -27,6 +27,12 @@ INSTALL = "pip install 'netpress[transformers]'"
 TRACE_LENGTH = 16  # tokens in the all-zero sequence that structural methods trace the model with
 DEFAULT_MAX_TOKENS = 512
 EMBED_BATCH = 64
+SOURCE_KEY = "hf"  # a source record (of a handle, file or report) with this key holds a Hugging Face model's class and config
+
+
+def is_hf_source(source: dict) -> bool:
+    """Whether a source record describes a Hugging Face model: measured as an encoder, rebuilt from its config."""
+    return SOURCE_KEY in source
 
 
 def is_model_directory(path: Path) -> bool:
@@ -155,7 +161,7 @@ def load_directory(path: Path) -> tuple[nn.Module, dict]:
             f"{path} has no trained weights of the right shape for {type(model).__name__}'s {shown}, which would start "
             "random; check that config.json (architectures, sizes) describes the weights saved there"
         )
-    return model.eval(), {"hf": {"class": type(model).__name__, "config": _config_record(config)}}
+    return model.eval(), {SOURCE_KEY: {"class": type(model).__name__, "config": _config_record(config)}}
 
 
 def build(record: Any) -> nn.Module:

@@ -189,6 +189,12 @@ def split_exact(total: int, weights: list[float], caps: list[int], floors: list[
     return out
 
 
+def zero_masks(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Where each layer is already exactly zero, for the layers that have zeros: an earlier stage pruned
+    them, and a method that trains weights masks them after every step so that no stage revives them."""
+    return {name: w == 0 for name, w in weights.items() if bool((w == 0).any())}
+
+
 def check_not_below_zeros(sparsity: float, weights: list[torch.Tensor]) -> list[int]:
     """The weights already zero in each layer (an earlier stage pruned them, and no stage revives them), or
     an error when the target asks for fewer zeros than that."""

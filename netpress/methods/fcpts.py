@@ -33,6 +33,7 @@ from netpress.methods.base import (
     compressible_weights,
     split_exact,
     target_zeros,
+    zero_masks,
 )
 from netpress.methods.baselines import ALLOCATIONS, prune_counts, smallest_mask
 from netpress.methods.teacher import Teacher, teacher_for
@@ -137,7 +138,7 @@ class FCPTS:
             )
         # Weights an earlier stage pruned stay zero (stages never undo each other): masked after every step.
         zeros = check_not_below_zeros(target, list(weights.values()))
-        pruned_before = {name: w == 0 for (name, w), z in zip(weights.items(), zeros) if z}
+        pruned_before = zero_masks(weights)
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         teacher = teacher_for(model, data, self.temperature)
         init_counts, init, start, start_loss = self._initial_pruned(model, weights, target, teacher)

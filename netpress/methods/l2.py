@@ -37,6 +37,7 @@ from netpress.methods.base import (
     batchnorm_layers,
     check_budget,
     check_model,
+    zero_masks,
 )
 from netpress.methods.teacher import teacher_for
 from netpress.progress import progress_bar
@@ -151,8 +152,7 @@ class _Run:
         _round_raw_tensors(self.student, set(self.names), config.raw_dtype)
         self.original = copy.deepcopy(self.student.state_dict())  # the dense model as the file would store it
         self.latent = {n: nn.Parameter(w.detach().clone()) for n, w in weights.items()}
-        # Weights an earlier stage pruned stay zero (stages never undo each other): masked after every step.
-        self.pruned = {n: w == 0 for n, w in weights.items() if bool((w == 0).any())}
+        self.pruned = zero_masks(weights)  # an earlier stage's zeros stay zero: masked after every step
         self.log_edge: dict[str, nn.Parameter] = {}
         self.log_step: dict[str, nn.Parameter] = {}
 

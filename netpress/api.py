@@ -226,13 +226,27 @@ def _method_list(methods: Method | Sequence[Method]) -> list[Method]:
     return [methods] if not isinstance(methods, Sequence) else list(methods)
 
 
-def _check_quantized_input(handle: ModelHandle, methods: list[Method]) -> None:
-    """A model loaded from a quantized .press file holds few distinct values; a pipeline that does not end
-    in a quantizer would store them as floats again, a larger file than its input."""
+def _earlier_methods(handle: ModelHandle) -> list[list[str]]:
+    """The method names of each stage a .press input went through, oldest first."""
     earlier = handle.source.get("earlier")
-    last = earlier[-1].get("methods") if isinstance(earlier, list) and earlier and isinstance(earlier[-1], dict) else None
-    names = [m.get("name") for m in last or [] if isinstance(m, dict)]
-    quantized = [n for n in names if getattr(METHODS.get(n), "quantizes", False)]
+    stages = [s for s in earlier if isinstance(s, dict)] if isinstance(earlier, list) else []
+    return [[m.get("name") for m in s.get("methods") or [] if isinstance(m, dict)] for s in stages]
+
+
+def _check_earlier_stages(handle: ModelHandle, methods: list[Method]) -> None:
+    """The order rules of one call, across runs: a model loaded from a .press file keeps its earlier
+    stages' work, so a structural method may not follow a weight stage, and a quantized input must
+    end in a quantizer (else its few distinct values are stored as floats again, a larger file)."""
+    stages = _earlier_methods(handle)
+    weight_stages = [n for names in stages for n in names if not getattr(METHODS.get(n), "structural", False)]
+    structural = next((m for m in methods if getattr(m, "structural", False)), None)
+    if weight_stages and structural is not None:
+        raise BudgetError(
+            f"the input file's weights were already pruned or quantized ({weight_stages[0]}); {structural.name} merges "
+            "or removes channels, which would mix those zeros and codes into dense channels: run "
+            f"{structural.name} on the model from before that stage, then prune or quantize"
+        )
+    quantized = [n for n in stages[-1] if getattr(METHODS.get(n), "quantizes", False)] if stages else []
     if quantized and not getattr(methods[-1], "quantizes", False):
         raise BudgetError(
             f"the input file's weights are quantized ({quantized[0]}); {methods[-1].name} would store them as floats "
@@ -283,7 +297,7 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     structural = [i for i, m in enumerate(methods) if getattr(m, "structural", False)]
     if structural and structural[-1] >= len(structural):
         raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
-    _check_quantized_input(handle, methods)
+    _check_earlier_stages(handle, methods)
     if budget is not None and not structural:  # with the input's shapes, a method can tell now if its target is reachable
         for method in methods:
             if budget.kind in method.budgets and hasattr(method, "check_target"):

@@ -184,6 +184,10 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["quantized (uniform)", "end with a quantizer"],
         ),
         (
+            ["compress", "{w}/lenet300.press", "-m", "fold", "--params", "0.2", "-o", "x.press"],
+            ["already pruned or quantized (uniform)", "run fold on the model from before"],
+        ),
+        (
             [
                 "sweep",
                 *MLP,

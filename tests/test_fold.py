@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 import netpress
 from netpress.budget import Budget
-from netpress.errors import UnsupportedModelError
+from netpress.errors import BudgetError, UnsupportedModelError
 from netpress.graph.groups import ParamCounter, channel_groups
 from netpress.methods.fold import ChannelL1, Fold
 from netpress.zoo.models import VGG, LeNet5, ResNet20
@@ -100,6 +100,16 @@ def _inputs(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def test_a_pruned_press_file_is_not_folded_in_a_later_run(tmp_path):
+    """Fold after pruning would average zeros into dense channels: refused across runs as within one call."""
+    path = tmp_path / "pruned.press"
+    netpress.save(netpress.compress(netpress.load_model("zoo:lenet300"), netpress.MagnitudePruning(), Budget(sparsity=0.5)), path)
+    pruned = netpress.load_model(path)
+    with pytest.raises(BudgetError, match=r"already pruned or quantized \(magnitude\); fold"):
+        netpress.compress(pruned, Fold(repair="none"), Budget(params=0.2))
+    netpress.compress(pruned, netpress.UniformQuantization(6))  # a weight stage after a weight stage stays allowed
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

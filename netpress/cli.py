@@ -90,6 +90,7 @@ BATCH_HELP = (
 ROUNDS_HELP = f"l2: rounds of a transform and a reconstruction phase (default {L2.rounds}; a sentence encoder on a CPU: 1)"
 TRANSFORM_HELP = f"l2: steps on the grids per round (default {L2.transform_steps}; a sentence encoder on a CPU: 30)"
 RECONSTRUCTION_HELP = f"l2: steps on the weights per round (default {L2.reconstruction_steps}; a sentence encoder on a CPU: 60)"
+GROUP_HELP = "uniform: one scale per this many consecutive weights of an output channel (e.g. 128 at 4 bits)"
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
 
@@ -110,13 +111,14 @@ def build_methods(
     rounds: int | None = None,
     transform_steps: int | None = None,
     reconstruction_steps: int | None = None,
+    group_size: int | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
     Structural methods (fold, channel-l1) get the handle's input shape from ``compress()``;
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
-    file in it; ``clip`` to uniform quantization; ``iterations`` to FCPTS; ``rounds``, ``transform_steps``
+    file in it; ``clip`` and ``group_size`` to uniform quantization; ``iterations`` to FCPTS; ``rounds``, ``transform_steps``
     and ``reconstruction_steps`` to L²; ``batch_size`` to either.
     """
     # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
@@ -130,6 +132,8 @@ def build_methods(
         raise BudgetError("--per-channel configures uniform quantization (-m uniform, or --bits after pruning) and l2")
     if clip != "max" and method != "uniform" and bits is None:
         raise BudgetError("--clip configures uniform quantization (-m uniform, or --bits after pruning)")
+    if group_size is not None and method != "uniform" and bits is None:
+        raise BudgetError("--group-size configures uniform quantization (-m uniform, or --bits after pruning)")
     if method != MagnitudePruning.name and allocation != "global":
         raise BudgetError("--allocation configures --method magnitude only")
     if method not in (Fold.name, ChannelL1.name) and repair != "none":
@@ -147,7 +151,7 @@ def build_methods(
     if method == KMeansQuantization.name:
         return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
-        return [UniformQuantization(bits if bits is not None else 8, per_channel, clip)]
+        return [UniformQuantization(bits if bits is not None else 8, per_channel, clip, group_size)]
     if method == L2.name:
         if bits is not None or levels is not None:
             raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits/--levels")
@@ -162,7 +166,7 @@ def build_methods(
         schedule = {**_given(iterations=iterations), **batch}
         chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed, **schedule)]
     if bits is not None:
-        chain.append(UniformQuantization(bits, per_channel, clip))
+        chain.append(UniformQuantization(bits, per_channel, clip, group_size))
     if levels is not None:
         chain.append(KMeansQuantization(levels))
     return chain
@@ -253,6 +257,7 @@ def compress(
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
     clip: ClipName = typer.Option("max", help=CLIP_HELP),
+    group_size: int | None = typer.Option(None, help=GROUP_HELP),
     repair: RepairName = typer.Option("none", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
     clustering: ClusteringName = typer.Option("kmeans", help="fold: kmeans (the paper's CNN code) or ward (its LLM code)"),
     prune_fraction: float = typer.Option(
@@ -296,6 +301,7 @@ def compress(
         rounds,
         transform_steps,
         reconstruction_steps,
+        group_size,
     )
     result = api.press(
         handle,
@@ -346,6 +352,7 @@ def sweep(
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
     clip: ClipName = typer.Option("max", help=CLIP_HELP),
+    group_size: int | None = typer.Option(None, help=GROUP_HELP),
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
     iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
     batch_size: int | None = typer.Option(None, help=BATCH_HELP),
@@ -379,6 +386,7 @@ def sweep(
         "rounds": rounds,
         "transform_steps": transform_steps,
         "reconstruction_steps": reconstruction_steps,
+        "group_size": group_size,
     }
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]

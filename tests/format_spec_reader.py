@@ -427,8 +427,11 @@ def read_levels(r: Reader, rec: dict) -> np.ndarray:
     ls, zero, form = rec["levels_shape"], rec["zero"], rec["levels_form"]
     if len(ls) not in (1, 2) or any(v <= 0 for v in ls) or ls[-1] > 65536:
         raise SpecError("bad levels_shape")
-    if len(ls) == 2 and ls[0] != rec["shape"][0]:
-        raise SpecError("levels_shape C != shape[0]")
+    if len(ls) == 2:
+        C = rec["shape"][0] if rec["shape"] else 0
+        k, n = (ls[0] // C, math.prod(rec["shape"][1:])) if C > 0 else (0, 0)
+        if C <= 0 or ls[0] % C or not (k == 1 or (k <= n and k * n < 2**62)):
+            raise SpecError("levels_shape G is not shape[0] times a run count in 1 .. weights per channel")
     R, L = (1, ls[0]) if len(ls) == 1 else ls
     if zero is not None and not 0 <= zero < L:
         raise SpecError("zero out of range")
@@ -456,7 +459,7 @@ def read_levels(r: Reader, rec: dict) -> np.ndarray:
 
 
 def decode_codes(rec: dict, stream: bytes, layouts: list[Layout]) -> torch.Tensor:
-    """§3.1: levels, then symbols; dequantised per tensor or per output channel."""
+    """§3.1: levels, then symbols; dequantised per tensor, per output channel or per group."""
     r = Reader(stream)
     levels = read_levels(r, rec)
     R, L = levels.shape
@@ -464,7 +467,13 @@ def decode_codes(rec: dict, stream: bytes, layouts: list[Layout]) -> torch.Tenso
     s = decode_layout(r, rec, n, L, rec["zero"], layouts)
     if len(s) != n or (n and (s.min() < 0 or s.max() >= L)):
         raise SpecError("symbols out of range")
-    W = np.take_along_axis(levels, s.reshape(R, -1), axis=1)
+    if R == 1:
+        W = levels[0][s]
+    else:  # weight j of channel c uses table c·k + ⌊j·k / n⌋
+        C = rec["shape"][0]
+        k, per = R // C, n // C
+        table = np.arange(C)[:, None] * k + (np.arange(per) * k) // max(per, 1)
+        W = levels[table.reshape(-1), s]
     return torch.from_numpy(np.ascontiguousarray(W)).reshape(rec["shape"])
 
 

@@ -243,6 +243,10 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["--clip configures uniform quantization"],
         ),
         (
+            ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--group-size", "64", "-o", "x.press"],
+            ["--group-size configures uniform quantization"],
+        ),
+        (
             ["compress", *MLP, "-m", "uniform", "--repair", "ar", "-o", "x.press"],
             ["fold and channel-l1 only"],
         ),
@@ -401,11 +405,13 @@ def test_an_output_directory_without_write_permission_is_refused_before_any_work
     assert not (tmp_path / "x.press").exists()
 
 
-def test_clip_reaches_uniform_quantization_after_pruning(tmp_path):
+def test_clip_and_group_size_reach_uniform_quantization_after_pruning(tmp_path):
     report = tmp_path / "r.json"
-    options = "-m magnitude --sparsity 0.5 --bits 4 --per-channel --clip mse".split()
+    options = "-m magnitude --sparsity 0.5 --bits 4 --per-channel --clip mse --group-size 100".split()
     result = run("compress", "zoo:lenet300", *options, "-o", tmp_path / "c.press", "--report", report)
     assert result.exit_code == 0, result.output
     methods = json.loads(report.read_text())["methods"]
-    assert methods[-1] == {"name": "uniform", "bits": 4, "per_channel": True, "clip": "mse"}
-    assert netpress.load(tmp_path / "c.press") is not None
+    assert methods[-1] == {"name": "uniform", "bits": 4, "per_channel": True, "clip": "mse", "group_size": 100}
+    loaded = netpress.load(tmp_path / "c.press")
+    assert netpress.codec.read(tmp_path / "c.press").tensors["fc1.weight"].levels.shape == (300 * 8, 15)  # 784 = 8 runs
+    assert loaded is not None

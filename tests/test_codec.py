@@ -53,6 +53,19 @@ def test_fp16_raw_tensors_halve_raw_bytes_and_stay_exact(tmp_path):
     assert sizes["fp16"] < 0.55 * sizes["fp32"]
 
 
+def test_group_tables_serve_consecutive_runs_within_each_channel():
+    symbols = torch.arange(20, dtype=torch.int32).reshape(2, 10) % 2
+    levels = torch.stack([torch.tensor([0.0, float(t)]) for t in range(1, 7)])  # table t's level 1 is t + 1
+    # 3 runs per channel of 10 weights: j·3 // 10 gives runs of 4, 3 and 3.
+    expected = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 3, 3, 3], [4, 4, 4, 4, 5, 5, 5, 6, 6, 6]]).float() * symbols
+    assert torch.equal(Codes(symbols, levels, zero=0).dequantize(), expected)
+    back = codec.from_bytes(codec.to_bytes(CompressedModel({"w": Codes(symbols, levels, zero=0)}, {})))
+    assert torch.equal(back.state_dict()["w"], expected)
+    for tables in (3, 4 * 2 - 1, 2 * 11):  # not a multiple of the channels; more runs than weights
+        with pytest.raises(FormatError, match="one row per output channel"):
+            Codes(symbols, torch.zeros(tables, 2), zero=0)
+
+
 def test_per_channel_codes_and_sparse_values_roundtrip():
     g = torch.Generator().manual_seed(0)
     symbols = torch.randint(0, 5, (6, 7, 3), generator=g, dtype=torch.int32)

@@ -102,6 +102,13 @@ def synthetic_model() -> CompressedModel:
     t["codes.deadzone.big_step"] = Codes(symbols(7, (6, 50)), big_step, zero=3)
     uniform = (torch.arange(4) - 3).float()[None, :] * (torch.rand(7, generator=g)[:, None] + 0.01)  # zero = L - 1
     t["codes.per_channel.uniform"] = Codes(symbols(4, (7, 30)), uniform, zero=3)
+    # Group tables: 4 output channels, 3 runs each (of 8 weights; of 4, 3, 3 for channels of 10).
+    group_uniform = (torch.arange(7) - 3).float()[None, :] * (torch.rand(12, generator=g) + 0.01)[:, None]
+    t["codes.groups.uniform"] = Codes(symbols(7, (4, 2, 12)), group_uniform, zero=3)
+    group_table = torch.sort(torch.randn(12, 5, generator=g), dim=1).values
+    t["codes.groups.table.uneven"] = Codes(symbols(5, (4, 10)), group_table)
+    group_first, group_step = np.full(12, 0.5, np.float32), np.arange(1, 13, dtype=np.float32) / 16
+    t["codes.groups.deadzone"] = Codes(symbols(9, (4, 24)), deadzone_table(group_first, group_step, 9, 4), zero=4)
     t["codes.negative_zero"] = Codes(symbols(3, (5, 5)), torch.tensor([-1.0, -0.0, 1.0]), zero=1)  # table: -0.0 != +0.0
     t["codes.scalar"] = Codes(torch.tensor(2, dtype=torch.int32), torch.tensor([-1.0, 0.0, 1.0]), zero=1)
     t["codes.constant"] = Codes(torch.full((10, 10), 2, dtype=torch.int32), torch.tensor([-1.0, 0.0, 1.0]), zero=1)
@@ -168,8 +175,8 @@ def test_synthetic_file_reaches_everything_the_spec_names(files):
 
     assert spec_row_names("| `kind` |") == {r["kind"] for r in records} == {"codes", "sparse", "raw"}
     assert spec_row_names("| `codes` | `levels_form` |") == set(LEVEL_FORMS)
-    per_channel = {(r["levels_form"], len(r["levels_shape"]) == 2) for r in codes}
-    assert per_channel == {(form, pc) for form in LEVEL_FORMS for pc in (False, True)}
+    tables = {(r["levels_form"], r["levels_shape"][0] // r["shape"][0] if len(r["levels_shape"]) == 2 else 0) for r in codes}
+    assert {(form, min(per, 2)) for form, per in tables} == {(form, per) for form in LEVEL_FORMS for per in (0, 1, 2)}
     assert spec_row_names("| `codes` | `coding` |") == set(LAYOUTS) == {r["coding"] for r in codes}
     assert set(re.findall(r"^### 4\.\d Layout `(\w+)`", SPEC, re.M)) == set(LAYOUTS)
     assert {r["coding"] for r in records if r["kind"] == "sparse"} == {"symbols", "runs"}

@@ -100,6 +100,27 @@ def test_uniform_quantization_levels_and_error(bits, per_channel):
         assert (codes.dequantize() - w.detach()).abs().max() <= step / 2 + 1e-6
 
 
+@pytest.mark.parametrize("clip", ["max", "mse"])
+def test_group_scales_cover_runs_of_at_most_group_size_weights(clip):
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[4].weight[3, 100] = 1.0  # an outlier coarsens the grid of its own group only
+    grouped = UniformQuantization(4, clip=clip, group_size=64).apply(model)
+    channels = UniformQuantization(4, per_channel=True, clip=clip).apply(model)
+    assert grouped.codes["0.weight"].levels.shape == (8, 15)  # 9 weights per channel: one group each
+    assert grouped.codes["4.weight"].levels.shape == (80, 15)  # 512 per channel: 8 groups of 64
+    w = model[4].weight.detach()
+    if clip == "max":
+        step = w.reshape(80, 64).abs().amax(1, keepdim=True) / 7
+        assert ((grouped.codes["4.weight"].dequantize() - w).reshape(80, 64).abs() <= step / 2 + 1e-7).all()
+    errors = [((r.codes["4.weight"].dequantize() - w) ** 2).reshape(10, 8, 64).sum(2) for r in (grouped, channels)]
+    assert errors[0][3].sum() < errors[1][3].sum() / 4  # the outlier's channel, where one scale served all
+    uneven = UniformQuantization(4, group_size=5).apply(model).codes["0.weight"]  # 9 weights: runs of 5 and 4
+    assert uneven.levels.shape == (16, 15)
+    for c, row in enumerate(uneven.dequantize().reshape(8, 9)):
+        assert torch.isin(row[:5], uneven.levels[2 * c]).all() and torch.isin(row[5:], uneven.levels[2 * c + 1]).all()
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_mse_clipping_never_rounds_worse_than_the_full_range(per_channel):
     model = tiny_cnn()
@@ -204,6 +225,8 @@ def test_split_exact_meets_total_and_caps():
         (lambda: Fold(dir_steps=0), BudgetError, "dir_steps"),
         (lambda: Fold(input_dtype="float33"), BudgetError, "torch dtype"),
         (lambda: UniformQuantization(4, per_channel="no"), BudgetError, "True or False"),
+        (lambda: UniformQuantization(4, group_size=0), BudgetError, "group_size must be a whole number ≥ 1"),
+        (lambda: netpress.compress(_empty_layer(), UniformQuantization(4)), UnsupportedModelError, "no elements"),
         (lambda: Budget(ratio=2, reference_bytes=-5), BudgetError, "reference_bytes"),
         (lambda: calibration_subset(load_dataset("digits"), 64), DataError, "test split"),
         (lambda: calibration_subset(load_dataset("digits", "train"), 64.0), DataError, "whole number"),
@@ -307,6 +330,12 @@ def test_bad_configuration_is_refused(call, error, message, tmp_path, monkeypatc
     with pytest.raises(error, match=message):
         call()
     assert not list(tmp_path.iterdir()), "a refused call left files behind"
+
+
+def _empty_layer() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 1))
+    model[0].weight = nn.Parameter(torch.zeros(0, 4))
+    return model
 
 
 def _weight_normed() -> nn.Module:

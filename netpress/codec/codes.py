@@ -21,8 +21,10 @@ class Codes:
     """A quantized tensor.
 
     ``symbols`` (int32, the tensor's shape) index into ``levels`` (float32). With ``levels`` of shape
-    ``(L,)`` one table serves the whole tensor; with shape ``(C, L)`` output channel ``c`` (axis 0) has
-    its own table. ``zero`` is the symbol whose level is exactly 0.0 in every table, or None.
+    ``(L,)`` one table serves the whole tensor; with shape ``(G, L)``, ``G`` a multiple of the output
+    channels (axis 0), each channel's weights fall into ``G / channels`` consecutive runs of near-equal
+    length (``table_of_each_weight``), each with its own table: one per channel, or groups within
+    each. ``zero`` is the symbol whose level is exactly 0.0 in every table, or None.
     """
 
     symbols: torch.Tensor
@@ -34,8 +36,8 @@ class Codes:
             raise FormatError(f"symbols must be int32, got {self.symbols.dtype}")
         if self.levels.dtype != torch.float32 or self.levels.dim() not in (1, 2):
             raise FormatError("levels must be a float32 table of shape (L,) or (channels, L)")
-        if self.levels.dim() == 2 and (self.symbols.dim() == 0 or self.levels.shape[0] != self.symbols.shape[0]):
-            raise FormatError("per-channel levels need one row per output channel (axis 0)")
+        if self.levels.dim() == 2 and not is_table_count(self.levels.shape[0], tuple(self.symbols.shape)):
+            raise FormatError("a 2-D level table needs one row per output channel (axis 0), or per group within each")
         if not torch.isfinite(self.levels).all():
             raise FormatError("levels must be finite")
         if self.symbols.numel() and (self.symbols.min() < 0 or self.symbols.max() >= self.num_levels):
@@ -54,8 +56,8 @@ class Codes:
     def dequantize(self) -> torch.Tensor:
         if self.levels.dim() == 1:
             return self.levels[self.symbols.long()]
-        flat = self.symbols.reshape(self.symbols.shape[0], -1).long()
-        return torch.gather(self.levels, 1, flat).reshape(self.symbols.shape)
+        index = table_of_each_weight(self.levels.shape[0], self.shape) * self.num_levels + self.symbols.reshape(-1)
+        return self.levels.reshape(-1)[index].reshape(self.symbols.shape)
 
     def sparsity(self) -> float:
         return int((self.dequantize() == 0).sum()) / self.symbols.numel() if self.symbols.numel() else 0.0
@@ -73,6 +75,25 @@ class Codes:
             raise FormatError("some values are not in the level table")
         zero = (table == 0).nonzero()
         return cls(idx.to(torch.int32).reshape(values.shape), table, int(zero[0]) if len(zero) else None)
+
+
+def is_table_count(tables: int, shape: tuple[int, ...]) -> bool:
+    """Whether ``tables`` level tables can serve a tensor of ``shape``: one per output channel, or
+    several per channel, each covering at least one weight."""
+    if not shape or shape[0] <= 0 or tables % shape[0]:
+        return False
+    runs, length = tables // shape[0], int(np.prod(shape[1:]))
+    return runs == 1 or (runs <= length and runs * length < 1 << 62)  # the bound keeps run indices in int64
+
+
+def table_of_each_weight(tables: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The level table of each weight in row-major order: with ``k = tables / channels`` runs per
+    channel of ``n`` weights, weight ``j`` of channel ``c`` uses table ``c·k + ⌊j·k / n⌋``, so the
+    runs are consecutive and differ in length by at most one (exactly ``n / k`` when ``k`` divides ``n``)."""
+    channels = shape[0]
+    runs, length = tables // channels, int(np.prod(shape[1:]))
+    within = torch.arange(length, dtype=torch.int64) * runs // max(length, 1)
+    return (torch.arange(channels, dtype=torch.int64)[:, None] * runs + within[None, :]).reshape(-1)
 
 
 def deadzone_grid(first: np.ndarray, step: np.ndarray, length: int, zero: int) -> np.ndarray:

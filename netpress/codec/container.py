@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load as safetensors_load
 
-from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, deadzone_params
+from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, deadzone_params, is_table_count
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
@@ -307,7 +307,7 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
             not isinstance(levels_shape, list)
             or len(levels_shape) not in (1, 2)
             or not all(isinstance(d, int) and 0 < d for d in levels_shape)
-            or (len(levels_shape) == 2 and (not shape or levels_shape[0] != shape[0]))
+            or (len(levels_shape) == 2 and not is_table_count(levels_shape[0], tuple(shape)))
             or levels_shape[-1] > 1 << 16
             or not (zero is None or (isinstance(zero, int) and 0 <= zero < levels_shape[-1]))
         ):

@@ -127,6 +127,8 @@ def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -
             )
         if weight.dtype not in (torch.float32, torch.float64):
             raise UnsupportedModelError(f"{name} is {weight.dtype}; netpress compresses float32 weights: call model.float()")
+        if weight.numel() == 0:
+            raise UnsupportedModelError(f"{name} has no elements (shape {list(weight.shape)}); remove the empty layer first")
     if not weights:
         kinds = ", ".join(t.__name__ for t in COMPRESSIBLE_LAYERS)
         found = ", ".join(f"{name or 'the model'} ({layer['type']})" for name, layer in uncompressed_layers(model).items())

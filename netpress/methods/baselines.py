@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from netpress.budget import Budget
-from netpress.codec.codes import Codes, SparseValues
+from netpress.codec.codes import Codes, SparseValues, table_of_each_weight
 from netpress.data import Subset
-from netpress.errors import BudgetError, check_flag
+from netpress.errors import BudgetError, check_flag, check_whole
 from netpress.methods.base import (
     MethodResult,
     check_budget,
@@ -125,15 +125,18 @@ class MagnitudePruning:
 class UniformQuantization:
     """Symmetric uniform quantization to ``bits`` bits (2^bits − 1 levels, zero exact).
 
-    One scale per tensor, or per output channel with ``per_channel``. ``clip="max"`` spans the
-    largest magnitude; ``"mse"`` clips it where the squared rounding error is least (the ratios
-    in ``MSE_CLIP_RATIOS``), which helps at 4–5 bits, where a few large weights would otherwise
-    coarsen the grid for all. Zeros stay zero, so it can follow a pruning method.
+    One scale per tensor, per output channel with ``per_channel``, or per ``group_size`` consecutive
+    weights of an output channel (finer than ``per_channel``, which it overrides; a channel with
+    fewer weights is one group): at 4 bits one outlier then coarsens the grid of its group only, for
+    one float32 scale per group in the file. ``clip="max"`` spans the largest magnitude; ``"mse"``
+    clips it where the squared rounding error is least (the ratios in ``MSE_CLIP_RATIOS``), which
+    helps at 4–5 bits for the same reason. Zeros stay zero, so it can follow a pruning method.
     """
 
     bits: int = 8
     per_channel: bool = False
     clip: str = "max"
+    group_size: int | None = None
     name: ClassVar[str] = "uniform"
     needs: ClassVar[str] = "none"
     budgets: ClassVar[tuple[str, ...]] = ()
@@ -145,6 +148,14 @@ class UniformQuantization:
         check_flag("per_channel", self.per_channel)
         if self.clip not in CLIPS:
             raise BudgetError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
+        if self.group_size is not None:
+            check_whole("group_size", self.group_size, 1)
+
+    def _tables(self, w: torch.Tensor) -> int:
+        """How many scales ``w`` gets: 1, one per output channel, or ⌈n / group_size⌉ per channel of n weights."""
+        if self.group_size is None:
+            return w.shape[0] if self.per_channel else 1
+        return w.shape[0] * -(-(w.numel() // w.shape[0]) // self.group_size)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         check_budget(self, budget, required=False)
@@ -154,22 +165,33 @@ class UniformQuantization:
         grid = torch.arange(-top, top + 1, dtype=torch.float32)
         with torch.no_grad():
             for name, w in check_model(model).items():
-                flat = w.detach().reshape(w.shape[0], -1) if self.per_channel else w.detach().reshape(1, -1)
-                scale = _scales(flat, top, self.clip)
-                symbols = (torch.round(flat / scale).clamp(-top, top) + top).to(torch.int32)
+                tables = self._tables(w)
+                index = table_of_each_weight(tables, tuple(w.shape))
+                values = w.detach().reshape(-1)
+                scale = _scales(_runs_as_rows(values, index, tables), top, self.clip)
+                symbols = (torch.round(values / scale[index, 0]).clamp(-top, top) + top).to(torch.int32)
                 levels = (grid[None, :] * scale).to(torch.float32)
                 levels[:, top] = 0.0
-                codes = Codes(symbols.reshape(w.shape), levels if self.per_channel else levels[0], zero=top)
+                per_tensor = self.group_size is None and not self.per_channel
+                codes = Codes(symbols.reshape(w.shape), levels[0] if per_tensor else levels, zero=top)
                 w.copy_(codes.dequantize())
                 result.codes[name] = codes
-                result.rows.append(
-                    {"name": name, "shape": list(w.shape), "params": w.numel(), "bits": self.bits, "sparsity": codes.sparsity()}
-                )
+                row = {"name": name, "shape": list(w.shape), "params": w.numel(), "bits": self.bits, "scales": tables}
+                result.rows.append({**row, "sparsity": codes.sparsity()})
         return result
 
 
 CLIPS = ("max", "mse")
 MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
+
+
+def _runs_as_rows(values: torch.Tensor, index: torch.Tensor, tables: int) -> torch.Tensor:
+    """The weights of each table as one row, zero-padded to the longest run (a zero changes no scale)."""
+    counts = torch.bincount(index, minlength=tables)
+    position = torch.arange(values.numel()) - (torch.cumsum(counts, 0) - counts)[index]
+    rows = values.new_zeros(tables, int(counts.max()))
+    rows[index, position] = values
+    return rows
 
 
 def _scales(flat: torch.Tensor, top: int, clip: str) -> torch.Tensor:

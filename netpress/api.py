@@ -368,7 +368,7 @@ def _compress(
     numel = sum(torch.Size(c.shape).numel() for c in coded)
     summary = {
         "netpress": netpress.__version__,
-        "methods": [{"name": m.name, **{k: v for k, v in vars(m).items() if not k.startswith("_")}} for m in methods],
+        "methods": [_method_record(m) for m in methods],
         "budget": budget.to_dict() if budget else None,
         "sparsity": zeros / numel if numel else 0.0,
         "params": sum(v.numel() for v in state.values() if v.is_floating_point()),
@@ -389,6 +389,12 @@ def _compress(
                 "no method in the pipeline enforces the file size (use --method l2)"
             )
     return compressed
+
+
+def _method_record(method: Method) -> dict:
+    """A method's name and settings for the file; a setting left at None (unset) is left out, so adding an
+    optional setting changes no file made without it."""
+    return {"name": method.name, **{k: v for k, v in vars(method).items() if not k.startswith("_") and v is not None}}
 
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:

@@ -121,6 +121,12 @@ def test_group_scales_cover_runs_of_at_most_group_size_weights(clip):
         assert torch.isin(row[:5], uneven.levels[2 * c]).all() and torch.isin(row[5:], uneven.levels[2 * c + 1]).all()
 
 
+def test_an_unset_setting_is_left_out_of_the_file_record():
+    """A file made without group_size records the same method, byte for byte, as before the setting existed."""
+    summary = netpress.compress(tiny_cnn(), UniformQuantization(4)).summary
+    assert summary["methods"] == [{"name": "uniform", "bits": 4, "per_channel": False, "clip": "max"}]
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_mse_clipping_never_rounds_worse_than_the_full_range(per_channel):
     model = tiny_cnn()

@@ -34,6 +34,7 @@ from netpress.data.text import TEXT_DATASETS, Sentences, load_sentences
 from netpress.errors import (
     BudgetError,
     DataError,
+    FormatError,
     ModelSourceError,
     NetpressError,
     OutputError,
@@ -161,10 +162,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         compressed = codec.read(path)
         architecture = architecture_for(compressed.source, arch)
         module = compressed.to_module(architecture)
-        # A file compressed again keeps the history of the stages before it.
-        earlier = compressed.source.get("earlier")
-        stage = {k: compressed.summary[k] for k in ("methods", "budget") if k in compressed.summary}
-        source = {**compressed.source, "earlier": [*(earlier if isinstance(earlier, list) else []), stage]}
+        source = {**compressed.source, "earlier": _history(compressed, spec)}
         name = compressed.source.get("zoo")
         first = fp32_bytes(architecture)
         if name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
@@ -206,6 +204,28 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
             "have fewer channels than the architecture builds: load the .press file instead, which resizes the layers"
         ) from exc
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
+
+
+def _history(compressed: CompressedModel, spec: str) -> list[dict]:
+    """The stages a .press file went through, its own last: a file compressed again keeps them, and the
+    order checks read them, so a malformed record is refused rather than trusted or dropped."""
+    earlier = compressed.source.get("earlier", [])
+    stages = (
+        [*earlier, {k: compressed.summary[k] for k in ("methods", "budget") if k in compressed.summary}]
+        if isinstance(earlier, list)
+        else []
+    )
+    if not stages or not all(_is_stage(stage) for stage in stages):
+        raise FormatError(
+            f"{spec}: its record of earlier stages (source.earlier, summary.methods) is malformed (a damaged or "
+            "hand-edited file), so the order of stages cannot be checked; use the model from before those stages"
+        )
+    return stages
+
+
+def _is_stage(stage: object) -> bool:
+    methods = stage.get("methods", []) if isinstance(stage, dict) else None
+    return isinstance(methods, list) and all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in methods)
 
 
 def _as_handle(model: ModelHandle | nn.Module) -> ModelHandle:
@@ -298,10 +318,19 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     if structural and structural[-1] >= len(structural):
         raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
     _check_earlier_stages(handle, methods)
-    if budget is not None and not structural:  # with the input's shapes, a method can tell now if its target is reachable
-        for method in methods:
-            if budget.kind in method.budgets and hasattr(method, "check_target"):
-                method.check_target(handle.module, budget)
+    # The methods that see the input's shapes (all of them, or the structural one that comes first) can tell
+    # now whether their target is reachable, so sweep refuses such a point before any work.
+    for method in _traced(handle, methods)[: 1 if structural else None] if budget is not None else ():
+        if budget.kind in method.budgets and hasattr(method, "check_target"):
+            method.check_target(handle.module, budget)
+
+
+def _traced(handle: ModelHandle, methods: list[Method]) -> list[Method]:
+    """Structural methods trace the model with an input of the handle's shape, unless they name their own."""
+    if handle.input_shape is None:
+        return methods
+    traced = {"input_shape": handle.input_shape, **({"input_dtype": handle.input_dtype} if handle.input_dtype else {})}
+    return [replace(m, **traced) if getattr(m, "input_shape", 0) is None else m for m in methods]
 
 
 def compress(
@@ -336,9 +365,7 @@ def _compress(
         _check_encoder_calibration([m for m in methods if m.needs != "none"])
     if not any(m.needs != "none" for m in methods):
         data = None  # unused, so not recorded in the file either
-    if handle.input_shape is not None:  # structural methods trace the model with an input of this shape
-        traced = {"input_shape": handle.input_shape, **({"input_dtype": handle.input_dtype} if handle.input_dtype else {})}
-        methods = [replace(m, **traced) if getattr(m, "input_shape", 0) is None else m for m in methods]
+    methods = _traced(handle, methods)
     if budget is not None and budget.kind == "ratio":
         budget = replace(budget, reference_bytes=budget.reference_bytes or fp32_bytes(handle.module), source=dict(handle.source))
     current = handle.module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from netpress.errors import BudgetError, check_whole
@@ -31,10 +32,12 @@ class Budget:
         if len(given) != 1:
             raise BudgetError("give exactly one target: ratio, sparsity or params")
         ((kind, value),) = given.items()
+        if isinstance(value, bool | str) or not isinstance(value, numbers.Real):  # "0.5" is a typo, not a target
+            raise BudgetError(f"{kind} must be a number, got {value!r}")
         try:
             value = float(value)
-        except (TypeError, ValueError):
-            raise BudgetError(f"{kind} must be a number, got {value!r}") from None
+        except OverflowError:
+            raise BudgetError(f"{kind} is beyond the range of a float; give a finite target") from None
         # 30 and 30.0 are one target: the same request must give the same file, and the stored summary says 30.0.
         object.__setattr__(self, kind, value)
         if not math.isfinite(value):

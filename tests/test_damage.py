@@ -104,3 +104,21 @@ def test_a_tensor_missing_from_the_manifest_is_named(tmp_path):
     netpress.save(short, path)
     with pytest.raises(NetpressError, match="4.weight"):
         netpress.load(path, model=MODEL)
+
+
+@pytest.mark.parametrize(
+    "source, summary",
+    [
+        ({"earlier": [{"methods": "magnitude"}]}, {}),
+        ({"earlier": [5]}, {}),
+        ({"earlier": [{"methods": [{"nome": "x"}]}]}, {}),
+        ({"earlier": "x"}, {}),
+        ({}, {"methods": [1, "a", None]}),
+    ],
+)
+def test_a_malformed_stage_history_is_refused_not_trusted(source, summary, tmp_path):
+    """A file's history drives the order checks of a later run: a hand-edited one is a FormatError, never a traceback."""
+    path = tmp_path / "h.press"
+    codec.save(netpress.compressed.CompressedModel(COMPRESSED.tensors, {**COMPRESSED.source, **source}, summary), path)
+    with pytest.raises(FormatError, match="record of earlier stages"):
+        netpress.load_model(path, arch="tests.archs:tiny_cnn")

@@ -121,6 +121,22 @@ def test_group_scales_cover_runs_of_at_most_group_size_weights(clip):
         assert torch.isin(row[:5], uneven.levels[2 * c]).all() and torch.isin(row[5:], uneven.levels[2 * c + 1]).all()
 
 
+@pytest.mark.parametrize(
+    "methods, unreachable, message",
+    [
+        (MagnitudePruning(), Budget(sparsity=0.9999999), "removes all"),
+        (FCPTS(), Budget(sparsity=0.995), "the most it can remove"),
+        (Fold(input_shape=(1, 8, 8)), Budget(params=0.999), "the most this model can lose"),
+    ],
+)
+def test_a_sweep_refuses_an_unreachable_point_before_writing_any(methods, unreachable, message, tmp_path):
+    """A later impossible target must not cost the earlier points' work, or replace their files."""
+    reachable = Budget(**{unreachable.kind: 0.5})
+    with pytest.raises(BudgetError, match=message):
+        netpress.sweep(tiny_cnn(), methods, [reachable, unreachable], out_dir=tmp_path / "s", data="digits", calib=16)
+    assert not (tmp_path / "s").exists()
+
+
 def test_an_unset_setting_is_left_out_of_the_file_record():
     """A file made without group_size records the same method, byte for byte, as before the setting existed."""
     summary = netpress.compress(tiny_cnn(), UniformQuantization(4)).summary
@@ -232,6 +248,8 @@ def test_split_exact_meets_total_and_caps():
         (lambda: Fold(input_dtype="float33"), BudgetError, "torch dtype"),
         (lambda: UniformQuantization(4, per_channel="no"), BudgetError, "True or False"),
         (lambda: UniformQuantization(4, group_size=0), BudgetError, "group_size must be a whole number ≥ 1"),
+        (lambda: Budget(sparsity="0.5"), BudgetError, "sparsity must be a number, got '0.5'"),
+        (lambda: Budget(ratio=10**400), BudgetError, "beyond the range of a float"),
         (lambda: netpress.compress(_empty_layer(), UniformQuantization(4)), UnsupportedModelError, "no elements"),
         (lambda: Budget(ratio=2, reference_bytes=-5), BudgetError, "reference_bytes"),
         (lambda: calibration_subset(load_dataset("digits"), 64), DataError, "test split"),
@@ -409,6 +427,16 @@ def test_kmeans_keeps_zeros_and_uses_at_most_the_levels_asked_for():
         centroids = codes.levels[codes.levels != 0]
         nearest = (w.detach()[codes.dequantize() != 0].unsqueeze(1) - centroids.unsqueeze(0)).abs().argmin(1)
         assert torch.equal(survivors, centroids[nearest])  # every survivor sits on its nearest centroid
+
+
+def test_kmeans_on_already_shared_weights_keeps_them_and_stores_only_used_levels():
+    """A 4-bit input re-shared into 256 levels: its own 15 values are the exact codebook, not 255 centroids."""
+    quantized = netpress.compress(tiny_cnn(), UniformQuantization(4)).to_module(tiny_cnn())
+    shared = netpress.compress(quantized, KMeansQuantization(256))
+    for name, w in compressible_weights(quantized).items():
+        codes = shared.tensors[name]
+        assert torch.equal(codes.dequantize(), w.detach())
+        assert codes.num_levels == len(torch.unique(torch.cat([torch.zeros(1), w.detach().reshape(-1)])))
 
 
 def test_press_leaves_the_global_random_state_alone_and_is_reproducible(tmp_path):

@@ -64,19 +64,26 @@ def smallest_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
     return mask.reshape(scores.shape)
 
 
+def reachable_zeros(weights: list[torch.Tensor], sparsity: float) -> list[int]:
+    """The zeros each layer already has, once the target is known to keep a weight and to ask for no
+    fewer zeros than the model has; else the error that says which target would do."""
+    total = sum(w.numel() for w in weights)
+    if target_zeros(sparsity, total) >= total:
+        raise BudgetError(
+            f"sparsity {sparsity} removes all {total:,} weights of this model (it rounds up); the largest target "
+            f"that keeps one is {math.floor((total - 1) / total * 1e9) / 1e9:.9f}"
+        )
+    return check_not_below_zeros(sparsity, weights)
+
+
 def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) -> list[int]:
     """How many weights to remove per layer so the total is exactly ⌈sparsity · N⌉."""
+    zeros = reachable_zeros(weights, sparsity)
     sizes = [w.numel() for w in weights]
     total = target_zeros(sparsity, sum(sizes))
-    if total >= sum(sizes):
-        raise BudgetError(
-            f"sparsity {sparsity} removes all {sum(sizes):,} weights of this model (it rounds up); the largest target "
-            f"that keeps one is {math.floor((sum(sizes) - 1) / sum(sizes) * 1e9) / 1e9:.9f}"
-        )
     # A per-layer allocation keeps one weight in every layer whenever the target leaves room:
     # rounding must not disconnect a small layer.
     caps = [n - 1 for n in sizes] if total <= sum(sizes) - len(sizes) else sizes
-    zeros = check_not_below_zeros(sparsity, weights)
     if allocation == "uniform":
         return split_exact(total, [float(n) for n in sizes], caps, zeros)
     if allocation == "erk":
@@ -105,6 +112,10 @@ class MagnitudePruning:
     def __post_init__(self) -> None:
         if self.allocation not in ALLOCATIONS:
             raise BudgetError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+
+    def check_target(self, model: nn.Module, budget: Budget | None) -> None:
+        """Refuse a sparsity no file can have, before any work (sweep checks every point)."""
+        reachable_zeros(list(check_model(model).values()), check_budget(self, budget).sparsity)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
@@ -247,13 +258,14 @@ class KMeansQuantization:
         with torch.no_grad():
             for name, w in check_model(model).items():
                 survivors = w[w != 0]
-                table = torch.zeros(1)
-                if survivors.numel():
-                    centroids = kmeans_1d(survivors, min(self.levels - 1, survivors.numel()))
-                    table = torch.unique(torch.cat([table, centroids[centroids != 0]]))
+                distinct = torch.unique(survivors)  # few enough (a quantized input): the exact codebook already
+                if len(distinct) > self.levels - 1:
+                    centroids = kmeans_1d(survivors, self.levels - 1)
                     nearest = torch.bucketize(w.reshape(-1), (centroids[1:] + centroids[:-1]) / 2)
                     w.copy_(torch.where(w != 0, centroids[nearest].reshape(w.shape), torch.zeros_like(w)))
-                codes = Codes.from_values(w.detach(), table)
+                    distinct = torch.unique(w[w != 0])
+                # Only the levels some weight uses: an empty cluster would cost table bytes and alphabet.
+                codes = Codes.from_values(w.detach(), torch.cat([torch.zeros(1), distinct]))
                 result.codes[name] = codes
                 result.rows.append(
                     {

@@ -60,6 +60,23 @@ def _kth_magnitude(w: torch.Tensor, count: int) -> float:
     return 0.5 * float(pair[0] + pair[1])
 
 
+def _min_keep(sizes: list[int]) -> list[int]:
+    """Every layer keeps at least 1 % of its weights: a layer pruned away gets no gradient to come back."""
+    return [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
+
+
+def _reachable_zeros(weights: list[torch.Tensor], target: float) -> list[int]:
+    """The zeros each layer already has, once the target is known to leave every layer its minimum."""
+    total = sum(w.numel() for w in weights)
+    most = total - sum(_min_keep([w.numel() for w in weights]))
+    if target_zeros(target, total) > most:
+        raise BudgetError(
+            f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
+            f"{math.floor(most / total * 1e4) / 1e4:.4f} of its weights; lower --sparsity, or use --method magnitude"
+        )
+    return check_not_below_zeros(target, weights)
+
+
 @dataclass
 class FCPTS:
     """Learned per-layer sparsity that meets a global target exactly, from ~1k unlabelled samples.
@@ -118,6 +135,10 @@ class FCPTS:
         score, allocation, counts, pruned = best
         return counts, allocation, pruned, score
 
+    def check_target(self, model: nn.Module, budget: Budget | None) -> None:
+        """Refuse a sparsity FCPTS cannot reach, before any data is loaded or work done (sweep checks every point)."""
+        _reachable_zeros(list(check_model(model, trains=True).values()), check_budget(self, budget).sparsity)
+
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
         if data is None:
@@ -128,16 +149,9 @@ class FCPTS:
         names = list(weights)
         sizes = [w.numel() for w in weights.values()]
         total = sum(sizes)
-        # Every layer keeps at least 1 % of its weights: a layer pruned away gets no gradient to come back.
-        min_keep = [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
-        if target_zeros(target, total) > total - sum(min_keep):
-            raise BudgetError(
-                f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
-                f"{math.floor((total - sum(min_keep)) / total * 1e4) / 1e4:.4f} of its weights; lower --sparsity, or use "
-                "--method magnitude"
-            )
+        min_keep = _min_keep(sizes)
         # Weights an earlier stage pruned stay zero (stages never undo each other): masked after every step.
-        zeros = check_not_below_zeros(target, list(weights.values()))
+        zeros = _reachable_zeros(list(weights.values()), target)
         pruned_before = zero_masks(weights)
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         teacher = teacher_for(model, data, self.temperature)

@@ -73,6 +73,16 @@ class GroupPlan:
         return producer, (producer > 0).double() if merge else producer
 
 
+def check_reachable(sizes: list[int], count: ParamCounter, limit: int) -> None:
+    """Refuse a parameter limit that even one channel per group exceeds, naming the largest target."""
+    floor = count([1] * len(sizes))
+    if floor > limit:
+        raise BudgetError(
+            f"even one channel per foldable group leaves {floor} parameters; {limit} were asked for: "
+            f"the most this model can lose is params={math.floor(1e4 * (1 - floor / count(sizes))) / 1e4:g}"
+        )
+
+
 def allocate(sizes: list[int], count: ParamCounter, limit: int, allocation: str, merge_costs: list[np.ndarray]) -> list[int]:
     """Channels each group keeps so the model has at most ``limit`` parameters, with the least overshoot.
 
@@ -83,12 +93,7 @@ def allocate(sizes: list[int], count: ParamCounter, limit: int, allocation: str,
     error least per parameter saved (``merge_costs``: Ward merge costs, ascending), never more
     than twice the uniform fraction of a group: groups whose channels are far apart are protected.
     """
-    floor = count([1] * len(sizes))
-    if floor > limit:
-        raise BudgetError(
-            f"even one channel per foldable group leaves {floor} parameters; {limit} were asked for: "
-            f"the most this model can lose is params={math.floor(1e4 * (1 - floor / count(sizes))) / 1e4:g}"
-        )
+    check_reachable(sizes, count, limit)
 
     def kept_at(p: float) -> list[int]:
         return [max(1, n - round(p * n)) for n in sizes]
@@ -253,6 +258,26 @@ def repair(
         recalibrate_batchnorm(model, inputs)
 
 
+def _foldable(groups: list, model: nn.Module) -> list:
+    """The channel groups (of ``model``) that can change, or an error naming why none can."""
+    foldable = [g for g in groups if g.reason is None]
+    if not foldable:
+        reasons = "; ".join(f"{g.name}: {g.reason}" for g in groups)
+        left = uncompressed_layers(model, CHANNEL_LAYERS)
+        others = ", ".join(f"{name} ({layer['type']})" for name, layer in left.items())
+        raise UnsupportedModelError(
+            f"no channel group can be changed ({reasons})"
+            + (f"; fold changes Linear and Conv layers only, not {others}" if others else "")
+        )
+    return foldable
+
+
+def _params_limit(model: nn.Module, budget: Budget) -> int:
+    """The most parameters the changed model may keep."""
+    before = count_params(model)
+    return before - round(budget.params * before)
+
+
 @dataclass
 class _GroupReduction:
     """Shared pipeline: trace groups, standardise BatchNorms, allocate the budget, change groups, repair."""
@@ -287,25 +312,26 @@ class _GroupReduction:
     def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
         raise NotImplementedError
 
+    def check_target(self, model: nn.Module, budget: Budget | None) -> None:
+        """Refuse a params target no allocation reaches, before any work (sweep checks every point). A model
+        traced with its first calibration sample (no ``input_shape``) is checked when that sample is loaded."""
+        budget = check_budget(self, budget)
+        if self.input_shape is not None:
+            copied = copy.deepcopy(model).eval()
+            groups = _foldable(channel_groups(copied, example_inputs(self.input_shape, self.input_dtype, None)), copied)
+            check_reachable([g.channels for g in groups], ParamCounter(copied, groups), _params_limit(model, budget))
+
     def reduce(self, model: nn.Module, budget: Budget, example: torch.Tensor) -> tuple[nn.Module, list[GroupPlan], list[dict]]:
         """The structural change without repair: a smaller copy of ``model``, the plans, report rows."""
         reduced = copy.deepcopy(model).eval()
         groups = channel_groups(reduced, example)
-        foldable = [g for g in groups if g.reason is None]
-        if not foldable:
-            reasons = "; ".join(f"{g.name}: {g.reason}" for g in groups)
-            left = uncompressed_layers(model, CHANNEL_LAYERS)
-            others = ", ".join(f"{name} ({layer['type']})" for name, layer in left.items())
-            raise UnsupportedModelError(
-                f"no channel group can be changed ({reasons})"
-                + (f"; fold changes Linear and Conv layers only, not {others}" if others else "")
-            )
+        foldable = _foldable(groups, reduced)
         for group in foldable:
             standardize_norms(reduced, group)
-        before = count_params(model)
+        before = count_params(model)  # for the total row
         features = [group_features(reduced, g) for g in foldable]
         merge_costs = [ward_merge_costs(f) for f in features] if self.allocation == "adaptive" else []
-        limit = before - round(budget.params * before)
+        limit = _params_limit(model, budget)
         kept = allocate([g.channels for g in foldable], ParamCounter(reduced, foldable), limit, self.allocation, merge_costs)
         plans, rows = [], []
         for group, feats, k in zip(foldable, features, kept):

@@ -429,6 +429,8 @@ def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
     if not isinstance(compressed, CompressedModel):
         raise OutputError(f"save() writes what netpress.compress() returns, got {type(compressed).__name__}")
     check_press_suffix(path)
+    if (name := compressed.non_finite()) is not None:
+        raise OutputError(f"{name} holds NaN or infinite values; netpress writes working models only")
     return codec.save(compressed, path)
 
 
@@ -612,6 +614,8 @@ def _press(
     if handle.first_original_bytes is not None:  # the input is itself a .press file
         report["first_original_bytes"] = handle.first_original_bytes
         report["overall_ratio"] = handle.first_original_bytes / file_bytes
+        if handle.path is not None and Path(handle.path).is_file():  # a second stage can lose size (re-quantizing finer)
+            report["input_file_bytes"] = Path(handle.path).stat().st_size
     if prepared.test is not None:
         after = _evaluate(load(out, model=handle.module), prepared.test)
         report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)

@@ -55,7 +55,8 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except NetpressError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # One line even where the message quotes a multi-line one (torch's load_state_dict report).
+            err.print(f"[bold red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -235,6 +236,13 @@ def _print_report(report: dict) -> None:
             f"the input is a .press file, so 'original bytes' are its reloaded model's; against the model before "
             f"the first stage ({earlier or 'earlier stages'}): {report['first_original_bytes']:,} → "
             f"{report['file_bytes']:,} bytes, {report['overall_ratio']:.2f}×",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.get("input_file_bytes", report["file_bytes"]) < report["file_bytes"]:
+        err.print(
+            f"warning: the new file is larger than its input ({report['input_file_bytes']:,} bytes): the input's "
+            "weights were already coded more compactly than this pipeline codes them (e.g. quantized to fewer bits)",
             highlight=False,
             soft_wrap=True,
         )
@@ -511,7 +519,7 @@ def inspect(
         f"coded {info['payload_bytes']:,} B (entropy bound {info['entropy_bound_bytes']:,.0f} B) + models "
         f"{info['side_bytes']:,} B + survivor values and level tables {values:,} B + raw {info['raw_bytes']:,} B "
         f"+ header {info['file_bytes'] - info['streams_bytes']:,} B = file {info['file_bytes']:,} B; "
-        f"{info['params']:,} parameters; sparsity {100 * info['sparsity']:.2f} %"
+        f"{info['params']:,} stored floats (parameters and buffers); sparsity {100 * info['sparsity']:.2f} %"
     )
 
 

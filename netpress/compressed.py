@@ -70,8 +70,19 @@ class CompressedModel:
         """The exact tensors the file gives back."""
         return {k: v.dequantize() if isinstance(v, (Codes, SparseValues)) else v for k, v in self.tensors.items()}
 
+    def non_finite(self) -> str | None:
+        """The first tensor holding NaN or infinity, if any: compress() refuses such models, so a file that
+        holds one was made another way, and a model built from it would only score noise."""
+        for name, value in self.tensors.items():
+            stored = value.values if isinstance(value, SparseValues) else value
+            if isinstance(stored, torch.Tensor) and stored.is_floating_point() and not torch.isfinite(stored).all():
+                return name
+        return None
+
     def to_module(self, model: nn.Module) -> nn.Module:
         """Load the state into a copy of ``model`` (its architecture), resizing layers where needed."""
+        if (name := self.non_finite()) is not None:
+            raise ModelSourceError(f"{name} holds NaN or infinite values; a model built from it is not a working model")
         model = copy.deepcopy(model)
         state = self.state_dict()
         resize_to(model, {k: tuple(v.shape) for k, v in state.items()})

@@ -122,3 +122,16 @@ def test_a_malformed_stage_history_is_refused_not_trusted(source, summary, tmp_p
     codec.save(netpress.compressed.CompressedModel(COMPRESSED.tensors, {**COMPRESSED.source, **source}, summary), path)
     with pytest.raises(FormatError, match="record of earlier stages"):
         netpress.load_model(path, arch="tests.archs:tiny_cnn")
+
+
+def test_non_finite_weights_are_never_written_and_never_loaded(tmp_path):
+    """netpress.save() refuses them; a file holding them (made another way) is refused when loaded."""
+    tensors = {**COMPRESSED.tensors, "0.bias": torch.full((8,), float("nan"))}
+    bad = netpress.compressed.CompressedModel(tensors, COMPRESSED.source, COMPRESSED.summary)
+    path = tmp_path / "nan.press"
+    with pytest.raises(NetpressError, match="0.bias holds NaN or infinite values"):
+        netpress.save(bad, path)
+    assert not path.exists()
+    codec.save(bad, path)
+    with pytest.raises(NetpressError, match="0.bias holds NaN or infinite values"):
+        netpress.load(path, model=tiny_cnn())

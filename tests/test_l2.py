@@ -1,6 +1,7 @@
 """L²: the dead-zone quantizer, the rate estimate, and a file that always meets the ratio target."""
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -150,14 +151,18 @@ def test_an_outlier_weight_does_not_coarsen_the_initial_grid_of_the_rest(calibra
     assert run._codes()["1.weight"].sparsity() < 0.1
 
 
-def test_impossible_ratio_is_refused_with_the_reachable_one(calibration):
-    with pytest.raises(BudgetError, match="largest reachable ratio"):
+def test_impossible_ratio_is_refused_with_one_that_is_accepted(calibration):
+    with pytest.raises(BudgetError, match="ask for at most") as refused:
         api.compress(tiny_mlp(), FAST, Budget(ratio=500), calibration)
+    hinted = float(re.search(r"at most ([0-9.]+)x", str(refused.value)).group(1))
+    FAST.check_target(tiny_mlp(), Budget(ratio=hinted, reference_bytes=fp32_bytes(tiny_mlp())))
+    with pytest.raises(BudgetError, match="no ratio above 1 is reachable"):
+        FAST.check_target(nn.Linear(4, 4), Budget(ratio=2, reference_bytes=fp32_bytes(nn.Linear(4, 4))))
 
 
 def test_a_sweep_with_an_unreachable_ratio_is_refused_before_any_file(tmp_path):
     """Checked from the model's shapes alone: no calibration data is loaded and no point is run first."""
-    with pytest.raises(BudgetError, match="largest reachable ratio"):
+    with pytest.raises(BudgetError, match="ask for at most"):
         api.sweep(tiny_mlp(), FAST, [Budget(ratio=2), Budget(ratio=500)], out_dir=tmp_path / "runs", data="digits")
     assert not (tmp_path / "runs").exists()
 
@@ -171,7 +176,7 @@ def test_the_smallest_per_channel_file_counts_a_grid_per_row():
     assert per_channel > per_tensor
     between = Budget(ratio=loose.reference_bytes / ((per_tensor + per_channel) // 2))
     L2().check_target(model, between)
-    with pytest.raises(BudgetError, match="largest reachable ratio"):
+    with pytest.raises(BudgetError, match="ask for at most"):
         L2(per_channel=True).check_target(model, between)
 
 

@@ -249,6 +249,7 @@ def test_split_exact_meets_total_and_caps():
         (lambda: UniformQuantization(4, per_channel="no"), BudgetError, "True or False"),
         (lambda: UniformQuantization(4, group_size=0), BudgetError, "group_size must be a whole number ≥ 1"),
         (lambda: Budget(sparsity="0.5"), BudgetError, "sparsity must be a number, got '0.5'"),
+        (lambda: netpress.compress(_all_zero(), MagnitudePruning(), Budget(sparsity=0.5)), BudgetError, "nothing left to prune"),
         (lambda: Budget(ratio=10**400), BudgetError, "beyond the range of a float"),
         (lambda: netpress.compress(_empty_layer(), UniformQuantization(4)), UnsupportedModelError, "no elements"),
         (lambda: Budget(ratio=2, reference_bytes=-5), BudgetError, "reference_bytes"),
@@ -354,6 +355,12 @@ def test_bad_configuration_is_refused(call, error, message, tmp_path, monkeypatc
     with pytest.raises(error, match=message):
         call()
     assert not list(tmp_path.iterdir()), "a refused call left files behind"
+
+
+def _all_zero() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4))
+    nn.init.zeros_(model[0].weight)
+    return model
 
 
 def _empty_layer() -> nn.Module:

@@ -56,7 +56,11 @@ class Codes:
     def dequantize(self) -> torch.Tensor:
         if self.levels.dim() == 1:
             return self.levels[self.symbols.long()]
-        index = table_of_each_weight(self.levels.shape[0], self.shape) * self.num_levels + self.symbols.reshape(-1)
+        tables, numel = self.levels.shape[0], self.symbols.numel()
+        if numel % tables == 0:  # runs of equal length (per channel, or groups that divide it): one row each
+            rows = self.symbols.reshape(tables, numel // tables).long()
+            return torch.gather(self.levels, 1, rows).reshape(self.symbols.shape)
+        index = table_of_each_weight(tables, self.shape) * self.num_levels + self.symbols.reshape(-1)
         return self.levels.reshape(-1)[index].reshape(self.symbols.shape)
 
     def sparsity(self) -> float:

@@ -202,6 +202,8 @@ def check_not_below_zeros(sparsity: float, weights: list[torch.Tensor]) -> list[
     an error when the target asks for fewer zeros than that."""
     zeros = [int((w == 0).sum()) for w in weights]
     total = sum(w.numel() for w in weights)
+    if sum(zeros) == total:
+        raise BudgetError(f"every one of this model's {total:,} weights is already zero: there is nothing left to prune")
     if target_zeros(sparsity, total) < sum(zeros):
         raise BudgetError(
             f"this model already has {sum(zeros):,} of its {total:,} weights at zero, and no stage revives pruned "

@@ -40,7 +40,8 @@ def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module
             supported = ", ".join(t.__name__ for t in _AXIS_ATTRS)
             raise UnsupportedModelError(
                 f"{full_name}: cannot change the shape of a {type(module).__name__} "
-                f"from {tuple(current.shape)} to {tuple(shape)}; resizable layers: {supported}"
+                f"from {tuple(current.shape)} to {tuple(shape)}; resizable layers: {supported} (or this is not the "
+                "architecture the file was made from)"
             )
         fresh = torch.empty(shape, dtype=current.dtype)
         if isinstance(current, nn.Parameter):

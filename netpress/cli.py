@@ -192,6 +192,13 @@ def calibration_size(calib: int | None, methods: list) -> int:
     return api.DEFAULT_CALIB if calib is None else calib
 
 
+def seed_value(seed: int | None, methods: list) -> int:
+    """``--seed``, refused where nothing random runs: no calibration draw, no method with a seed."""
+    if seed is not None and all(m.needs == "none" and not hasattr(m, "seed") for m in methods):
+        raise BudgetError(f"{' + '.join(m.name for m in methods)} draws nothing at random; drop --seed")
+    return 0 if seed is None else seed
+
+
 def build_budget(ratio: float | None, sparsity: float | None, params: float | None) -> Budget | None:
     given = [v for v in (ratio, sparsity, params) if v is not None]
     if not given:
@@ -278,7 +285,7 @@ def compress(
     reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
-    seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
+    seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
     raw_dtype: str | None = typer.Option(
         None, help="dtype of uncoded tensors: fp32 or fp16 (default: the method's choice; fp16 for l2, else fp32)"
     ),
@@ -297,7 +304,7 @@ def compress(
         bits,
         allocation.value,
         per_channel,
-        seed,
+        seed or 0,
         repair.value,
         levels,
         clustering.value,
@@ -318,7 +325,7 @@ def compress(
         out=output,
         data=data,
         calib=calibration_size(calib, methods),
-        seed=seed,
+        seed=seed_value(seed, methods),
         raw_dtype=raw_dtype,
     )
     _print_report(result)
@@ -369,7 +376,7 @@ def sweep(
     reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
-    seed: int = typer.Option(0, help="seed for calibration sampling and any randomness"),
+    seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     out_dir: Path = typer.Option(Path("netpress-sweep"), help="where the .press files go"),
     plot: Path | None = typer.Option(None, help="write the accuracy-vs-bytes curve (PNG) here"),
@@ -396,9 +403,17 @@ def sweep(
         "reconstruction_steps": reconstruction_steps,
         "group_size": group_size,
     }
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed, repair.value, levels, **options)
+    methods = build_methods(method.value, bits, allocation.value, per_channel, seed or 0, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
-    results = api.sweep(handle, methods, budgets, out_dir=out_dir, data=data, calib=calibration_size(calib, methods), seed=seed)
+    results = api.sweep(
+        handle,
+        methods,
+        budgets,
+        out_dir=out_dir,
+        data=data,
+        calib=calibration_size(calib, methods),
+        seed=seed_value(seed, methods),
+    )
     label = "+".join(m.name for m in methods)
     table = Table(title=f"{model}: {label} sweep")
     overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input

@@ -318,9 +318,12 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     if structural and structural[-1] >= len(structural):
         raise BudgetError("put fold / channel-l1 first: they change layer shapes, which codes made before them would not fit")
     _check_earlier_stages(handle, methods)
+    if budget is None:
+        return
     # The methods that see the input's shapes (all of them, or the structural one that comes first) can tell
     # now whether their target is reachable, so sweep refuses such a point before any work.
-    for method in _traced(handle, methods)[: 1 if structural else None] if budget is not None else ():
+    seeing_input = _traced(handle, methods)[:1] if structural else _traced(handle, methods)
+    for method in seeing_input:
         if budget.kind in method.budgets and hasattr(method, "check_target"):
             method.check_target(handle.module, budget)
 

@@ -93,7 +93,8 @@ def is_table_count(tables: int, shape: tuple[int, ...]) -> bool:
 def table_of_each_weight(tables: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The level table of each weight in row-major order: with ``k = tables / channels`` runs per
     channel of ``n`` weights, weight ``j`` of channel ``c`` uses table ``c·k + ⌊j·k / n⌋``, so the
-    runs are consecutive and differ in length by at most one (exactly ``n / k`` when ``k`` divides ``n``)."""
+    runs are consecutive and differ in length by at most one (exactly ``n / k`` when ``k`` divides ``n``).
+    With ``tables = 1`` (so ``k = 0`` for several channels) every weight uses table 0."""
     channels = shape[0]
     runs, length = tables // channels, int(np.prod(shape[1:]))
     within = torch.arange(length, dtype=torch.int64) * runs // max(length, 1)

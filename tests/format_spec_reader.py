@@ -26,7 +26,7 @@ Categorical = constriction.stream.model.Categorical
 RangeDecoder = constriction.stream.queue.RangeDecoder
 
 LAYOUTS = ("symbols", "runs", "rank1", "context")  # §4.1 - §4.4
-LEVEL_FORMS = ("table", "uniform", "deadzone")  # §3.1
+LEVEL_FORMS = ("table", "uniform", "uniform16", "deadzone")  # §3.1
 VALUE_CODINGS = ("plain", "planes")  # §3.3, §3.4
 
 # §4.3: E[t] = 2^(t/8), hard-coded binary64 constants
@@ -437,8 +437,10 @@ def read_levels(r: Reader, rec: dict) -> np.ndarray:
         raise SpecError("zero out of range")
     if form == "table":
         levels = r.f32s(R * L).reshape(R, L)
-    elif form == "uniform" and zero is not None:
-        step = r.f32s(R)
+    elif form in ("uniform", "uniform16") and zero is not None:
+        if form == "uniform16" and len(ls) != 2:
+            raise SpecError("uniform16 needs a 2-D level table")
+        step = r.f32s(R) if form == "uniform" else np.frombuffer(r.take(2 * R), "<f2").astype(np.float32)
         k = (np.arange(L) - zero).astype(np.float32)
         levels = k[None, :] * step[:, None]
     elif form == "deadzone" and zero is not None:

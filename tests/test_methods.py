@@ -111,7 +111,8 @@ def test_group_scales_cover_runs_of_at_most_group_size_weights(clip):
     assert grouped.codes["4.weight"].levels.shape == (80, 15)  # 512 per channel: 8 groups of 64
     w = model[4].weight.detach()
     if clip == "max":
-        step = w.reshape(80, 64).abs().amax(1, keepdim=True) / 7
+        step = grouped.codes["4.weight"].levels[:, 8:9]  # amax / 7 of its group, rounded to float16
+        assert torch.allclose(step, w.reshape(80, 64).abs().amax(1, keepdim=True) / 7, rtol=2**-11, atol=0)
         assert ((grouped.codes["4.weight"].dequantize() - w).reshape(80, 64).abs() <= step / 2 + 1e-7).all()
     errors = [((r.codes["4.weight"].dequantize() - w) ** 2).reshape(10, 8, 64).sum(2) for r in (grouped, channels)]
     assert errors[0][3].sum() < errors[1][3].sum() / 4  # the outlier's channel, where one scale served all
@@ -135,6 +136,18 @@ def test_a_sweep_refuses_an_unreachable_point_before_writing_any(methods, unreac
     with pytest.raises(BudgetError, match=message):
         netpress.sweep(tiny_cnn(), methods, [reachable, unreachable], out_dir=tmp_path / "s", data="digits", calib=16)
     assert not (tmp_path / "s").exists()
+
+
+def test_group_scales_are_float16_where_they_fit_and_the_file_stores_them_so():
+    model = tiny_cnn()
+    steps = UniformQuantization(4, group_size=64).apply(model).codes["4.weight"].levels[:, 8]  # level +1 = the step
+    assert torch.equal(steps.half().float(), steps)
+    data = netpress.codec.to_bytes(netpress.compress(model, UniformQuantization(4, group_size=64)))
+    assert {r["levels_form"] for r in netpress.codec.read_manifest(data)[0]["tensors"] if r["kind"] == "codes"} == {"uniform16"}
+    with torch.no_grad():
+        model[4].weight.mul_(1e-6)  # scales below float16's normal range stay float32
+    tiny = UniformQuantization(4, group_size=64).apply(model).codes["4.weight"].levels[:, 8]
+    assert not torch.equal(tiny.half().float(), tiny)
 
 
 def test_an_unset_setting_is_left_out_of_the_file_record():

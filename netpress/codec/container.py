@@ -110,6 +110,13 @@ def _uniform_steps(levels: np.ndarray, zero: int | None) -> np.ndarray | None:
     return steps if np.array_equal(rebuilt.view(np.uint32), table.view(np.uint32)) else None  # bit for bit, ±0 too
 
 
+def _exact_in_float16(steps: np.ndarray) -> bool:
+    """Whether every step survives a float16 round trip bit for bit (normal float16 values only)."""
+    half = steps.astype(np.float16)
+    normal = np.isfinite(half) & (np.abs(half) >= np.float16(2**-14))
+    return bool(normal.all()) and np.array_equal(half.astype(np.float32).view(np.uint32), steps.view(np.uint32))
+
+
 def _rows(shape) -> int:
     """Output channels: the row count of a tensor's 2-D view (0 for scalars)."""
     return int(shape[0]) if len(shape) else 0
@@ -122,7 +129,10 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
         levels = value.levels.numpy()
         steps = _uniform_steps(levels, value.zero)
         deadzone = deadzone_params(levels, value.zero) if steps is None else None
-        if steps is not None:
+        if steps is not None and levels.ndim == 2 and _exact_in_float16(steps):
+            form = "uniform16"  # group scales rounded to float16 by their quantizer: half the side bytes
+            out.array(steps.astype(np.float16))
+        elif steps is not None:
             form = "uniform"
             out.array(steps)
         elif deadzone is not None:
@@ -315,6 +325,9 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
         if record.get("levels_form") == "uniform" and zero is not None:
             rows = levels_shape[0] if len(levels_shape) == 2 else 1
             table = _uniform_grid(reader.array("float32", rows), levels_shape[-1], zero)
+        elif record.get("levels_form") == "uniform16" and zero is not None and len(levels_shape) == 2:
+            steps = reader.array("float16", levels_shape[0]).astype(np.float32)
+            table = _uniform_grid(steps, levels_shape[-1], zero)
         elif record.get("levels_form") == "deadzone" and zero is not None:
             rows = levels_shape[0] if len(levels_shape) == 2 else 1
             pairs = reader.array("float32", 2 * rows).reshape(rows, 2)

@@ -139,9 +139,9 @@ class UniformQuantization:
     One scale per tensor, per output channel with ``per_channel``, or per ``group_size`` consecutive
     weights of an output channel (finer than ``per_channel``, which it overrides; a channel with
     fewer weights is one group): at 4 bits one outlier then coarsens the grid of its group only, for
-    one float32 scale per group in the file. ``clip="max"`` spans the largest magnitude; ``"mse"``
-    clips it where the squared rounding error is least (the ratios in ``MSE_CLIP_RATIOS``), which
-    helps at 4–5 bits for the same reason. Zeros stay zero, so it can follow a pruning method.
+    one scale per group in the file (float16 where the scales fit its range). ``clip="max"`` spans the
+    largest magnitude; ``"mse"`` clips it where the squared rounding error is least (the ratios in
+    ``MSE_CLIP_RATIOS``), which helps at 4–5 bits for the same reason. Zeros stay zero, so it can follow a pruning method.
     """
 
     bits: int = 8
@@ -180,6 +180,8 @@ class UniformQuantization:
                 index = table_of_each_weight(tables, tuple(w.shape))
                 values = w.detach().reshape(-1)
                 scale = _scales(_runs_as_rows(values, index, tables), top, self.clip)
+                if self.group_size is not None:
+                    scale = _float16_if_exact_enough(scale)
                 symbols = (torch.round(values / scale[index, 0]).clamp(-top, top) + top).to(torch.int32)
                 levels = (grid[None, :] * scale).to(torch.float32)
                 levels[:, top] = 0.0
@@ -194,6 +196,13 @@ class UniformQuantization:
 
 CLIPS = ("max", "mse")
 MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
+
+
+def _float16_if_exact_enough(scale: torch.Tensor) -> torch.Tensor:
+    """Group scales rounded to float16 (a relative change of at most 2⁻¹¹), which the codec then stores in
+    half the bytes; kept in float32 where a scale falls outside float16's normal range."""
+    half = scale.half().float()
+    return half if bool((torch.isfinite(half) & (half >= 2**-14)).all()) else scale
 
 
 def _runs_as_rows(values: torch.Tensor, index: torch.Tensor, tables: int) -> torch.Tensor:

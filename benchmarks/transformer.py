@@ -99,10 +99,10 @@ def group_note(rows: list[dict]) -> str:
         for s in settings
     )
     return (
-        "Group-wise scales (--group-size g: each row split into runs of at most g weights, one float32 scale per run) "
-        f"at 4 bits, without data: {points}. Each halving of the group adds a scale per run to the file and moves the "
-        "curve a little; 4 bits stay short of cosine 0.99 without data, where L2, distilling on 1,024 fortunes, "
-        "keeps 0.985 at 10.13 MB (section encoder-l2)."
+        "Group-wise scales (--group-size g: each row split into runs of at most g weights, one float16 scale per run, "
+        f"so 16 / g bits per weight) at 4 bits, without data: {points}. Halving the group doubles the scales in the "
+        "file and moves the curve a little; 4 bits stay short of cosine 0.99 without data, where L2, distilling on "
+        "1,024 fortunes, keeps 0.985 at 10.13 MB (section encoder-l2)."
     )
 
 

@@ -181,7 +181,7 @@ class UniformQuantization:
                 values = w.detach().reshape(-1)
                 scale = _scales(_runs_as_rows(values, index, tables), top, self.clip)
                 if self.group_size is not None:
-                    scale = _float16_if_exact_enough(scale)
+                    scale = _float16_if_in_range(scale)
                 symbols = (torch.round(values / scale[index, 0]).clamp(-top, top) + top).to(torch.int32)
                 levels = (grid[None, :] * scale).to(torch.float32)
                 levels[:, top] = 0.0
@@ -198,7 +198,7 @@ CLIPS = ("max", "mse")
 MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
 
 
-def _float16_if_exact_enough(scale: torch.Tensor) -> torch.Tensor:
+def _float16_if_in_range(scale: torch.Tensor) -> torch.Tensor:
     """Group scales rounded to float16 (a relative change of at most 2⁻¹¹), which the codec then stores in
     half the bytes; kept in float32 where a scale falls outside float16's normal range."""
     half = scale.half().float()

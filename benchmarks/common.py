@@ -31,13 +31,21 @@ RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 
 
-def run_case(name: str, handle: ModelHandle, methods: list[Method], budget: Budget | None, out_dir: Path, seed: int = 0) -> dict:
+def run_case(
+    name: str,
+    handle: ModelHandle,
+    methods: list[Method],
+    budget: Budget | None,
+    out_dir: Path,
+    seed: int = 0,
+    raw_dtype: str | None = None,
+) -> dict:
     """Compress ``handle``, write ``out_dir/<name>.press`` and measure it (size, time, accuracy from the file).
 
-    ``seed`` draws the calibration subset. The per-layer rows stay under ``layers``; drop them before
-    writing a results table.
+    ``seed`` draws the calibration subset; ``raw_dtype`` goes to ``press``. The per-layer rows stay
+    under ``layers``; drop them before writing a results table.
     """
-    report = press(handle, methods, budget, out=Path(out_dir) / f"{name}.press", seed=seed)
+    report = press(handle, methods, budget, out=Path(out_dir) / f"{name}.press", seed=seed, raw_dtype=raw_dtype)
     return {"name": name, **report}
 
 

@@ -5,7 +5,7 @@ counted in that file, the mask's coded bits per weight next to its binary-entrop
 and wall time. Writes benchmarks/results/<--name>.json, a curve plot and an allocation plot per model.
 
     .venv/bin/python benchmarks/sparsity.py [--models lenet5,resnet20,vgg] [--levels 0.5,0.7,0.8,0.9]
-        [--threads 2] [--seeds 0] [--name sparsity]
+        [--threads 2] [--seeds 0] [--raw-dtype fp32] [--name sparsity]
 
 ``--seeds`` runs FCPTS once per seed (calibration subset and batch order; rows ``fcpts seed k``
 beyond the first); the data-free baselines do not depend on it.
@@ -17,6 +17,9 @@ stays), and a note on the ≤ 180 s target for ResNet-20 at 80 %.
 (L1, the same layers), made permanent and saved three ways a PyTorch user would (the dense state dict
 with ``torch.save``; that through zstd-19; the pruned weights as CSR with int32 indices, through
 zstd-19), each loaded back and evaluated. Needs the ``bench`` extra (zstandard).
+
+``--raw-dtype fp16`` stores every method's surviving weights (and biases) in fp16, and the peer's
+state dict too.
 
 ``--name`` picks the results file, so models can run as parallel processes (one file each).
 """
@@ -47,7 +50,7 @@ from common import RESULTS_DIR, regenerate_results_md, run_case, write_result  #
 
 import netpress  # noqa: E402
 from netpress import Budget  # noqa: E402
-from netpress.compressed import fp32_bytes  # noqa: E402
+from netpress.compressed import RAW_DTYPES, fp32_bytes  # noqa: E402
 from netpress.data import load_dataset  # noqa: E402
 from netpress.evaluate import predict  # noqa: E402
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning  # noqa: E402
@@ -64,9 +67,10 @@ METHODS = {f"magnitude-{a}": (lambda a=a: MagnitudePruning(a)) for a in ALLOCATI
 PEER = "torch-prune"  # not a netpress method: see torch_prune_files
 
 
-def torch_prune_files(module: nn.Module, level: float) -> tuple[dict[str, bytes], set[str], float]:
+def torch_prune_files(module: nn.Module, level: float, raw_dtype: str) -> tuple[dict[str, bytes], set[str], float]:
     """The peer: PyTorch's own global L1 pruning over the layers netpress prunes, made permanent, and
-    the files a PyTorch user would ship: {storage: bytes}, the pruned keys, and seconds spent pruning."""
+    the files a PyTorch user would ship (floats in ``raw_dtype``): {storage: bytes}, the pruned keys, and
+    seconds spent pruning."""
     import zstandard
     from torch.nn.utils import prune
 
@@ -77,7 +81,8 @@ def torch_prune_files(module: nn.Module, level: float) -> tuple[dict[str, bytes]
     for m, name in params:
         prune.remove(m, name)
     seconds = time.perf_counter() - start
-    state = model.state_dict()
+    dtype = RAW_DTYPES[raw_dtype]
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     weights = {id(m.weight) for m, _ in params}
     pruned = {key for key, value in model.state_dict(keep_vars=True).items() if id(value) in weights}
     assert len(pruned) == len(params), "every pruned weight must be found in the state dict"
@@ -132,6 +137,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", default="0", help="comma-separated FCPTS seeds")
+    parser.add_argument("--raw-dtype", default="fp32", choices=list(RAW_DTYPES))
     parser.add_argument("--name", default="sparsity")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -155,7 +161,8 @@ def main() -> None:
                     runs += [(f"fcpts seed {s}" if i else "fcpts", lambda s=s: FCPTS(seed=s), s) for i, s in enumerate(seeds)]
                 for method, make, seed in runs:
                     case = f"{model}-{method.replace(' ', '-')}-{level}"
-                    report = run_case(case, handle, [make()], Budget(sparsity=level), Path(tmp), seed=seed)
+                    budget = Budget(sparsity=level)
+                    report = run_case(case, handle, [make()], budget, Path(tmp), seed=seed, raw_dtype=args.raw_dtype)
                     coded, bound, zeros, numel = mask_cost(Path(tmp) / f"{case}.press")
                     with torch.no_grad():
                         logits = predict(netpress.load(Path(tmp) / f"{case}.press"), test_inputs)
@@ -189,7 +196,8 @@ def main() -> None:
                             f"{model} at 80 %: FCPTS per-layer sparsity vs ERK",
                         )
                 if PEER in chosen:
-                    rows += _peer_rows(handle.module, model, level, test_inputs, test_labels, dense_pred, correct, agrees)
+                    files = torch_prune_files(handle.module, level, args.raw_dtype)
+                    rows += _peer_rows(files, handle.module, model, level, test_inputs, test_labels, dense_pred, correct, agrees)
     if chosen == ["fcpts"]:
         write_result(args.name, _timing_record(rows, args.threads))
         regenerate_results_md()
@@ -199,7 +207,7 @@ def main() -> None:
     write_result(
         args.name,
         {
-            "description": _description(chosen, args.seeds)
+            "description": _description(chosen, args.seeds, args.raw_dtype)
             + f" Curves: results/{args.name}.png"
             + (f"; allocations at 80 %: results/{args.name}_allocation_<model>.png" if allocation_plots else "")
             + f". Threads: {args.threads}.",
@@ -211,7 +219,7 @@ def main() -> None:
     regenerate_results_md()
 
 
-def _description(chosen: list[str], seeds: str) -> str:
+def _description(chosen: list[str], seeds: str, raw_dtype: str) -> str:
     """What ran, in words."""
     allocations = [m.removeprefix("magnitude-") for m in chosen if m.startswith("magnitude-")]
     parts = [f"FCPTS (1024 calibration samples from the training split, seeds {seeds})"] if "fcpts" in chosen else []
@@ -226,10 +234,12 @@ def _description(chosen: list[str], seeds: str) -> str:
         "Exact global sparsity, one target for all: "
         + "; ".join(parts)
         + ". Accuracy is measured on the model loaded back from the written file (`storage`)."
+        + (" Floats stored as floats (survivors, biases; the peer's whole state dict) in fp16." if raw_dtype == "fp16" else "")
     )
 
 
 def _peer_rows(
+    peer: tuple[dict[str, bytes], set[str], float],
     module: nn.Module,
     model: str,
     level: float,
@@ -239,8 +249,9 @@ def _peer_rows(
     correct: dict,
     agrees: dict,
 ) -> list[dict]:
-    """One row per way of storing PyTorch's own pruning, each file loaded back and evaluated."""
-    files, pruned, seconds = torch_prune_files(module, level)
+    """One row per way of storing PyTorch's own pruning (``peer``: what ``torch_prune_files`` returns),
+    each file loaded back and evaluated."""
+    files, pruned, seconds = peer
     rows, predictions, reference = [], [], fp32_bytes(module)
     for storage, data in files.items():
         loaded = load_peer_file(module, storage, data)

@@ -347,8 +347,9 @@ def compress(
     """Apply methods in order (structure, then weights) and collect the exact codes of every tensor.
 
     The budget goes to every method that accepts its kind; a method that needs data gets ``data``.
-    Uncoded float tensors are stored in ``raw_dtype``; by default in the precision the last method
-    chose for them (fp32 unless it says otherwise). A ratio budget is checked on the serialised file.
+    Floats stored as floats (a pruned tensor's survivors, tensors no method coded) are in ``raw_dtype``;
+    by default in the precision the last method chose for them (fp32 unless it says otherwise).
+    A ratio budget is checked on the serialised file.
     """
     handle = _as_handle(model)
     methods = _method_list(methods)

@@ -92,6 +92,10 @@ ROUNDS_HELP = f"l2: rounds of a transform and a reconstruction phase (default {L
 TRANSFORM_HELP = f"l2: steps on the grids per round (default {L2.transform_steps}; a sentence encoder on a CPU: 30)"
 RECONSTRUCTION_HELP = f"l2: steps on the weights per round (default {L2.reconstruction_steps}; a sentence encoder on a CPU: 60)"
 GROUP_HELP = "uniform: one scale per this many consecutive weights of an output channel (e.g. 128 at 4 bits)"
+RAW_DTYPE_HELP = (
+    "dtype of the floats stored as floats (pruned survivors, biases, norms): fp32 or fp16 "
+    "(default: the method's choice; fp16 for l2, else fp32)"
+)
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
 
@@ -286,9 +290,7 @@ def compress(
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
-    raw_dtype: str | None = typer.Option(
-        None, help="dtype of uncoded tensors: fp32 or fp16 (default: the method's choice; fp16 for l2, else fp32)"
-    ),
+    raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     report: Path | None = typer.Option(None, help="write the JSON report here"),
     plot: Path | None = typer.Option(None, help="write a PNG of the per-layer allocation here"),
@@ -377,6 +379,7 @@ def sweep(
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
     seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
+    raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     out_dir: Path = typer.Option(Path("netpress-sweep"), help="where the .press files go"),
     plot: Path | None = typer.Option(None, help="write the accuracy-vs-bytes curve (PNG) here"),
@@ -402,6 +405,7 @@ def sweep(
         "transform_steps": transform_steps,
         "reconstruction_steps": reconstruction_steps,
         "group_size": group_size,
+        "raw_dtype": raw_dtype,
     }
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed or 0, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
@@ -413,6 +417,7 @@ def sweep(
         data=data,
         calib=calibration_size(calib, methods),
         seed=seed_value(seed, methods),
+        raw_dtype=raw_dtype,
     )
     label = "+".join(m.name for m in methods)
     table = Table(title=f"{model}: {label} sweep")

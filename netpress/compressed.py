@@ -10,7 +10,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from netpress.codec.codes import Codes, Encoded, SparseValues
-from netpress.errors import ModelSourceError
+from netpress.errors import BudgetError, ModelSourceError
 from netpress.graph.surgery import resize_to
 
 
@@ -39,15 +39,27 @@ RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def stored_tensors(state: dict[str, torch.Tensor], codes: dict[str, Encoded], raw_dtype: str = "fp32") -> dict:
-    """What a file holds for a model state: the codes where a method made them, floats in ``raw_dtype`` elsewhere."""
+    """What a file holds for a model state: the codes where a method made them, and every float stored
+    as a float (a pruned tensor's survivors, tensors no method coded) in ``raw_dtype``."""
+    dtype = RAW_DTYPES[raw_dtype]
     tensors: dict = {}
     for name, value in state.items():
-        if name in codes:
+        if isinstance(codes.get(name), SparseValues):
+            tensors[name] = codes[name].survivors_in(dtype)
+        elif name in codes:
             tensors[name] = codes[name]
         elif value.is_floating_point():
-            tensors[name] = value.detach().to(RAW_DTYPES[raw_dtype]).clone()
+            tensors[name] = value.detach().to(dtype).clone()
         else:
             tensors[name] = value.detach().clone()
+    for name, value in tensors.items():
+        stored = value.values if isinstance(value, SparseValues) else value
+        if isinstance(stored, torch.Tensor) and stored.dtype == torch.float16 and torch.isinf(stored).any():
+            largest = float(state[name].abs().max())
+            raise BudgetError(
+                f"{name} holds values up to {largest:.4g}, beyond float16's range (65504): store its floats with "
+                "raw_dtype fp32 (--raw-dtype fp32)"
+            )
     return tensors
 
 

@@ -96,6 +96,14 @@ def test_sweep_over_parameters_removed_with_fold(tmp_path):
 
 
 @needs_fashion_mnist
+def test_sweep_stores_the_survivors_in_the_raw_dtype_asked_for(tmp_path):
+    result = run("sweep", "zoo:lenet300", "-m", "magnitude", "--sparsities", "0.8", "--raw-dtype", "fp16", "--out-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    info = json.loads(run("inspect", tmp_path / "magnitude-sparsity0.8.press", "--json").output)
+    assert {r["dtype"] for r in info["tensors"] if r["kind"] in ("sparse", "raw")} == {"float16"}
+
+
+@needs_fashion_mnist
 def test_a_second_stage_keeps_the_history_of_the_first(tmp_path):
     first, second = tmp_path / "a.press", tmp_path / "b.press"
     assert run("compress", "zoo:lenet300", "-m", "magnitude", "--sparsity", "0.5", "-o", first).exit_code == 0

@@ -7,7 +7,8 @@ from netpress import Budget, MagnitudePruning, UniformQuantization, codec
 from netpress.codec import Codes, SparseValues, entropy
 from netpress.codec.floats import decode_floats, encode_floats
 from netpress.compressed import CompressedModel
-from netpress.errors import FormatError
+from netpress.errors import BudgetError, FormatError
+from netpress.methods.base import compressible_weights, target_zeros
 from tests.conftest import TRAINED
 
 SETTINGS = {
@@ -51,6 +52,40 @@ def test_fp16_raw_tensors_halve_raw_bytes_and_stay_exact(tmp_path):
         for key, value in compressed.state_dict().items():
             assert torch.equal(loaded[key], value.to(loaded[key].dtype))
     assert sizes["fp16"] < 0.55 * sizes["fp32"]
+
+
+def test_fp16_survivors_halve_the_values_keep_the_exact_sparsity_and_round_trip(tmp_path):
+    from tests.archs import tiny_cnn
+
+    model = tiny_cnn()
+    with torch.no_grad():  # a survivor float16 would flush to zero must stay a survivor
+        next(iter(compressible_weights(model).values())).view(-1)[:2] = torch.tensor([3e-9, -3e-9])
+    budget = Budget(sparsity=0.5)
+    files = {}
+    for dtype in ("fp32", "fp16"):
+        compressed = netpress.compress(model, MagnitudePruning("lamp"), budget, raw_dtype=dtype)
+        netpress.save(compressed, tmp_path / f"{dtype}.press")
+        files[dtype] = netpress.inspect(tmp_path / f"{dtype}.press")
+        loaded = netpress.load(tmp_path / f"{dtype}.press", model=model).state_dict()
+        for key, value in compressed.state_dict().items():
+            assert torch.equal(loaded[key], value.to(loaded[key].dtype))
+        weights = [loaded[k] for k in compressible_weights(model)]
+        zeros = sum(int((w == 0).sum()) for w in weights)
+        assert zeros == target_zeros(budget.sparsity, sum(w.numel() for w in weights))
+    sparse = {d: [r for r in info["tensors"] if r["kind"] == "sparse"] for d, info in files.items()}
+    assert {r["dtype"] for r in sparse["fp16"]} == {"float16"}
+    assert files["fp16"]["file_bytes"] < 0.7 * files["fp32"]["file_bytes"]
+
+
+def test_fp16_refuses_values_beyond_its_range_by_name():
+    from tests.archs import tiny_cnn
+
+    model = tiny_cnn()
+    name = next(iter(compressible_weights(model)))
+    with torch.no_grad():
+        model.get_parameter(name).view(-1)[0] = 1e5
+    with pytest.raises(BudgetError, match=rf"{name} holds values up to 1e\+05, beyond float16's range"):
+        netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5), raw_dtype="fp16")
 
 
 def test_group_tables_serve_consecutive_runs_within_each_channel():

@@ -35,6 +35,8 @@ def inspect(path: str | os.PathLike) -> dict:
             "bytes": record["length"],
             "bits_per_weight": 8 * record["length"] / numel if numel else 0.0,
         }
+        if "dtype" in record:  # a raw tensor's, or a sparse tensor's survivors'
+            row["dtype"] = record["dtype"]
         if isinstance(value, (Codes, SparseValues)):
             coded_zeros += round(value.sparsity() * numel)
             coded_numel += numel
@@ -48,8 +50,6 @@ def inspect(path: str | os.PathLike) -> dict:
                 coded_bytes=record.get("coded_bytes", 0) - record.get("side_bytes", 0),
                 side_bytes=record.get("side_bytes", 0),
             )
-        else:
-            row["dtype"] = record["dtype"]
         rows.append(row)
     return {
         "file": str(path),

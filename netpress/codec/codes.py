@@ -159,6 +159,17 @@ class SparseValues:
     def sparsity(self) -> float:
         return 1.0 - int(self.mask.sum()) / self.mask.numel() if self.mask.numel() else 0.0
 
+    def survivors_in(self, dtype: torch.dtype) -> SparseValues:
+        """The survivors rounded to ``dtype``. One too small for it keeps the smallest magnitude ``dtype``
+        has, with its sign, instead of becoming a zero the mask does not count: the sparsity stays exact."""
+        if self.values.dtype == dtype:
+            return self
+        values = self.values.to(dtype)
+        smallest = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # the smallest subnormal
+        flushed = (values == 0) & (self.values != 0)
+        values[flushed] = torch.copysign(torch.tensor(smallest, dtype=dtype), self.values[flushed].to(dtype))
+        return SparseValues(self.mask, values)
+
     @classmethod
     def from_tensor(cls, tensor: torch.Tensor) -> SparseValues:
         mask = tensor != 0

@@ -67,7 +67,7 @@ METHODS = {f"magnitude-{a}": (lambda a=a: MagnitudePruning(a)) for a in ALLOCATI
 PEER = "torch-prune"  # not a netpress method: see torch_prune_files
 
 
-def torch_prune_files(module: nn.Module, level: float, raw_dtype: str) -> tuple[dict[str, bytes], set[str], float]:
+def torch_prune_files(module: nn.Module, level: float, raw_dtype: str = "fp32") -> tuple[dict[str, bytes], set[str], float]:
     """The peer: PyTorch's own global L1 pruning over the layers netpress prunes, made permanent, and
     the files a PyTorch user would ship (floats in ``raw_dtype``): {storage: bytes}, the pruned keys, and
     seconds spent pruning."""

@@ -321,7 +321,7 @@ def _summary(rows: list[dict], correct: dict, agrees: dict) -> list[str]:
         for level in dict.fromkeys(r["sparsity"] for r in rows):
             cases = [r for r in rows if r["model"] == model and r["sparsity"] == level]
             seeds = [r for r in cases if r["method"].startswith("fcpts")]
-            others = [r for r in cases if not r["method"].startswith("fcpts")]
+            others = [r for r in cases if not r["method"].startswith("fcpts") and r["method"] != PEER]  # the four baselines
             if not seeds or not others:
                 continue
             ours = seeds[0]

@@ -81,8 +81,7 @@ def torch_prune_files(module: nn.Module, level: float, raw_dtype: str = "fp32") 
     for m, name in params:
         prune.remove(m, name)
     seconds = time.perf_counter() - start
-    dtype = RAW_DTYPES[raw_dtype]
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = model.to(RAW_DTYPES[raw_dtype]).state_dict()  # as a user stores fp16: model.half(), then its state dict
     weights = {id(m.weight) for m, _ in params}
     pruned = {key for key, value in model.state_dict(keep_vars=True).items() if id(value) in weights}
     assert len(pruned) == len(params), "every pruned weight must be found in the state dict"

@@ -195,8 +195,8 @@ def main() -> None:
                             f"{model} at 80 %: FCPTS per-layer sparsity vs ERK",
                         )
                 if PEER in chosen:
-                    files = torch_prune_files(handle.module, level, args.raw_dtype)
-                    rows += _peer_rows(files, handle.module, model, level, test_inputs, test_labels, dense_pred, correct, agrees)
+                    peer = torch_prune_files(handle.module, level, args.raw_dtype)
+                    rows += _peer_rows(peer, handle.module, model, level, test_inputs, test_labels, dense_pred, correct, agrees)
     if chosen == ["fcpts"]:
         write_result(args.name, _timing_record(rows, args.threads))
         regenerate_results_md()

@@ -519,11 +519,12 @@ def inspect(
     table = Table(title=f"{file} — {info['file_bytes']:,} bytes")
     for col in ("tensor", "shape", "kind", "coding", "sparsity", "levels", "bytes", "bits/w", "entropy bound"):
         table.add_column(col, justify="left" if col in ("tensor", "kind", "coding") else "right")
+    half = {"float16": "fp16", "bfloat16": "bf16"}  # floats stored in 16 bits: shown beside the kind
     for row in info["tensors"]:
         table.add_row(
             row["name"],
             "×".join(map(str, row["shape"])) or "scalar",
-            row["kind"],
+            " ".join([row["kind"], *([half[row["dtype"]]] if row.get("dtype") in half else [])]),
             row["coding"],
             f"{100 * row['sparsity']:.1f} %" if "sparsity" in row else "",
             str(row.get("levels") or ""),

@@ -101,6 +101,7 @@ def test_sweep_stores_the_survivors_in_the_raw_dtype_asked_for(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(run("inspect", tmp_path / "magnitude-sparsity0.8.press", "--json").output)
     assert {r["dtype"] for r in info["tensors"] if r["kind"] in ("sparse", "raw")} == {"float16"}
+    assert "sparse fp16" in run("inspect", tmp_path / "magnitude-sparsity0.8.press").output
 
 
 @needs_fashion_mnist

@@ -322,8 +322,8 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
         return
     # The methods that see the input's shapes (all of them, or the structural one that comes first) can tell
     # now whether their target is reachable, so sweep refuses such a point before any work.
-    seeing_input = _traced(handle, methods)[:1] if structural else _traced(handle, methods)
-    for method in seeing_input:
+    traced = _traced(handle, methods)
+    for method in traced[:1] if structural else traced:
         if budget.kind in method.budgets and hasattr(method, "check_target"):
             method.check_target(handle.module, budget)
 

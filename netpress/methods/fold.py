@@ -272,9 +272,8 @@ def _foldable(groups: list, model: nn.Module) -> list:
     return foldable
 
 
-def _params_limit(model: nn.Module, budget: Budget) -> int:
-    """The most parameters the changed model may keep."""
-    before = count_params(model)
+def _params_limit(before: int, budget: Budget) -> int:
+    """The most parameters the changed model may keep, of the ``before`` it has."""
     return before - round(budget.params * before)
 
 
@@ -319,7 +318,8 @@ class _GroupReduction:
         if self.input_shape is not None:
             copied = copy.deepcopy(model).eval()
             groups = _foldable(channel_groups(copied, example_inputs(self.input_shape, self.input_dtype, None)), copied)
-            check_reachable([g.channels for g in groups], ParamCounter(copied, groups), _params_limit(model, budget))
+            limit = _params_limit(count_params(model), budget)
+            check_reachable([g.channels for g in groups], ParamCounter(copied, groups), limit)
 
     def reduce(self, model: nn.Module, budget: Budget, example: torch.Tensor) -> tuple[nn.Module, list[GroupPlan], list[dict]]:
         """The structural change without repair: a smaller copy of ``model``, the plans, report rows."""
@@ -328,10 +328,10 @@ class _GroupReduction:
         foldable = _foldable(groups, reduced)
         for group in foldable:
             standardize_norms(reduced, group)
-        before = count_params(model)  # for the total row
+        before = count_params(model)
         features = [group_features(reduced, g) for g in foldable]
         merge_costs = [ward_merge_costs(f) for f in features] if self.allocation == "adaptive" else []
-        limit = _params_limit(model, budget)
+        limit = _params_limit(before, budget)
         kept = allocate([g.channels for g in foldable], ParamCounter(reduced, foldable), limit, self.allocation, merge_costs)
         plans, rows = [], []
         for group, feats, k in zip(foldable, features, kept):

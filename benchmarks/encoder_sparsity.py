@@ -11,7 +11,10 @@ the same masks as magnitude-global), is saved as a PyTorch user would (dense ``t
 indices through zstd-19) and measured on each file loaded back.
 
     .venv/bin/python benchmarks/encoder_sparsity.py [--levels 0.5] [--iterations 200] [--batch-size 16]
-        [--threads 2]
+        [--threads 2] [--raw-dtype fp32] [--pruned-only] [--name encoder-sparsity]
+
+``--raw-dtype fp16`` stores the survivors (and biases, normalisation) in fp16, and the peer's whole state
+dict too; ``--pruned-only`` leaves out the rows that quantize the survivors to 8 bits.
 
 Needs the ``transformers`` and ``bench`` extras, and Debian's fortunes.
 """
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
 
 from common import minilm_directory, regenerate_results_md, write_result  # noqa: E402
-from sparsity import load_peer_file, torch_prune_files  # noqa: E402
+from sparsity import RAW_DTYPES, load_peer_file, torch_prune_files  # noqa: E402
 
 import netpress  # noqa: E402
 from netpress import Budget, api  # noqa: E402
@@ -60,6 +63,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--raw-dtype", default="fp32", choices=list(RAW_DTYPES))
+    parser.add_argument("--pruned-only", action="store_true")
+    parser.add_argument("--name", default="encoder-sparsity")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     handle = api.load_model(minilm_directory())
@@ -88,14 +94,16 @@ def main() -> None:
         for level in [float(x) for x in args.levels.split(",")]:
             settings = [(f"magnitude-{a}", [MagnitudePruning(a)]) for a in ALLOCATIONS]
             eight = UniformQuantization(8, per_channel=True)
-            settings += [
-                ("fcpts", [fcpts]),
-                ("magnitude-lamp + uniform 8-bit per-channel", [MagnitudePruning("lamp"), eight]),
-                ("fcpts + uniform 8-bit per-channel", [fcpts, eight]),
-            ]
+            settings.append(("fcpts", [fcpts]))
+            if not args.pruned_only:
+                settings += [
+                    ("magnitude-lamp + uniform 8-bit per-channel", [MagnitudePruning("lamp"), eight]),
+                    ("fcpts + uniform 8-bit per-channel", [fcpts, eight]),
+                ]
             for setting, methods in settings:
                 path = Path(tmp) / "m.press"
-                report = api.press(handle, methods, Budget(sparsity=level), out=path, data="fortunes")
+                budget = Budget(sparsity=level)
+                report = api.press(handle, methods, budget, out=path, data="fortunes", raw_dtype=args.raw_dtype)
                 weights = compressible_weights(netpress.load(path)).values()
                 zeros, numel = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
                 layers = report["layers"].get("fcpts")
@@ -109,18 +117,19 @@ def main() -> None:
                     kept=f"{layers[0]['kept']} (from {layers[0]['init']})" if layers else "–",
                     seconds=report["seconds"],
                 )
-            files, _, seconds = torch_prune_files(handle.module, level)
+            files, _, seconds = torch_prune_files(handle.module, level, args.raw_dtype)
             for storage in ("torch.save", "CSR torch.save + zstd-19"):
                 model = load_peer_file(handle.module, storage, files[storage])
                 match = fidelity(handle.encoder.embed(model, sentences), reference).to_dict()
                 row(level, "torch-prune (global L1)", storage, len(files[storage]), match, seconds=round(seconds, 1))
 
+    floats = " Floats stored as floats (survivors, biases; the peer's state dict) in fp16." if args.raw_dtype == "fp16" else ""
     write_result(
-        "encoder-sparsity",
+        args.name,
         {
             "description": "all-MiniLM-L6-v2 (22.7 M parameters, 11.7 M of them in the token-embedding table) pruned to an "
             f"exact global sparsity. FCPTS: {args.iterations} steps of {args.batch_size} calibration fortunes (sentences of "
-            f"similar length per step), 1,024 fortunes from the train split, seed 0. Threads: {args.threads}.",
+            f"similar length per step), 1,024 fortunes from the train split, seed 0. Threads: {args.threads}.{floats}",
             "columns": COLUMNS,
             "rows": rows,
         },

@@ -141,7 +141,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _section(record: dict) -> list[str]:
+def _section(record: dict, plots: list[Path]) -> list[str]:
     rows = record["rows"]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = [
@@ -173,7 +173,20 @@ def _section(record: dict) -> list[str]:
     for key in ("summary", "notes"):
         if record.get(key):
             lines += [f"{key.capitalize()}:", "", *(f"- {line}" for line in record[key]), ""]
+    for plot in plots:
+        lines += [f"![{plot.stem}]({plot.relative_to(RESULTS_MD.parent).as_posix()})", ""]
     return lines
+
+
+def _plots_by_section(names: list[str]) -> dict[str, list[Path]]:
+    """Each plot under the section whose name it starts with (``NAME.png``, ``NAME_*.png``), the longest
+    such name where several do (``l2_vgg_vgg.png`` belongs to ``l2_vgg``, not to ``l2``)."""
+    plots: dict[str, list[Path]] = {name: [] for name in names}
+    for path in sorted(RESULTS_DIR.glob("*.png")):
+        owners = [n for n in names if path.stem == n or path.stem.startswith(n + "_")]
+        if owners:
+            plots[max(owners, key=len)].append(path)
+    return plots
 
 
 def regenerate_results_md() -> Path:
@@ -186,8 +199,10 @@ def regenerate_results_md() -> Path:
         "its JSON file and this one, or run `.venv/bin/python benchmarks/common.py` to rebuild it alone.",
         "",
     ]
-    for path in sorted(RESULTS_DIR.glob("*.json")):
-        lines += _section(json.loads(path.read_text()))
+    records = [json.loads(path.read_text()) for path in sorted(RESULTS_DIR.glob("*.json"))]
+    plots = _plots_by_section([record["name"] for record in records])
+    for record in records:
+        lines += _section(record, plots[record["name"]])
     RESULTS_MD.write_text("\n".join(lines))
     return RESULTS_MD
 

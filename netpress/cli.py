@@ -83,6 +83,15 @@ AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, ty
 RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
 ClusteringName = Enum("ClusteringName", {name: name for name in CLUSTERINGS}, type=str)
 ClipName = Enum("ClipName", {name: name for name in CLIPS}, type=str)
+BITS_HELP = (
+    "uniform quantization bits (after pruning, of the survivors: one under half a step rounds to zero, so the file "
+    "may hold a few more zeros than --sparsity asks)"
+)
+InitName = Enum("InitName", {name: name for name in ("best", *ALLOCATIONS)}, type=str)
+INIT_HELP = (
+    f"fcpts: the allocation the thresholds start from: erk (the paper's), global, uniform, lamp, or best, whichever "
+    f"of them distils best on the calibration set (default {FCPTS.init})"
+)
 ITERATIONS_HELP = f"fcpts: optimisation steps (default {FCPTS.iterations}; a sentence encoder on a CPU: 200)"
 BATCH_HELP = (
     f"fcpts, l2: calibration samples per step (default {FCPTS.batch_size} for fcpts, {L2.batch_size} for l2; "
@@ -117,14 +126,15 @@ def build_methods(
     transform_steps: int | None = None,
     reconstruction_steps: int | None = None,
     group_size: int | None = None,
+    init: str | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
 
     Structural methods (fold, channel-l1) get the handle's input shape from ``compress()``;
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
-    file in it; ``clip`` and ``group_size`` to uniform quantization; ``iterations`` to FCPTS; ``rounds``, ``transform_steps``
-    and ``reconstruction_steps`` to L²; ``batch_size`` to either.
+    file in it; ``clip`` and ``group_size`` to uniform quantization; ``iterations`` and ``init`` to FCPTS;
+    ``rounds``, ``transform_steps`` and ``reconstruction_steps`` to L²; ``batch_size`` to either.
     """
     # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
     if bits is not None and levels is not None:
@@ -147,6 +157,8 @@ def build_methods(
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
     steps = _given(rounds=rounds, transform_steps=transform_steps, reconstruction_steps=reconstruction_steps)
     batch = _given(batch_size=batch_size)
+    if method != FCPTS.name and init is not None:
+        raise BudgetError("--init configures --method fcpts only")
     if method != FCPTS.name and iterations is not None:
         raise BudgetError("--iterations configures --method fcpts only (l2: --rounds, --transform-steps, --reconstruction-steps)")
     if method != L2.name and steps:
@@ -168,7 +180,7 @@ def build_methods(
         else:
             chain = [ChannelL1(repair=repair, seed=seed)]
     else:
-        schedule = {**_given(iterations=iterations), **batch}
+        schedule = {**_given(iterations=iterations, init=init), **batch}
         chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed, **schedule)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel, clip, group_size))
@@ -271,7 +283,7 @@ def compress(
     sparsity: float | None = typer.Option(None, help="target fraction of zero weights"),
     ratio: float | None = typer.Option(None, help="target original bytes / file bytes"),
     params: float | None = typer.Option(None, help="target fraction of parameters removed"),
-    bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
+    bits: int | None = typer.Option(None, help=BITS_HELP),
     levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
@@ -283,6 +295,7 @@ def compress(
         0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
     ),
     iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
+    init: InitName | None = typer.Option(None, help=INIT_HELP),
     batch_size: int | None = typer.Option(None, help=BATCH_HELP),
     rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
     transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
@@ -293,7 +306,7 @@ def compress(
     raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     report: Path | None = typer.Option(None, help="write the JSON report here"),
-    plot: Path | None = typer.Option(None, help="write a PNG of the per-layer allocation here"),
+    plot: Path | None = typer.Option(None, help="the per-layer allocation as a plot (.png, .svg or .pdf, by suffix)"),
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     check_outputs(output, report, plot, keep=(model,))
@@ -319,6 +332,7 @@ def compress(
         transform_steps=transform_steps,
         reconstruction_steps=reconstruction_steps,
         group_size=group_size,
+        init=init and init.value,
     )
     result = api.press(
         handle,
@@ -364,7 +378,7 @@ def sweep(
     params: str | None = typer.Option(
         None, help="comma-separated fractions of parameters removed, e.g. 0.1,0.3,0.5 (fold, channel-l1)"
     ),
-    bits: int | None = typer.Option(None, help="uniform quantization bits (after pruning, of the survivors)"),
+    bits: int | None = typer.Option(None, help=BITS_HELP),
     levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
@@ -372,6 +386,7 @@ def sweep(
     group_size: int | None = typer.Option(None, help=GROUP_HELP),
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
     iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
+    init: InitName | None = typer.Option(None, help=INIT_HELP),
     batch_size: int | None = typer.Option(None, help=BATCH_HELP),
     rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
     transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
@@ -382,7 +397,7 @@ def sweep(
     raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     out_dir: Path = typer.Option(Path("netpress-sweep"), help="where the .press files go"),
-    plot: Path | None = typer.Option(None, help="write the accuracy-vs-bytes curve (PNG) here"),
+    plot: Path | None = typer.Option(None, help="the accuracy-vs-bytes curve as a plot (.png, .svg or .pdf, by suffix)"),
     report: Path | None = typer.Option(None, help="write the JSON reports here"),
 ) -> None:
     """Compress MODEL at several targets and show accuracy against the written file's bytes."""
@@ -406,6 +421,7 @@ def sweep(
         "reconstruction_steps": reconstruction_steps,
         "group_size": group_size,
         "raw_dtype": raw_dtype,
+        "init": init and init.value,
     }
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed or 0, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]

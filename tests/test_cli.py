@@ -1,6 +1,7 @@
 """The command line: results on good input, one line and exit code 2 on bad input."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -265,6 +266,10 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["fcpts only", "--transform-steps"],
         ),
         (
+            ["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5", "--init", "erk"],
+            ["--init configures --method fcpts only"],
+        ),
+        (
             ["sweep", *MLP, "-m", "fcpts", "--sparsities", "0.5", "--rounds", "1"],
             ["configure --method l2 only"],
         ),
@@ -334,6 +339,17 @@ def test_sweep_report_may_go_inside_the_out_dir_it_creates(weights, tmp_path):
     result = run("sweep", weights / "mlp.pt", *mlp, *args)
     assert result.exit_code == 0, result.output
     assert json.loads((runs / "report.json").read_text())[0]["file"] == str(runs / "magnitude-sparsity0.5.press")
+
+
+def test_fcpts_from_the_command_line_starts_where_init_says_and_meets_the_target(weights, tmp_path):
+    press, report = tmp_path / "s.press", tmp_path / "r.json"
+    args = ["--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "fcpts", "--sparsity", "0.7", "--init", "erk"]
+    result = run("compress", weights / "mlp.pt", *args, "--iterations", "3", "--calib", "64", "-o", press, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert {row["init"] for row in json.loads(report.read_text())["layers"]["fcpts"]} == {"erk"}
+    pruned = [t for t in json.loads(run("inspect", press, "--json").output)["tensors"] if t["kind"] == "sparse"]
+    weights_in_file = sum(math.prod(t["shape"]) for t in pruned)
+    assert sum(round(t["sparsity"] * math.prod(t["shape"])) for t in pruned) == math.ceil(0.7 * weights_in_file)
 
 
 def test_fold_traces_a_user_model_with_a_sample_of_data(tmp_path):

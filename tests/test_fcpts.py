@@ -11,6 +11,7 @@ from netpress.errors import BudgetError, UnsupportedModelError
 from netpress.evaluate import predict
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning
 from netpress.methods.base import compressible_weights, distillation_loss, recalibrate_batchnorm, target_zeros
+from netpress.methods.fcpts import _masked
 from netpress.methods.teacher import LogitTeacher
 from netpress.quant.kde import layer_sparsity, magnitude_density, silverman_bandwidth
 from tests.archs import tiny_cnn, tiny_mlp
@@ -32,6 +33,13 @@ def test_kde_bridge_derivative_matches_a_finite_difference():
     exact = 2 * math.exp(-0.49 / 2) / math.sqrt(2 * math.pi)  # density of |N(0,1)| at 0.7
     assert abs(float(t.grad) - finite) < 0.05 * finite
     assert abs(float(t.grad) - exact) < 0.05 * exact
+
+
+def test_the_bridge_counts_what_the_mask_prunes():
+    # A weight exactly at the threshold is pruned by the mask (|w| > t survives), so the sparsity counts it.
+    w = torch.full((10,), 0.5)
+    assert float(layer_sparsity(torch.tensor(0.5), w)) == 1.0
+    assert not _masked(w, torch.tensor(0.5)).any()
 
 
 def test_kde_density_integrates_to_one():

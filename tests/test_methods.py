@@ -234,6 +234,11 @@ def test_split_exact_meets_total_and_caps():
     assert split_exact(10, [1, 1, 1], [5, 5, 5], [0, 0, 0]) == split_exact(10, [1, 1, 1], [5, 5, 5])
 
 
+def test_split_exact_shares_a_capped_layers_overflow_in_proportion():
+    # The first layer's share (1650) passes its cap: the rest go to the others as 100 : 1000 : 10.
+    assert split_exact(2500, [990, 100, 1000, 10], [990, 2000, 2000, 2000]) == [990, 136, 1360, 14]
+
+
 @pytest.mark.parametrize(
     "call, error, message",
     [

@@ -159,8 +159,8 @@ def split_exact(total: int, weights: list[float], caps: list[int], floors: list[
     """Integers proportional to ``weights``, each between its floor and its cap, summing exactly to ``total``.
 
     Largest-remainder rounding, so a per-layer allocation meets a global count exactly. A layer whose
-    proportional share is below its floor (the zeros an earlier stage left in it) gets the floor, and the
-    others share the rest.
+    proportional share is below its floor (the zeros an earlier stage left in it) gets the floor, one
+    whose share is above its cap gets the cap, and the others share the rest in their proportions.
     """
     floors = floors or [0] * len(weights)
     caps = [max(c, f) for c, f in zip(caps, floors)]
@@ -172,10 +172,10 @@ def split_exact(total: int, weights: list[float], caps: list[int], floors: list[
         rest = total - sum(fixed.values())
         wsum = sum(weights[i] for i in free)
         raw = [float(fixed[i]) if i in fixed else (rest * weights[i] / wsum if wsum else 0.0) for i in range(len(weights))]
-        below = [i for i in free if raw[i] < floors[i]]
-        if not below:
+        bounded = {i: floors[i] for i in free if raw[i] < floors[i]} or {i: caps[i] for i in free if raw[i] > caps[i]}
+        if not bounded:
             break
-        fixed.update({i: floors[i] for i in below})
+        fixed.update(bounded)
     out = [min(int(r), c) for r, c in zip(raw, caps)]
     order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
     while sum(out) < total:

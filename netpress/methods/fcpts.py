@@ -29,13 +29,12 @@ from netpress.methods.base import (
     MethodResult,
     check_budget,
     check_model,
-    check_not_below_zeros,
     compressible_weights,
     split_exact,
     target_zeros,
     zero_masks,
 )
-from netpress.methods.baselines import ALLOCATIONS, prune_counts, smallest_mask
+from netpress.methods.baselines import ALLOCATIONS, prune_counts, reachable_zeros, smallest_mask
 from netpress.methods.teacher import Teacher, teacher_for
 from netpress.progress import progress_bar
 from netpress.quant.kde import layer_sparsity
@@ -65,8 +64,8 @@ def _min_keep(sizes: list[int]) -> list[int]:
     return [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
 
 
-def _reachable_zeros(weights: list[torch.Tensor], target: float) -> list[int]:
-    """The zeros each layer already has, once the target is known to leave every layer its minimum."""
+def _reachable_keeping_minimum(weights: list[torch.Tensor], target: float) -> list[int]:
+    """``reachable_zeros``, once the target is also known to leave every layer its 1 % minimum."""
     total = sum(w.numel() for w in weights)
     most = total - sum(_min_keep([w.numel() for w in weights]))
     if target_zeros(target, total) > most:
@@ -74,7 +73,7 @@ def _reachable_zeros(weights: list[torch.Tensor], target: float) -> list[int]:
             f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
             f"{math.floor(most / total * 1e4) / 1e4:.4f} of its weights; lower --sparsity, or use --method magnitude"
         )
-    return check_not_below_zeros(target, weights)
+    return reachable_zeros(weights, target)
 
 
 @dataclass
@@ -137,7 +136,7 @@ class FCPTS:
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
         """Refuse a sparsity FCPTS cannot reach, before any data is loaded or work done (sweep checks every point)."""
-        _reachable_zeros(list(check_model(model, trains=True).values()), check_budget(self, budget).sparsity)
+        _reachable_keeping_minimum(list(check_model(model, trains=True).values()), check_budget(self, budget).sparsity)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
@@ -151,7 +150,7 @@ class FCPTS:
         total = sum(sizes)
         min_keep = _min_keep(sizes)
         # Weights an earlier stage pruned stay zero (stages never undo each other): masked after every step.
-        zeros = _reachable_zeros(list(weights.values()), target)
+        zeros = _reachable_keeping_minimum(list(weights.values()), target)
         pruned_before = zero_masks(weights)
         erk_counts = prune_counts(list(weights.values()), target, "erk")
         teacher = teacher_for(model, data, self.temperature)
@@ -202,7 +201,7 @@ class FCPTS:
         # Projection: exactly ⌈target · N⌉ zeros, in the learned per-layer proportions.
         with torch.no_grad():
             thresholds = log_thresholds.exp()
-            learned = [float((w.abs() < t).sum()) for w, t in zip(weights.values(), thresholds)]
+            learned = [float((w.abs() <= t).sum()) for w, t in zip(weights.values(), thresholds)]  # what _masked prunes
             caps = [n - k for n, k in zip(sizes, min_keep)]
             counts = split_exact(target_zeros(target, total), learned, caps, zeros)
             _prune(student, counts, teacher)

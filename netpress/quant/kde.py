@@ -1,4 +1,5 @@
-"""Differentiable sparsity: the fraction of weights below a threshold, with a kernel-density derivative.
+"""Differentiable sparsity: the fraction of weights at or below a threshold (the ones a mask |w| > t prunes),
+with a kernel-density derivative.
 
 The forward value is the exact count (so the reported sparsity is real); the backward pass uses a
 Gaussian kernel-density estimate of the magnitude density at the threshold, which is what makes a
@@ -36,7 +37,7 @@ class _SparsityBridge(torch.autograd.Function):
     def forward(ctx, threshold: torch.Tensor, magnitudes: torch.Tensor, sample: torch.Tensor, bandwidth: float):
         ctx.save_for_backward(threshold, sample)
         ctx.bandwidth = bandwidth
-        return (magnitudes < threshold).float().mean()
+        return (magnitudes <= threshold).float().mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -53,7 +54,7 @@ def kde_sample(magnitudes: torch.Tensor, generator: torch.Generator | None = Non
 
 
 def layer_sparsity(threshold: torch.Tensor, weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Exact fraction of |weight| below ``threshold``, differentiable in the threshold via a KDE."""
+    """Exact fraction of |weight| at or below ``threshold``, differentiable in the threshold via a KDE."""
     magnitudes = weight.detach().abs().reshape(-1)
     sample = kde_sample(magnitudes, generator)
     return _SparsityBridge.apply(threshold, magnitudes, sample, silverman_bandwidth(sample))

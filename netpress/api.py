@@ -196,6 +196,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
             raise ModelSourceError(
                 f"{key} in {spec} is {value.dtype}, where {arch} holds a float tensor; these are not trained float weights"
             )
+    state = {**_tied_names(expected, state), **state}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -204,6 +205,21 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
             "have fewer channels than the architecture builds: load the .press file instead, which resizes the layers"
         ) from exc
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
+
+
+def _tied_names(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights a file leaves out because the architecture ties them to one it holds (safetensors'
+    ``save_model`` keeps one name per shared tensor), under their other names."""
+    first: dict[tuple, str] = {}
+    tied = {}
+    for key, value in expected.items():
+        shared = (value.data_ptr(), value.shape, value.stride()) if value.numel() else None
+        owner = first.setdefault(shared, key) if shared else key
+        if key not in state and owner in state:
+            tied[key] = state[owner]
+        elif key in state and owner not in state:
+            tied[owner] = state[key]
+    return tied
 
 
 def _history(compressed: CompressedModel, spec: str) -> list[dict]:
@@ -509,12 +525,20 @@ def press(
     Accuracy after compression is measured on the model loaded back from the written file.
     Calibration samples come from the training split; evaluation uses the test split.
     """
-    handle = _as_handle(model)
+    handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
     _check_call(handle, methods, budget, raw_dtype)
     check_press_suffix(out)
     check_writable(out, keep=(handle.path,) if handle.path else ())
     return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
+
+
+def _with_input_shape(handle: ModelHandle, data: str | None) -> ModelHandle:
+    """A user's model declares no input shape: take a sample's from the dataset ``data`` names, so that
+    fold can trace it."""
+    if handle.input_shape is not None or not isinstance(data, str) or data in TEXT_DATASETS:
+        return handle
+    return replace(handle, input_shape=tuple(resolve_dataset(data, "test")[0][0].shape))
 
 
 @dataclass
@@ -709,7 +733,7 @@ def sweep(
 
     Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve.
     """
-    handle = _as_handle(model)
+    handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
     if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
         raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")

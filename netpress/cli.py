@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -194,13 +193,6 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _with_input_shape(handle: api.ModelHandle, data: str | None) -> api.ModelHandle:
-    """A user's model declares no input shape: take a sample's from --data, so fold can trace it."""
-    if handle.input_shape is not None or data is None:
-        return handle
-    return replace(handle, input_shape=tuple(api.resolve_dataset(data, "test")[0][0].shape))
-
-
 def calibration_size(calib: int | None, methods: list) -> int:
     """``--calib``, refused where no chosen method calibrates (it would be ignored)."""
     if calib is not None and all(m.needs == "none" for m in methods):
@@ -269,9 +261,35 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if report["ratio"] < 1:
+        err.print(
+            f"warning: the file is larger than the model in fp32 ({report['original_bytes']:,} bytes): these settings "
+            "store more than the weights hold (e.g. more --levels than a layer has weights, or a scale per few weights)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if rounded := _survivors_rounded_to_zero(report):
+        err.print(
+            f"note: {rounded:,} weights that pruning kept rounded to zero when quantized (under half a step), so the "
+            f"file is {100 * report['sparsity']:.2f} % sparse, above the {100 * report['budget']['sparsity']:.2f} % asked",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report["uncompressed_layers"]:
         layers = ", ".join(f"{name} ({v['type']}, {v['params']:,} weights)" for name, v in report["uncompressed_layers"].items())
         err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)
+
+
+def _survivors_rounded_to_zero(report: dict) -> int:
+    """Zeros a quantizer added behind a sparsity target: the file's count minus the pruning stage's."""
+    if "sparsity" not in (report.get("budget") or {}):
+        return 0
+    stages = list(report["layers"].values())
+    pruned = next((rows for rows in stages if rows and "sparsity" in rows[0]), None)
+    if pruned is None or stages[-1] is pruned:
+        return 0
+    weights = sum(row["params"] for row in pruned)
+    return round(report["sparsity"] * weights) - round(sum(row["sparsity"] * row["params"] for row in pruned))
 
 
 @app.command()
@@ -313,7 +331,7 @@ def compress(
     check_press_suffix(output)
     check_suffix(report, (".json",), "the report is JSON")
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
-    handle = _with_input_shape(api.load_model(model, arch), data)
+    handle = api.load_model(model, arch)
     methods = build_methods(
         method.value,
         bits,
@@ -409,7 +427,7 @@ def sweep(
     check_outputs(report, plot, keep=(model,), made=out_dir)
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     check_suffix(report, (".json",), "the reports are JSON")
-    handle = _with_input_shape(api.load_model(model, arch), data)
+    handle = api.load_model(model, arch)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face encoder)")
     options = {

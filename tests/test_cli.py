@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save_file, save_model
 from typer.testing import CliRunner
 
 import netpress
@@ -30,6 +30,7 @@ def weights(tmp_path_factory):
     torch.save(model, folder / "whole_module.pt")  # a pickled module: must be refused
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
     torch.save(tied().state_dict(), folder / "tied.pt")
+    save_model(tied(), str(folder / "tied.safetensors"))  # keeps one name of the shared weight
     save_file({k: v.to(torch.int32) for k, v in model.state_dict().items()}, str(folder / "int.safetensors"))
     uniform = netpress.compress(netpress.load_model("zoo:lenet300"), netpress.UniformQuantization(8))
     netpress.save(uniform, folder / "lenet300.press")
@@ -218,6 +219,10 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["compress", "{w}/tied.pt", "--arch", "tests.archs:tied", "-m", "uniform", "-o", "x.press"],
             ["one weight under several names"],
         ),
+        (
+            ["compress", "{w}/tied.safetensors", "--arch", "tests.archs:tied", "-m", "uniform", "-o", "x.press"],
+            ["one weight under several names"],
+        ),
         (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--plot", "a.jpeg"], ["ending in .png or .svg or .pdf"]),
         (["decompress", "{w}/nothing.press", "-o", "d.bin"], ["ending in .safetensors"]),
         (
@@ -350,6 +355,20 @@ def test_fcpts_from_the_command_line_starts_where_init_says_and_meets_the_target
     pruned = [t for t in json.loads(run("inspect", press, "--json").output)["tensors"] if t["kind"] == "sparse"]
     weights_in_file = sum(math.prod(t["shape"]) for t in pruned)
     assert sum(round(t["sparsity"] * math.prod(t["shape"])) for t in pruned) == math.ceil(0.7 * weights_in_file)
+
+
+def test_zeros_added_by_quantizing_survivors_are_named(weights, tmp_path):
+    args = ["--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "0.5", "--bits", "2", "-o", tmp_path / "q.press"]
+    result = run("compress", weights / "mlp.pt", *args)
+    assert result.exit_code == 0 and "kept rounded to zero when quantized" in result.output, result.output
+    alone = run("compress", weights / "mlp.pt", *args[:-4], "-o", tmp_path / "p.press")
+    assert alone.exit_code == 0 and "rounded to zero" not in alone.output
+
+
+def test_a_file_larger_than_fp32_is_flagged(weights, tmp_path):
+    args = ["--arch", "tests.archs:tiny_mlp", "-m", "kmeans", "--levels", "4000", "-o", tmp_path / "k.press"]
+    result = run("compress", weights / "mlp.pt", *args)
+    assert result.exit_code == 0 and "larger than the model in fp32" in result.output, result.output
 
 
 def test_fold_traces_a_user_model_with_a_sample_of_data(tmp_path):

@@ -201,7 +201,7 @@ def test_unsupported_layers_are_named():
     )
     rows = Fold(repair="none", input_shape=IMAGE).apply(model, budget=Budget(params=0.1)).rows
     reasons = [r["reason"] for r in rows if "reason" in r]
-    assert any(r.startswith("2: grouped/depthwise") for r in reasons)
+    assert any(r.startswith("a grouped or depthwise Conv2d (groups=8)") for r in reasons)
     assert "its channels are outputs of the model" in reasons and len(reasons) == 2
     assert any(r.get("folded") and r["producers"] == ["4"] for r in rows)
 
@@ -288,3 +288,57 @@ def test_a_model_fold_cannot_change_names_the_layers_it_leaves_alone(attention):
     with pytest.raises(UnsupportedModelError, match=f"Linear and Conv layers only, not mix \\({kind}\\)") as error:
         Fold(input_shape=IMAGE).apply(_Recurrent(attention), budget=Budget(params=0.2))
     assert "not reached by tracing" not in str(error.value)  # the attention block's own projections are not "unused"
+
+
+class _Reused(nn.Module):
+    """fc1 runs twice, fed its own output: its input and output channels are one axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(torch.relu(self.fc1(x.flatten(1))))))))
+
+
+class _ChannelMask(nn.Module):
+    """A buffer sized by fc1's channels, which tracing does not see."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(64, 48), nn.Linear(48, 10)
+        self.register_buffer("mask", torch.ones(48))
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc1(x.flatten(1))) * self.mask)
+
+
+class _DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(64, 48), nn.Linear(48, 10)
+
+    def forward(self, x):
+        return {"logits": self.out(torch.relu(self.fc1(x.flatten(1))))}
+
+
+def test_a_reused_layer_is_left_alone_and_the_rest_folds():
+    rows = Fold(input_shape=(1, 8, 8)).apply(_Reused(), budget=Budget(params=0.1)).rows
+    reused = next(r for r in rows if r["group"] == "fc1")
+    assert not reused["folded"] and reused["reason"] == "it runs more than once per forward pass (a reused layer is not folded)"
+    assert any(r.get("folded") and r["producers"] == ["fc2"] for r in rows)
+
+
+def test_a_model_that_no_longer_runs_after_folding_is_refused():
+    with pytest.raises(UnsupportedModelError, match="after fold the model no longer runs.*buffer"):
+        Fold(input_shape=(1, 8, 8)).apply(_ChannelMask(), budget=Budget(params=0.3))
+
+
+def test_a_dict_output_is_refused_in_one_line():
+    with pytest.raises(UnsupportedModelError, match="returns a dict"):
+        channel_groups(_DictOut(), torch.zeros(1, 1, 8, 8))
+
+
+def test_press_traces_a_user_model_with_a_sample_of_its_dataset(tmp_path):
+    report = netpress.press(_Reused(), Fold(), Budget(params=0.1), out=tmp_path / "f.press", data="digits")
+    assert report["params_after"] < report["params_before"]

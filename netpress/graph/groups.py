@@ -23,6 +23,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
+from netpress.errors import UnsupportedModelError
+
 Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
 OPAQUE_BLOCKS: tuple[str, ...] = ("Attention",)
@@ -94,8 +96,31 @@ class ParamCounter:
 def _first_tensor(output) -> torch.Tensor:
     """The tensor a traced model's output starts with (plain tensor, tuple, or a HF ModelOutput)."""
     while not isinstance(output, torch.Tensor):
+        if not isinstance(output, (tuple, list)) and not hasattr(output, "to_tuple"):
+            raise UnsupportedModelError(
+                f"the model returns a {type(output).__name__}; tracing its channels needs a tensor, a tuple or a "
+                "Hugging Face ModelOutput whose first item is one"
+            )
         output = output[0]
     return output.float().sum()
+
+
+def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set[nn.Module]:
+    """The layers one forward pass calls more than once: a layer fed its own output couples its input and
+    output channels, which a group's plan does not follow."""
+    calls: dict[nn.Module, int] = {}
+    hooks = [
+        m.register_forward_hook(lambda module, *_: calls.update({module: calls.get(module, 0) + 1}))
+        for m in model.modules()
+        if isinstance(m, (*CHANNEL_LAYERS, *_NORMS))
+    ]
+    try:
+        with torch.no_grad():
+            model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {m for m, count in calls.items() if count > 1}
 
 
 def _unsupported(module: nn.Module, node_type: OPTYPE, role: Role | None) -> str | None:
@@ -103,7 +128,7 @@ def _unsupported(module: nn.Module, node_type: OPTYPE, role: Role | None) -> str
     if role is None:
         return f"a {type(module).__name__} ({node_type.name}) shares these channels; folding it is not supported"
     if isinstance(module, _CONVS) and module.groups != 1:
-        return f"grouped/depthwise {type(module).__name__} (groups={module.groups})"
+        return f"a grouped or depthwise {type(module).__name__} (groups={module.groups}) is not supported"
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "transposed convolutions are not supported"
     return None
@@ -127,6 +152,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     names = {module: name for name, module in traced.named_modules()}
     opaque = [m for m in traced.modules() if type(m).__name__.endswith(OPAQUE_BLOCKS)]
     hidden = {sub for block in opaque for sub in block.modules() if sub is not block}
+    reused = _reused_layers(traced, example_inputs)
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(traced, example_inputs, output_transform=_first_tensor, verbose=False)
     groups: list[ChannelGroup] = []
@@ -157,12 +183,12 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
             reason = _unsupported(target, node.type, role)
             if reason is None and target in hidden:
                 reason = f"{names[target]} lies inside an attention block (heads are not folded)"
-            if reason is not None:
-                group.reason = group.reason or f"{names[target]}: {reason}"
-                continue
-            expand, reason = _block_layout(target, role, item.idxs, item.root_idxs, n)
-            if reason is not None:
-                group.reason = group.reason or f"{names[target]}: {reason}"
+            if reason is None and target in reused:
+                reason = "it runs more than once per forward pass (a reused layer is not folded)"
+            if reason is None:
+                expand, reason = _block_layout(target, role, item.idxs, item.root_idxs, n)
+            if reason is not None:  # the layer is named where it is not the group's own producer
+                group.reason = group.reason or (reason if names[target] == group.name else f"{names[target]}: {reason}")
                 continue
             source = None
             if role == "norm":
@@ -192,7 +218,8 @@ def _block_layout(module: nn.Module, role: Role, idxs: list[int], roots: list[in
     """Channel c must own indices [c·e, (c+1)·e) of the whole axis; return e, or why not."""
     size = module.weight.shape[1 if role == "consumer" else 0]
     if len(idxs) != size or size % n:
-        return 1, f"its channels cover {len(idxs)} of {size} indices (concatenation/split is not supported)"
+        side = "input" if role == "consumer" else "output"
+        return 1, f"its {side} of width {size} does not hold the group's {n} channels whole (a slice, concatenation or split)"
     expand = size // n
     expected = [i // expand for i in range(size)]
     if [r for _, r in sorted(zip(idxs, roots))] != expected:

@@ -621,9 +621,28 @@ def _press(
     compressed = _compress(handle, methods, budget, prepared.calibration, raw_dtype)
     seconds = time.perf_counter() - start
     _measure_original(handle, prepared)
-    start = time.perf_counter()
-    file_bytes = save(compressed, out)
-    seconds += time.perf_counter() - start
+    # The file is measured under a hidden name and renamed over ``out`` last: a run that fails while
+    # measuring it (a compressed model that no longer runs) leaves an existing ``out`` as it was.
+    measured = Path(out).with_name(f".{Path(out).name}.measuring.press")
+    try:
+        start = time.perf_counter()
+        file_bytes = save(compressed, measured)
+        seconds += time.perf_counter() - start
+        report = _measured_report(handle, compressed, measured, file_bytes, seconds, prepared)
+        try:
+            os.replace(measured, out)
+        except OSError as exc:
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        measured.unlink(missing_ok=True)
+    report["file"] = str(out)
+    return report
+
+
+def _measured_report(
+    handle: ModelHandle, compressed: CompressedModel, path: Path, file_bytes: int, seconds: float, prepared: _Prepared
+) -> dict:
+    """press's report of the file at ``path``, measured on the model loaded back from it."""
     original_bytes = fp32_bytes(handle.module)
     report = {
         "source": handle.source,
@@ -636,7 +655,7 @@ def _press(
         "params_before": count_params(handle.module),
         "params_after": _stored_params(compressed, handle.module),
         "sparsity": compressed.summary["sparsity"],
-        "file": str(out),
+        "file": None,  # its final name, once measured
         "uncompressed_layers": uncompressed_layers(handle.module),
     }
     if handle.first_original_bytes is not None:  # the input is itself a .press file
@@ -645,10 +664,10 @@ def _press(
         if handle.path is not None and Path(handle.path).is_file():  # a second stage can lose size (re-quantizing finer)
             report["input_file_bytes"] = Path(handle.path).stat().st_size
     if prepared.test is not None:
-        after = _evaluate(load(out, model=handle.module), prepared.test)
+        after = _evaluate(load(path, model=handle.module), prepared.test)
         report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)
     if prepared.reference is not None:  # an encoder is measured against itself uncompressed
-        written = handle.encoder.embed(load(out, model=handle.module), prepared.sentences)
+        written = handle.encoder.embed(load(path, model=handle.module), prepared.sentences)
         report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
     if prepared.calibration is not None:
         report["calibration"] = {**compressed.summary["calibration"], "indices": prepared.calibration.indices}

@@ -12,7 +12,7 @@ from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
-from tests.archs import tied, tiny_cnn
+from tests.archs import tied, tiny_cnn, tiny_mlp
 
 
 def random_model(seed: int) -> nn.Module:
@@ -480,3 +480,16 @@ def test_the_fp32_reference_of_a_model_with_a_shared_layer_stores_it_once():
     model = tied()
     untied = nn.Sequential(*list(model)[:5], nn.Linear(32, 10))  # the same layers, the shared one used once
     assert fp32_bytes(model) < fp32_bytes(untied) + 32 * 33 * 4
+
+
+def test_a_run_that_fails_while_measuring_its_file_leaves_the_old_file(tmp_path, monkeypatch):
+    out = tmp_path / "m.press"
+    out.write_bytes(b"an earlier result")
+
+    def broken(*_args, **_kwargs):
+        raise UnsupportedModelError("the compressed model does not run")
+
+    monkeypatch.setattr(api, "load", broken)  # reading the written file back, to measure it
+    with pytest.raises(UnsupportedModelError):
+        netpress.press(tiny_mlp(), UniformQuantization(8), out=out, data="digits")
+    assert out.read_bytes() == b"an earlier result" and [p.name for p in tmp_path.iterdir()] == ["m.press"]

@@ -493,3 +493,8 @@ def test_a_run_that_fails_while_measuring_its_file_leaves_the_old_file(tmp_path,
     with pytest.raises(UnsupportedModelError):
         netpress.press(tiny_mlp(), UniformQuantization(8), out=out, data="digits")
     assert out.read_bytes() == b"an earlier result" and [p.name for p in tmp_path.iterdir()] == ["m.press"]
+
+
+def test_a_half_precision_model_is_refused_with_what_to_do():
+    with pytest.raises(UnsupportedModelError, match=r"float16; netpress compresses float32 weights: call model.float\(\)"):
+        check_model(tiny_mlp().half())

@@ -126,7 +126,10 @@ def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -
                 "so there is no stored weight to compress; remove it first (torch.nn.utils.parametrize.remove_parametrizations)"
             )
         if weight.dtype not in (torch.float32, torch.float64):
-            raise UnsupportedModelError(f"{name} is {weight.dtype}; netpress compresses float32 weights: call model.float()")
+            raise UnsupportedModelError(
+                f"{name} is {weight.dtype}; netpress compresses float32 weights: call model.float() (with --arch, have "
+                "the factory return the float32 model; an fp16 state dict loads into it as it is)"
+            )
         if weight.numel() == 0:
             raise UnsupportedModelError(f"{name} has no elements (shape {list(weight.shape)}); remove the empty layer first")
     if not weights:

@@ -672,7 +672,20 @@ def _measured_report(
     if prepared.calibration is not None:
         report["calibration"] = {**compressed.summary["calibration"], "indices": prepared.calibration.indices}
     report["layers"] = compressed.details["layers"]
+    if "sparsity" in (report["budget"] or {}):
+        report["survivors_rounded_to_zero"] = _survivors_rounded_to_zero(report["layers"], report["sparsity"])
     return report
+
+
+def _survivors_rounded_to_zero(layers: dict[str, list[dict]], sparsity: float) -> int:
+    """Zeros a quantizer behind a pruning stage added (survivors under half its step): the file's zeros
+    minus the pruning stage's, so a report can say why its sparsity is above the target."""
+    stages = list(layers.values())
+    pruned = next((rows for rows in stages if rows and "sparsity" in rows[0]), None)
+    if pruned is None or stages[-1] is pruned:
+        return 0
+    weights = sum(row["params"] for row in pruned)
+    return round(sparsity * weights) - round(sum(row["sparsity"] * row["params"] for row in pruned))
 
 
 def _is_text(handle: ModelHandle, dataset: str) -> bool:

@@ -268,7 +268,7 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    if rounded := _survivors_rounded_to_zero(report):
+    if rounded := report.get("survivors_rounded_to_zero"):
         err.print(
             f"note: {rounded:,} weights that pruning kept rounded to zero when quantized (under half a step), so the "
             f"file is {100 * report['sparsity']:.2f} % sparse, above the {100 * report['budget']['sparsity']:.2f} % asked",
@@ -278,18 +278,6 @@ def _print_report(report: dict) -> None:
     if report["uncompressed_layers"]:
         layers = ", ".join(f"{name} ({v['type']}, {v['params']:,} weights)" for name, v in report["uncompressed_layers"].items())
         err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)
-
-
-def _survivors_rounded_to_zero(report: dict) -> int:
-    """Zeros a quantizer added behind a sparsity target: the file's count minus the pruning stage's."""
-    if "sparsity" not in (report.get("budget") or {}):
-        return 0
-    stages = list(report["layers"].values())
-    pruned = next((rows for rows in stages if rows and "sparsity" in rows[0]), None)
-    if pruned is None or stages[-1] is pruned:
-        return 0
-    weights = sum(row["params"] for row in pruned)
-    return round(report["sparsity"] * weights) - round(sum(row["sparsity"] * row["params"] for row in pruned))
 
 
 @app.command()

@@ -82,5 +82,11 @@ def run_demo(output_dir: Path, console: Console) -> list[dict]:
             f"{report['seconds']:.2f}",
         )
     console.print(table)
+    for (label, *_), report in zip(SETTINGS, reports):
+        if report.get("survivors_rounded_to_zero"):
+            console.print(
+                f"{label}: {report['survivors_rounded_to_zero']:,} weights pruning kept rounded to zero when quantized "
+                "(under half a step), hence a sparsity above the target"
+            )
     console.print(f"Files are in {output_dir}/; look inside one with: netpress inspect {path}")
     return reports

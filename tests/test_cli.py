@@ -359,8 +359,12 @@ def test_fcpts_from_the_command_line_starts_where_init_says_and_meets_the_target
 
 def test_zeros_added_by_quantizing_survivors_are_named(weights, tmp_path):
     args = ["--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity", "0.5", "--bits", "2", "-o", tmp_path / "q.press"]
-    result = run("compress", weights / "mlp.pt", *args)
+    result = run("compress", weights / "mlp.pt", *args, "--report", tmp_path / "r.json")
     assert result.exit_code == 0 and "kept rounded to zero when quantized" in result.output, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    weights_pruned = sum(row["params"] for row in report["layers"]["magnitude"])
+    added = round(report["sparsity"] * weights_pruned) - math.ceil(0.5 * weights_pruned)
+    assert report["survivors_rounded_to_zero"] == added > 0
     alone = run("compress", weights / "mlp.pt", *args[:-4], "-o", tmp_path / "p.press")
     assert alone.exit_code == 0 and "rounded to zero" not in alone.output
 

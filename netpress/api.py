@@ -13,6 +13,7 @@ import importlib
 import os
 import pickle
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -210,15 +211,14 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
 def _tied_names(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights a file leaves out because the architecture ties them to one it holds (safetensors'
     ``save_model`` keeps one name per shared tensor), under their other names."""
-    first: dict[tuple, str] = {}
-    tied = {}
+    shared: dict[tuple, list[str]] = {}
     for key, value in expected.items():
-        shared = (value.data_ptr(), value.shape, value.stride()) if value.numel() else None
-        owner = first.setdefault(shared, key) if shared else key
-        if key not in state and owner in state:
-            tied[key] = state[owner]
-        elif key in state and owner not in state:
-            tied[owner] = state[key]
+        if value.numel():
+            shared.setdefault((value.data_ptr(), value.shape, value.stride()), []).append(key)
+    tied = {}
+    for keys in shared.values():
+        held = next((state[k] for k in keys if k in state), None)
+        tied.update({k: held for k in keys if k not in state and held is not None})
     return tied
 
 
@@ -623,7 +623,7 @@ def _press(
     _measure_original(handle, prepared)
     # The file is measured under a hidden name and renamed over ``out`` last: a run that fails while
     # measuring it (a compressed model that no longer runs) leaves an existing ``out`` as it was.
-    measured = Path(out).with_name(f".{Path(out).name}.measuring.press")
+    measured = _hidden_sibling(Path(out))
     try:
         start = time.perf_counter()
         file_bytes = save(compressed, measured)
@@ -637,6 +637,17 @@ def _press(
         measured.unlink(missing_ok=True)
     report["file"] = str(out)
     return report
+
+
+def _hidden_sibling(path: Path) -> Path:
+    """A new, short, hidden .press name in ``path``'s folder (a name built on ``path``'s could pass the
+    file system's length limit)."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".netpress-", suffix=".press", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {path.parent}: {exc.strerror or exc}") from exc
+    os.close(handle)
+    return Path(name)
 
 
 def _measured_report(

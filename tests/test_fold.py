@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 import netpress
 from netpress.budget import Budget
-from netpress.errors import BudgetError, UnsupportedModelError
+from netpress.errors import BudgetError, DataError, UnsupportedModelError
 from netpress.graph.groups import ParamCounter, channel_groups
 from netpress.methods.fold import ChannelL1, Fold
 from netpress.zoo.models import VGG, LeNet5, ResNet20
@@ -342,3 +342,9 @@ def test_a_dict_output_is_refused_in_one_line():
 def test_press_traces_a_user_model_with_a_sample_of_its_dataset(tmp_path):
     report = netpress.press(_Reused(), Fold(), Budget(params=0.1), out=tmp_path / "f.press", data="digits")
     assert report["params_after"] < report["params_before"]
+
+
+def test_a_user_model_that_cannot_take_the_data_is_refused_in_one_line(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 10))
+    with pytest.raises(DataError, match=r"cannot run on inputs of shape \(1, 8, 8\)"):
+        netpress.press(model, Fold(), Budget(params=0.1), out=tmp_path / "f.press", data="digits")

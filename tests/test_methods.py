@@ -2,6 +2,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save_file
 from torch import nn
 
 import netpress
@@ -12,6 +13,7 @@ from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
+from netpress.methods.baselines import prune_counts
 from tests.archs import tied, tiny_cnn, tiny_mlp
 
 
@@ -235,8 +237,11 @@ def test_split_exact_meets_total_and_caps():
 
 
 def test_split_exact_shares_a_capped_layers_overflow_in_proportion():
-    # The first layer's share (1650) passes its cap: the rest go to the others as 100 : 1000 : 10.
+    # The first layer's share (≈ 1179) passes its cap: the rest go to the others as 100 : 1000 : 10.
     assert split_exact(2500, [990, 100, 1000, 10], [990, 2000, 2000, 2000]) == [990, 136, 1360, 14]
+    # Uniform magnitude pruning keeps one weight per layer: the small layers' overflow goes in proportion.
+    weights = [torch.randn(4), torch.randn(4), torch.randn(1000), torch.randn(300)]
+    assert prune_counts(weights, 0.9, "uniform") == [3, 3, 902, 270]
 
 
 @pytest.mark.parametrize(
@@ -480,6 +485,30 @@ def test_the_fp32_reference_of_a_model_with_a_shared_layer_stores_it_once():
     model = tied()
     untied = nn.Sequential(*list(model)[:5], nn.Linear(32, 10))  # the same layers, the shared one used once
     assert fp32_bytes(model) < fp32_bytes(untied) + 32 * 33 * 4
+
+
+def test_a_weight_tied_under_several_names_loads_from_the_one_name_a_file_keeps(tmp_path):
+    # safetensors' save_model keeps one name per shared tensor; here "d", neither the first nor the only other.
+    model = _FourTied()
+    save_file({"d.weight": model.d.weight.detach().clone()}, str(tmp_path / "t.safetensors"))
+    with pytest.raises(UnsupportedModelError, match="one weight under several names"):  # loaded, then refused as tied
+        netpress.compress(api.load_model(tmp_path / "t.safetensors", "tests.test_methods:_FourTied"), UniformQuantization(8))
+
+
+class _FourTied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8, bias=False)
+        self.b, self.c, self.d = nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False)
+        self.b.weight = self.c.weight = self.d.weight = self.a.weight
+
+    def forward(self, x):
+        return self.d(self.c(self.b(self.a(x))))
+
+
+def test_a_long_output_name_is_written(tmp_path):
+    out = tmp_path / ("a" * 240 + ".press")
+    assert netpress.press(tiny_mlp(), UniformQuantization(8), out=out)["file_bytes"] == out.stat().st_size
 
 
 def test_a_run_that_fails_while_measuring_its_file_leaves_the_old_file(tmp_path, monkeypatch):

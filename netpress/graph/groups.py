@@ -23,7 +23,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
-from netpress.errors import UnsupportedModelError
+from netpress.errors import DataError, UnsupportedModelError
 
 Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
@@ -117,6 +117,9 @@ def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set
     try:
         with torch.no_grad():
             model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
+    except Exception as exc:  # whatever the user's forward raises on an input it cannot take: one line
+        given = f"inputs of shape {tuple(example_inputs.shape[1:])}" if torch.is_tensor(example_inputs) else "its inputs"
+        raise DataError(f"the model cannot run on {given}: {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
     finally:
         for hook in hooks:
             hook.remove()

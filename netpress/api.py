@@ -39,6 +39,7 @@ from netpress.errors import (
     ModelSourceError,
     NetpressError,
     OutputError,
+    UnsupportedModelError,
     check_press_suffix,
     check_seed,
     check_writable,
@@ -398,7 +399,9 @@ def _compress(
         given = budget if budget is not None and budget.kind in method.budgets else None
         check_budget(method, given)
         weights_before = {k: v.detach().clone() for k, v in compressible_weights(current).items()}
-        with kept_modes(handle.module):  # methods run the caller's model in eval mode; leave it as it was
+        # Methods run the caller's model in eval mode (left as it was after), and those that optimise need
+        # autograd even when the caller runs under torch.no_grad() or inference_mode().
+        with kept_modes(handle.module), torch.inference_mode(False), torch.enable_grad():
             result = method.apply(current, data if method.needs != "none" else None, given)
         _check_stage_invariants(weights_before, codes, result.model, method.name)
         current = result.model
@@ -674,12 +677,18 @@ def _measured_report(
         report["overall_ratio"] = handle.first_original_bytes / file_bytes
         if handle.path is not None and Path(handle.path).is_file():  # a second stage can lose size (re-quantizing finer)
             report["input_file_bytes"] = Path(handle.path).stat().st_size
-    if prepared.test is not None:
-        after = _evaluate(load(path, model=handle.module), prepared.test)
-        report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)
-    if prepared.reference is not None:  # an encoder is measured against itself uncompressed
-        written = handle.encoder.embed(load(path, model=handle.module), prepared.sentences)
-        report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
+    try:
+        if prepared.test is not None:
+            after = _evaluate(load(path, model=handle.module), prepared.test)
+            report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)
+        if prepared.reference is not None:  # an encoder is measured against itself uncompressed
+            written = handle.encoder.embed(load(path, model=handle.module), prepared.sentences)
+            report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
+    except DataError as exc:  # the original ran on this data: the compression broke the model
+        raise UnsupportedModelError(
+            f"the compressed model does not run on {prepared.dataset}, which the original runs on ({exc}); fold traces "
+            "the model with one input, so a branch that input did not take may still expect the old widths"
+        ) from exc
     if prepared.calibration is not None:
         report["calibration"] = {**compressed.summary["calibration"], "indices": prepared.calibration.indices}
     report["layers"] = compressed.details["layers"]

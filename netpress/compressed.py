@@ -103,5 +103,5 @@ class CompressedModel:
         try:
             model.load_state_dict(casted, strict=True)
         except RuntimeError as exc:
-            raise ModelSourceError(f"the stored tensors do not fit this architecture: {exc}") from exc
+            raise ModelSourceError(f"the stored tensors do not fit this architecture: {' '.join(str(exc).split())}") from exc
         return model.eval()

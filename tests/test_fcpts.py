@@ -136,3 +136,9 @@ def test_tied_weights_are_refused_and_the_callers_model_keeps_its_mode(calibrati
     netpress.compress(model, FAST, Budget(sparsity=0.5), calibration)
     netpress.evaluate(model, load_dataset("digits"))
     assert all(m.training for m in model.modules())
+
+
+def test_fcpts_runs_under_no_grad(calibration):
+    with torch.no_grad():  # e.g. called from the user's inference script
+        compressed = compress(tiny_mlp(), FAST, Budget(sparsity=0.5), calibration)
+    assert compressed.summary["sparsity"] == 0.5

@@ -348,3 +348,32 @@ def test_a_user_model_that_cannot_take_the_data_is_refused_in_one_line(tmp_path)
     model = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 10))
     with pytest.raises(DataError, match=r"cannot run on inputs of shape \(1, 8, 8\)"):
         netpress.press(model, Fold(), Budget(params=0.1), out=tmp_path / "f.press", data="digits")
+
+
+class _AuxHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.aux = nn.Linear(64, 32), nn.Linear(32, 10), nn.Linear(32, 10)
+
+    def forward(self, x):
+        z = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(z), self.aux(z)
+
+
+def test_a_frozen_layer_is_traced_like_a_trainable_one():
+    frozen = _Reused()
+    frozen.fc2.requires_grad_(False)
+    assert [(g.name, g.reason) for g in channel_groups(frozen, torch.zeros(1, 1, 8, 8))] == [
+        (g.name, g.reason) for g in channel_groups(_Reused(), torch.zeros(1, 1, 8, 8))
+    ]
+
+
+def test_every_output_of_a_tuple_is_traced():
+    result = Fold(input_shape=(1, 8, 8)).apply(_AuxHead(), budget=Budget(params=0.3))
+    logits, aux = result.model(torch.zeros(2, 1, 8, 8))
+    assert logits.shape == aux.shape == (2, 10) and any(r.get("folded") and r["producers"] == ["fc1"] for r in result.rows)
+
+
+def test_channel_l1_refuses_the_ar_repair_it_would_ignore():
+    with pytest.raises(BudgetError, match="channel-l1 merges none"):
+        ChannelL1(repair="ar")

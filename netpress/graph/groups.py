@@ -93,16 +93,19 @@ class ParamCounter:
         return round(sum(numel * math.prod(kept[g] / self.channels[g] for g in gs) for numel, gs in self.terms))
 
 
-def _first_tensor(output) -> torch.Tensor:
-    """The tensor a traced model's output starts with (plain tensor, tuple, or a HF ModelOutput)."""
-    while not isinstance(output, torch.Tensor):
-        if not isinstance(output, (tuple, list)) and not hasattr(output, "to_tuple"):
-            raise UnsupportedModelError(
-                f"the model returns a {type(output).__name__}; tracing its channels needs a tensor, a tuple or a "
-                "Hugging Face ModelOutput whose first item is one"
-            )
-        output = output[0]
-    return output.float().sum()
+def _traced_output(output) -> torch.Tensor:
+    """What tracing follows back: a tensor output, every tensor of a tuple or list (an auxiliary head's
+    channels are outputs too), or a Hugging Face ModelOutput's first item (its hidden states)."""
+    if isinstance(output, torch.Tensor):
+        return output.float().sum()
+    if isinstance(output, (tuple, list)) and any(item is not None for item in output):
+        return sum(_traced_output(item) for item in output if item is not None)
+    if hasattr(output, "to_tuple"):
+        return _traced_output(output[0])
+    raise UnsupportedModelError(
+        f"the model returns a {type(output).__name__}; tracing its channels needs a tensor, a tuple or list of "
+        "tensors, or a Hugging Face ModelOutput"
+    )
 
 
 def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set[nn.Module]:
@@ -152,12 +155,14 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     (LayerNorm, embeddings, depthwise convs, unwrapped parameters...), carry a ``reason``.
     """
     traced = copy.deepcopy(model).eval()
+    for param in traced.parameters():  # tracing follows autograd: a frozen layer would look unused
+        param.requires_grad_(True)
     names = {module: name for name, module in traced.named_modules()}
     opaque = [m for m in traced.modules() if type(m).__name__.endswith(OPAQUE_BLOCKS)]
     hidden = {sub for block in opaque for sub in block.modules() if sub is not block}
     reused = _reused_layers(traced, example_inputs)
     with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(traced, example_inputs, output_transform=_first_tensor, verbose=False)
+        graph = tp.DependencyGraph().build_dependency(traced, example_inputs, output_transform=_traced_output, verbose=False)
     groups: list[ChannelGroup] = []
     seen: set[nn.Module] = set()
     for module in graph.module2node:

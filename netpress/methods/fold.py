@@ -264,9 +264,9 @@ def _foldable(groups: list, model: nn.Module) -> list:
     if not foldable:
         reasons = "; ".join(f"{g.name}: {g.reason}" for g in groups)
         left = uncompressed_layers(model, CHANNEL_LAYERS)
-        others = ", ".join(f"{name} ({layer['type']})" for name, layer in left.items())
+        others = ", ".join(f"{name or 'the model itself'} ({layer['type']})" for name, layer in left.items())
         raise UnsupportedModelError(
-            f"no channel group can be changed ({reasons})"
+            (f"no channel group can be changed ({reasons})" if groups else "the model has no Linear or Conv layer")
             + (f"; fold changes Linear and Conv layers only, not {others}" if others else "")
         )
     return foldable
@@ -426,6 +426,11 @@ class ChannelL1(_GroupReduction):
 
     name: ClassVar[str] = "channel-l1"
     merge: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.repair == "ar":  # a silently ignored setting is a wrong result
+            raise BudgetError("the ar repair corrects merged channels and channel-l1 merges none; use none, dir or data")
 
     def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
         return [[c] for c in _largest_l1(features, k)]

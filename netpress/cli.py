@@ -295,7 +295,7 @@ def compress(
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
     clip: ClipName = typer.Option("max", help=CLIP_HELP),
     group_size: int | None = typer.Option(None, help=GROUP_HELP),
-    repair: RepairName = typer.Option("none", help="repair after fold/channel-l1: none, ar, dir, data (needs --data)"),
+    repair: RepairName = typer.Option("none", help="after fold or channel-l1: none, ar (fold only), dir, data (needs --data)"),
     clustering: ClusteringName = typer.Option("kmeans", help="fold: kmeans (the paper's CNN code) or ward (its LLM code)"),
     prune_fraction: float = typer.Option(
         0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
@@ -390,7 +390,7 @@ def sweep(
     per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
     clip: ClipName = typer.Option("max", help=CLIP_HELP),
     group_size: int | None = typer.Option(None, help=GROUP_HELP),
-    repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar, dir, data)"),
+    repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar for fold only, dir, data)"),
     iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
     init: InitName | None = typer.Option(None, help=INIT_HELP),
     batch_size: int | None = typer.Option(None, help=BATCH_HELP),

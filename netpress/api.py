@@ -685,9 +685,15 @@ def _measured_report(
             written = handle.encoder.embed(load(path, model=handle.module), prepared.sentences)
             report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
     except DataError as exc:  # the original ran on this data: the compression broke the model
+        structural = [m["name"] for m in compressed.summary["methods"] if getattr(METHODS.get(m["name"]), "structural", False)]
+        hint = (
+            f"; {structural[0]} traces the model with one input, so a branch that input did not take may still expect "
+            "the old widths"
+            if structural
+            else ""
+        )
         raise UnsupportedModelError(
-            f"the compressed model does not run on {prepared.dataset}, which the original runs on ({exc}); fold traces "
-            "the model with one input, so a branch that input did not take may still expect the old widths"
+            f"the compressed model does not run on {prepared.dataset}, which the original runs on ({exc}){hint}"
         ) from exc
     if prepared.calibration is not None:
         report["calibration"] = {**compressed.summary["calibration"], "indices": prepared.calibration.indices}

@@ -377,3 +377,23 @@ def test_every_output_of_a_tuple_is_traced():
 def test_channel_l1_refuses_the_ar_repair_it_would_ignore():
     with pytest.raises(BudgetError, match="channel-l1 merges none"):
         ChannelL1(repair="ar")
+
+
+class _ZeroSkips(nn.Module):
+    """fc2 runs only on a non-zero input, so tracing with zeros never sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(64, 24), nn.Linear(24, 24), nn.Linear(24, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        if x.abs().sum() > 0:
+            h = torch.relu(self.fc2(h))
+        return self.out(h)
+
+
+def test_press_blames_the_compression_when_the_compressed_model_fails_on_the_data(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="compressed model does not run on digits, which the original runs on"):
+        netpress.press(_ZeroSkips(), Fold(), Budget(params=0.2), out=tmp_path / "f.press", data="digits")
+    assert not list(tmp_path.iterdir())

@@ -342,7 +342,15 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     traced = _traced(handle, methods)
     for method in traced[:1] if structural else traced:
         if budget.kind in method.budgets and hasattr(method, "check_target"):
-            method.check_target(handle.module, budget)
+            method.check_target(handle.module, _with_source(budget, handle))
+
+
+def _with_source(budget: Budget | None, handle: ModelHandle) -> Budget | None:
+    """A ratio budget as the methods size files with it: against the handle's fp32 bytes (unless given), and
+    with the source record the file will carry (a .press input's earlier stages take bytes too)."""
+    if budget is None or budget.kind != "ratio":
+        return budget
+    return replace(budget, reference_bytes=budget.reference_bytes or fp32_bytes(handle.module), source=dict(handle.source))
 
 
 def _traced(handle: ModelHandle, methods: list[Method]) -> list[Method]:
@@ -387,8 +395,7 @@ def _compress(
     if not any(m.needs != "none" for m in methods):
         data = None  # unused, so not recorded in the file either
     methods = _traced(handle, methods)
-    if budget is not None and budget.kind == "ratio":
-        budget = replace(budget, reference_bytes=budget.reference_bytes or fp32_bytes(handle.module), source=dict(handle.source))
+    budget = _with_source(budget, handle)
     current = handle.module
     codes: dict = {}
     rows: dict[str, list[dict]] = {}
@@ -730,8 +737,9 @@ def _encoder(handle: ModelHandle) -> hf.TextEncoder:
         return handle.encoder
     if handle.path is not None and Path(handle.path).suffix.lower() == ".press":
         raise DataError(
-            f"{handle.path} holds the network, not its tokenizer: measure it against the directory it came from, "
-            f"`netpress eval {handle.path} --data fortunes --reference DIR`"
+            f"{handle.path} holds the network, not its tokenizer, so it cannot read text: compress it with a data-free "
+            f"method and no --data, and measure a file against the directory it came from, "
+            f"`netpress eval FILE --data fortunes --reference DIR`"
         )
     raise DataError(f"{handle.path or 'the model'} has no tokenizer, so netpress cannot embed text with it")
 

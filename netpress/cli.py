@@ -572,7 +572,8 @@ def decompress(
     file: Path = typer.Argument(..., help="a .press file"),
     output: Path = typer.Option(..., "-o", "--output", help="the .safetensors file to write"),
 ) -> None:
-    """Write the exact tensors of a .press file as a plain safetensors state dict."""
+    """Write the exact tensors of a .press file as a plain safetensors state dict, each in the dtype the file
+    stores it (an L² file's fp16 biases stay fp16; load_state_dict casts them)."""
     from safetensors.torch import save
 
     check_outputs(output, keep=(file,))

@@ -16,7 +16,7 @@ from netpress.codec.entropy import encode_symbols
 from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import calibration_subset, load_dataset
 from netpress.errors import BudgetError
-from netpress.methods import L2, MagnitudePruning
+from netpress.methods import L2, Fold, MagnitudePruning
 from netpress.methods.base import absorb_batchnorm_statistics
 from netpress.methods.l2 import _Run
 from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
@@ -226,3 +226,15 @@ def test_cli_compress_and_sweep(tmp_path):
     bad = run("compress", source, "-m", "l2", "--bits", "4", "--ratio", "3", *common, "-o", tmp_path / "x.press")
     assert bad.exit_code == 2 and "drop --bits" in " ".join(bad.output.split())
     assert np.isfinite([r["accuracy_after"] for r in reports]).all()
+
+
+def test_on_a_press_input_the_ratio_l2_suggests_is_one_it_can_reach(tmp_path):
+    # The file carries the earlier stage's record: the check before any work must count it, as the run does.
+    path = tmp_path / "f.press"
+    api.save(api.compress(api.load_model("zoo:lenet5"), Fold(), Budget(params=0.3)), path)
+    handle = api.load_model(path)
+    with pytest.raises(BudgetError, match=r"ask for at most") as refused:
+        api._check_call(handle, [L2()], Budget(ratio=5000), None)
+    largest = float(re.search(r"at most ([\d.]+)x", str(refused.value)).group(1))
+    run = _Run(L2(), handle.module, api._with_source(Budget(ratio=largest), handle))
+    assert run.smallest_file_bytes() <= run.target

@@ -738,8 +738,8 @@ def _encoder(handle: ModelHandle) -> hf.TextEncoder:
     if handle.path is not None and Path(handle.path).suffix.lower() == ".press":
         raise DataError(
             f"{handle.path} holds the network, not its tokenizer, so it cannot read text: compress it with a data-free "
-            f"method and no --data, and measure a file against the directory it came from, "
-            f"`netpress eval FILE --data fortunes --reference DIR`"
+            "method and no --data, and measure a file against the directory it came from, "
+            "`netpress eval FILE --data fortunes --reference DIR`"
         )
     raise DataError(f"{handle.path or 'the model'} has no tokenizer, so netpress cannot embed text with it")
 

@@ -23,6 +23,7 @@ from netpress.errors import (
     check_press_suffix,
     check_suffix,
     check_writable,
+    one_line,
 )
 from netpress.methods import (
     ALLOCATIONS,
@@ -55,7 +56,7 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except NetpressError as exc:
             # One line even where the message quotes a multi-line one (torch's load_state_dict report).
-            err.print(f"[bold red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -10,7 +10,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from netpress.codec.codes import Codes, Encoded, SparseValues
-from netpress.errors import BudgetError, ModelSourceError
+from netpress.errors import BudgetError, ModelSourceError, one_line
 from netpress.graph.surgery import resize_to
 
 
@@ -103,5 +103,5 @@ class CompressedModel:
         try:
             model.load_state_dict(casted, strict=True)
         except RuntimeError as exc:
-            raise ModelSourceError(f"the stored tensors do not fit this architecture: {' '.join(str(exc).split())}") from exc
+            raise ModelSourceError(f"the stored tensors do not fit this architecture: {one_line(exc)}") from exc
         return model.eval()

@@ -10,6 +10,11 @@ import math
 import os
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line: torch's messages (a load_state_dict report) span several."""
+    return " ".join(str(exc).split())
+
+
 def not_a_file(path: str | os.PathLike) -> str:
     """The message for a path that should name an existing file and does not."""
     return f"{path}: is a directory, not a file" if os.path.isdir(path) else f"{path}: no such file"

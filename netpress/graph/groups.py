@@ -23,7 +23,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
-from netpress.errors import DataError, UnsupportedModelError
+from netpress.errors import DataError, UnsupportedModelError, one_line
 
 Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
@@ -108,6 +108,12 @@ def _traced_output(output) -> torch.Tensor:
     )
 
 
+def forward_once(model: nn.Module, example_inputs: torch.Tensor | dict) -> None:
+    """One pass of the tracing input (a tensor, or a Hugging Face model's keyword inputs), without autograd."""
+    with torch.no_grad():
+        model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
+
+
 def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set[nn.Module]:
     """The layers one forward pass calls more than once: a layer fed its own output couples its input and
     output channels, which a group's plan does not follow."""
@@ -118,11 +124,10 @@ def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set
         if isinstance(m, (*CHANNEL_LAYERS, *_NORMS))
     ]
     try:
-        with torch.no_grad():
-            model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
+        forward_once(model, example_inputs)
     except Exception as exc:  # whatever the user's forward raises on an input it cannot take: one line
         given = f"inputs of shape {tuple(example_inputs.shape[1:])}" if torch.is_tensor(example_inputs) else "its inputs"
-        raise DataError(f"the model cannot run on {given}: {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+        raise DataError(f"the model cannot run on {given}: {type(exc).__name__}: {one_line(exc)}") from exc
     finally:
         for hook in hooks:
             hook.remove()

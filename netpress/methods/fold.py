@@ -27,13 +27,14 @@ from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed, check_whole, one_line
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
     CHANNEL_LAYERS,
     ChannelGroup,
     ParamCounter,
     channel_groups,
+    forward_once,
     group_features,
     standardize_norms,
     transform_group,
@@ -276,11 +277,10 @@ def _check_still_runs(model: nn.Module, example: torch.Tensor | dict, method: st
     """The reduced model must run: a buffer or an operation the channel graph does not see (a mask sized
     by the channels, a view with a fixed width) can still expect the old widths."""
     try:
-        with torch.no_grad():
-            model(**example) if isinstance(example, dict) else model(example)
+        forward_once(model, example)
     except Exception as exc:  # whatever the user's forward raises, the cause is the removed channels
         raise UnsupportedModelError(
-            f"after {method} the model no longer runs ({type(exc).__name__}: {' '.join(str(exc).split())}): something "
+            f"after {method} the model no longer runs ({type(exc).__name__}: {one_line(exc)}): something "
             "the channel tracing does not see, e.g. a buffer or a reshape sized by a layer's channels, still expects "
             f"the old width; {method} supports channels that flow through Linear, Conv and BatchNorm layers and "
             "element-wise operations"

@@ -420,14 +420,11 @@ def _compress(
         if name in state and not torch.equal(value.dequantize(), state[name]):
             raise NetpressError(f"internal error: the codes of {name} disagree with the model's weights")
     tensors = stored_tensors(state, codes, raw_dtype or chosen_dtype)
-    coded = list(codes.values())
-    zeros = sum(round(c.sparsity() * torch.Size(c.shape).numel()) for c in coded)
-    numel = sum(torch.Size(c.shape).numel() for c in coded)
     summary = {
         "netpress": netpress.__version__,
         "methods": [_method_record(m) for m in methods],
         "budget": budget.to_dict() if budget else None,
-        "sparsity": zeros / numel if numel else 0.0,
+        "sparsity": codec.weight_sparsity(codes),
         "params": sum(v.numel() for v in state.values() if v.is_floating_point()),
     }
     if data is not None:

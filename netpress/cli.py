@@ -563,7 +563,7 @@ def inspect(
         f"coded {info['payload_bytes']:,} B (entropy bound {info['entropy_bound_bytes']:,.0f} B) + models "
         f"{info['side_bytes']:,} B + survivor values and level tables {values:,} B + raw {info['raw_bytes']:,} B "
         f"+ header {info['file_bytes'] - info['streams_bytes']:,} B = file {info['file_bytes']:,} B; "
-        f"{info['params']:,} stored floats (parameters and buffers); sparsity {100 * info['sparsity']:.2f} %"
+        f"{info['params']:,} stored floats (parameters and buffers); {100 * info['sparsity']:.2f} % of the coded weights are zero"
     )
 
 

@@ -109,6 +109,19 @@ def test_models_with_batchnorm_and_reproducibility(calibration):
     assert results[0].summary["budget"] == {"ratio": 3}
 
 
+def test_sparsity_counts_weights_not_the_batchnorm_constants(calibration, tmp_path):
+    """L² codes BatchNorm's running means as constant zeros; the file's sparsity must not count them."""
+    model = tiny_cnn()
+    calib = calibration_subset(
+        torch.utils.data.TensorDataset(torch.randn(256, 1, 8, 8), torch.randint(0, 10, (256,))), 64, seed=0
+    )
+    compressed = api.compress(model, FAST, Budget(ratio=3), calib)
+    api.save(compressed, tmp_path / "m.press")
+    weights = [v for n, v in compressed.state_dict().items() if n.endswith("weight") and v.dim() > 1]
+    expected = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert compressed.summary["sparsity"] == api.inspect(tmp_path / "m.press")["sparsity"] == expected
+
+
 def test_reconstruction_is_kept_only_when_it_brings_the_model_closer(calibration):
     """Weights wrecked by a huge reconstruction rate are dropped for the original weights rounded to
     the same grids; an ordinary reconstruction at a tight budget is kept."""

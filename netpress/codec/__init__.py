@@ -11,6 +11,18 @@ from netpress.codec.codes import Codes, Encoded, SparseValues
 from netpress.codec.container import FORMAT_VERSION, from_bytes, read, read_file_bytes, read_manifest, save, to_bytes, write_file
 from netpress.codec.entropy import entropy_bits
 
+# BatchNorm's running statistics: L² stores them as one-level constants, so they are coded, but they are not
+# weights, and a sparsity figure that counted them would report zeros no pruning made.
+BATCHNORM_STATISTICS = ("running_mean", "running_var")
+
+
+def weight_sparsity(coded: dict[str, Codes | SparseValues]) -> float:
+    """Share of zeros among the coded tensors that are weights (all but BatchNorm statistics)."""
+    weights = [v for n, v in coded.items() if n.rsplit(".", 1)[-1] not in BATCHNORM_STATISTICS]
+    numel = sum(torch.Size(v.shape).numel() for v in weights)
+    zeros = sum(round(v.sparsity() * torch.Size(v.shape).numel()) for v in weights)
+    return zeros / numel if numel else 0.0
+
 
 def inspect(path: str | os.PathLike) -> dict:
     """Per-tensor and total figures of a .press file (decodes and verifies every tensor).
@@ -21,7 +33,7 @@ def inspect(path: str | os.PathLike) -> dict:
     data = read_file_bytes(path)
     manifest, payload = read_manifest(data)
     compressed = from_bytes(data)
-    rows, coded_zeros, coded_numel, bound_bits = [], 0, 0, 0.0
+    rows, coded, bound_bits = [], {}, 0.0
     for record in manifest["tensors"]:
         value = compressed.tensors[record["name"]]
         numel = 1
@@ -38,8 +50,7 @@ def inspect(path: str | os.PathLike) -> dict:
         if "dtype" in record:  # a raw tensor's, or a sparse tensor's survivors'
             row["dtype"] = record["dtype"]
         if isinstance(value, (Codes, SparseValues)):
-            coded_zeros += round(value.sparsity() * numel)
-            coded_numel += numel
+            coded[record["name"]] = value
             symbols = value.symbols if isinstance(value, Codes) else value.mask.to(torch.int32)
             bits = entropy_bits(symbols.numpy())
             bound_bits += bits
@@ -60,7 +71,7 @@ def inspect(path: str | os.PathLike) -> dict:
         "entropy_bound_bytes": bound_bits / 8,
         "raw_bytes": sum(r["bytes"] for r in rows if r["kind"] == "raw"),
         "params": sum(int(v.numel()) for v in compressed.state_dict().values() if v.is_floating_point()),
-        "sparsity": coded_zeros / coded_numel if coded_numel else 0.0,
+        "sparsity": weight_sparsity(coded),
         "source": manifest.get("source", {}),
         "summary": manifest.get("summary", {}),
         "tensors": rows,
@@ -78,5 +89,6 @@ __all__ = [
     "read_manifest",
     "save",
     "to_bytes",
+    "weight_sparsity",
     "write_file",
 ]

@@ -13,7 +13,7 @@ from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
-from netpress.methods.baselines import prune_counts
+from netpress.methods.baselines import prune_counts, smallest_mask
 from tests.archs import tied, tiny_cnn, tiny_mlp
 
 
@@ -242,6 +242,16 @@ def test_split_exact_shares_a_capped_layers_overflow_in_proportion():
     # Uniform magnitude pruning keeps one weight per layer: the small layers' overflow goes in proportion.
     weights = [torch.randn(4), torch.randn(4), torch.randn(1000), torch.randn(300)]
     assert prune_counts(weights, 0.9, "uniform") == [3, 3, 902, 270]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]), min_size=1, max_size=40), st.integers(0, 45))
+def test_smallest_mask_is_the_head_of_a_stable_sort(values, count):
+    """Ties (many here) are broken by position, exactly as the first ``count`` of a stable argsort."""
+    scores = torch.tensor(values, dtype=torch.float64)
+    expected = torch.zeros(len(values), dtype=torch.bool)
+    expected[torch.argsort(scores, stable=True)[:count]] = True
+    assert torch.equal(smallest_mask(scores, count), expected)
 
 
 @pytest.mark.parametrize(

@@ -293,8 +293,14 @@ def _check_earlier_stages(handle: ModelHandle, methods: list[Method]) -> None:
 
 
 def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model: nn.Module, stage: str) -> None:
-    """Stages never undo each other: a pruned weight stays zero; a quantized tensor gains no new values."""
+    """Stages never undo each other: a pruned weight stays zero; a quantized tensor gains no new values.
+    And a stage that trains leaves finite weights (a diverged one is named here, not at save)."""
     after = model.state_dict()
+    for name, tensor in after.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NetpressError(
+                f"{stage} left NaN or infinite values in {name}: its optimisation diverged; lower its learning rates"
+            )
     for name, old in before.items():
         if name not in after:
             continue  # removed by a structural stage

@@ -7,7 +7,7 @@ from torch import nn
 import netpress
 from netpress import Budget, codec, compress
 from netpress.data import calibration_subset, load_dataset
-from netpress.errors import BudgetError, UnsupportedModelError
+from netpress.errors import BudgetError, NetpressError, UnsupportedModelError
 from netpress.evaluate import predict
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning
 from netpress.methods.base import compressible_weights, distillation_loss, recalibrate_batchnorm, target_zeros
@@ -142,3 +142,8 @@ def test_fcpts_runs_under_no_grad(calibration):
     with torch.no_grad():  # e.g. called from the user's inference script
         compressed = compress(tiny_mlp(), FAST, Budget(sparsity=0.5), calibration)
     assert compressed.summary["sparsity"] == 0.5
+
+
+def test_a_diverged_optimisation_is_named_before_anything_is_written(calibration):
+    with pytest.raises(NetpressError, match="fcpts left NaN or infinite values in .*diverged"):
+        compress(tiny_mlp(), FCPTS(iterations=5, weight_lr=1e20, batch_size=32), Budget(sparsity=0.5), calibration)

@@ -299,7 +299,7 @@ def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model:
     for name, tensor in after.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise NetpressError(
-                f"{stage} left NaN or infinite values in {name}: its optimisation diverged; lower its learning rates"
+                f"{stage} left NaN or infinite values in {name}: its optimisation diverged (FCPTS, L²: lower the learning rates)"
             )
     for name, old in before.items():
         if name not in after:

@@ -39,6 +39,15 @@ def correct_on(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
         return predict(model.eval(), images).argmax(1) == labels
 
 
+def _summary(rows: list[dict]) -> str:
+    above = [r for r in rows if r["only_fcpts"] > r["only_baseline"]]
+    significant = [f"{r['model']} {r['sparsity']:.0%}" for r in above if r["p"] < 0.05]
+    return (
+        f"On these images FCPTS is above the best baseline at {len(above)} of {len(rows)} cells "
+        f"(significant at p < 0.05: {', '.join(significant) or 'none'}); on the test split it is above at none of them."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -95,6 +104,7 @@ def main() -> None:
                 "p": "exact two-sided McNemar test on the two counts",
             },
             "rows": rows,
+            "notes": [_summary(rows)],
         },
     )
     regenerate_results_md()

@@ -50,7 +50,7 @@ from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_param
 from netpress.evaluate import evaluate as _evaluate
 from netpress.evaluate import fidelity as _fidelity
 from netpress.methods import METHODS
-from netpress.methods.base import Method, check_budget, compressible_weights, uncompressed_layers
+from netpress.methods.base import Method, check_budget, compressible_weights, first_non_finite, uncompressed_layers
 
 
 @dataclass
@@ -296,11 +296,10 @@ def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model:
     """Stages never undo each other: a pruned weight stays zero; a quantized tensor gains no new values.
     And a stage that trains leaves finite weights (a diverged one is named here, not at save)."""
     after = model.state_dict()
-    for name, tensor in after.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise NetpressError(
-                f"{stage} left NaN or infinite values in {name}: its optimisation diverged (FCPTS, L²: lower the learning rates)"
-            )
+    if (name := first_non_finite(after)) is not None:
+        raise NetpressError(
+            f"{stage} left NaN or infinite values in {name}: its optimisation diverged (FCPTS, L²: lower the learning rates)"
+        )
     for name, old in before.items():
         if name not in after:
             continue  # removed by a structural stage

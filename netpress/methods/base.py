@@ -82,6 +82,11 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
     }
 
 
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first float tensor holding NaN or infinity: refused in a model given, and after every stage."""
+    return next((n for n, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
 def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -> dict[str, nn.Parameter]:
     """Refuse models a weight-stage method cannot work on; return their compressible weights.
 
@@ -94,8 +99,8 @@ def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -
     for name, tensor in state.items():
         if tensor.is_meta:
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
+    if (name := first_non_finite(state)) is not None:
+        raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
     weights = compressible_weights(model)
     names_of: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False) if coded else ():

@@ -5,6 +5,7 @@ import torch
 
 from netpress import zoo
 from netpress.data import load_dataset
+from netpress.errors import BudgetError
 from netpress.evaluate import evaluate, predict
 from tests.conftest import TRAINED, needs_fashion_mnist
 
@@ -48,3 +49,17 @@ def test_train_writes_a_checkpoint_its_manifest_vouches_for(tmp_path, monkeypatc
     assert json.loads((tmp_path / "manifest.json").read_text())["lenet300"] == record
     assert record["sha256"] == zoo.registry.sha256(path) and record["file_bytes"] == path.stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet300.safetensors", "manifest.json"]
+
+
+def test_fit_trains_on_the_given_images_reproducibly(monkeypatch):
+    """``fit`` is the recipe without the manifest (a benchmark trains on half the training split with it)."""
+    monkeypatch.setenv("NETPRESS_QUIET", "1")
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 1, 28, 28, generator=generator), torch.randint(0, 10, (200,), generator=generator)
+    first, again = zoo.fit("lenet300", x, y, epochs=1), zoo.fit("lenet300", x, y, epochs=1)
+    assert not first.training
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    torch.manual_seed(0)  # the initialisation fit starts from
+    assert not torch.equal(first.fc1.weight, zoo.build("lenet300").fc1.weight)
+    with pytest.raises(BudgetError, match="epochs"):
+        zoo.fit("lenet300", x, y, epochs=0)

@@ -10,9 +10,10 @@ from netpress.zoo.registry import (
     ZOO,
     ZooEntry,
     build,
+    fit,
     load_manifest,
     load_pretrained,
     train,
 )
 
-__all__ = ["CHECKPOINT_DIR", "ZOO", "ZooEntry", "build", "load_manifest", "load_pretrained", "train"]
+__all__ = ["CHECKPOINT_DIR", "ZOO", "ZooEntry", "build", "fit", "load_manifest", "load_pretrained", "train"]

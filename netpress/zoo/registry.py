@@ -104,30 +104,33 @@ def _check_device(device: str) -> None:
         raise BudgetError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
 
 
-def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR, device: str = "cpu") -> dict:
-    """Train a zoo model from scratch with its fixed recipe and record it in the manifest.
-
-    SGD with Nesterov momentum and a one-cycle schedule; the seed fixes initialisation,
-    data order and augmentation, so the same command on the same machine gives the same file.
-    """
-    from netpress.evaluate import evaluate
-
+def _recipe(name: str, seed: int, epochs: int | None, device: str) -> tuple[ZooEntry, int]:
+    """The zoo entry and epoch count of a training run, refused before any work if an option is wrong."""
     entry = _entry(name)
     epochs = entry.epochs if epochs is None else epochs
     check_seed(seed)
     if epochs < 1:
         raise BudgetError(f"epochs must be ≥ 1, got {epochs}")
     _check_device(device)
-    make_output_dir(out_dir)  # before the training, not after it
+    return entry, epochs
+
+
+def fit(
+    name: str, inputs: torch.Tensor, labels: torch.Tensor, seed: int = 0, epochs: int | None = None, device: str = "cpu"
+) -> nn.Module:
+    """A fresh zoo model trained with its fixed recipe on ``inputs`` / ``labels``, returned on the CPU in eval mode.
+
+    SGD with Nesterov momentum and a one-cycle schedule; the seed fixes initialisation, data order and
+    augmentation. ``train`` fits on the whole training split; a benchmark may fit on part of it.
+    """
+    entry, epochs = _recipe(name, seed, epochs, device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
-    x_all, y_all = (t.to(device) for t in train_set.tensors)
+    x_all, y_all = inputs.to(device), labels.to(device)
     model = entry.factory().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=entry.lr, momentum=0.9, nesterov=True, weight_decay=entry.weight_decay)
     steps_per_epoch = (len(x_all) + entry.batch_size - 1) // entry.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, entry.lr, total_steps=epochs * steps_per_epoch)
-    start = time.perf_counter()
     with progress_bar() as progress:
         task = progress.add_task(f"training {name}", total=epochs * steps_per_epoch)
         for _ in range(epochs):
@@ -144,8 +147,20 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = C
                 optimizer.step()
                 schedule.step()
                 progress.update(task, advance=1, description=f"training {name} loss {loss.item():.3f}")
+    return model.cpu().eval()
+
+
+def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = CHECKPOINT_DIR, device: str = "cpu") -> dict:
+    """Train a zoo model from scratch on its whole training split (``fit``) and record it in the manifest;
+    the same command on the same machine gives the same file."""
+    from netpress.evaluate import evaluate
+
+    entry, epochs = _recipe(name, seed, epochs, device)
+    make_output_dir(out_dir)  # before the training, not after it
+    train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
+    start = time.perf_counter()
+    model = fit(name, *train_set.tensors, seed=seed, epochs=epochs, device=device)
     seconds = time.perf_counter() - start
-    model = model.cpu().eval()
     # Evaluate and build both files in memory first: a failure then leaves the checkpoint and the
     # manifest as they were, never a new checkpoint whose sha256 the manifest does not know.
     result = evaluate(model, test_set)

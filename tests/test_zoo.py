@@ -5,7 +5,7 @@ import torch
 
 from netpress import zoo
 from netpress.data import load_dataset
-from netpress.errors import BudgetError
+from netpress.errors import BudgetError, DataError
 from netpress.evaluate import evaluate, predict
 from tests.conftest import TRAINED, needs_fashion_mnist
 
@@ -63,3 +63,7 @@ def test_fit_trains_on_the_given_images_reproducibly(monkeypatch):
     assert not torch.equal(first.fc1.weight, zoo.build("lenet300").fc1.weight)
     with pytest.raises(BudgetError, match="epochs"):
         zoo.fit("lenet300", x, y, epochs=0)
+    with pytest.raises(DataError, match="one label per input"):
+        zoo.fit("lenet300", x, y[:-1])
+    with pytest.raises(DataError, match="inputs of shape"):
+        zoo.fit("lenet300", x[:, :, :8, :8], y)

@@ -15,7 +15,7 @@ from torch import nn
 
 from netpress.codec import write_file
 from netpress.data import load_dataset
-from netpress.errors import BudgetError, ModelSourceError, check_seed, make_output_dir
+from netpress.errors import BudgetError, DataError, ModelSourceError, check_seed, make_output_dir
 from netpress.progress import progress_bar
 from netpress.zoo.models import VGG, LeNet5, LeNet300, ResNet20
 
@@ -124,6 +124,10 @@ def fit(
     augmentation. ``train`` fits on the whole training split; a benchmark may fit on part of it.
     """
     entry, epochs = _recipe(name, seed, epochs, device)
+    if len(inputs) == 0 or len(inputs) != len(labels):
+        raise DataError(f"fit needs one label per input and at least one input: {len(inputs)} inputs, {len(labels)} labels")
+    if tuple(inputs.shape[1:]) != entry.input_shape:
+        raise DataError(f"{name} takes inputs of shape {entry.input_shape}, got {tuple(inputs.shape[1:])}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_all, y_all = inputs.to(device), labels.to(device)

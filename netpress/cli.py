@@ -75,7 +75,10 @@ def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = (), made: 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 MODEL_HELP = "zoo:NAME, a .press file, a Hugging Face model directory, or a .safetensors / .pt / .pth state dict"
-DATA_HELP = "dataset for calibration and evaluation (fashion-mnist, digits; fortunes for a Hugging Face encoder)"
+DATA_HELP = (
+    "dataset for calibration and evaluation: fashion-mnist, digits, or your own .safetensors file with train_inputs, "
+    "test_inputs and test_labels (train_labels optional); fortunes for a Hugging Face encoder"
+)
 
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
@@ -475,7 +478,9 @@ def sweep(
 @friendly
 def eval_(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    data: str | None = typer.Option(None, help="dataset name (default: the zoo model's own; fortunes for an encoder)"),
+    data: str | None = typer.Option(
+        None, help="dataset name or .safetensors data file (default: the zoo model's own; fortunes for an encoder)"
+    ),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     reference: str | None = typer.Option(
         None, help="an encoder's uncompressed Hugging Face directory: its tokenizer embeds the text, its model is compared"

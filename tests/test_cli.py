@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import netpress
 from netpress import api, zoo
 from netpress.cli import app
+from netpress.data import load_dataset
 from tests.archs import custom_only, mlp_with_custom_layer, tied, tiny_cnn, tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
@@ -473,3 +474,30 @@ def test_clip_and_group_size_reach_uniform_quantization_after_pruning(tmp_path):
     loaded = netpress.load(tmp_path / "c.press")
     assert netpress.codec.read(tmp_path / "c.press").tensors["fc1.weight"].levels.shape == (300 * 8, 15)  # 784 = 8 runs
     assert loaded is not None
+
+
+def test_a_data_file_of_your_own_calibrates_and_measures_like_the_named_dataset(weights, tmp_path):
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    data = tmp_path / "mine.safetensors"
+    save_file({"train_inputs": train.tensors[0], "test_inputs": test.tensors[0], "test_labels": test.tensors[1]}, str(data))
+    reports = []
+    for name, source in (("named", "digits"), ("file", data)):
+        args = ["--arch", "tests.archs:tiny_mlp", "--data", source, "-m", "fcpts", "--sparsity", "0.5", "--iterations", "2"]
+        result = run(
+            "compress",
+            weights / "mlp.pt",
+            *args,
+            "--calib",
+            "32",
+            "-o",
+            tmp_path / f"{name}.press",
+            "--report",
+            tmp_path / f"{name}.json",
+        )
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert (tmp_path / "named.press").read_bytes() == (tmp_path / "file.press").read_bytes()
+    assert reports[0]["accuracy_after"] == reports[1]["accuracy_after"] and reports[1]["dataset"] == str(data)
+    result = run("eval", tmp_path / "file.press", "--arch", "tests.archs:tiny_mlp", "--data", data, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy"] == reports[1]["accuracy_after"]

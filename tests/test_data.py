@@ -2,6 +2,7 @@ import gzip
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch.utils.data import TensorDataset
 
 from netpress.data import calibration_subset, check_dataset, load_dataset
@@ -68,3 +69,50 @@ def test_damaged_dataset_files_get_a_clear_error(monkeypatch, tmp_path, damage):
 def test_bad_data_gets_a_clear_error(call, message):
     with pytest.raises(DataError, match=message):
         call()
+
+
+def _digits_file(path, **changes):
+    """digits as a user's data file, with some tensors replaced (None: left out)."""
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    tensors = {"train_inputs": train.tensors[0], "train_labels": train.tensors[1], "test_inputs": test.tensors[0]}
+    tensors["test_labels"] = test.tensors[1]
+    tensors.update(changes)
+    save_file({k: v for k, v in tensors.items() if v is not None}, str(path))
+    return str(path)
+
+
+def test_a_data_file_gives_back_its_splits_and_may_leave_calibration_unlabelled(tmp_path):
+    path = _digits_file(tmp_path / "data.safetensors")
+    for split in ("train", "test"):
+        assert all(torch.equal(a, b) for a, b in zip(load_dataset(path, split).tensors, load_dataset("digits", split).tensors))
+    with pytest.raises(DataError, match="test split"):
+        calibration_subset(load_dataset(path, "test"), 8)
+    unlabelled = load_dataset(_digits_file(tmp_path / "unlabelled.safetensors", train_labels=None), "train")
+    subset = calibration_subset(unlabelled, 8)
+    inputs, labels = subset.tensors()
+    assert labels is None and inputs.shape == (8, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "changes, split, message",
+    [
+        ({"test_labels": None}, "test", "has no test_labels"),
+        ({"train_inputs": None}, "train", "has no train_inputs"),
+        ({"test_labels": torch.zeros(3, dtype=torch.int64)}, "test", "one per input"),
+        ({"test_labels": torch.zeros(360)}, "test", "integer class indices"),
+        ({"train_inputs": torch.zeros(10, 1, 8, 8, dtype=torch.int32)}, "train", "float tensor"),
+        ({"train_inputs": torch.zeros(0, 1, 8, 8)}, "train", "non-empty"),
+        ({"train_inputs": torch.full((10, 1, 8, 8), float("nan"))}, "train", "NaN"),
+    ],
+)
+def test_a_bad_data_file_gets_a_clear_error(tmp_path, changes, split, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(_digits_file(tmp_path / "data.safetensors", **changes), split)
+
+
+def test_a_missing_or_damaged_data_file_gets_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(str(tmp_path / "absent.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="not a readable safetensors file"):
+        load_dataset(str(tmp_path / "junk.safetensors"))

@@ -1,6 +1,7 @@
 """Datasets netpress can evaluate and calibrate on.
 
-Real data only, read from files a package manager installed; nothing is downloaded.
+Real data only, read from files a package manager installed or a user's own .safetensors data file;
+nothing is downloaded.
 Calibration and preservation subsets are always drawn from the *training* split.
 """
 

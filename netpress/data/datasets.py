@@ -79,15 +79,53 @@ def _digits(split: str) -> TensorDataset:
 
 
 DATASETS = {"fashion-mnist": _fashion_mnist, "digits": _digits}
+DATA_FILE_KEYS = "train_inputs (train_labels optional: calibration needs none), test_inputs and test_labels"
+
+
+def _data_file(path: Path, split: str) -> TensorDataset:
+    """A user's own data: a safetensors file (no pickle) with float ``{split}_inputs`` of the model's input shape
+    and integer ``{split}_labels``, one per input; the test split must be labelled, since accuracy is measured on it."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise DataError(f"data file {path} not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            stored = {k: f.get_tensor(k) for k in (f"{split}_inputs", f"{split}_labels") if k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable safetensors file ({exc})") from exc
+    inputs, labels = stored.get(f"{split}_inputs"), stored.get(f"{split}_labels")
+    if inputs is None or (labels is None and split == "test"):
+        raise DataError(f"{path} has no {split}_{'inputs' if inputs is None else 'labels'}; a data file holds {DATA_FILE_KEYS}")
+    if not inputs.is_floating_point() or inputs.dim() < 2 or len(inputs) == 0:
+        raise DataError(
+            f"{split}_inputs in {path} must be a non-empty float tensor (samples, ...), got {inputs.dtype} {tuple(inputs.shape)}"
+        )
+    if not torch.isfinite(inputs).all():
+        raise DataError(f"{split}_inputs in {path} holds NaN or infinite values")
+    if labels is None:
+        return TensorDataset(inputs.float())
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.shape != inputs.shape[:1]:
+        raise DataError(
+            f"{split}_labels in {path} must be integer class indices, one per input: got {labels.dtype} "
+            f"{tuple(labels.shape)} for {len(inputs)} inputs"
+        )
+    return TensorDataset(inputs.float(), labels.long())
 
 
 def load_dataset(name: str, split: str = "test") -> TensorDataset:
-    """Load a named dataset split as ``(image, label)`` pairs, standardised for the zoo models."""
+    """Load a dataset split as ``(input, label)`` pairs: a named one, standardised for the zoo models, or a
+    ``.safetensors`` data file of your own (``DATA_FILE_KEYS``), used as it is."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    dataset = DATASETS[name](split)
+    if name.endswith(".safetensors"):
+        dataset = _data_file(Path(name), split)
+    elif name not in DATASETS:
+        raise DataError(
+            f"unknown dataset {name!r}; available: {', '.join(DATASETS)}, or a .safetensors file holding {DATA_FILE_KEYS}"
+        )
+    else:
+        dataset = DATASETS[name](split)
     dataset.split = split  # calibration_subset refuses the test split by this mark
     return dataset
 

@@ -201,7 +201,7 @@ def main() -> None:
         write_result(args.name, _timing_record(rows, args.threads))
         regenerate_results_md()
         return
-    _plot(rows, models, methods, RESULTS_DIR / f"{args.name}.png")
+    plot_accuracy(rows, models, methods, RESULTS_DIR / f"{args.name}.png")
     allocation_plots = 0.8 in levels and "fcpts" in methods
     write_result(
         args.name,
@@ -382,15 +382,18 @@ def _over_seeds(runs: list[dict], best: dict) -> str:
     )
 
 
-def _plot(rows: list[dict], models: list[str], methods: dict, path: Path) -> None:
+def plot_accuracy(
+    rows: list[dict], models: list[str], methods, path: Path, key: str = "accuracy", label: str = "test accuracy (from the file)"
+) -> None:
+    """Accuracy (``key`` of each row) against sparsity, one panel per model, one line per method."""
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
         for method in methods:
-            pts = [(r["sparsity"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method]
+            pts = [(r["sparsity"], r[key]) for r in rows if r["model"] == model and r["method"] == method]
             ax.plot(*zip(*pts), marker="o", label=method, linewidth=2.5 if method == "fcpts" else 1)
         ax.set_title(model)
         ax.set_xlabel("global sparsity")
-        ax.set_ylabel("test accuracy (from the file)")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import regenerate_results_md, write_result  # noqa: E402
-from sparsity import mcnemar_p  # noqa: E402
+from common import RESULTS_DIR, regenerate_results_md, write_result  # noqa: E402
+from sparsity import mcnemar_p, plot_accuracy  # noqa: E402
 
 import netpress  # noqa: E402
 from netpress import Budget, zoo  # noqa: E402
@@ -61,8 +61,9 @@ def main() -> None:
     calibration = calibration_subset(seen, CALIB, seed=0)
     methods = {"fcpts": FCPTS(), **{f"magnitude-{a}": MagnitudePruning(a) for a in ALLOCATIONS}}
     rows, lines = [], []
+    models = args.models.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for model_name in args.models.split(","):
+        for model_name in models:
             start = time.perf_counter()
             dense = zoo.fit(model_name, *seen.tensors)
             train_seconds = time.perf_counter() - start
@@ -88,6 +89,7 @@ def main() -> None:
                     rows.append(row)
                     print(row, flush=True)
                 lines.append(_versus_best(model_name, level, right, on_test))
+    plot_accuracy(rows, models, methods, RESULTS_DIR / f"{args.name}.png", "unseen", "accuracy on the 40,000 unseen images (%)")
     write_result(
         args.name,
         {

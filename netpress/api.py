@@ -527,7 +527,7 @@ def press(
     budget: Budget | None = None,
     *,
     out: str | os.PathLike,
-    data: str | None = None,
+    data: str | os.PathLike | None = None,
     calib: int = DEFAULT_CALIB,
     seed: int = 0,
     raw_dtype: str | None = None,
@@ -537,12 +537,19 @@ def press(
     Accuracy after compression is measured on the model loaded back from the written file.
     Calibration samples come from the training split; evaluation uses the test split.
     """
+    data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
     _check_call(handle, methods, budget, raw_dtype)
     check_press_suffix(out)
     check_writable(out, keep=(handle.path,) if handle.path else ())
     return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
+
+
+def _data_name(data: str | os.PathLike | None) -> str | None:
+    """A dataset name, or a data file's path as a string (what load_dataset takes); anything else is left for
+    _prepare to refuse with advice."""
+    return os.fspath(data) if isinstance(data, os.PathLike) else data
 
 
 def _with_input_shape(handle: ModelHandle, data: str | None) -> ModelHandle:
@@ -570,8 +577,8 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
     check_seed(seed)
     if data is not None and not isinstance(data, str):
         raise DataError(
-            "press() takes a dataset name, so that it can calibrate on the training split and evaluate on the test "
-            "split; with your own Datasets, call compress(model, methods, budget, "
+            "press() takes a dataset name or a .safetensors data file, so that it can calibrate on the training split "
+            "and evaluate on the test split; with your own Datasets, call compress(model, methods, budget, "
             "netpress.data.calibration_subset(train, n)), save(), and evaluate(load(file, model), test)"
         )
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
@@ -792,7 +799,7 @@ def sweep(
     budgets: Sequence[Budget],
     *,
     out_dir: str | os.PathLike,
-    data: str | None = None,
+    data: str | os.PathLike | None = None,
     calib: int = DEFAULT_CALIB,
     seed: int = 0,
     raw_dtype: str | None = None,
@@ -801,6 +808,7 @@ def sweep(
 
     Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve.
     """
+    data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
     if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:

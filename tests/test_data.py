@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,14 @@ def test_a_missing_or_damaged_data_file_gets_a_clear_error(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(DataError, match="not a readable safetensors file"):
         load_dataset(str(tmp_path / "junk.safetensors"))
+
+
+def test_press_takes_a_data_file_as_a_path(tmp_path):
+    import netpress
+    from netpress import Budget, MagnitudePruning
+
+    path = Path(_digits_file(tmp_path / "data.safetensors"))
+    model = tiny_mlp()
+    by_path = netpress.press(model, MagnitudePruning("global"), Budget(sparsity=0.5), out=tmp_path / "a.press", data=path)
+    by_name = netpress.press(model, MagnitudePruning("global"), Budget(sparsity=0.5), out=tmp_path / "b.press", data="digits")
+    assert by_path["accuracy_after"] == by_name["accuracy_after"] and by_path["dataset"] == str(path)

@@ -113,11 +113,12 @@ def _data_file(path: Path, split: str) -> TensorDataset:
     return TensorDataset(inputs.float(), labels.long())
 
 
-def load_dataset(name: str, split: str = "test") -> TensorDataset:
+def load_dataset(name: str | os.PathLike, split: str = "test") -> TensorDataset:
     """Load a dataset split as ``(input, label)`` pairs: a named one, standardised for the zoo models, or a
     ``.safetensors`` data file of your own (``DATA_FILE_KEYS``), used as it is."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    name = os.fspath(name)
     if name.endswith(".safetensors"):
         dataset = _data_file(Path(name), split)
     elif name not in DATASETS:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset, TensorDataset
 
 from netpress.data.text import Sentences
@@ -85,8 +86,6 @@ DATA_FILE_KEYS = "train_inputs (train_labels optional: calibration needs none), 
 def _data_file(path: Path, split: str) -> TensorDataset:
     """A user's own data: a safetensors file (no pickle) with float ``{split}_inputs`` of the model's input shape
     and integer ``{split}_labels``, one per input; the test split must be labelled, since accuracy is measured on it."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise DataError(f"data file {path} not found")
     try:

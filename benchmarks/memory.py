@@ -1,0 +1,148 @@
+"""Peak memory of compressing a model from a safetensors file, as a multiple of the model's fp32 size.
+
+DESIGN.md §8 asks that a large model be compressed without holding two fp32 copies at once. Each setting
+runs ``netpress compress`` in a fresh process on a LLaMA-style stack of gated MLPs (random weights, seeded)
+read from a safetensors file with ``--arch``; the peak resident memory of that process is read from the
+kernel (``wait4``'s ``ru_maxrss``). ``copies`` subtracts the peak of a process that only imports netpress
+and torch, and divides by the model's fp32 bytes. A peer row does the same with PyTorch's own pruning.
+
+    .venv/bin/python benchmarks/memory.py [--name memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import regenerate_results_md, write_result  # noqa: E402
+
+WIDTH, HIDDEN, LAYERS = 1024, 2816, 16  # LLaMA's width ratio; 554 MiB, which this machine holds many times over
+
+SETTINGS = {
+    "uniform 4-bit per-channel": ["--method", "uniform", "--bits", "4", "--per-channel"],
+    "uniform 4-bit, groups of 128": ["--method", "uniform", "--bits", "4", "--group-size", "128"],
+    "kmeans 16 levels": ["--method", "kmeans", "--levels", "16"],
+    "magnitude global 50 %": ["--method", "magnitude", "--sparsity", "0.5", "--allocation", "global"],
+    "magnitude LAMP 50 %": ["--method", "magnitude", "--sparsity", "0.5", "--allocation", "lamp"],
+    "magnitude ERK 50 % + uniform 4-bit": ["--method", "magnitude", "--sparsity", "0.5", "--allocation", "erk", "--bits", "4"],
+}
+
+# PyTorch's own global magnitude pruning of the same file, written as a state dict: the peer row.
+TORCH_PRUNE = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+from torch.nn.utils import prune
+sys.path.insert(0, {here!r})
+from memory import gated_stack
+model = gated_stack()
+model.load_state_dict(load_file({source!r}))
+layers = [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Linear)]
+prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.5)
+for m, name in layers:
+    prune.remove(m, name)
+save_file(model.state_dict(), {out!r})
+"""
+
+
+class GatedMLP(nn.Module):
+    """A LLaMA MLP block with its residual: x + down(silu(gate(x)) · up(x))."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(width, hidden, bias=False)
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+def gated_stack() -> nn.Module:
+    """``LAYERS`` gated MLP blocks and a 10-way head: the architecture ``--arch memory:gated_stack`` builds."""
+    return nn.Sequential(*(GatedMLP(WIDTH, HIDDEN) for _ in range(LAYERS)), nn.Linear(WIDTH, 10))
+
+
+def peak_mib(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Peak resident memory (MiB) and wall seconds of a child process; fails loudly if the child does."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr.read().decode()}")
+    return usage.ru_maxrss / 1024, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="memory")
+    args = parser.parse_args()
+    here = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    netpress_cli = [sys.executable, "-c", "from netpress.cli import main; main()"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = str(Path(tmp) / "model.safetensors")
+        torch.manual_seed(0)
+        from safetensors.torch import save_file
+
+        save_file(gated_stack().state_dict(), source)
+        model_mib = Path(source).stat().st_size / 2**20
+        idle, _ = peak_mib([sys.executable, "-c", "import torch, netpress"], env)
+
+        def row(setting: str, storage: str, command: list[str], out: str) -> None:
+            peak, seconds = peak_mib(command, env)
+            rows.append(
+                {
+                    "setting": setting,
+                    "storage": storage,
+                    "model_mib": round(model_mib, 1),
+                    "file_mib": round(Path(out).stat().st_size / 2**20, 1),
+                    "peak_mib": round(peak),
+                    "copies": round((peak - idle) / model_mib, 2),
+                    "seconds": round(seconds, 1),
+                }
+            )
+            print(rows[-1], flush=True)
+
+        for setting, options in SETTINGS.items():
+            out = str(Path(tmp) / "out.press")
+            row(setting, ".press", [*netpress_cli, "compress", source, "--arch", "memory:gated_stack", *options, "-o", out], out)
+        out = str(Path(tmp) / "pruned.safetensors")
+        script = TORCH_PRUNE.format(here=here, source=source, out=out)
+        row("torch.nn.utils.prune global L1 50 %", "state dict", [sys.executable, "-c", script], out)
+    write_result(
+        args.name,
+        {
+            "description": (
+                f"A stack of {LAYERS} LLaMA-style gated MLPs ({WIDTH} → {HIDDEN} → {WIDTH}, random weights, "
+                f"{model_mib:.0f} MiB in fp32) compressed from its safetensors file by `netpress compress FILE --arch "
+                "memory:gated_stack`, each setting in a fresh process. No --data: the data-free path."
+            ),
+            "columns": {
+                "model_mib": "the model's fp32 safetensors file",
+                "file_mib": "the file written",
+                "peak_mib": "peak resident memory of the process (ru_maxrss)",
+                "copies": f"(peak − {idle:.0f} MiB, the peak of a process that only imports torch and netpress) / model_mib",
+                "seconds": "wall time of the process, start-up included",
+            },
+            "rows": rows,
+        },
+    )
+    regenerate_results_md()
+
+
+if __name__ == "__main__":
+    main()

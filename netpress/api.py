@@ -292,7 +292,16 @@ def _check_earlier_stages(handle: ModelHandle, methods: list[Method]) -> None:
         )
 
 
-def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model: nn.Module, stage: str) -> None:
+def _stage_invariants(model: nn.Module, codes: dict) -> dict[str, tuple[torch.Tensor, int | None]]:
+    """What the next stage must keep, per coded weight: where it is zero, and for a quantized tensor its
+    number of distinct values. A bool mask, not a copy of the weights: a quarter of the memory."""
+    return {
+        name: (w.detach() == 0, len(torch.unique(w.detach())) if isinstance(codes.get(name), Codes) else None)
+        for name, w in compressible_weights(model).items()
+    }
+
+
+def _check_stage_invariants(before: dict[str, tuple[torch.Tensor, int | None]], model: nn.Module, stage: str) -> None:
     """Stages never undo each other: a pruned weight stays zero; a quantized tensor gains no new values.
     And a stage that trains leaves finite weights (a diverged one is named here, not at save)."""
     after = model.state_dict()
@@ -300,12 +309,12 @@ def _check_stage_invariants(before: dict[str, torch.Tensor], codes: dict, model:
         raise NetpressError(
             f"{stage} left NaN or infinite values in {name}: its optimisation diverged (FCPTS, L²: lower the learning rates)"
         )
-    for name, old in before.items():
+    for name, (zeros, distinct) in before.items():
         if name not in after:
             continue  # removed by a structural stage
-        if old.shape == after[name].shape and bool(((old == 0) & (after[name] != 0)).any()):
+        if zeros.shape == after[name].shape and bool((zeros & (after[name] != 0)).any()):
             raise NetpressError(f"{stage} revived pruned weights of {name}; stages must not undo each other")
-        if isinstance(codes.get(name), Codes) and len(torch.unique(after[name])) > len(torch.unique(old)):
+        if distinct is not None and len(torch.unique(after[name])) > distinct:
             raise NetpressError(f"{stage} added distinct values to the quantized tensor {name}")
 
 
@@ -410,12 +419,12 @@ def _compress(
             raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")
         given = budget if budget is not None and budget.kind in method.budgets else None
         check_budget(method, given)
-        weights_before = {k: v.detach().clone() for k, v in compressible_weights(current).items()}
+        before = _stage_invariants(current, codes)
         # Methods run the caller's model in eval mode (left as it was after), and those that optimise need
         # autograd even when the caller runs under torch.no_grad() or inference_mode().
         with kept_modes(handle.module), torch.inference_mode(False), torch.enable_grad():
             result = method.apply(current, data if method.needs != "none" else None, given)
-        _check_stage_invariants(weights_before, codes, result.model, method.name)
+        _check_stage_invariants(before, result.model, method.name)
         current = result.model
         codes.update(result.codes)
         rows[method.name] = result.rows
@@ -647,7 +656,9 @@ def _press(
         start = time.perf_counter()
         file_bytes = save(compressed, measured)
         seconds += time.perf_counter() - start
-        report = _measured_report(handle, compressed, measured, file_bytes, seconds, prepared)
+        made = _Written(compressed.summary, compressed.details, _stored_params(compressed, handle.module))
+        del compressed  # its codes: measuring reads them back from the file, and both need not be in memory at once
+        report = _measured_report(handle, made, measured, file_bytes, seconds, prepared)
         try:
             os.replace(measured, out)
         except OSError as exc:
@@ -669,22 +680,31 @@ def _hidden_sibling(path: Path) -> Path:
     return Path(name)
 
 
+@dataclass(frozen=True)
+class _Written:
+    """What press's report takes from the compressed model besides the file itself."""
+
+    summary: dict
+    details: dict
+    params: int
+
+
 def _measured_report(
-    handle: ModelHandle, compressed: CompressedModel, path: Path, file_bytes: int, seconds: float, prepared: _Prepared
+    handle: ModelHandle, made: _Written, path: Path, file_bytes: int, seconds: float, prepared: _Prepared
 ) -> dict:
     """press's report of the file at ``path``, measured on the model loaded back from it."""
     original_bytes = fp32_bytes(handle.module)
     report = {
         "source": handle.source,
-        "methods": compressed.summary["methods"],
-        "budget": compressed.summary["budget"],
+        "methods": made.summary["methods"],
+        "budget": made.summary["budget"],
         "original_bytes": original_bytes,
         "file_bytes": file_bytes,
         "ratio": original_bytes / file_bytes,
         "seconds": round(seconds, 3),
         "params_before": count_params(handle.module),
-        "params_after": _stored_params(compressed, handle.module),
-        "sparsity": compressed.summary["sparsity"],
+        "params_after": made.params,
+        "sparsity": made.summary["sparsity"],
         "file": None,  # its final name, once measured
         "uncompressed_layers": uncompressed_layers(handle.module),
     }
@@ -701,7 +721,7 @@ def _measured_report(
             written = handle.encoder.embed(load(path, model=handle.module), prepared.sentences)
             report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
     except DataError as exc:  # the original ran on this data: the compression broke the model
-        structural = [m["name"] for m in compressed.summary["methods"] if getattr(METHODS.get(m["name"]), "structural", False)]
+        structural = [m["name"] for m in made.summary["methods"] if getattr(METHODS.get(m["name"]), "structural", False)]
         hint = (
             f"; {structural[0]} traces the model with one input, so a branch that input did not take may still expect "
             "the old widths"
@@ -712,8 +732,8 @@ def _measured_report(
             f"the compressed model does not run on {prepared.dataset}, which the original runs on ({exc}){hint}"
         ) from exc
     if prepared.calibration is not None:
-        report["calibration"] = {**compressed.summary["calibration"], "indices": prepared.calibration.indices}
-    report["layers"] = compressed.details["layers"]
+        report["calibration"] = {**made.summary["calibration"], "indices": prepared.calibration.indices}
+    report["layers"] = made.details["layers"]
     if "sparsity" in (report["budget"] or {}):
         report["survivors_rounded_to_zero"] = _survivors_rounded_to_zero(report["layers"], report["sparsity"])
     return report

@@ -96,12 +96,27 @@ class CompressedModel:
         if (name := self.non_finite()) is not None:
             raise ModelSourceError(f"{name} holds NaN or infinite values; a model built from it is not a working model")
         model = copy.deepcopy(model)
-        state = self.state_dict()
-        resize_to(model, {k: tuple(v.shape) for k, v in state.items()})
+        resize_to(model, {k: tuple(v.shape) for k, v in self.tensors.items()})
         reference = model.state_dict()
-        casted = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
-        try:
-            model.load_state_dict(casted, strict=True)
-        except RuntimeError as exc:
-            raise ModelSourceError(f"the stored tensors do not fit this architecture: {one_line(exc)}") from exc
+        missing = [k for k in reference if k not in self.tensors]
+        unexpected = [k for k in self.tensors if k not in reference]
+        if missing or unexpected:
+            problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+            raise ModelSourceError(f"the stored tensors do not fit this architecture: {'; '.join(problems)}")
+        # One layer at a time (its own tensors, through its load_state_dict as a whole load would): the
+        # decoded weights of the whole model are never in memory beside the model.
+        by_layer: dict[str, dict[str, Encoded | torch.Tensor]] = {}
+        for name, value in self.tensors.items():
+            layer, _, local = name.rpartition(".")
+            by_layer.setdefault(layer, {})[local] = value
+        for layer, values in by_layer.items():
+            prefix = f"{layer}." if layer else ""
+            decoded = {
+                local: (v.dequantize() if isinstance(v, (Codes, SparseValues)) else v).to(reference[prefix + local].dtype)
+                for local, v in values.items()
+            }
+            try:
+                model.get_submodule(layer).load_state_dict(decoded, strict=False)
+            except RuntimeError as exc:
+                raise ModelSourceError(f"the stored tensors do not fit this architecture: {one_line(exc)}") from exc
         return model.eval()

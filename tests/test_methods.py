@@ -13,7 +13,7 @@ from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
-from netpress.methods.baselines import prune_counts, smallest_mask
+from netpress.methods.baselines import _lamp_scores, _lowest_per_layer, prune_counts, smallest_mask
 from tests.archs import tied, tiny_cnn, tiny_mlp
 
 
@@ -182,6 +182,21 @@ def test_pruned_zeros_survive_quantization():
     assert compressed.summary["sparsity"] >= 0.7
 
 
+def test_a_file_on_another_architecture_names_the_tensors_that_do_not_fit():
+    model = tiny_cnn()
+    model[1].running_mean.fill_(0.5)
+    model[1].num_batches_tracked.fill_(7)
+    compressed = netpress.compress(model, UniformQuantization(4))
+    no_norm = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.Identity(), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10), nn.Linear(10, 2)
+    )
+    with pytest.raises(ModelSourceError, match=r"missing 5\.weight, 5\.bias; unexpected 1\.weight, 1\.bias, 1\.running_mean"):
+        compressed.to_module(no_norm)
+    # BatchNorm loads its statistics and counter with its weights, one layer at a time, as a whole load would.
+    norm = compressed.to_module(tiny_cnn())[1]
+    assert int(norm.num_batches_tracked) == 7 and bool((norm.running_mean == 0.5).all())
+
+
 def test_an_embedding_table_is_compressed_like_any_weight(tmp_path):
     """In a language model the token table is often the largest weight; it used to be stored raw."""
     torch.manual_seed(0)
@@ -253,6 +268,34 @@ def test_smallest_mask_is_the_head_of_a_stable_sort(values, count):
     expected = torch.zeros(len(values), dtype=torch.bool)
     expected[torch.argsort(scores, stable=True)[:count]] = True
     assert torch.equal(smallest_mask(scores, count), expected)
+
+
+def _head_of_stable_sort(scores: list[torch.Tensor], total: int) -> list[int]:
+    """Per-layer counts of the ``total`` lowest float64 scores of all layers, ties by position."""
+    order = torch.argsort(torch.cat([s.double() for s in scores]), stable=True)
+    chosen = torch.zeros(sum(len(s) for s in scores), dtype=torch.bool)
+    chosen[order[:total]] = True
+    return [int(part.sum()) for part in torch.split(chosen, [len(s) for s in scores])]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.0, 0.99))
+def test_global_and_lamp_counts_equal_a_stable_sort_of_the_float64_scores(seed, sparsity):
+    """Selecting on float32-rounded scores gives the counts of the float64 ranking, ties (here many) by position."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [
+        torch.randint(-3, 4, (n,), generator=g).float() * 0.5 + 0.25 + torch.randn(n, generator=g) * (n % 2) for n in (7, 50, 200)
+    ]
+    total = target_zeros(sparsity, sum(w.numel() for w in weights))
+    assert prune_counts(weights, sparsity, "global") == _head_of_stable_sort([w.abs() for w in weights], total)
+    assert prune_counts(weights, sparsity, "lamp") == _head_of_stable_sort([_lamp_scores(w) for w in weights], total)
+
+
+def test_scores_equal_in_float32_are_ranked_by_their_exact_values():
+    # 1 + 1e-12 and 1 round to the same float32: the exact scores decide, then position among equals.
+    layers = [torch.tensor([1 + 1e-12, 5.0, 1.0]), torch.tensor([1.0, 0.5, 1 - 1e-12])]
+    for total in range(7):
+        assert _lowest_per_layer(layers, total, lambda s: s) == _head_of_stable_sort(layers, total)
 
 
 @pytest.mark.parametrize(

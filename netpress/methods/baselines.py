@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,7 @@ from netpress.methods.base import (
     check_budget,
     check_model,
     check_not_below_zeros,
+    compressible_weights,
     split_exact,
     target_zeros,
 )
@@ -94,10 +96,34 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
     if allocation == "erk":
         return split_exact(total, _erk_prune_weights(weights, sparsity), caps, zeros)
     # Ranking by score: a zero scores lowest (magnitude 0, LAMP 0), so it is always among the chosen.
-    score_fn = _lamp_scores if allocation == "lamp" else (lambda w: w.detach().reshape(-1).abs().double())
-    scores = torch.cat([score_fn(w) for w in weights])
-    chosen = smallest_mask(scores, total)
-    return [int(part.sum()) for part in torch.split(chosen, sizes)]
+    score_fn = _lamp_scores if allocation == "lamp" else _magnitudes
+    return _lowest_per_layer(weights, total, score_fn)
+
+
+def _magnitudes(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().reshape(-1).abs()
+
+
+def _lowest_per_layer(weights: list[torch.Tensor], total: int, score_fn) -> list[int]:
+    """How many of each layer's weights are among the ``total`` lowest scores of the whole model, ties
+    broken by position (``smallest_mask`` over all layers at once), holding the scores in float32.
+
+    Rounding to float32 keeps the order (a < b gives f(a) ≤ f(b)), so every score whose float32 value is
+    below the float32 k-th is chosen, every one above it is not, and only the few equal to it are ranked
+    by their exact scores, recomputed for their layers. A model's float64 scores would take twice the
+    memory, and selecting among them twice that again."""
+    sizes = [w.numel() for w in weights]
+    if total <= 0 or total >= sum(sizes):
+        return [n if total > 0 else 0 for n in sizes]
+    rounded = torch.cat([score_fn(w).float() for w in weights])
+    kth = float(np.partition(rounded.numpy(), total - 1)[total - 1])  # torch.kthvalue would add int64 indices
+    below = [int((part < kth).sum()) for part in torch.split(rounded, sizes)]
+    ties = [(part == kth).nonzero().reshape(-1) for part in torch.split(rounded, sizes)]
+    del rounded
+    none = torch.zeros(0, dtype=torch.float64)
+    exact = torch.cat([score_fn(w)[tie].double() if len(tie) else none for w, tie in zip(weights, ties)])
+    chosen = torch.split(smallest_mask(exact, total - sum(below)), [len(tie) for tie in ties])
+    return [b + int(c.sum()) for b, c in zip(below, chosen)]
 
 
 @dataclass
@@ -124,10 +150,11 @@ class MagnitudePruning:
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
+        # Counted on the caller's weights before copying them: the selection's scores and the copy are
+        # then never in memory together.
+        counts = prune_counts(list(check_model(model).values()), budget.sparsity, self.allocation)
         model = copy.deepcopy(model)
-        weights = check_model(model)
-        tensors = list(weights.values())
-        counts = prune_counts(tensors, budget.sparsity, self.allocation)
+        weights = compressible_weights(model)
         result = MethodResult(model)
         with torch.no_grad():
             for (name, w), count in zip(weights.items(), counts):

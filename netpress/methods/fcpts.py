@@ -241,11 +241,34 @@ def _prune(model: nn.Module, counts: list[int], teacher: Teacher) -> None:
     teacher.recalibrate(model)
 
 
-def _masked(w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+class _MaskedWeight(torch.autograd.Function):
     """Forward: w · 1[|w| > t]. Backward: weights get the full gradient (straight-through, so pruned
     weights can grow back), and the threshold gets the distillation gradient through a sigmoid
-    surrogate of the mask whose width is 5 % of the layer's mean magnitude."""
-    mags = w.detach().abs()
-    hard = (mags > threshold).to(w.dtype)
-    soft = torch.sigmoid((mags - threshold) / (0.05 * mags.mean() + 1e-12))
-    return w * hard + (w - w.detach()) * (1 - hard) + w.detach() * (soft - soft.detach())
+    surrogate of the mask whose width is 5 % of the layer's mean magnitude.
+
+    Only the weight and threshold are kept for the backward pass, which rebuilds the surrogate: the
+    masks and surrogate of every layer are not held from forward to backward, three model-sized
+    tensors in all. Each step takes the same float operations, in the same order, as the autograd
+    graph of w·hard + (w − w.detach())·(1 − hard) + w.detach()·(soft − soft.detach()) did."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w, threshold)
+        return torch.where(w.abs() > threshold, w, torch.zeros((), dtype=w.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        w, threshold = ctx.saved_tensors
+        grad_threshold = None
+        if ctx.needs_input_grad[1]:
+            mags = w.abs()
+            width = 0.05 * mags.mean() + 1e-12
+            soft = torch.sigmoid((mags - threshold) / width)
+            through = torch.ops.aten.sigmoid_backward(grad * w, soft) / width
+            grad_threshold = (-through).sum(dim=tuple(range(through.dim())), keepdim=True).reshape(threshold.shape)
+        return (grad if ctx.needs_input_grad[0] else None), grad_threshold
+
+
+def _masked(w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The weight as the pruned model uses it, with gradients to both (``_MaskedWeight``)."""
+    return _MaskedWeight.apply(w, threshold)

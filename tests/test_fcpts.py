@@ -153,6 +153,20 @@ def test_fcpts_distils_at_least_as_well_as_every_baseline_with_batchnorm_reestim
         assert ours <= float(distillation_loss(predict(baseline, inputs), teacher, FAST.temperature)) + 1e-6
 
 
+def test_a_start_that_distils_better_is_returned_exactly_as_the_baseline_makes_it(calibration):
+    """FCPTS keeps only the start's counts and BatchNorm statistics while it optimises, and rebuilds the start
+    model if it wins: the same tensors as its allocation's magnitude pruning with statistics re-estimated."""
+    model = tiny_cnn().eval()
+    result = FCPTS(iterations=5, batch_size=32, weight_lr=0.5).apply(model, calibration, Budget(sparsity=0.8))
+    init = result.rows[0]["init"]
+    assert result.rows[0]["kept"] == init  # a weight step this large leaves the learned model worse
+    baseline = MagnitudePruning(init).apply(model, None, Budget(sparsity=0.8)).model
+    recalibrate_batchnorm(baseline, calibration.tensors()[0])
+    ours, theirs = result.model.state_dict(), baseline.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not any(m.training for m in result.model.modules())
+
+
 def test_tied_weights_are_refused_and_the_callers_model_keeps_its_mode(calibration):
     shared = nn.Linear(64, 64)
     tied = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.Linear(64, 10))

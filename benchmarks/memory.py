@@ -6,7 +6,12 @@ read from a safetensors file with ``--arch``; the peak resident memory of that p
 kernel (``wait4``'s ``ru_maxrss``). ``copies`` subtracts the peak of a process that only imports netpress
 and torch, and divides by the model's fp32 bytes. A peer row does the same with PyTorch's own pruning.
 
-    .venv/bin/python benchmarks/memory.py [--name memory]
+glibc's allocator keeps freed blocks under its (moving) mmap threshold for reuse, so the same run's peak
+varies by up to a model copy from one process to the next: each setting runs ``--repeats`` times and the
+row gives the median and the range. One more run with the threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``),
+so that freed blocks go back to the system at once, gives ``live_copies``: close to what the code holds.
+
+    .venv/bin/python benchmarks/memory.py [--repeats 3] [--name memory]
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import regenerate_results_md, write_result  # noqa: E402
 
-WIDTH, HIDDEN, LAYERS = 1024, 2816, 16  # LLaMA's width ratio; 554 MiB, which this machine holds many times over
+WIDTH, HIDDEN, LAYERS = 1024, 2816, 8  # LLaMA's width ratio; 264 MiB, far above the process's own 300 MiB
 
 SETTINGS = {
     "uniform 4-bit per-channel": ["--method", "uniform", "--bits", "4", "--per-channel"],
@@ -106,6 +111,7 @@ def peak_mib(command: list[str], env: dict[str, str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default="memory")
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent)
@@ -118,10 +124,14 @@ def main() -> None:
         torch.manual_seed(0)
         save_file(gated_stack().state_dict(), source)
         model_mib = Path(source).stat().st_size / 2**20
-        idle, _ = peak_mib([sys.executable, "-c", "import torch, netpress"], env)
+        live = {**env, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+        importing = [sys.executable, "-c", "import torch, netpress"]
+        idle, idle_live = peak_mib(importing, env)[0], peak_mib(importing, live)[0]
 
         def row(setting: str, storage: str, command: list[str], out: str) -> None:
-            peak, seconds = peak_mib(command, env)
+            runs = sorted(peak_mib(command, env) for _ in range(args.repeats))
+            peak, seconds = runs[len(runs) // 2]
+            copies = [round((p - idle) / model_mib, 2) for p, _ in runs]
             rows.append(
                 {
                     "setting": setting,
@@ -129,7 +139,9 @@ def main() -> None:
                     "model_mib": round(model_mib, 1),
                     "file_mib": round(Path(out).stat().st_size / 2**20, 1),
                     "peak_mib": round(peak),
-                    "copies": round((peak - idle) / model_mib, 2),
+                    "copies": copies[len(runs) // 2],
+                    "range": f"{copies[0]}–{copies[-1]}",
+                    "live_copies": round((peak_mib(command, live)[0] - idle_live) / model_mib, 2),
                     "seconds": round(seconds, 1),
                 }
             )
@@ -165,9 +177,11 @@ def main() -> None:
             "columns": {
                 "model_mib": "the model's fp32 safetensors file",
                 "file_mib": "the file written",
-                "peak_mib": "peak resident memory of the process (ru_maxrss)",
+                "peak_mib": f"peak resident memory of the process (ru_maxrss), median of {args.repeats} runs",
                 "copies": f"(peak − {idle:.0f} MiB, the peak of a process that only imports torch and netpress) / model_mib",
-                "seconds": "wall time of the process, start-up included",
+                "range": f"copies of the lowest and highest of the {args.repeats} runs",
+                "live_copies": "copies in one run with glibc's mmap threshold fixed at 1 MiB (freed memory returned at once)",
+                "seconds": "wall time of the median run, start-up included",
             },
             "rows": rows,
         },

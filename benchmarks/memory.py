@@ -3,7 +3,7 @@
 DESIGN.md §8 asks that a large model be compressed without holding two fp32 copies at once. Each setting
 runs ``netpress compress`` in a fresh process on a LLaMA-style stack of gated MLPs (random weights, seeded)
 read from a safetensors file with ``--arch``; the peak resident memory of that process is read from the
-kernel (``wait4``'s ``ru_maxrss``). ``copies`` subtracts the peak of a process that only imports netpress
+kernel (``VmHWM``, which the process writes as it exits). ``copies`` subtracts the peak of a process that only imports netpress
 and torch, and divides by the model's fp32 bytes. A peer row does the same with PyTorch's own pruning.
 
 glibc's allocator keeps freed blocks under its (moving) mmap threshold for reuse, so the same run's peak
@@ -95,17 +95,35 @@ def gated_stack() -> nn.Module:
     return nn.Sequential(*(GatedMLP(WIDTH, HIDDEN) for _ in range(LAYERS)), nn.Linear(WIDTH, 10))
 
 
-def peak_mib(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Peak resident memory (MiB) and wall seconds of a child process; fails loudly if the child does."""
-    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a child writing much would block on a full pipe
-        start = time.perf_counter()
-        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            errors.seek(0)
-            raise SystemExit(f"{' '.join(command)} failed:\n{errors.read().decode()}")
-    return usage.ru_maxrss / 1024, seconds
+# Prepended to every measured Python program: at exit it writes the process's peak resident memory (VmHWM,
+# KiB) to $PEAK_FILE. The kernel's ru_maxrss would not do: a child's counts the parent's resident memory at
+# the fork, and this benchmark's parent holds torch.
+PEAK_AT_EXIT = """import atexit, os
+def _peak():
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    with open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(str(kib))
+atexit.register(_peak)
+"""
+
+
+def peak_mib(program: str, arguments: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Peak resident memory (MiB) and wall seconds of ``python -c program arguments``; fails loudly if it does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        errors_path, peak_path = Path(tmp) / "stderr", Path(tmp) / "peak"
+        with errors_path.open("wb") as errors:  # a file, not a pipe: a child writing much would block on a full pipe
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", PEAK_AT_EXIT + program, *arguments],
+                env={**env, "PEAK_FILE": str(peak_path)},
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
+            seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{program} {' '.join(arguments)} failed:\n{errors_path.read_text()}")
+        return int(peak_path.read_text()) / 1024, seconds
 
 
 def main() -> None:
@@ -117,7 +135,7 @@ def main() -> None:
     here = str(Path(__file__).resolve().parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
     env["OMP_NUM_THREADS"] = str(args.threads)
-    netpress_cli = [sys.executable, "-c", "from netpress.cli import main; main()"]
+    netpress_cli = "from netpress.cli import main; main()"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         source = str(Path(tmp) / "model.safetensors")
@@ -125,11 +143,11 @@ def main() -> None:
         save_file(gated_stack().state_dict(), source)
         model_mib = Path(source).stat().st_size / 2**20
         live = {**env, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
-        importing = [sys.executable, "-c", "import torch, netpress"]
-        idle, idle_live = peak_mib(importing, env)[0], peak_mib(importing, live)[0]
+        importing = "import torch, netpress"
+        idle, idle_live = peak_mib(importing, [], env)[0], peak_mib(importing, [], live)[0]
 
-        def row(setting: str, storage: str, command: list[str], out: str) -> None:
-            runs = sorted(peak_mib(command, env) for _ in range(args.repeats))
+        def row(setting: str, storage: str, program: str, arguments: list[str], out: str) -> None:
+            runs = sorted(peak_mib(program, arguments, env) for _ in range(args.repeats))
             peak, seconds = runs[len(runs) // 2]
             copies = [round((p - idle) / model_mib, 2) for p, _ in runs]
             rows.append(
@@ -141,7 +159,7 @@ def main() -> None:
                     "peak_mib": round(peak),
                     "copies": copies[len(runs) // 2],
                     "range": f"{copies[0]}–{copies[-1]}",
-                    "live_copies": round((peak_mib(command, live)[0] - idle_live) / model_mib, 2),
+                    "live_copies": round((peak_mib(program, arguments, live)[0] - idle_live) / model_mib, 2),
                     "seconds": round(seconds, 1),
                 }
             )
@@ -157,14 +175,14 @@ def main() -> None:
             data,
         )
         out = str(Path(tmp) / "out.press")
-        compress = [*netpress_cli, "compress", source, "--arch", "memory:gated_stack", "-o", out]
+        compress = ["compress", source, "--arch", "memory:gated_stack", "-o", out]
         for setting, options in SETTINGS.items():
-            row(setting, ".press", [*compress, *options], out)
+            row(setting, ".press", netpress_cli, [*compress, *options], out)
         for setting, options in DATA_SETTINGS.items():
-            row(setting, ".press", [*compress, *options, "--data", data], out)
+            row(setting, ".press", netpress_cli, [*compress, *options, "--data", data], out)
         out = str(Path(tmp) / "pruned.safetensors")
         script = TORCH_PRUNE.format(here=here, source=source, out=out)
-        row("torch.nn.utils.prune global L1 50 %", "state dict", [sys.executable, "-c", script], out)
+        row("torch.nn.utils.prune global L1 50 %", "state dict", script, [], out)
     write_result(
         args.name,
         {
@@ -177,7 +195,7 @@ def main() -> None:
             "columns": {
                 "model_mib": "the model's fp32 safetensors file",
                 "file_mib": "the file written",
-                "peak_mib": f"peak resident memory of the process (ru_maxrss), median of {args.repeats} runs",
+                "peak_mib": f"peak resident memory of the process (VmHWM), median of {args.repeats} runs",
                 "copies": f"(peak − {idle:.0f} MiB, the peak of a process that only imports torch and netpress) / model_mib",
                 "range": f"copies of the lowest and highest of the {args.repeats} runs",
                 "live_copies": "copies in one run with glibc's mmap threshold fixed at 1 MiB (freed memory returned at once)",

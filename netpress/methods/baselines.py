@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -101,10 +102,11 @@ def prune_counts(weights: list[torch.Tensor], sparsity: float, allocation: str) 
 
 
 def _magnitudes(w: torch.Tensor) -> torch.Tensor:
+    """Global magnitude pruning's score: |w|, exact in the weights' own dtype (no float64 copy)."""
     return w.detach().reshape(-1).abs()
 
 
-def _lowest_per_layer(weights: list[torch.Tensor], total: int, score_fn) -> list[int]:
+def _lowest_per_layer(weights: list[torch.Tensor], total: int, score_fn: Callable[[torch.Tensor], torch.Tensor]) -> list[int]:
     """How many of each layer's weights are among the ``total`` lowest scores of the whole model, ties
     broken by position (``smallest_mask`` over all layers at once), holding the scores in float32.
 

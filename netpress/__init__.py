@@ -23,6 +23,7 @@ from netpress.methods import (  # noqa: E402
     Fold,
     KMeansQuantization,
     MagnitudePruning,
+    SoftWeightSharing,
     UniformQuantization,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "MagnitudePruning",
     "ModelHandle",
     "NetpressError",
+    "SoftWeightSharing",
     "UniformQuantization",
     "compress",
     "evaluate",

@@ -537,14 +537,15 @@ def press(
     *,
     out: str | os.PathLike,
     data: str | os.PathLike | None = None,
-    calib: int = DEFAULT_CALIB,
+    calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,
 ) -> dict:
     """Compress, write the file, and measure it: the one-call pipeline behind the CLI and benchmarks.
 
     Accuracy after compression is measured on the model loaded back from the written file.
-    Calibration samples come from the training split; evaluation uses the test split.
+    Calibration samples come from the training split (``calib`` of them: by default ``DEFAULT_CALIB``, or the
+    whole split for a method that retrains); evaluation uses the test split.
     """
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
@@ -582,7 +583,7 @@ class _Prepared:
     reference: torch.Tensor | None = None  # the original's sentence embeddings
 
 
-def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib: int, seed: int) -> _Prepared:
+def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib: int | None, seed: int) -> _Prepared:
     check_seed(seed)
     if data is not None and not isinstance(data, str):
         raise DataError(
@@ -600,11 +601,15 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
             raise DataError("this method needs calibration data; pass --data")
         return prepared
     text = _is_text(handle, name)
-    if calibrating and text:
-        sentences = Sentences(load_sentences(name, "train"), "train", _encoder(handle))
-        prepared.calibration = calibration_subset(sentences, calib, seed)
-    elif calibrating:
-        prepared.calibration = calibration_subset(resolve_dataset(name, "train", handle.input_shape), calib, seed)
+    if calibrating:
+        train = (
+            Sentences(load_sentences(name, "train"), "train", _encoder(handle))
+            if text
+            else resolve_dataset(name, "train", handle.input_shape)
+        )
+        if calib is None:
+            calib = len(train) if any(m.needs == "training" for m in methods) else DEFAULT_CALIB
+        prepared.calibration = calibration_subset(train, calib, seed)
     with kept_modes(handle.module):  # one sample through the model: data it cannot take fails before any work
         if text:
             prepared.sentences = load_sentences(name)
@@ -820,7 +825,7 @@ def sweep(
     *,
     out_dir: str | os.PathLike,
     data: str | os.PathLike | None = None,
-    calib: int = DEFAULT_CALIB,
+    calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,
 ) -> list[dict]:

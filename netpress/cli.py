@@ -37,6 +37,7 @@ from netpress.methods import (
     Fold,
     KMeansQuantization,
     MagnitudePruning,
+    SoftWeightSharing,
     UniformQuantization,
 )
 
@@ -108,6 +109,15 @@ RAW_DTYPE_HELP = (
     "dtype of the floats stored as floats (pruned survivors, biases, norms): fp32 or fp16 "
     "(default: the method's choice; fp16 for l2, else fp32)"
 )
+LEVELS_HELP = "k-means levels including zero (after pruning, of the survivors); sws: mixture components including zero"
+TAU_HELP = (
+    f"sws: weight of the mixture prior against the training loss (default {SoftWeightSharing.tau}); "
+    "higher: fewer non-zero weights and a smaller file, at some accuracy"
+)
+CALIB_HELP = (
+    f"calibration samples from the training split (default {api.DEFAULT_CALIB}; sws retrains on the whole split "
+    "unless this says fewer)"
+)
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
 
@@ -130,6 +140,8 @@ def build_methods(
     reconstruction_steps: int | None = None,
     group_size: int | None = None,
     init: str | None = None,
+    epochs: int | None = None,
+    tau: float | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
@@ -137,7 +149,8 @@ def build_methods(
     Structural methods (fold, channel-l1) get the handle's input shape from ``compress()``;
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
     file in it; ``clip`` and ``group_size`` to uniform quantization; ``iterations`` and ``init`` to FCPTS;
-    ``rounds``, ``transform_steps`` and ``reconstruction_steps`` to L²; ``batch_size`` to either.
+    ``rounds``, ``transform_steps`` and ``reconstruction_steps`` to L²; ``epochs``, ``tau`` and ``levels``
+    (its mixture components) to soft weight-sharing; ``batch_size`` to FCPTS, L² or soft weight-sharing.
     """
     # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
     if bits is not None and levels is not None:
@@ -166,8 +179,15 @@ def build_methods(
         raise BudgetError("--iterations configures --method fcpts only (l2: --rounds, --transform-steps, --reconstruction-steps)")
     if method != L2.name and steps:
         raise BudgetError("--rounds, --transform-steps and --reconstruction-steps configure --method l2 only")
-    if method not in (FCPTS.name, L2.name) and batch:
-        raise BudgetError("--batch-size configures --method fcpts and l2 only")
+    if method not in (FCPTS.name, L2.name, SoftWeightSharing.name) and batch:
+        raise BudgetError("--batch-size configures --method fcpts, l2 and sws only")
+    retraining = _given(epochs=epochs, tau=tau)
+    if method != SoftWeightSharing.name and retraining:
+        raise BudgetError("--epochs and --tau configure --method sws only")
+    if method == SoftWeightSharing.name:
+        if bits is not None or per_channel:
+            raise BudgetError("sws learns its own shared levels; drop --bits/--per-channel (--levels sets its components)")
+        return [SoftWeightSharing(seed=seed, **_given(components=levels), **retraining, **batch)]
     if method == KMeansQuantization.name:
         return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
@@ -197,11 +217,11 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def calibration_size(calib: int | None, methods: list) -> int:
-    """``--calib``, refused where no chosen method calibrates (it would be ignored)."""
+def calibration_size(calib: int | None, methods: list) -> int | None:
+    """``--calib``, refused where no chosen method calibrates (it would be ignored); None: press's default."""
     if calib is not None and all(m.needs == "none" for m in methods):
         raise BudgetError(f"{' + '.join(m.name for m in methods)} uses no calibration data; drop --calib")
-    return api.DEFAULT_CALIB if calib is None else calib
+    return calib
 
 
 def seed_value(seed: int | None, methods: list) -> int:
@@ -294,7 +314,7 @@ def compress(
     ratio: float | None = typer.Option(None, help="target original bytes / file bytes"),
     params: float | None = typer.Option(None, help="target fraction of parameters removed"),
     bits: int | None = typer.Option(None, help=BITS_HELP),
-    levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
+    levels: int | None = typer.Option(None, help=LEVELS_HELP),
     allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
     per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
     clip: ClipName = typer.Option("max", help=CLIP_HELP),
@@ -310,8 +330,10 @@ def compress(
     rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
     transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
     reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
+    epochs: int | None = typer.Option(None, help=f"sws: passes over the training split (default {SoftWeightSharing.epochs})"),
+    tau: float | None = typer.Option(None, help=TAU_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
-    calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
+    calib: int | None = typer.Option(None, help=CALIB_HELP),
     seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
     raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
@@ -343,6 +365,8 @@ def compress(
         reconstruction_steps=reconstruction_steps,
         group_size=group_size,
         init=init and init.value,
+        epochs=epochs,
+        tau=tau,
     )
     result = api.press(
         handle,

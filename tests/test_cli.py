@@ -267,6 +267,8 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["compress", *MLP, "-m", "uniform", "--repair", "ar", "-o", "x.press"],
             ["fold and channel-l1 only"],
         ),
+        (["compress", *MLP, "-m", "uniform", "--epochs", "3", "-o", "x.press"], ["--epochs and --tau configure --method sws"]),
+        (["compress", *MLP, "-m", "sws", "--bits", "4", "--data", "digits", "-o", "x.press"], ["drop --bits"]),
         (
             ["compress", *MLP, "-m", "l2", "--ratio", "4", "--iterations", "10", "-o", "x.press"],
             ["fcpts only", "--transform-steps"],
@@ -281,7 +283,7 @@ def test_user_architecture_with_arch(weights, tmp_path):
         ),
         (
             ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--batch-size", "8", "-o", "x.press"],
-            ["fcpts and l2 only"],
+            ["fcpts, l2 and sws only"],
         ),
         (
             ["compress", *MLP, "-m", "magnitude", "--params", "0.5", "-o", "x.press"],
@@ -356,6 +358,16 @@ def test_fcpts_from_the_command_line_starts_where_init_says_and_meets_the_target
     pruned = [t for t in json.loads(run("inspect", press, "--json").output)["tensors"] if t["kind"] == "sparse"]
     weights_in_file = sum(math.prod(t["shape"]) for t in pruned)
     assert sum(round(t["sparsity"] * math.prod(t["shape"])) for t in pruned) == math.ceil(0.7 * weights_in_file)
+
+
+def test_soft_weight_sharing_from_the_command_line_retrains_on_the_split_it_is_given(weights, tmp_path):
+    press, report = tmp_path / "s.press", tmp_path / "r.json"
+    args = ["--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "sws", "--epochs", "1", "--tau", "0.1", "--levels", "5"]
+    result = run("compress", weights / "mlp.pt", *args, "--calib", "256", "-o", press, "--report", report)
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert written["calibration"]["n"] == 256
+    assert all(row["levels"] <= 5 for row in written["layers"]["sws"])
 
 
 def test_zeros_added_by_quantizing_survivors_are_named(weights, tmp_path):

@@ -5,9 +5,10 @@ from netpress.methods.baselines import ALLOCATIONS, CLIPS, KMeansQuantization, M
 from netpress.methods.fcpts import FCPTS
 from netpress.methods.fold import CLUSTERINGS, REPAIRS, ChannelL1, Fold
 from netpress.methods.l2 import L2
+from netpress.methods.soft_sharing import SoftWeightSharing
 
 METHODS: dict[str, type] = {
-    m.name: m for m in (MagnitudePruning, UniformQuantization, KMeansQuantization, FCPTS, Fold, ChannelL1, L2)
+    m.name: m for m in (MagnitudePruning, UniformQuantization, KMeansQuantization, FCPTS, Fold, ChannelL1, L2, SoftWeightSharing)
 }
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MagnitudePruning",
     "Method",
     "MethodResult",
+    "SoftWeightSharing",
     "UniformQuantization",
     "compressible_weights",
 ]

@@ -1,0 +1,123 @@
+"""Soft weight-sharing on the zoo's LeNets: file size and accuracy after retraining under the mixture prior.
+
+Each model is retrained with ``SoftWeightSharing`` (defaults unless told) on the whole Fashion-MNIST
+training split, written, read back and measured on the test split. Peers in the same run, on the same
+model: L² at the soft weight-sharing file's size (post-training, 1,024 calibration images), Deep
+Compression's recipe without retraining (global magnitude pruning to the same sparsity, then k-means
+to the same number of levels, through netpress's codec), and PyTorch's own global L1 pruning to the
+same sparsity, saved as a state dict and compressed with zstd-19.
+
+    .venv/bin/python benchmarks/soft_sharing.py [--models lenet300,lenet5] [--epochs 30] [--tau 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import regenerate_results_md, write_result  # noqa: E402
+from sparsity import load_peer_file, torch_prune_files  # noqa: E402
+
+from netpress import api  # noqa: E402
+from netpress.budget import Budget  # noqa: E402
+from netpress.evaluate import evaluate  # noqa: E402
+from netpress.methods import L2, KMeansQuantization, MagnitudePruning, SoftWeightSharing  # noqa: E402
+
+PEER_STORAGE = "torch.save + zstd-19"
+
+
+def row(model: str, method: str, setting: str, report: dict, seconds: float) -> dict:
+    return {
+        "model": model,
+        "method": method,
+        "setting": setting,
+        "file_bytes": report["file_bytes"],
+        "ratio": round(report["ratio"], 2),
+        "sparsity": round(report["sparsity"], 4),
+        "accuracy_before": round(100 * report["accuracy_before"], 2),
+        "accuracy": round(100 * report["accuracy_after"], 2),
+        "seconds": round(seconds, 1),
+    }
+
+
+def timed_press(handle, methods, budget, out: Path, **options) -> tuple[dict, float]:
+    start = time.perf_counter()
+    report = api.press(handle, methods, budget, out=out, data="fashion-mnist", **options)
+    return report, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="lenet300,lenet5")
+    parser.add_argument("--epochs", type=int, default=SoftWeightSharing.epochs)
+    parser.add_argument("--tau", type=float, default=SoftWeightSharing.tau)
+    parser.add_argument("--zero-share", type=float, default=SoftWeightSharing.zero_share)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="soft-sharing")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    method = SoftWeightSharing(epochs=args.epochs, tau=args.tau, zero_share=args.zero_share)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for name in args.models.split(","):
+            handle = api.load_model(f"zoo:{name}")
+            report, seconds = timed_press(handle, method, None, out / f"{name}-sws.press")
+            setting = f"{method.components} components, τ {method.tau:g}, π0 {method.zero_share:g}, {method.epochs} epochs"
+            rows.append(row(name, "sws", setting, report, seconds))
+            print(rows[-1], flush=True)
+            sparsity, levels = report["sparsity"], max(r["levels"] for r in report["layers"]["sws"])
+            size = report["file_bytes"]
+
+            ratio = report["original_bytes"] / (size - 1)  # strictly smaller than the soft weight-sharing file
+            l2, seconds = timed_press(handle, L2(), Budget(ratio=ratio), out / f"{name}-l2.press")
+            rows.append(row(name, "l2", f"ratio {ratio:.2f} (the sws file's size)", l2, seconds))
+            print(rows[-1], flush=True)
+
+            recipe = [MagnitudePruning("global"), KMeansQuantization(levels)]
+            pruned, seconds = timed_press(handle, recipe, Budget(sparsity=sparsity), out / f"{name}-recipe.press")
+            rows.append(row(name, "magnitude+kmeans", f"global {sparsity:.4f}, {levels} levels, no retraining", pruned, seconds))
+            print(rows[-1], flush=True)
+
+            files, _, seconds = torch_prune_files(handle.module, sparsity)
+            test = api.resolve_dataset("fashion-mnist", "test", handle.input_shape)
+            peer = evaluate(load_peer_file(handle.module, PEER_STORAGE, files[PEER_STORAGE]), test).accuracy
+            peer_report = {
+                "file_bytes": len(files[PEER_STORAGE]),
+                "ratio": report["original_bytes"] / len(files[PEER_STORAGE]),
+                "sparsity": sparsity,
+                "accuracy_before": report["accuracy_before"],
+                "accuracy_after": peer,
+            }
+            rows.append(row(name, "torch-prune", f"global L1 {sparsity:.4f}, {PEER_STORAGE}", peer_report, seconds))
+            print(rows[-1], flush=True)
+    write_result(
+        args.name,
+        {
+            "description": (
+                "Soft weight-sharing (retraining under a learned Gaussian-mixture prior on the whole Fashion-MNIST "
+                "training split) against peers at the same file size or sparsity, same run, same models. Accuracy "
+                "on the test split, of the file read back."
+            ),
+            "columns": {
+                "ratio": "fp32 safetensors bytes / file bytes",
+                "sparsity": "share of zero weights in the coded layers",
+                "accuracy_before": "the zoo model's test accuracy (%)",
+                "accuracy": "the written file's test accuracy (%)",
+                "seconds": "wall time of compressing and writing (and, for netpress, measuring) the file",
+            },
+            "rows": rows,
+        },
+    )
+    regenerate_results_md()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Soft weight-sharing (Ullrich, Meeds & Welling, ICLR 2017): retraining under a learned Gaussian-mixture prior.
+
+The model is retrained on labelled training data with cross-entropy plus τ/N times the negative log of a
+prior over every coded weight: a mixture of Gaussians shared by the whole network, one component fixed
+at mean 0 with a fixed large share, the others with learned means, precisions and shares (Gamma
+hyper-priors on the precisions). The prior pulls the weights into a few clusters and a spike at zero; at
+the end each weight takes the mean of its most responsible component, so pruning and quantization come
+out of one procedure, and the codec entropy-codes the symbols. See docs/methods/soft_sharing.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from netpress.budget import Budget
+from netpress.codec.codes import Codes
+from netpress.data import Subset
+from netpress.data.text import Sentences
+from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
+from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm, zero_masks
+from netpress.methods.baselines import kmeans_1d
+from netpress.progress import progress_bar
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+# Gamma(α, β) hyper-priors on the precisions (the original tutorial's values): the zero component, which
+# holds most weights, gets the tighter one. Both put the precision's mode near 2,500 (a spread of 0.02).
+ZERO_GAMMA = (5000.0, 2.0)
+GAMMA = (250.0, 0.1)
+# Responsibilities below e^-80 are taken as e^-80, a normal float32: exp of far lower values gives subnormal
+# floats, which CPUs handle dozens of times slower once the precisions grow (a change below 1e-34 per weight).
+EXP_FLOOR = -80.0
+KMEANS_SAMPLE = 1 << 18  # weights the initial means are clustered from
+PRIOR_CHUNK = 1 << 15  # weights per pass of the prior: a chunk's (weights × components) tensors stay in cache
+BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights snap
+
+
+class GaussianMixturePrior(nn.Module):
+    """p(w) = Σ_j π_j N(w | μ_j, 1/λ_j), with μ_0 = 0 and π_0 fixed; μ, log λ and the other shares learned.
+
+    ``components`` counts the zero component. The non-zero means start at k-means centroids of the pretrained
+    non-zero weights (the original tutorial spaces them over ±0.6, a scale of its MNIST network, not of any
+    model), every standard deviation at ``init_spread`` times the weights', and the other components share
+    1 − π_0 equally."""
+
+    def __init__(self, weights: list[torch.Tensor], components: int, zero_share: float, init_spread: float) -> None:
+        super().__init__()
+        pooled = torch.cat([w.detach().reshape(-1) for w in weights])
+        nonzero = pooled[pooled != 0]
+        if nonzero.numel() < 2:
+            raise BudgetError(
+                "soft weight-sharing needs at least two non-zero weights to place its mixture; this model has fewer"
+            )
+        sample = nonzero[torch.randperm(nonzero.numel(), generator=torch.Generator().manual_seed(0))[:KMEANS_SAMPLE]]
+        means = kmeans_1d(sample, components - 1)
+        if means.numel() < components - 1:  # fewer distinct values than components: spread the rest evenly
+            means = torch.linspace(float(sample.min()), float(sample.max()), components - 1)
+        spread = init_spread * float(nonzero.std())  # below float32's reach only for weights of ~1e-30
+        self.means = nn.Parameter(means)
+        self.log_precisions = nn.Parameter(torch.full((components,), -2 * math.log(spread)))
+        self.mixing_logits = nn.Parameter(torch.zeros(components - 1))
+        self.zero_share = zero_share
+
+    def all_means(self) -> torch.Tensor:
+        return torch.cat([torch.zeros(1), self.means])
+
+    def log_shares(self) -> torch.Tensor:
+        rest = F.log_softmax(self.mixing_logits, dim=0) + math.log1p(-self.zero_share)
+        return torch.cat([torch.full((1,), math.log(self.zero_share)), rest])
+
+    def log_joint(self, w: torch.Tensor) -> torch.Tensor:
+        """log π_j + log N(w_i | μ_j, 1/λ_j) for each weight i (rows) and component j (columns)."""
+        w = w.reshape(-1, 1)
+        precisions = self.log_precisions.exp()
+        return self.log_shares() + 0.5 * self.log_precisions - LOG_SQRT_2PI - 0.5 * precisions * (w - self.all_means()) ** 2
+
+    def negative_log_prob(self, w: torch.Tensor) -> torch.Tensor:
+        """−Σ_i log p(w_i), differentiable in the weights and the mixture (``_MixtureNegativeLogProb``)."""
+        return _MixtureNegativeLogProb.apply(w, self.all_means(), self.log_precisions, self.log_shares())
+
+    def negative_log_hyperprior(self) -> torch.Tensor:
+        """−log of the Gamma hyper-priors on the precisions, up to a constant: Σ_j (1 − α_j)·γ_j + β_j·λ_j."""
+        alpha = torch.tensor([ZERO_GAMMA[0]] + [GAMMA[0]] * len(self.means))
+        beta = torch.tensor([ZERO_GAMMA[1]] + [GAMMA[1]] * len(self.means))
+        return ((1 - alpha) * self.log_precisions + beta * self.log_precisions.exp()).sum()
+
+    def assign(self, w: torch.Tensor) -> torch.Tensor:
+        """Each weight's most responsible component (0: the zero spike)."""
+        return torch.cat([self.log_joint(chunk).argmax(dim=1) for chunk in w.reshape(-1).split(1 << 16)]).reshape(w.shape)
+
+
+class _MixtureNegativeLogProb(torch.autograd.Function):
+    """−Σ_i logsumexp_j (log π_j + ½ log λ_j − log √(2π) − ½ λ_j (w_i − μ_j)²), with its gradients computed in
+    the same pass, chunk by chunk, from the responsibilities r_ij: the autograd graph of the formula keeps a
+    dozen (weights × components) tensors per layer and step, this keeps one chunk's and the gradients.
+
+    ∂/∂w_i = Σ_j r_ij λ_j (w_i − μ_j); ∂/∂μ_j = −Σ_i r_ij λ_j (w_i − μ_j);
+    ∂/∂log λ_j = −Σ_i r_ij (½ − ½ λ_j (w_i − μ_j)²); ∂/∂log π_j = −Σ_i r_ij."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, means: torch.Tensor, log_precisions: torch.Tensor, log_shares: torch.Tensor):
+        precisions = log_precisions.exp()
+        offset = log_shares + 0.5 * log_precisions - LOG_SQRT_2PI
+        flat = w.detach().reshape(-1)
+        grad_w = torch.empty_like(flat)
+        grad_means, grad_log_precisions, grad_log_shares = (torch.zeros_like(means) for _ in range(3))
+        total = torch.zeros((), dtype=w.dtype)
+        for start in range(0, flat.numel(), PRIOR_CHUNK):
+            diff = flat[start : start + PRIOR_CHUNK, None] - means
+            half_sq = diff * diff * (0.5 * precisions)
+            r = offset - half_sq  # the joint log-density, then (in place) the responsibilities
+            top = r.max(dim=1, keepdim=True).values
+            r.sub_(top).clamp_(min=EXP_FLOOR).exp_()
+            norm = r.sum(dim=1, keepdim=True)
+            r.div_(norm)
+            total -= (top + norm.log()).sum()
+            pull = r * diff * precisions
+            grad_w[start : start + PRIOR_CHUNK] = pull.sum(dim=1)
+            grad_means -= pull.sum(dim=0)
+            grad_log_precisions -= (r * (0.5 - half_sq)).sum(dim=0)
+            grad_log_shares -= r.sum(dim=0)
+        ctx.save_for_backward(grad_w.reshape(w.shape), grad_means, grad_log_precisions, grad_log_shares)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(grad * saved for saved in ctx.saved_tensors)
+
+
+@dataclass
+class SoftWeightSharing:
+    """Retrain under a learned Gaussian-mixture prior, then snap every weight to its component's mean.
+
+    ``components`` Gaussians including the zero spike, whose share ``zero_share`` is fixed; ``tau`` weighs
+    the prior against the cross-entropy (scaled by 1/N, N the training samples) in the first epoch, and grows
+    geometrically to ``anneal`` times that in the last, so that the weights first settle into clusters and
+    are then pulled onto their means; ``epochs`` passes over the training data in batches of ``batch_size``;
+    Adam with one learning rate for the model's parameters and one each for the means, log-precisions and
+    mixing logits. Needs labelled training data; meets no size target: ``tau`` and ``zero_share`` trade
+    accuracy for size, and the report gives the bytes.
+    """
+
+    components: int = 17
+    tau: float = 0.05
+    anneal: float = 100.0
+    zero_share: float = 0.9
+    epochs: int = 20
+    batch_size: int = 256
+    weight_lr: float = 5e-4
+    mean_lr: float = 1e-4
+    precision_lr: float = 3e-3
+    mixing_lr: float = 3e-3
+    init_spread: float = 1.0
+    seed: int = 0
+    name: ClassVar[str] = "sws"
+    needs: ClassVar[str] = "training"
+    budgets: ClassVar[tuple[str, ...]] = ()
+    quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        check_whole("components", self.components, 2)
+        check_whole("epochs", self.epochs, 0)
+        check_whole("batch_size", self.batch_size, 1)
+        for name in ("tau", "weight_lr", "mean_lr", "precision_lr", "mixing_lr"):
+            check_real(name, getattr(self, name), 0.0)
+        check_real("anneal", self.anneal, 1.0)
+        check_real("init_spread", self.init_spread, 0.0, inclusive=False)
+        check_real("zero_share", self.zero_share, 0.0, inclusive=False)
+        if self.zero_share >= 1:
+            raise BudgetError(f"zero_share must be below 1 (the other components share the rest), got {self.zero_share!r}")
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        check_budget(self, budget, required=False)
+        inputs, labels = _labelled(data)
+        model = copy.deepcopy(model)
+        weights = check_model(model, trains=True)
+        pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
+        prior = GaussianMixturePrior(list(weights.values()), self.components, self.zero_share, self.init_spread)
+        optimizer = torch.optim.Adam(
+            [
+                {"params": list(model.parameters()), "lr": self.weight_lr},
+                {"params": [prior.means], "lr": self.mean_lr},
+                {"params": [prior.log_precisions], "lr": self.precision_lr},
+                {"params": [prior.mixing_logits], "lr": self.mixing_lr},
+            ]
+        )
+        generator = torch.Generator().manual_seed(self.seed)
+        steps = math.ceil(len(inputs) / self.batch_size)
+        model.train()
+        with progress_bar() as progress:
+            task = progress.add_task("soft weight-sharing", total=self.epochs * steps)
+            for epoch in range(self.epochs):
+                scale = self.tau * self.anneal ** (epoch / max(self.epochs - 1, 1)) / len(inputs)
+                order = torch.randperm(len(inputs), generator=generator)
+                for idx in order.split(self.batch_size):
+                    error = F.cross_entropy(model(inputs[idx]), labels[idx])
+                    complexity = sum(prior.negative_log_prob(w) for w in weights.values()) + prior.negative_log_hyperprior()
+                    loss = error + scale * complexity
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        for name, mask in pruned_before.items():
+                            weights[name].masked_fill_(mask, 0.0)
+                    progress.update(task, advance=1, description=f"soft weight-sharing loss {error.item():.3f}")
+        del optimizer
+        model.eval()
+        return _snapped(model, weights, prior, pruned_before, inputs[:BATCHNORM_SAMPLES])
+
+
+def _labelled(data: Subset | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training inputs and their class labels, or an error that says what soft weight-sharing needs."""
+    if data is None:
+        raise DataError("soft weight-sharing retrains the model: it needs the training split (--data)")
+    if isinstance(data.dataset, Sentences):
+        raise DataError(
+            "soft weight-sharing retrains a classifier on labelled images; a sentence encoder has no labels to train on"
+        )
+    inputs, labels = data.tensors()
+    if labels is None:
+        raise DataError(
+            "soft weight-sharing retrains on labelled data: the training split has no labels (a data file needs train_labels)"
+        )
+    return inputs, labels.long()
+
+
+def _snapped(
+    model: nn.Module, weights: dict[str, nn.Parameter], prior: GaussianMixturePrior, zeros: dict, inputs: torch.Tensor
+) -> MethodResult:
+    """Each weight replaced by its most responsible component's mean (the zero spike's weights pruned), the
+    codes of that, and BatchNorm statistics re-estimated for the snapped weights."""
+    result = MethodResult(model)
+    with torch.no_grad():
+        means = prior.all_means().detach()
+        for name, w in weights.items():
+            component = prior.assign(w.detach())
+            if name in zeros:
+                component[zeros[name]] = 0
+            w.copy_(means[component])
+            used = torch.unique(component)
+            result.codes[name] = Codes.from_values(w.detach(), torch.unique(torch.cat([torch.zeros(1), means[used]])))
+            result.rows.append(
+                {
+                    "name": name,
+                    "shape": list(w.shape),
+                    "params": w.numel(),
+                    "levels": result.codes[name].num_levels,
+                    "sparsity": result.codes[name].sparsity(),
+                }
+            )
+        recalibrate_batchnorm(model, inputs)
+    result.rows[0]["mixture"] = {
+        "means": means.tolist(),
+        "stds": prior.log_precisions.detach().mul(-0.5).exp().tolist(),
+        "shares": prior.log_shares().detach().exp().tolist(),
+    }
+    return result

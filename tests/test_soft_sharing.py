@@ -1,0 +1,138 @@
+"""Soft weight-sharing: the mixture prior, the snapped codes, and what the method refuses."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import netpress
+from netpress import MagnitudePruning, SoftWeightSharing, compress
+from netpress.api import resolve_dataset
+from netpress.budget import Budget
+from netpress.data import Subset, calibration_subset, load_dataset
+from netpress.errors import BudgetError, DataError
+from netpress.methods.base import compressible_weights
+from netpress.methods.soft_sharing import GaussianMixturePrior
+from tests.archs import tiny_cnn, tiny_mlp
+
+FAST = SoftWeightSharing(epochs=2, batch_size=64, tau=0.05)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return calibration_subset(load_dataset("digits", "train"), 512, seed=0)
+
+
+def test_the_prior_is_the_mixture_density_it_describes():
+    weights = [torch.linspace(-0.5, 0.5, 101)]
+    prior = GaussianMixturePrior(weights, components=5, zero_share=0.9, init_spread=0.1)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([-0.3, -0.1, 0.2, 0.4]))
+        prior.log_precisions.copy_(torch.tensor([6.0, 3.0, 4.0, 2.5, 5.0]))
+        prior.mixing_logits.copy_(torch.tensor([0.1, -0.4, 0.3, 0.0]))
+    means = prior.all_means().tolist()
+    stds = prior.log_precisions.mul(-0.5).exp().tolist()
+    shares = prior.log_shares().exp().tolist()
+    assert math.isclose(sum(shares), 1.0, rel_tol=1e-6) and math.isclose(shares[0], 0.9, rel_tol=1e-6)
+    w = weights[0].double().numpy()
+    density = sum(p * stats.norm.pdf(w, m, s) for p, m, s in zip(shares, means, stds))
+    expected = -float(sum(math.log(d) for d in density))
+    assert math.isclose(float(prior.negative_log_prob(weights[0]).detach()), expected, rel_tol=1e-5)
+
+
+def test_the_hyperprior_is_a_gamma_density_on_each_precision():
+    prior = GaussianMixturePrior([torch.randn(10)], components=3, zero_share=0.99, init_spread=1.0)
+    values = []
+    for log_precision in (3.0, 7.0):
+        with torch.no_grad():
+            prior.log_precisions.fill_(log_precision)
+        values.append(float(prior.negative_log_hyperprior().detach()))
+    precisions = [math.exp(3.0), math.exp(7.0)]
+    log_density = [stats.gamma.logpdf(p, 5000, scale=1 / 2) + 2 * stats.gamma.logpdf(p, 250, scale=1 / 0.1) for p in precisions]
+    assert math.isclose(values[0] - values[1], -(log_density[0] - log_density[1]), rel_tol=1e-4)
+
+
+def test_each_weight_takes_the_mean_of_its_most_responsible_component():
+    prior = GaussianMixturePrior([torch.tensor([-1.0, 1.0])], components=3, zero_share=0.5, init_spread=0.1)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([-1.0, 1.0]))
+    assignment = prior.assign(torch.tensor([[0.05, -0.9], [1.2, 0.6]]))
+    assert assignment.tolist() == [[0, 1], [2, 2]]
+
+
+@pytest.mark.parametrize("factory", [tiny_mlp, tiny_cnn])
+def test_every_layer_shares_the_mixture_levels_and_zero_is_exact(factory, train):
+    if factory is tiny_cnn:  # digits are 8x8 images for the convolution
+        train = Subset(resolve_dataset("digits", "train", (1, 8, 8)), train.indices, train.seed)
+    result = FAST.apply(factory(), train)
+    mixture = result.rows[0]["mixture"]
+    allowed = set(mixture["means"]) | {0.0}
+    for name, w in compressible_weights(result.model).items():
+        codes = result.codes[name]
+        assert torch.equal(codes.dequantize(), w)
+        assert codes.num_levels <= FAST.components
+        assert codes.zero is not None
+        assert set(codes.levels.tolist()) <= allowed
+
+
+def test_a_larger_tau_prunes_more(train):
+    light = SoftWeightSharing(epochs=4, batch_size=64, tau=0.0, weight_lr=1e-2).apply(tiny_mlp(), train)
+    heavy = SoftWeightSharing(epochs=4, batch_size=64, tau=100.0, weight_lr=1e-2).apply(tiny_mlp(), train)
+    zeros = [sum(int((w == 0).sum()) for w in compressible_weights(r.model).values()) for r in (light, heavy)]
+    assert zeros[1] > zeros[0]
+
+
+def test_a_run_is_reproducible_bit_for_bit(train, tmp_path):
+    files = []
+    for i in range(2):
+        netpress.save(compress(tiny_mlp(), FAST, data=train), tmp_path / f"{i}.press")
+        files.append((tmp_path / f"{i}.press").read_bytes())
+    assert files[0] == files[1]
+
+
+def test_weights_an_earlier_stage_pruned_stay_zero(train):
+    pruned = compress(tiny_mlp(), [MagnitudePruning("global"), FAST], Budget(sparsity=0.6), data=train)
+    before = MagnitudePruning("global").apply(tiny_mlp(), budget=Budget(sparsity=0.6)).model
+    after = pruned.to_module(tiny_mlp())
+    for (name, w0), w1 in zip(compressible_weights(before).items(), compressible_weights(after).values()):
+        assert not w1[w0 == 0].any(), name
+
+
+def test_press_retrains_on_the_whole_training_split_unless_told_fewer(tmp_path):
+    model = tiny_mlp()
+    report = netpress.press(model, SoftWeightSharing(epochs=1), out=tmp_path / "a.press", data="digits")
+    assert report["calibration"]["n"] == len(load_dataset("digits", "train"))
+    report = netpress.press(model, SoftWeightSharing(epochs=1), out=tmp_path / "b.press", data="digits", calib=200)
+    assert report["calibration"]["n"] == 200
+    assert 0 <= report["accuracy_after"] <= 1 and report["file_bytes"] < report["original_bytes"]
+
+
+def test_without_labels_it_says_what_it_needs(train):
+    inputs, _ = train.tensors()
+    unlabelled = torch.utils.data.TensorDataset(inputs)
+    with pytest.raises(DataError, match="labelled"):
+        FAST.apply(tiny_mlp(), Subset(unlabelled, list(range(len(inputs))), 0))
+    with pytest.raises(DataError, match="training split"):
+        FAST.apply(tiny_mlp(), None)
+
+
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [
+        ({"components": 1}, "components"),
+        ({"zero_share": 1.0}, "zero_share must be below 1"),
+        ({"zero_share": 0.0}, "zero_share"),
+        ({"tau": -1.0}, "tau"),
+        ({"epochs": 1.5}, "epochs"),
+        ({"init_spread": 0.0}, "init_spread"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_setting_named(setting, fragment):
+    with pytest.raises(BudgetError, match=fragment):
+        SoftWeightSharing(**setting)
+
+
+def test_it_takes_no_target(train):
+    with pytest.raises(BudgetError, match="no chosen method takes a sparsity target"):
+        compress(tiny_mlp(), FAST, Budget(sparsity=0.5), data=train)

@@ -47,6 +47,19 @@ def row(model: str, method: str, setting: str, report: dict, seconds: float) -> 
     }
 
 
+def comparison(rows: list[dict], model: str) -> str:
+    """One line per model: soft weight-sharing against the post-training L² file of the same size."""
+    by_method = {r["method"]: r for r in rows if r["model"] == model}
+    sws, l2 = by_method["sws"], by_method["l2"]
+    gap = sws["accuracy"] - l2["accuracy"]
+    verdict = f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'}" if gap else "level with"
+    return (
+        f"{model}: soft weight-sharing {sws['ratio']}× at {sws['accuracy']} % ({sws['accuracy_before'] - sws['accuracy']:.2f} "
+        f"points lost, {sws['seconds']} s); L² at its size {l2['ratio']}× at {l2['accuracy']} % ({l2['seconds']} s): "
+        f"soft weight-sharing is {verdict} L²."
+    )
+
+
 def timed_press(handle, methods, budget, out: Path, **options) -> tuple[dict, float]:
     start = time.perf_counter()
     report = api.press(handle, methods, budget, out=out, data="fashion-mnist", **options)
@@ -114,6 +127,7 @@ def main() -> None:
                 "seconds": "wall time of compressing and writing (and, for netpress, measuring) the file",
             },
             "rows": rows,
+            "notes": [comparison(rows, model) for model in args.models.split(",")],
         },
     )
     regenerate_results_md()

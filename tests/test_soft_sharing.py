@@ -117,6 +117,13 @@ def test_without_labels_it_says_what_it_needs(train):
         FAST.apply(tiny_mlp(), None)
 
 
+def test_labels_outside_the_models_classes_are_refused_before_training(train):
+    inputs, labels = train.tensors()
+    shifted = torch.utils.data.TensorDataset(inputs, labels + 5)
+    with pytest.raises(DataError, match="the model has 10 classes"):
+        FAST.apply(tiny_mlp(), Subset(shifted, list(range(len(inputs))), 0))
+
+
 @pytest.mark.parametrize(
     "setting, fragment",
     [

@@ -24,6 +24,7 @@ from netpress.codec.codes import Codes
 from netpress.data import Subset
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
+from netpress.evaluate import kept_modes
 from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm, zero_masks
 from netpress.methods.baselines import kmeans_1d
 from netpress.progress import progress_bar
@@ -180,6 +181,7 @@ class SoftWeightSharing:
         check_budget(self, budget, required=False)
         inputs, labels = _labelled(data)
         model = copy.deepcopy(model)
+        _check_labels(model, inputs, labels)
         weights = check_model(model, trains=True)
         pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
         prior = GaussianMixturePrior(list(weights.values()), self.components, self.zero_share, self.init_spread)
@@ -229,6 +231,16 @@ def _labelled(data: Subset | None) -> tuple[torch.Tensor, torch.Tensor]:
             "soft weight-sharing retrains on labelled data: the training split has no labels (a data file needs train_labels)"
         )
     return inputs, labels.long()
+
+
+def _check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuse labels outside the model's classes before training, not with an index error in its first step."""
+    with kept_modes(model), torch.no_grad():
+        classes = model.eval()(inputs[:1]).shape[-1]
+    if labels.min() < 0 or labels.max() >= classes:
+        raise DataError(
+            f"the training labels run from {int(labels.min())} to {int(labels.max())}, but the model has {classes} classes"
+        )
 
 
 def _snapped(

@@ -7,7 +7,7 @@ Compression's recipe without retraining (global magnitude pruning to the same sp
 to the same number of levels, through netpress's codec), and PyTorch's own global L1 pruning to the
 same sparsity, saved as a state dict and compressed with zstd-19.
 
-    .venv/bin/python benchmarks/soft_sharing.py [--models lenet300,lenet5] [--epochs 30] [--tau 0.05]
+    .venv/bin/python benchmarks/soft_sharing.py [--models lenet300,lenet5] [--epochs 20] [--taus 0.05]
 """
 
 from __future__ import annotations
@@ -47,17 +47,21 @@ def row(model: str, method: str, setting: str, report: dict, seconds: float) -> 
     }
 
 
-def comparison(rows: list[dict], model: str) -> str:
-    """One line per model: soft weight-sharing against the post-training L² file of the same size."""
-    by_method = {r["method"]: r for r in rows if r["model"] == model}
-    sws, l2 = by_method["sws"], by_method["l2"]
-    gap = sws["accuracy"] - l2["accuracy"]
-    verdict = f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'}" if gap else "level with"
-    return (
-        f"{model}: soft weight-sharing {sws['ratio']}× at {sws['accuracy']} % ({sws['accuracy_before'] - sws['accuracy']:.2f} "
-        f"points lost, {sws['seconds']} s); L² at its size {l2['ratio']}× at {l2['accuracy']} % ({l2['seconds']} s): "
-        f"soft weight-sharing is {verdict} L²."
-    )
+def comparison(rows: list[dict]) -> list[str]:
+    """One line per soft weight-sharing run: against the post-training L² file of its size (the next L² row)."""
+    lines = []
+    for i, sws in enumerate(rows):
+        if sws["method"] != "sws":
+            continue
+        l2 = next(r for r in rows[i:] if r["method"] == "l2" and r["model"] == sws["model"])
+        gap = sws["accuracy"] - l2["accuracy"]
+        verdict = f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'}" if gap else "level with"
+        lines.append(
+            f"{sws['model']}, {sws['setting']}: soft weight-sharing {sws['ratio']}× at {sws['accuracy']} % "
+            f"({sws['accuracy_before'] - sws['accuracy']:.2f} points lost, {sws['seconds']} s); L² at its size "
+            f"{l2['ratio']}× at {l2['accuracy']} % ({l2['seconds']} s): soft weight-sharing is {verdict} L²."
+        )
+    return lines
 
 
 def timed_press(handle, methods, budget, out: Path, **options) -> tuple[dict, float]:
@@ -70,20 +74,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--epochs", type=int, default=SoftWeightSharing.epochs)
-    parser.add_argument("--tau", type=float, default=SoftWeightSharing.tau)
+    parser.add_argument("--taus", default=str(SoftWeightSharing.tau), help="comma-separated first-epoch τ, one run each")
     parser.add_argument("--zero-share", type=float, default=SoftWeightSharing.zero_share)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="soft-sharing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    method = SoftWeightSharing(epochs=args.epochs, tau=args.tau, zero_share=args.zero_share)
+    methods = [SoftWeightSharing(epochs=args.epochs, tau=float(tau), zero_share=args.zero_share) for tau in args.taus.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for name in args.models.split(","):
+        for name, method in ((name, method) for name in args.models.split(",") for method in methods):
             handle = api.load_model(f"zoo:{name}")
             report, seconds = timed_press(handle, method, None, out / f"{name}-sws.press")
-            setting = f"{method.components} components, τ {method.tau:g}, π0 {method.zero_share:g}, {method.epochs} epochs"
+            setting = (
+                f"{method.components} components, τ {method.tau:g} → {method.tau * method.anneal:g}, "
+                f"π0 {method.zero_share:g}, {method.epochs} epochs"
+            )
             rows.append(row(name, "sws", setting, report, seconds))
             print(rows[-1], flush=True)
             sparsity, levels = report["sparsity"], max(r["levels"] for r in report["layers"]["sws"])
@@ -127,7 +134,7 @@ def main() -> None:
                 "seconds": "wall time of compressing and writing (and, for netpress, measuring) the file",
             },
             "rows": rows,
-            "notes": [comparison(rows, model) for model in args.models.split(",")],
+            "notes": comparison(rows),
         },
     )
     regenerate_results_md()

@@ -111,8 +111,8 @@ RAW_DTYPE_HELP = (
 )
 LEVELS_HELP = "k-means levels including zero (after pruning, of the survivors); sws: mixture components including zero"
 TAU_HELP = (
-    f"sws: weight of the mixture prior against the training loss (default {SoftWeightSharing.tau}); "
-    "higher: fewer non-zero weights and a smaller file, at some accuracy"
+    f"sws: weight of the mixture prior against the training loss in the first epoch, {SoftWeightSharing.anneal:g} times "
+    f"that by the last (default {SoftWeightSharing.tau}); higher: fewer non-zero weights and a smaller file, at some accuracy"
 )
 CALIB_HELP = (
     f"calibration samples from the training split (default {api.DEFAULT_CALIB}; sws retrains on the whole split "

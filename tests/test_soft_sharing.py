@@ -41,6 +41,21 @@ def test_the_prior_is_the_mixture_density_it_describes():
     assert math.isclose(float(prior.negative_log_prob(weights[0]).detach()), expected, rel_tol=1e-5)
 
 
+def test_the_one_pass_gradients_are_autograds_of_the_formula():
+    torch.manual_seed(0)
+    w = (torch.randn(70_000, dtype=torch.float64) * 0.1).requires_grad_()  # more than one chunk
+    prior = GaussianMixturePrior([w.detach().float()], components=5, zero_share=0.9, init_spread=0.5).double()
+    with torch.no_grad():
+        prior.log_precisions.copy_(torch.tensor([6.0, 3.0, 4.0, 2.5, 5.0]))
+        prior.mixing_logits.copy_(torch.tensor([0.1, -0.4, 0.3, 0.0]))
+    inputs = [w, prior.means, prior.log_precisions, prior.mixing_logits]
+    fast = prior.negative_log_prob(w)
+    plain = -torch.logsumexp(prior.log_joint(w), dim=1).sum()
+    assert torch.allclose(fast, plain, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(fast, inputs), torch.autograd.grad(plain, inputs)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_the_hyperprior_is_a_gamma_density_on_each_precision():
     prior = GaussianMixturePrior([torch.randn(10)], components=3, zero_share=0.99, init_spread=1.0)
     values = []

@@ -30,11 +30,16 @@ def test_checkpoint_reproduces_its_manifest_accuracy_exactly(name):
 
 
 @pytest.mark.parametrize("name", TRAINED)
-def test_logits_do_not_depend_on_the_inference_batch(name):
-    """Evaluation batches for speed; a logit that moved with the batch would move reported accuracies."""
+def test_logits_do_not_depend_on_the_samples_evaluated_with_them(name):
+    """Evaluation batches for speed; a logit that moved with its batch's other samples, or with the length
+    of the evaluation set, would move reported accuracies."""
     model = zoo.load_pretrained(name)
     x = torch.randn(300, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(predict(model, x), predict(model, x, batch_size=len(x)))
+    logits = predict(model, x)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(predict(model, x[order]), logits[order])
+    assert torch.equal(predict(model, x[37:237]), logits[37:237])
+    assert torch.equal(torch.cat([predict(model, x[i : i + 1]) for i in range(0, 300, 50)]), logits[::50])
 
 
 def test_all_zoo_models_are_trained():

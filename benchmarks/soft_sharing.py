@@ -13,6 +13,7 @@ same sparsity, saved as a state dict and compressed with zstd-19.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -84,7 +85,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for name, method in ((name, method) for name in args.models.split(",") for method in methods):
+        for name, method in itertools.product(args.models.split(","), methods):
             handle = api.load_model(f"zoo:{name}")
             report, seconds = timed_press(handle, method, None, out / f"{name}-sws.press")
             setting = (

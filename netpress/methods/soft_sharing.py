@@ -24,7 +24,7 @@ from netpress.codec.codes import Codes
 from netpress.data import Subset
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
-from netpress.evaluate import kept_modes
+from netpress.evaluate import kept_modes, predict
 from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm, zero_masks
 from netpress.methods.baselines import kmeans_1d
 from netpress.progress import progress_bar
@@ -235,9 +235,10 @@ def _labelled(data: Subset | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-    """Refuse labels outside the model's classes before training, not with an index error in its first step."""
-    with kept_modes(model), torch.no_grad():
-        classes = model.eval()(inputs[:1]).shape[-1]
+    """Refuse labels outside the model's classes (and inputs the model cannot take) before training, not with
+    an index error in its first step."""
+    with kept_modes(model):
+        classes = predict(model, inputs[:1], batch_size=1).shape[-1]
     if labels.min() < 0 or labels.max() >= classes:
         raise DataError(
             f"the training labels run from {int(labels.min())} to {int(labels.max())}, but the model has {classes} classes"

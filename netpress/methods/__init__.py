@@ -5,10 +5,22 @@ from netpress.methods.baselines import ALLOCATIONS, CLIPS, KMeansQuantization, M
 from netpress.methods.fcpts import FCPTS
 from netpress.methods.fold import CLUSTERINGS, REPAIRS, ChannelL1, Fold
 from netpress.methods.l2 import L2
+from netpress.methods.self_compress import SelfCompression, preservation_set
 from netpress.methods.soft_sharing import SoftWeightSharing
 
 METHODS: dict[str, type] = {
-    m.name: m for m in (MagnitudePruning, UniformQuantization, KMeansQuantization, FCPTS, Fold, ChannelL1, L2, SoftWeightSharing)
+    m.name: m
+    for m in (
+        MagnitudePruning,
+        UniformQuantization,
+        KMeansQuantization,
+        FCPTS,
+        Fold,
+        ChannelL1,
+        L2,
+        SoftWeightSharing,
+        SelfCompression,
+    )
 }
 
 __all__ = [
@@ -26,7 +38,9 @@ __all__ = [
     "MagnitudePruning",
     "Method",
     "MethodResult",
+    "SelfCompression",
     "SoftWeightSharing",
     "UniformQuantization",
     "compressible_weights",
+    "preservation_set",
 ]

@@ -19,7 +19,9 @@ from torch.nn import functional as F
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
 from netpress.data import Subset
-from netpress.errors import BudgetError, UnsupportedModelError
+from netpress.data.text import Sentences
+from netpress.errors import BudgetError, DataError, UnsupportedModelError
+from netpress.evaluate import kept_modes, predict
 
 DataNeed = Literal["none", "calibration", "training"]
 # Layers whose weight the weight stage compresses; every other tensor is stored raw. An embedding
@@ -279,3 +281,27 @@ def absorb_batchnorm_statistics(model: nn.Module) -> dict[str, float]:
             prefix = f"{name}." if name else ""
             constants.update({f"{prefix}running_mean": 0.0, f"{prefix}running_var": 1.0})
     return constants
+
+
+def labelled_training_data(data: Subset | None, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training inputs and their class labels, or an error that says what a retraining ``method`` needs."""
+    if data is None:
+        raise DataError(f"{method} retrains the model: it needs the training split (--data)")
+    if isinstance(data.dataset, Sentences):
+        raise DataError(f"{method} retrains a classifier on labelled images; a sentence encoder has no labels to train on")
+    inputs, labels = data.tensors()
+    if labels is None:
+        raise DataError(f"{method} retrains on labelled data: the training split has no labels (a data file needs train_labels)")
+    return inputs, labels.long()
+
+
+def check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
+    """The model's class count; refuses labels outside its classes (and inputs the model cannot take) before
+    training, not with an index error in its first step."""
+    with kept_modes(model):
+        classes = predict(model, inputs[:1], batch_size=1).shape[-1]
+    if labels.min() < 0 or labels.max() >= classes:
+        raise DataError(
+            f"the training labels run from {int(labels.min())} to {int(labels.max())}, but the model has {classes} classes"
+        )
+    return classes

@@ -22,10 +22,16 @@ from torch.nn import functional as F
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.data import Subset
-from netpress.data.text import Sentences
-from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
-from netpress.evaluate import kept_modes, predict
-from netpress.methods.base import MethodResult, check_budget, check_model, recalibrate_batchnorm, zero_masks
+from netpress.errors import BudgetError, check_real, check_seed, check_whole
+from netpress.methods.base import (
+    MethodResult,
+    check_budget,
+    check_labels,
+    check_model,
+    labelled_training_data,
+    recalibrate_batchnorm,
+    zero_masks,
+)
 from netpress.methods.baselines import kmeans_1d
 from netpress.progress import progress_bar
 
@@ -180,9 +186,9 @@ class SoftWeightSharing:
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         check_budget(self, budget, required=False)
-        inputs, labels = _labelled(data)
+        inputs, labels = labelled_training_data(data, "soft weight-sharing")
         model = copy.deepcopy(model)
-        _check_labels(model, inputs, labels)
+        check_labels(model, inputs, labels)
         weights = check_model(model, trains=True)
         pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
         prior = GaussianMixturePrior(list(weights.values()), self.components, self.zero_share, self.init_spread)
@@ -216,33 +222,6 @@ class SoftWeightSharing:
         del optimizer
         model.eval()
         return _snapped(model, weights, prior, pruned_before, inputs[:BATCHNORM_SAMPLES])
-
-
-def _labelled(data: Subset | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training inputs and their class labels, or an error that says what soft weight-sharing needs."""
-    if data is None:
-        raise DataError("soft weight-sharing retrains the model: it needs the training split (--data)")
-    if isinstance(data.dataset, Sentences):
-        raise DataError(
-            "soft weight-sharing retrains a classifier on labelled images; a sentence encoder has no labels to train on"
-        )
-    inputs, labels = data.tensors()
-    if labels is None:
-        raise DataError(
-            "soft weight-sharing retrains on labelled data: the training split has no labels (a data file needs train_labels)"
-        )
-    return inputs, labels.long()
-
-
-def _check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-    """Refuse labels outside the model's classes (and inputs the model cannot take) before training, not with
-    an index error in its first step."""
-    with kept_modes(model):
-        classes = predict(model, inputs[:1], batch_size=1).shape[-1]
-    if labels.min() < 0 or labels.max() >= classes:
-        raise DataError(
-            f"the training labels run from {int(labels.min())} to {int(labels.max())}, but the model has {classes} classes"
-        )
 
 
 def _snapped(

@@ -14,21 +14,21 @@ import torch
 from netpress.codec.codes import Codes, deadzone_grid
 
 
-def _per_row(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_row(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast a scalar or per-output-channel parameter against a weight tensor."""
     return param if param.dim() == 0 else param.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def deadzone_encode(w: torch.Tensor, edge: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """Continuous codes: ``w / 2e`` inside the dead zone (so it rounds to 0), ``±(½ + (|w| − e)/s)`` outside."""
-    edge, step = _per_row(edge, w), _per_row(step, w)
+    edge, step = per_row(edge, w), per_row(step, w)
     a = w.abs()
     return torch.where(a <= edge, w / (2 * edge), torch.sign(w) * (0.5 + (a - edge) / step))
 
 
 def deadzone_decode(q: torch.Tensor, edge: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """Inverse of ``deadzone_encode`` on integers: 0 → 0, ±j → ±(e + (j − ½)·s)."""
-    edge, step = _per_row(edge, q), _per_row(step, q)
+    edge, step = per_row(edge, q), per_row(step, q)
     a = q.abs()
     return torch.where(a <= 0.5, 2 * edge * q, torch.sign(q) * (edge + (a - 0.5) * step))
 

@@ -94,7 +94,7 @@ def compared(name: str, method: SelfCompression, out: Path, test) -> list[dict]:
     run("self-compress-unguarded", replace(method, preserve=0), None, f"{setting}, no preservation set")
     ratio = report["original_bytes"] / (report["file_bytes"] - 1)  # strictly smaller than the guarded file
     run("l2", L2(), Budget(ratio=ratio), f"ratio {ratio:.2f} (the self-compression file's size)")
-    bits = max(2, round(report["layers"]["self-compress"][0]["bits_per_weight"]))
+    bits = max(2, round(report["layers"]["self-compress"][0]["mean_bit_depth"]))
     run("uniform", UniformQuantization(bits, per_channel=True), None, f"{bits} bits per channel, no retraining")
     print(f"{name}: {int(hard.sum())} hard test images", flush=True)
     return rows

@@ -23,6 +23,7 @@ from netpress.methods import (  # noqa: E402
     Fold,
     KMeansQuantization,
     MagnitudePruning,
+    SelfCompression,
     SoftWeightSharing,
     UniformQuantization,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "MagnitudePruning",
     "ModelHandle",
     "NetpressError",
+    "SelfCompression",
     "SoftWeightSharing",
     "UniformQuantization",
     "compress",

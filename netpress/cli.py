@@ -37,6 +37,7 @@ from netpress.methods import (
     Fold,
     KMeansQuantization,
     MagnitudePruning,
+    SelfCompression,
     SoftWeightSharing,
     UniformQuantization,
 )
@@ -99,7 +100,8 @@ INIT_HELP = (
 ITERATIONS_HELP = f"fcpts: optimisation steps (default {FCPTS.iterations}; a sentence encoder on a CPU: 200)"
 BATCH_HELP = (
     f"fcpts, l2: calibration samples per step (default {FCPTS.batch_size} for fcpts, {L2.batch_size} for l2; "
-    "a sentence encoder on a CPU: 16)"
+    f"a sentence encoder on a CPU: 16); sws, self-compress: training samples per step (default "
+    f"{SoftWeightSharing.batch_size}, {SelfCompression.batch_size})"
 )
 ROUNDS_HELP = f"l2: rounds of a transform and a reconstruction phase (default {L2.rounds}; a sentence encoder on a CPU: 1)"
 TRANSFORM_HELP = f"l2: steps on the grids per round (default {L2.transform_steps}; a sentence encoder on a CPU: 30)"
@@ -114,8 +116,13 @@ TAU_HELP = (
     f"sws: weight of the mixture prior against the training loss in the first epoch, {SoftWeightSharing.anneal:g} times "
     f"that by the last (default {SoftWeightSharing.tau}); higher: fewer non-zero weights and a smaller file, at some accuracy"
 )
+GAMMA_HELP = (
+    f"self-compress: weight of the mean bit depth against the training loss (default {SelfCompression.gamma}); "
+    "higher: fewer bits and a smaller file, at some accuracy"
+)
+PRESERVE_HELP = f"self-compress: critical training examples in the preservation set (default {SelfCompression.preserve}; 0: none)"
 CALIB_HELP = (
-    f"calibration samples from the training split (default {api.DEFAULT_CALIB}; sws retrains on the whole split "
+    f"calibration samples from the training split (default {api.DEFAULT_CALIB}; sws and self-compress retrain on the whole split "
     "unless this says fewer)"
 )
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
@@ -142,6 +149,9 @@ def build_methods(
     init: str | None = None,
     epochs: int | None = None,
     tau: float | None = None,
+    gamma: float | None = None,
+    steps: int | None = None,
+    preserve: int | None = None,
 ) -> list:
     """The method chain a command line asks for: ``--bits`` (uniform) or ``--levels`` (k-means) after a
     pruning method quantizes the survivors.
@@ -150,7 +160,8 @@ def build_methods(
     ``clustering`` and ``prune_fraction`` configure fold; ``raw_dtype`` goes to L², which sizes the
     file in it; ``clip`` and ``group_size`` to uniform quantization; ``iterations`` and ``init`` to FCPTS;
     ``rounds``, ``transform_steps`` and ``reconstruction_steps`` to L²; ``epochs``, ``tau`` and ``levels``
-    (its mixture components) to soft weight-sharing; ``batch_size`` to FCPTS, L² or soft weight-sharing.
+    (its mixture components) to soft weight-sharing; ``gamma``, ``steps`` and ``preserve`` to self-compression;
+    ``batch_size`` to FCPTS, L², soft weight-sharing or self-compression.
     """
     # An option the chosen method would ignore is refused: a silently ignored option is a wrong result.
     if bits is not None and levels is not None:
@@ -171,23 +182,32 @@ def build_methods(
         raise BudgetError("--repair configures --method fold and channel-l1 only")
     if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
-    steps = _given(rounds=rounds, transform_steps=transform_steps, reconstruction_steps=reconstruction_steps)
+    l2_schedule = _given(rounds=rounds, transform_steps=transform_steps, reconstruction_steps=reconstruction_steps)
     batch = _given(batch_size=batch_size)
     if method != FCPTS.name and init is not None:
         raise BudgetError("--init configures --method fcpts only")
     if method != FCPTS.name and iterations is not None:
         raise BudgetError("--iterations configures --method fcpts only (l2: --rounds, --transform-steps, --reconstruction-steps)")
-    if method != L2.name and steps:
+    if method != L2.name and l2_schedule:
         raise BudgetError("--rounds, --transform-steps and --reconstruction-steps configure --method l2 only")
-    if method not in (FCPTS.name, L2.name, SoftWeightSharing.name) and batch:
-        raise BudgetError("--batch-size configures --method fcpts, l2 and sws only")
+    if method not in (FCPTS.name, L2.name, SoftWeightSharing.name, SelfCompression.name) and batch:
+        raise BudgetError("--batch-size configures --method fcpts, l2, sws and self-compress only")
     retraining = _given(epochs=epochs, tau=tau)
     if method != SoftWeightSharing.name and retraining:
         raise BudgetError("--epochs and --tau configure --method sws only")
+    bit_depths = _given(gamma=gamma, steps=steps, preserve=preserve)
+    if method != SelfCompression.name and bit_depths:
+        raise BudgetError("--gamma, --steps and --preserve configure --method self-compress only")
     if method == SoftWeightSharing.name:
         if bits is not None or per_channel:
             raise BudgetError("sws learns its own shared levels; drop --bits/--per-channel (--levels sets its components)")
         return [SoftWeightSharing(seed=seed, **_given(components=levels), **retraining, **batch)]
+    if method == SelfCompression.name:
+        if bits is not None or levels is not None or per_channel:
+            raise BudgetError(
+                "self-compress learns a bit depth per channel; drop --bits/--levels/--per-channel (--gamma sets the trade)"
+            )
+        return [SelfCompression(seed=seed, **bit_depths, **batch)]
     if method == KMeansQuantization.name:
         return [KMeansQuantization(levels if levels is not None else 16)]
     if method == "uniform":
@@ -195,7 +215,7 @@ def build_methods(
     if method == L2.name:
         if bits is not None or levels is not None:
             raise BudgetError("l2 learns its own quantization grids for the --ratio target; drop --bits/--levels")
-        return [L2(per_channel=per_channel, seed=seed, **_given(raw_dtype=raw_dtype), **steps, **batch)]
+        return [L2(per_channel=per_channel, seed=seed, **_given(raw_dtype=raw_dtype), **l2_schedule, **batch)]
     if method in (Fold.name, ChannelL1.name):
         if method == Fold.name:
             options = {"clustering": clustering, "prune_fraction": prune_fraction}
@@ -332,6 +352,9 @@ def compress(
     reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
     epochs: int | None = typer.Option(None, help=f"sws: passes over the training split (default {SoftWeightSharing.epochs})"),
     tau: float | None = typer.Option(None, help=TAU_HELP),
+    gamma: float | None = typer.Option(None, help=GAMMA_HELP),
+    steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
+    preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=CALIB_HELP),
     seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
@@ -367,6 +390,9 @@ def compress(
         init=init and init.value,
         epochs=epochs,
         tau=tau,
+        gamma=gamma,
+        steps=steps,
+        preserve=preserve,
     )
     result = api.press(
         handle,
@@ -384,7 +410,12 @@ def compress(
 
         rows = result["layers"][methods[0].name]
         removed = "share of channels removed per group"
-        titles = {L2.name: "per-layer bits per weight", Fold.name: removed, ChannelL1.name: removed}
+        titles = {
+            L2.name: "per-layer bits per weight",
+            SelfCompression.name: "per-layer bit depth",
+            Fold.name: removed,
+            ChannelL1.name: removed,
+        }
         what = titles.get(methods[0].name, "per-layer sparsity")
         plot_allocation(rows, plot, f"{model}: {methods[0].name} {what}")
     if report is not None:

@@ -269,6 +269,8 @@ def test_user_architecture_with_arch(weights, tmp_path):
         ),
         (["compress", *MLP, "-m", "uniform", "--epochs", "3", "-o", "x.press"], ["--epochs and --tau configure --method sws"]),
         (["compress", *MLP, "-m", "sws", "--bits", "4", "--data", "digits", "-o", "x.press"], ["drop --bits"]),
+        (["compress", *MLP, "-m", "sws", "--gamma", "1", "--data", "digits", "-o", "x.press"], ["--method self-compress only"]),
+        (["compress", *MLP, "-m", "self-compress", "--levels", "4", "--data", "digits", "-o", "x.press"], ["drop --bits"]),
         (
             ["compress", *MLP, "-m", "l2", "--ratio", "4", "--iterations", "10", "-o", "x.press"],
             ["fcpts only", "--transform-steps"],
@@ -283,7 +285,7 @@ def test_user_architecture_with_arch(weights, tmp_path):
         ),
         (
             ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--batch-size", "8", "-o", "x.press"],
-            ["fcpts, l2 and sws only"],
+            ["fcpts, l2, sws and self-compress only"],
         ),
         (
             ["compress", *MLP, "-m", "magnitude", "--params", "0.5", "-o", "x.press"],
@@ -368,6 +370,16 @@ def test_soft_weight_sharing_from_the_command_line_retrains_on_the_split_it_is_g
     written = json.loads(report.read_text())
     assert written["calibration"]["n"] == 256
     assert all(row["levels"] <= 5 for row in written["layers"]["sws"])
+
+
+def test_self_compression_from_the_command_line_reports_bit_depths_and_its_preservation_set(weights, tmp_path):
+    press, report, plot = tmp_path / "c.press", tmp_path / "r.json", tmp_path / "bits.png"
+    args = ["--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "self-compress", "--steps", "20", "--preserve", "50"]
+    result = run("compress", weights / "mlp.pt", *args, "--gamma", "0.5", "-o", press, "--report", report, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(report.read_text())["layers"]["self-compress"]
+    assert rows[0]["preservation"]["size"] == 50 and all("bit_depth" in row for row in rows)
+    assert plot.stat().st_size > 0
 
 
 def test_zeros_added_by_quantizing_survivors_are_named(weights, tmp_path):

@@ -5,7 +5,7 @@ model is retrained on labelled training data with cross-entropy + γ × the mean
 cross-entropy on a *preservation set*: critical training examples, the ones the model is least sure of and
 representatives of each class. Bit depths fall where the task lets them; a channel at 0 bits holds only
 zeros. Every ``check_every`` steps the accuracy on the preservation set is measured, and when it has fallen
-by more than ``guard`` since the last check, a random share of the dead channels comes back: the guard
+by more than ``guard`` since the last check, a random share of the channels under one bit comes back: the guard
 against the "irreversible forgetting" of channels dropped too early. The file stores each weight's integer,
 entropy-coded, and two numbers per channel. See docs/methods/self_compress.md.
 """
@@ -42,6 +42,10 @@ from netpress.progress import progress_bar
 from netpress.quant.bitdepth import bitdepth_codes, bitdepth_quantize
 
 UNCERTAIN = 0.2  # 1 − max softmax above which a training example counts as uncertain (Zbeeb et al.)
+# Below one bit a channel's grid is {−2^e, 0}, one sign only: it no longer carries its weights, and the guard
+# brings it back like a dead one (Zbeeb et al. restore only channels at 0 bits, but the preserved accuracy
+# collapses while the bit depths pass through (0, 1), before any channel is at 0: then nothing is restored).
+FAILING_BITS = 1.0
 BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights are fixed
 
 
@@ -54,7 +58,7 @@ class SelfCompression:
     Bit depths start at ``init_bits`` with each channel's largest weight on its grid's edge. ``gamma`` weighs
     the mean bits per weight against the cross-entropy; ``preserve`` critical training examples enter the loss
     with weight ``safety_weight`` (a batch of them each step) and are checked every ``check_every`` steps: a fall
-    of more than ``guard`` in their accuracy brings back ``restore_fraction`` of the dead channels at
+    of more than ``guard`` in their accuracy brings back ``restore_fraction`` of the channels under one bit at
     ``restore_bits`` bits. Needs labelled training data; meets no size target: ``gamma`` trades accuracy for size.
     """
 
@@ -88,7 +92,7 @@ class SelfCompression:
         check_real("restore_bits", self.restore_bits, 0.0, inclusive=False)
         check_real("restore_fraction", self.restore_fraction, 0.0)
         if self.restore_fraction > 1:
-            raise BudgetError(f"restore_fraction is a share of the dead channels, at most 1; got {self.restore_fraction!r}")
+            raise BudgetError(f"restore_fraction is a share of the failing channels, at most 1; got {self.restore_fraction!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         check_budget(self, budget, required=False)
@@ -199,14 +203,14 @@ class _Run:
         return correct / len(self.chosen)
 
     def _restore(self) -> None:
-        """Bring back a random ``restore_fraction`` of the dead channels at ``restore_bits`` bits."""
-        dead = [(n, int(i)) for n, b in self.bits.items() for i in (b <= 0).nonzero().reshape(-1)]
-        count = math.ceil(self.config.restore_fraction * len(dead))
+        """Bring back a random ``restore_fraction`` of the channels under one bit at ``restore_bits`` bits."""
+        failing = [(n, int(i)) for n, b in self.bits.items() for i in (b < FAILING_BITS).nonzero().reshape(-1)]
+        count = math.ceil(self.config.restore_fraction * len(failing))
         if not count:
             return
         with torch.no_grad():
-            for k in torch.randperm(len(dead), generator=self.generator)[:count].tolist():
-                name, channel = dead[k]
+            for k in torch.randperm(len(failing), generator=self.generator)[:count].tolist():
+                name, channel = failing[k]
                 self.bits[name][channel] = self.config.restore_bits
         self.restores += 1
 
@@ -226,12 +230,12 @@ class _Run:
                         "params": w.numel(),
                         "channels": w.shape[0],
                         "dead_channels": int((bits == 0).sum()),
-                        "bits": float(bits.mean()),
+                        "bit_depth": float(bits.mean()),
                         "levels": codes.num_levels,
                         "sparsity": codes.sparsity(),
                     }
                 )
-        result.rows[0]["bits_per_weight"] = float(self.mean_bits().detach())
+        result.rows[0]["mean_bit_depth"] = float(self.mean_bits().detach())
         return result
 
 

@@ -32,9 +32,10 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Non
 
 def plot_allocation(rows: list[dict], path: str | os.PathLike, title: str = "per-layer sparsity") -> None:
     """Bars of each layer's sparsity; when rows carry ``erk_sparsity``, ERK's allocation beside it.
-    Rows with ``bits_per_weight`` (L²) get a second panel with the coded bits per weight; channel
-    groups (fold, channel-l1) get the share of each group's channels removed."""
-    if all("bits_per_weight" in r for r in rows):
+    Rows with ``bits_per_weight`` (L²: coded) or ``bit_depth`` (self-compression: learned, the mean over the
+    layer's channels) get a panel of bits beside the sparsity; channel groups (fold, channel-l1) get the share of
+    each group's channels removed."""
+    if all("bits_per_weight" in r for r in rows) or all("bit_depth" in r for r in rows):
         _plot_bits(rows, path, title)
         return
     if any("group" in r for r in rows):
@@ -60,7 +61,8 @@ def _plot_bits(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     names = [r["name"].removesuffix(".weight") for r in rows]
     x = list(range(len(rows)))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(rows) + 2), 6), sharex=True)
-    top.bar(x, [r["bits_per_weight"] for r in rows], 0.4, label="coded")
+    coded = all("bits_per_weight" in r for r in rows)
+    top.bar(x, [r["bits_per_weight" if coded else "bit_depth"] for r in rows], 0.4, label="coded" if coded else "bit depth")
     if all("estimated_bits_per_weight" in r for r in rows):
         top.bar([i + 0.4 for i in x], [r["estimated_bits_per_weight"] for r in rows], 0.4, label="rate estimate")
         top.legend(fontsize=8)

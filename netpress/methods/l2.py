@@ -17,36 +17,30 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-import netpress
 from netpress.budget import Budget
-from netpress.codec import to_bytes
-from netpress.codec.codes import Codes
 from netpress.codec.container import read_manifest
-from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
+from netpress.compressed import RAW_DTYPES
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError, check_flag, check_real, check_seed, check_whole
 from netpress.methods.base import (
     MethodResult,
     absorb_batchnorm_statistics,
     batchnorm_layers,
-    check_budget,
     check_model,
     zero_masks,
 )
+from netpress.methods.sizing import FileSizer, with_reference
 from netpress.methods.teacher import teacher_for
 from netpress.progress import progress_bar
 from netpress.quant.deadzone import deadzone_codes, deadzone_encode, deadzone_quantize
 from netpress.quant.rate import estimated_bits
 
-# Bytes kept free for what the method cannot see when it sizes the file: other methods' entries in
-# the stored summary.
-SUMMARY_ALLOWANCE = 192
 # How fast the rate multiplier reacts to the estimate being over (or under) budget, per step.
 DUAL_RATE = 0.2
 # The finest grid the fit phase may move to, relative to the learned one.
@@ -111,18 +105,11 @@ class L2:
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         if data is None:
             raise DataError("L² needs a calibration subset of the training split")
-        return _Run(self, model, _with_reference(self, budget, model), data).execute()
+        return _Run(self, model, with_reference(self, budget, model), data).execute()
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
         """Refuse a ratio no file can reach, before any data is loaded or work done (sweep checks every point)."""
-        _Run(self, model, _with_reference(self, budget, model)).smallest_file_bytes()
-
-
-def _with_reference(config: L2, budget: Budget | None, model: nn.Module) -> Budget:
-    budget = check_budget(config, budget)
-    if budget.reference_bytes is None:
-        budget = replace(budget, reference_bytes=fp32_bytes(model))
-    return budget
+        _Run(self, model, with_reference(self, budget, model)).smallest_file_bytes()
 
 
 class _Run:
@@ -139,17 +126,9 @@ class _Run:
         if data is not None:
             self.teacher = teacher_for(model, data, config.temperature)  # distillation needs no labels
         self.generator = torch.Generator().manual_seed(config.seed)
-        calibration = {"n": len(data.indices), "seed": data.seed} if data is not None else {"n": 0, "seed": 0}
-        self.summary = {
-            "netpress": netpress.__version__,
-            "methods": [{"name": config.name, **vars(config)}],
-            "budget": budget.to_dict(),
-            "sparsity": 0.123456789,  # as many digits as a real one: the stub must be as long as the final summary
-            "params": sum(v.numel() for v in self.student.state_dict().values() if v.is_floating_point()),
-            "calibration": {**calibration, "indices_sha256": "0" * 64},
-        }
-        self.constants = absorb_batchnorm_statistics(self.student)
+        constants = absorb_batchnorm_statistics(self.student)
         _round_raw_tensors(self.student, set(self.names), config.raw_dtype)
+        self.sizer = FileSizer(self.student, config, budget, data, config.raw_dtype, constants)
         self.original = copy.deepcopy(self.student.state_dict())  # the dense model as the file would store it
         self.latent = {n: nn.Parameter(w.detach().clone()) for n, w in weights.items()}
         self.pruned = zero_masks(weights)  # an earlier stage's zeros stay zero: masked after every step
@@ -162,26 +141,8 @@ class _Run:
         weights = self.latent if weights is None else weights
         return {n: deadzone_codes(weights[n], self.log_edge[n].exp() * scale, self.log_step[n].exp() * scale) for n in self.names}
 
-    def _constant_codes(self) -> dict[str, Codes]:
-        """One-level codes of the constant BatchNorm statistics (a few bytes each in the file)."""
-        state = self.student.state_dict()
-        return {
-            n: Codes(
-                torch.zeros(state[n].shape, dtype=torch.int32),
-                torch.tensor([value], dtype=torch.float32),
-                0 if value == 0 else None,
-            )
-            for n, value in self.constants.items()
-        }
-
-    def _file(self, codes: dict) -> bytes:
-        state = self.student.state_dict()
-        tensors = stored_tensors(state, {**codes, **self._constant_codes()}, self.config.raw_dtype)
-        compressed = CompressedModel(tensors, self.budget.source or {}, self.summary)
-        return to_bytes(compressed)
-
     def _file_bytes(self, codes: dict) -> int:
-        return len(self._file(codes)) + SUMMARY_ALLOWANCE
+        return self.sizer.bytes(codes)
 
     def _estimated_bits(self, name: str) -> torch.Tensor:
         codes = deadzone_encode(self.latent[name], self.log_edge[name].exp(), self.log_step[name].exp())
@@ -382,21 +343,10 @@ class _Run:
 
     def smallest_file_bytes(self) -> int:
         """The file with every weight zero: what the uncoded tensors and headers alone take; refused if over the target."""
-        minimum = self._file_bytes(
-            {
-                n: deadzone_codes(torch.zeros_like(w), torch.ones(self._grid_shape(n)), torch.ones(self._grid_shape(n)))
-                for n, w in self.latent.items()
-            }
+        ones = {n: torch.ones(self._grid_shape(n)) for n in self.names}
+        return self.sizer.check_reachable(
+            {n: deadzone_codes(torch.zeros_like(w), ones[n], ones[n]) for n, w in self.latent.items()}
         )
-        if minimum > self.target:
-            # The margin covers the record of the ratio itself, whose digits change the file by a few bytes.
-            largest = math.floor(100 * self.budget.reference_bytes / (minimum + 16)) / 100
-            hint = f"ask for at most {largest:g}x" if largest > 1 else "no ratio above 1 is reachable for this model"
-            raise BudgetError(
-                f"a {self.budget.ratio:g}x ratio allows {self.target} bytes, but the uncoded tensors and headers, with "
-                f"{SUMMARY_ALLOWANCE} bytes kept for the summary, take {minimum}; {hint}"
-            )
-        return minimum
 
     def execute(self) -> MethodResult:
         config = self.config
@@ -424,10 +374,9 @@ class _Run:
         return self._result(*self._finish())
 
     def _result(self, codes: dict, scale: float, reconstructed: bool) -> MethodResult:
-        data = self._file(codes)
-        manifest, _ = read_manifest(data)
+        manifest, _ = read_manifest(self.sizer.file(codes))
         coded = {r["name"]: r["length"] for r in manifest["tensors"]}
-        result = MethodResult(self.student, {**codes, **self._constant_codes()}, raw_dtype=self.config.raw_dtype)
+        result = MethodResult(self.student, {**codes, **self.sizer.constant_codes}, raw_dtype=self.config.raw_dtype)
         with torch.no_grad():
             for n in self.names:
                 c = codes[n]

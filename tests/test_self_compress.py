@@ -15,6 +15,7 @@ from netpress.errors import BudgetError, DataError
 from netpress.evaluate import predict
 from netpress.methods import preservation_set
 from netpress.methods.base import compressible_weights
+from netpress.methods.sizing import SUMMARY_ALLOWANCE
 from netpress.quant.bitdepth import bitdepth_codes, bitdepth_quantize
 from tests.archs import tiny_cnn, tiny_mlp
 
@@ -169,6 +170,20 @@ def test_bad_settings_are_refused_with_the_setting_named(setting, fragment):
         SelfCompression(**setting)
 
 
-def test_it_takes_no_target(train):
-    with pytest.raises(BudgetError, match="no chosen method takes a ratio target"):
-        compress(tiny_mlp(), FAST, Budget(ratio=4.0), data=train)
+@pytest.mark.parametrize("ratio", [4.0, 7.0])
+def test_a_ratio_target_is_met_on_the_written_file(train, trained, ratio):
+    compressed = compress(trained, replace(FAST, steps=60), Budget(ratio=ratio), data=train)
+    target = netpress.api.fp32_bytes(trained) // ratio
+    size = len(netpress.codec.to_bytes(compressed))
+    assert 0.95 * target - SUMMARY_ALLOWANCE < size <= target  # the finest grids that fit: close below the target
+    assert compressed.details["layers"]["self-compress"][0]["allowed_bit_depth"] > 0
+
+
+def test_an_unreachable_ratio_is_refused_before_training(trained):
+    with pytest.raises(BudgetError, match="ask for at most"):
+        SelfCompression().check_target(trained, Budget(ratio=1000.0))
+
+
+def test_it_takes_no_sparsity_target(train):
+    with pytest.raises(BudgetError, match="no chosen method takes a sparsity target"):
+        compress(tiny_mlp(), FAST, Budget(sparsity=0.5), data=train)

@@ -44,7 +44,8 @@ class MethodResult:
 
 class Method(Protocol):
     """Optional class attributes that compress() reads: ``structural = True`` (changes layer shapes: must
-    come first) and ``quantizes = True`` (its codes are final: must come last). An optional
+    come first), ``quantizes = True`` (its codes are final: must come last) and ``target_optional = True`` (it
+    also runs without a target, which its settings then replace). An optional
     ``check_target(model, budget)`` refuses a target the model cannot reach, before any data is loaded."""
 
     name: ClassVar[str]
@@ -151,7 +152,7 @@ def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -
 def check_budget(method: Method, budget: Budget | None, required: bool = True) -> Budget | None:
     """One place that checks a budget fits a method, with a message that says what would."""
     if budget is None:
-        if required and method.budgets:
+        if required and method.budgets and not getattr(method, "target_optional", False):
             raise BudgetError(f"method {method.name!r} needs a target: {' or '.join('--' + b for b in method.budgets)}")
         return None
     if budget.kind not in method.budgets:

@@ -24,12 +24,12 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from netpress.budget import Budget
+from netpress.codec.codes import Codes
 from netpress.data import Subset
 from netpress.errors import BudgetError, check_real, check_seed, check_whole
 from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
 from netpress.methods.base import (
     MethodResult,
-    check_budget,
     check_labels,
     check_model,
     compressible_weights,
@@ -38,6 +38,7 @@ from netpress.methods.base import (
     split_exact,
     zero_masks,
 )
+from netpress.methods.sizing import FileSizer, with_reference
 from netpress.progress import progress_bar
 from netpress.quant.bitdepth import bitdepth_codes, bitdepth_quantize
 
@@ -47,6 +48,9 @@ UNCERTAIN = 0.2  # 1 − max softmax above which a training example counts as un
 # collapses while the bit depths pass through (0, 1), before any channel is at 0: then nothing is restored).
 FAILING_BITS = 1.0
 BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights are fixed
+PRESSURE_GROWTH = 1.1  # with a target: the hinge's weight grows by this at each check the bit depths are over it
+MAX_SHIFT = 16.0  # bits a fit to the target may add to every channel
+FIT_STEPS = 12  # bisection steps of the fit: the shift to 1/4096 of its bracket
 
 
 @dataclass
@@ -59,7 +63,12 @@ class SelfCompression:
     the mean bits per weight against the cross-entropy; ``preserve`` critical training examples enter the loss
     with weight ``safety_weight`` (a batch of them each step) and are checked every ``check_every`` steps: a fall
     of more than ``guard`` in their accuracy brings back ``restore_fraction`` of the channels under one bit at
-    ``restore_bits`` bits. Needs labelled training data; meets no size target: ``gamma`` trades accuracy for size.
+    ``restore_bits`` bits. Needs labelled training data.
+
+    Without a target, ``gamma`` trades accuracy for size. With a ratio target the size term is a hinge on the
+    mean bit depth the file's bytes allow, ``gamma`` growing while the bit depths are over it; then every live
+    channel's grid is made finer or coarser by one shift of its bit depth (its range kept), the finest whose
+    written file fits: the ratio is met on the file.
     """
 
     gamma: float = 0.2
@@ -77,7 +86,8 @@ class SelfCompression:
     seed: int = 0
     name: ClassVar[str] = "self-compress"
     needs: ClassVar[str] = "training"
-    budgets: ClassVar[tuple[str, ...]] = ()
+    budgets: ClassVar[tuple[str, ...]] = ("ratio",)
+    target_optional: ClassVar[bool] = True  # without one, gamma sets the size
     quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
 
     def __post_init__(self) -> None:
@@ -95,19 +105,22 @@ class SelfCompression:
             raise BudgetError(f"restore_fraction is a share of the failing channels, at most 1; got {self.restore_fraction!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
-        check_budget(self, budget, required=False)
+        budget = with_reference(self, budget, model)
         inputs, labels = labelled_training_data(data, "self-compression")
         model = copy.deepcopy(model)
         check_labels(model, inputs, labels)
         weights = check_model(model, trains=True)
         pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
+        sizer = FileSizer(model, self, budget, data) if budget is not None else None
         with kept_modes(model):
             chosen = preservation_set(model, inputs, labels, self.preserve, self.seed)
             accuracy_before = _accuracy(model, inputs[chosen], labels[chosen])
-        run = _Run(self, model, weights, inputs, labels, chosen, pruned_before)
+        run = _Run(self, model, weights, inputs, labels, chosen, pruned_before, sizer)
         run.train()
         result = run.result()
         recalibrate_batchnorm(model, inputs[:BATCHNORM_SAMPLES])
+        if sizer is not None and sizer.bytes(result.codes) > sizer.target:  # the new statistics take a few more bytes
+            result = run.result()
         with kept_modes(model):
             accuracy_after = _accuracy(model, inputs[chosen], labels[chosen])
         result.rows[0]["preservation"] = {
@@ -118,6 +131,12 @@ class SelfCompression:
             "restores": run.restores,
         }
         return result
+
+    def check_target(self, model: nn.Module, budget: Budget | None) -> None:
+        """Refuse a ratio no file can reach, before any data is loaded or work done (sweep checks every point)."""
+        budget = with_reference(self, budget, model)
+        if budget is not None:
+            FileSizer(model, self, budget, None).check_reachable(_zero_codes(check_model(model)))
 
 
 class _Run:
@@ -132,8 +151,10 @@ class _Run:
         labels: torch.Tensor,
         chosen: torch.Tensor,
         pruned: dict[str, torch.Tensor],
+        sizer: FileSizer | None,
     ) -> None:
-        self.config, self.model, self.weights = config, model, weights
+        """``sizer``: with a ratio target, what measures the file; the mean bit depth it allows is the hinge."""
+        self.config, self.model, self.weights, self.sizer = config, model, weights, sizer
         self.inputs, self.labels, self.chosen, self.pruned = inputs, labels, chosen, pruned
         self.bits: dict[str, nn.Parameter] = {}
         self.exponents: dict[str, nn.Parameter] = {}
@@ -147,6 +168,11 @@ class _Run:
                 self.bits[name] = nn.Parameter(torch.where(largest > 0, config.init_bits, 0.0))  # an empty channel stays dead
         self.generator = torch.Generator().manual_seed(config.seed)
         self.restores = 0
+        self.shift = 0.0  # bits added to every live channel's depth by the fit to the target (its range kept)
+        self.allowed_bits = None
+        if sizer is not None:
+            minimum = sizer.check_reachable(_zero_codes(weights))
+            self.allowed_bits = 8 * (sizer.target - minimum) / self.total
 
     def quantized(self) -> dict[str, torch.Tensor]:
         return {n: bitdepth_quantize(w, self.bits[n], self.exponents[n]) for n, w in self.weights.items()}
@@ -164,6 +190,7 @@ class _Run:
             ]
         )
         safety = config.safety_weight > 0 and len(self.chosen) > 0
+        pressure = config.gamma
         last = self._preserved_accuracy() if len(self.chosen) else None
         self.model.train()
         with progress_bar() as progress:
@@ -172,7 +199,13 @@ class _Run:
                 idx = torch.randint(len(self.inputs), (config.batch_size,), generator=self.generator)
                 quantized = self.quantized()
                 error = F.cross_entropy(functional_call(self.model, quantized, (self.inputs[idx],)), self.labels[idx])
-                loss = error + config.gamma * self.mean_bits()
+                size = self.mean_bits()
+                if self.allowed_bits is None:
+                    loss = error + config.gamma * size
+                else:  # a hinge at the bits the file allows, its weight growing while the bits are over them
+                    loss = error + pressure * F.relu(size - self.allowed_bits)
+                    if step % config.check_every == 0 and float(size.detach()) > self.allowed_bits:
+                        pressure *= PRESSURE_GROWTH
                 if safety:
                     pick = self.chosen[torch.randint(len(self.chosen), (config.batch_size,), generator=self.generator)]
                     preserved = functional_call(self.model, quantized, (self.inputs[pick],))
@@ -191,6 +224,7 @@ class _Run:
                 bits = float(self.mean_bits().detach())
                 progress.update(task, advance=1, description=f"self-compression {bits:.2f} bits/weight")
         self.model.eval()
+        self.latent = {n: w.detach().clone() for n, w in self.weights.items()}  # what the final grids quantize
 
     def _preserved_accuracy(self) -> float:
         with kept_modes(self.model), torch.no_grad():
@@ -214,15 +248,49 @@ class _Run:
                 self.bits[name][channel] = self.config.restore_bits
         self.restores += 1
 
+    def shifted(self, shift: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's bit depths and exponents with ``shift`` bits more on every live channel, its range kept."""
+        out = {}
+        for name, bits in self.bits.items():
+            live = bits.detach() > 0
+            out[name] = (
+                torch.where(live, bits.detach() + shift, bits.detach()),
+                torch.where(live, self.exponents[name].detach() - shift, self.exponents[name].detach()),
+            )
+        return out
+
+    def codes(self, shift: float) -> dict[str, Codes]:
+        return {n: bitdepth_codes(self.latent[n], *grid) for n, grid in self.shifted(shift).items()}
+
+    def fit(self) -> None:
+        """The finest shift of every live channel's grid (a bisection on the written file) that meets the target;
+        with every channel at 0 bits the file is the smallest, which ``check_reachable`` found within it."""
+        fits = lambda shift: self.sizer.bytes(self.codes(shift)) <= self.sizer.target  # noqa: E731
+        if fits(0.0):
+            low, high = 0.0, 1.0
+            while fits(high):
+                low, high = high, 2 * high
+                if high > MAX_SHIFT:
+                    self.shift = low
+                    return
+        else:
+            low, high = -max(float(b.detach().max()) for b in self.bits.values()), 0.0
+        for _ in range(FIT_STEPS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        self.shift = low
+
     def result(self) -> MethodResult:
-        """The weights on their final grids, their codes, and a row per layer."""
-        result = MethodResult(self.model)
+        """The weights on their final grids (fitted to the target, if any), their codes, and a row per layer."""
+        if self.sizer is not None:
+            self.fit()
+        codes = self.codes(self.shift)
+        result = MethodResult(self.model, codes)
         with torch.no_grad():
-            for name, w in self.weights.items():
-                codes = bitdepth_codes(w, self.bits[name], self.exponents[name])
-                w.copy_(codes.dequantize())
-                bits = self.bits[name].clamp(min=0)
-                result.codes[name] = codes
+            for name, (bits, _) in self.shifted(self.shift).items():
+                w = self.weights[name]
+                w.copy_(codes[name].dequantize())
+                bits = bits.clamp(min=0)
                 result.rows.append(
                     {
                         "name": name,
@@ -231,11 +299,13 @@ class _Run:
                         "channels": w.shape[0],
                         "dead_channels": int((bits == 0).sum()),
                         "bit_depth": float(bits.mean()),
-                        "levels": codes.num_levels,
-                        "sparsity": codes.sparsity(),
+                        "levels": codes[name].num_levels,
+                        "sparsity": codes[name].sparsity(),
                     }
                 )
-        result.rows[0]["mean_bit_depth"] = float(self.mean_bits().detach())
+        result.rows[0]["mean_bit_depth"] = sum(r["bit_depth"] * r["params"] for r in result.rows) / self.total
+        if self.sizer is not None:
+            result.rows[0].update(allowed_bit_depth=self.allowed_bits, shift=self.shift)
         return result
 
 
@@ -287,3 +357,9 @@ def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.
 
 def _accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float | None:
     return float((predict(model, inputs).argmax(dim=1) == labels).float().mean()) if len(inputs) else None
+
+
+def _zero_codes(weights: dict[str, torch.Tensor]) -> dict[str, Codes]:
+    """Every coded weight zero, on per-channel tables: the smallest file the method can write."""
+    zero = {n: torch.zeros(w.shape[0]) for n, w in weights.items()}
+    return {n: bitdepth_codes(torch.zeros_like(w), zero[n], zero[n]) for n, w in weights.items()}

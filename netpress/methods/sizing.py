@@ -27,10 +27,10 @@ from netpress.methods.base import Method, check_budget
 SUMMARY_ALLOWANCE = 192
 
 
-def with_reference(method: Method, budget: Budget | None, model: nn.Module, required: bool = True) -> Budget | None:
+def with_reference(method: Method, budget: Budget | None, model: nn.Module) -> Budget | None:
     """The budget checked for ``method``, with the fp32 size of ``model`` as the reference a ratio refers to
     when ``compress`` has not set it (a method called on its own)."""
-    budget = check_budget(method, budget, required)
+    budget = check_budget(method, budget)
     if budget is not None and budget.reference_bytes is None:
         budget = replace(budget, reference_bytes=fp32_bytes(model))
     return budget

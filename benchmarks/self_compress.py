@@ -4,10 +4,10 @@ Each model is retrained with ``SelfCompression`` (learned bit depth per output c
 Fashion-MNIST training split, written, read back and measured on the test split: overall, and on the
 *hard* test images (those the dense model gives under 80 % to its top class). In the same run, on the same
 model: the same method without its preservation set (the paper's ablation), L² at the self-compression
-file's size (post-training, 1,024 calibration images), and uniform per-channel quantization at the bit
-depth nearest the learned mean (one depth for every channel, no retraining).
+file's size (post-training, 1,024 calibration images), and uniform per-channel quantization at the fewest
+bits whose file is at least as large (one depth for every channel, no retraining).
 
-    .venv/bin/python benchmarks/self_compress.py [--models lenet300,lenet5] [--gammas 0.2] [--steps 3000]
+    .venv/bin/python benchmarks/self_compress.py [--models lenet300,lenet5] [--gammas 0.2 | --ratios 30] [--steps 3000]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from common import regenerate_results_md, write_result  # noqa: E402
 
 from netpress import api  # noqa: E402
 from netpress.budget import Budget  # noqa: E402
+from netpress.codec import to_bytes  # noqa: E402
 from netpress.evaluate import predict  # noqa: E402
 from netpress.methods import L2, SelfCompression, UniformQuantization  # noqa: E402
 
@@ -77,11 +78,11 @@ def comparison(rows: list[dict]) -> list[str]:
     return lines
 
 
-def compared(name: str, method: SelfCompression, out: Path, test) -> list[dict]:
+def compared(name: str, method: SelfCompression, budget: Budget | None, out: Path, test) -> list[dict]:
     """The guarded run, the unguarded one, and the two peers at its size, on one zoo model."""
     dense = api.load_model(f"zoo:{name}").module
     hard = predict(dense, test.tensors[0]).softmax(dim=1).amax(dim=1) < HARD
-    setting = f"γ {method.gamma:g}, {method.steps} steps"
+    setting = f"{f'ratio {budget.ratio:g}' if budget else f'γ {method.gamma:g}'}, {method.steps} steps"
     rows: list[dict] = []
 
     def run(label: str, methods, budget, detail: str) -> dict:
@@ -90,12 +91,24 @@ def compared(name: str, method: SelfCompression, out: Path, test) -> list[dict]:
         print(rows[-1], flush=True)
         return report
 
-    report = run("self-compress", method, None, f"{setting}, preservation set of {method.preserve}")
-    run("self-compress-unguarded", replace(method, preserve=0), None, f"{setting}, no preservation set")
+    report = run("self-compress", method, budget, f"{setting}, preservation set of {method.preserve}")
+    run("self-compress-unguarded", replace(method, preserve=0), budget, f"{setting}, no preservation set")
     ratio = report["original_bytes"] / (report["file_bytes"] - 1)  # strictly smaller than the guarded file
     run("l2", L2(), Budget(ratio=ratio), f"ratio {ratio:.2f} (the self-compression file's size)")
-    bits = max(2, round(report["layers"]["self-compress"][0]["mean_bit_depth"]))
-    run("uniform", UniformQuantization(bits, per_channel=True), None, f"{bits} bits per channel, no retraining")
+    bits = next(
+        (
+            b
+            for b in range(2, 9)
+            if len(to_bytes(api.compress(dense, UniformQuantization(b, per_channel=True)))) >= report["file_bytes"]
+        ),
+        8,
+    )
+    run(
+        "uniform",
+        UniformQuantization(bits, per_channel=True),
+        None,
+        f"{bits} bits per channel (the fewest at least as large), no retraining",
+    )
     print(f"{name}: {int(hard.sum())} hard test images", flush=True)
     return rows
 
@@ -104,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--gammas", default=str(SelfCompression.gamma), help="comma-separated γ, one run each")
+    parser.add_argument("--ratios", default="", help="comma-separated ratio targets, one run each (instead of --gammas)")
     parser.add_argument("--steps", type=int, default=SelfCompression.steps)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="self-compress")
@@ -112,8 +126,12 @@ def main() -> None:
     test = api.resolve_dataset("fashion-mnist", "test")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, gamma in itertools.product(args.models.split(","), args.gammas.split(",")):
-            rows += compared(name, SelfCompression(gamma=float(gamma), steps=args.steps), Path(tmp), test)
+        if args.ratios:
+            settings = [(SelfCompression(steps=args.steps), Budget(ratio=float(r))) for r in args.ratios.split(",")]
+        else:
+            settings = [(SelfCompression(gamma=float(g), steps=args.steps), None) for g in args.gammas.split(",")]
+        for name, (method, budget) in itertools.product(args.models.split(","), settings):
+            rows += compared(name, method, budget, Path(tmp), test)
     write_result(
         args.name,
         {

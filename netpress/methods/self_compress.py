@@ -58,7 +58,8 @@ class SelfCompression:
     """Retrain with a learned bit depth per output channel, guarded by a preservation set of critical examples.
 
     ``steps`` Adam steps on batches of ``batch_size`` training samples: ``weight_lr`` for the model's
-    parameters, ``bits_lr`` for the bit depths and exponents (Adam's ε 1e-3 for those, as Cséfalvay & Imber).
+    parameters, ``bits_lr`` for the bit depths and exponents (PyTorch's ε: with Cséfalvay & Imber's 1e-3 the size
+    term's gradient, ~1e-5 per bit depth, hardly moves them).
     Bit depths start at ``init_bits`` with each channel's largest weight on its grid's edge. ``gamma`` weighs
     the mean bits per weight against the cross-entropy; ``preserve`` critical training examples enter the loss
     with weight ``safety_weight`` (a batch of them each step) and are checked every ``check_every`` steps: a fall

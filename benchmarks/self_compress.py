@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import regenerate_results_md, write_result  # noqa: E402
+from common import press_row, regenerate_results_md, write_result  # noqa: E402
 
 from netpress import api  # noqa: E402
 from netpress.budget import Budget  # noqa: E402
@@ -42,17 +42,9 @@ def measured(name: str, method: str, setting: str, report: dict, seconds: float,
     rows = report["layers"].get("self-compress", [{}])
     preserved = rows[0].get("preservation", {}).get("accuracy_after")
     return {
-        "model": name,
-        "method": method,
-        "setting": setting,
-        "file_bytes": report["file_bytes"],
-        "ratio": round(report["ratio"], 2),
-        "sparsity": round(report["sparsity"], 4),
-        "accuracy_before": round(100 * report["accuracy_before"], 2),
-        "accuracy": round(100 * report["accuracy_after"], 2),
+        **press_row(name, method, setting, report, seconds),
         "hard_accuracy": round(100 * float(correct.float().mean()), 2),
         "preserved_accuracy": round(100 * preserved, 2) if preserved is not None else None,
-        "seconds": round(seconds, 1),
     }
 
 

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import regenerate_results_md, write_result  # noqa: E402
+from common import press_row, regenerate_results_md, write_result  # noqa: E402
 from sparsity import load_peer_file, torch_prune_files  # noqa: E402
 
 from netpress import api  # noqa: E402
@@ -32,20 +32,6 @@ from netpress.evaluate import evaluate  # noqa: E402
 from netpress.methods import L2, KMeansQuantization, MagnitudePruning, SoftWeightSharing  # noqa: E402
 
 PEER_STORAGE = "torch.save + zstd-19"
-
-
-def row(model: str, method: str, setting: str, report: dict, seconds: float) -> dict:
-    return {
-        "model": model,
-        "method": method,
-        "setting": setting,
-        "file_bytes": report["file_bytes"],
-        "ratio": round(report["ratio"], 2),
-        "sparsity": round(report["sparsity"], 4),
-        "accuracy_before": round(100 * report["accuracy_before"], 2),
-        "accuracy": round(100 * report["accuracy_after"], 2),
-        "seconds": round(seconds, 1),
-    }
 
 
 def comparison(rows: list[dict]) -> list[str]:
@@ -92,19 +78,21 @@ def main() -> None:
                 f"{method.components} components, τ {method.tau:g} → {method.tau * method.anneal:g}, "
                 f"π0 {method.zero_share:g}, {method.epochs} epochs"
             )
-            rows.append(row(name, "sws", setting, report, seconds))
+            rows.append(press_row(name, "sws", setting, report, seconds))
             print(rows[-1], flush=True)
             sparsity, levels = report["sparsity"], max(r["levels"] for r in report["layers"]["sws"])
             size = report["file_bytes"]
 
             ratio = report["original_bytes"] / (size - 1)  # strictly smaller than the soft weight-sharing file
             l2, seconds = timed_press(handle, L2(), Budget(ratio=ratio), out / f"{name}-l2.press")
-            rows.append(row(name, "l2", f"ratio {ratio:.2f} (the sws file's size)", l2, seconds))
+            rows.append(press_row(name, "l2", f"ratio {ratio:.2f} (the sws file's size)", l2, seconds))
             print(rows[-1], flush=True)
 
             recipe = [MagnitudePruning("global"), KMeansQuantization(levels)]
             pruned, seconds = timed_press(handle, recipe, Budget(sparsity=sparsity), out / f"{name}-recipe.press")
-            rows.append(row(name, "magnitude+kmeans", f"global {sparsity:.4f}, {levels} levels, no retraining", pruned, seconds))
+            rows.append(
+                press_row(name, "magnitude+kmeans", f"global {sparsity:.4f}, {levels} levels, no retraining", pruned, seconds)
+            )
             print(rows[-1], flush=True)
 
             files, _, seconds = torch_prune_files(handle.module, sparsity)
@@ -117,7 +105,7 @@ def main() -> None:
                 "accuracy_before": report["accuracy_before"],
                 "accuracy_after": peer,
             }
-            rows.append(row(name, "torch-prune", f"global L1 {sparsity:.4f}, {PEER_STORAGE}", peer_report, seconds))
+            rows.append(press_row(name, "torch-prune", f"global L1 {sparsity:.4f}, {PEER_STORAGE}", peer_report, seconds))
             print(rows[-1], flush=True)
     write_result(
         args.name,

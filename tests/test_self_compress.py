@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import netpress
-from netpress import MagnitudePruning, SelfCompression, compress
+from netpress import SelfCompression, compress
 from netpress.api import resolve_dataset
 from netpress.budget import Budget
 from netpress.data import Subset, calibration_subset, load_dataset
-from netpress.errors import BudgetError, DataError
+from netpress.errors import BudgetError
 from netpress.evaluate import predict
 from netpress.methods import preservation_set
 from netpress.methods.base import compressible_weights
@@ -128,31 +128,6 @@ def test_the_guard_brings_channels_back_when_the_preserved_accuracy_falls(train,
     assert replace(crushing, preserve=0).apply(trained, train).rows[0]["preservation"]["restores"] == 0
 
 
-def test_a_run_is_reproducible_bit_for_bit(train, tmp_path):
-    files = []
-    for i in range(2):
-        netpress.save(compress(tiny_mlp(), FAST, data=train), tmp_path / f"{i}.press")
-        files.append((tmp_path / f"{i}.press").read_bytes())
-    assert files[0] == files[1]
-
-
-def test_weights_an_earlier_stage_pruned_stay_zero(train):
-    pruned = compress(tiny_mlp(), [MagnitudePruning("global"), FAST], Budget(sparsity=0.6), data=train)
-    before = MagnitudePruning("global").apply(tiny_mlp(), budget=Budget(sparsity=0.6)).model
-    after = pruned.to_module(tiny_mlp())
-    for (name, w0), w1 in zip(compressible_weights(before).items(), compressible_weights(after).values()):
-        assert not w1[w0 == 0].any(), name
-
-
-def test_without_labels_it_says_what_it_needs(train):
-    inputs, _ = train.tensors()
-    unlabelled = torch.utils.data.TensorDataset(inputs)
-    with pytest.raises(DataError, match="self-compression retrains on labelled data"):
-        FAST.apply(tiny_mlp(), Subset(unlabelled, list(range(len(inputs))), 0))
-    with pytest.raises(DataError, match="training split"):
-        FAST.apply(tiny_mlp(), None)
-
-
 @pytest.mark.parametrize(
     "setting, fragment",
     [
@@ -168,6 +143,20 @@ def test_without_labels_it_says_what_it_needs(train):
 def test_bad_settings_are_refused_with_the_setting_named(setting, fragment):
     with pytest.raises(BudgetError, match=fragment):
         SelfCompression(**setting)
+
+
+def test_channels_at_zero_bits_are_cut_and_the_file_loads_into_the_original_architecture(train, trained, tmp_path):
+    method = SelfCompression(steps=60, batch_size=64, preserve=0, gamma=2.0, bits_lr=0.2)
+    compressed = compress(trained, method, data=train)
+    (cut,) = compressed.details["layers"]["self-compress"][0]["cut"]
+    assert cut["kept"] < cut["channels"] == 32
+    netpress.save(compressed, tmp_path / "c.press")
+    loaded = netpress.load(tmp_path / "c.press", tiny_mlp())
+    assert loaded[1].out_features == loaded[3].in_features == cut["kept"]
+    inputs, _ = train.tensors()
+    assert torch.equal(predict(loaded, inputs), predict(compressed.to_module(tiny_mlp()), inputs))
+    kept = compress(trained, replace(method, cut_channels=False), data=train).to_module(tiny_mlp())
+    assert kept[1].out_features == 32
 
 
 @pytest.mark.parametrize("ratio", [4.0, 7.0])

@@ -26,8 +26,9 @@ from torch.nn import functional as F
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.data import Subset
-from netpress.errors import BudgetError, check_real, check_seed, check_whole
+from netpress.errors import BudgetError, NetpressError, check_flag, check_real, check_seed, check_whole, one_line
 from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
+from netpress.graph.dead_channels import cut_dead_channels
 from netpress.methods.base import (
     MethodResult,
     check_labels,
@@ -50,6 +51,7 @@ FAILING_BITS = 1.0
 BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights are fixed
 PRESSURE_GROWTH = 1.1  # with a target: the hinge's weight grows by this at each check the bit depths are over it
 MAX_SHIFT = 16.0  # bits a fit to the target may add to every channel
+CUT_EXAMPLES = 64  # training samples the constants of dead channels are read on
 FIT_STEPS = 12  # bisection steps of the fit: the shift to 1/4096 of its bracket
 
 
@@ -84,6 +86,7 @@ class SelfCompression:
     guard: float = 0.1
     restore_fraction: float = 0.1
     restore_bits: float = 2.0
+    cut_channels: bool = True
     seed: int = 0
     name: ClassVar[str] = "self-compress"
     needs: ClassVar[str] = "training"
@@ -97,6 +100,7 @@ class SelfCompression:
         check_whole("batch_size", self.batch_size, 1)
         check_whole("preserve", self.preserve, 0)
         check_whole("check_every", self.check_every, 1)
+        check_flag("cut_channels", self.cut_channels)
         for name in ("gamma", "weight_lr", "bits_lr", "safety_weight", "guard"):
             check_real(name, getattr(self, name), 0.0)
         check_real("init_bits", self.init_bits, 1.0)
@@ -122,6 +126,8 @@ class SelfCompression:
         recalibrate_batchnorm(model, inputs[:BATCHNORM_SAMPLES])
         if sizer is not None and sizer.bytes(result.codes) > sizer.target:  # the new statistics take a few more bytes
             result = run.result()
+        if self.cut_channels:
+            result.rows[0]["cut"] = _cut(model, result, inputs[:CUT_EXAMPLES])
         with kept_modes(model):
             accuracy_after = _accuracy(model, inputs[chosen], labels[chosen])
         result.rows[0]["preservation"] = {
@@ -358,6 +364,30 @@ def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.
 
 def _accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float | None:
     return float((predict(model, inputs).argmax(dim=1) == labels).float().mean()) if len(inputs) else None
+
+
+def _cut(model: nn.Module, result: MethodResult, example: torch.Tensor) -> list[dict]:
+    """Cut the channels at 0 bits out of the model (``cut_dead_channels``), their codes with them; one row per
+    group cut, or one naming why none could be (a model tracing cannot follow keeps its shapes)."""
+    try:
+        cuts = cut_dead_channels(model, example)
+    except NetpressError as exc:
+        return [{"reason": f"no channel cut: {one_line(exc)}"}]
+    for cut in cuts:
+        for member in cut.group.members:
+            codes = result.codes.get(f"{member.module}.weight")
+            if codes is None:  # a BatchNorm: stored raw
+                continue
+            if member.role == "producer":  # its rows, with their level tables
+                kept = Codes(codes.symbols[cut.kept].contiguous(), codes.levels[cut.kept], codes.zero)
+            else:  # its input columns, ``expand`` per channel after a flatten
+                columns = (cut.kept[:, None] * member.expand + torch.arange(member.expand)).reshape(-1)
+                kept = Codes(codes.symbols.index_select(1, columns).contiguous(), codes.levels, codes.zero)
+            result.codes[f"{member.module}.weight"] = kept
+    weights = compressible_weights(model)
+    for row in result.rows:
+        row.update(shape=list(weights[row["name"]].shape), params=weights[row["name"]].numel())
+    return [{"group": cut.group.name, "channels": cut.group.channels, "kept": len(cut.kept)} for cut in cuts]
 
 
 def _zero_codes(weights: dict[str, torch.Tensor]) -> dict[str, Codes]:

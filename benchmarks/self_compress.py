@@ -43,6 +43,7 @@ def measured(name: str, method: str, setting: str, report: dict, seconds: float,
     preserved = rows[0].get("preservation", {}).get("accuracy_after")
     return {
         **press_row(name, method, setting, report, seconds),
+        "params": report["params_after"],
         "hard_accuracy": round(100 * float(correct.float().mean()), 2),
         "preserved_accuracy": round(100 * preserved, 2) if preserved is not None else None,
     }
@@ -137,6 +138,7 @@ def main() -> None:
             "columns": {
                 "ratio": "fp32 safetensors bytes / file bytes",
                 "sparsity": "share of zero weights in the coded layers",
+                "params": "parameters of the model read back (self-compression cuts its channels at 0 bits)",
                 "accuracy_before": "the zoo model's test accuracy (%)",
                 "accuracy": "the written file's test accuracy (%)",
                 "hard_accuracy": "the written file's accuracy on the hard test images (%)",

@@ -122,12 +122,17 @@ class SelfCompression:
             accuracy_before = _accuracy(model, inputs[chosen], labels[chosen])
         run = _Run(self, model, weights, inputs, labels, chosen, pruned_before, sizer)
         run.train()
+        run.settle(inputs[:BATCHNORM_SAMPLES])
+        cut = run.cut(inputs[:CUT_EXAMPLES]) if self.cut_channels else None  # before the fit: it frees bytes
+        if sizer is not None:
+            run.fit()
+            run.settle(inputs[:BATCHNORM_SAMPLES])
+            if not run.fits():  # the new statistics take a few more bytes
+                run.fit()
+                run.settle()
         result = run.result()
-        recalibrate_batchnorm(model, inputs[:BATCHNORM_SAMPLES])
-        if sizer is not None and sizer.bytes(result.codes) > sizer.target:  # the new statistics take a few more bytes
-            result = run.result()
-        if self.cut_channels:
-            result.rows[0]["cut"] = _cut(model, result, inputs[:CUT_EXAMPLES])
+        if cut is not None:
+            result.rows[0]["cut"] = cut
         with kept_modes(model):
             accuracy_after = _accuracy(model, inputs[chosen], labels[chosen])
         result.rows[0]["preservation"] = {
@@ -287,16 +292,49 @@ class _Run:
             low, high = (middle, high) if fits(middle) else (low, middle)
         self.shift = low
 
+    def fits(self) -> bool:
+        return self.sizer.bytes(self.codes(self.shift)) <= self.sizer.target
+
+    def settle(self, inputs: torch.Tensor | None = None) -> None:
+        """Put the weights on their grids (at the current shift); re-estimate BatchNorm statistics on ``inputs``."""
+        with torch.no_grad():
+            for name, codes in self.codes(self.shift).items():
+                self.weights[name].copy_(codes.dequantize())
+        if inputs is not None:
+            recalibrate_batchnorm(self.model, inputs)
+
+    def cut(self, example: torch.Tensor) -> list[dict]:
+        """Cut the channels at 0 bits out of the model (``cut_dead_channels``), and out of the latent weights, bit
+        depths and exponents; one row per group cut, or one naming why none could be (a model tracing cannot
+        follow keeps its shapes)."""
+        try:
+            cuts = cut_dead_channels(self.model, example)
+        except NetpressError as exc:
+            return [{"reason": f"no channel cut: {one_line(exc)}"}]
+        for cut in cuts:
+            for member in cut.group.members:
+                name = f"{member.module}.weight"
+                if name not in self.latent:  # a BatchNorm: the cut maps its statistics itself
+                    continue
+                if member.role == "producer":  # its rows, each with its bit depth and exponent
+                    self.latent[name] = self.latent[name][cut.kept]
+                    self.bits[name] = self.bits[name].detach()[cut.kept]
+                    self.exponents[name] = self.exponents[name].detach()[cut.kept]
+                else:  # its input columns, ``expand`` per channel after a flatten
+                    columns = (cut.kept[:, None] * member.expand + torch.arange(member.expand)).reshape(-1)
+                    self.latent[name] = self.latent[name].index_select(1, columns)
+        self.weights = compressible_weights(self.model)  # the cut layers hold new parameters
+        self.per_channel = {n: w[0].numel() for n, w in self.weights.items()}
+        self.total = sum(w.numel() for w in self.weights.values())
+        return [{"group": cut.group.name, "channels": cut.group.channels, "kept": len(cut.kept)} for cut in cuts]
+
     def result(self) -> MethodResult:
-        """The weights on their final grids (fitted to the target, if any), their codes, and a row per layer."""
-        if self.sizer is not None:
-            self.fit()
+        """The weights' codes on their final grids, and a row per layer (``settle`` has put the weights there)."""
         codes = self.codes(self.shift)
         result = MethodResult(self.model, codes)
         with torch.no_grad():
             for name, (bits, _) in self.shifted(self.shift).items():
                 w = self.weights[name]
-                w.copy_(codes[name].dequantize())
                 bits = bits.clamp(min=0)
                 result.rows.append(
                     {
@@ -364,30 +402,6 @@ def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.
 
 def _accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float | None:
     return float((predict(model, inputs).argmax(dim=1) == labels).float().mean()) if len(inputs) else None
-
-
-def _cut(model: nn.Module, result: MethodResult, example: torch.Tensor) -> list[dict]:
-    """Cut the channels at 0 bits out of the model (``cut_dead_channels``), their codes with them; one row per
-    group cut, or one naming why none could be (a model tracing cannot follow keeps its shapes)."""
-    try:
-        cuts = cut_dead_channels(model, example)
-    except NetpressError as exc:
-        return [{"reason": f"no channel cut: {one_line(exc)}"}]
-    for cut in cuts:
-        for member in cut.group.members:
-            codes = result.codes.get(f"{member.module}.weight")
-            if codes is None:  # a BatchNorm: stored raw
-                continue
-            if member.role == "producer":  # its rows, with their level tables
-                kept = Codes(codes.symbols[cut.kept].contiguous(), codes.levels[cut.kept], codes.zero)
-            else:  # its input columns, ``expand`` per channel after a flatten
-                columns = (cut.kept[:, None] * member.expand + torch.arange(member.expand)).reshape(-1)
-                kept = Codes(codes.symbols.index_select(1, columns).contiguous(), codes.levels, codes.zero)
-            result.codes[f"{member.module}.weight"] = kept
-    weights = compressible_weights(model)
-    for row in result.rows:
-        row.update(shape=list(weights[row["name"]].shape), params=weights[row["name"]].numel())
-    return [{"group": cut.group.name, "channels": cut.group.channels, "kept": len(cut.kept)} for cut in cuts]
 
 
 def _zero_codes(weights: dict[str, torch.Tensor]) -> dict[str, Codes]:

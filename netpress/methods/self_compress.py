@@ -212,11 +212,12 @@ class _Run:
                 quantized = self.quantized()
                 error = F.cross_entropy(functional_call(self.model, quantized, (self.inputs[idx],)), self.labels[idx])
                 size = self.mean_bits()
+                bits = float(size.detach())
                 if self.allowed_bits is None:
                     loss = error + config.gamma * size
                 else:  # a hinge at the bits the file allows, its weight growing while the bits are over them
                     loss = error + pressure * F.relu(size - self.allowed_bits)
-                    if step % config.check_every == 0 and float(size.detach()) > self.allowed_bits:
+                    if step % config.check_every == 0 and bits > self.allowed_bits:
                         pressure *= PRESSURE_GROWTH
                 if safety:
                     pick = self.chosen[torch.randint(len(self.chosen), (config.batch_size,), generator=self.generator)]
@@ -233,7 +234,6 @@ class _Run:
                     if last - now > config.guard:
                         self._restore()
                     last = now
-                bits = float(self.mean_bits().detach())
                 progress.update(task, advance=1, description=f"self-compression {bits:.2f} bits/weight")
         self.model.eval()
         self.latent = {n: w.detach().clone() for n, w in self.weights.items()}  # what the final grids quantize

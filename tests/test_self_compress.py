@@ -72,6 +72,14 @@ def test_the_codes_give_back_the_quantized_weights_with_two_numbers_per_channel(
         assert len(torch.unique(row)) <= max(1, 2 ** math.ceil(b))
 
 
+def test_a_channels_grid_does_not_depend_on_the_other_channels():
+    torch.manual_seed(0)
+    w, bits, exponent = torch.randn(37, 20), torch.rand(37) * 6 + 1, torch.randn(37) - 4
+    full = bitdepth_codes(w, bits, exponent).dequantize()
+    for keep in (slice(0, 5), slice(3, 36, 2), slice(20, 37)):
+        assert torch.equal(bitdepth_codes(w[keep], bits[keep], exponent[keep]).dequantize(), full[keep])
+
+
 @pytest.mark.parametrize("factory", [tiny_mlp, tiny_cnn])
 def test_every_layer_is_its_codes_on_per_channel_grids(factory, train):
     if factory is tiny_cnn:  # digits are 8x8 images for the convolution

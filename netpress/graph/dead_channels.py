@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netpress.graph.groups import CHANNEL_LAYERS, ChannelGroup, channel_groups, forward_once, transform_group
+from netpress.graph.groups import CHANNEL_LAYERS, ChannelGroup, channel_groups, forward_once, select_channels
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ def cut_dead_channels(model: nn.Module, example: torch.Tensor) -> list[Cut]:
                 columns = torch.repeat_interleave(constants[member.module].nan_to_num() * dead, member.expand)
                 layer.bias += layer.weight @ columns.to(layer.weight.dtype)
         kept = (~dead).nonzero().reshape(-1)
-        select = torch.eye(group.channels)[kept]
-        transform_group(model, group, select, select)
+        select_channels(model, group, kept)
         cuts.append(Cut(group, kept))
     return cuts
 

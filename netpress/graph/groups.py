@@ -284,6 +284,19 @@ def transform_group(model: nn.Module, group: ChannelGroup, producer: torch.Tenso
         _resize_attrs(module, member.role)
 
 
+def select_channels(model: nn.Module, group: ChannelGroup, kept: torch.Tensor) -> None:
+    """Keep only the channels ``kept`` of the group, in place, by indexing: every value stays bit for bit (a
+    product with a selection matrix, ``transform_group``'s way, moved some weights by one unit in the last place)."""
+    for member in group.members:
+        module = model.get_submodule(member.module)
+        index = (kept[:, None] * member.expand + torch.arange(member.expand)).reshape(-1)
+        for tensor_name, axis in _ROLE_TENSORS[member.role]:
+            tensor = getattr(module, tensor_name, None)
+            if isinstance(tensor, torch.Tensor):
+                _set_tensor(module, tensor_name, tensor.detach().index_select(axis, index).contiguous())
+        _resize_attrs(module, member.role)
+
+
 @torch.no_grad()
 def standardize_norms(model: nn.Module, group: ChannelGroup) -> None:
     """Fold each BatchNorm's 1/σ into its producer so every channel's running variance is 1 − eps.

@@ -122,11 +122,15 @@ class SelfCompression:
             accuracy_before = _accuracy(model, inputs[chosen], labels[chosen])
         run = _Run(self, model, weights, inputs, labels, chosen, pruned_before, sizer)
         run.train()
-        run.settle(inputs[:BATCHNORM_SAMPLES])
-        cut = run.cut(inputs[:CUT_EXAMPLES]) if self.cut_channels else None  # before the fit: it frees bytes
-        if sizer is not None:
+        statistics = inputs[:BATCHNORM_SAMPLES]
+        run.settle(statistics)
+        if sizer is not None:  # fitted first: the channels a coarser grid leaves at 0 bits are cut too
             run.fit()
-            run.settle(inputs[:BATCHNORM_SAMPLES])
+            run.settle(statistics)
+        cut = run.cut(inputs[:CUT_EXAMPLES]) if self.cut_channels else None
+        if sizer is not None:  # the cut frees bytes: fitted again to spend them
+            run.fit()
+            run.settle(statistics)
             if not run.fits():  # the new statistics take a few more bytes
                 run.fit()
                 run.settle()

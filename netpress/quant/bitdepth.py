@@ -22,7 +22,19 @@ def bitdepth_quantize(w: torch.Tensor, bits: torch.Tensor, exponent: torch.Tenso
 
 
 def bitdepth_codes(w: torch.Tensor, bits: torch.Tensor, exponent: torch.Tensor) -> Codes:
-    """Exact ``Codes`` of the quantized ``w``: its integers on a per-channel table the codec stores as (first, step)."""
+    """Exact ``Codes`` of the quantized ``w``: its integers on a per-channel table the codec stores as (first, step).
+
+    Each channel's powers of two are computed one by one: torch's vectorised exp2 rounds the channels that fall in
+    its SIMD body and in its tail differently (by a unit in the last place), so a channel's grid would depend on
+    how many channels its tensor has, and change when other channels are cut."""
     with torch.no_grad():
-        step = torch.exp2(exponent.detach().float())
-        return deadzone_codes(bitdepth_quantize(w.detach().float(), bits.detach(), exponent.detach()), step / 2, step)
+        step = _powers_of_two(exponent)
+        half = _powers_of_two(bits.detach().clamp(min=0) - 1)
+        w = w.detach().float() / per_row(step, w)
+        q = torch.round(torch.minimum(torch.maximum(w, -per_row(half, w)), per_row(half, w) - 1)) * per_row(step, w)
+        return deadzone_codes(q, step / 2, step)
+
+
+def _powers_of_two(exponents: torch.Tensor) -> torch.Tensor:
+    """2^x for each element, in float32, by the C library's pow one element at a time."""
+    return torch.tensor([2.0**x for x in exponents.detach().double().tolist()], dtype=torch.float64).float()

@@ -285,8 +285,9 @@ def transform_group(model: nn.Module, group: ChannelGroup, producer: torch.Tenso
 
 
 def select_channels(model: nn.Module, group: ChannelGroup, kept: torch.Tensor) -> None:
-    """Keep only the channels ``kept`` of the group, in place, by indexing: every value stays bit for bit (a
-    product with a selection matrix, ``transform_group``'s way, moved some weights by one unit in the last place)."""
+    """Keep only the channels ``kept`` of the group, in place, by indexing: every value stays bit for bit by
+    construction, where a product with a selection matrix (``transform_group``'s way) relies on the kernel adding
+    exact zeros."""
     for member in group.members:
         module = model.get_submodule(member.module)
         index = (kept[:, None] * member.expand + torch.arange(member.expand)).reshape(-1)

@@ -16,6 +16,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +48,13 @@ def run_case(
     """
     report = press(handle, methods, budget, out=Path(out_dir) / f"{name}.press", seed=seed, raw_dtype=raw_dtype)
     return {"name": name, **report}
+
+
+def timed_press(handle, methods, budget, out: Path, **options) -> tuple[dict, float]:
+    """``press`` on Fashion-MNIST, and its wall time."""
+    start = time.perf_counter()
+    report = press(handle, methods, budget, out=out, data="fashion-mnist", **options)
+    return report, time.perf_counter() - start
 
 
 def press_row(model: str, method: str, setting: str, report: dict, seconds: float) -> dict:

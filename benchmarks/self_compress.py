@@ -16,7 +16,6 @@ import argparse
 import itertools
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import press_row, regenerate_results_md, write_result  # noqa: E402
+from common import press_row, regenerate_results_md, timed_press, write_result  # noqa: E402
 
 from netpress import api  # noqa: E402
 from netpress.budget import Budget  # noqa: E402
@@ -47,12 +46,6 @@ def measured(name: str, method: str, setting: str, report: dict, seconds: float,
         "hard_accuracy": round(100 * float(correct.float().mean()), 2),
         "preserved_accuracy": round(100 * preserved, 2) if preserved is not None else None,
     }
-
-
-def timed_press(name: str, methods, budget, out: Path) -> tuple[dict, float]:
-    start = time.perf_counter()
-    report = api.press(api.load_model(f"zoo:{name}"), methods, budget, out=out, data="fashion-mnist")
-    return report, time.perf_counter() - start
 
 
 def comparison(rows: list[dict]) -> list[str]:
@@ -79,7 +72,7 @@ def compared(name: str, method: SelfCompression, budget: Budget | None, out: Pat
     rows: list[dict] = []
 
     def run(label: str, methods, budget, detail: str) -> dict:
-        report, seconds = timed_press(name, methods, budget, out / f"{name}-{label}.press")
+        report, seconds = timed_press(api.load_model(f"zoo:{name}"), methods, budget, out / f"{name}-{label}.press")
         rows.append(measured(name, label, detail, report, seconds, hard, test))
         print(rows[-1], flush=True)
         return report

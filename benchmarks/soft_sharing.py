@@ -16,14 +16,13 @@ import argparse
 import itertools
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import press_row, regenerate_results_md, write_result  # noqa: E402
+from common import press_row, regenerate_results_md, timed_press, write_result  # noqa: E402
 from sparsity import load_peer_file, torch_prune_files  # noqa: E402
 
 from netpress import api  # noqa: E402
@@ -49,12 +48,6 @@ def comparison(rows: list[dict]) -> list[str]:
             f"{l2['ratio']}× at {l2['accuracy']} % ({l2['seconds']} s): soft weight-sharing is {verdict} L²."
         )
     return lines
-
-
-def timed_press(handle, methods, budget, out: Path, **options) -> tuple[dict, float]:
-    start = time.perf_counter()
-    report = api.press(handle, methods, budget, out=out, data="fashion-mnist", **options)
-    return report, time.perf_counter() - start
 
 
 def main() -> None:

@@ -284,13 +284,19 @@ def transform_group(model: nn.Module, group: ChannelGroup, producer: torch.Tenso
         _resize_attrs(module, member.role)
 
 
+def block_index(kept: torch.Tensor, expand: int) -> torch.Tensor:
+    """The positions along an axis of the channels ``kept`` when each channel spans ``expand`` of them (a
+    consumer's input columns after a flatten)."""
+    return (kept[:, None] * expand + torch.arange(expand)).reshape(-1)
+
+
 def select_channels(model: nn.Module, group: ChannelGroup, kept: torch.Tensor) -> None:
     """Keep only the channels ``kept`` of the group, in place, by indexing: every value stays bit for bit by
     construction, where a product with a selection matrix (``transform_group``'s way) relies on the kernel adding
     exact zeros."""
     for member in group.members:
         module = model.get_submodule(member.module)
-        index = (kept[:, None] * member.expand + torch.arange(member.expand)).reshape(-1)
+        index = block_index(kept, member.expand)
         for tensor_name, axis in _ROLE_TENSORS[member.role]:
             tensor = getattr(module, tensor_name, None)
             if isinstance(tensor, torch.Tensor):

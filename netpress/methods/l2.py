@@ -141,9 +141,6 @@ class _Run:
         weights = self.latent if weights is None else weights
         return {n: deadzone_codes(weights[n], self.log_edge[n].exp() * scale, self.log_step[n].exp() * scale) for n in self.names}
 
-    def _file_bytes(self, codes: dict) -> int:
-        return self.sizer.bytes(codes)
-
     def _estimated_bits(self, name: str) -> torch.Tensor:
         codes = deadzone_encode(self.latent[name], self.log_edge[name].exp(), self.log_step[name].exp())
         return estimated_bits(codes, self.config.resolution)
@@ -155,7 +152,7 @@ class _Run:
         """Bytes the estimate does not see (headers, tables, raw tensors, coder overhead): real − estimate."""
         with torch.no_grad():
             estimate = float(self._estimated_bytes())
-        self.rate_budget = max(self.target - (self._file_bytes(self._codes()) - estimate), 1.0)
+        self.rate_budget = max(self.target - (self.sizer.bytes(self._codes()) - estimate), 1.0)
         self.last_rate = estimate / self.rate_budget
 
     # -- the loss ------------------------------------------------------------------------------------
@@ -277,19 +274,19 @@ class _Run:
 
     def _fitting_scale(self) -> float:
         """The finest grid scale (at least ``FILL_LIMIT``; 1 = the learned grids) whose file fits the target."""
-        if self._file_bytes(self._codes(1.0)) <= self.target:
+        if self.sizer.bytes(self._codes(1.0)) <= self.target:
             low, high = FILL_LIMIT, 1.0
-            if self._file_bytes(self._codes(low)) <= self.target:
+            if self.sizer.bytes(self._codes(low)) <= self.target:
                 return low
         else:
             low, high = 1.0, 1.25
-            while self._file_bytes(self._codes(high)) > self.target:
+            while self.sizer.bytes(self._codes(high)) > self.target:
                 low, high = high, high * 1.25
                 if high > 1e6:
                     raise BudgetError(f"cannot reach {self.target} bytes: the uncoded tensors and headers alone are larger")
         for _ in range(10):
             mid = math.sqrt(low * high)
-            if self._file_bytes(self._codes(mid)) > self.target:
+            if self.sizer.bytes(self._codes(mid)) > self.target:
                 low = mid
             else:
                 high = mid
@@ -310,11 +307,11 @@ class _Run:
         original weights win there; on coarse grids reconstruction wins by a wide margin.
         """
         # The fit phase already spent the budget; only ever tighten here.
-        scale = 1.0 if self._file_bytes(self._codes(1.0)) <= self.target else self._fitting_scale()
+        scale = 1.0 if self.sizer.bytes(self._codes(1.0)) <= self.target else self._fitting_scale()
         candidates = [(*self._settle(self._codes(scale)), True)]
         original = self._codes(scale, self.original)
         self.student.load_state_dict(self.original)
-        if self._file_bytes(original) <= self.target:
+        if self.sizer.bytes(original) <= self.target:
             candidates.append((*self._settle(original), False))
         codes, state, _, reconstructed = min(candidates, key=lambda c: c[2])
         self.student.load_state_dict(state)
@@ -336,7 +333,7 @@ class _Run:
         absorb_batchnorm_statistics(self.student)
         _round_raw_tensors(self.student, set(self.names), self.config.raw_dtype)
         after = self._distillation()
-        if after > before or self._file_bytes(codes) > self.target:
+        if after > before or self.sizer.bytes(codes) > self.target:
             self.student.load_state_dict(saved)
             after = before
         return codes, copy.deepcopy(self.student.state_dict()), after

@@ -29,6 +29,7 @@ from netpress.data import Subset
 from netpress.errors import BudgetError, NetpressError, check_flag, check_real, check_seed, check_whole, one_line
 from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
 from netpress.graph.dead_channels import cut_dead_channels
+from netpress.graph.groups import block_index
 from netpress.methods.base import (
     MethodResult,
     check_labels,
@@ -281,7 +282,7 @@ class _Run:
     def fit(self) -> None:
         """The finest shift of every live channel's grid (a bisection on the written file) that meets the target;
         with every channel at 0 bits the file is the smallest, which ``check_reachable`` found within it."""
-        fits = lambda shift: self.sizer.bytes(self.codes(shift)) <= self.sizer.target  # noqa: E731
+        fits = self.fits
         if fits(0.0):
             low, high = 0.0, 1.0
             while fits(high):
@@ -296,8 +297,9 @@ class _Run:
             low, high = (middle, high) if fits(middle) else (low, middle)
         self.shift = low
 
-    def fits(self) -> bool:
-        return self.sizer.bytes(self.codes(self.shift)) <= self.sizer.target
+    def fits(self, shift: float | None = None) -> bool:
+        """Whether the file at ``shift`` (default: the current one) meets the target."""
+        return self.sizer.bytes(self.codes(self.shift if shift is None else shift)) <= self.sizer.target
 
     def settle(self, inputs: torch.Tensor | None = None) -> None:
         """Put the weights on their grids (at the current shift); re-estimate BatchNorm statistics on ``inputs``."""
@@ -325,8 +327,7 @@ class _Run:
                     self.bits[name] = self.bits[name].detach()[cut.kept]
                     self.exponents[name] = self.exponents[name].detach()[cut.kept]
                 else:  # its input columns, ``expand`` per channel after a flatten
-                    columns = (cut.kept[:, None] * member.expand + torch.arange(member.expand)).reshape(-1)
-                    self.latent[name] = self.latent[name].index_select(1, columns)
+                    self.latent[name] = self.latent[name].index_select(1, block_index(cut.kept, member.expand))
         self.weights = compressible_weights(self.model)  # the cut layers hold new parameters
         self.per_channel = {n: w[0].numel() for n, w in self.weights.items()}
         self.total = sum(w.numel() for w in self.weights.values())

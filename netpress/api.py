@@ -15,21 +15,21 @@ import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.utils.data import Dataset
 
 import netpress
 from netpress import codec, hf, zoo
 from netpress.budget import Budget
-from netpress.codec.codes import Codes
-from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensors
+from netpress.codec.codes import Codes, Encoded
+from netpress.codec.container import Packed
+from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensor, stored_tensors
 from netpress.data import Subset, calibration_subset, check_dataset, check_not_test, load_dataset
 from netpress.data.text import TEXT_DATASETS, Sentences, load_sentences
 from netpress.errors import (
@@ -45,12 +45,21 @@ from netpress.errors import (
     check_writable,
     make_output_dir,
     not_a_file,
+    one_line,
 )
 from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_params, kept_modes, predict
 from netpress.evaluate import evaluate as _evaluate
 from netpress.evaluate import fidelity as _fidelity
 from netpress.methods import METHODS
-from netpress.methods.base import Method, check_budget, compressible_weights, first_non_finite, uncompressed_layers
+from netpress.methods.base import (
+    LayerwiseMethod,
+    Method,
+    check_budget,
+    check_model,
+    compressible_weights,
+    first_non_finite,
+    uncompressed_layers,
+)
 
 
 @dataclass
@@ -115,10 +124,20 @@ def build_architecture(arch: str) -> nn.Module:
     return model
 
 
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+def _weights_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor]]:
+    """The names a weights file holds and a function that reads one of them.
+
+    A safetensors file is opened anew for each tensor: the reader copies it out of a memory map that closes
+    at once, so the file's pages never add up to a second copy of the model in memory (DESIGN §8)."""
     if path.suffix.lower() == ".safetensors":
+
+        def read(name: str) -> torch.Tensor:
+            with safe_open(str(path), "pt") as weights:
+                return weights.get_tensor(name)
+
         try:
-            return load_file(str(path))
+            with safe_open(str(path), "pt") as weights:
+                return list(weights.keys()), read
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelSourceError(f"{path} is not a readable safetensors file: {exc}") from exc
     try:
@@ -134,7 +153,38 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ModelSourceError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return state
+    return list(state), state.pop  # each tensor let go once it is in the model
+
+
+def _load_weights_by_layer(model: nn.Module, path: Path, spec: str, arch: str) -> None:
+    """Load a weights file into ``model`` strictly (every tensor, no other), one layer at a time through the
+    layer's own ``load_state_dict``: memory holds the model and one layer's tensors, not the model twice."""
+    names, read = _weights_reader(path)
+    expected = model.state_dict()
+    tied = _tied_names(expected, set(names))
+    missing = [k for k in expected if k not in names and k not in tied]
+    unexpected = [k for k in names if k not in expected]
+    fold_hint = (
+        "; if they came from `netpress decompress` of a fold file, they have fewer channels than the architecture "
+        "builds: load the .press file instead, which resizes the layers"
+    )
+    if missing or unexpected:
+        problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {'; '.join(problems)}{fold_hint}")
+    by_layer: dict[str, list[str]] = {}
+    for name in names:
+        by_layer.setdefault(name.rpartition(".")[0], []).append(name)
+    for layer, layer_names in by_layer.items():
+        values = {name: read(name) for name in layer_names}
+        for name, value in values.items():
+            if expected[name].is_floating_point() and not value.is_floating_point():
+                raise ModelSourceError(
+                    f"{name} in {spec} is {value.dtype}, where {arch} holds a float tensor; these are not trained float weights"
+                )
+        try:
+            model.get_submodule(layer).load_state_dict({n.rpartition(".")[2]: v for n, v in values.items()}, strict=False)
+        except RuntimeError as exc:
+            raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {one_line(exc)}{fold_hint}") from exc
 
 
 def _zoo_handle(name: str, module: nn.Module, source: dict) -> ModelHandle:
@@ -191,36 +241,18 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     if arch is None:
         raise ModelSourceError(f"{spec} holds weights only; pass the architecture with --arch package.module:factory")
     model = build_architecture(arch)
-    state = _load_weights(path)
-    expected = model.state_dict()
-    for key, value in state.items():
-        if key in expected and expected[key].is_floating_point() and not value.is_floating_point():
-            raise ModelSourceError(
-                f"{key} in {spec} is {value.dtype}, where {arch} holds a float tensor; these are not trained float weights"
-            )
-    state = {**_tied_names(expected, state), **state}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelSourceError(
-            f"the weights in {spec} do not fit {arch}: {exc}; if they came from `netpress decompress` of a fold file, they "
-            "have fewer channels than the architecture builds: load the .press file instead, which resizes the layers"
-        ) from exc
+    _load_weights_by_layer(model, path, spec, arch)
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
 
 
-def _tied_names(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The weights a file leaves out because the architecture ties them to one it holds (safetensors'
-    ``save_model`` keeps one name per shared tensor), under their other names."""
+def _tied_names(expected: dict[str, torch.Tensor], held: set[str]) -> set[str]:
+    """The names a file leaves out because the architecture ties them to one it holds (safetensors'
+    ``save_model`` keeps one name per shared tensor): loading the held one fills them too."""
     shared: dict[tuple, list[str]] = {}
     for key, value in expected.items():
         if value.numel():
             shared.setdefault((value.data_ptr(), value.shape, value.stride()), []).append(key)
-    tied = {}
-    for keys in shared.values():
-        held = next((state[k] for k in keys if k in state), None)
-        tied.update({k: held for k in keys if k not in state and held is not None})
-    return tied
+    return {k for keys in shared.values() if any(k in held for k in keys) for k in keys if k not in held}
 
 
 def _history(compressed: CompressedModel, spec: str) -> list[dict]:
@@ -388,7 +420,9 @@ def compress(
     The budget goes to every method that accepts its kind; a method that needs data gets ``data``.
     Floats stored as floats (a pruned tensor's survivors, tensors no method coded) are in ``raw_dtype``;
     by default in the precision the last method chose for them (fp32 unless it says otherwise).
-    A ratio budget is checked on the serialised file.
+    A ratio budget is checked on the serialised file. Data-free layer-wise stages (magnitude pruning, then
+    uniform or k-means quantization) run one layer at a time and hold each coded tensor as its stream
+    (``Packed``; ``.unpack()`` gives its codes), so a large model is never in memory twice.
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
@@ -410,36 +444,17 @@ def _compress(
         data = None  # unused, so not recorded in the file either
     methods = _traced(handle, methods)
     budget = _with_source(budget, handle)
-    current = handle.module
-    codes: dict = {}
-    rows: dict[str, list[dict]] = {}
-    chosen_dtype = "fp32"
-    for method in methods:
-        if method.needs != "none" and data is None:
-            raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")
-        given = budget if budget is not None and budget.kind in method.budgets else None
-        check_budget(method, given)
-        before = _stage_invariants(current, codes)
-        # Methods run the caller's model in eval mode (left as it was after), and those that optimise need
-        # autograd even when the caller runs under torch.no_grad() or inference_mode().
-        with kept_modes(handle.module), torch.inference_mode(False), torch.enable_grad():
-            result = method.apply(current, data if method.needs != "none" else None, given)
-        _check_stage_invariants(before, result.model, method.name)
-        current = result.model
-        codes.update(result.codes)
-        rows[method.name] = result.rows
-        chosen_dtype = result.raw_dtype or chosen_dtype
-    state = current.state_dict()
-    for name, value in codes.items():
-        if name in state and not torch.equal(value.dequantize(), state[name]):
-            raise NetpressError(f"internal error: the codes of {name} disagree with the model's weights")
-    tensors = stored_tensors(state, codes, raw_dtype or chosen_dtype)
+    if data is None and _layerwise(methods):
+        tensors, rows = _compress_by_layer(handle.module, methods, budget, raw_dtype or "fp32")
+    else:
+        tensors, rows = _compress_by_model(handle.module, methods, budget, data, raw_dtype)
+    coded = {name: value for name, value in tensors.items() if not isinstance(value, torch.Tensor)}
     summary = {
         "netpress": netpress.__version__,
         "methods": [_method_record(m) for m in methods],
         "budget": budget.to_dict() if budget else None,
-        "sparsity": codec.weight_sparsity(codes),
-        "params": sum(v.numel() for v in state.values() if v.is_floating_point()),
+        "sparsity": codec.weight_sparsity(coded),
+        "params": sum(torch.Size(v.shape).numel() for v in tensors.values() if _is_float(v)),
     }
     if data is not None:
         summary["calibration"] = {
@@ -457,6 +472,84 @@ def _compress(
                 "no method in the pipeline enforces the file size (use --method l2)"
             )
     return compressed
+
+
+def _given(budget: Budget | None, method: Method) -> Budget | None:
+    """The budget a method gets: the pipeline's, if the method takes its kind."""
+    return budget if budget is not None and budget.kind in method.budgets else None
+
+
+def _compress_by_model(
+    model: nn.Module, methods: list[Method], budget: Budget | None, data: Subset | None, raw_dtype: str | None
+) -> tuple[dict, dict[str, list[dict]]]:
+    """The stages one after another, each on the whole model the one before returned: what a method that
+    calibrates, trains or changes shapes needs. Returns the stored tensors and each stage's report rows."""
+    current = model
+    codes: dict = {}
+    rows: dict[str, list[dict]] = {}
+    chosen_dtype = "fp32"
+    for method in methods:
+        if method.needs != "none" and data is None:
+            raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")
+        given = _given(budget, method)
+        check_budget(method, given)
+        before = _stage_invariants(current, codes)
+        # Methods run the caller's model in eval mode (left as it was after), and those that optimise need
+        # autograd even when the caller runs under torch.no_grad() or inference_mode().
+        with kept_modes(model), torch.inference_mode(False), torch.enable_grad():
+            result = method.apply(current, data if method.needs != "none" else None, given)
+        _check_stage_invariants(before, result.model, method.name)
+        current = result.model
+        codes.update(result.codes)
+        rows[method.name] = result.rows
+        chosen_dtype = result.raw_dtype or chosen_dtype
+    state = current.state_dict()
+    for name, value in codes.items():
+        if name in state and not torch.equal(value.dequantize(), state[name]):
+            raise NetpressError(f"internal error: the codes of {name} disagree with the model's weights")
+    return stored_tensors(state, codes, raw_dtype or chosen_dtype), rows
+
+
+def _layerwise(methods: list[Method]) -> bool:
+    """Whether the stages can run one layer at a time: every one is a data-free ``LayerwiseMethod``, and only
+    the first plans from the weights (a quantizer after it codes each layer by itself)."""
+    return all(m.needs == "none" and callable(getattr(m, "code_layer", None)) for m in methods) and all(
+        getattr(m, "quantizes", False) for m in methods[1:]
+    )
+
+
+def _compress_by_layer(
+    model: nn.Module, methods: list[LayerwiseMethod], budget: Budget | None, raw_dtype: str
+) -> tuple[dict, dict[str, list[dict]]]:
+    """The stages run layer by layer: each layer's weight goes through every stage and into its stream
+    before the next layer is read, so memory holds the model once, the streams written so far and one
+    layer's work, never a second copy of the model (DESIGN §8). The file is the one the stages run on the
+    whole model would give (tested)."""
+    weights = {name: w.detach() for name, w in check_model(model).items()}
+    settings = []
+    for method in methods:
+        given = _given(budget, method)
+        check_budget(method, given)
+        settings.append(method.plan(list(weights.values()), given))
+    rows: dict[str, list[dict]] = {m.name: [] for m in methods}
+    packed: dict[str, Packed] = {}
+    with torch.no_grad():
+        for i, (name, weight) in enumerate(weights.items()):
+            for method, setting in zip(methods, settings):
+                code, row = method.code_layer(name, weight, setting[i])
+                coded = code.dequantize()
+                if bool(((weight == 0) & (coded != 0)).any()):
+                    raise NetpressError(f"{method.name} revived pruned weights of {name}; stages must not undo each other")
+                weight = coded
+                rows[method.name].append(row)
+            packed[name] = Packed.of(name, stored_tensor(name, weight, code, raw_dtype))
+    state = model.state_dict()
+    return {name: packed[name] if name in packed else stored_tensor(name, v, None, raw_dtype) for name, v in state.items()}, rows
+
+
+def _is_float(value: Encoded | torch.Tensor) -> bool:
+    """Whether a stored tensor holds floats (coded tensors always do)."""
+    return not isinstance(value, torch.Tensor) or value.is_floating_point()
 
 
 def _method_record(method: Method) -> dict:

@@ -3,36 +3,60 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from netpress.codec.codes import Codes, Encoded, SparseValues
+from netpress.codec.codes import Encoded, SparseValues
 from netpress.errors import BudgetError, ModelSourceError, one_line
 from netpress.graph.surgery import resize_to
 
-
-def fp32_file(model: nn.Module) -> bytes:
-    """The model's state dict as an fp32 safetensors file (a tensor shared by several names stored once, as
-    ``safetensors.torch.save_model`` does)."""
-    state, seen, storages = {}, set(), set()
-    for k, v in model.state_dict().items():
-        key = (v.data_ptr(), v.dtype, v.shape, v.stride())
-        if v.numel() and key in seen:
-            continue
-        seen.add(key)
-        value = (v.float() if v.is_floating_point() else v).contiguous()
-        shares = value.numel() and value.untyped_storage().data_ptr() in storages
-        storages.add(value.untyped_storage().data_ptr())
-        state[k] = value.clone() if shares else value  # safetensors refuses tensors that share memory
-    return safetensors_save(state)
+# The dtypes a model's fp32 file holds (floats become float32), by name and in the order safetensors lays
+# tensors out: its dtype enum from last to first, then by name.
+_SAFETENSORS_DTYPES = {
+    torch.uint64: "U64",
+    torch.int64: "I64",
+    torch.complex64: "C64",
+    torch.float32: "F32",
+    torch.uint32: "U32",
+    torch.int32: "I32",
+    torch.uint16: "U16",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_LAYOUT_RANK = {dtype: rank for rank, dtype in enumerate(_SAFETENSORS_DTYPES)}
 
 
 def fp32_bytes(model: nn.Module) -> int:
-    """Size of the fp32 safetensors file: the reference every ratio uses."""
-    return len(fp32_file(model))
+    """Size of the model's state dict as an fp32 safetensors file: the reference every ratio uses. A tensor
+    shared by several names counts once (its first), as ``safetensors.torch.save_model`` stores it.
+
+    Counted, not written: the header is laid out as safetensors lays it (tested against its writer), so a
+    model is sized without a second copy of it in memory (DESIGN §8)."""
+    entries: dict[str, tuple[torch.dtype, list[int]]] = {}
+    seen = set()
+    for name, value in model.state_dict().items():
+        key = (value.data_ptr(), value.dtype, value.shape, value.stride())
+        if value.numel() and key in seen:
+            continue
+        seen.add(key)
+        dtype = torch.float32 if value.is_floating_point() else value.dtype
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise ModelSourceError(f"{name} is {value.dtype}, which netpress cannot store; supported: floats, integers, bool")
+        entries[name] = (dtype, list(value.shape))
+    header, offset = {}, 0
+    for name in sorted(entries, key=lambda n: (_LAYOUT_RANK[entries[n][0]], n.encode())):
+        dtype, shape = entries[name]
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return 8 + len(text) + (-len(text) % 8) + offset
 
 
 RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -41,33 +65,35 @@ RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 def stored_tensors(state: dict[str, torch.Tensor], codes: dict[str, Encoded], raw_dtype: str = "fp32") -> dict:
     """What a file holds for a model state: the codes where a method made them, and every float stored
     as a float (a pruned tensor's survivors, tensors no method coded) in ``raw_dtype``."""
+    return {name: stored_tensor(name, value, codes.get(name), raw_dtype) for name, value in state.items()}
+
+
+def stored_tensor(name: str, value: torch.Tensor, code: Encoded | None, raw_dtype: str = "fp32") -> Encoded | torch.Tensor:
+    """What a file holds for one tensor of a model state (``code``: its codes, if a method made them)."""
     dtype = RAW_DTYPES[raw_dtype]
-    tensors: dict = {}
-    for name, value in state.items():
-        if isinstance(codes.get(name), SparseValues):
-            tensors[name] = codes[name].survivors_in(dtype)
-        elif name in codes:
-            tensors[name] = codes[name]
-        elif value.is_floating_point():
-            tensors[name] = value.detach().to(dtype).clone()
-        else:
-            tensors[name] = value.detach().clone()
-    for name, value in tensors.items():
-        stored = value.values if isinstance(value, SparseValues) else value
-        if isinstance(stored, torch.Tensor) and stored.dtype == torch.float16 and torch.isinf(stored).any():
-            largest = float(state[name].abs().max())
-            raise BudgetError(
-                f"{name} holds values up to {largest:.4g}, beyond float16's range (65504): store its floats with "
-                "raw_dtype fp32 (--raw-dtype fp32)"
-            )
-    return tensors
+    if isinstance(code, SparseValues):
+        stored = code.survivors_in(dtype)
+    elif code is not None:
+        return code
+    elif value.is_floating_point():
+        stored = value.detach().to(dtype).clone()
+    else:
+        return value.detach().clone()
+    floats = stored.values if isinstance(stored, SparseValues) else stored
+    if floats.dtype == torch.float16 and torch.isinf(floats).any():
+        raise BudgetError(
+            f"{name} holds values up to {float(value.abs().max()):.4g}, beyond float16's range (65504): store its floats "
+            "with raw_dtype fp32 (--raw-dtype fp32)"
+        )
+    return stored
 
 
 @dataclass
 class CompressedModel:
     """The full state of a compressed model.
 
-    ``tensors`` maps every state-dict entry to ``Codes``/``SparseValues`` (coded) or a plain tensor
+    ``tensors`` maps every state-dict entry to ``Codes``/``SparseValues`` (coded), the same already
+    encoded (``codec.container.Packed``, from a compression run one layer at a time), or a plain tensor
     (stored raw). Shapes may differ from the source architecture after structural compression;
     ``to_module`` resizes the layers to match. ``source`` identifies the architecture, ``summary``
     is the short report stored in the file.
@@ -80,7 +106,7 @@ class CompressedModel:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The exact tensors the file gives back."""
-        return {k: v.dequantize() if isinstance(v, (Codes, SparseValues)) else v for k, v in self.tensors.items()}
+        return {k: v if isinstance(v, torch.Tensor) else v.dequantize() for k, v in self.tensors.items()}
 
     def non_finite(self) -> str | None:
         """The first tensor holding NaN or infinity, if any: compress() refuses such models, so a file that
@@ -112,7 +138,7 @@ class CompressedModel:
         for layer, values in by_layer.items():
             prefix = f"{layer}." if layer else ""
             decoded = {
-                local: (v.dequantize() if isinstance(v, (Codes, SparseValues)) else v).to(reference[prefix + local].dtype)
+                local: (v if isinstance(v, torch.Tensor) else v.dequantize()).to(reference[prefix + local].dtype)
                 for local, v in values.items()
             }
             try:

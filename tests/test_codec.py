@@ -197,3 +197,33 @@ def test_worked_example_in_the_format_spec_has_the_bytes_it_shows():
     prior = entropy.ByteWriter()
     entropy._write_prior(prior, entropy.prior_levels(np.array([0, 1, 6, 1])))
     assert prior.getvalue().hex(" ") == "02 99 cd"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_fp32_size_is_the_length_of_the_file_safetensors_writes(seed):
+    """fp32_bytes counts the header as safetensors lays it out (dtype order, then name; JSON; padding to 8)
+    instead of writing the file: checked against its writer on random mixes of names, dtypes and shapes."""
+    from safetensors.torch import save
+
+    from netpress.compressed import fp32_bytes
+
+    g = torch.Generator().manual_seed(seed)
+    dtypes = [torch.float32, torch.float16, torch.float64, torch.int64, torch.int32, torch.int16, torch.uint8, torch.bool]
+    model = torch.nn.Module()
+    for i in range(int(torch.randint(1, 10, (1,), generator=g))):
+        shape = torch.randint(0, 60, (int(torch.randint(0, 4, (1,), generator=g)),), generator=g).tolist()
+        dtype = dtypes[int(torch.randint(0, len(dtypes), (1,), generator=g))]
+        name = ["w", "Layer_", "ß", "a.b"][i % 4] + str(int(torch.randint(0, 10 ** (i % 6 + 1), (1,), generator=g)))
+        model.register_buffer(name.replace(".", "_"), torch.zeros(shape, dtype=dtype))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    assert fp32_bytes(model) == len(save(state))
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_the_fp32_size_of_a_zoo_model_is_its_file_length(name):
+    from safetensors.torch import save
+
+    from netpress.compressed import fp32_bytes
+
+    model = netpress.load_model(f"zoo:{name}").module
+    assert fp32_bytes(model) == len(save(model.state_dict()))

@@ -106,6 +106,32 @@ def test_context_period_sees_the_pixel_above():
     assert len(data) < 0.6 * entropy_bits(symbols) / 8
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_rank1_coded_in_parts_gives_the_same_words(monkeypatch, sampled):
+    """Rank-1 scales are made a part at a time (bounded memory), on the sample and on the whole tensor."""
+    rng = np.random.default_rng(2)
+    scale = np.outer(rng.uniform(0.2, 3, 40), rng.uniform(0.2, 3, 300))
+    symbols = np.clip(np.round(rng.laplace(0, scale)) + 7, 0, 14).astype(np.int32)
+    if sampled:
+        monkeypatch.setattr(entropy, "RANK1_SAMPLE", 500)
+        monkeypatch.setattr(entropy, "RANK1_SAMPLE_ABOVE", 4000)
+    whole = entropy._encode_rank1(symbols.ravel(), 15, 7, 40).getvalue()
+    monkeypatch.setattr(entropy, "_PROBABILITY_ROWS_BYTES", 8 * 123)
+    assert entropy._encode_rank1(symbols.ravel(), 15, 7, 40).getvalue() == whole
+    assert np.array_equal(decode_symbols("rank1", whole, symbols.size, 15, 7, "test", 40), symbols.ravel())
+
+
+@pytest.mark.parametrize("part_bytes", [8 * 4, 8 * 4 * 37])
+def test_context_blocks_coded_in_parts_give_the_same_words(monkeypatch, part_bytes):
+    """A large layer's block is coded a few thousand symbols at a time (bounded memory): the words must not change."""
+    rng = np.random.default_rng(1)
+    image_columns = rng.integers(0, 4, size=(16, 1, 28))
+    symbols = ((image_columns + rng.choice([0, 1], size=(16, 28, 28), p=[0.9, 0.1])) % 4).reshape(16, 784).astype(np.int32)
+    whole = encode_symbols(symbols, 4, 0, rows=16)
+    monkeypatch.setattr(entropy, "_PROBABILITY_ROWS_BYTES", part_bytes)  # parts of 1 and of 37 symbols
+    assert encode_symbols(symbols, 4, 0, rows=16) == whole and whole[0] == "context"
+
+
 @pytest.mark.parametrize("period", [b"\x01", b"\x0b"])
 def test_context_period_that_does_not_fit_is_a_format_error(period):
     """Period 1 would duplicate the left neighbour; 11 > 20 columns / 2 cannot be a period."""

@@ -8,7 +8,7 @@ from torch import nn
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization, api, zoo
 from netpress.codec.codes import Codes
-from netpress.compressed import fp32_bytes
+from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
@@ -204,7 +204,7 @@ def test_an_embedding_table_is_compressed_like_any_weight(tmp_path):
     methods = [MagnitudePruning("lamp"), UniformQuantization(4, per_channel=True)]
     compressed = netpress.compress(model, methods, Budget(sparsity=0.5))
     assert set(compressible_weights(model)) == {"0.weight", "2.weight"}
-    assert isinstance(compressed.tensors["0.weight"], Codes)  # coded, not raw
+    assert isinstance(compressed.tensors["0.weight"].unpack(), Codes)  # coded, not raw
     zeros = sum(int((compressed.state_dict()[n] == 0).sum()) for n in ("0.weight", "2.weight"))
     assert zeros == target_zeros(0.5, 50 * 16 + 64 * 3)
     path = tmp_path / "e.press"
@@ -230,7 +230,7 @@ class _SharedTable(nn.Module):
 def test_a_shared_embedding_table_stays_raw_and_the_rest_is_coded():
     model = _SharedTable()
     compressed = netpress.compress(model, UniformQuantization(4))
-    assert isinstance(compressed.tensors["head.weight"], Codes)
+    assert isinstance(compressed.tensors["head.weight"].unpack(), Codes)
     assert torch.equal(compressed.tensors["shared.weight"], model.shared.weight.detach())
     assert "shared" in uncompressed_layers(model)
 
@@ -505,7 +505,7 @@ def test_kmeans_keeps_zeros_and_uses_at_most_the_levels_asked_for():
     pruned = netpress.compress(model, [MagnitudePruning(), KMeansQuantization(6)], Budget(sparsity=0.7))
     assert pruned.summary["sparsity"] >= 0.7
     for name, w in compressible_weights(model).items():
-        codes = pruned.tensors[name]
+        codes = pruned.tensors[name].unpack()  # held encoded: coded one layer at a time
         assert codes.num_levels <= 6 and codes.zero is not None
         survivors = codes.dequantize()[codes.dequantize() != 0]
         centroids = codes.levels[codes.levels != 0]
@@ -518,7 +518,7 @@ def test_kmeans_on_already_shared_weights_keeps_them_and_stores_only_used_levels
     quantized = netpress.compress(tiny_cnn(), UniformQuantization(4)).to_module(tiny_cnn())
     shared = netpress.compress(quantized, KMeansQuantization(256))
     for name, w in compressible_weights(quantized).items():
-        codes = shared.tensors[name]
+        codes = shared.tensors[name].unpack()
         assert torch.equal(codes.dequantize(), w.detach())
         assert codes.num_levels == len(torch.unique(torch.cat([torch.zeros(1), w.detach().reshape(-1)])))
 
@@ -581,3 +581,54 @@ def test_a_run_that_fails_while_measuring_its_file_leaves_the_old_file(tmp_path,
 def test_a_half_precision_model_is_refused_with_what_to_do():
     with pytest.raises(UnsupportedModelError, match=r"float16; netpress compresses float32 weights: call model.float\(\)"):
         check_model(tiny_mlp().half())
+
+
+def test_global_counts_are_exact_across_the_whole_float32_range():
+    """Radix selection on the bit patterns: zeros, subnormals, values one unit apart in the last place, huge values."""
+    one = torch.tensor(1.0)
+    after_one = torch.nextafter(one, torch.tensor(2.0))
+    layers = [
+        torch.tensor([0.0, 1e-45, 3e-39, 1.0, 0.0, 1e30]),
+        torch.stack([after_one, one, one, torch.tensor(0.0), torch.tensor(1e-45), torch.tensor(2.5)]),
+        torch.full((5,), 1.0),
+    ]
+    for total in range(sum(len(w) for w in layers) + 1):
+        assert _lowest_per_layer(layers, total, torch.abs) == _head_of_stable_sort([w.abs() for w in layers], total)
+
+
+LAYERWISE = {
+    "global": ([MagnitudePruning("global")], Budget(sparsity=0.8)),
+    "lamp+4bit": ([MagnitudePruning("lamp"), UniformQuantization(4, per_channel=True)], Budget(sparsity=0.6)),
+    "erk+kmeans": ([MagnitudePruning("erk"), KMeansQuantization(8)], Budget(sparsity=0.5)),
+    "groups": ([UniformQuantization(3, group_size=5, clip="mse")], None),
+}
+
+
+@pytest.mark.parametrize("setting", LAYERWISE)
+@pytest.mark.parametrize("raw_dtype", ["fp32", "fp16"])
+def test_data_free_stages_run_layer_by_layer_write_the_file_the_whole_model_stages_write(setting, raw_dtype):
+    from netpress import api
+
+    methods, budget = LAYERWISE[setting]
+    model = random_model(5)
+    assert api._layerwise(methods)
+    by_layer = api._compress_by_layer(model, methods, budget, raw_dtype)
+    by_model = api._compress_by_model(model, methods, budget, None, raw_dtype)
+    assert by_layer[1] == by_model[1]  # the report rows
+    files = [netpress.codec.to_bytes(CompressedModel(tensors)) for tensors, _ in (by_layer, by_model)]
+    assert files[0] == files[1]
+
+
+def test_data_free_stages_never_copy_the_model(monkeypatch):
+    """Run layer by layer, a global ranking and its quantizer hold the model once (DESIGN §8): no deepcopy."""
+    import copy
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was copied")
+
+    model = random_model(6)
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    compressed = netpress.compress(model, [MagnitudePruning("lamp"), UniformQuantization(4)], Budget(sparsity=0.7))
+    assert compressed.summary["sparsity"] >= 0.7
+    with pytest.raises(AssertionError, match="copied"):  # the whole-model stages do copy
+        MagnitudePruning().apply(model, budget=Budget(sparsity=0.7))

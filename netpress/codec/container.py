@@ -16,6 +16,7 @@ import lzma
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -180,13 +181,44 @@ def _encode(name: str, value: Encoded | torch.Tensor) -> tuple[dict, bytes]:
     return {"kind": "raw", "shape": list(value.shape), "dtype": _DTYPE_NAMES[value.dtype], "coding": coding}, data
 
 
-def to_bytes(compressed: CompressedModel) -> bytes:
-    """Serialise a compressed model to the bytes of a .press file."""
+@dataclass(frozen=True)
+class Packed:
+    """A coded tensor already turned into its stream: what compress() keeps of a layer it codes one layer at a
+    time (a few bits per weight) instead of its codes (an int32 or a float per weight). ``dequantize()``
+    decodes the stream, so it stands wherever ``Codes`` or ``SparseValues`` would."""
+
+    record: dict  # the manifest record, without the name and the stream's length and CRC
+    stream: bytes
+    zeros: int
+
+    @classmethod
+    def of(cls, name: str, value: Encoded) -> Packed:
+        record, stream = _encode(name, value)
+        return cls(record, stream, round(value.sparsity() * torch.Size(value.shape).numel()))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.record["shape"])
+
+    def sparsity(self) -> float:
+        numel = torch.Size(self.shape).numel()
+        return self.zeros / numel if numel else 0.0
+
+    def unpack(self) -> Encoded:
+        """The codes or sparse values the stream holds."""
+        return _decode({**self.record, "name": "a packed tensor"}, self.stream)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.unpack().dequantize()
+
+
+def _file_parts(compressed: CompressedModel) -> list[bytes]:
+    """The bytes of a .press file as consecutive parts (header, manifest, one stream per tensor), so a file
+    can be written without its payload held twice."""
     records, streams = [], []
     for name, value in compressed.tensors.items():
-        record, stream = _encode(name, value)
-        record.update(name=name, length=len(stream), crc32=zlib.crc32(stream))
-        records.append(record)
+        record, stream = (value.record, value.stream) if isinstance(value, Packed) else _encode(name, value)
+        records.append({**record, "name": name, "length": len(stream), "crc32": zlib.crc32(stream)})
         streams.append(stream)
     manifest = {
         "format": FORMAT_NAME,
@@ -197,37 +229,45 @@ def to_bytes(compressed: CompressedModel) -> bytes:
     }
     manifest_json = json.dumps(manifest, separators=(",", ":")).encode()
     manifest_bytes = lzma.compress(manifest_json, format=lzma.FORMAT_RAW, filters=_MANIFEST_FILTERS)
-    payload = b"".join(streams)
     metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "manifest_crc32": str(zlib.crc32(manifest_bytes))}
-    return _safetensors_bytes({MANIFEST_KEY: manifest_bytes, PAYLOAD_KEY: payload}, metadata)
+    sizes = {MANIFEST_KEY: len(manifest_bytes), PAYLOAD_KEY: sum(len(s) for s in streams)}
+    return [_safetensors_header(sizes, metadata), manifest_bytes, *streams]
 
 
-def _safetensors_bytes(buffers: dict[str, bytes], metadata: dict[str, str]) -> bytes:
-    """A safetensors file of 1-D uint8 tensors, written here so that the same model always gives the
-    same bytes: the safetensors writer orders the metadata by a randomly seeded hash."""
+def to_bytes(compressed: CompressedModel) -> bytes:
+    """Serialise a compressed model to the bytes of a .press file."""
+    return b"".join(_file_parts(compressed))
+
+
+def _safetensors_header(sizes: dict[str, int], metadata: dict[str, str]) -> bytes:
+    """The header of a safetensors file of 1-D uint8 tensors of ``sizes`` bytes, in that order, written here so
+    that the same model always gives the same bytes: the safetensors writer orders the metadata by a randomly
+    seeded hash."""
     header: dict = {"__metadata__": dict(sorted(metadata.items()))}
     offset = 0
-    for name, data in buffers.items():
-        header[name] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
+    for name, size in sizes.items():
+        header[name] = {"dtype": "U8", "shape": [size], "data_offsets": [offset, offset + size]}
+        offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(buffers.values())
+    return struct.pack("<Q", len(text)) + text
 
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
     """Write a .press file atomically; returns its size in bytes."""
-    return write_file(path, to_bytes(compressed))
+    return write_file(path, _file_parts(compressed))
 
 
-def write_file(path: str | os.PathLike, data: bytes) -> int:
-    """Write ``data`` through a temp file and a rename, so a failed write never leaves half a file
-    where ``path`` was; returns the size in bytes. Callers check the path before their work
-    (``errors.check_writable``); a failure here still becomes an ``OutputError``."""
+def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:
+    """Write ``data`` (or its parts, one after another) through a temp file and a rename, so a failed write
+    never leaves half a file where ``path`` was; returns the size in bytes. Callers check the path before
+    their work (``errors.check_writable``); a failure here still becomes an ``OutputError``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_bytes(data)
+        with tmp.open("wb") as out:
+            for part in [data] if isinstance(data, bytes) else data:
+                out.write(part)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -25,6 +25,7 @@ Four layouts, whichever is smaller for a given array (all are tried, the bytes d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import constriction
 import numpy as np
@@ -327,6 +328,9 @@ class _ContextCoder:
         self.model.count(self.columns[block].ravel(), left.ravel(), None if pair is None else pair.ravel())
 
 
+_PROBABILITY_ROWS_BYTES = 8 << 20
+
+
 def _encode_context(symbols: np.ndarray, alphabet: int, rows: int, period: int) -> ByteWriter:
     """Column by column (see ``_ContextCoder``); the model is fixed within a block, so each block is
     one call to the coder."""
@@ -336,8 +340,14 @@ def _encode_context(symbols: np.ndarray, alphabet: int, rows: int, period: int) 
     encoder = constriction.stream.queue.RangeEncoder()
     for block in coder.blocks:
         left, pair = coder.keys(block)
-        probabilities = coder.model.probabilities(left.ravel(), None if pair is None else pair.ravel())
-        encoder.encode(coder.columns[block].ravel(), _CATEGORICAL, probabilities)
+        flat_left, flat_pair, flat = left.ravel(), None if pair is None else pair.ravel(), coder.columns[block].ravel()
+        # The model is fixed within a block, so coding it in parts gives the same words; a part's rows of
+        # probabilities (8 bytes per symbol and level) stay a few MiB however large the layer.
+        part = max(1, _PROBABILITY_ROWS_BYTES // (8 * alphabet))
+        for start in range(0, flat.size, part):
+            rows_of = slice(start, start + part)
+            probabilities = coder.model.probabilities(flat_left[rows_of], None if flat_pair is None else flat_pair[rows_of])
+            encoder.encode(flat[rows_of], _CATEGORICAL, probabilities)
         coder.count(block, left, pair)
     out = ByteWriter()
     out.varint(period)
@@ -484,34 +494,53 @@ RANK1_SAMPLE = 1 << 16
 RANK1_SAMPLE_ABOVE = 8 * RANK1_SAMPLE
 
 
-def _rank1_words(flat: np.ndarray, scales: np.ndarray, family: int, center: int, alphabet: int) -> bytes:
+def _rank1_words(
+    flat: np.ndarray,
+    positions: np.ndarray | None,
+    scales_of: Callable[[np.ndarray], np.ndarray],
+    family: int,
+    center: int,
+    alphabet: int,
+) -> bytes:
+    """The words of ``flat`` (the symbols at ``positions``, or all) under the scales ``scales_of(positions)``,
+    coded a part at a time: the same words as one call, with a part's scales (8 bytes per symbol) in memory."""
     encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(flat, _rank1_model(family, center, alphabet), np.zeros(flat.size), scales)
+    model = _rank1_model(family, center, alphabet)
+    part = _PROBABILITY_ROWS_BYTES // 8
+    for start in range(0, flat.size, part):
+        chunk = slice(start, start + part)
+        where = positions[chunk] if positions is not None else np.arange(start, min(start + part, flat.size))
+        encoder.encode(flat[chunk], model, np.zeros(where.size), scales_of(where))
     return word_bytes(encoder)
 
 
 def _encode_rank1(symbols: np.ndarray, alphabet: int, center: int, rows: int) -> ByteWriter:
     """Try each family and multiplier; keep the smallest stream (judged on a sample for large tensors)."""
-    offsets = (symbols.astype(np.int64) - center).reshape(rows, -1)
-    magnitude = np.abs(offsets).astype(np.float64)
-    row_q, col_q = _log_scale_q(magnitude.mean(axis=1)), _log_scale_q(magnitude.mean(axis=0))
-    norm = float(magnitude.mean() + 1e-3)
-    flat = offsets.ravel().astype(np.int32)
+    offsets = symbols.reshape(rows, -1).astype(np.int32) - np.int32(center)
+    magnitude = np.abs(offsets)
+    # Means of integers: their float64 sums are exact, so these equal the means of a float64 copy.
+    row_q = _log_scale_q(magnitude.mean(axis=1, dtype=np.float64))
+    col_q = _log_scale_q(magnitude.mean(axis=0, dtype=np.float64))
+    norm = float(magnitude.mean(dtype=np.float64) + 1e-3)
+    del magnitude
+    flat = offsets.ravel()
     stride = -(-flat.size // RANK1_SAMPLE) if flat.size > RANK1_SAMPLE_ABOVE else 1
     while math.gcd(stride, flat.size // rows) > 1:  # a stride sharing a factor with the row would see few columns
         stride += 1
     sample = np.arange(0, flat.size, stride) if stride > 1 else None
+
+    def scales(multiplier: int) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda positions: _rank1_scales(row_q, col_q, norm, multiplier, positions)
+
     tried = {
-        (family, multiplier): _rank1_words(
-            flat[::stride], _rank1_scales(row_q, col_q, norm, multiplier, sample), family, center, alphabet
-        )
+        (family, multiplier): _rank1_words(flat[::stride], sample, scales(multiplier), family, center, alphabet)
         for family in range(len(_FAMILIES))
         for multiplier in _MULTIPLIERS
     }
     family, multiplier = min(tried, key=lambda key: len(tried[key]))  # the first of equal sizes
     words = tried[family, multiplier]
     if stride > 1:
-        words = _rank1_words(flat, _rank1_scales(row_q, col_q, norm, multiplier), family, center, alphabet)
+        words = _rank1_words(flat, None, scales(multiplier), family, center, alphabet)
     out = ByteWriter()
     out.array(np.array([norm], dtype=np.float64))
     out.array(np.array([family, multiplier], dtype=np.uint8))

@@ -7,6 +7,7 @@ kinds it accepts, so callers can check both before running it.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,31 @@ class Method(Protocol):
     budgets: ClassVar[tuple[str, ...]]
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult: ...
+
+
+class LayerwiseMethod(Method, Protocol):
+    """A data-free weight stage that codes each layer's weight by itself, after at most one decision over
+    the whole model (``plan``: how many weights each layer loses, say). compress() can then run it one layer
+    at a time, holding the model once plus a layer's work, never a second copy of the model (DESIGN §8)."""
+
+    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list: ...
+
+    def code_layer(self, name: str, weight: torch.Tensor, setting) -> tuple[Encoded, dict]: ...
+
+
+def apply_by_layer(method: LayerwiseMethod, model: nn.Module, budget: Budget | None) -> MethodResult:
+    """``apply`` of a layer-wise method: its plan on the caller's weights (before copying them, so the
+    plan's work and the copy are never in memory together), then a copy whose weights are their codes."""
+    settings = method.plan(list(check_model(model).values()), budget)
+    model = copy.deepcopy(model)
+    result = MethodResult(model)
+    with torch.no_grad():
+        for (name, weight), setting in zip(compressible_weights(model).items(), settings):
+            codes, row = method.code_layer(name, weight.detach(), setting)
+            weight.copy_(codes.dequantize())
+            result.codes[name] = codes
+            result.rows.append(row)
+    return result
 
 
 def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,10 +16,10 @@ from netpress.data import Subset
 from netpress.errors import BudgetError, check_flag, check_whole
 from netpress.methods.base import (
     MethodResult,
+    apply_by_layer,
     check_budget,
     check_model,
     check_not_below_zeros,
-    compressible_weights,
     split_exact,
     target_zeros,
 )
@@ -108,24 +106,44 @@ def _magnitudes(w: torch.Tensor) -> torch.Tensor:
 
 def _lowest_per_layer(weights: list[torch.Tensor], total: int, score_fn: Callable[[torch.Tensor], torch.Tensor]) -> list[int]:
     """How many of each layer's weights are among the ``total`` lowest scores of the whole model, ties
-    broken by position (``smallest_mask`` over all layers at once), holding the scores in float32.
+    broken by position (``smallest_mask`` over all layers at once), one layer's scores in memory at a time.
 
-    Rounding to float32 keeps the order (a < b gives f(a) ≤ f(b)), so every score whose float32 value is
-    below the float32 k-th is chosen, every one above it is not, and only the few equal to it are ranked
-    by their exact scores, recomputed for their layers. A model's float64 scores would take twice the
-    memory, and selecting among them twice that again."""
+    The float32 k-th score is found by radix selection on its bit pattern (an order-keeping integer for
+    scores ≥ 0): one pass counts the high 16 bits of every layer's scores, a second the low 16 bits of
+    those in the chosen high bucket. Rounding to float32 keeps the order (a < b gives f(a) ≤ f(b)), so
+    every score below the float32 k-th is chosen, every one above is not, and only the few equal to it
+    are ranked by their exact scores. No copy of the model's scores is made, so a model larger than
+    memory allows twice over can still be pruned by a global ranking (DESIGN §8)."""
     sizes = [w.numel() for w in weights]
     if total <= 0 or total >= sum(sizes):
         return [n if total > 0 else 0 for n in sizes]
-    rounded = torch.cat([score_fn(w).float() for w in weights])
-    kth = float(np.partition(rounded.numpy(), total - 1)[total - 1])  # torch.kthvalue would add int64 indices
-    below = [int((part < kth).sum()) for part in torch.split(rounded, sizes)]
-    ties = [(part == kth).nonzero().reshape(-1) for part in torch.split(rounded, sizes)]
-    del rounded
+
+    def bit_patterns(w: torch.Tensor) -> torch.Tensor:
+        return score_fn(w).float().view(torch.int32)  # ≥ 0, finite: ordered like the scores
+
+    high = [torch.bincount(bit_patterns(w) >> 16, minlength=1 << 15) for w in weights]
+    bucket, before = _bucket_of(torch.stack(high).sum(0), total)
+    low = []
+    for w in weights:
+        bits = bit_patterns(w)
+        low.append(torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=1 << 16))
+    value, _ = _bucket_of(torch.stack(low).sum(0), total - before)
+    kth = (bucket << 16) | value
+    below = [int(h[:bucket].sum()) + int(lo[:value].sum()) for h, lo in zip(high, low)]
+    tied = [int(lo[value]) for lo in low]
+    if sum(below) + sum(tied) == total:  # every tie is chosen: no exact ranking needed
+        return [b + t for b, t in zip(below, tied)]
     none = torch.zeros(0, dtype=torch.float64)
-    exact = torch.cat([score_fn(w)[tie].double() if len(tie) else none for w, tie in zip(weights, ties)])
-    chosen = torch.split(smallest_mask(exact, total - sum(below)), [len(tie) for tie in ties])
+    exact = torch.cat([score_fn(w)[bit_patterns(w) == kth].double() if t else none for w, t in zip(weights, tied)])
+    chosen = torch.split(smallest_mask(exact, total - sum(below)), tied)
     return [b + int(c.sum()) for b, c in zip(below, chosen)]
+
+
+def _bucket_of(counts: torch.Tensor, rank: int) -> tuple[int, int]:
+    """The bucket holding the ``rank``-th smallest (1-based) of a histogram, and how many lie below it."""
+    reached = torch.cumsum(counts, 0)
+    bucket = int(torch.searchsorted(reached, torch.tensor(rank, dtype=reached.dtype)))
+    return bucket, int(reached[bucket - 1]) if bucket else 0
 
 
 @dataclass
@@ -151,19 +169,16 @@ class MagnitudePruning:
         reachable_zeros(list(check_model(model).values()), check_budget(self, budget).sparsity)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
-        budget = check_budget(self, budget)
-        # Counted on the caller's weights before copying them: the selection's scores and the copy are
-        # then never in memory together.
-        counts = prune_counts(list(check_model(model).values()), budget.sparsity, self.allocation)
-        model = copy.deepcopy(model)
-        weights = compressible_weights(model)
-        result = MethodResult(model)
-        with torch.no_grad():
-            for (name, w), count in zip(weights.items(), counts):
-                w.masked_fill_(smallest_mask(w.abs(), count), 0.0)
-                result.codes[name] = SparseValues.from_tensor(w.detach().clone())
-                result.rows.append({"name": name, "shape": list(w.shape), "params": w.numel(), "sparsity": count / w.numel()})
-        return result
+        return apply_by_layer(self, model, budget)
+
+    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[int]:
+        """How many weights each layer loses: the one decision that reads the whole model."""
+        return prune_counts(weights, check_budget(self, budget).sparsity, self.allocation)
+
+    def code_layer(self, name: str, weight: torch.Tensor, count: int) -> tuple[SparseValues, dict]:
+        pruned = weight.masked_fill(smallest_mask(weight.abs(), count), 0.0)
+        row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "sparsity": count / weight.numel()}
+        return SparseValues.from_tensor(pruned), row
 
 
 @dataclass
@@ -203,29 +218,29 @@ class UniformQuantization:
         return w.shape[0] * -(-(w.numel() // w.shape[0]) // self.group_size)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        return apply_by_layer(self, model, budget)
+
+    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
+        """Nothing to decide over the whole model: every layer is quantized by itself."""
         check_budget(self, budget, required=False)
-        model = copy.deepcopy(model)
-        result = MethodResult(model)
+        return [None] * len(weights)
+
+    def code_layer(self, name: str, weight: torch.Tensor, setting: None = None) -> tuple[Codes, dict]:
         top = 2 ** (self.bits - 1) - 1
         grid = torch.arange(-top, top + 1, dtype=torch.float32)
-        with torch.no_grad():
-            for name, w in check_model(model).items():
-                tables = self._tables(w)
-                index = table_of_each_weight(tables, tuple(w.shape))
-                values = w.detach().reshape(-1)
-                scale = _scales(_runs_as_rows(values, index, tables), top, self.clip)
-                if self.group_size is not None:
-                    scale = _float16_if_in_range(scale)
-                symbols = (torch.round(values / scale[index, 0]).clamp(-top, top) + top).to(torch.int32)
-                levels = (grid[None, :] * scale).to(torch.float32)
-                levels[:, top] = 0.0
-                per_tensor = self.group_size is None and not self.per_channel
-                codes = Codes(symbols.reshape(w.shape), levels[0] if per_tensor else levels, zero=top)
-                w.copy_(codes.dequantize())
-                result.codes[name] = codes
-                row = {"name": name, "shape": list(w.shape), "params": w.numel(), "bits": self.bits, "scales": tables}
-                result.rows.append({**row, "sparsity": codes.sparsity()})
-        return result
+        tables = self._tables(weight)
+        index = table_of_each_weight(tables, tuple(weight.shape))
+        values = weight.reshape(-1)
+        scale = _scales(_runs_as_rows(values, index, tables), top, self.clip)
+        if self.group_size is not None:
+            scale = _float16_if_in_range(scale)
+        symbols = (torch.round(values / scale[index, 0]).clamp(-top, top) + top).to(torch.int32)
+        levels = (grid[None, :] * scale).to(torch.float32)
+        levels[:, top] = 0.0
+        per_tensor = self.group_size is None and not self.per_channel
+        codes = Codes(symbols.reshape(weight.shape), levels[0] if per_tensor else levels, zero=top)
+        row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "bits": self.bits, "scales": tables}
+        return codes, {**row, "sparsity": codes.sparsity()}
 
 
 CLIPS = ("max", "mse")
@@ -295,28 +310,23 @@ class KMeansQuantization:
             raise BudgetError(f"levels must be an integer from 2 to 65536, got {self.levels!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        return apply_by_layer(self, model, budget)
+
+    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
+        """Nothing to decide over the whole model: every layer is clustered by itself."""
         check_budget(self, budget, required=False)
-        model = copy.deepcopy(model)
-        result = MethodResult(model)
-        with torch.no_grad():
-            for name, w in check_model(model).items():
-                survivors = w[w != 0]
-                distinct = torch.unique(survivors)  # few enough (a quantized input): the exact codebook already
-                if len(distinct) > self.levels - 1:
-                    centroids = kmeans_1d(survivors, self.levels - 1)
-                    nearest = torch.bucketize(w.reshape(-1), (centroids[1:] + centroids[:-1]) / 2)
-                    w.copy_(torch.where(w != 0, centroids[nearest].reshape(w.shape), torch.zeros_like(w)))
-                    distinct = torch.unique(w[w != 0])
-                # Only the levels some weight uses: an empty cluster would cost table bytes and alphabet.
-                codes = Codes.from_values(w.detach(), torch.cat([torch.zeros(1), distinct]))
-                result.codes[name] = codes
-                result.rows.append(
-                    {
-                        "name": name,
-                        "shape": list(w.shape),
-                        "params": w.numel(),
-                        "levels": codes.num_levels,
-                        "sparsity": codes.sparsity(),
-                    }
-                )
-        return result
+        return [None] * len(weights)
+
+    def code_layer(self, name: str, weight: torch.Tensor, setting: None = None) -> tuple[Codes, dict]:
+        survivors = weight[weight != 0]
+        distinct = torch.unique(survivors)  # few enough (a quantized input): the exact codebook already
+        values = weight
+        if len(distinct) > self.levels - 1:
+            centroids = kmeans_1d(survivors, self.levels - 1)
+            nearest = torch.bucketize(weight.reshape(-1), (centroids[1:] + centroids[:-1]) / 2)
+            values = torch.where(weight != 0, centroids[nearest].reshape(weight.shape), torch.zeros_like(weight))
+            distinct = torch.unique(values[values != 0])
+        # Only the levels some weight uses: an empty cluster would cost table bytes and alphabet.
+        codes = Codes.from_values(values, torch.cat([torch.zeros(1), distinct]))
+        row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "levels": codes.num_levels}
+        return codes, {**row, "sparsity": codes.sparsity()}

@@ -58,6 +58,7 @@ from netpress.methods.base import (
     check_model,
     compressible_weights,
     first_non_finite,
+    one_at_a_time,
     uncompressed_layers,
 )
 
@@ -534,7 +535,7 @@ def _compress_by_layer(
     rows: dict[str, list[dict]] = {m.name: [] for m in methods}
     packed: dict[str, Packed] = {}
     with torch.no_grad():
-        for i, (name, weight) in enumerate(weights.items()):
+        for i, (name, weight) in one_at_a_time(enumerate(weights.items())):
             for method, setting in zip(methods, settings):
                 code, row = method.code_layer(name, weight, setting[i])
                 coded = code.dequantize()

@@ -8,10 +8,11 @@ kinds it accepts, so callers can check both before running it.
 from __future__ import annotations
 
 import copy
+import ctypes
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
 from netpress.evaluate import kept_modes, predict
 
+T = TypeVar("T")
 DataNeed = Literal["none", "calibration", "training"]
 # Layers whose weight the weight stage compresses; every other tensor is stored raw. An embedding
 # table is a weight matrix like any other, and in a language model it is often the largest one.
@@ -79,6 +81,28 @@ def apply_by_layer(method: LayerwiseMethod, model: nn.Module, budget: Budget | N
             result.codes[name] = codes
             result.rows.append(row)
     return result
+
+
+def one_at_a_time(items: Iterable[T]) -> Iterator[T]:
+    """``items``, with the memory each one's work freed given back to the system before the next.
+
+    Work done layer by layer frees as much as it takes, but glibc keeps freed blocks for reuse, and its
+    heap, fragmented by layer-sized blocks, grew by up to a model copy over a pass through a model's
+    layers (benchmarks/memory.py). ``malloc_trim`` returns the free pages; without glibc it is skipped."""
+    for item in items:
+        yield item
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc: musl, macOS, Windows
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:

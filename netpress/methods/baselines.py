@@ -20,6 +20,7 @@ from netpress.methods.base import (
     check_budget,
     check_model,
     check_not_below_zeros,
+    one_at_a_time,
     split_exact,
     target_zeros,
 )
@@ -121,10 +122,10 @@ def _lowest_per_layer(weights: list[torch.Tensor], total: int, score_fn: Callabl
     def bit_patterns(w: torch.Tensor) -> torch.Tensor:
         return score_fn(w).float().view(torch.int32)  # ≥ 0, finite: ordered like the scores
 
-    high = [torch.bincount(bit_patterns(w) >> 16, minlength=1 << 15) for w in weights]
+    high = [torch.bincount(bit_patterns(w) >> 16, minlength=1 << 15) for w in one_at_a_time(weights)]
     bucket, before = _bucket_of(torch.stack(high).sum(0), total)
     low = []
-    for w in weights:
+    for w in one_at_a_time(weights):
         bits = bit_patterns(w)
         low.append(torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=1 << 16))
     value, _ = _bucket_of(torch.stack(low).sum(0), total - before)

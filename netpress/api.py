@@ -133,8 +133,11 @@ def _weights_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor
     if path.suffix.lower() == ".safetensors":
 
         def read(name: str) -> torch.Tensor:
-            with safe_open(str(path), "pt") as weights:
-                return weights.get_tensor(name)
+            try:
+                with safe_open(str(path), "pt") as weights:
+                    return weights.get_tensor(name)
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise ModelSourceError(f"{path}: cannot read {name}: {exc}") from exc
 
         try:
             with safe_open(str(path), "pt") as weights:
@@ -212,12 +215,12 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         return _zoo_handle(spec[4:], zoo.load_pretrained(spec[4:]), {"zoo": spec[4:]})
     path = Path(spec)
     if path.suffix.lower() == ".press":
-        compressed = codec.read(path)
+        compressed = codec.read(path, lazily=True)
         architecture = architecture_for(compressed.source, arch)
-        module = compressed.to_module(architecture)
+        first = fp32_bytes(architecture)
+        module = compressed.load_into(architecture)
         source = {**compressed.source, "earlier": _history(compressed, spec)}
         name = compressed.source.get("zoo")
-        first = fp32_bytes(architecture)
         if name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
             return replace(_zoo_handle(name, module, source), path=spec, first_original_bytes=first)
         if hf.is_hf_source(source):
@@ -346,9 +349,13 @@ def _check_stage_invariants(before: dict[str, tuple[torch.Tensor, int | None]], 
         if name not in after:
             continue  # removed by a structural stage
         if zeros.shape == after[name].shape and bool((zeros & (after[name] != 0)).any()):
-            raise NetpressError(f"{stage} revived pruned weights of {name}; stages must not undo each other")
+            raise _revived(stage, name)
         if distinct is not None and len(torch.unique(after[name])) > distinct:
             raise NetpressError(f"{stage} added distinct values to the quantized tensor {name}")
+
+
+def _revived(stage: str, name: str) -> NetpressError:
+    return NetpressError(f"{stage} revived pruned weights of {name}; stages must not undo each other")
 
 
 def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | None, raw_dtype: str | None) -> None:
@@ -540,7 +547,7 @@ def _compress_by_layer(
                 code, row = method.code_layer(name, weight, setting[i])
                 coded = code.dequantize()
                 if bool(((weight == 0) & (coded != 0)).any()):
-                    raise NetpressError(f"{method.name} revived pruned weights of {name}; stages must not undo each other")
+                    raise _revived(method.name, name)
                 weight = coded
                 rows[method.name].append(row)
             packed[name] = Packed.of(name, stored_tensor(name, weight, code, raw_dtype))
@@ -587,9 +594,9 @@ def load(path: str | os.PathLike, model: ModelHandle | nn.Module | None = None, 
         raise ModelSourceError(f"model must be an nn.Module instance (or a ModelHandle), got {model!r}")
     if model is not None and any(t.is_meta for t in model.state_dict().values()):
         raise ModelSourceError("the model is on the meta device: materialise it first, e.g. model.to_empty(device='cpu')")
-    compressed = codec.read(path)
-    if model is None:
-        model = architecture_for(compressed.source, arch)
+    compressed = codec.read(path, lazily=True)
+    if model is None:  # an architecture built for the file: loaded in place, not copied
+        return compressed.load_into(architecture_for(compressed.source, arch))
     return compressed.to_module(model)
 
 

@@ -120,8 +120,15 @@ class CompressedModel:
     def to_module(self, model: nn.Module) -> nn.Module:
         """Load the state into a copy of ``model`` (its architecture), resizing layers where needed."""
         if (name := self.non_finite()) is not None:
-            raise ModelSourceError(f"{name} holds NaN or infinite values; a model built from it is not a working model")
-        model = copy.deepcopy(model)
+            raise _not_working(name)
+        return self.load_into(copy.deepcopy(model))
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """Load the state into ``model`` itself, an architecture built for it, resizing layers where needed.
+
+        One layer at a time (its own tensors, through its load_state_dict as a whole load would), a coded
+        tensor decoded just before its layer takes it: the decoded weights of the whole model are never in
+        memory beside the model."""
         resize_to(model, {k: tuple(v.shape) for k, v in self.tensors.items()})
         reference = model.state_dict()
         missing = [k for k in reference if k not in self.tensors]
@@ -129,20 +136,24 @@ class CompressedModel:
         if missing or unexpected:
             problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
             raise ModelSourceError(f"the stored tensors do not fit this architecture: {'; '.join(problems)}")
-        # One layer at a time (its own tensors, through its load_state_dict as a whole load would): the
-        # decoded weights of the whole model are never in memory beside the model.
         by_layer: dict[str, dict[str, Encoded | torch.Tensor]] = {}
         for name, value in self.tensors.items():
             layer, _, local = name.rpartition(".")
             by_layer.setdefault(layer, {})[local] = value
         for layer, values in by_layer.items():
             prefix = f"{layer}." if layer else ""
-            decoded = {
-                local: (v if isinstance(v, torch.Tensor) else v.dequantize()).to(reference[prefix + local].dtype)
-                for local, v in values.items()
-            }
+            decoded = {}
+            for local, stored in values.items():
+                value = stored if isinstance(stored, torch.Tensor) else stored.dequantize()
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise _not_working(prefix + local)
+                decoded[local] = value.to(reference[prefix + local].dtype)
             try:
                 model.get_submodule(layer).load_state_dict(decoded, strict=False)
             except RuntimeError as exc:
                 raise ModelSourceError(f"the stored tensors do not fit this architecture: {one_line(exc)}") from exc
         return model.eval()
+
+
+def _not_working(name: str) -> ModelSourceError:
+    return ModelSourceError(f"{name} holds NaN or infinite values; a model built from it is not a working model")

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save
 
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization, codec
 from netpress.codec import Codes, SparseValues, entropy
 from netpress.codec.floats import decode_floats, encode_floats
-from netpress.compressed import CompressedModel
+from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.errors import BudgetError, FormatError
 from netpress.methods.base import compressible_weights, target_zeros
 from tests.conftest import TRAINED
@@ -203,12 +204,18 @@ def test_worked_example_in_the_format_spec_has_the_bytes_it_shows():
 def test_the_fp32_size_is_the_length_of_the_file_safetensors_writes(seed):
     """fp32_bytes counts the header as safetensors lays it out (dtype order, then name; JSON; padding to 8)
     instead of writing the file: checked against its writer on random mixes of names, dtypes and shapes."""
-    from safetensors.torch import save
-
-    from netpress.compressed import fp32_bytes
-
     g = torch.Generator().manual_seed(seed)
-    dtypes = [torch.float32, torch.float16, torch.float64, torch.int64, torch.int32, torch.int16, torch.uint8, torch.bool]
+    dtypes = [
+        torch.float32,
+        torch.float16,
+        torch.float64,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+    ]
     model = torch.nn.Module()
     for i in range(int(torch.randint(1, 10, (1,), generator=g))):
         shape = torch.randint(0, 60, (int(torch.randint(0, 4, (1,), generator=g)),), generator=g).tolist()
@@ -221,9 +228,5 @@ def test_the_fp32_size_is_the_length_of_the_file_safetensors_writes(seed):
 
 @pytest.mark.parametrize("name", TRAINED)
 def test_the_fp32_size_of_a_zoo_model_is_its_file_length(name):
-    from safetensors.torch import save
-
-    from netpress.compressed import fp32_bytes
-
     model = netpress.load_model(f"zoo:{name}").module
     assert fp32_bytes(model) == len(save(model.state_dict()))

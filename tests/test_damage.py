@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization, codec
+from netpress.codec import SparseValues
+from netpress.codec.container import Packed
 from netpress.errors import FormatError, NetpressError
 from tests.archs import tiny_cnn
 
@@ -20,15 +22,15 @@ EXPECTED = COMPRESSED.state_dict()
 
 
 def outcome(data: bytes) -> None:
-    """Assert the only two acceptable outcomes."""
-    try:
-        back = codec.from_bytes(data)
-    except FormatError:
-        return
-    state = back.state_dict()
-    assert state.keys() == EXPECTED.keys()
-    for key, value in EXPECTED.items():
-        assert torch.equal(state[key], value), key
+    """Assert the only two acceptable outcomes, read at once or lazily (coded tensors decoded when used)."""
+    for lazily in (False, True):
+        try:
+            state = codec.from_bytes(data, lazily=lazily).state_dict()
+        except FormatError:
+            continue
+        assert state.keys() == EXPECTED.keys()
+        for key, value in EXPECTED.items():
+            assert torch.equal(state[key], value), key
 
 
 def split(data: bytes) -> tuple[dict, bytes]:
@@ -135,3 +137,16 @@ def test_non_finite_weights_are_never_written_and_never_loaded(tmp_path):
     codec.save(bad, path)
     with pytest.raises(NetpressError, match="0.bias holds NaN or infinite values"):
         netpress.load(path, model=tiny_cnn())
+
+
+def test_a_file_read_lazily_decodes_each_tensor_when_used_and_refuses_non_finite_survivors(tmp_path):
+    path = tmp_path / "m.press"
+    netpress.save(COMPRESSED, path)
+    lazy = codec.read(path, lazily=True)
+    assert isinstance(lazy.tensors["0.weight"], Packed)
+    assert all(torch.equal(lazy.state_dict()[k], v) for k, v in EXPECTED.items())
+    survivors = SparseValues.from_tensor(torch.tensor([[0.0, float("nan")], [1.0, 0.0]]))
+    layer = torch.nn.Linear(2, 2, bias=False)
+    codec.save(netpress.compressed.CompressedModel({"weight": survivors}), path)  # made another way
+    with pytest.raises(NetpressError, match="weight holds NaN or infinite values"):
+        netpress.load(path, model=layer)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -607,8 +609,6 @@ LAYERWISE = {
 @pytest.mark.parametrize("setting", LAYERWISE)
 @pytest.mark.parametrize("raw_dtype", ["fp32", "fp16"])
 def test_data_free_stages_run_layer_by_layer_write_the_file_the_whole_model_stages_write(setting, raw_dtype):
-    from netpress import api
-
     methods, budget = LAYERWISE[setting]
     model = random_model(5)
     assert api._layerwise(methods)
@@ -621,7 +621,6 @@ def test_data_free_stages_run_layer_by_layer_write_the_file_the_whole_model_stag
 
 def test_data_free_stages_never_copy_the_model(monkeypatch):
     """Run layer by layer, a global ranking and its quantizer hold the model once (DESIGN §8): no deepcopy."""
-    import copy
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was copied")

@@ -187,26 +187,28 @@ class Packed:
     time (a few bits per weight) instead of its codes (an int32 or a float per weight). ``dequantize()``
     decodes the stream, so it stands wherever ``Codes`` or ``SparseValues`` would."""
 
-    record: dict  # the manifest record, without the name and the stream's length and CRC
+    record: dict  # the tensor's manifest record (its name, shape, coding; a file's also length and CRC)
     stream: bytes
-    zeros: int
+    zeros: int | None = None  # None: not known until decoded (a file read lazily)
 
     @classmethod
     def of(cls, name: str, value: Encoded) -> Packed:
         record, stream = _encode(name, value)
-        return cls(record, stream, round(value.sparsity() * torch.Size(value.shape).numel()))
+        return cls({**record, "name": name}, stream, round(value.sparsity() * torch.Size(value.shape).numel()))
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.record["shape"])
 
     def sparsity(self) -> float:
+        if self.zeros is None:
+            return self.unpack().sparsity()
         numel = torch.Size(self.shape).numel()
         return self.zeros / numel if numel else 0.0
 
     def unpack(self) -> Encoded:
-        """The codes or sparse values the stream holds."""
-        return _decode({**self.record, "name": "a packed tensor"}, self.stream)
+        """The codes or sparse values the stream holds; a ``FormatError`` naming the tensor if it is damaged."""
+        return _decode_checked(self.record, self.stream)
 
     def dequantize(self) -> torch.Tensor:
         return self.unpack().dequantize()
@@ -391,8 +393,22 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
     return SparseValues(torch.from_numpy(mask.astype(bool)).reshape(shape), values)
 
 
-def from_bytes(data: bytes) -> CompressedModel:
-    """Parse and fully verify a .press file's bytes."""
+def _decode_checked(record: dict, stream: bytes) -> Encoded | torch.Tensor:
+    """``_decode``, with any error it did not foresee turned into a ``FormatError`` naming the tensor."""
+    try:
+        return _decode(record, stream)
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"tensor {record['name']}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+def from_bytes(data: bytes, *, lazily: bool = False) -> CompressedModel:
+    """Parse and fully verify a .press file's bytes.
+
+    ``lazily``: check the container, the manifest and every stream's CRC, but keep coded tensors as their
+    streams (``Packed``), decoded when used: a model built from the file then holds one layer's codes at a
+    time, not the whole model's (damage still raises a ``FormatError`` naming the tensor, when it is decoded)."""
     manifest, payload = read_manifest(data)
     tensors: dict[str, Encoded | torch.Tensor] = {}
     offset = 0
@@ -404,12 +420,7 @@ def from_bytes(data: bytes) -> CompressedModel:
             raise FormatError(f"tensor {name}: its stream fails its CRC32 check (damaged file)")
         if name in tensors:
             raise FormatError(f"tensor {name}: listed twice in the manifest")
-        try:
-            tensors[name] = _decode(record, stream)
-        except FormatError:
-            raise
-        except Exception as exc:  # any inconsistency the checks above did not foresee
-            raise FormatError(f"tensor {name}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        tensors[name] = Packed(record, stream) if lazily and record["kind"] != "raw" else _decode_checked(record, stream)
     if offset != len(payload):
         raise FormatError(f"damaged .press file: {len(payload) - offset} payload bytes belong to no tensor")
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
@@ -417,9 +428,9 @@ def from_bytes(data: bytes) -> CompressedModel:
     return CompressedModel(tensors, source, summary)
 
 
-def read(path: str | os.PathLike) -> CompressedModel:
-    """Read a .press file; a missing file or any damage raises a ``NetpressError``."""
-    return from_bytes(read_file_bytes(path))
+def read(path: str | os.PathLike, *, lazily: bool = False) -> CompressedModel:
+    """Read a .press file; a missing file or any damage raises a ``NetpressError`` (``lazily``: see ``from_bytes``)."""
+    return from_bytes(read_file_bytes(path), lazily=lazily)
 
 
 def read_file_bytes(path: str | os.PathLike) -> bytes:

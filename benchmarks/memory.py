@@ -180,6 +180,11 @@ def main() -> None:
             row(setting, ".press", netpress_cli, [*compress, *options], out)
         for setting, options in DATA_SETTINGS.items():
             row(setting, ".press", netpress_cli, [*compress, *options, "--data", data], out)
+        # Loading a written file back and running it: `netpress eval` of the 4-bit per-channel file.
+        written = str(Path(tmp) / "written.press")
+        peak_mib(netpress_cli, [*compress[:-1], written, *SETTINGS["uniform 4-bit per-channel"]], env)
+        evaluate = ["eval", written, "--arch", "memory:gated_stack", "--data", data]
+        row("eval of the 4-bit per-channel file on --data", ".press", netpress_cli, evaluate, written)
         out = str(Path(tmp) / "pruned.safetensors")
         script = TORCH_PRUNE.format(here=here, source=source, out=out)
         row("torch.nn.utils.prune global L1 50 %", "state dict", script, [], out)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save as safetensors_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
@@ -36,7 +37,6 @@ os.environ.setdefault("NETPRESS_QUIET", "1")
 from common import RESULTS_DIR, regenerate_results_md, write_result  # noqa: E402
 
 from netpress import Budget, api  # noqa: E402
-from netpress.compressed import fp32_file  # noqa: E402
 from netpress.evaluate import evaluate  # noqa: E402
 from netpress.methods import L2, KMeansQuantization, MagnitudePruning  # noqa: E402
 from netpress.report import plot_curve  # noqa: E402
@@ -304,7 +304,7 @@ def main() -> None:
             points = [l2_point(name, handle, ratio, args.calib, out, seed=seed) for ratio in ratios for seed in seeds]
             peers = []
             if not args.no_peers:
-                fp32 = fp32_file(handle.module)
+                fp32 = safetensors_save(handle.module.state_dict())  # a zoo model: fp32, no shared tensors
                 peers.append(
                     {
                         "method": "zstd-19",

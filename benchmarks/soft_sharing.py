@@ -7,7 +7,10 @@ Compression's recipe without retraining (global magnitude pruning to the same sp
 to the same number of levels, through netpress's codec), and PyTorch's own global L1 pruning to the
 same sparsity, saved as a state dict and compressed with zstd-19.
 
-    .venv/bin/python benchmarks/soft_sharing.py [--models lenet300,lenet5] [--epochs 20] [--taus 0.05]
+    .venv/bin/python benchmarks/soft_sharing.py [--models lenet300,lenet5] [--epochs 20] [--taus 0.05] [--ratios 80,120]
+
+With ``--ratios``, each τ is run once per ratio target: the same retraining, then the snap prunes more
+where the trained file is over the target.
 """
 
 from __future__ import annotations
@@ -55,22 +58,27 @@ def main() -> None:
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--epochs", type=int, default=SoftWeightSharing.epochs)
     parser.add_argument("--taus", default=str(SoftWeightSharing.tau), help="comma-separated first-epoch τ, one run each")
+    parser.add_argument("--ratios", default="", help="comma-separated ratio targets, one run per τ each (default: none)")
     parser.add_argument("--zero-share", type=float, default=SoftWeightSharing.zero_share)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="soft-sharing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = [SoftWeightSharing(epochs=args.epochs, tau=float(tau), zero_share=args.zero_share) for tau in args.taus.split(",")]
+    targets = [Budget(ratio=float(r)) for r in args.ratios.split(",")] if args.ratios else [None]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for name, method in itertools.product(args.models.split(","), methods):
+        for name, method, target in itertools.product(args.models.split(","), methods, targets):
             handle = api.load_model(f"zoo:{name}")
-            report, seconds = timed_press(handle, method, None, out / f"{name}-sws.press")
+            report, seconds = timed_press(handle, method, target, out / f"{name}-sws.press")
             setting = (
                 f"{method.components} components, τ {method.tau:g} → {method.tau * method.anneal:g}, "
                 f"π0 {method.zero_share:g}, {method.epochs} epochs"
             )
+            if target is not None:
+                shift = report["layers"]["sws"][0]["fit"]["zero_shift"]
+                setting += f", ratio {target.ratio:g} (zero spike's log-share raised by {shift:.3g})"
             rows.append(press_row(name, "sws", setting, report, seconds))
             print(rows[-1], flush=True)
             sparsity, levels = report["sparsity"], max(r["levels"] for r in report["layers"]["sws"])

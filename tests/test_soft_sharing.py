@@ -13,6 +13,7 @@ from netpress.budget import Budget
 from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError
 from netpress.methods.base import compressible_weights
+from netpress.methods.sizing import SUMMARY_ALLOWANCE
 from netpress.methods.soft_sharing import GaussianMixturePrior
 from tests.archs import tiny_cnn, tiny_mlp
 
@@ -123,6 +124,46 @@ def test_bad_settings_are_refused_with_the_setting_named(setting, fragment):
         SoftWeightSharing(**setting)
 
 
-def test_it_takes_no_target(train):
+def test_raising_the_zero_spikes_share_only_prunes_more():
+    prior = GaussianMixturePrior([torch.linspace(-1, 1, 201)], components=5, zero_share=0.5, init_spread=0.2)
+    w = torch.randn(1000)
+    pruned = [prior.assign(w, shift) == 0 for shift in (0.0, 0.5, 2.0, 1e30)]
+    for fewer, more in zip(pruned, pruned[1:]):
+        assert torch.equal(fewer & more, fewer)  # each raise keeps the earlier zeros and adds some
+    assert pruned[0].sum() < pruned[2].sum() and pruned[-1].all()
+
+
+# A narrow start and a small zero share: two epochs leave a file well above the smallest one.
+LOOSE = SoftWeightSharing(epochs=2, batch_size=64, tau=0.001, zero_share=0.5, init_spread=0.1)
+
+
+def test_a_ratio_target_is_met_on_the_written_file_by_pruning_more(train):
+    free = compress(tiny_mlp(), LOOSE, data=train)
+    fp32 = netpress.api.fp32_bytes(tiny_mlp())
+    ratio = 1.4 * fp32 / len(netpress.codec.to_bytes(free))
+    fitted = compress(tiny_mlp(), LOOSE, Budget(ratio=ratio), data=train)
+    size, target = len(netpress.codec.to_bytes(fitted)), fp32 // ratio
+    assert target - 2 * SUMMARY_ALLOWANCE < size <= target
+    assert fitted.details["layers"]["sws"][0]["fit"]["zero_shift"] > 0
+    before, after = (compressible_weights(c.to_module(tiny_mlp())) for c in (free, fitted))
+    for name, w in before.items():  # the same training: the fitted file prunes what the free one does, and more
+        assert ((w == 0) & (after[name] != 0)).sum() == 0
+    assert sum(int((w == 0).sum()) for w in after.values()) > sum(int((w == 0).sum()) for w in before.values())
+
+
+def test_a_target_the_trained_file_meets_leaves_it_as_trained(train):
+    free = compress(tiny_mlp(), LOOSE, data=train)
+    fitted = compress(tiny_mlp(), LOOSE, Budget(ratio=1.5), data=train)
+    assert fitted.details["layers"]["sws"][0]["fit"]["zero_shift"] == 0
+    before, after = (c.to_module(tiny_mlp()).state_dict() for c in (free, fitted))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_an_unreachable_ratio_is_refused_before_training():
+    with pytest.raises(BudgetError, match="ask for at most"):
+        SoftWeightSharing().check_target(tiny_mlp(), Budget(ratio=1000.0))
+
+
+def test_it_takes_no_sparsity_target(train):
     with pytest.raises(BudgetError, match="no chosen method takes a sparsity target"):
         compress(tiny_mlp(), FAST, Budget(sparsity=0.5), data=train)

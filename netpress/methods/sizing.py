@@ -63,12 +63,7 @@ class FileSizer:
             "calibration": {**calibration, "indices_sha256": "0" * 64},
         }
         state = model.state_dict()
-        self.constant_codes = {
-            n: Codes(
-                torch.zeros(state[n].shape, dtype=torch.int32), torch.tensor([v], dtype=torch.float32), 0 if v == 0 else None
-            )
-            for n, v in (constants or {}).items()
-        }
+        self.constant_codes = {n: constant_codes(state[n].shape, v) for n, v in (constants or {}).items()}
 
     def file(self, codes: dict) -> bytes:
         tensors = stored_tensors(self.model.state_dict(), {**codes, **self.constant_codes}, self.raw_dtype)
@@ -93,7 +88,7 @@ class FileSizer:
         return minimum
 
 
-def _constant(shape: tuple[int, ...], value: float) -> Codes:
+def constant_codes(shape: tuple[int, ...], value: float) -> Codes:
     """One-level codes of a tensor that holds one value everywhere: a few bytes in the file."""
     level = torch.tensor([value], dtype=torch.float32)
     return Codes(torch.zeros(shape, dtype=torch.int32), level, 0 if value == 0 else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,7 +26,6 @@ from netpress.data import Subset
 from netpress.errors import BudgetError, check_real, check_seed, check_whole
 from netpress.methods.base import (
     MethodResult,
-    check_budget,
     check_labels,
     check_model,
     labelled_training_data,
@@ -33,6 +33,7 @@ from netpress.methods.base import (
     zero_masks,
 )
 from netpress.methods.baselines import kmeans_1d
+from netpress.methods.sizing import FileSizer, constant_codes, with_reference
 from netpress.progress import progress_bar
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -47,6 +48,8 @@ EXP_FLOOR = -80.0
 KMEANS_SAMPLE = 1 << 18  # weights the initial means are clustered from
 PRIOR_CHUNK = 1 << 15  # weights per pass of the prior: a chunk's (weights × components) tensors stay in cache
 BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights snap
+FIT_STEPS = 30  # halvings of the bracket of the zero spike's raise when a ratio target is set
+MAX_SHIFT = 1e30  # a raise of the spike's log-share past any finite weight's log-density gap
 
 
 class GaussianMixturePrior(nn.Module):
@@ -98,9 +101,14 @@ class GaussianMixturePrior(nn.Module):
         beta = torch.tensor([ZERO_GAMMA[1]] + [GAMMA[1]] * len(self.means))
         return ((1 - alpha) * self.log_precisions + beta * self.log_precisions.exp()).sum()
 
-    def assign(self, w: torch.Tensor) -> torch.Tensor:
-        """Each weight's most responsible component (0: the zero spike)."""
-        return torch.cat([self.log_joint(chunk).argmax(dim=1) for chunk in w.reshape(-1).split(1 << 16)]).reshape(w.shape)
+    def assign(self, w: torch.Tensor, zero_shift: float = 0.0) -> torch.Tensor:
+        """Each weight's most responsible component (0: the zero spike), with the spike's log-share raised by
+        ``zero_shift``: a larger shift prunes more weights (ties go to the spike)."""
+        shift = torch.zeros(len(self.means) + 1)
+        shift[0] = zero_shift
+        return torch.cat([(self.log_joint(chunk) + shift).argmax(dim=1) for chunk in w.reshape(-1).split(1 << 16)]).reshape(
+            w.shape
+        )
 
 
 class _MixtureNegativeLogProb(torch.autograd.Function):
@@ -150,8 +158,10 @@ class SoftWeightSharing:
     geometrically to ``anneal`` times that in the last, so that the weights first settle into clusters and
     are then pulled onto their means; ``epochs`` passes over the training data in batches of ``batch_size``;
     Adam with one learning rate for the model's parameters and one each for the means, log-precisions and
-    mixing logits. Needs labelled training data; meets no size target: ``tau`` and ``zero_share`` trade
-    accuracy for size, and the report gives the bytes.
+    mixing logits. Needs labelled training data. ``tau`` and ``zero_share`` trade accuracy for size; with a
+    ratio target the training is the same, and the snap then prunes more weights than the trained prior
+    would, where it has to, to make the file fit (``_fitted_shift``): choose ``tau`` so that the trained
+    file lands near the target, as the shift only removes bytes.
     """
 
     components: int = 17
@@ -168,7 +178,8 @@ class SoftWeightSharing:
     seed: int = 0
     name: ClassVar[str] = "sws"
     needs: ClassVar[str] = "training"
-    budgets: ClassVar[tuple[str, ...]] = ()
+    budgets: ClassVar[tuple[str, ...]] = ("ratio",)
+    target_optional: ClassVar[bool] = True  # without one, tau sets the size
     quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
 
     def __post_init__(self) -> None:
@@ -185,11 +196,14 @@ class SoftWeightSharing:
             raise BudgetError(f"zero_share must be below 1 (the other components share the rest), got {self.zero_share!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
-        check_budget(self, budget, required=False)
+        budget = with_reference(self, budget, model)
         inputs, labels = labelled_training_data(data, "soft weight-sharing")
         model = copy.deepcopy(model)
         check_labels(model, inputs, labels)
         weights = check_model(model, trains=True)
+        sizer = FileSizer(model, self, budget, data) if budget is not None else None
+        if sizer is not None:
+            sizer.check_reachable(_zero_codes(weights))
         pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
         prior = GaussianMixturePrior(list(weights.values()), self.components, self.zero_share, self.init_spread)
         optimizer = torch.optim.Adam(
@@ -221,37 +235,92 @@ class SoftWeightSharing:
                     progress.update(task, advance=1, description=f"soft weight-sharing loss {error.item():.3f}")
         del optimizer
         model.eval()
-        return _snapped(model, weights, prior, pruned_before, inputs[:BATCHNORM_SAMPLES])
+        with torch.no_grad():
+            return _snapped(model, weights, prior, pruned_before, inputs[:BATCHNORM_SAMPLES], sizer)
+
+    def check_target(self, model: nn.Module, budget: Budget | None) -> None:
+        """Refuse a ratio no file can reach, before any data is loaded or training done."""
+        budget = with_reference(self, budget, model)
+        if budget is not None:
+            FileSizer(model, self, budget, None).check_reachable(_zero_codes(check_model(model)))
+
+
+def _zero_codes(weights: dict[str, torch.Tensor]) -> dict[str, Codes]:
+    """Every coded weight in the zero spike: the smallest file the method can write."""
+    return {n: constant_codes(w.shape, 0.0) for n, w in weights.items()}
+
+
+def _snap_codes(weights: dict[str, torch.Tensor], prior: GaussianMixturePrior, zeros: dict, zero_shift: float) -> dict:
+    """The codes of every weight replaced by its most responsible component's mean (``assign``); an earlier
+    stage's zeros stay in the spike."""
+    means = prior.all_means().detach()
+    codes = {}
+    for name, w in weights.items():
+        component = prior.assign(w, zero_shift)
+        if name in zeros:
+            component[zeros[name]] = 0
+        levels = torch.unique(torch.cat([torch.zeros(1), means[torch.unique(component)]]))
+        codes[name] = Codes.from_values(means[component], levels)
+    return codes
+
+
+def _fitted_shift(fits: Callable[[float], bool], low: float = 0.0) -> float:
+    """The smallest raise of the zero spike's log-share (to within 2^-FIT_STEPS of the bracket) whose file
+    ``fits``, from ``low`` up: a large enough raise puts every weight in the spike, a file ``check_reachable``
+    found within the target."""
+    if fits(low):
+        return low
+    high = max(2 * low, 1.0)
+    while not fits(high):
+        if high > MAX_SHIFT:
+            raise BudgetError("no raise of the zero spike's share fits the file: the trained weights are not all finite")
+        low, high = high, 2 * high
+    for _ in range(FIT_STEPS):
+        middle = (low + high) / 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
 
 
 def _snapped(
-    model: nn.Module, weights: dict[str, nn.Parameter], prior: GaussianMixturePrior, zeros: dict, inputs: torch.Tensor
+    model: nn.Module,
+    weights: dict[str, nn.Parameter],
+    prior: GaussianMixturePrior,
+    zeros: dict,
+    inputs: torch.Tensor,
+    sizer: FileSizer | None,
 ) -> MethodResult:
-    """Each weight replaced by its most responsible component's mean (the zero spike's weights pruned), the
-    codes of that, and BatchNorm statistics re-estimated for the snapped weights."""
-    result = MethodResult(model)
-    with torch.no_grad():
-        means = prior.all_means().detach()
+    """The model with each weight snapped to its component's mean (the spike's weights pruned), its codes, and
+    BatchNorm statistics re-estimated for the snapped weights. With ``sizer``, the spike's share is first raised
+    as far as the file needs to meet the target (0 where the trained prior's file already does)."""
+    trained = {n: w.detach().clone() for n, w in weights.items()}  # assigned from, as snapped weights may assign otherwise
+
+    def fits(shift: float) -> bool:
+        return sizer.bytes(_snap_codes(trained, prior, zeros, shift)) <= sizer.target
+
+    def snap(shift: float) -> dict[str, Codes]:
+        codes = _snap_codes(trained, prior, zeros, shift)
         for name, w in weights.items():
-            component = prior.assign(w.detach())
-            if name in zeros:
-                component[zeros[name]] = 0
-            w.copy_(means[component])
-            used = torch.unique(component)
-            result.codes[name] = Codes.from_values(w.detach(), torch.unique(torch.cat([torch.zeros(1), means[used]])))
-            result.rows.append(
-                {
-                    "name": name,
-                    "shape": list(w.shape),
-                    "params": w.numel(),
-                    "levels": result.codes[name].num_levels,
-                    "sparsity": result.codes[name].sparsity(),
-                }
-            )
-        recalibrate_batchnorm(model, inputs)
+            w.copy_(codes[name].dequantize())
+        return codes
+
+    if sizer is not None:  # training moved the uncoded tensors (biases): their bytes may have grown
+        sizer.check_reachable(_zero_codes(trained))
+    shift = 0.0 if sizer is None else _fitted_shift(fits)
+    codes = snap(shift)
+    recalibrate_batchnorm(model, inputs)
+    if sizer is not None and not fits(shift):  # the re-estimated statistics take a few more bytes
+        shift = _fitted_shift(fits, shift)
+        codes = snap(shift)
+    result = MethodResult(model, codes)
+    result.rows = [
+        {"name": n, "shape": list(c.shape), "params": c.symbols.numel(), "levels": c.num_levels, "sparsity": c.sparsity()}
+        for n, c in codes.items()
+    ]
     result.rows[0]["mixture"] = {
-        "means": means.tolist(),
-        "stds": prior.log_precisions.detach().mul(-0.5).exp().tolist(),
-        "shares": prior.log_shares().detach().exp().tolist(),
+        "means": prior.all_means().tolist(),
+        "stds": prior.log_precisions.mul(-0.5).exp().tolist(),
+        "shares": prior.log_shares().exp().tolist(),
     }
+    if sizer is not None:
+        result.rows[0]["fit"] = {"target_bytes": sizer.target, "zero_shift": shift}
     return result

@@ -28,6 +28,7 @@ from netpress.methods.base import (
     MethodResult,
     check_labels,
     check_model,
+    compressible_weights,
     labelled_training_data,
     recalibrate_batchnorm,
     zero_masks,
@@ -48,6 +49,14 @@ EXP_FLOOR = -80.0
 KMEANS_SAMPLE = 1 << 18  # weights the initial means are clustered from
 PRIOR_CHUNK = 1 << 15  # weights per pass of the prior: a chunk's (weights × components) tensors stay in cache
 BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights snap
+# With a ratio target: pilots of this many epochs measure a τ's file (LeNet-300's snapped file is within 5 % of the
+# 20-epoch one from epoch 4 on; later epochs, at any τ, pull the weights onto their means without moving them
+# between components), at most PILOT_TRIALS of them, until one file is within PILOT_CLOSE of the target from below.
+PILOT_EPOCHS = 4
+PILOT_TRIALS = 6
+PILOT_CLOSE = 0.9
+SEARCH_SLOPE = -0.5  # d log bytes / d log τ assumed until two pilots measure it (LeNet-300: -0.17 to -0.52)
+SEARCH_STEP = 16.0  # the most one pilot's τ moves from the last one's
 FIT_STEPS = 30  # halvings of the bracket of the zero spike's raise when a ratio target is set
 MAX_SHIFT = 1e30  # a raise of the spike's log-share past any finite weight's log-density gap
 
@@ -205,38 +214,18 @@ class SoftWeightSharing:
         if sizer is not None:
             sizer.check_reachable(_zero_codes(weights))
         pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
-        prior = GaussianMixturePrior(list(weights.values()), self.components, self.zero_share, self.init_spread)
-        optimizer = torch.optim.Adam(
-            [
-                {"params": list(model.parameters()), "lr": self.weight_lr},
-                {"params": [prior.means], "lr": self.mean_lr},
-                {"params": [prior.log_precisions], "lr": self.precision_lr},
-                {"params": [prior.mixing_logits], "lr": self.mixing_lr},
-            ]
-        )
-        generator = torch.Generator().manual_seed(self.seed)
-        steps = math.ceil(len(inputs) / self.batch_size)
-        model.train()
         with progress_bar() as progress:
-            task = progress.add_task("soft weight-sharing", total=self.epochs * steps)
-            for epoch in range(self.epochs):
-                scale = self.tau * self.anneal ** (epoch / max(self.epochs - 1, 1)) / len(inputs)
-                order = torch.randperm(len(inputs), generator=generator)
-                for idx in order.split(self.batch_size):
-                    error = F.cross_entropy(model(inputs[idx]), labels[idx])
-                    complexity = sum(prior.negative_log_prob(w) for w in weights.values()) + prior.negative_log_hyperprior()
-                    loss = error + scale * complexity
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    with torch.no_grad():
-                        for name, mask in pruned_before.items():
-                            weights[name].masked_fill_(mask, 0.0)
-                    progress.update(task, advance=1, description=f"soft weight-sharing loss {error.item():.3f}")
-        del optimizer
-        model.eval()
+            if sizer is None:
+                run, pilots = _Retraining(self, model, self.tau, inputs, labels, pruned_before), []
+            else:
+                run, pilots = _searched_tau(self, model, inputs, labels, pruned_before, sizer, progress)
+            run.train(self.epochs - run.epoch, progress)
+        run.model.eval()
         with torch.no_grad():
-            return _snapped(model, weights, prior, pruned_before, inputs[:BATCHNORM_SAMPLES], sizer)
+            result = _snapped(run, inputs[:BATCHNORM_SAMPLES], sizer)
+        if sizer is not None:
+            result.rows[0]["fit"].update(tau=run.tau, pilots=pilots)
+        return result
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
         """Refuse a ratio no file can reach, before any data is loaded or training done."""
@@ -245,23 +234,124 @@ class SoftWeightSharing:
             FileSizer(model, self, budget, None).check_reachable(_zero_codes(check_model(model)))
 
 
-def _zero_codes(weights: dict[str, torch.Tensor]) -> dict[str, Codes]:
-    """Every coded weight in the zero spike: the smallest file the method can write."""
-    return {n: constant_codes(w.shape, 0.0) for n, w in weights.items()}
+class _Retraining:
+    """One retraining run under the prior at a first-epoch ``tau``, resumable epoch by epoch, so that the pilot of a
+    τ search the search keeps continues as the full run (the same schedule and seeded order as a run in one go)."""
+
+    def __init__(
+        self,
+        config: SoftWeightSharing,
+        model: nn.Module,
+        tau: float,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        zeros: dict[str, torch.Tensor],
+    ) -> None:
+        self.config, self.model, self.tau, self.inputs, self.labels, self.zeros = config, model, tau, inputs, labels, zeros
+        self.weights = compressible_weights(model)
+        self.prior = GaussianMixturePrior(list(self.weights.values()), config.components, config.zero_share, config.init_spread)
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": list(model.parameters()), "lr": config.weight_lr},
+                {"params": [self.prior.means], "lr": config.mean_lr},
+                {"params": [self.prior.log_precisions], "lr": config.precision_lr},
+                {"params": [self.prior.mixing_logits], "lr": config.mixing_lr},
+            ]
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+
+    def train(self, epochs: int, progress) -> None:
+        config, inputs, labels = self.config, self.inputs, self.labels
+        steps = math.ceil(len(inputs) / config.batch_size)
+        task = progress.add_task(f"soft weight-sharing τ {self.tau:.3g}", total=epochs * steps)
+        self.model.train()
+        for _ in range(epochs):
+            scale = self.tau * config.anneal ** (self.epoch / max(config.epochs - 1, 1)) / len(inputs)
+            order = torch.randperm(len(inputs), generator=self.generator)
+            for idx in order.split(config.batch_size):
+                error = F.cross_entropy(self.model(inputs[idx]), labels[idx])
+                complexity = sum(self.prior.negative_log_prob(w) for w in self.weights.values())
+                loss = error + scale * (complexity + self.prior.negative_log_hyperprior())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                with torch.no_grad():
+                    for name, mask in self.zeros.items():
+                        self.weights[name].masked_fill_(mask, 0.0)
+                progress.update(task, advance=1, description=f"soft weight-sharing τ {self.tau:.3g} loss {error.item():.3f}")
+            self.epoch += 1
+        progress.remove_task(task)
 
 
-def _snap_codes(weights: dict[str, torch.Tensor], prior: GaussianMixturePrior, zeros: dict, zero_shift: float) -> dict:
+def _snap_codes(weights: dict[str, torch.Tensor], prior: GaussianMixturePrior, zeros: dict, zero_shift: float = 0.0) -> dict:
     """The codes of every weight replaced by its most responsible component's mean (``assign``); an earlier
     stage's zeros stay in the spike."""
     means = prior.all_means().detach()
     codes = {}
     for name, w in weights.items():
-        component = prior.assign(w, zero_shift)
+        component = prior.assign(w.detach(), zero_shift)
         if name in zeros:
             component[zeros[name]] = 0
         levels = torch.unique(torch.cat([torch.zeros(1), means[torch.unique(component)]]))
         codes[name] = Codes.from_values(means[component], levels)
     return codes
+
+
+def _searched_tau(
+    config: SoftWeightSharing,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    zeros: dict[str, torch.Tensor],
+    sizer: FileSizer,
+    progress,
+) -> tuple[_Retraining, list[dict]]:
+    """The first-epoch τ whose snapped file meets the target closest from below, by pilots of ``PILOT_EPOCHS``
+    epochs (the size is settled by then; later epochs pull the weights onto their means): a secant on log bytes
+    against log τ, from ``config.tau``. Returns the kept pilot, to be trained on, and every pilot's τ and bytes."""
+    epochs = min(PILOT_EPOCHS, config.epochs)
+    target, tau = sizer.target, config.tau or SoftWeightSharing.tau
+    trials: list[tuple[float, int]] = []
+    kept, kept_size = None, 0
+
+    def preference(size: int) -> tuple[bool, int]:  # a file that fits, the largest; else the smallest
+        return (size <= target, size if size <= target else -size)
+
+    for _ in range(PILOT_TRIALS if epochs else 1):  # without training τ changes nothing
+        run = _Retraining(config, copy.deepcopy(model), tau, inputs, labels, zeros)
+        run.train(epochs, progress)
+        with torch.no_grad():
+            size = sizer.bytes(_snap_codes(run.weights, run.prior, zeros))
+        trials.append((tau, size))
+        if kept is None or preference(size) > preference(kept_size):
+            kept, kept_size = run, size
+        if PILOT_CLOSE * target <= kept_size <= target:
+            break
+        tau = _next_tau(trials, PILOT_CLOSE**0.5 * target)
+    return kept, [{"tau": t, "bytes": b} for t, b in trials]
+
+
+def _next_tau(trials: list[tuple[float, int]], aim: float) -> float:
+    """The τ whose file should take ``aim`` bytes: a secant in log-log space through the trials that bracket it, or
+    through the last two (``SEARCH_SLOPE`` until two sizes differ), at most ``SEARCH_STEP`` times from the last τ."""
+    above = [t for t in trials if t[1] > aim]
+    below = [t for t in trials if t[1] <= aim]
+    if above and below:
+        pair = [min(above, key=lambda t: t[1]), max(below, key=lambda t: t[1])]
+    else:
+        pair = trials[-2:]
+    (tau, size), slope = pair[-1], SEARCH_SLOPE
+    if len(pair) == 2 and pair[0][1] != pair[1][1] and pair[0][0] != pair[1][0]:
+        slope = math.log(pair[0][1] / pair[1][1]) / math.log(pair[0][0] / pair[1][0])
+        slope = min(slope, SEARCH_SLOPE / 8)  # bytes fall as τ grows; a noisy secant is not trusted to say otherwise
+    step = math.exp(math.log(aim / size) / slope)
+    return tau * min(max(step, 1 / SEARCH_STEP), SEARCH_STEP)
+
+
+def _zero_codes(weights: dict[str, torch.Tensor]) -> dict[str, Codes]:
+    """Every coded weight in the zero spike: the smallest file the method can write."""
+    return {n: constant_codes(w.shape, 0.0) for n, w in weights.items()}
 
 
 def _fitted_shift(fits: Callable[[float], bool], low: float = 0.0) -> float:
@@ -281,41 +371,35 @@ def _fitted_shift(fits: Callable[[float], bool], low: float = 0.0) -> float:
     return high
 
 
-def _snapped(
-    model: nn.Module,
-    weights: dict[str, nn.Parameter],
-    prior: GaussianMixturePrior,
-    zeros: dict,
-    inputs: torch.Tensor,
-    sizer: FileSizer | None,
-) -> MethodResult:
+def _snapped(run: _Retraining, inputs: torch.Tensor, sizer: FileSizer | None) -> MethodResult:
     """The model with each weight snapped to its component's mean (the spike's weights pruned), its codes, and
     BatchNorm statistics re-estimated for the snapped weights. With ``sizer``, the spike's share is first raised
-    as far as the file needs to meet the target (0 where the trained prior's file already does)."""
-    trained = {n: w.detach().clone() for n, w in weights.items()}  # assigned from, as snapped weights may assign otherwise
+    as far as the file needs to meet the target (0 where the trained file already does)."""
+    trained = {n: w.detach().clone() for n, w in run.weights.items()}  # assigned from: a snapped weight may assign otherwise
+    if sizer is not None:  # training moved the uncoded tensors (biases): their bytes may have grown
+        sizer.check_reachable(_zero_codes(trained))
 
     def fits(shift: float) -> bool:
-        return sizer.bytes(_snap_codes(trained, prior, zeros, shift)) <= sizer.target
+        return sizer.bytes(_snap_codes(trained, run.prior, run.zeros, shift)) <= sizer.target
 
     def snap(shift: float) -> dict[str, Codes]:
-        codes = _snap_codes(trained, prior, zeros, shift)
-        for name, w in weights.items():
+        codes = _snap_codes(trained, run.prior, run.zeros, shift)
+        for name, w in run.weights.items():
             w.copy_(codes[name].dequantize())
         return codes
 
-    if sizer is not None:  # training moved the uncoded tensors (biases): their bytes may have grown
-        sizer.check_reachable(_zero_codes(trained))
     shift = 0.0 if sizer is None else _fitted_shift(fits)
     codes = snap(shift)
-    recalibrate_batchnorm(model, inputs)
+    recalibrate_batchnorm(run.model, inputs)
     if sizer is not None and not fits(shift):  # the re-estimated statistics take a few more bytes
         shift = _fitted_shift(fits, shift)
         codes = snap(shift)
-    result = MethodResult(model, codes)
+    result = MethodResult(run.model, codes)
     result.rows = [
         {"name": n, "shape": list(c.shape), "params": c.symbols.numel(), "levels": c.num_levels, "sparsity": c.sparsity()}
         for n, c in codes.items()
     ]
+    prior = run.prior
     result.rows[0]["mixture"] = {
         "means": prior.all_means().tolist(),
         "stds": prior.log_precisions.mul(-0.5).exp().tolist(),

@@ -115,7 +115,7 @@ LEVELS_HELP = "k-means levels including zero (after pruning, of the survivors); 
 TAU_HELP = (
     f"sws: weight of the mixture prior against the training loss in the first epoch, {SoftWeightSharing.anneal:g} times "
     f"that by the last (default {SoftWeightSharing.tau}); higher: fewer non-zero weights and a smaller file, at some accuracy; "
-    "with --ratio, the snap prunes more where the trained file is over the target"
+    "with --ratio, the first guess of a search for the τ that meets it"
 )
 GAMMA_HELP = (
     f"self-compress: weight of the mean bit depth against the training loss (default {SelfCompression.gamma}); "

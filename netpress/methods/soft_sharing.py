@@ -5,7 +5,9 @@ prior over every coded weight: a mixture of Gaussians shared by the whole networ
 at mean 0 with a fixed large share, the others with learned means, precisions and shares (Gamma
 hyper-priors on the precisions). The prior pulls the weights into a few clusters and a spike at zero; at
 the end each weight takes the mean of its most responsible component, so pruning and quantization come
-out of one procedure, and the codec entropy-codes the symbols. See docs/methods/soft_sharing.md.
+out of one procedure, and the codec entropy-codes the symbols. A ratio target is met by searching τ with short
+pilot runs, then raising the zero spike's share at the snap as far as the file still needs. See
+docs/methods/soft_sharing.md.
 """
 
 from __future__ import annotations
@@ -168,9 +170,8 @@ class SoftWeightSharing:
     are then pulled onto their means; ``epochs`` passes over the training data in batches of ``batch_size``;
     Adam with one learning rate for the model's parameters and one each for the means, log-precisions and
     mixing logits. Needs labelled training data. ``tau`` and ``zero_share`` trade accuracy for size; with a
-    ratio target the training is the same, and the snap then prunes more weights than the trained prior
-    would, where it has to, to make the file fit (``_fitted_shift``): choose ``tau`` so that the trained
-    file lands near the target, as the shift only removes bytes.
+    ratio target, ``tau`` is the first guess of a search (``_searched_tau``: short pilot runs) for the τ whose
+    file comes closest under the target, and the snap prunes more where that file is still over it.
     """
 
     components: int = 17

@@ -45,8 +45,12 @@ def comparison(rows: list[dict]) -> list[str]:
         l2 = next(r for r in rows[i:] if r["method"] == "l2" and r["model"] == sws["model"])
         gap = sws["accuracy"] - l2["accuracy"]
         verdict = f"{abs(gap):.2f} points {'above' if gap > 0 else 'below'}" if gap else "level with"
+        met = ""
+        if sws.get("target_ratio"):
+            allowed = sws["file_bytes"] * sws["ratio"] / sws["target_ratio"]
+            met = f" (target {sws['target_ratio']:g}×: {sws['file_bytes'] / allowed:.0%} of the bytes allowed)"
         lines.append(
-            f"{sws['model']}, {sws['setting']}: soft weight-sharing {sws['ratio']}× at {sws['accuracy']} % "
+            f"{sws['model']}, {sws['setting']}: soft weight-sharing {sws['ratio']}× at {sws['accuracy']} %{met} "
             f"({sws['accuracy_before'] - sws['accuracy']:.2f} points lost, {sws['seconds']} s); L² at its size "
             f"{l2['ratio']}× at {l2['accuracy']} % ({l2['seconds']} s): soft weight-sharing is {verdict} L²."
         )
@@ -72,14 +76,19 @@ def main() -> None:
         for name, method, target in itertools.product(args.models.split(","), methods, targets):
             handle = api.load_model(f"zoo:{name}")
             report, seconds = timed_press(handle, method, target, out / f"{name}-sws.press")
-            setting = (
-                f"{method.components} components, τ {method.tau:g} → {method.tau * method.anneal:g}, "
-                f"π0 {method.zero_share:g}, {method.epochs} epochs"
-            )
-            if target is not None:
-                shift = report["layers"]["sws"][0]["fit"]["zero_shift"]
-                setting += f", ratio {target.ratio:g} (zero spike's log-share raised by {shift:.3g})"
+            if target is None:
+                tau = f"τ {method.tau:g} → {method.tau * method.anneal:g}"
+            else:
+                fit = report["layers"]["sws"][0]["fit"]
+                pilots = ", ".join(f"{p['tau']:.3g}" for p in fit["pilots"])
+                tau = (
+                    f"ratio {target.ratio:g}: τ {fit['tau']:.3g} → {fit['tau'] * method.anneal:.3g} "
+                    f"(pilots' τ {pilots}), zero-spike shift {fit['zero_shift']:.3g}"
+                )
+            setting = f"{method.components} components, {tau}, π0 {method.zero_share:g}, {method.epochs} epochs"
             rows.append(press_row(name, "sws", setting, report, seconds))
+            if target is not None:
+                rows[-1]["target_ratio"] = target.ratio
             print(rows[-1], flush=True)
             sparsity, levels = report["sparsity"], max(r["levels"] for r in report["layers"]["sws"])
             size = report["file_bytes"]
@@ -118,6 +127,7 @@ def main() -> None:
             ),
             "columns": {
                 "ratio": "fp32 safetensors bytes / file bytes",
+                "target_ratio": "the ratio asked for (--ratios), if any",
                 "sparsity": "share of zero weights in the coded layers",
                 "accuracy_before": "the zoo model's test accuracy (%)",
                 "accuracy": "the written file's test accuracy (%)",

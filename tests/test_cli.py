@@ -372,6 +372,16 @@ def test_soft_weight_sharing_from_the_command_line_retrains_on_the_split_it_is_g
     assert all(row["levels"] <= 5 for row in written["layers"]["sws"])
 
 
+def test_soft_weight_sharing_meets_a_ratio_from_the_command_line(weights, tmp_path):
+    press, report = tmp_path / "s.press", tmp_path / "r.json"
+    args = ["--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "sws", "--epochs", "2", "--ratio", "5"]
+    result = run("compress", weights / "mlp.pt", *args, "--calib", "256", "-o", press, "--report", report)
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert press.stat().st_size <= written["original_bytes"] // 5
+    assert written["layers"]["sws"][0]["fit"]["pilots"]
+
+
 def test_self_compression_from_the_command_line_reports_bit_depths_and_its_preservation_set(weights, tmp_path):
     press, report, plot = tmp_path / "c.press", tmp_path / "r.json", tmp_path / "bits.png"
     args = ["--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "self-compress", "--steps", "20", "--preserve", "50"]

@@ -312,7 +312,7 @@ def _searched_tau(
     epochs (the size is settled by then; later epochs pull the weights onto their means): a secant on log bytes
     against log τ, from ``config.tau``. Returns the kept pilot, to be trained on, and every pilot's τ and bytes."""
     epochs = min(PILOT_EPOCHS, config.epochs)
-    target, tau = sizer.target, config.tau or SoftWeightSharing.tau
+    target, tau = sizer.target, config.tau or SoftWeightSharing.tau  # the search moves τ by factors: it cannot start at 0
     trials: list[tuple[float, int]] = []
     kept, kept_size = None, 0
 

@@ -40,7 +40,7 @@ from netpress.methods.base import (
     split_exact,
     zero_masks,
 )
-from netpress.methods.sizing import FileSizer, with_reference
+from netpress.methods.sizing import FileSizer, refuse_unreachable, with_reference
 from netpress.progress import progress_bar
 from netpress.quant.bitdepth import bitdepth_codes, bitdepth_quantize
 
@@ -150,10 +150,7 @@ class SelfCompression:
         return result
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
-        """Refuse a ratio no file can reach, before any data is loaded or work done (sweep checks every point)."""
-        budget = with_reference(self, budget, model)
-        if budget is not None:
-            FileSizer(model, self, budget, None).check_reachable(_zero_codes(check_model(model)))
+        refuse_unreachable(self, model, budget, _zero_codes)
 
 
 class _Run:

@@ -8,6 +8,7 @@ will, and keeps ``SUMMARY_ALLOWANCE`` bytes free for what it cannot see.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -20,7 +21,7 @@ from netpress.codec.codes import Codes
 from netpress.compressed import CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset
 from netpress.errors import BudgetError
-from netpress.methods.base import Method, check_budget
+from netpress.methods.base import Method, check_budget, check_model
 
 # Bytes kept free for what the method cannot see when it sizes the file: other methods' entries in
 # the stored summary.
@@ -34,6 +35,14 @@ def with_reference(method: Method, budget: Budget | None, model: nn.Module) -> B
     if budget is not None and budget.reference_bytes is None:
         budget = replace(budget, reference_bytes=fp32_bytes(model))
     return budget
+
+
+def refuse_unreachable(method: Method, model: nn.Module, budget: Budget | None, zero_codes: Callable[[dict], dict]) -> None:
+    """A method's ``check_target`` for an optional ratio: refuse one that even ``zero_codes(weights)``, the
+    method's smallest file, does not meet, before any data is loaded or work done (sweep checks every point)."""
+    budget = with_reference(method, budget, model)
+    if budget is not None:
+        FileSizer(model, method, budget, None).check_reachable(zero_codes(check_model(model)))
 
 
 class FileSizer:

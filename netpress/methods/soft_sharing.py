@@ -36,7 +36,7 @@ from netpress.methods.base import (
     zero_masks,
 )
 from netpress.methods.baselines import kmeans_1d
-from netpress.methods.sizing import FileSizer, constant_codes, with_reference
+from netpress.methods.sizing import FileSizer, constant_codes, refuse_unreachable, with_reference
 from netpress.progress import progress_bar
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -229,10 +229,7 @@ class SoftWeightSharing:
         return result
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
-        """Refuse a ratio no file can reach, before any data is loaded or training done."""
-        budget = with_reference(self, budget, model)
-        if budget is not None:
-            FileSizer(model, self, budget, None).check_reachable(_zero_codes(check_model(model)))
+        refuse_unreachable(self, model, budget, _zero_codes)
 
 
 class _Retraining:

@@ -535,3 +535,12 @@ def test_a_data_file_of_your_own_calibrates_and_measures_like_the_named_dataset(
     result = run("eval", tmp_path / "file.press", "--arch", "tests.archs:tiny_mlp", "--data", data, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["accuracy"] == reports[1]["accuracy_after"]
+
+
+def test_the_demo_without_fashion_mnist_runs_every_setting_on_digits(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETPRESS_FASHION_MNIST", str(tmp_path / "absent"))
+    result = run("demo", "--output-dir", tmp_path / "demo")
+    assert result.exit_code == 0, result.output
+    assert "digits" in result.output and "then L² 40× of the folded file" in result.output
+    folded, further = (netpress.inspect(tmp_path / "demo" / f"{n}.press") for n in ("fold30", "fold30-l2-40x"))
+    assert further["file_bytes"] < folded["file_bytes"]

@@ -70,6 +70,11 @@ def _reloaded(path: Path, handle: api.ModelHandle) -> api.ModelHandle:
     return replace(handle, module=api.load(path, handle), first_original_bytes=fp32_bytes(handle.module))
 
 
+def _spec(handle: api.ModelHandle) -> str:
+    """How the command line names the demo's model (the digits fallback's MLP has no name there)."""
+    return f"zoo:{handle.source['zoo']}" if handle.source.get("zoo") else "MODEL"
+
+
 def run_demo(output_dir: Path, console: Console) -> list[dict]:
     make_output_dir(output_dir)
     try:
@@ -114,4 +119,9 @@ def run_demo(output_dir: Path, console: Console) -> list[dict]:
                 "(under half a step), hence a sparsity above the target"
             )
     console.print(f"Files are in {output_dir}/; look inside one with: netpress inspect {path}")
+    console.print(
+        "The two retraining methods take minutes each on two cores, so they are not in this table; try "
+        f"netpress compress {_spec(handle)} --method sws --ratio 100 --data {handle.dataset} -o sws.press, or "
+        f"--method self-compress --ratio 30."
+    )
     return reports

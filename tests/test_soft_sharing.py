@@ -158,6 +158,16 @@ def test_a_ratio_target_is_met_by_searching_tau_and_training_on(train, scale):
         assert all(torch.equal(v, plain[k]) for k, v in fitted.to_module(tiny_mlp()).state_dict().items())
 
 
+def test_the_tau_search_steps_towards_the_aim_and_bisects_once_bracketed():
+    aim = 1000.0
+    assert 1 < soft_sharing._next_tau([(0.1, 2000)], aim) / 0.1 <= soft_sharing.SEARCH_STEP  # too large: raise τ
+    assert 1 / soft_sharing.SEARCH_STEP <= soft_sharing._next_tau([(0.1, 500)], aim) / 0.1 < 1  # too small: lower it
+    assert soft_sharing._next_tau([(0.1, 2000), (1.0, 500)], aim) == pytest.approx(math.sqrt(0.1))
+    # The smaller τ gave the smaller file: past the point where the mixture no longer tightens, a lower bound.
+    collapsed = [(0.1, 800), (0.01, 300)]
+    assert 0.01 < soft_sharing._next_tau(collapsed, aim) < 0.1
+
+
 def test_a_file_the_search_leaves_over_the_target_is_fitted_by_pruning_more(train, monkeypatch):
     monkeypatch.setattr(soft_sharing, "PILOT_TRIALS", 1)  # the first τ is kept, whatever its file
     free = compress(tiny_mlp(), LOOSE, data=train)

@@ -331,20 +331,36 @@ def _searched_tau(
 
 
 def _next_tau(trials: list[tuple[float, int]], aim: float) -> float:
-    """The τ whose file should take ``aim`` bytes: a secant in log-log space through the trials that bracket it, or
-    through the last two (``SEARCH_SLOPE`` until two sizes differ), at most ``SEARCH_STEP`` times from the last τ."""
-    above = [t for t in trials if t[1] > aim]
-    below = [t for t in trials if t[1] <= aim]
-    if above and below:
-        pair = [min(above, key=lambda t: t[1]), max(below, key=lambda t: t[1])]
-    else:
-        pair = trials[-2:]
-    (tau, size), slope = pair[-1], SEARCH_SLOPE
-    if len(pair) == 2 and pair[0][1] != pair[1][1] and pair[0][0] != pair[1][0]:
-        slope = math.log(pair[0][1] / pair[1][1]) / math.log(pair[0][0] / pair[1][0])
-        slope = min(slope, SEARCH_SLOPE / 8)  # bytes fall as τ grows; a noisy secant is not trusted to say otherwise
-    step = math.exp(math.log(aim / size) / slope)
+    """The next pilot's τ, aiming its file at ``aim`` bytes. The file shrinks as τ grows, except below some τ where
+    the prior is too weak for the mixture to tighten and the snap puts nearly every weight in the still broad zero
+    spike: a pilot whose file is smaller than that of a pilot at a larger τ is taken to be there. Such pilots and
+    those over ``aim`` bound τ from below, the others from above. With both bounds the next τ halves the bracket
+    (in log τ); with one, it steps from it by a secant of log bytes against log τ through the two pilots nearest
+    to it (``SEARCH_SLOPE`` until two differ), at most ``SEARCH_STEP`` times."""
+    collapsed = [t for t in trials if any(u[0] > t[0] and u[1] > t[1] for u in trials)]
+    raise_tau = [t for t in trials if t[1] > aim or t in collapsed]
+    lower_tau = [t for t in trials if t not in raise_tau]
+    if raise_tau and lower_tau:
+        low, high = max(raise_tau), min(lower_tau)
+        if low in collapsed or high[0] <= low[0]:
+            return math.sqrt(low[0] * high[0])
+        guess = _secant(low, high, aim)  # kept to the inner 80 % of the bracket, in log τ
+        inner = 0.1 * math.log(high[0] / low[0])
+        return min(max(guess, low[0] * math.exp(inner)), high[0] / math.exp(inner))
+    tau, size = max(raise_tau) if raise_tau else min(lower_tau)
+    near = sorted((t for t in trials if t not in collapsed), key=lambda t: abs(math.log(t[0] / tau)))[:2]
+    step = _secant(near[1], near[0], aim) / tau if len(near) == 2 else math.exp(math.log(aim / size) / SEARCH_SLOPE)
     return tau * min(max(step, 1 / SEARCH_STEP), SEARCH_STEP)
+
+
+def _secant(a: tuple[float, int], b: tuple[float, int], aim: float) -> float:
+    """The τ at which the line through two pilots' (log τ, log bytes), ``b`` the nearer, reaches ``aim`` bytes (at a
+    slope of ``SEARCH_SLOPE`` where their files are the same size)."""
+    slope = SEARCH_SLOPE
+    if a[1] != b[1] and a[0] != b[0]:
+        slope = math.log(a[1] / b[1]) / math.log(a[0] / b[0])
+        slope = min(slope, SEARCH_SLOPE / 8)  # bytes fall as τ grows here; a noisy secant is not trusted to say otherwise
+    return b[0] * math.exp(math.log(aim / b[1]) / slope)
 
 
 def _zero_codes(weights: dict[str, torch.Tensor]) -> dict[str, Codes]:

@@ -221,6 +221,7 @@ class SoftWeightSharing:
             else:
                 run, pilots = _searched_tau(self, model, inputs, labels, pruned_before, sizer, progress)
             run.train(self.epochs - run.epoch, progress)
+        del run.optimizer  # its moments (two copies of the model) are not needed for the snap
         run.model.eval()
         with torch.no_grad():
             result = _snapped(run, inputs[:BATCHNORM_SAMPLES], sizer)
@@ -389,9 +390,10 @@ def _snapped(run: _Retraining, inputs: torch.Tensor, sizer: FileSizer | None) ->
     """The model with each weight snapped to its component's mean (the spike's weights pruned), its codes, and
     BatchNorm statistics re-estimated for the snapped weights. With ``sizer``, the spike's share is first raised
     as far as the file needs to meet the target (0 where the trained file already does)."""
-    trained = {n: w.detach().clone() for n, w in run.weights.items()}  # assigned from: a snapped weight may assign otherwise
-    if sizer is not None:  # training moved the uncoded tensors (biases): their bytes may have grown
-        sizer.check_reachable(_zero_codes(trained))
+    trained = run.weights  # assigned from; a fit may assign again, and a snapped weight may assign otherwise
+    if sizer is not None:
+        trained = {n: w.detach().clone() for n, w in trained.items()}
+        sizer.check_reachable(_zero_codes(trained))  # training moved the uncoded tensors (biases): their bytes may have grown
 
     def fits(shift: float) -> bool:
         return sizer.bytes(_snap_codes(trained, run.prior, run.zeros, shift)) <= sizer.target

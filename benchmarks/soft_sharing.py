@@ -9,8 +9,8 @@ same sparsity, saved as a state dict and compressed with zstd-19.
 
     .venv/bin/python benchmarks/soft_sharing.py [--models lenet300,lenet5] [--epochs 20] [--taus 0.05] [--ratios 80,120]
 
-With ``--ratios``, each τ is run once per ratio target: the same retraining, then the snap prunes more
-where the trained file is over the target.
+With ``--ratios``, one run per ratio target and τ, the τ being the first guess of the method's search (4-epoch
+pilot runs; the snap prunes more only where the kept run's file is still over the target).
 """
 
 from __future__ import annotations

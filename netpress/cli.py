@@ -320,6 +320,21 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if fit := (report["layers"].get("sws") or [{}])[0].get("fit"):
+        pilots = ", ".join(f"τ {p['tau']:.3g}: {p['bytes']:,} B" for p in fit["pilots"])
+        shifted = (
+            f"; no pilot's file fit, so the snap pruned more than the trained prior (zero-spike shift {fit['zero_shift']:.3g}), "
+            "which costs accuracy"
+            if fit["zero_shift"]
+            else ""
+        )
+        share = 100 * report["file_bytes"] / fit["target_bytes"]
+        err.print(
+            f"note: sws kept τ {fit['tau']:.3g} after {len(fit['pilots'])} pilot run(s) of 4 epochs ({pilots}); the file "
+            f"takes {share:.0f} % of the {fit['target_bytes']:,} bytes allowed{shifted}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report["uncompressed_layers"]:
         layers = ", ".join(f"{name} ({v['type']}, {v['params']:,} weights)" for name, v in report["uncompressed_layers"].items())
         err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)

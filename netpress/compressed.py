@@ -119,8 +119,6 @@ class CompressedModel:
 
     def to_module(self, model: nn.Module) -> nn.Module:
         """Load the state into a copy of ``model`` (its architecture), resizing layers where needed."""
-        if (name := self.non_finite()) is not None:
-            raise _not_working(name)
         return self.load_into(copy.deepcopy(model))
 
     def load_into(self, model: nn.Module) -> nn.Module:
@@ -146,14 +144,12 @@ class CompressedModel:
             for local, stored in values.items():
                 value = stored if isinstance(stored, torch.Tensor) else stored.dequantize()
                 if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise _not_working(prefix + local)
+                    raise ModelSourceError(
+                        f"{prefix + local} holds NaN or infinite values; a model built from it is not a working model"
+                    )
                 decoded[local] = value.to(reference[prefix + local].dtype)
             try:
                 model.get_submodule(layer).load_state_dict(decoded, strict=False)
             except RuntimeError as exc:
                 raise ModelSourceError(f"the stored tensors do not fit this architecture: {one_line(exc)}") from exc
         return model.eval()
-
-
-def _not_working(name: str) -> ModelSourceError:
-    return ModelSourceError(f"{name} holds NaN or infinite values; a model built from it is not a working model")

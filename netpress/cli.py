@@ -330,7 +330,8 @@ def _print_report(report: dict) -> None:
         )
         share = 100 * report["file_bytes"] / fit["target_bytes"]
         err.print(
-            f"note: sws kept τ {fit['tau']:.3g} after {len(fit['pilots'])} pilot run(s) of 4 epochs ({pilots}); the file "
+            f"note: sws kept τ {fit['tau']:.3g} after {len(fit['pilots'])} pilot run(s) of {fit['pilots'][0]['epochs']} "
+            f"epoch(s) ({pilots}); the file "
             f"takes {share:.0f} % of the {fit['target_bytes']:,} bytes allowed{shifted}",
             highlight=False,
             soft_wrap=True,

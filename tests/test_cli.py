@@ -380,7 +380,7 @@ def test_soft_weight_sharing_meets_a_ratio_from_the_command_line(weights, tmp_pa
     written = json.loads(report.read_text())
     assert press.stat().st_size <= written["original_bytes"] // 5
     assert written["layers"]["sws"][0]["fit"]["pilots"]
-    assert "pilot run(s) of 4 epochs" in result.output and "of the" in result.output
+    assert "pilot run(s) of 2 epoch(s)" in result.output and "of the" in result.output
 
 
 def test_self_compression_from_the_command_line_reports_bit_depths_and_its_preservation_set(weights, tmp_path):

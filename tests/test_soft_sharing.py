@@ -17,6 +17,7 @@ from netpress.methods import soft_sharing
 from netpress.methods.base import compressible_weights
 from netpress.methods.sizing import SUMMARY_ALLOWANCE
 from netpress.methods.soft_sharing import GaussianMixturePrior
+from netpress.progress import progress_bar
 from tests.archs import tiny_cnn, tiny_mlp
 
 FAST = SoftWeightSharing(epochs=2, batch_size=64, tau=0.05)
@@ -191,3 +192,24 @@ def test_an_unreachable_ratio_is_refused_before_training():
 def test_it_takes_no_sparsity_target(train):
     with pytest.raises(BudgetError, match="no chosen method takes a sparsity target"):
         compress(tiny_mlp(), FAST, Budget(sparsity=0.5), data=train)
+
+
+class _SameSizeEveryTau:
+    """A file size τ does not move, above the target (as a tiny untrained model's can be)."""
+
+    target = 1000
+
+    def bytes(self, codes) -> int:
+        return 5000
+
+
+def test_the_tau_search_stops_when_a_16_fold_tau_leaves_the_file_as_it_was(train):
+    inputs, labels = train.tensors()
+    with progress_bar() as progress:
+        _, pilots = soft_sharing._searched_tau(
+            replace(FAST, epochs=1), tiny_mlp(), inputs, labels.long(), {}, _SameSizeEveryTau(), progress
+        )
+    assert len(pilots) == 2 and pilots[1]["tau"] == pytest.approx(soft_sharing.SEARCH_STEP * pilots[0]["tau"])
+    assert all(p["epochs"] == 1 for p in pilots)  # pilots are no longer than the run
+    assert soft_sharing._unmoved([(0.1, 1000), (1.6, 995)]) and not soft_sharing._unmoved([(0.1, 1000), (1.6, 900)])
+    assert not soft_sharing._unmoved([(0.1, 1000), (0.4, 1000)])  # a smaller step may yet move it

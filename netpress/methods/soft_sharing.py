@@ -59,6 +59,9 @@ PILOT_TRIALS = 6
 PILOT_CLOSE = 0.9
 SEARCH_SLOPE = -0.5  # d log bytes / d log τ assumed until two pilots measure it (LeNet-300: -0.17 to -0.52)
 SEARCH_STEP = 16.0  # the most one pilot's τ moves from the last one's
+# Two pilots a full step apart whose files differ by less than this share: τ does not move this model's file (on
+# LeNet-300 a 16-fold τ changes it by 38 % or more), so further pilots would only repeat it.
+UNMOVED = 0.01
 FIT_STEPS = 30  # halvings of the bracket of the zero spike's raise when a ratio target is set
 MAX_SHIFT = 1e30  # a raise of the spike's log-share past any finite weight's log-density gap
 
@@ -325,10 +328,18 @@ def _searched_tau(
         trials.append((tau, size))
         if kept is None or preference(size) > preference(kept_size):
             kept, kept_size = run, size
-        if PILOT_CLOSE * target <= kept_size <= target:
+        if PILOT_CLOSE * target <= kept_size <= target or _unmoved(trials):
             break
         tau = _next_tau(trials, PILOT_CLOSE**0.5 * target)
-    return kept, [{"tau": t, "bytes": b} for t, b in trials]
+    return kept, [{"tau": t, "bytes": b, "epochs": epochs} for t, b in trials]
+
+
+def _unmoved(trials: list[tuple[float, int]]) -> bool:
+    """Whether the last two pilots are ``SEARCH_STEP`` apart in τ yet within ``UNMOVED`` of each other in bytes."""
+    if len(trials) < 2:
+        return False
+    (a, a_bytes), (b, b_bytes) = trials[-2:]
+    return max(a / b, b / a) >= SEARCH_STEP * (1 - 1e-9) and abs(a_bytes - b_bytes) <= UNMOVED * max(a_bytes, b_bytes)
 
 
 def _next_tau(trials: list[tuple[float, int]], aim: float) -> float:

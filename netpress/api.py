@@ -242,6 +242,8 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         )
     if not path.is_file():
         raise ModelSourceError(not_a_file(spec))
+    if path.stat().st_size == 0:
+        raise ModelSourceError(f"{spec} is empty (0 bytes): an interrupted save or copy?")
     if arch is None:
         raise ModelSourceError(f"{spec} holds weights only; pass the architecture with --arch package.module:factory")
     model = build_architecture(arch)

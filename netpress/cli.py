@@ -700,7 +700,8 @@ def zoo_train(
 def demo(
     output_dir: Path = typer.Option(Path("netpress-demo"), help="where the .press files go"),
 ) -> None:
-    """Compress LeNet-5 in seven settings (quantization, pruning, FCPTS, L²) and show one table of sizes and accuracy."""
+    """Compress LeNet-5 in nine settings (quantization, pruning, FCPTS, L², model folding) and show one table of sizes
+    and accuracy."""
     from netpress.demo import run_demo
 
     run_demo(output_dir, out)

@@ -30,6 +30,7 @@ def weights(tmp_path_factory):
     torch.save(model.state_dict(), folder / "mlp.pt")
     torch.save(model, folder / "whole_module.pt")  # a pickled module: must be refused
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "empty.pt").write_bytes(b"")
     torch.save(tied().state_dict(), folder / "tied.pt")
     save_model(tied(), str(folder / "tied.safetensors"))  # keeps one name of the shared weight
     save_file({k: v.to(torch.int32) for k, v in model.state_dict().items()}, str(folder / "int.safetensors"))
@@ -163,6 +164,7 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:not_a_module"], ["not a torch.nn.Module"]),
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:tiny_cnn"], ["do not fit"]),
         (["eval", "{w}/junk.safetensors", "--arch", "tests.archs:tiny_mlp"], ["not a readable safetensors"]),
+        (["eval", "{w}/empty.pt"], ["is empty (0 bytes)"]),
         (["eval", "{w}/whole_module.pt", "--arch", "tests.archs:tiny_mlp"], ["weights_only=True"]),
         (["eval", *MLP, "--data", "mnist"], ["unknown dataset"]),
         (["eval", *MLP], ["--data"]),

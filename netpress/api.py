@@ -8,6 +8,7 @@ model = load("lenet5.press")
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import os
@@ -25,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import netpress
-from netpress import codec, hf, zoo
+from netpress import codec, hf, parallel, zoo
 from netpress.budget import Budget
 from netpress.codec.codes import Codes, Encoded
 from netpress.codec.container import Packed
@@ -42,6 +43,7 @@ from netpress.errors import (
     UnsupportedModelError,
     check_press_suffix,
     check_seed,
+    check_whole,
     check_writable,
     make_output_dir,
     not_a_file,
@@ -931,11 +933,18 @@ def sweep(
     calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,
+    workers: int = 1,
 ) -> list[dict]:
     """``press`` once per budget, each file in ``out_dir`` named after the method and target.
 
-    Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve.
+    Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve. The points
+    are independent: with ``workers`` > 1 that many local processes share them, and in a torch.distributed
+    group (processes launched by ``torchrun``) its processes do, each writing its own points' files (on several
+    machines, ``out_dir`` should be a shared folder) and every one returning the whole list.
     """
+    check_whole("workers", workers, 1)
+    if workers > 1 and parallel.in_group():
+        raise BudgetError("this process is in a torch.distributed group, whose processes share the points; drop workers (--workers)")
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
@@ -955,7 +964,28 @@ def sweep(
         check_writable(out_dir / name, keep=(handle.path,) if handle.path else (), made=out_dir)
     prepared = _prepare(handle, methods, data, calib, seed)
     make_output_dir(out_dir)
-    return [_press(handle, methods, budget, out_dir / name, prepared, raw_dtype) for budget, name in zip(budgets, names)]
+    points = [(budget, out_dir / name) for budget, name in zip(budgets, names)]
+    task = functools.partial(_press_points, handle, methods, data, calib, seed, raw_dtype)
+    if parallel.in_group():
+        return parallel.shared(functools.partial(task, prepared=prepared), points)
+    if min(workers, len(points)) > 1:  # each process draws the same seeded calibration subset: no data are sent
+        return parallel.on_local_workers(min(workers, len(points)), task, points)
+    return task(points, prepared)
+
+
+def _press_points(
+    handle: ModelHandle,
+    methods: list[Method],
+    data: str | None,
+    calib: int | None,
+    seed: int,
+    raw_dtype: str | None,
+    points: list[tuple[Budget, Path]],
+    prepared: _Prepared | None = None,
+) -> list[dict]:
+    """``_press`` at each of ``points`` (one process's share of a sweep), with ``prepared`` data or its own."""
+    prepared = prepared or _prepare(handle, methods, data, calib, seed)
+    return [_press(handle, methods, budget, out, prepared, raw_dtype) for budget, out in points]
 
 
 __all__ = [

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from netpress import api, codec, hf, zoo
+from netpress import api, codec, hf, parallel, zoo
 from netpress.budget import Budget
 from netpress.errors import (
     BudgetError,
@@ -481,6 +481,9 @@ def sweep(
     out_dir: Path = typer.Option(Path("netpress-sweep"), help="where the .press files go"),
     plot: Path | None = typer.Option(None, help="the accuracy-vs-bytes curve as a plot (.png, .svg or .pdf, by suffix)"),
     report: Path | None = typer.Option(None, help="write the JSON reports here"),
+    workers: int = typer.Option(
+        1, help="processes on this machine that share the points; launched by torchrun, its processes share them instead"
+    ),
 ) -> None:
     """Compress MODEL at several targets and show accuracy against the written file's bytes."""
     texts = {"ratio": ratios, "sparsity": sparsities, "params": params}
@@ -507,16 +510,20 @@ def sweep(
     }
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed or 0, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
-    results = api.sweep(
-        handle,
-        methods,
-        budgets,
-        out_dir=out_dir,
-        data=data,
-        calib=calibration_size(calib, methods),
-        seed=seed_value(seed, methods),
-        raw_dtype=raw_dtype,
-    )
+    with parallel.launched_group() as lead:
+        results = api.sweep(
+            handle,
+            methods,
+            budgets,
+            out_dir=out_dir,
+            data=data,
+            calib=calibration_size(calib, methods),
+            seed=seed_value(seed, methods),
+            raw_dtype=raw_dtype,
+            workers=workers,
+        )
+    if not lead:  # rank 0 of the launched group prints and writes what all of them made
+        return
     label = "+".join(m.name for m in methods)
     table = Table(title=f"{model}: {label} sweep")
     overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input

@@ -165,6 +165,7 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:tiny_cnn"], ["do not fit"]),
         (["eval", "{w}/junk.safetensors", "--arch", "tests.archs:tiny_mlp"], ["not a readable safetensors"]),
         (["eval", "{w}/empty.pt"], ["is empty (0 bytes)"]),
+        (["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5", "--workers", "0"], ["workers must be"]),
         (["eval", "{w}/whole_module.pt", "--arch", "tests.archs:tiny_mlp"], ["weights_only=True"]),
         (["eval", *MLP, "--data", "mnist"], ["unknown dataset"]),
         (["eval", *MLP], ["--data"]),

@@ -1,0 +1,94 @@
+"""A sweep's points shared among processes (torch.distributed) give what one process gives."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from typer.testing import CliRunner
+
+from netpress import api
+from netpress.budget import Budget
+from netpress.cli import app
+from netpress.errors import BudgetError
+from netpress.methods.baselines import MagnitudePruning
+from tests.archs import tiny_mlp
+
+SPARSITIES = (0.3, 0.5, 0.7)
+MEASURED = ("file_bytes", "ratio", "accuracy_after", "sparsity", "layers")  # all but the times and the paths
+
+
+@dataclass
+class RefusesHalf(MagnitudePruning):
+    """Magnitude pruning that fails while compressing at sparsity 0.5 (after the checks a sweep makes)."""
+
+    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[int]:
+        if budget.value == 0.5:
+            raise BudgetError(f"refused {budget.value:g} in process {os.getpid()}")
+        return super().plan(weights, budget)
+
+
+def _sweep(out_dir: Path, method=MagnitudePruning(), **kwargs) -> list[dict]:
+    torch.manual_seed(0)
+    budgets = [Budget(sparsity=s) for s in SPARSITIES]
+    return api.sweep(tiny_mlp(), method, budgets, out_dir=out_dir, data="digits", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory) -> list[dict]:
+    return _sweep(tmp_path_factory.mktemp("alone"))
+
+
+def _same_points(results: list[dict], alone: list[dict]) -> None:
+    assert [{k: r[k] for k in MEASURED} for r in results] == [{k: r[k] for k in MEASURED} for r in alone]
+    for mine, theirs in zip(results, alone):
+        assert Path(mine["file"]).read_bytes() == Path(theirs["file"]).read_bytes()
+
+
+def test_local_workers_write_the_files_one_process_writes(alone, tmp_path):
+    _same_points(_sweep(tmp_path, workers=2), alone)
+    assert torch.get_num_threads() >= 1 and not dist.is_initialized()  # the caller's threads and state restored
+
+
+def test_an_error_in_a_workers_point_reaches_the_caller(tmp_path):
+    with pytest.raises(BudgetError, match="refused 0.5") as raised:
+        _sweep(tmp_path, RefusesHalf(), workers=2)
+    assert str(os.getpid()) not in str(raised.value)  # the second point is the second process's
+
+
+def test_in_a_group_its_processes_share_the_points_and_workers_are_refused(alone, tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        _same_points(_sweep(tmp_path / "group"), alone)
+        with pytest.raises(BudgetError, match="drop workers"):
+            _sweep(tmp_path / "again", workers=2)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_workers_must_be_a_positive_whole_number(tmp_path):
+    with pytest.raises(BudgetError, match="workers"):
+        _sweep(tmp_path, workers=0)
+
+
+def test_a_sweep_launched_by_torchrun_is_shared_and_printed_once(tmp_path):
+    netpress = shutil.which("netpress", path=os.path.dirname(sys.executable))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "NETPRESS_QUIET": "1"}
+    torch.save(tiny_mlp().state_dict(), tmp_path / "mlp.pt")
+    args = [tmp_path / "mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--data", "digits"]
+    args += ["--sparsities", ",".join(map(str, SPARSITIES))]
+    alone = CliRunner().invoke(app, [str(a) for a in ["sweep", *args, "--out-dir", tmp_path / "alone"]])
+    assert alone.exit_code == 0, alone.output
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python"]
+    launch += [netpress, "sweep", *args, "--out-dir", tmp_path / "runs", "--report", tmp_path / "r.json"]
+    done = subprocess.run([str(a) for a in launch], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("file bytes") == 1  # one table: rank 0 alone prints
+    for report in json.loads((tmp_path / "r.json").read_text()):
+        assert Path(report["file"]).read_bytes() == (tmp_path / "alone" / Path(report["file"]).name).read_bytes()

@@ -944,7 +944,9 @@ def sweep(
     """
     check_whole("workers", workers, 1)
     if workers > 1 and parallel.in_group():
-        raise BudgetError("this process is in a torch.distributed group, whose processes share the points; drop workers (--workers)")
+        raise BudgetError(
+            "this process is in a torch.distributed group, whose processes share the points; drop workers (--workers)"
+        )
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from netpress.errors import NetpressError
+from netpress.errors import NetpressError, one_line
 
 Item = TypeVar("Item")
 JOIN_SECONDS = 60  # how long a finished sweep waits for its worker processes to exit before stopping them
@@ -59,7 +59,12 @@ def shared(task: Callable[[list[Item]], list], items: Sequence[Item]) -> list:
     except Exception as exc:  # sent to the others, so that every rank raises it instead of waiting for this one
         outcome = exc if _picklable(exc) else NetpressError(f"{type(exc).__name__}: {exc}")
     gathered: list = [None] * world
-    dist.all_gather_object(gathered, outcome)
+    try:
+        dist.all_gather_object(gathered, outcome)
+    except RuntimeError as exc:  # gloo: a peer's connection closed
+        raise NetpressError(
+            f"a process of the group stopped before sharing its results (killed, or out of memory?): {one_line(exc)}"
+        ) from exc
     for failure in gathered:
         if isinstance(failure, BaseException):
             raise failure

@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from typer.testing import CliRunner
 
-from netpress import api
+from netpress import api, parallel
 from netpress.budget import Budget
 from netpress.cli import app
-from netpress.errors import BudgetError
+from netpress.errors import BudgetError, NetpressError
 from netpress.methods.baselines import MagnitudePruning
 from tests.archs import tiny_mlp
 
@@ -70,6 +70,18 @@ def test_in_a_group_its_processes_share_the_points_and_workers_are_refused(alone
             _sweep(tmp_path / "again", workers=2)
     finally:
         dist.destroy_process_group()
+
+
+def _doubled_unless_one(items: list[int]) -> list[int]:
+    if 1 in items:
+        os._exit(3)  # a worker killed mid-sweep (out of memory, say)
+    return [2 * i for i in items]
+
+
+def test_results_come_back_in_order_and_a_killed_worker_is_an_error_not_a_hang():
+    assert parallel.on_local_workers(3, _doubled_unless_one, [0, 2, 3, 4, 5]) == [0, 4, 6, 8, 10]
+    with pytest.raises(NetpressError, match="stopped before sharing its results"):
+        parallel.on_local_workers(2, _doubled_unless_one, [0, 1, 2, 3])
 
 
 def test_workers_must_be_a_positive_whole_number(tmp_path):

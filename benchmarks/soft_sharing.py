@@ -8,6 +8,7 @@ to the same number of levels, through netpress's codec), and PyTorch's own globa
 same sparsity, saved as a state dict and compressed with zstd-19.
 
     .venv/bin/python benchmarks/soft_sharing.py [--models lenet300,lenet5] [--epochs 20] [--taus 0.05] [--ratios 80,120]
+        [--calib 10000]
 
 With ``--ratios``, one run per ratio target and τ, the τ being the first guess of the method's search (4-epoch
 pilot runs; the snap prunes more only where the kept run's file is still over the target).
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--taus", default=str(SoftWeightSharing.tau), help="comma-separated first-epoch τ, one run each")
     parser.add_argument("--ratios", default="", help="comma-separated ratio targets, one run per τ each (default: none)")
     parser.add_argument("--zero-share", type=float, default=SoftWeightSharing.zero_share)
+    parser.add_argument("--calib", type=int, default=None, help="retrain on this many training images (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="soft-sharing")
     args = parser.parse_args()
@@ -75,7 +77,7 @@ def main() -> None:
         out = Path(tmp)
         for name, method, target in itertools.product(args.models.split(","), methods, targets):
             handle = api.load_model(f"zoo:{name}")
-            report, seconds = timed_press(handle, method, target, out / f"{name}-sws.press")
+            report, seconds = timed_press(handle, method, target, out / f"{name}-sws.press", calib=args.calib)
             if target is None:
                 tau = f"τ {method.tau:g} → {method.tau * method.anneal:g}"
             else:
@@ -86,6 +88,8 @@ def main() -> None:
                     f"(pilots' τ {pilots}), zero-spike shift {fit['zero_shift']:.3g}"
                 )
             setting = f"{method.components} components, {tau}, π0 {method.zero_share:g}, {method.epochs} epochs"
+            if args.calib:
+                setting += f", {args.calib:,} training images"
             rows.append(press_row(name, "sws", setting, report, seconds))
             if target is not None:
                 rows[-1]["target_ratio"] = target.ratio

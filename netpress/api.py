@@ -986,7 +986,8 @@ def _press_points(
     prepared: _Prepared | None = None,
 ) -> list[dict]:
     """``_press`` at each of ``points`` (one process's share of a sweep), with ``prepared`` data or its own."""
-    prepared = prepared or _prepare(handle, methods, data, calib, seed)
+    if prepared is None:
+        prepared = _prepare(handle, methods, data, calib, seed)
     return [_press(handle, methods, budget, out, prepared, raw_dtype) for budget, out in points]
 
 

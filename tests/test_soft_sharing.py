@@ -145,7 +145,8 @@ def _file_bytes(compressed) -> int:
 
 
 @pytest.mark.parametrize("scale", [0.6, 1.6])
-def test_a_ratio_target_is_met_by_searching_tau_and_training_on(train, scale):
+def test_a_ratio_target_is_met_by_searching_tau_and_training_on(train, scale, monkeypatch):
+    monkeypatch.setattr(soft_sharing, "PILOT_STEPS", 16)  # 2 epochs of 512 samples: pilots shorter than the run
     free = compress(tiny_mlp(), LOOSE, data=train)
     fp32 = netpress.api.fp32_bytes(tiny_mlp())
     ratio = fp32 / (scale * _file_bytes(free))
@@ -203,13 +204,14 @@ class _SameSizeEveryTau:
         return 5000
 
 
-def test_the_tau_search_stops_when_a_16_fold_tau_leaves_the_file_as_it_was(train):
+def test_the_tau_search_stops_when_a_16_fold_tau_leaves_the_file_as_it_was(train, monkeypatch):
+    monkeypatch.setattr(soft_sharing, "PILOT_STEPS", 20)
     inputs, labels = train.tensors()
     with progress_bar() as progress:
         _, pilots = soft_sharing._searched_tau(
-            replace(FAST, epochs=1), tiny_mlp(), inputs, labels.long(), {}, _SameSizeEveryTau(), progress
+            replace(FAST, epochs=5), tiny_mlp(), inputs, labels.long(), {}, _SameSizeEveryTau(), progress
         )
     assert len(pilots) == 2 and pilots[1]["tau"] == pytest.approx(soft_sharing.SEARCH_STEP * pilots[0]["tau"])
-    assert all(p["epochs"] == 1 for p in pilots)  # pilots are no longer than the run
+    assert all(p["epochs"] == 3 for p in pilots)  # whole epochs of 8 steps (512 samples in 64s), 20 steps at least
     assert soft_sharing._unmoved([(0.1, 1000), (1.6, 995)]) and not soft_sharing._unmoved([(0.1, 1000), (1.6, 900)])
     assert not soft_sharing._unmoved([(0.1, 1000), (0.4, 1000)])  # a smaller step may yet move it

@@ -115,7 +115,8 @@ LEVELS_HELP = "k-means levels including zero (after pruning, of the survivors); 
 TAU_HELP = (
     f"sws: weight of the mixture prior against the training loss in the first epoch, {SoftWeightSharing.anneal:g} times "
     f"that by the last (default {SoftWeightSharing.tau}); higher: fewer non-zero weights and a smaller file, at some accuracy; "
-    "with --ratio, the first guess of a search for the τ that meets it"
+    "with --ratio, the first guess of a search for the τ that meets it; the prior weighs τ/N per image, so with "
+    "--calib N under the split's size the same τ prunes far more (scale it by N / the split's size, or give --ratio)"
 )
 GAMMA_HELP = (
     f"self-compress: weight of the mean bit depth against the training loss (default {SelfCompression.gamma}); "

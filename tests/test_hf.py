@@ -2,6 +2,7 @@
 sentence encoders against their original; bad input is refused with one line."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +225,18 @@ def test_a_sweep_embeds_the_original_once(bert_dir, tmp_path, monkeypatch):
     n = FIDELITY_SENTENCES
     assert calls == [(True, 1), (True, n), (False, n), (False, n)]  # a probe, the original once, each written file
     assert reports[0]["fidelity"]["cosine"] > reports[1]["fidelity"]["cosine"]
+
+
+def test_an_encoder_sweep_shared_by_workers_writes_what_one_process_writes(bert_dir, tmp_path):
+    handle = api.load_model(bert_dir)  # the model and its tokenizer go to the workers
+    methods = [netpress.MagnitudePruning(), netpress.UniformQuantization(8)]
+    budgets = [netpress.Budget(sparsity=0.3), netpress.Budget(sparsity=0.6)]
+    alone, shared = (
+        api.sweep(handle, methods, budgets, out_dir=tmp_path / str(workers), data="fortunes", workers=workers)
+        for workers in (1, 2)
+    )
+    assert [r["fidelity"] for r in shared] == [r["fidelity"] for r in alone]
+    assert all(Path(a["file"]).read_bytes() == Path(b["file"]).read_bytes() for a, b in zip(alone, shared))
 
 
 def test_cli_sweep_plots_cosine_against_bytes(bert_dir, tmp_path):

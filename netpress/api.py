@@ -940,7 +940,8 @@ def sweep(
     Every point is measured on its written file, so the list is an honest accuracy-vs-bytes curve. The points
     are independent: with ``workers`` > 1 that many local processes share them, and in a torch.distributed
     group (processes launched by ``torchrun``) its processes do, each writing its own points' files (on several
-    machines, ``out_dir`` should be a shared folder) and every one returning the whole list.
+    machines, ``out_dir`` should be a shared folder) and every one returning the whole list. Local workers are
+    started afresh (``spawn``), so a script that asks for them runs its work under ``if __name__ == "__main__":``.
     """
     check_whole("workers", workers, 1)
     if workers > 1 and parallel.in_group():

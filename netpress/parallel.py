@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,19 +83,25 @@ def on_local_workers(workers: int, task: Callable[[list[Item]], list], items: Se
     before = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="netpress-group-") as folder:
         rendezvous = f"file://{os.path.join(folder, 'rendezvous')}"
+        started = context.Queue()
         processes = [
-            context.Process(target=_worker, args=(rendezvous, rank, workers, threads, task, items), daemon=True)
+            context.Process(target=_worker, args=(rendezvous, rank, workers, threads, task, items, started), daemon=True)
             for rank in range(1, workers)
         ]
         for process in processes:
             process.start()
         torch.set_num_threads(threads)
         try:
+            _await_start(processes, started)
             dist.init_process_group("gloo", init_method=rendezvous, rank=0, world_size=workers)
             try:
                 return shared(task, items)
             finally:
                 dist.destroy_process_group()
+        except BaseException:  # the workers may be waiting at the rendezvous or in a collective: stop them now
+            for process in processes:
+                process.terminate()
+            raise
         finally:
             torch.set_num_threads(before)
             for process in processes:
@@ -103,7 +110,25 @@ def on_local_workers(workers: int, task: Callable[[list[Item]], list], items: Se
                     process.terminate()
 
 
-def _worker(rendezvous: str, rank: int, world: int, threads: int, task: Callable, items: Sequence) -> None:
+def _await_start(processes: list, started) -> None:
+    """Return once every worker runs. One that exits first would leave the rendezvous waiting for ever; the
+    usual cause: a worker imports the caller's main module afresh, and a script without a ``__main__`` guard
+    starts workers again from there, which multiprocessing refuses."""
+    waiting = len(processes)
+    while waiting:
+        try:
+            started.get(timeout=0.5)
+            waiting -= 1
+        except queue.Empty:
+            if exited := [p.exitcode for p in processes if p.exitcode is not None]:
+                raise NetpressError(
+                    f"a worker process exited before it started (exit code {exited[0]}); a script that asks for "
+                    'workers must run its work under if __name__ == "__main__": (each worker imports it afresh)'
+                ) from None
+
+
+def _worker(rendezvous: str, rank: int, world: int, threads: int, task: Callable, items: Sequence, started) -> None:
+    started.put(rank)
     os.environ["NETPRESS_QUIET"] = "1"  # one progress display: the calling process's
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)

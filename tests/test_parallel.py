@@ -84,6 +84,17 @@ def test_results_come_back_in_order_and_a_killed_worker_is_an_error_not_a_hang()
         parallel.on_local_workers(2, _doubled_unless_one, [0, 1, 2, 3])
 
 
+def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):
+    script = tmp_path / "unguarded.py"  # each worker imports it afresh and would start workers again
+    script.write_text(
+        "from netpress import parallel\nfrom tests.test_parallel import _doubled_unless_one\n"
+        "parallel.on_local_workers(2, _doubled_unless_one, [0, 2])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and 'if __name__ == "__main__"' in done.stderr.splitlines()[-1]
+
+
 def test_workers_must_be_a_positive_whole_number(tmp_path):
     with pytest.raises(BudgetError, match="workers"):
         _sweep(tmp_path, workers=0)

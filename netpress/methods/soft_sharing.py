@@ -59,7 +59,7 @@ BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimat
 # then left 62 % accuracy at 80x.
 PILOT_STEPS = 3750
 PILOT_TRIALS = 6
-PILOT_CLOSE = 0.95  # LeNet-300: 0.9 left 8–16 % of the bytes unspent; 0.95 gained 0.56 (80x) and 0.88 points (120x)
+PILOT_CLOSE = 0.9
 SEARCH_SLOPE = -0.5  # d log bytes / d log τ assumed until two pilots measure it (LeNet-300: -0.17 to -0.52)
 SEARCH_STEP = 16.0  # the most one pilot's τ moves from the last one's
 # Two pilots a full step apart whose files differ by less than this share: τ does not move this model's file (on

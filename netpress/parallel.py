@@ -122,8 +122,9 @@ def _await_start(processes: list, started) -> None:
         except queue.Empty:
             if exited := [p.exitcode for p in processes if p.exitcode is not None]:
                 raise NetpressError(
-                    f"a worker process exited before it started (exit code {exited[0]}); a script that asks for "
-                    'workers must run its work under if __name__ == "__main__": (each worker imports it afresh)'
+                    f"a worker process exited before it started (exit code {exited[0]}; its error is printed above). "
+                    "Usually the script that asks for workers does not run its work under "
+                    'if __name__ == "__main__": (each worker imports it afresh)'
                 ) from None
 
 

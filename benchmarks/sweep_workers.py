@@ -52,7 +52,7 @@ def main() -> None:
         model, methods, budgets = CASES[case]
         handle = netpress.load_model(f"zoo:{model}")
         with tempfile.TemporaryDirectory() as folder:
-            files = {}
+            files, alone = {}, None
             for workers in [1, *counts]:
                 threads = max(1, torch.get_num_threads() // workers)
                 start = time.perf_counter()
@@ -60,6 +60,7 @@ def main() -> None:
                     handle, methods(), budgets, out_dir=Path(folder) / str(workers), data="fashion-mnist", workers=workers
                 )
                 seconds = time.perf_counter() - start
+                alone = alone or seconds  # workers=1 runs first
                 files[workers] = [Path(r["file"]).read_bytes() for r in reports]
                 rows.append(
                     {
@@ -68,16 +69,12 @@ def main() -> None:
                         "workers": workers,
                         "threads": threads,
                         "seconds": round(seconds, 1),
-                        "speedup": None,  # set once the case's one-process time is known
+                        "speedup": round(alone / seconds, 2),
                         "identical": files[workers] == files[1],
                         "accuracy": " / ".join(f"{100 * r['accuracy_after']:.2f}" for r in reports),
                     }
                 )
                 print(rows[-1], flush=True)
-        alone = next(r for r in rows if r["case"] == case and r["workers"] == 1)
-        for row in rows:
-            if row["case"] == case:
-                row["speedup"] = round(alone["seconds"] / row["seconds"], 2)
     write_result(
         args.name,
         {

@@ -37,9 +37,15 @@ def launched_group() -> Iterator[bool]:
     """Within it, this process is in the group ``torchrun`` launched it in (gloo: CPUs are enough), if it was
     launched with more than one process; yields whether this process is the one that prints and writes the shared
     results (rank 0, or a process outside any group). The others show no progress."""
-    joining = not in_group() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = os.environ.get("WORLD_SIZE", "1")
+    joining = not in_group() and world.isdigit() and int(world) > 1
     if joining:
-        dist.init_process_group("gloo")
+        try:
+            dist.init_process_group("gloo")
+        except (ValueError, RuntimeError) as exc:  # the rendezvous variables incomplete, or a peer unreachable
+            raise NetpressError(
+                f"WORLD_SIZE={world} says this process is one of a torchrun group, but it cannot join it: {one_line(exc)}"
+            ) from exc
     lead = not in_group() or dist.get_rank() == 0
     if not lead:
         os.environ["NETPRESS_QUIET"] = "1"

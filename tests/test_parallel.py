@@ -116,3 +116,12 @@ def test_a_sweep_launched_by_torchrun_is_shared_and_printed_once(tmp_path):
     assert done.stdout.count("file bytes") == 1  # one table: rank 0 alone prints
     for report in json.loads((tmp_path / "r.json").read_text()):
         assert Path(report["file"]).read_bytes() == (tmp_path / "alone" / Path(report["file"]).name).read_bytes()
+
+
+def test_a_torchrun_environment_that_cannot_be_joined_is_one_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(NetpressError, match="cannot join it.*MASTER_ADDR"):
+        with parallel.launched_group():
+            pass

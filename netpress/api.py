@@ -971,8 +971,9 @@ def sweep(
     task = functools.partial(_press_points, handle, methods, data, calib, seed, raw_dtype)
     if parallel.in_group():
         return parallel.shared(functools.partial(task, prepared=prepared), points)
-    if min(workers, len(points)) > 1:  # each process draws the same seeded calibration subset: no data are sent
-        return parallel.on_local_workers(min(workers, len(points)), task, points)
+    workers = min(workers, len(points))  # no process without a point
+    if workers > 1:  # each process draws the same seeded calibration subset: no data are sent
+        return parallel.on_local_workers(workers, task, points)
     return task(points, prepared)
 
 

@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 from netpress.errors import NetpressError, one_line
 
 Item = TypeVar("Item")
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK")  # what torchrun sets beside WORLD_SIZE
 JOIN_SECONDS = 60  # how long a finished sweep waits for its worker processes to exit before stopping them
 
 
@@ -40,12 +41,15 @@ def launched_group() -> Iterator[bool]:
     world = os.environ.get("WORLD_SIZE", "1")
     joining = not in_group() and world.isdigit() and int(world) > 1
     if joining:
+        # Checked before torch tries: a failed init_process_group still counts a group name, and a later group
+        # formed with fresh workers (whose count starts at 0) would then wait for keys under another name.
+        refused = f"WORLD_SIZE={world} says this process is one of a torchrun group, but it cannot join it"
+        if missing := [name for name in RENDEZVOUS_VARIABLES if name not in os.environ]:
+            raise NetpressError(f"{refused}: {', '.join(missing)} not set (launch it with torchrun, or unset WORLD_SIZE)")
         try:
             dist.init_process_group("gloo")
-        except (ValueError, RuntimeError) as exc:  # the rendezvous variables incomplete, or a peer unreachable
-            raise NetpressError(
-                f"WORLD_SIZE={world} says this process is one of a torchrun group, but it cannot join it: {one_line(exc)}"
-            ) from exc
+        except (ValueError, RuntimeError) as exc:  # a peer unreachable, a port taken
+            raise NetpressError(f"{refused}: {one_line(exc)}") from exc
     lead = not in_group() or dist.get_rank() == 0
     if not lead:
         os.environ["NETPRESS_QUIET"] = "1"

@@ -20,6 +20,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed import distributed_c10d
 
 from netpress.errors import NetpressError, one_line
 
@@ -41,14 +42,16 @@ def launched_group() -> Iterator[bool]:
     world = os.environ.get("WORLD_SIZE", "1")
     joining = not in_group() and world.isdigit() and int(world) > 1
     if joining:
-        # Checked before torch tries: a failed init_process_group still counts a group name, and a later group
-        # formed with fresh workers (whose count starts at 0) would then wait for keys under another name.
         refused = f"WORLD_SIZE={world} says this process is one of a torchrun group, but it cannot join it"
         if missing := [name for name in RENDEZVOUS_VARIABLES if name not in os.environ]:
             raise NetpressError(f"{refused}: {', '.join(missing)} not set (launch it with torchrun, or unset WORLD_SIZE)")
+        named = distributed_c10d._world.group_count
         try:
             dist.init_process_group("gloo")
         except (ValueError, RuntimeError) as exc:  # a peer unreachable, a port taken
+            # torch counted a name for the group that did not form; fresh workers asked for later in this process
+            # start their count at 0 and would wait at the rendezvous for keys under another name, for ever.
+            distributed_c10d._world.group_count = named
             raise NetpressError(f"{refused}: {one_line(exc)}") from exc
     lead = not in_group() or dist.get_rank() == 0
     if not lead:

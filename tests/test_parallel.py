@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -125,3 +126,18 @@ def test_a_torchrun_environment_that_cannot_be_joined_is_one_error(monkeypatch):
     with pytest.raises(NetpressError, match="cannot join it.*MASTER_ADDR"):
         with parallel.launched_group():
             pass
+
+
+def test_a_failed_join_leaves_local_workers_working(monkeypatch):
+    """torch counts a group name even for a group that did not form; local workers must not inherit that count."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(taken.getsockname()[1])}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(NetpressError, match="cannot join it"):
+            with parallel.launched_group():
+                pass
+    monkeypatch.delenv("WORLD_SIZE")
+    assert parallel.on_local_workers(2, _doubled_unless_one, [0, 2]) == [0, 4]

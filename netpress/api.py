@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import netpress
-from netpress import codec, hf, parallel, zoo
+from netpress import codec, hf, parallel, size_search, zoo
 from netpress.budget import Budget
 from netpress.codec.codes import Codes, Encoded
 from netpress.codec.container import Packed
@@ -374,7 +374,7 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
             raise BudgetError(f"{method!r} is not a method; pass an instance such as FCPTS() or MagnitudePruning('lamp')")
     if budget is not None and not isinstance(budget, Budget):
         raise BudgetError(f"the target must be a Budget, e.g. Budget(sparsity=0.8), got {budget!r}")
-    if budget is not None and not any(budget.kind in m.budgets for m in methods):
+    if budget is not None and not any(budget.kind in m.budgets for m in methods) and not _searched_ratio(budget, methods):
         takes = "; ".join(f"{m.name} takes {' or '.join(m.budgets) or 'no target'}" for m in methods)
         raise BudgetError(f"no chosen method takes a {budget.kind} target ({takes})")
     for method in methods:  # L² sizes the file in its own raw dtype; another one would break the fit
@@ -401,6 +401,38 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     for method in traced[:1] if structural else traced:
         if budget.kind in method.budgets and hasattr(method, "check_target"):
             method.check_target(handle.module, _with_source(budget, handle))
+
+
+def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: Sequence[Budget | None]) -> None:
+    """Refuse, before any work, ratio targets that the file at the searched setting's extreme does not meet (for
+    a sweep, one such file for all its points). The fraction of parameters a structural method can remove is
+    checked by the method itself."""
+    ratios = [b for b in budgets if b is not None and _searched_ratio(b, methods)]
+    methods = _traced(handle, methods)
+    setting = size_search.searched(methods)
+    if not ratios or setting == "params":
+        return
+    if setting == "sparsity":
+        extreme = 1 - 1 / max(2, sum(w.numel() for w in compressible_weights(handle.module).values()))
+    else:
+        extreme = size_search.SMALLEST[setting]
+
+    def run(chain: list[Method], given: Budget | None, searched: dict) -> CompressedModel:
+        return _compressed(handle, chain, given, None, None, recorded=_with_source(ratios[0], handle), searched=searched)
+
+    smallest = size_search.smallest_file(methods, setting, run, extreme)
+    for budget in ratios:
+        if smallest is not None and smallest > _with_source(budget, handle).target_bytes():
+            shown = f"{setting} {extreme:.6g}" if setting == "sparsity" else f"{extreme} {setting}"
+            raise BudgetError(
+                f"a {budget.ratio:g}x ratio is out of reach for {' + '.join(m.name for m in methods)}: even at {shown} "
+                f"the file takes {smallest:,} bytes, over the {_with_source(budget, handle).target_bytes():,} allowed"
+            )
+
+
+def _searched_ratio(budget: Budget, methods: list[Method]) -> bool:
+    """Whether a ratio target is met by searching the methods' own setting (size_search)."""
+    return budget.kind == "ratio" and size_search.searched(methods) is not None
 
 
 def _with_source(budget: Budget | None, handle: ModelHandle) -> Budget | None:
@@ -456,6 +488,42 @@ def _compress(
         data = None  # unused, so not recorded in the file either
     methods = _traced(handle, methods)
     budget = _with_source(budget, handle)
+    if budget is not None and budget.kind == "ratio" and (setting := size_search.searched(methods)):
+
+        def run(chain: list[Method], given: Budget | None, searched: dict) -> CompressedModel:
+            return _compressed(handle, chain, given, data, raw_dtype, recorded=budget, searched=searched)
+
+        low = _own_sparsity(handle.module) if setting == "sparsity" else 0.0
+        return size_search.meet_ratio(methods, budget, setting, run, low)
+    compressed = _compressed(handle, methods, budget, data, raw_dtype)
+    if budget is not None and budget.kind == "ratio":
+        size = len(codec.to_bytes(compressed))
+        if size > budget.target_bytes():
+            raise BudgetError(
+                f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio allows; "
+                "no method in the pipeline enforces the file size (use --method l2)"
+            )
+    return compressed
+
+
+def _own_sparsity(model: nn.Module) -> float:
+    """The fraction of zeros among the weights a weight stage codes (a model pruned by an earlier stage)."""
+    weights = compressible_weights(model).values()
+    return sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
+
+
+def _compressed(
+    handle: ModelHandle,
+    methods: list[Method],
+    budget: Budget | None,
+    data: Subset | None,
+    raw_dtype: str | None,
+    recorded: Budget | None = None,
+    searched: dict | None = None,
+) -> CompressedModel:
+    """The methods' work on the model, once, as a compressed model whose summary records ``recorded`` (by
+    default ``budget``) and, for a ratio search, the ``searched`` setting it tried."""
+    recorded = recorded or budget
     if data is None and _layerwise(methods):
         tensors, rows = _compress_by_layer(handle.module, methods, budget, raw_dtype or "fp32")
     else:
@@ -464,7 +532,8 @@ def _compress(
     summary = {
         "netpress": netpress.__version__,
         "methods": [_method_record(m) for m in methods],
-        "budget": budget.to_dict() if budget else None,
+        "budget": recorded.to_dict() if recorded else None,
+        **({"searched": searched} if searched else {}),
         "sparsity": codec.weight_sparsity(coded),
         "params": sum(torch.Size(v.shape).numel() for v in tensors.values() if _is_float(v)),
     }
@@ -475,15 +544,7 @@ def _compress(
             "indices_sha256": hashlib.sha256(",".join(map(str, data.indices)).encode()).hexdigest(),
         }
     details = {"layers": rows, "calibration_indices": list(data.indices) if data is not None else None}
-    compressed = CompressedModel(tensors, dict(handle.source), summary, details)
-    if budget is not None and budget.kind == "ratio":
-        size = len(codec.to_bytes(compressed))
-        if size > budget.target_bytes():
-            raise BudgetError(
-                f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio allows; "
-                "no method in the pipeline enforces the file size (use --method l2)"
-            )
-    return compressed
+    return CompressedModel(tensors, dict(handle.source), summary, details)
 
 
 def _given(budget: Budget | None, method: Method) -> Budget | None:
@@ -814,6 +875,7 @@ def _measured_report(
         "seconds": round(seconds, 3),
         "params_before": count_params(handle.module),
         "params_after": made.params,
+        **({"searched": made.summary["searched"]} if "searched" in made.summary else {}),
         "sparsity": made.summary["sparsity"],
         "file": None,  # its final name, once measured
         "uncompressed_layers": uncompressed_layers(handle.module),
@@ -844,7 +906,7 @@ def _measured_report(
     if prepared.calibration is not None:
         report["calibration"] = {**made.summary["calibration"], "indices": prepared.calibration.indices}
     report["layers"] = made.details["layers"]
-    if "sparsity" in (report["budget"] or {}):
+    if "sparsity" in {**(report["budget"] or {}), **report.get("searched", {})}:
         report["survivors_rounded_to_zero"] = _survivors_rounded_to_zero(report["layers"], report["sparsity"])
     return report
 
@@ -958,6 +1020,7 @@ def sweep(
             raise BudgetError("give a Budget for every point of the sweep")
         _check_call(handle, methods, budget, raw_dtype)
     label = "+".join(m.name for m in methods)
+    _check_searched_ratios(handle, methods, budgets)
     names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

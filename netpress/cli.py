@@ -234,6 +234,14 @@ def build_methods(
     return chain
 
 
+def refuse_searched(method: str, ratio: bool, bits: int | None, levels: int | None) -> None:
+    """With a ratio target a lone quantizer's bits or levels are what the search picks: a value given for them
+    would be ignored."""
+    if ratio and method in ("uniform", KMeansQuantization.name) and (bits is not None or levels is not None):
+        given = "--bits" if bits is not None else "--levels"
+        raise BudgetError(f"with --ratio the {method} search picks {given} (the most whose file fits); drop {given}")
+
+
 def _given(**options) -> dict:
     """The options the command line set; the others keep the method's defaults."""
     return {k: v for k, v in options.items() if v is not None}
@@ -314,10 +322,21 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if searched := report.get("searched"):
+        ((setting, _),) = searched.items()
+        err.print(
+            f"note: the {report['budget']['ratio']:g}x ratio was met by searching the {setting}: {_setting(searched)}, "
+            f"the {'least' if setting in ('sparsity', 'params') else 'most'} whose file fits",
+            highlight=False,
+            soft_wrap=True,
+        )
     if rounded := report.get("survivors_rounded_to_zero"):
+        asked = "sparsity" in report["budget"]
+        pruned = report["budget"]["sparsity"] if asked else report["searched"]["sparsity"]
         err.print(
             f"note: {rounded:,} weights that pruning kept rounded to zero when quantized (under half a step), so the "
-            f"file is {100 * report['sparsity']:.2f} % sparse, above the {100 * report['budget']['sparsity']:.2f} % asked",
+            f"file is {100 * report['sparsity']:.2f} % sparse, above the {100 * pruned:.2f} % "
+            f"{'asked' if asked else 'pruned'}",
             highlight=False,
             soft_wrap=True,
         )
@@ -387,6 +406,7 @@ def compress(
     check_suffix(report, (".json",), "the report is JSON")
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     handle = api.load_model(model, arch)
+    refuse_searched(method.value, ratio is not None, bits, levels)
     methods = build_methods(
         method.value,
         bits,
@@ -509,6 +529,7 @@ def sweep(
         "raw_dtype": raw_dtype,
         "init": init and init.value,
     }
+    refuse_searched(method.value, "ratio" in given, bits, levels)
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed or 0, repair.value, levels, **options)
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     with parallel.launched_group() as lead:
@@ -528,12 +549,14 @@ def sweep(
     label = "+".join(m.name for m in methods)
     table = Table(title=f"{model}: {label} sweep")
     overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input
-    columns = ("target", "file bytes", "ratio", *(["overall ratio"] if overall else []), *_quality_columns(results), "seconds")
-    for col in columns:
+    searched = any("searched" in r for r in results)
+    columns = ("target", *(["searched"] if searched else []), "file bytes", "ratio", *(["overall ratio"] if overall else []))
+    for col in (*columns, *_quality_columns(results), "seconds"):
         table.add_column(col, justify="right")
     for (kind, value), r in zip(targets, results):
         table.add_row(
             f"{kind} {value:g}",
+            *([_setting(r.get("searched", {}))] if searched else []),
             f"{r['file_bytes']:,}",
             f"{r['ratio']:.2f}×",
             *([f"{r['overall_ratio']:.2f}×"] if overall else []),
@@ -552,6 +575,11 @@ def sweep(
             plot_curve({label: points}, plot, f"{model}: accuracy vs file size")
     if report is not None:
         codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
+
+
+def _setting(searched: dict) -> str:
+    """A ratio search's setting as a table shows it: a fraction in %, bits or levels as they are."""
+    return "".join(f"{k} {100 * v:.2f} %" if k in ("sparsity", "params") else f"{v} {k}" for k, v in searched.items())
 
 
 @app.command("eval")

@@ -316,8 +316,12 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["--method fold only"],
         ),
         (
-            ["compress", *MLP, "-m", "magnitude", "--ratio", "10", "-o", "x.press"],
-            ["ratio"],
+            ["compress", *MLP, "-m", "uniform", "--bits", "4", "--ratio", "3", "-o", "x.press"],
+            ["search picks --bits", "drop --bits"],
+        ),
+        (
+            ["sweep", *MLP, "-m", "magnitude", "--ratios", "2,1000"],
+            ["1000x ratio is out of reach", "bytes"],
         ),
         (
             ["compress", *MLP, "-m", "uniform", "--bits", "1", "-o", "x.press"],

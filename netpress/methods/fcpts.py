@@ -34,7 +34,7 @@ from netpress.methods.base import (
     target_zeros,
     zero_masks,
 )
-from netpress.methods.baselines import ALLOCATIONS, prune_counts, reachable_zeros, smallest_mask
+from netpress.methods.baselines import ALLOCATIONS, MagnitudePruning, prune_counts, reachable_zeros, smallest_mask
 from netpress.methods.teacher import Teacher, teacher_for
 from netpress.progress import progress_bar
 from netpress.quant.kde import layer_sparsity
@@ -118,6 +118,11 @@ class FCPTS:
         check_real("temperature", self.temperature, 0.0, inclusive=False)
         if self.init != "best" and self.init not in ALLOCATIONS:
             raise BudgetError(f"init must be 'best' or one of {', '.join(ALLOCATIONS)}, got {self.init!r}")
+
+    def stand_in(self) -> MagnitudePruning:
+        """A data-free method whose files are about as large as this one's at the same sparsity (the mask's
+        coding cost differs a little with the allocation): a ratio search sizes FCPTS with it first."""
+        return MagnitudePruning(self.init if self.init in ALLOCATIONS else "global")
 
     def _initial_pruned(self, model: nn.Module, weights: dict, target: float, teacher: Teacher) -> tuple:
         """The starting per-layer prune counts, the allocation they come from, the buffers of that start

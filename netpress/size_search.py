@@ -1,0 +1,200 @@
+"""A ratio target for pipelines whose methods have no file-size target of their own.
+
+One setting sizes such a pipeline's file: the sparsity of a pruning stage, the fraction of parameters a
+structural stage removes, or else the bits or levels of a lone quantizer. The search moves that setting
+and measures the serialised file each time, and returns the largest file the ratio allows (the least
+sparsity, the most bits) that it finds. Each try compresses the model afresh.
+
+A stage that needs data is expensive to try, so if it has a ``stand_in()`` (a data-free method whose files
+are about as large; FCPTS names magnitude pruning), the search runs on the stand-in first. The real stage
+then runs at the setting found. If that file is over the target, the stand-in's target is scaled by how far
+apart the two files were, and the real stage runs again (at most ``REAL_TRIES`` runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from netpress import codec
+from netpress.budget import Budget
+from netpress.compressed import CompressedModel
+from netpress.errors import BudgetError
+
+FRACTIONS = ("sparsity", "params")  # budget kinds a method takes
+FIELDS = ("bits", "levels")  # integer fields of a quantizer, larger = larger file
+TOLERANCE = 0.005  # a file within 0.5 % under the target ends the search
+REAL_TOLERANCE = 0.02  # ... and within 2 % for a stage that needs data, each run of which costs minutes
+TRIES = 20
+REAL_TRIES = 3
+SMALLEST = {"bits": 2, "levels": 2}
+LARGEST = {"bits": 16, "levels": 65536}
+
+
+def searched(methods: list) -> str | None:
+    """The setting a ratio search moves for ``methods``, or None where a method meets a ratio itself."""
+    if any("ratio" in m.budgets for m in methods):
+        return None
+    for kind in FRACTIONS:
+        if any(kind in m.budgets for m in methods):
+            return kind
+    last = methods[-1]
+    return next((name for name in FIELDS if getattr(last, "quantizes", False) and hasattr(last, name)), None)
+
+
+@dataclass
+class _Try:
+    value: float
+    size: int
+    compressed: CompressedModel | None  # kept only for the best file under the target
+
+
+class _Tries:
+    """The files tried at each value of the setting; the best is the largest under the target."""
+
+    def __init__(self, attempt: Callable[[float], CompressedModel], target: int, keep: bool) -> None:
+        self.attempt, self.target, self.keep = attempt, target, keep
+        self.best: _Try | None = None
+        self.sizes: dict[float, int] = {}
+
+    def size(self, value: float) -> int:
+        if value not in self.sizes:
+            compressed = self.attempt(value)
+            size = len(codec.to_bytes(compressed))
+            self.sizes[value] = size
+            if size <= self.target and (self.best is None or size > self.best.size):
+                self.best = _Try(value, size, compressed if self.keep else None)
+        return self.sizes[value]
+
+
+def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
+    """The least fraction in [low, high) whose file fits, found by secant steps in the fraction (a file shrinks
+    about linearly as weights or channels go) inside a shrinking bracket. A value a method refuses (more than
+    it can remove) counts as too far."""
+    target, aim = tries.target, tries.target * (1 - tolerance / 2)
+    over, over_size = low, tries.size(low)
+    if over_size <= target:
+        return
+    fits, fits_size = high, None  # nothing known to fit yet
+    value = 1 - (1 - low) * target / over_size  # the file as if it were all weights
+    for _ in range(TRIES):
+        value = min(max(value, over + (fits - over) / 20), fits - (fits - over) / 20)
+        try:
+            size = tries.size(value)
+        except BudgetError:
+            fits, fits_size = value, None
+            value = (over + fits) / 2
+            continue
+        if size <= target:
+            fits, fits_size = value, size
+            if size >= target * (1 - tolerance):
+                return
+        else:
+            over, over_size = value, size
+        if fits - over < 1e-6:
+            return
+        if fits_size is None:  # extrapolate from the last file over the target, as if it were all weights
+            value = 1 - (1 - over) * target / over_size
+        else:
+            value = over + (over_size - aim) / (over_size - fits_size) * (fits - over)
+
+
+def _integer(tries: _Tries, low: int, high: int, start: int) -> None:
+    """The largest integer setting in [low, high] whose file fits (the file grows with it), from the method's
+    own value: up by factors of 4 while the file fits, then bisection on the logarithm (a level costs about a
+    bit per doubling). Large values are the slow ones (k-means with thousands of levels), so few are tried."""
+    start = min(max(start, low), high)
+    if tries.size(start) <= tries.target:
+        low = start
+        while low < high:
+            larger = min(high, low * 4)
+            if tries.size(larger) > tries.target:
+                high = larger
+                break
+            low = larger
+        else:
+            return
+    else:
+        high = start
+        if tries.size(low) > tries.target:
+            return
+    while high - low > 1:
+        middle = min(max(round(math.sqrt(low * high)), low + 1), high - 1)
+        low, high = (middle, high) if tries.size(middle) <= tries.target else (low, middle)
+
+
+def _stand_ins(methods: list) -> list:
+    return [m.stand_in() if m.needs != "none" and hasattr(m, "stand_in") else m for m in methods]
+
+
+def _at(chain: list, setting: str, run: Callable, value: float) -> CompressedModel:
+    """``chain``'s file with ``setting`` at ``value``: a budget of that kind, or the last method's field."""
+    if setting in FRACTIONS:
+        return run(chain, Budget(**{setting: value}), {setting: value})
+    value = int(value)
+    return run([*chain[:-1], replace(chain[-1], **{setting: value})], None, {setting: value})
+
+
+def smallest_file(methods: list, setting: str, run: Callable, extreme: float) -> int | None:
+    """Bytes of the file at the setting's ``extreme`` (the most sparsity, the fewest bits), from the stand-ins:
+    a ratio target under it is refused before any work. None where a stage needs data and has no stand-in."""
+    chain = _stand_ins(methods)
+    if any(m.needs != "none" for m in chain):
+        return None
+    return len(codec.to_bytes(_at(chain, setting, run, extreme)))
+
+
+def meet_ratio(
+    methods: list,
+    budget: Budget,
+    setting: str,
+    run: Callable[[list, Budget | None, dict], CompressedModel],
+    low: float = 0.0,
+) -> CompressedModel:
+    """The file of ``methods`` at the value of ``setting`` whose file is the largest ``budget``'s ratio allows.
+
+    ``run(methods, budget, searched)`` compresses with those methods and that budget (None: none), recording
+    ``searched`` (the setting's name and value) in the file's summary. ``low``: the least fraction a fraction
+    search may try (a model's own sparsity)."""
+    target = budget.target_bytes()
+    stand_ins = _stand_ins(methods)
+
+    def attempt(chain: list) -> Callable[[float], CompressedModel]:
+        return lambda value: _at(chain, setting, run, value)
+
+    def search(chain: list, goal: int, tolerance: float, keep: bool) -> _Tries:
+        tries = _Tries(attempt(chain), goal, keep)
+        if setting in FRACTIONS:
+            _fraction(tries, low, 1.0, tolerance)
+        else:
+            _integer(tries, SMALLEST[setting], LARGEST[setting], getattr(chain[-1], setting))
+        if tries.best is None:
+            raise BudgetError(
+                f"no {setting} reaches a {budget.ratio:g}x ratio (≤ {target:,} bytes): the smallest file tried took "
+                f"{min(tries.sizes.values()):,} bytes; ask for a smaller ratio"
+            )
+        return tries
+
+    if stand_ins == methods:
+        return search(methods, target, TOLERANCE, keep=True).best.compressed
+    # A stage that needs data: size with its stand-in, then run it at the setting found.
+    goal, best, runs = target, None, []
+    for _ in range(REAL_TRIES):
+        sized = search(stand_ins, goal, TOLERANCE, keep=False).best
+        if sized.value in runs:
+            break
+        runs.append(sized.value)
+        real = _Tries(attempt(methods), target, keep=True)
+        size = real.size(sized.value)
+        if real.best is not None and (best is None or real.best.size > best.size):
+            best = real.best
+        if target * (1 - REAL_TOLERANCE) <= size <= target:
+            break
+        goal = round(target * sized.size / size)  # the stand-in's file that the real stage's would match
+    if best is None:
+        raise BudgetError(
+            f"{' + '.join(m.name for m in methods)}: the files at {setting} "
+            f"{', '.join(f'{v:.6g}' for v in runs)} were all over the {target:,} bytes a {budget.ratio:g}x ratio allows"
+        )
+    return best.compressed

@@ -1,0 +1,97 @@
+"""A ratio target for methods without one: the setting that sizes the file is searched on the written file."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import netpress
+from netpress import api, codec
+from netpress.budget import Budget
+from netpress.compressed import fp32_bytes
+from netpress.data import calibration_subset, load_dataset
+from netpress.errors import BudgetError
+from netpress.methods.baselines import KMeansQuantization, MagnitudePruning, UniformQuantization
+from netpress.methods.fcpts import FCPTS
+from netpress.methods.fold import Fold
+from netpress.size_search import TOLERANCE
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _size(compressed) -> int:
+    return len(codec.to_bytes(compressed))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return calibration_subset(load_dataset("digits", "train"), 128, seed=0)
+
+
+@pytest.mark.parametrize("ratio", [4, 12, 30])
+def test_pruning_meets_a_ratio_with_the_least_sparsity_that_fits(ratio):
+    handle = netpress.ModelHandle(_mlp(), {}, None, (1, 8, 8))
+    compressed = api.compress(handle, MagnitudePruning("lamp"), Budget(ratio=ratio))
+    target = fp32_bytes(handle.module) // ratio
+    assert target * (1 - TOLERANCE) <= _size(compressed) <= target
+    assert compressed.summary["budget"] == {"ratio": float(ratio)}
+    sparsity = compressed.summary["searched"]["sparsity"]
+    assert compressed.summary["sparsity"] == pytest.approx(sparsity, abs=1e-3)
+    again = api.compress(handle, MagnitudePruning("lamp"), Budget(ratio=ratio))
+    assert codec.to_bytes(again) == codec.to_bytes(compressed)
+
+
+@pytest.mark.parametrize("quantizer", [UniformQuantization(per_channel=True), KMeansQuantization()], ids=["bits", "levels"])
+def test_a_lone_quantizer_gets_the_most_bits_or_levels_that_fit(quantizer):
+    handle = netpress.ModelHandle(_mlp(), {}, None, (1, 8, 8))
+    budget = Budget(ratio=9)
+    compressed = api.compress(handle, quantizer, budget)
+    ((setting, value),) = compressed.summary["searched"].items()
+    assert compressed.summary["methods"][0][setting] == value
+    target = fp32_bytes(handle.module) // 9
+    assert _size(compressed) <= target
+    one_more = api.compress(handle, replace(quantizer, **{setting: value + 1}))
+    assert _size(one_more) > target
+
+
+def test_a_stage_after_pruning_keeps_its_setting_and_the_sparsity_is_searched():
+    handle = netpress.ModelHandle(_mlp(), {}, None, (1, 8, 8))
+    compressed = api.compress(handle, [MagnitudePruning(), UniformQuantization(4)], Budget(ratio=40))
+    assert "sparsity" in compressed.summary["searched"] and compressed.summary["methods"][1]["bits"] == 4
+    assert _size(compressed) <= fp32_bytes(handle.module) // 40
+
+
+def test_fcpts_is_sized_by_its_stand_in_and_its_own_file_fits(digits):
+    handle = netpress.ModelHandle(_mlp(), {}, "digits", (1, 8, 8))
+    compressed = api.compress(handle, FCPTS(iterations=4, batch_size=32), Budget(ratio=8), digits)
+    assert [m["name"] for m in compressed.summary["methods"]] == ["fcpts"]
+    assert _size(compressed) <= fp32_bytes(handle.module) // 8
+    assert compressed.summary["calibration"]["n"] == 128
+
+
+def test_fold_meets_a_ratio_by_removing_channels():
+    handle = netpress.ModelHandle(_mlp(), {}, None, (1, 8, 8))
+    compressed = api.compress(handle, Fold(), Budget(ratio=2))
+    assert 0 < compressed.summary["searched"]["params"] < 1
+    assert _size(compressed) <= fp32_bytes(handle.module) // 2
+
+
+def test_an_unreachable_ratio_is_refused(tmp_path):
+    handle = netpress.ModelHandle(_mlp(), {}, "digits", (1, 8, 8))
+    with pytest.raises(BudgetError, match="no bits reaches a 500x ratio"):
+        api.compress(handle, UniformQuantization(), Budget(ratio=500))
+    with pytest.raises(BudgetError, match="500x ratio is out of reach"):  # a sweep, before any file
+        api.sweep(handle, UniformQuantization(), [Budget(ratio=2), Budget(ratio=500)], out_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_report_names_the_setting_found(tmp_path):
+    handle = netpress.ModelHandle(_mlp(), {}, "digits", (1, 8, 8))
+    report = api.press(handle, [MagnitudePruning(), UniformQuantization(3)], Budget(ratio=20), out=tmp_path / "m.press")
+    assert report["budget"] == {"ratio": 20.0} and report["ratio"] >= 20
+    assert report["searched"]["sparsity"] == pytest.approx(report["sparsity"], abs=0.02)
+    assert isinstance(netpress.load(tmp_path / "m.press", model=_mlp()), nn.Module)

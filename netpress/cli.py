@@ -725,10 +725,27 @@ def zoo_train(
     seed: int = typer.Option(0, help="seed for initialisation, data order and augmentation"),
     epochs: int | None = typer.Option(None, help="override the recipe's epoch count"),
     device: str = typer.Option("cpu", help="torch device to train on (cpu, cuda)"),
+    out_dir: Path = typer.Option(
+        zoo.registry.TRAIN_DIR, help="where the checkpoint and its manifest go (the shipped ones: netpress/zoo/checkpoints)"
+    ),
 ) -> None:
-    """Train a zoo model with its fixed recipe and record it in the manifest."""
-    record = zoo.train(name, seed=seed, epochs=epochs, device=device)
-    out.print(f"{name}: test accuracy {100 * record['test_accuracy']:.2f} %, sha256 {record['sha256'][:12]}…")
+    """Train a zoo model with its fixed recipe, record it in OUT_DIR's manifest, and say whether it is the
+    shipped checkpoint bit for bit."""
+    record = zoo.train(name, seed=seed, epochs=epochs, out_dir=out_dir, device=device)
+    out.print(f"{name}: test accuracy {100 * record['test_accuracy']:.2f} %, sha256 {record['sha256'][:12]}… in {out_dir}")
+    shipped = zoo.load_manifest().get(name, {})
+    if out_dir.resolve() == zoo.registry.CHECKPOINT_DIR.resolve() or not shipped:
+        return
+    if record["sha256"] == shipped["sha256"]:
+        out.print("the shipped checkpoint, bit for bit")
+    else:
+        out.print(
+            f"not the shipped checkpoint (sha256 {shipped['sha256'][:12]}…, test accuracy "
+            f"{100 * shipped['test_accuracy']:.2f} %, from `{shipped['command']}` on torch {shipped['torch']}): another "
+            "recipe, or float kernels that round differently on this CPU or torch build",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

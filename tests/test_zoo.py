@@ -2,8 +2,10 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from netpress import zoo
+from netpress.cli import app
 from netpress.data import load_dataset
 from netpress.errors import BudgetError, DataError
 from netpress.evaluate import evaluate, predict
@@ -72,3 +74,14 @@ def test_fit_trains_on_the_given_images_reproducibly(monkeypatch):
         zoo.fit("lenet300", x, y[:-1])
     with pytest.raises(DataError, match="inputs of shape"):
         zoo.fit("lenet300", x[:, :, :8, :8], y)
+
+
+@needs_fashion_mnist
+def test_zoo_train_leaves_the_shipped_checkpoints_alone_and_compares_with_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETPRESS_QUIET", "1")
+    monkeypatch.chdir(tmp_path)
+    shipped = zoo.registry.sha256(zoo.CHECKPOINT_DIR / "lenet300.safetensors")
+    done = CliRunner().invoke(app, ["zoo", "train", "lenet300", "--epochs", "1"])
+    assert done.exit_code == 0, done.output
+    assert "not the shipped checkpoint" in done.output and (tmp_path / "netpress-zoo" / "lenet300.safetensors").is_file()
+    assert zoo.registry.sha256(zoo.CHECKPOINT_DIR / "lenet300.safetensors") == shipped

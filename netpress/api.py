@@ -889,6 +889,8 @@ def _measured_report(
         if prepared.test is not None:
             after = _evaluate(load(path, model=handle.module), prepared.test)
             report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)
+            per_class = {"before": prepared.before.to_dict()["per_class"], "after": after.to_dict()["per_class"]}
+            report["per_class_accuracy"] = per_class  # a class the file lost shows here, not in the mean
         if prepared.reference is not None:  # an encoder is measured against itself uncompressed
             written = handle.encoder.embed(load(path, model=handle.module), prepared.sentences)
             report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())

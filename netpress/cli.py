@@ -488,14 +488,23 @@ def sweep(
     clip: ClipName = typer.Option("max", help=CLIP_HELP),
     group_size: int | None = typer.Option(None, help=GROUP_HELP),
     repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar for fold only, dir, data)"),
+    clustering: ClusteringName = typer.Option("kmeans", help="fold: kmeans (the paper's CNN code) or ward (its LLM code)"),
+    prune_fraction: float = typer.Option(
+        0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
+    ),
     iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
     init: InitName | None = typer.Option(None, help=INIT_HELP),
     batch_size: int | None = typer.Option(None, help=BATCH_HELP),
     rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
     transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
     reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
+    epochs: int | None = typer.Option(None, help=f"sws: passes over the training split (default {SoftWeightSharing.epochs})"),
+    tau: float | None = typer.Option(None, help=TAU_HELP),
+    gamma: float | None = typer.Option(None, help=GAMMA_HELP),
+    steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
+    preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
-    calib: int | None = typer.Option(None, help=f"calibration samples from the training split (default {api.DEFAULT_CALIB})"),
+    calib: int | None = typer.Option(None, help=CALIB_HELP),
     seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
     raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
@@ -528,6 +537,13 @@ def sweep(
         "group_size": group_size,
         "raw_dtype": raw_dtype,
         "init": init and init.value,
+        "clustering": clustering.value,
+        "prune_fraction": prune_fraction,
+        "epochs": epochs,
+        "tau": tau,
+        "gamma": gamma,
+        "steps": steps,
+        "preserve": preserve,
     }
     refuse_searched(method.value, "ratio" in given, bits, levels)
     methods = build_methods(method.value, bits, allocation.value, per_channel, seed or 0, repair.value, levels, **options)

@@ -77,6 +77,7 @@ def test_compress_inspect_eval_decompress(tmp_path):
     assert info["file_bytes"] == press.stat().st_size
     evaluated = json.loads(run("eval", press, "--json").output)
     assert evaluated["accuracy"] == rep["accuracy_after"]
+    assert evaluated["per_class"] == rep["per_class_accuracy"]["after"] and len(rep["per_class_accuracy"]["before"]) == 10
     assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp"))
@@ -94,9 +95,19 @@ def test_a_dataset_the_model_cannot_take_fails_before_the_file_is_written(weight
 
 @needs_fashion_mnist
 def test_sweep_over_parameters_removed_with_fold(tmp_path):
-    result = run("sweep", "zoo:lenet300", "-m", "fold", "--params", "0.2,0.4", "--out-dir", tmp_path)
+    args = ["--clustering", "ward", "--prune-fraction", "0.5", "--report", tmp_path / "r.json"]
+    result = run("sweep", "zoo:lenet300", "-m", "fold", "--params", "0.2,0.4", "--out-dir", tmp_path, *args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.glob("*.press")) == ["fold-params0.2.press", "fold-params0.4.press"]
+    methods = [r["methods"][0] for r in json.loads((tmp_path / "r.json").read_text())]
+    assert all(m["clustering"] == "ward" and m["prune_fraction"] == 0.5 for m in methods)  # compress's options too
+
+
+@needs_fashion_mnist
+def test_sweep_over_ratios_shows_the_setting_searched_for_each(tmp_path):
+    result = run("sweep", "zoo:lenet300", "-m", "uniform", "--per-channel", "--ratios", "5,12", "--out-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "searched" in result.output and " bits │" in result.output, result.output
 
 
 @needs_fashion_mnist

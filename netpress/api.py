@@ -702,7 +702,7 @@ def press(
     budget: Budget | None = None,
     *,
     out: str | os.PathLike,
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike | tuple[Dataset, Dataset] | None = None,
     calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,
@@ -711,7 +711,8 @@ def press(
 
     Accuracy after compression is measured on the model loaded back from the written file.
     Calibration samples come from the training split (``calib`` of them: by default ``DEFAULT_CALIB``, or the
-    whole split for a method that retrains); evaluation uses the test split.
+    whole split for a method that retrains); evaluation uses the test split. ``data``: a dataset name, a
+    .safetensors data file, or your own ``(train, test)`` pair of map-style torch Datasets of (input, label).
     """
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
@@ -722,7 +723,7 @@ def press(
     return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
 
 
-def _data_name(data: str | os.PathLike | None) -> str | None:
+def _data_name(data: str | os.PathLike | tuple | None) -> str | tuple | None:
     """A dataset name, or a data file's path as a string (what load_dataset takes); anything else is left for
     _prepare to refuse with advice."""
     return os.fspath(data) if isinstance(data, os.PathLike) else data
@@ -731,9 +732,30 @@ def _data_name(data: str | os.PathLike | None) -> str | None:
 def _with_input_shape(handle: ModelHandle, data: str | None) -> ModelHandle:
     """A user's model declares no input shape: take a sample's from the dataset ``data`` names, so that
     fold can trace it."""
+    if isinstance(data, tuple) and handle.input_shape is None:
+        _, test = _own_datasets(data)
+        return replace(handle, input_shape=tuple(test[0][0].shape))
     if handle.input_shape is not None or not isinstance(data, str) or data in TEXT_DATASETS:
         return handle
     return replace(handle, input_shape=tuple(resolve_dataset(data, "test")[0][0].shape))
+
+
+OWN_DATASETS = "your (train, test) datasets"  # the report's name for them
+
+
+def _own_datasets(data: tuple) -> tuple[Dataset, Dataset]:
+    """A user's ``(train, test)`` pair of map-style torch Datasets of ``(input, label)`` items, checked: two of
+    them, not one object twice (calibration must never see the test data), the test one labelled."""
+    if len(data) != 2 or not all(isinstance(d, Dataset) for d in data):
+        raise DataError("data must be a dataset name, a .safetensors data file, or a (train, test) pair of torch Datasets")
+    train, test = data
+    if train is test:
+        raise DataError("the train and test datasets are the same object: netpress never calibrates on test data")
+    for dataset in data:
+        check_dataset(dataset)
+    if len(test[0]) < 2:
+        raise DataError("the test dataset's items must be (input, label): accuracy needs labels")
+    return train, test
 
 
 @dataclass
@@ -751,12 +773,13 @@ class _Prepared:
 
 def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib: int | None, seed: int) -> _Prepared:
     check_seed(seed)
-    if data is not None and not isinstance(data, str):
-        raise DataError(
-            "press() takes a dataset name or a .safetensors data file, so that it can calibrate on the training split "
-            "and evaluate on the test split; with your own Datasets, call compress(model, methods, budget, "
-            "netpress.data.calibration_subset(train, n)), save(), and evaluate(load(file, model), test)"
-        )
+    own = None
+    if isinstance(data, tuple):
+        if hf.is_hf_source(handle.source):
+            raise DataError(f"a Hugging Face model is measured on text: --data {' or '.join(TEXT_DATASETS)}")
+        own, data = _own_datasets(data), OWN_DATASETS
+    elif data is not None and not isinstance(data, str):
+        raise DataError("data must be a dataset name, a .safetensors data file, or a (train, test) pair of torch Datasets")
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
     name = prepared.dataset
     calibrating = [m for m in methods if m.needs != "none"]
@@ -766,13 +789,14 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
         if calibrating:
             raise DataError("this method needs calibration data; pass --data")
         return prepared
-    text = _is_text(handle, name)
+    text = own is None and _is_text(handle, name)
     if calibrating:
-        train = (
-            Sentences(load_sentences(name, "train"), "train", _encoder(handle))
-            if text
-            else resolve_dataset(name, "train", handle.input_shape)
-        )
+        if own is not None:
+            train = resolve_dataset(own[0], "train", handle.input_shape)
+        elif text:
+            train = Sentences(load_sentences(name, "train"), "train", _encoder(handle))
+        else:
+            train = resolve_dataset(name, "train", handle.input_shape)
         if calib is None:
             calib = len(train) if any(m.needs == "training" for m in methods) else DEFAULT_CALIB
         prepared.calibration = calibration_subset(train, calib, seed)
@@ -781,7 +805,7 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
             prepared.sentences = load_sentences(name)
             _encoder(handle).embed(handle.module, prepared.sentences[:1])
         else:
-            prepared.test = resolve_dataset(name, "test", handle.input_shape)
+            prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
             predict(handle.module, prepared.test[0][0].unsqueeze(0))
     return prepared
 
@@ -993,7 +1017,7 @@ def sweep(
     budgets: Sequence[Budget],
     *,
     out_dir: str | os.PathLike,
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike | tuple[Dataset, Dataset] | None = None,
     calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,

@@ -6,9 +6,13 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import TensorDataset
 
+from netpress import api
+from netpress.budget import Budget
 from netpress.data import calibration_subset, check_dataset, load_dataset
 from netpress.errors import DataError
 from netpress.evaluate import predict
+from netpress.methods.baselines import MagnitudePruning
+from netpress.methods.fcpts import FCPTS
 from tests.archs import tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
@@ -128,3 +132,33 @@ def test_press_takes_a_data_file_as_a_path(tmp_path):
     by_path = netpress.press(model, MagnitudePruning("global"), Budget(sparsity=0.5), out=tmp_path / "a.press", data=path)
     by_name = netpress.press(model, MagnitudePruning("global"), Budget(sparsity=0.5), out=tmp_path / "b.press", data="digits")
     assert by_path["accuracy_after"] == by_name["accuracy_after"] and by_path["dataset"] == str(path)
+
+
+def test_press_takes_your_own_train_and_test_datasets(tmp_path):
+    """A (train, test) pair of torch Datasets: calibration from the first, accuracy on the second."""
+    from torch.utils.data import Dataset
+
+    class Pairs(Dataset):  # not a TensorDataset: items built on the fly
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i], int(self.y[i])
+
+    digits_train, digits_test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    train, test = Pairs(*digits_train.tensors), Pairs(*digits_test.tensors)
+    model = tiny_mlp()
+    report = api.press(model, FCPTS(iterations=2), Budget(sparsity=0.5), out=tmp_path / "a.press", data=(train, test), calib=32)
+    by_name = api.press(model, FCPTS(iterations=2), Budget(sparsity=0.5), out=tmp_path / "b.press", data="digits", calib=32)
+    assert report["accuracy_after"] == by_name["accuracy_after"] and report["dataset"] == api.OWN_DATASETS
+    assert (tmp_path / "a.press").read_bytes() == (tmp_path / "b.press").read_bytes()
+    for data, message in [((test, test), "same object"), ((train,), "pair"), ((train, "digits"), "pair")]:
+        with pytest.raises(DataError, match=message):
+            api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=data)
+    unlabelled = torch.utils.data.TensorDataset(digits_test.tensors[0])
+    with pytest.raises(DataError, match="labels"):
+        api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=(train, unlabelled))
+    assert not (tmp_path / "c.press").exists()

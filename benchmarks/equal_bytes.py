@@ -37,6 +37,7 @@ PIPELINES = {
 COLUMNS = {
     "searched": "the setting netpress searched for the target (l2 meets it itself)",
     "share": "file bytes / the bytes the ratio allows",
+    "tries": "files the search made: with the data-free chain (FCPTS: its magnitude stand-in), + runs of FCPTS itself",
     "seconds": "compression and writing, the search's tries included; not the evaluation",
 }
 
@@ -47,6 +48,14 @@ def _searched(report: dict) -> str | None:
         return None
     ((setting, value),) = found.items()
     return f"{setting} {100 * value:.2f} %" if setting in ("sparsity", "params") else f"{value} {setting}"
+
+
+def _tries(report: dict) -> str | None:
+    cost = report.get("search")
+    if cost is None:
+        return None
+    runs = f" + {cost['runs_with_data']} with data" if cost["runs_with_data"] else ""
+    return f"{cost['data_free_tries']}{runs}"
 
 
 def main() -> None:
@@ -81,6 +90,7 @@ def main() -> None:
                             "sparsity": round(report["sparsity"], 4),
                             "accuracy_before": round(100 * report["accuracy_before"], 2),
                             "accuracy": round(100 * report["accuracy_after"], 2),
+                            "tries": _tries(report),
                             "seconds": round(report["seconds"], 1),
                         }
                     )

@@ -932,6 +932,8 @@ def _measured_report(
     if prepared.calibration is not None:
         report["calibration"] = {**made.summary["calibration"], "indices": prepared.calibration.indices}
     report["layers"] = made.details["layers"]
+    if "search" in made.details:
+        report["search"] = made.details["search"]
     if "sparsity" in {**(report["budget"] or {}), **report.get("searched", {})}:
         report["survivors_rounded_to_zero"] = _survivors_rounded_to_zero(report["layers"], report["sparsity"])
     return report

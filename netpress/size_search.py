@@ -177,11 +177,13 @@ def meet_ratio(
         return tries
 
     if stand_ins == methods:
-        return search(methods, target, TOLERANCE, keep=True).best.compressed
+        tries = search(methods, target, TOLERANCE, keep=True)
+        return _with_cost(tries.best.compressed, len(tries.sizes), 0)
     # A stage that needs data: size with its stand-in, then run it at the setting found.
-    goal, best, runs = target, None, []
+    goal, best, runs, sized_tries = target, None, [], 0
     for _ in range(REAL_TRIES):
-        sized = search(stand_ins, goal, TOLERANCE, keep=False).best
+        stand_in_tries = search(stand_ins, goal, TOLERANCE, keep=False)
+        sized, sized_tries = stand_in_tries.best, sized_tries + len(stand_in_tries.sizes)
         if sized.value in runs:
             break
         runs.append(sized.value)
@@ -197,4 +199,11 @@ def meet_ratio(
             f"{' + '.join(m.name for m in methods)}: the files at {setting} "
             f"{', '.join(f'{v:.6g}' for v in runs)} were all over the {target:,} bytes a {budget.ratio:g}x ratio allows"
         )
-    return best.compressed
+    return _with_cost(best.compressed, sized_tries, len(runs))
+
+
+def _with_cost(compressed: CompressedModel, tries: int, runs: int) -> CompressedModel:
+    """The search's cost in the report (not in the file): files made with the data-free chain, and runs of the
+    stage that needs data."""
+    compressed.details["search"] = {"data_free_tries": tries, "runs_with_data": runs}
+    return compressed

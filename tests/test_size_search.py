@@ -71,6 +71,7 @@ def test_fcpts_is_sized_by_its_stand_in_and_its_own_file_fits(digits):
     assert [m["name"] for m in compressed.summary["methods"]] == ["fcpts"]
     assert _size(compressed) <= fp32_bytes(handle.module) // 8
     assert compressed.summary["calibration"]["n"] == 128
+    assert 1 <= compressed.details["search"]["runs_with_data"] <= 3 and compressed.details["search"]["data_free_tries"] > 1
 
 
 def test_fold_meets_a_ratio_by_removing_channels():
@@ -94,4 +95,5 @@ def test_the_report_names_the_setting_found(tmp_path):
     report = api.press(handle, [MagnitudePruning(), UniformQuantization(3)], Budget(ratio=20), out=tmp_path / "m.press")
     assert report["budget"] == {"ratio": 20.0} and report["ratio"] >= 20
     assert report["searched"]["sparsity"] == pytest.approx(report["sparsity"], abs=0.02)
+    assert report["search"] == {"data_free_tries": report["search"]["data_free_tries"], "runs_with_data": 0}
     assert isinstance(netpress.load(tmp_path / "m.press", model=_mlp()), nn.Module)

@@ -8,6 +8,7 @@ model = load("lenet5.press")
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import importlib
@@ -16,7 +17,8 @@ import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -54,12 +56,14 @@ from netpress.evaluate import evaluate as _evaluate
 from netpress.evaluate import fidelity as _fidelity
 from netpress.methods import METHODS
 from netpress.methods.base import (
+    KEPT,
     LayerwiseMethod,
     Method,
     check_budget,
     check_model,
     compressible_weights,
     first_non_finite,
+    kept_layers,
     one_at_a_time,
     uncompressed_layers,
 )
@@ -458,6 +462,7 @@ def compress(
     data: Subset | None = None,
     *,
     raw_dtype: str | None = None,
+    keep: Sequence[str] = (),
 ) -> CompressedModel:
     """Apply methods in order (structure, then weights) and collect the exact codes of every tensor.
 
@@ -470,8 +475,43 @@ def compress(
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
-    _check_call(handle, methods, budget, raw_dtype)
-    return _compress(handle, methods, budget, data, raw_dtype)
+    with _keeping(handle, methods, keep):
+        _check_call(handle, methods, budget, raw_dtype)
+        return _compress(handle, methods, budget, data, raw_dtype)
+
+
+@contextmanager
+def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) -> Iterator[None]:
+    """Within it, the layers ``keep`` names (shell-style patterns on module names, ``"fc3"``, ``"features.*"``)
+    are marked ``KEPT``: every weight stage leaves them out, and they are stored as floats. The marks go when the
+    call ends, so the caller's model is as it was."""
+    patterns = [keep] if isinstance(keep, str) else list(keep)
+    if not patterns:
+        yield
+        return
+    if not all(isinstance(p, str) and p for p in patterns):
+        raise BudgetError(f"keep takes layer names or patterns (strings), e.g. keep=['conv1', 'fc3'], got {keep!r}")
+    structural = [m.name for m in methods if getattr(m, "structural", False)]
+    if structural:
+        raise BudgetError(
+            f"keep works with weight stages; {structural[0]} changes the widths of whole channel groups, kept layers "
+            "included: fold in one run, then compress the file with keep in the next"
+        )
+    layers = [name.removesuffix(".weight") for name in compressible_weights(handle.module)]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
+            shown = ", ".join(layers[:12]) + (", …" if len(layers) > 12 else "")
+            raise BudgetError(f"keep: {pattern!r} names no compressible layer; they are {shown}")
+    kept = [handle.module.get_submodule(n) for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if len(kept) == len(layers):
+        raise BudgetError("keep names every compressible layer: nothing would be compressed")
+    for module in kept:
+        setattr(module, KEPT, True)
+    try:
+        yield
+    finally:
+        for module in kept:
+            delattr(module, KEPT)
 
 
 def _compress(
@@ -534,6 +574,7 @@ def _compressed(
         "methods": [_method_record(m) for m in methods],
         "budget": recorded.to_dict() if recorded else None,
         **({"searched": searched} if searched else {}),
+        **({"kept": kept} if (kept := kept_layers(handle.module)) else {}),
         "sparsity": codec.weight_sparsity(coded),
         "params": sum(torch.Size(v.shape).numel() for v in tensors.values() if _is_float(v)),
     }
@@ -706,6 +747,7 @@ def press(
     calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,
+    keep: Sequence[str] = (),
 ) -> dict:
     """Compress, write the file, and measure it: the one-call pipeline behind the CLI and benchmarks.
 
@@ -717,10 +759,11 @@ def press(
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
-    _check_call(handle, methods, budget, raw_dtype)
-    check_press_suffix(out)
-    check_writable(out, keep=(handle.path,) if handle.path else ())
-    return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
+    with _keeping(handle, methods, keep):
+        _check_call(handle, methods, budget, raw_dtype)
+        check_press_suffix(out)
+        check_writable(out, keep=(handle.path,) if handle.path else ())
+        return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
 
 
 def _data_name(data: str | os.PathLike | tuple | None) -> str | tuple | None:
@@ -903,6 +946,7 @@ def _measured_report(
         "sparsity": made.summary["sparsity"],
         "file": None,  # its final name, once measured
         "uncompressed_layers": uncompressed_layers(handle.module),
+        **({"kept_layers": made.summary["kept"]} if "kept" in made.summary else {}),
     }
     if handle.first_original_bytes is not None:  # the input is itself a .press file
         report["first_original_bytes"] = handle.first_original_bytes
@@ -1024,6 +1068,7 @@ def sweep(
     seed: int = 0,
     raw_dtype: str | None = None,
     workers: int = 1,
+    keep: Sequence[str] = (),
 ) -> list[dict]:
     """``press`` once per budget, each file in ``out_dir`` named after the method and target.
 
@@ -1041,31 +1086,32 @@ def sweep(
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
-    if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
-        raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")
-    for budget in budgets:  # all checked before the output directory is made
-        if budget is None:
-            raise BudgetError("give a Budget for every point of the sweep")
-        _check_call(handle, methods, budget, raw_dtype)
-    label = "+".join(m.name for m in methods)
-    _check_searched_ratios(handle, methods, budgets)
-    names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise BudgetError(f"two targets would write the same file ({', '.join(twice)}); give distinct targets")
-    out_dir = Path(out_dir)
-    for name in names:
-        check_writable(out_dir / name, keep=(handle.path,) if handle.path else (), made=out_dir)
-    prepared = _prepare(handle, methods, data, calib, seed)
-    make_output_dir(out_dir)
-    points = [(budget, out_dir / name) for budget, name in zip(budgets, names)]
-    task = functools.partial(_press_points, handle, methods, data, calib, seed, raw_dtype)
-    if parallel.in_group():
-        return parallel.shared(functools.partial(task, prepared=prepared), points)
-    workers = min(workers, len(points))  # no process without a point
-    if workers > 1:  # each process draws the same seeded calibration subset: no data are sent
-        return parallel.on_local_workers(workers, task, points)
-    return task(points, prepared)
+    with _keeping(handle, methods, keep):
+        if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
+            raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")
+        for budget in budgets:  # all checked before the output directory is made
+            if budget is None:
+                raise BudgetError("give a Budget for every point of the sweep")
+            _check_call(handle, methods, budget, raw_dtype)
+        label = "+".join(m.name for m in methods)
+        _check_searched_ratios(handle, methods, budgets)
+        names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise BudgetError(f"two targets would write the same file ({', '.join(twice)}); give distinct targets")
+        out_dir = Path(out_dir)
+        for name in names:
+            check_writable(out_dir / name, keep=(handle.path,) if handle.path else (), made=out_dir)
+        prepared = _prepare(handle, methods, data, calib, seed)
+        make_output_dir(out_dir)
+        points = [(budget, out_dir / name) for budget, name in zip(budgets, names)]
+        task = functools.partial(_press_points, handle, methods, data, calib, seed, raw_dtype)
+        if parallel.in_group():
+            return parallel.shared(functools.partial(task, prepared=prepared), points)
+        workers = min(workers, len(points))  # no process without a point
+        if workers > 1:  # each process draws the same seeded calibration subset: no data are sent
+            return parallel.on_local_workers(workers, task, points)
+        return task(points, prepared)
 
 
 def _press_points(

@@ -123,6 +123,10 @@ GAMMA_HELP = (
     "higher: fewer bits and a smaller file, at some accuracy"
 )
 PRESERVE_HELP = f"self-compress: critical training examples in the preservation set (default {SelfCompression.preserve}; 0: none)"
+KEEP_HELP = (
+    "comma-separated layers to keep uncompressed, stored as floats (module names or shell patterns: conv1,fc3 or "
+    "'layer3.*'); the targets count the other layers' weights; fcpts, l2 and the retraining methods still tune them"
+)
 CALIB_HELP = (
     f"calibration samples from the training split (default {api.DEFAULT_CALIB}; sws and self-compress retrain on the whole split "
     "unless this says fewer)"
@@ -242,6 +246,11 @@ def refuse_searched(method: str, ratio: bool, bits: int | None, levels: int | No
         raise BudgetError(f"with --ratio the {method} search picks {given} (the most whose file fits); drop {given}")
 
 
+def _names(text: str | None) -> list[str]:
+    """A comma-separated list of names, without empty entries."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def _given(**options) -> dict:
     """The options the command line set; the others keep the method's defaults."""
     return {k: v for k, v in options.items() if v is not None}
@@ -356,6 +365,8 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if report.get("kept_layers"):
+        err.print(f"note: kept uncompressed, by request: {', '.join(report['kept_layers'])}", highlight=False, soft_wrap=True)
     if report["uncompressed_layers"]:
         layers = ", ".join(f"{name} ({v['type']}, {v['params']:,} weights)" for name, v in report["uncompressed_layers"].items())
         err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)
@@ -392,6 +403,7 @@ def compress(
     gamma: float | None = typer.Option(None, help=GAMMA_HELP),
     steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
     preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
+    keep: str | None = typer.Option(None, help=KEEP_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=CALIB_HELP),
     seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
@@ -441,6 +453,7 @@ def compress(
         calib=calibration_size(calib, methods),
         seed=seed_value(seed, methods),
         raw_dtype=raw_dtype,
+        keep=_names(keep),
     )
     _print_report(result)
     if plot is not None:
@@ -503,6 +516,7 @@ def sweep(
     gamma: float | None = typer.Option(None, help=GAMMA_HELP),
     steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
     preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
+    keep: str | None = typer.Option(None, help=KEEP_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=CALIB_HELP),
     seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
@@ -559,6 +573,7 @@ def sweep(
             seed=seed_value(seed, methods),
             raw_dtype=raw_dtype,
             workers=workers,
+            keep=_names(keep),
         )
     if not lead:  # rank 0 of the launched group prints and writes what all of them made
         return

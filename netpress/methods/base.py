@@ -107,17 +107,30 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _malloc_trim()
 
 
+KEPT = "_netpress_kept"  # the mark on a layer the caller asked to keep as it is (``compress(..., keep=...)``)
+
+
+def kept_layers(model: nn.Module) -> list[str]:
+    """Names of the layers the caller asked to keep: stored as floats, left out of every weight stage's work."""
+    return [name for name, module in model.named_modules() if getattr(module, KEPT, False)]
+
+
 def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
     """``{module name: layer}`` of the layers whose weight a weight stage codes, in model order.
 
     An Embedding reachable under several names (T5's table shared by encoder and decoder) is left
-    raw: a coded weight under one name and a raw alias under another could not both be the weight."""
+    raw: a coded weight under one name and a raw alias under another could not both be the weight.
+    So is a layer the caller asked to keep (marked ``KEPT``)."""
     uses: dict[int, int] = {}
     for _, parameter in model.named_parameters(remove_duplicate=False):
         uses[id(parameter)] = uses.get(id(parameter), 0) + 1
     shared = {id(module) for module in model.modules() if isinstance(module, nn.Embedding) and uses.get(id(module.weight), 0) > 1}
     layers = model.named_modules()
-    return {name: module for name, module in layers if isinstance(module, COMPRESSIBLE_LAYERS) and id(module) not in shared}
+    return {
+        name: module
+        for name, module in layers
+        if isinstance(module, COMPRESSIBLE_LAYERS) and id(module) not in shared and not getattr(module, KEPT, False)
+    }
 
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -133,7 +146,7 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
     return {
         name: {"type": type(module).__name__, "params": sum(p.numel() for p in module.parameters(recurse=False))}
         for name, module in model.named_modules()
-        if module not in coded and any(p.dim() > 1 for p in module.parameters(recurse=False))
+        if module not in coded and not getattr(module, KEPT, False) and any(p.dim() > 1 for p in module.parameters(recurse=False))
     }
 
 

@@ -37,7 +37,7 @@ PIPELINES = {
 COLUMNS = {
     "searched": "the setting netpress searched for the target (l2 meets it itself)",
     "share": "file bytes / the bytes the ratio allows",
-    "tries": "files the search made: with the data-free chain (FCPTS: its magnitude stand-in), + runs of FCPTS itself",
+    "tries": "files the search made: with the data-free chain (FCPTS: its magnitude stand-in), + full runs of FCPTS",
     "seconds": "compression and writing, the search's tries included; not the evaluation",
 }
 
@@ -54,8 +54,8 @@ def _tries(report: dict) -> str | None:
     cost = report.get("search")
     if cost is None:
         return None
-    runs = f" + {cost['runs_with_data']} with data" if cost["runs_with_data"] else ""
-    return f"{cost['data_free_tries']}{runs}"
+    runs = f" + {cost['full_runs']} full" if cost["full_runs"] else ""
+    return f"{cost['tries']}{runs}"
 
 
 def main() -> None:

@@ -5,10 +5,11 @@ structural stage removes, or else the bits or levels of a lone quantizer. The se
 and measures the serialised file each time, and returns the largest file the ratio allows (the least
 sparsity, the most bits) that it finds. Each try compresses the model afresh.
 
-A stage that needs data is expensive to try, so if it has a ``stand_in()`` (a data-free method whose files
-are about as large; FCPTS names magnitude pruning), the search runs on the stand-in first. The real stage
-then runs at the setting found. If that file is over the target, the stand-in's target is scaled by how far
-apart the two files were, and the real stage runs again (at most ``REAL_TRIES`` runs).
+A stage that is expensive to try may name a ``stand_in()``: a cheap, data-free method whose files are about
+as large (FCPTS names magnitude pruning; fold with a repair names itself without it). The search runs on the
+stand-ins first, then the real stage runs at the setting found. If its file is over the target (or more than
+``REAL_TOLERANCE`` under it), the stand-in's target is scaled by the two files' sizes and the real stage runs
+again (at most ``REAL_TRIES`` runs).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _integer(tries: _Tries, low: int, high: int, start: int) -> None:
 
 
 def _stand_ins(methods: list) -> list:
-    return [m.stand_in() if m.needs != "none" and hasattr(m, "stand_in") else m for m in methods]
+    return [m.stand_in() if hasattr(m, "stand_in") else m for m in methods]
 
 
 def _at(chain: list, setting: str, run: Callable, value: float) -> CompressedModel:
@@ -179,7 +180,7 @@ def meet_ratio(
     if stand_ins == methods:
         tries = search(methods, target, TOLERANCE, keep=True)
         return _with_cost(tries.best.compressed, len(tries.sizes), 0)
-    # A stage that needs data: size with its stand-in, then run it at the setting found.
+    # An expensive stage: size with its stand-in, then run it at the setting found.
     goal, best, runs, sized_tries = target, None, [], 0
     for _ in range(REAL_TRIES):
         stand_in_tries = search(stand_ins, goal, TOLERANCE, keep=False)
@@ -203,7 +204,7 @@ def meet_ratio(
 
 
 def _with_cost(compressed: CompressedModel, tries: int, runs: int) -> CompressedModel:
-    """The search's cost in the report (not in the file): files made with the data-free chain, and runs of the
-    stage that needs data."""
-    compressed.details["search"] = {"data_free_tries": tries, "runs_with_data": runs}
+    """The search's cost in the report (not in the file): files made cheaply (the methods themselves, or their
+    stand-ins), and full runs of an expensive stage."""
+    compressed.details["search"] = {"tries": tries, "full_runs": runs}
     return compressed

@@ -23,6 +23,12 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    conv = [nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)]
+    return nn.Sequential(*conv, nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, 10))
+
+
 def _size(compressed) -> int:
     return len(codec.to_bytes(compressed))
 
@@ -71,14 +77,16 @@ def test_fcpts_is_sized_by_its_stand_in_and_its_own_file_fits(digits):
     assert [m["name"] for m in compressed.summary["methods"]] == ["fcpts"]
     assert _size(compressed) <= fp32_bytes(handle.module) // 8
     assert compressed.summary["calibration"]["n"] == 128
-    assert 1 <= compressed.details["search"]["runs_with_data"] <= 3 and compressed.details["search"]["data_free_tries"] > 1
+    assert 1 <= compressed.details["search"]["full_runs"] <= 3 and compressed.details["search"]["tries"] > 1
 
 
-def test_fold_meets_a_ratio_by_removing_channels():
-    handle = netpress.ModelHandle(_mlp(), {}, None, (1, 8, 8))
+def test_fold_meets_a_ratio_by_removing_channels_and_is_sized_without_its_repair():
+    handle = netpress.ModelHandle(_cnn(), {}, None, (1, 8, 8))
     compressed = api.compress(handle, Fold(), Budget(ratio=2))
-    assert 0 < compressed.summary["searched"]["params"] < 1
+    assert 0 < compressed.summary["searched"]["params"] < 1 and compressed.details["search"]["full_runs"] == 0
     assert _size(compressed) <= fp32_bytes(handle.module) // 2
+    repaired = api.compress(handle, Fold(repair="dir", dir_samples=8, dir_steps=2), Budget(ratio=2))
+    assert 1 <= repaired.details["search"]["full_runs"] <= 3 and _size(repaired) <= fp32_bytes(handle.module) // 2
 
 
 def test_an_unreachable_ratio_is_refused(tmp_path):
@@ -95,5 +103,5 @@ def test_the_report_names_the_setting_found(tmp_path):
     report = api.press(handle, [MagnitudePruning(), UniformQuantization(3)], Budget(ratio=20), out=tmp_path / "m.press")
     assert report["budget"] == {"ratio": 20.0} and report["ratio"] >= 20
     assert report["searched"]["sparsity"] == pytest.approx(report["sparsity"], abs=0.02)
-    assert report["search"] == {"data_free_tries": report["search"]["data_free_tries"], "runs_with_data": 0}
+    assert report["search"] == {"tries": report["search"]["tries"], "full_runs": 0}
     assert isinstance(netpress.load(tmp_path / "m.press", model=_mlp()), nn.Module)

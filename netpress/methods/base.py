@@ -49,8 +49,8 @@ class Method(Protocol):
     """Optional class attributes that compress() reads: ``structural = True`` (changes layer shapes: must
     come first), ``quantizes = True`` (its codes are final: must come last) and ``target_optional = True`` (it
     also runs without a target, which its settings then replace). An optional
-    ``check_target(model, budget)`` refuses a target the model cannot reach, before any data is loaded. A
-    method that needs data may name a ``stand_in()``: a data-free method whose files are about as large, which
+    ``check_target(model, budget)`` refuses a target the model cannot reach, before any data is loaded. An
+    expensive method may name a ``stand_in()``: a cheap data-free method whose files are about as large, which
     a ratio search (``netpress.size_search``) sizes with before running the method itself."""
 
     name: ClassVar[str]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -322,6 +322,11 @@ class _GroupReduction:
     def needs(self) -> str:
         """Only the ``data`` repair reads data; every other setting is data-free."""
         return "calibration" if self.repair == "data" else "none"
+
+    def stand_in(self) -> _GroupReduction:
+        """The same reduction without repair: a repair changes BatchNorm values, not the file's size, and costs
+        most of the time (DeepInversion's steps), so a ratio search sizes with this first."""
+        return replace(self, repair="none")
 
     def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
         raise NotImplementedError

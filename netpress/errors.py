@@ -29,6 +29,9 @@ def check_writable(
     need not have its directory yet."""
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory; give a file name")
+    name_max = _name_max(os.path.dirname(os.path.abspath(path)))
+    if len(os.fsencode(os.path.basename(path))) > name_max:
+        raise OutputError(f"{path}: the file name is longer than the {name_max} bytes the file system allows; give a shorter one")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         # a missing directory is fine if it is ``made`` or one of the parents made with it
@@ -41,6 +44,16 @@ def check_writable(
     for source in keep:
         if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise OutputError(f"{path} is the input file; writing there would destroy it, so give another output path")
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name the file system holding ``folder`` (or its nearest existing parent) takes."""
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder or ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer: the common limit
+        return 255
 
 
 def check_suffix(path: str | os.PathLike | None, suffixes: tuple[str, ...], why: str) -> None:

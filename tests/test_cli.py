@@ -563,3 +563,18 @@ def test_the_demo_without_fashion_mnist_runs_every_setting_on_digits(tmp_path, m
     assert "digits" in result.output and "then L² 40× of the folded file" in result.output
     folded, further = (netpress.inspect(tmp_path / "demo" / f"{n}.press") for n in ("fold30", "fold30-l2-40x"))
     assert further["file_bytes"] < folded["file_bytes"]
+
+
+def test_outputs_leave_a_neighbouring_tmp_alone_and_too_long_names_are_refused_first(weights, tmp_path):
+    model = [a.replace("{w}", str(weights)) for a in MLP]
+    press = tmp_path / "a.press"
+    assert run("compress", *model, "-m", "uniform", "--bits", "4", "-o", press).exit_code == 0
+    (tmp_path / "d.safetensors.tmp").write_text("someone's notes")
+    (tmp_path / "r.json.tmp").mkdir()
+    assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
+    assert (tmp_path / "d.safetensors.tmp").read_text() == "someone's notes"
+    args = ["-m", "uniform", "--bits", "4", "-o", tmp_path / "b.press", "--report", tmp_path / "r.json"]
+    assert run("compress", *model, *args).exit_code == 0 and (tmp_path / "r.json.tmp").is_dir()
+    long = tmp_path / ("x" * 250 + ".press")
+    assert_one_line_error(run("compress", *model, "-m", "uniform", "-o", long), "longer than the 255 bytes")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -15,6 +15,7 @@ import json
 import lzma
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,17 +266,27 @@ def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:
     never leaves half a file where ``path`` was; returns the size in bytes. Callers check the path before
     their work (``errors.check_writable``); a failure here still becomes an ``OutputError``."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("wb") as out:
+    tmp = None
+    try:  # a new hidden name of its own: ``<path>.tmp`` could be someone's file, or pass the length limit
+        handle, name = tempfile.mkstemp(prefix=".netpress-", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(handle, "wb") as out:
             for part in [data] if isinstance(data, bytes) else data:
                 out.write(part)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a written file gets the usual mode
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path.stat().st_size
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _header_metadata(data: bytes) -> dict:

@@ -397,3 +397,18 @@ def test_press_blames_the_compression_when_the_compressed_model_fails_on_the_dat
     with pytest.raises(UnsupportedModelError, match="compressed model does not run on digits, which the original runs on"):
         netpress.press(_ZeroSkips(), Fold(), Budget(params=0.2), out=tmp_path / "f.press", data="digits")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_an_empty_layer_is_named_not_a_crash():
+    class WithEmpty(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.z, self.fc2 = nn.Linear(16, 32), nn.Linear(16, 0), nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.cat([torch.relu(self.fc1(x)), self.z(x)], 1))
+
+    for method in (Fold(input_shape=(16,)), ChannelL1(input_shape=(16,))):
+        with pytest.raises(UnsupportedModelError, match="z.weight has no elements"):
+            netpress.compress(WithEmpty(), method, Budget(params=0.2))

@@ -335,6 +335,7 @@ class _GroupReduction:
         """Refuse a params target no allocation reaches, before any work (sweep checks every point). A model
         traced with its first calibration sample (no ``input_shape``) is checked when that sample is loaded."""
         budget = check_budget(self, budget)
+        check_model(model, coded=False)  # an empty layer, NaN weights: named before the trace stumbles on them
         if self.input_shape is not None:
             copied = copy.deepcopy(model).eval()
             groups = _foldable(channel_groups(copied, example_inputs(self.input_shape, self.input_dtype, None)), copied)

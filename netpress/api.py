@@ -12,6 +12,7 @@ import fnmatch
 import functools
 import hashlib
 import importlib
+import importlib.util
 import os
 import pickle
 import sys
@@ -93,23 +94,32 @@ def _import_factory(spec: str):
     if not sep or not module_name or not attr:
         raise ModelSourceError(f"--arch must look like package.module:factory, got {spec!r}")
     # The current directory is searched last, as `python` would: the `netpress` script does not put it on sys.path.
+    # Where the module is found only there, it stays on sys.path: worker processes a sweep starts (spawned with
+    # this sys.path) import it again to rebuild the model.
     cwd = os.getcwd()
-    added = cwd not in sys.path
+    added = cwd not in sys.path and not _importable(module_name)
     if added:
         sys.path.append(cwd)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except Exception as exc:  # ImportError, AttributeError, or whatever the module raises while it is imported
+        if added:
+            sys.path.remove(cwd)
         raise ModelSourceError(
             f"cannot import architecture {spec!r}: {exc}; the module must be importable (installed, in the current "
             "directory, or on PYTHONPATH)"
         ) from exc
-    finally:
-        if added:
-            sys.path.remove(cwd)
     if not callable(factory):
         raise ModelSourceError(f"architecture {spec!r} is not callable")
     return factory
+
+
+def _importable(module_name: str) -> bool:
+    """Whether the top package of ``module_name`` is found on sys.path as it is."""
+    try:
+        return importlib.util.find_spec(module_name.partition(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def build_architecture(arch: str) -> nn.Module:

@@ -141,3 +141,22 @@ def test_a_failed_join_leaves_local_workers_working(monkeypatch):
                 pass
     monkeypatch.delenv("WORLD_SIZE")
     assert parallel.on_local_workers(2, _doubled_unless_one, [0, 2]) == [0, 4]
+
+
+def test_workers_rebuild_an_architecture_found_in_the_current_directory(tmp_path):
+    """The netpress script does not put the current directory on sys.path; --arch finds modules there, and so
+    must the workers a sweep spawns."""
+    (tmp_path / "cwd_arch.py").write_text(
+        "import torch\nfrom torch import nn\n\nclass Net(nn.Sequential):  # unpickled only where this module imports\n"
+        "    pass\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return Net(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))\n"
+    )
+    netpress = shutil.which("netpress", path=os.path.dirname(sys.executable))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"NETPRESS_QUIET": "1"}
+    code = "import sys; sys.path.append('.'); import cwd_arch, torch; torch.save(cwd_arch.build().state_dict(), 'w.pt')"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=120)
+    args = [netpress, "sweep", "w.pt", "--arch", "cwd_arch:build", "-m", "magnitude", "--sparsities", "0.3,0.6"]
+    args += ["--data", "digits", "--workers", "2", "--out-dir", "runs"]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["magnitude-sparsity0.3.press", "magnitude-sparsity0.6.press"]

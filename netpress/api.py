@@ -361,7 +361,8 @@ def _check_stage_invariants(before: dict[str, tuple[torch.Tensor, int | None]], 
     after = model.state_dict()
     if (name := first_non_finite(after)) is not None:
         raise NetpressError(
-            f"{stage} left NaN or infinite values in {name}: its optimisation diverged (FCPTS, L²: lower the learning rates)"
+            f"{stage} left NaN or infinite values in {name}: its optimisation diverged (inputs far outside the range "
+            "the model was trained on, or learning rates too high)"
         )
     for name, (zeros, distinct) in before.items():
         if name not in after:
@@ -859,7 +860,15 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
             _encoder(handle).embed(handle.module, prepared.sentences[:1])
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
-            predict(handle.module, prepared.test[0][0].unsqueeze(0))
+            samples = [("test", prepared.test[0][0])]
+            if prepared.calibration is not None:
+                samples.append(("training", prepared.calibration.dataset[prepared.calibration.indices[0]][0]))
+            for split, sample in samples:
+                if not bool(torch.isfinite(predict(handle.module, sample.unsqueeze(0))).all()):
+                    raise DataError(
+                        f"the model's output on a {split} input is not finite: the inputs are out of the range it was "
+                        "trained on (standardise them as for training)"
+                    )
     return prepared
 
 

@@ -132,6 +132,11 @@ def _evaluate(model: nn.Module, dataset: Dataset, batch_size: int) -> Evaluation
             if y is None:
                 raise DataError("evaluation needs labelled samples: (input, label) pairs")
             logits = _forward(model, x, batch_size)
+            if not bool(torch.isfinite(logits).all()):  # argmax of NaN would count as a prediction
+                raise DataError(
+                    "the model's output on the test data is not finite: NaN or infinite inputs, or inputs far outside "
+                    "the range it was trained on"
+                )
             if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
                 raise DataError(f"labels must be class indices 0..{logits.shape[1] - 1}, one per sample, for this model")
             pred = logits.argmax(dim=1)

@@ -158,6 +158,10 @@ def test_press_takes_your_own_train_and_test_datasets(tmp_path):
     for data, message in [((test, test), "same object"), ((train,), "pair"), ((train, "digits"), "pair")]:
         with pytest.raises(DataError, match=message):
             api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=data)
+    nan = digits_test.tensors[0].clone()
+    nan[5] = float("nan")
+    with pytest.raises(DataError, match="NaN or infinite"):  # accuracy on NaN logits would read as anything
+        api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=(train, Pairs(nan, test.y)))
     unlabelled = torch.utils.data.TensorDataset(digits_test.tensors[0])
     with pytest.raises(DataError, match="labels"):
         api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=(train, unlabelled))

@@ -145,6 +145,10 @@ def check_dataset(dataset: Dataset, input_shape: tuple[int, ...] | None = None) 
         raise DataError("each dataset item must be (input tensor, label) or (input tensor,)")
     if input_shape is not None and tuple(sample[0].shape) != tuple(input_shape):
         raise DataError(f"dataset inputs have shape {tuple(sample[0].shape)}, the model expects {tuple(input_shape)}")
+    # A tensor dataset is checked whole (cheap); another dataset by its first item, since reading every item may be slow.
+    inputs = dataset.tensors[0] if isinstance(dataset, TensorDataset) else sample[0]
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise DataError("the dataset's inputs hold NaN or infinite values; clean them before calibrating or measuring")
 
 
 @dataclass(frozen=True)

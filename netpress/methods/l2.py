@@ -27,7 +27,7 @@ from netpress.budget import Budget
 from netpress.codec.container import read_manifest
 from netpress.compressed import RAW_DTYPES
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, check_flag, check_real, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, NetpressError, check_flag, check_real, check_seed, check_whole
 from netpress.methods.base import (
     MethodResult,
     absorb_batchnorm_statistics,
@@ -189,6 +189,11 @@ class _Run:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         for _ in range(steps):
             loss, rate = self._loss(with_rate)
+            if not math.isfinite(float(loss)):
+                raise NetpressError(
+                    f"L² {label}: the loss is not finite; calibration inputs far outside the range the model was "
+                    "trained on (standardise them as for training) overflow it"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import math
 import os
 import pickle
 import sys
@@ -439,9 +440,11 @@ def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: 
     for budget in ratios:
         if smallest is not None and smallest > _with_source(budget, handle).target_bytes():
             shown = f"{setting} {extreme:.6g}" if setting == "sparsity" else f"{extreme} {setting}"
+            reference = _with_source(budget, handle).reference_bytes
             raise BudgetError(
                 f"a {budget.ratio:g}x ratio is out of reach for {' + '.join(m.name for m in methods)}: even at {shown} "
-                f"the file takes {smallest:,} bytes, over the {_with_source(budget, handle).target_bytes():,} allowed"
+                f"the file takes {smallest:,} bytes, over the {_with_source(budget, handle).target_bytes():,} allowed; "
+                f"ask for at most {math.floor(reference / smallest * 100) / 100:g}x"
             )
 
 
@@ -772,6 +775,7 @@ def press(
     methods = _method_list(methods)
     with _keeping(handle, methods, keep):
         _check_call(handle, methods, budget, raw_dtype)
+        _check_searched_ratios(handle, methods, [budget])
         check_press_suffix(out)
         check_writable(out, keep=(handle.path,) if handle.path else ())
         return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)

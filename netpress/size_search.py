@@ -171,9 +171,10 @@ def meet_ratio(
         else:
             _integer(tries, SMALLEST[setting], LARGEST[setting], getattr(chain[-1], setting))
         if tries.best is None:
+            smallest = min(tries.sizes.values())
             raise BudgetError(
-                f"no {setting} reaches a {budget.ratio:g}x ratio (≤ {target:,} bytes): the smallest file tried took "
-                f"{min(tries.sizes.values()):,} bytes; ask for a smaller ratio"
+                f"no {setting} reaches a {budget.ratio:g}x ratio (≤ {goal:,} bytes): the smallest file tried took "
+                f"{smallest:,} bytes; ask for at most {_reachable(budget, smallest)}"
             )
         return tries
 
@@ -181,26 +182,38 @@ def meet_ratio(
         tries = search(methods, target, TOLERANCE, keep=True)
         return _with_cost(tries.best.compressed, len(tries.sizes), 0)
     # An expensive stage: size with its stand-in, then run it at the setting found.
-    goal, best, runs, sized_tries = target, None, [], 0
+    goal, best, runs, sizes, sized_tries = target, None, [], [], 0
     for _ in range(REAL_TRIES):
-        stand_in_tries = search(stand_ins, goal, TOLERANCE, keep=False)
+        try:
+            stand_in_tries = search(stand_ins, goal, TOLERANCE, keep=False)
+        except BudgetError:
+            if not runs:
+                raise
+            break  # the stand-in cannot make the smaller file the real stage would need: its runs decide
         sized, sized_tries = stand_in_tries.best, sized_tries + len(stand_in_tries.sizes)
         if sized.value in runs:
             break
         runs.append(sized.value)
         real = _Tries(attempt(methods), target, keep=True)
         size = real.size(sized.value)
+        sizes.append(size)
         if real.best is not None and (best is None or real.best.size > best.size):
             best = real.best
         if target * (1 - REAL_TOLERANCE) <= size <= target:
             break
         goal = round(target * sized.size / size)  # the stand-in's file that the real stage's would match
     if best is None:
+        tried = ", ".join(f"{v:.6g} took {n:,} bytes" for v, n in zip(runs, sizes))
         raise BudgetError(
-            f"{' + '.join(m.name for m in methods)}: the files at {setting} "
-            f"{', '.join(f'{v:.6g}' for v in runs)} were all over the {target:,} bytes a {budget.ratio:g}x ratio allows"
+            f"{' + '.join(m.name for m in methods)} at {setting} {tried}, over the {target:,} bytes a {budget.ratio:g}x "
+            f"ratio allows; ask for at most {_reachable(budget, min(sizes))}"
         )
     return _with_cost(best.compressed, sized_tries, len(runs))
+
+
+def _reachable(budget: Budget, smallest: int) -> str:
+    """The largest ratio a file of ``smallest`` bytes meets, as advice (the true limit may be a little higher)."""
+    return f"{math.floor(budget.reference_bytes / smallest * 100) / 100:g}x" if budget.reference_bytes else "a smaller ratio"
 
 
 def _with_cost(compressed: CompressedModel, tries: int, runs: int) -> CompressedModel:

@@ -189,7 +189,7 @@ class _Run:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         for _ in range(steps):
             loss, rate = self._loss(with_rate)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(loss.item()):
                 raise NetpressError(
                     f"L² {label}: the loss is not finite; calibration inputs far outside the range the model was "
                     "trained on (standardise them as for training) overflow it"

@@ -128,7 +128,7 @@ def build_architecture(arch: str) -> nn.Module:
     factory = _import_factory(arch)
     try:
         model = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a factory that parses arguments (argparse) exits instead of raising
         raise ModelSourceError(
             f"{arch}() failed ({type(exc).__name__}: {exc}); netpress calls the factory with no arguments, and it must "
             "return the untrained model"

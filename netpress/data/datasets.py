@@ -118,7 +118,7 @@ def load_dataset(name: str | os.PathLike, split: str = "test") -> TensorDataset:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     name = os.fspath(name)
-    if name.endswith(".safetensors"):
+    if name.lower().endswith(".safetensors"):
         dataset = _data_file(Path(name), split)
     elif name not in DATASETS:
         raise DataError(
@@ -207,7 +207,9 @@ def calibration_subset(train: Dataset, n: int, seed: int = 0) -> Subset:
     if n <= 0:
         raise DataError(f"calibration size must be positive, got {n}")
     if n > total:
-        raise DataError(f"asked for {n} calibration samples but the training split has only {total}")
+        raise DataError(
+            f"asked for {n} calibration samples but the training split has only {total}; pass --calib {total} or fewer"
+        )
     check_seed(seed)
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
     return Subset(train, sorted(order.tolist()), seed)

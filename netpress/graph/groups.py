@@ -134,10 +134,15 @@ def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set
     return {m for m, count in calls.items() if count > 1}
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "an Embedding", "a Conv2d"."""
+    return f"{'an' if noun[:1] in 'AEIOU' else 'a'} {noun}"
+
+
 def _unsupported(module: nn.Module, node_type: OPTYPE, role: Role | None) -> str | None:
     """Why a member layer cannot be folded, or None."""
     if role is None:
-        return f"a {type(module).__name__} ({node_type.name}) shares these channels; folding it is not supported"
+        return f"{_a(type(module).__name__)} ({node_type.name}) shares these channels; folding it is not supported"
     if isinstance(module, _CONVS) and module.groups != 1:
         return f"a grouped or depthwise {type(module).__name__} (groups={module.groups}) is not supported"
     if isinstance(module, nn.modules.conv._ConvTransposeNd):

@@ -268,7 +268,7 @@ def _foldable(groups: list, model: nn.Module) -> list:
         others = ", ".join(f"{name or 'the model itself'} ({layer['type']})" for name, layer in left.items())
         raise UnsupportedModelError(
             (f"no channel group can be changed ({reasons})" if groups else "the model has no Linear or Conv layer")
-            + (f"; fold changes Linear and Conv layers only, not {others}" if others else "")
+            + (f"; fold and channel-l1 change Linear and Conv layers only, not {others}" if others else "")
         )
     return foldable
 

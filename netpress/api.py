@@ -437,14 +437,13 @@ def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: 
         return _compressed(handle, chain, given, None, None, recorded=_with_source(ratios[0], handle), searched=searched)
 
     smallest = size_search.smallest_file(methods, setting, run, extreme)
-    for budget in ratios:
-        if smallest is not None and smallest > _with_source(budget, handle).target_bytes():
+    for budget in (_with_source(b, handle) for b in ratios):
+        if smallest is not None and smallest > budget.target_bytes():
             shown = f"{setting} {extreme:.6g}" if setting == "sparsity" else f"{extreme} {setting}"
-            reference = _with_source(budget, handle).reference_bytes
             raise BudgetError(
                 f"a {budget.ratio:g}x ratio is out of reach for {' + '.join(m.name for m in methods)}: even at {shown} "
-                f"the file takes {smallest:,} bytes, over the {_with_source(budget, handle).target_bytes():,} allowed; "
-                f"ask for at most {math.floor(reference / smallest * 100) / 100:g}x"
+                f"the file takes {smallest:,} bytes, over the {budget.target_bytes():,} allowed; "
+                f"ask for at most {math.floor(budget.reference_bytes / smallest * 100) / 100:g}x"
             )
 
 
@@ -554,8 +553,8 @@ def _compress(
         size = len(codec.to_bytes(compressed))
         if size > budget.target_bytes():
             raise BudgetError(
-                f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio allows; "
-                "no method in the pipeline enforces the file size (use --method l2)"
+                f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio allows: "
+                f"{' + '.join(m.name for m in methods)} did not meet the target it accepted"
             )
     return compressed
 

@@ -431,7 +431,7 @@ def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: 
     if setting == "sparsity":
         extreme = 1 - 1 / max(2, sum(w.numel() for w in compressible_weights(handle.module).values()))
     else:
-        extreme = size_search.SMALLEST[setting]
+        extreme = methods[-1].ranges[setting][0]
 
     def run(chain: list[Method], given: Budget | None, searched: dict) -> CompressedModel:
         return _compressed(handle, chain, given, None, None, recorded=_with_source(ratios[0], handle), searched=searched)

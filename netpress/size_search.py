@@ -24,13 +24,10 @@ from netpress.compressed import CompressedModel
 from netpress.errors import BudgetError
 
 FRACTIONS = ("sparsity", "params")  # budget kinds a method takes
-FIELDS = ("bits", "levels")  # integer fields of a quantizer, larger = larger file
 TOLERANCE = 0.005  # a file within 0.5 % under the target ends the search
 REAL_TOLERANCE = 0.02  # ... and within 2 % for a stage that needs data, each run of which costs minutes
 TRIES = 20
 REAL_TRIES = 3
-SMALLEST = {"bits": 2, "levels": 2}
-LARGEST = {"bits": 16, "levels": 65536}
 
 
 def searched(methods: list) -> str | None:
@@ -40,8 +37,8 @@ def searched(methods: list) -> str | None:
     for kind in FRACTIONS:
         if any(kind in m.budgets for m in methods):
             return kind
-    last = methods[-1]
-    return next((name for name in FIELDS if getattr(last, "quantizes", False) and hasattr(last, name)), None)
+    last = methods[-1]  # a quantizer's integer fields (``ranges``): larger, larger file
+    return next(iter(getattr(last, "ranges", {})), None) if getattr(last, "quantizes", False) else None
 
 
 @dataclass
@@ -169,7 +166,7 @@ def meet_ratio(
         if setting in FRACTIONS:
             _fraction(tries, low, 1.0, tolerance)
         else:
-            _integer(tries, SMALLEST[setting], LARGEST[setting], getattr(chain[-1], setting))
+            _integer(tries, *chain[-1].ranges[setting], getattr(chain[-1], setting))
         if tries.best is None:
             smallest = min(tries.sizes.values())
             raise BudgetError(

@@ -202,10 +202,12 @@ class UniformQuantization:
     needs: ClassVar[str] = "none"
     budgets: ClassVar[tuple[str, ...]] = ()
     quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {"bits": (2, 16)}  # also what a ratio search may choose
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
-            raise BudgetError(f"bits must be an integer from 2 to 16, got {self.bits!r}")
+        lo, hi = self.ranges["bits"]
+        if not isinstance(self.bits, int) or not lo <= self.bits <= hi:
+            raise BudgetError(f"bits must be an integer from {lo} to {hi}, got {self.bits!r}")
         check_flag("per_channel", self.per_channel)
         if self.clip not in CLIPS:
             raise BudgetError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
@@ -305,10 +307,12 @@ class KMeansQuantization:
     needs: ClassVar[str] = "none"
     budgets: ClassVar[tuple[str, ...]] = ()
     quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {"levels": (2, 65536)}  # also what a ratio search may choose
 
     def __post_init__(self) -> None:
-        if not isinstance(self.levels, int) or not 2 <= self.levels <= 65536:
-            raise BudgetError(f"levels must be an integer from 2 to 65536, got {self.levels!r}")
+        lo, hi = self.ranges["levels"]
+        if not isinstance(self.levels, int) or not lo <= self.levels <= hi:
+            raise BudgetError(f"levels must be an integer from {lo} to {hi}, got {self.levels!r}")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         return apply_by_layer(self, model, budget)

@@ -35,7 +35,17 @@ from netpress.budget import Budget
 from netpress.codec.codes import Codes, Encoded
 from netpress.codec.container import Packed
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensor, stored_tensors
-from netpress.data import Subset, calibration_subset, check_dataset, check_not_test, load_dataset
+from netpress.data import (
+    Subset,
+    calibration_subset,
+    check_dataset,
+    check_not_test,
+    dataset_sha256,
+    load_dataset,
+    load_preservation_set,
+    sample_digests,
+)
+from netpress.data.datasets import PRESERVATION_KEYS
 from netpress.data.text import TEXT_DATASETS, Sentences, load_sentences
 from netpress.errors import (
     BudgetError,
@@ -682,7 +692,11 @@ def _is_float(value: Encoded | torch.Tensor) -> bool:
 def _method_record(method: Method) -> dict:
     """A method's name and settings for the file; a setting left at None (unset) is left out, so adding an
     optional setting changes no file made without it."""
-    return {"name": method.name, **{k: v for k, v in vars(method).items() if not k.startswith("_") and v is not None}}
+    settings = {k: v for k, v in vars(method).items() if not k.startswith("_") and v is not None}
+    for key, value in settings.items():
+        if isinstance(value, Dataset):  # your own examples (self-compression's preservation set): what identifies them
+            settings[key] = {"samples": len(value), "sha256": dataset_sha256(value)}
+    return {"name": method.name, **settings}
 
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
@@ -761,6 +775,7 @@ def press(
     seed: int = 0,
     raw_dtype: str | None = None,
     keep: Sequence[str] = (),
+    preservation: str | os.PathLike | Dataset | None = None,
 ) -> dict:
     """Compress, write the file, and measure it: the one-call pipeline behind the CLI and benchmarks.
 
@@ -768,16 +783,22 @@ def press(
     Calibration samples come from the training split (``calib`` of them: by default ``DEFAULT_CALIB``, or the
     whole split for a method that retrains); evaluation uses the test split. ``data``: a dataset name, a
     .safetensors data file, or your own ``(train, test)`` pair of map-style torch Datasets of (input, label).
+    ``preservation``: your critical examples (a .safetensors file holding ``PRESERVATION_KEYS``, or a labelled
+    torch Dataset), measured before and after like the test split (``report["preservation"]``, which counts
+    those that are also in the test split) and guarded by self-compression, which refuses them in the test split.
     """
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
+    preservation = _preservation_set(preservation, handle)
+    methods = _guarding(methods, preservation)
     with _keeping(handle, methods, keep):
         _check_call(handle, methods, budget, raw_dtype)
         _check_searched_ratios(handle, methods, [budget])
         check_press_suffix(out)
         check_writable(out, keep=(handle.path,) if handle.path else ())
-        return _press(handle, methods, budget, out, _prepare(handle, methods, data, calib, seed), raw_dtype)
+        prepared = _prepare(handle, methods, data, calib, seed, preservation)
+        return _press(handle, methods, budget, out, prepared, raw_dtype)
 
 
 def _data_name(data: str | os.PathLike | tuple | None) -> str | tuple | None:
@@ -798,6 +819,39 @@ def _with_input_shape(handle: ModelHandle, data: str | None) -> ModelHandle:
 
 
 OWN_DATASETS = "your (train, test) datasets"  # the report's name for them
+
+
+def _preservation_set(preservation: str | os.PathLike | Dataset | None, handle: ModelHandle) -> Dataset | None:
+    """Your critical examples, read and checked: labelled inputs of the model's shape."""
+    if preservation is None:
+        return None
+    if hf.is_hf_source(handle.source):
+        raise DataError("a preservation set holds a classifier's labelled inputs; an encoder is measured on sentences")
+    if isinstance(preservation, str | os.PathLike):
+        preservation = load_preservation_set(preservation)
+    elif not isinstance(preservation, Dataset):
+        raise DataError(
+            f"preservation is a .safetensors file holding {PRESERVATION_KEYS}, or a labelled torch Dataset; "
+            f"got {type(preservation).__name__}"
+        )
+    check_dataset(preservation, handle.input_shape)
+    if len(preservation[0]) < 2:
+        raise DataError("the preservation set's items must be (input, label): it is measured by its accuracy")
+    return preservation
+
+
+def _guarding(methods: list[Method], preservation: Dataset | None) -> list[Method]:
+    """The methods, those that guard a preservation set while they train (self-compression) given yours."""
+    if preservation is None:
+        return methods
+    guarded = []
+    for method in methods:
+        if hasattr(method, "preservation"):
+            if method.preservation is not None and method.preservation is not preservation:
+                raise DataError(f"give the preservation set once: to press / sweep or to {method.name}, not both")
+            method = replace(method, preservation=preservation)
+        guarded.append(method)
+    return guarded
 
 
 def _own_datasets(data: tuple) -> tuple[Dataset, Dataset]:
@@ -826,9 +880,19 @@ class _Prepared:
     before: Evaluation | None = None
     sentences: list[str] | None = None
     reference: torch.Tensor | None = None  # the original's sentence embeddings
+    preservation: Dataset | None = None  # your critical examples
+    preservation_record: dict | None = None  # what the report says of them besides their accuracy
+    preservation_before: Evaluation | None = None
 
 
-def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib: int | None, seed: int) -> _Prepared:
+def _prepare(
+    handle: ModelHandle,
+    methods: list[Method],
+    data: str | None,
+    calib: int | None,
+    seed: int,
+    preservation: Dataset | None = None,
+) -> _Prepared:
     check_seed(seed)
     own = None
     if isinstance(data, tuple):
@@ -838,6 +902,7 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
     elif data is not None and not isinstance(data, str):
         raise DataError("data must be a dataset name, a .safetensors data file, or a (train, test) pair of torch Datasets")
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
+    prepared.preservation = preservation
     name = prepared.dataset
     calibrating = [m for m in methods if m.needs != "none"]
     if calibrating and hf.is_hf_source(handle.source):
@@ -863,9 +928,12 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
             _encoder(handle).embed(handle.module, prepared.sentences[:1])
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
+            _check_preservation(prepared, methods)
             samples = [("test", prepared.test[0][0])]
             if prepared.calibration is not None:
                 samples.append(("training", prepared.calibration.dataset[prepared.calibration.indices[0]][0]))
+            if preservation is not None:
+                samples.append(("preservation", preservation[0][0]))
             for split, sample in samples:
                 if not bool(torch.isfinite(predict(handle.module, sample.unsqueeze(0))).all()):
                     raise DataError(
@@ -873,6 +941,26 @@ def _prepare(handle: ModelHandle, methods: list[Method], data: str | None, calib
                         "trained on (standardise them as for training)"
                     )
     return prepared
+
+
+def _check_preservation(prepared: _Prepared, methods: list[Method]) -> None:
+    """Record what identifies your preservation set and how many of its examples are also in the test split;
+    refuse those for a method that trains on them (the test accuracy would flatter its file)."""
+    if prepared.preservation is None:
+        return
+    test = set(sample_digests(prepared.test))
+    shared = sum(digest in test for digest in sample_digests(prepared.preservation))
+    trains = [m.name for m in methods if getattr(m, "preservation", None) is not None]
+    if shared and trains:
+        raise DataError(
+            f"{shared} of the {len(prepared.preservation)} preservation examples are also in the test split: {trains[0]} "
+            "trains on them, so the test accuracy would flatter the file; take them from the training data"
+        )
+    prepared.preservation_record = {
+        "samples": len(prepared.preservation),
+        "sha256": dataset_sha256(prepared.preservation),
+        "in_test_split": shared,
+    }
 
 
 def _check_encoder_calibration(methods: list[Method]) -> None:
@@ -892,6 +980,8 @@ def _measure_original(handle: ModelHandle, prepared: _Prepared) -> None:
     with kept_modes(handle.module):
         if prepared.test is not None and prepared.before is None:
             prepared.before = _evaluate(handle.module, prepared.test)
+        if prepared.preservation is not None and prepared.preservation_before is None:
+            prepared.preservation_before = _evaluate(handle.module, prepared.preservation)
         if prepared.sentences is not None and prepared.reference is None:
             prepared.reference = _encoder(handle).embed(handle.module, prepared.sentences)
 
@@ -975,14 +1065,21 @@ def _measured_report(
         report["overall_ratio"] = handle.first_original_bytes / file_bytes
         if handle.path is not None and Path(handle.path).is_file():  # a second stage can lose size (re-quantizing finer)
             report["input_file_bytes"] = Path(handle.path).stat().st_size
+    loaded = functools.cache(lambda: load(path, model=handle.module))
     try:
         if prepared.test is not None:
-            after = _evaluate(load(path, model=handle.module), prepared.test)
+            after = _evaluate(loaded(), prepared.test)
             report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)
             per_class = {"before": prepared.before.to_dict()["per_class"], "after": after.to_dict()["per_class"]}
             report["per_class_accuracy"] = per_class  # a class the file lost shows here, not in the mean
+        if prepared.preservation is not None:
+            report["preservation"] = {
+                **(prepared.preservation_record or {"samples": len(prepared.preservation)}),
+                "accuracy_before": prepared.preservation_before.accuracy,
+                "accuracy_after": _evaluate(loaded(), prepared.preservation).accuracy,
+            }
         if prepared.reference is not None:  # an encoder is measured against itself uncompressed
-            written = handle.encoder.embed(load(path, model=handle.module), prepared.sentences)
+            written = handle.encoder.embed(loaded(), prepared.sentences)
             report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
     except DataError as exc:  # the original ran on this data: the compression broke the model
         structural = [m["name"] for m in made.summary["methods"] if getattr(METHODS.get(m["name"]), "structural", False)]
@@ -1091,6 +1188,7 @@ def sweep(
     raw_dtype: str | None = None,
     workers: int = 1,
     keep: Sequence[str] = (),
+    preservation: str | os.PathLike | Dataset | None = None,
 ) -> list[dict]:
     """``press`` once per budget, each file in ``out_dir`` named after the method and target.
 
@@ -1099,6 +1197,7 @@ def sweep(
     group (processes launched by ``torchrun``) its processes do, each writing its own points' files (on several
     machines, ``out_dir`` should be a shared folder) and every one returning the whole list. Local workers are
     started afresh (``spawn``), so a script that asks for them runs its work under ``if __name__ == "__main__":``.
+    ``preservation`` is measured at every point, as in ``press``.
     """
     check_whole("workers", workers, 1)
     if workers > 1 and parallel.in_group():
@@ -1108,6 +1207,8 @@ def sweep(
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
+    preservation = _preservation_set(preservation, handle)
+    methods = _guarding(methods, preservation)
     with _keeping(handle, methods, keep):
         if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
             raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")
@@ -1124,10 +1225,10 @@ def sweep(
         out_dir = Path(out_dir)
         for name in names:
             check_writable(out_dir / name, keep=(handle.path,) if handle.path else (), made=out_dir)
-        prepared = _prepare(handle, methods, data, calib, seed)
+        prepared = _prepare(handle, methods, data, calib, seed, preservation)
         make_output_dir(out_dir)
         points = [(budget, out_dir / name) for budget, name in zip(budgets, names)]
-        task = functools.partial(_press_points, handle, methods, data, calib, seed, raw_dtype)
+        task = functools.partial(_press_points, handle, methods, data, calib, seed, raw_dtype, preservation)
         if parallel.in_group():
             return parallel.shared(functools.partial(task, prepared=prepared), points)
         workers = min(workers, len(points))  # no process without a point
@@ -1143,12 +1244,13 @@ def _press_points(
     calib: int | None,
     seed: int,
     raw_dtype: str | None,
+    preservation: Dataset | None,
     points: list[tuple[Budget, Path]],
     prepared: _Prepared | None = None,
 ) -> list[dict]:
     """``_press`` at each of ``points`` (one process's share of a sweep), with ``prepared`` data or its own."""
     if prepared is None:
-        prepared = _prepare(handle, methods, data, calib, seed)
+        prepared = _prepare(handle, methods, data, calib, seed, preservation)
     return [_press(handle, methods, budget, out, prepared, raw_dtype) for budget, out in points]
 
 

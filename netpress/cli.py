@@ -15,6 +15,7 @@ from rich.table import Table
 
 from netpress import api, codec, hf, parallel, zoo
 from netpress.budget import Budget
+from netpress.data.datasets import PRESERVATION_KEYS
 from netpress.errors import (
     BudgetError,
     DataError,
@@ -123,6 +124,10 @@ GAMMA_HELP = (
     "higher: fewer bits and a smaller file, at some accuracy"
 )
 PRESERVE_HELP = f"self-compress: critical training examples in the preservation set (default {SelfCompression.preserve}; 0: none)"
+PRESERVATION_HELP = (
+    f"your critical examples: a .safetensors file holding {PRESERVATION_KEYS} (it may be the --data file), measured "
+    "before and after; self-compress guards them instead of the --preserve examples it would choose"
+)
 KEEP_HELP = (
     "comma-separated layers to keep uncompressed, stored as floats (module names or shell patterns: conv1,fc3 or "
     "'layer3.*'); the targets count the other layers' weights; fcpts, l2 and the retraining methods still tune them"
@@ -256,6 +261,14 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def preserving(preservation_set: Path | None, preserve: int | None) -> Path | None:
+    """``--preservation-set``, refused beside ``--preserve``: self-compression guards your examples instead of
+    the ones it would choose."""
+    if preservation_set is not None and preserve is not None:
+        raise BudgetError("--preservation-set gives the examples self-compress guards; drop --preserve, which counts its own")
+    return preservation_set
+
+
 def calibration_size(calib: int | None, methods: list) -> int | None:
     """``--calib``, refused where no chosen method calibrates (it would be ignored); None: press's default."""
     if calib is not None and all(m.needs == "none" for m in methods):
@@ -365,6 +378,19 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if kept := report.get("preservation"):
+        err.print(
+            f"preservation set ({kept['samples']:,} examples): accuracy {100 * kept['accuracy_before']:.2f} % → "
+            f"{100 * kept['accuracy_after']:.2f} %",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if kept.get("in_test_split"):
+            err.print(
+                f"warning: {kept['in_test_split']:,} of the preservation examples are also in the test split",
+                highlight=False,
+                soft_wrap=True,
+            )
     if report.get("kept_layers"):
         err.print(f"note: kept uncompressed, by request: {', '.join(report['kept_layers'])}", highlight=False, soft_wrap=True)
     if report["uncompressed_layers"]:
@@ -403,6 +429,7 @@ def compress(
     gamma: float | None = typer.Option(None, help=GAMMA_HELP),
     steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
     preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
+    preservation_set: Path | None = typer.Option(None, help=PRESERVATION_HELP),
     keep: str | None = typer.Option(None, help=KEEP_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=CALIB_HELP),
@@ -454,6 +481,7 @@ def compress(
         seed=seed_value(seed, methods),
         raw_dtype=raw_dtype,
         keep=_names(keep),
+        preservation=preserving(preservation_set, preserve),
     )
     _print_report(result)
     if plot is not None:
@@ -516,6 +544,7 @@ def sweep(
     gamma: float | None = typer.Option(None, help=GAMMA_HELP),
     steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
     preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
+    preservation_set: Path | None = typer.Option(None, help=PRESERVATION_HELP),
     keep: str | None = typer.Option(None, help=KEEP_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
     calib: int | None = typer.Option(None, help=CALIB_HELP),
@@ -574,6 +603,7 @@ def sweep(
             raw_dtype=raw_dtype,
             workers=workers,
             keep=_names(keep),
+            preservation=preserving(preservation_set, preserve),
         )
     if not lead:  # rank 0 of the launched group prints and writes what all of them made
         return

@@ -12,7 +12,21 @@ from netpress.data.datasets import (
     calibration_subset,
     check_dataset,
     check_not_test,
+    dataset_sha256,
     load_dataset,
+    load_preservation_set,
+    sample_digests,
 )
 
-__all__ = ["DATASETS", "Subset", "batches", "calibration_subset", "check_dataset", "check_not_test", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "Subset",
+    "batches",
+    "calibration_subset",
+    "check_dataset",
+    "check_not_test",
+    "dataset_sha256",
+    "load_dataset",
+    "load_preservation_set",
+    "sample_digests",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
@@ -81,11 +82,14 @@ def _digits(split: str) -> TensorDataset:
 
 DATASETS = {"fashion-mnist": _fashion_mnist, "digits": _digits}
 DATA_FILE_KEYS = "train_inputs (train_labels optional: calibration needs none), test_inputs and test_labels"
+DIGEST_ROWS = 1024  # samples read at a time by the digests
+PRESERVATION_KEYS = "preserve_inputs and preserve_labels"  # a preservation set's file (it may be the --data file)
 
 
 def _data_file(path: Path, split: str) -> TensorDataset:
     """A user's own data: a safetensors file (no pickle) with float ``{split}_inputs`` of the model's input shape
-    and integer ``{split}_labels``, one per input; the test split must be labelled, since accuracy is measured on it."""
+    and integer ``{split}_labels``, one per input; only the train split may be unlabelled, since accuracy is
+    measured on the others."""
     if not path.is_file():
         raise DataError(f"data file {path} not found")
     try:
@@ -94,8 +98,9 @@ def _data_file(path: Path, split: str) -> TensorDataset:
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(f"{path} is not a readable safetensors file ({exc})") from exc
     inputs, labels = stored.get(f"{split}_inputs"), stored.get(f"{split}_labels")
-    if inputs is None or (labels is None and split == "test"):
-        raise DataError(f"{path} has no {split}_{'inputs' if inputs is None else 'labels'}; a data file holds {DATA_FILE_KEYS}")
+    if inputs is None or (labels is None and split != "train"):
+        holds = PRESERVATION_KEYS if split == "preserve" else DATA_FILE_KEYS
+        raise DataError(f"{path} has no {split}_{'inputs' if inputs is None else 'labels'}; a data file holds {holds}")
     if not inputs.is_floating_point() or inputs.dim() < 2 or len(inputs) == 0:
         raise DataError(
             f"{split}_inputs in {path} must be a non-empty float tensor (samples, ...), got {inputs.dtype} {tuple(inputs.shape)}"
@@ -128,6 +133,34 @@ def load_dataset(name: str | os.PathLike, split: str = "test") -> TensorDataset:
         dataset = DATASETS[name](split)
     dataset.split = split  # calibration_subset refuses the test split by this mark
     return dataset
+
+
+def load_preservation_set(path: str | os.PathLike) -> TensorDataset:
+    """Your own critical examples from a ``.safetensors`` file holding ``PRESERVATION_KEYS``: measured before and
+    after compression, and what self-compression guards."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise DataError(f"a preservation set is a .safetensors file holding {PRESERVATION_KEYS}; got {path}")
+    return _data_file(path, "preserve")
+
+
+def sample_digests(dataset: Dataset) -> list[bytes]:
+    """A sha256 of each sample's input (its float32 bytes): finds the same example in two datasets."""
+    return [
+        hashlib.sha256(x.to(torch.float32).contiguous().numpy().tobytes()).digest()
+        for inputs, _ in batches(dataset, DIGEST_ROWS)
+        for x in inputs
+    ]
+
+
+def dataset_sha256(dataset: Dataset) -> str:
+    """One sha256 of a labelled dataset's inputs and labels, in order: what a file records of a set it was made with."""
+    digest = hashlib.sha256()
+    for inputs, labels in batches(dataset, DIGEST_ROWS):
+        digest.update(inputs.to(torch.float32).contiguous().numpy().tobytes())
+        if labels is not None:
+            digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_dataset(dataset: Dataset, input_shape: tuple[int, ...] | None = None) -> None:

@@ -361,13 +361,13 @@ def labelled_training_data(data: Subset | None, method: str) -> tuple[torch.Tens
     return inputs, labels.long()
 
 
-def check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
+def check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, what: str = "training") -> int:
     """The model's class count; refuses labels outside its classes (and inputs the model cannot take) before
     training, not with an index error in its first step."""
     with kept_modes(model):
         classes = predict(model, inputs[:1], batch_size=1).shape[-1]
     if labels.min() < 0 or labels.max() >= classes:
         raise DataError(
-            f"the training labels run from {int(labels.min())} to {int(labels.max())}, but the model has {classes} classes"
+            f"the {what} labels run from {int(labels.min())} to {int(labels.max())}, but the model has {classes} classes"
         )
     return classes

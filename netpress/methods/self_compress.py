@@ -22,11 +22,12 @@ from sklearn.cluster import KMeans
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
-from netpress.data import Subset
-from netpress.errors import BudgetError, NetpressError, check_flag, check_real, check_seed, check_whole, one_line
+from netpress.data import Subset, batches, check_dataset, check_not_test, dataset_sha256
+from netpress.errors import BudgetError, DataError, NetpressError, check_flag, check_real, check_seed, check_whole, one_line
 from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
 from netpress.graph.dead_channels import cut_dead_channels
 from netpress.graph.groups import block_index
@@ -67,7 +68,8 @@ class SelfCompression:
     the mean bits per weight against the cross-entropy; ``preserve`` critical training examples enter the loss
     with weight ``safety_weight`` (a batch of them each step) and are checked every ``check_every`` steps: a fall
     of more than ``guard`` in their accuracy brings back ``restore_fraction`` of the channels under one bit at
-    ``restore_bits`` bits. Needs labelled training data.
+    ``restore_bits`` bits. Needs labelled training data. ``preservation``: your own critical examples (a
+    labelled torch Dataset, not test data), guarded instead of the ``preserve`` netpress would choose.
 
     Without a target, ``gamma`` trades accuracy for size. With a ratio target the size term is a hinge on the
     mean bit depth the file's bytes allow, ``gamma`` growing while the bit depths are over it; then every live
@@ -89,6 +91,7 @@ class SelfCompression:
     restore_bits: float = 2.0
     cut_channels: bool = True
     seed: int = 0
+    preservation: Dataset | None = None
     name: ClassVar[str] = "self-compress"
     needs: ClassVar[str] = "training"
     budgets: ClassVar[tuple[str, ...]] = ("ratio",)
@@ -109,6 +112,13 @@ class SelfCompression:
         check_real("restore_fraction", self.restore_fraction, 0.0)
         if self.restore_fraction > 1:
             raise BudgetError(f"restore_fraction is a share of the failing channels, at most 1; got {self.restore_fraction!r}")
+        if self.preservation is not None:
+            if not isinstance(self.preservation, Dataset):
+                raise DataError(f"preservation is a labelled torch Dataset, got {type(self.preservation).__name__}")
+            check_dataset(self.preservation)
+            check_not_test(self.preservation)  # it is trained on
+            if len(self.preservation[0]) < 2:
+                raise DataError("the preservation set's items must be (input, label): it is guarded by its accuracy")
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = with_reference(self, budget, model)
@@ -118,10 +128,18 @@ class SelfCompression:
         weights = check_model(model, trains=True)
         pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
         sizer = FileSizer(model, self, budget, data) if budget is not None else None
+        if self.preservation is not None:
+            chosen = None
+            preserved_inputs, preserved_labels = next(batches(self.preservation, len(self.preservation)))
+            preserved = preserved_inputs, preserved_labels.long()
+            check_labels(model, *preserved, what="preservation")
+        else:
+            with kept_modes(model):
+                chosen = preservation_set(model, inputs, labels, self.preserve, self.seed)
+            preserved = inputs[chosen], labels[chosen]
         with kept_modes(model):
-            chosen = preservation_set(model, inputs, labels, self.preserve, self.seed)
-            accuracy_before = _accuracy(model, inputs[chosen], labels[chosen])
-        run = _Run(self, model, weights, inputs, labels, chosen, pruned_before, sizer)
+            accuracy_before = _accuracy(model, *preserved)
+        run = _Run(self, model, weights, inputs, labels, preserved, pruned_before, sizer)
         run.train()
         statistics = inputs[:BATCHNORM_SAMPLES]
         run.settle(statistics)
@@ -139,10 +157,14 @@ class SelfCompression:
         if cut is not None:
             result.rows[0]["cut"] = cut
         with kept_modes(model):
-            accuracy_after = _accuracy(model, inputs[chosen], labels[chosen])
+            accuracy_after = _accuracy(model, *preserved)
         result.rows[0]["preservation"] = {
-            "size": len(chosen),
-            "indices": [data.indices[i] for i in chosen.tolist()],
+            "size": len(preserved[0]),
+            **(
+                {"indices": [data.indices[i] for i in chosen.tolist()]}
+                if chosen is not None
+                else {"yours_sha256": dataset_sha256(self.preservation)}
+            ),
             "accuracy_before": accuracy_before,
             "accuracy_after": accuracy_after,
             "restores": run.restores,
@@ -163,13 +185,15 @@ class _Run:
         weights: dict[str, nn.Parameter],
         inputs: torch.Tensor,
         labels: torch.Tensor,
-        chosen: torch.Tensor,
+        preserved: tuple[torch.Tensor, torch.Tensor],
         pruned: dict[str, torch.Tensor],
         sizer: FileSizer | None,
     ) -> None:
-        """``sizer``: with a ratio target, what measures the file; the mean bit depth it allows is the hinge."""
+        """``preserved``: the preservation set's inputs and labels. ``sizer``: with a ratio target, what
+        measures the file; the mean bit depth it allows is the hinge."""
         self.config, self.model, self.weights, self.sizer = config, model, weights, sizer
-        self.inputs, self.labels, self.chosen, self.pruned = inputs, labels, chosen, pruned
+        self.inputs, self.labels, self.pruned = inputs, labels, pruned
+        self.preserved_inputs, self.preserved_labels = preserved
         self.bits: dict[str, nn.Parameter] = {}
         self.exponents: dict[str, nn.Parameter] = {}
         self.per_channel = {n: w[0].numel() for n, w in weights.items()}
@@ -203,9 +227,10 @@ class _Run:
                 {"params": [*self.bits.values(), *self.exponents.values()], "lr": config.bits_lr},
             ]
         )
-        safety = config.safety_weight > 0 and len(self.chosen) > 0
+        preserving = len(self.preserved_inputs) > 0
+        safety = config.safety_weight > 0 and preserving
         pressure = config.gamma
-        last = self._preserved_accuracy() if len(self.chosen) else None
+        last = self._preserved_accuracy() if preserving else None
         self.model.train()
         with progress_bar() as progress:
             task = progress.add_task("self-compression", total=config.steps)
@@ -222,9 +247,9 @@ class _Run:
                     if step % config.check_every == 0 and bits > self.allowed_bits:
                         pressure *= PRESSURE_GROWTH
                 if safety:
-                    pick = self.chosen[torch.randint(len(self.chosen), (config.batch_size,), generator=self.generator)]
-                    preserved = functional_call(self.model, quantized, (self.inputs[pick],))
-                    loss = loss + config.safety_weight * F.cross_entropy(preserved, self.labels[pick])
+                    pick = torch.randint(len(self.preserved_inputs), (config.batch_size,), generator=self.generator)
+                    preserved = functional_call(self.model, quantized, (self.preserved_inputs[pick],))
+                    loss = loss + config.safety_weight * F.cross_entropy(preserved, self.preserved_labels[pick])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -245,10 +270,11 @@ class _Run:
             self.model.eval()
             quantized = self.quantized()
             correct = 0
-            for idx in self.chosen.split(INFERENCE_BATCH):
-                logits = functional_call(self.model, quantized, (self.inputs[idx],))
-                correct += int((logits.argmax(dim=1) == self.labels[idx]).sum())
-        return correct / len(self.chosen)
+            for start in range(0, len(self.preserved_inputs), INFERENCE_BATCH):
+                rows = slice(start, start + INFERENCE_BATCH)
+                logits = functional_call(self.model, quantized, (self.preserved_inputs[rows],))
+                correct += int((logits.argmax(dim=1) == self.preserved_labels[rows]).sum())
+        return correct / len(self.preserved_inputs)
 
     def _restore(self) -> None:
         """Bring back a random ``restore_fraction`` of the channels under one bit at ``restore_bits`` bits."""

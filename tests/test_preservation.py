@@ -1,0 +1,159 @@
+"""Your own preservation set: critical examples measured before and after every method, guarded by
+self-compression, refused where it would train on test data, and read from a file without pickle."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import Subset as TorchSubset
+from torch.utils.data import TensorDataset
+from typer.testing import CliRunner
+
+import netpress
+from netpress import api, codec
+from netpress.budget import Budget
+from netpress.cli import app
+from netpress.data import calibration_subset, dataset_sha256, load_dataset, load_preservation_set
+from netpress.errors import DataError
+from netpress.methods.baselines import MagnitudePruning
+from netpress.methods.self_compress import SelfCompression
+from tests.archs import tiny_mlp
+
+FAST = SelfCompression(steps=20, batch_size=64)
+runner = CliRunner()
+
+
+def _handle(model):
+    return netpress.ModelHandle(model, {}, "digits", (1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_dataset("digits", "train")
+
+
+@pytest.fixture(scope="module")
+def critical(train):
+    """Forty training images as a labelled dataset of the user's own."""
+    inputs, labels = train.tensors
+    return TensorDataset(inputs[:40].clone(), labels[:40].clone())
+
+
+def test_every_method_reports_the_sets_accuracy_before_and_after_with_the_function_of_the_test_split(critical, tmp_path):
+    model = tiny_mlp()
+    out = tmp_path / "m.press"
+    report = api.press(_handle(model), MagnitudePruning(), Budget(sparsity=0.9), out=out, data="digits", preservation=critical)
+    kept = report["preservation"]
+    assert kept["samples"] == 40 and kept["in_test_split"] == 0 and kept["sha256"] == dataset_sha256(critical)
+    assert kept["accuracy_before"] == netpress.evaluate(model, critical).accuracy
+    assert kept["accuracy_after"] == netpress.evaluate(netpress.load(out, model=tiny_mlp()), critical).accuracy
+
+
+def test_examples_also_in_the_test_split_are_counted_and_refused_where_they_are_trained_on(critical, tmp_path):
+    test = load_dataset("digits", "test")
+    inputs, labels = test.tensors
+    mixed = TensorDataset(torch.cat([critical.tensors[0], inputs[:3]]), torch.cat([critical.tensors[1], labels[:3]]))
+    report = api.press(
+        _handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "m.press", data="digits", preservation=mixed
+    )
+    assert report["preservation"]["in_test_split"] == 3
+    out = tmp_path / "s.press"
+    with pytest.raises(DataError, match="3 of the 43 preservation examples are also in the test split"):
+        api.press(_handle(tiny_mlp()), FAST, out=out, data="digits", calib=256, preservation=mixed)
+    assert not out.exists()
+    with pytest.raises(DataError, match="test split"):  # the split itself, handed to the method directly
+        SelfCompression(preservation=TorchSubset(test, range(10)))
+
+
+def test_self_compression_guards_your_examples_and_the_file_records_which(train, critical):
+    data = calibration_subset(train, 256, seed=0)
+    compressed = api.compress(_handle(tiny_mlp()), replace(FAST, preservation=critical), data=data)
+    row = compressed.details["layers"]["self-compress"][0]["preservation"]
+    assert row["size"] == 40 and row["yours_sha256"] == dataset_sha256(critical) and "indices" not in row
+    (record,) = compressed.summary["methods"]
+    assert record["preservation"] == {"samples": 40, "sha256": dataset_sha256(critical)}
+    chosen = api.compress(_handle(tiny_mlp()), replace(FAST, preserve=40), data=data)
+    assert len(chosen.details["layers"]["self-compress"][0]["preservation"]["indices"]) == 40
+    assert codec.to_bytes(chosen) != codec.to_bytes(compressed)  # another set, another guard
+
+
+def test_press_hands_the_set_to_self_compression_and_refuses_a_second_one(critical, tmp_path):
+    report = api.press(_handle(tiny_mlp()), FAST, out=tmp_path / "s.press", data="digits", calib=256, preservation=critical)
+    assert report["layers"]["self-compress"][0]["preservation"]["size"] == 40
+    inside = report["layers"]["self-compress"][0]["preservation"]["accuracy_after"]  # on the model before it was written
+    assert report["preservation"]["accuracy_after"] == pytest.approx(inside)
+    other = TensorDataset(critical.tensors[0][:5], critical.tensors[1][:5])
+    with pytest.raises(DataError, match="give the preservation set once"):
+        api.press(
+            _handle(tiny_mlp()), replace(FAST, preservation=other), out=tmp_path / "t.press", data="digits", preservation=critical
+        )
+
+
+def _write(path, **tensors):
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "tensors, message",
+    [
+        (
+            {"preserve_inputs": torch.zeros(4, 1, 8, 8)},
+            "no preserve_labels; a data file holds preserve_inputs and preserve_labels",
+        ),
+        ({"train_inputs": torch.zeros(4, 1, 8, 8)}, "no preserve_inputs"),
+        ({"preserve_inputs": torch.zeros(4, 1, 8, 8), "preserve_labels": torch.zeros(3, dtype=torch.int64)}, "one per input"),
+        ({"preserve_inputs": torch.zeros(4, 64), "preserve_labels": torch.zeros(4, dtype=torch.int64)}, "the model expects"),
+        (
+            {"preserve_inputs": torch.full((4, 1, 8, 8), float("nan")), "preserve_labels": torch.zeros(4, dtype=torch.int64)},
+            "NaN",
+        ),
+    ],
+    ids=["unlabelled", "missing", "label-count", "shape", "nan"],
+)
+def test_a_bad_preservation_file_is_refused_before_any_work(tmp_path, tensors, message):
+    path = _write(tmp_path / "p.safetensors", **tensors)
+    out = tmp_path / "m.press"
+    with pytest.raises(DataError, match=message):
+        api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=out, data="digits", preservation=path)
+    assert not out.exists()
+
+
+def test_a_preservation_set_is_a_safetensors_file_or_a_dataset(tmp_path):
+    with pytest.raises(DataError, match="a .safetensors file holding preserve_inputs and preserve_labels"):
+        load_preservation_set(tmp_path / "p.pt")
+    with pytest.raises(DataError, match="got list"):
+        api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "m.press", preservation=[1, 2])
+    with pytest.raises(DataError, match="not found"):
+        load_preservation_set(tmp_path / "missing.safetensors")
+
+
+def test_the_cli_reads_the_set_from_a_file_and_says_how_it_fared(critical, tmp_path):
+    model = tiny_mlp()
+    save_file(model.state_dict(), str(tmp_path / "mlp.safetensors"))
+    inputs, labels = critical.tensors
+    path = _write(tmp_path / "p.safetensors", preserve_inputs=inputs, preserve_labels=labels)
+    args = ["compress", tmp_path / "mlp.safetensors", "--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "magnitude"]
+    args += ["--sparsity", "0.8", "--preservation-set", path, "-o", tmp_path / "m.press", "--report", tmp_path / "r.json"]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "preservation set (40 examples): accuracy" in result.output
+    refused = runner.invoke(
+        app,
+        [
+            str(a)
+            for a in [
+                *args[:6],
+                "-m",
+                "self-compress",
+                "--preserve",
+                "10",
+                "--preservation-set",
+                path,
+                "-o",
+                tmp_path / "s.press",
+            ]
+        ],
+    )
+    assert refused.exit_code != 0 and "drop --preserve" in refused.output

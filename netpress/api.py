@@ -508,6 +508,8 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
     """Within it, the layers ``keep`` names (shell-style patterns on module names, ``"fc3"``, ``"features.*"``)
     are marked ``KEPT``: every weight stage leaves them out, and they are stored as floats. The marks go when the
     call ends, so the caller's model is as it was."""
+    if not isinstance(keep, str | Sequence):
+        raise BudgetError(f"keep takes layer names or patterns (strings), e.g. keep=['conv1', 'fc3'], got {keep!r}")
     patterns = [keep] if isinstance(keep, str) else list(keep)
     if not patterns:
         yield
@@ -905,6 +907,8 @@ def _prepare(
     prepared.preservation = preservation
     name = prepared.dataset
     calibrating = [m for m in methods if m.needs != "none"]
+    if calib is not None and not calibrating:  # a silently ignored setting would be a wrong result
+        raise BudgetError(f"{' + '.join(m.name for m in methods)} uses no calibration data; drop calib (CLI: --calib)")
     if calibrating and hf.is_hf_source(handle.source):
         _check_encoder_calibration(calibrating)
     if name is None:

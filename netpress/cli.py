@@ -269,13 +269,6 @@ def preserving(preservation_set: Path | None, preserve: int | None) -> Path | No
     return preservation_set
 
 
-def calibration_size(calib: int | None, methods: list) -> int | None:
-    """``--calib``, refused where no chosen method calibrates (it would be ignored); None: press's default."""
-    if calib is not None and all(m.needs == "none" for m in methods):
-        raise BudgetError(f"{' + '.join(m.name for m in methods)} uses no calibration data; drop --calib")
-    return calib
-
-
 def seed_value(seed: int | None, methods: list) -> int:
     """``--seed``, refused where nothing random runs: no calibration draw, no method with a seed."""
     if seed is not None and all(m.needs == "none" and not hasattr(m, "seed") for m in methods):
@@ -477,7 +470,7 @@ def compress(
         build_budget(ratio, sparsity, params),
         out=output,
         data=data,
-        calib=calibration_size(calib, methods),
+        calib=calib,
         seed=seed_value(seed, methods),
         raw_dtype=raw_dtype,
         keep=_names(keep),
@@ -598,7 +591,7 @@ def sweep(
             budgets,
             out_dir=out_dir,
             data=data,
-            calib=calibration_size(calib, methods),
+            calib=calib,
             seed=seed_value(seed, methods),
             raw_dtype=raw_dtype,
             workers=workers,

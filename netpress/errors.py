@@ -58,6 +58,8 @@ def _name_max(folder: str) -> int:
 
 def check_suffix(path: str | os.PathLike | None, suffixes: tuple[str, ...], why: str) -> None:
     """Refuse an output name whose suffix would mislead: netpress and other tools go by it."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise OutputError(f"an output is named by its path (a str or pathlib.Path), got {type(path).__name__}")
     if path is not None and os.path.splitext(path)[1].lower() not in suffixes:
         raise OutputError(f"{path}: {why}; give it a name ending in {' or '.join(suffixes)}")
 

@@ -202,7 +202,7 @@ def test_user_architecture_with_arch(weights, tmp_path):
         (["demo", "--output-dir", "{w}/mlp.pt"], ["cannot use", "as the output directory"]),
         (["compress", *MLP, "-m", "uniform", "-o", "x.pt"], [".press suffix"]),
         (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--report", "archs.py"], ["ending in .json"]),
-        (["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--calib", "64", "-o", "x.press"], ["drop --calib"]),
+        (["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--calib", "64", "-o", "x.press"], ["CLI: --calib"]),
         (["compress", *MLP, "-m", "uniform", "--seed", "5", "-o", "x.press"], ["draws nothing at random; drop --seed"]),
         (["eval", "{w}/int.safetensors", "--arch", "tests.archs:tiny_mlp", "--data", "digits"], ["torch.int32", "float"]),
         (["compress", *MLP, "-m", "uniform", "--data", "", "-o", "x.press"], ["unknown dataset ''"]),

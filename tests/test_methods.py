@@ -12,7 +12,7 @@ from netpress import Budget, MagnitudePruning, UniformQuantization, api, zoo
 from netpress.codec.codes import Codes
 from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import Subset, calibration_subset, load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, UnsupportedModelError
+from netpress.errors import BudgetError, DataError, FormatError, ModelSourceError, OutputError, UnsupportedModelError
 from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
 from netpress.methods.baselines import _lamp_scores, _lowest_per_layer, prune_counts, smallest_mask
@@ -336,6 +336,15 @@ def test_scores_equal_in_float32_are_ranked_by_their_exact_values():
         (lambda: calibration_subset(load_dataset("digits", "train"), 64.0), DataError, "whole number"),
         (lambda: netpress.compress(tiny_cnn(), MagnitudePruning, Budget(sparsity=0.5)), BudgetError, "not a method"),
         (lambda: netpress.compress(tiny_cnn(), MagnitudePruning(), 0.5), BudgetError, "must be a Budget"),
+        (lambda: netpress.load(5), FormatError, "named by its path"),
+        (lambda: netpress.inspect(5), FormatError, "named by its path"),
+        (lambda: netpress.save(netpress.compress(tiny_cnn(), UniformQuantization(4)), 5), OutputError, "named by its path"),
+        (lambda: netpress.compress(tiny_cnn(), MagnitudePruning(), Budget(sparsity=0.5), keep=5), BudgetError, "keep takes"),
+        (
+            lambda: netpress.press(tiny_cnn(), MagnitudePruning(), Budget(sparsity=0.5), out="m.press", data="digits", calib=64),
+            BudgetError,
+            "uses no calibration data; drop calib",
+        ),
         (
             lambda: netpress.compress(tiny_cnn(), FCPTS(), Budget(sparsity=0.5), load_dataset("digits", "train")),
             DataError,

@@ -445,6 +445,8 @@ def read(path: str | os.PathLike, *, lazily: bool = False) -> CompressedModel:
 
 
 def read_file_bytes(path: str | os.PathLike) -> bytes:
+    if not isinstance(path, str | os.PathLike):
+        raise FormatError(f"a .press file is named by its path (a str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FormatError(not_a_file(path))

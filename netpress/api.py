@@ -195,13 +195,9 @@ def _load_weights_by_layer(model: nn.Module, path: Path, spec: str, arch: str) -
     tied = _tied_names(expected, set(names))
     missing = [k for k in expected if k not in names and k not in tied]
     unexpected = [k for k in names if k not in expected]
-    fold_hint = (
-        "; if they came from `netpress decompress` of a fold file, they have fewer channels than the architecture "
-        "builds: load the .press file instead, which resizes the layers"
-    )
     if missing or unexpected:
         problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {'; '.join(problems)}{fold_hint}")
+        raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {'; '.join(problems)}")
     by_layer: dict[str, list[str]] = {}
     for name in names:
         by_layer.setdefault(name.rpartition(".")[0], []).append(name)
@@ -215,6 +211,13 @@ def _load_weights_by_layer(model: nn.Module, path: Path, spec: str, arch: str) -
         try:
             model.get_submodule(layer).load_state_dict({n.rpartition(".")[2]: v for n, v in values.items()}, strict=False)
         except RuntimeError as exc:
+            narrower = any(a < b for n, v in values.items() for a, b in zip(v.shape, expected[n].shape))
+            fold_hint = (  # fold keeps every name and narrows the layers
+                "; if they came from `netpress decompress` of a fold file, they have fewer channels than the "
+                "architecture builds: load the .press file instead, which resizes the layers"
+                if narrower
+                else ""
+            )
             raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {one_line(exc)}{fold_hint}") from exc
 
 

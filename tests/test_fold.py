@@ -4,15 +4,17 @@ import warnings
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 import netpress
 from netpress.budget import Budget
-from netpress.errors import BudgetError, DataError, UnsupportedModelError
+from netpress.errors import BudgetError, DataError, ModelSourceError, UnsupportedModelError
 from netpress.graph.groups import ParamCounter, channel_groups
 from netpress.methods.fold import ChannelL1, Fold
 from netpress.zoo.models import VGG, LeNet5, ResNet20
+from tests.archs import tiny_cnn, tiny_mlp
 
 
 class Block18(nn.Module):
@@ -412,3 +414,15 @@ def test_an_empty_layer_is_named_not_a_crash():
     for method in (Fold(input_shape=(16,)), ChannelL1(input_shape=(16,))):
         with pytest.raises(UnsupportedModelError, match="z.weight has no elements"):
             netpress.compress(WithEmpty(), method, Budget(params=0.2))
+
+
+def test_weights_saved_from_a_folded_model_point_to_its_press_file_and_other_mismatches_do_not(tmp_path):
+    handle = netpress.ModelHandle(tiny_cnn(), {}, "digits", (1, 8, 8))
+    netpress.save(netpress.compress(handle, Fold(repair="none"), Budget(params=0.3)), tmp_path / "f.press")
+    save_file(netpress.load(tmp_path / "f.press", model=tiny_cnn()).state_dict(), str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(ModelSourceError, match="load the .press file instead"):
+        netpress.load_model(tmp_path / "narrow.safetensors", arch="tests.archs:tiny_cnn")
+    save_file(tiny_mlp().state_dict(), str(tmp_path / "mlp.safetensors"))
+    with pytest.raises(ModelSourceError, match="do not fit") as refused:
+        netpress.load_model(tmp_path / "mlp.safetensors", arch="tests.archs:tiny_cnn")
+    assert "decompress" not in str(refused.value)

@@ -8,6 +8,7 @@ import sys
 from enum import Enum
 from functools import wraps
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -138,6 +139,39 @@ CALIB_HELP = (
 )
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
+# The options compress and sweep share, declared once.
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP)]
+MethodOpt = Annotated[MethodName, typer.Option("--method", "-m", help="compression method")]
+BitsOpt = Annotated[int | None, typer.Option(help=BITS_HELP)]
+LevelsOpt = Annotated[int | None, typer.Option(help=LEVELS_HELP)]
+AllocationOpt = Annotated[AllocationName, typer.Option(help="per-layer allocation of a magnitude target")]
+PerChannelOpt = Annotated[bool, typer.Option(help="one quantization scale (or l2 grid) per output channel")]
+ClipOpt = Annotated[ClipName, typer.Option(help=CLIP_HELP)]
+GroupSizeOpt = Annotated[int | None, typer.Option(help=GROUP_HELP)]
+RepairOpt = Annotated[RepairName, typer.Option(help="after fold or channel-l1: none, ar (fold only), dir, data (needs --data)")]
+ClusteringOpt = Annotated[ClusteringName, typer.Option(help="fold: kmeans (the paper's CNN code) or ward (its LLM code)")]
+PruneFractionOpt = Annotated[
+    float, typer.Option(help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest")
+]
+IterationsOpt = Annotated[int | None, typer.Option(help=ITERATIONS_HELP)]
+InitOpt = Annotated[InitName | None, typer.Option(help=INIT_HELP)]
+BatchSizeOpt = Annotated[int | None, typer.Option(help=BATCH_HELP)]
+RoundsOpt = Annotated[int | None, typer.Option(help=ROUNDS_HELP)]
+TransformStepsOpt = Annotated[int | None, typer.Option(help=TRANSFORM_HELP)]
+ReconstructionStepsOpt = Annotated[int | None, typer.Option(help=RECONSTRUCTION_HELP)]
+EpochsOpt = Annotated[int | None, typer.Option(help=f"sws: passes over the training split (default {SoftWeightSharing.epochs})")]
+TauOpt = Annotated[float | None, typer.Option(help=TAU_HELP)]
+GammaOpt = Annotated[float | None, typer.Option(help=GAMMA_HELP)]
+StepsOpt = Annotated[int | None, typer.Option(help=f"self-compress: training steps (default {SelfCompression.steps})")]
+PreserveOpt = Annotated[int | None, typer.Option(help=PRESERVE_HELP)]
+PreservationSetOpt = Annotated[Path | None, typer.Option(help=PRESERVATION_HELP)]
+KeepOpt = Annotated[str | None, typer.Option(help=KEEP_HELP)]
+DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
+CalibOpt = Annotated[int | None, typer.Option(help=CALIB_HELP)]
+SeedOpt = Annotated[int | None, typer.Option(help="seed for calibration sampling and any randomness (default 0)")]
+RawDtypeOpt = Annotated[str | None, typer.Option(help=RAW_DTYPE_HELP)]
+ArchOpt = Annotated[str | None, typer.Option(help="package.module:factory building the architecture")]
+
 
 def build_methods(
     method: str,
@@ -241,6 +275,36 @@ def build_methods(
     if levels is not None:
         chain.append(KMeansQuantization(levels))
     return chain
+
+
+def methods_for(options: dict) -> list:
+    """The method chain of a compress or sweep command line, from its options by name (the two take the same)."""
+    o = options
+    return build_methods(
+        o["method"].value,
+        o["bits"],
+        o["allocation"].value,
+        o["per_channel"],
+        o["seed"] or 0,
+        repair=o["repair"].value,
+        levels=o["levels"],
+        clustering=o["clustering"].value,
+        prune_fraction=o["prune_fraction"],
+        raw_dtype=o["raw_dtype"],
+        clip=o["clip"].value,
+        iterations=o["iterations"],
+        batch_size=o["batch_size"],
+        rounds=o["rounds"],
+        transform_steps=o["transform_steps"],
+        reconstruction_steps=o["reconstruction_steps"],
+        group_size=o["group_size"],
+        init=o["init"] and o["init"].value,
+        epochs=o["epochs"],
+        tau=o["tau"],
+        gamma=o["gamma"],
+        steps=o["steps"],
+        preserve=o["preserve"],
+    )
 
 
 def refuse_searched(method: str, ratio: bool, bits: int | None, levels: int | None) -> None:
@@ -394,43 +458,41 @@ def _print_report(report: dict) -> None:
 @app.command()
 @friendly
 def compress(
-    model: str = typer.Argument(..., help=MODEL_HELP),
-    method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
-    output: Path = typer.Option(..., "-o", "--output", help="the .press file to write"),
-    sparsity: float | None = typer.Option(None, help="target fraction of zero weights"),
-    ratio: float | None = typer.Option(None, help="target original bytes / file bytes"),
-    params: float | None = typer.Option(None, help="target fraction of parameters removed"),
-    bits: int | None = typer.Option(None, help=BITS_HELP),
-    levels: int | None = typer.Option(None, help=LEVELS_HELP),
-    allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
-    per_channel: bool = typer.Option(False, help="one quantization scale per output channel"),
-    clip: ClipName = typer.Option("max", help=CLIP_HELP),
-    group_size: int | None = typer.Option(None, help=GROUP_HELP),
-    repair: RepairName = typer.Option("none", help="after fold or channel-l1: none, ar (fold only), dir, data (needs --data)"),
-    clustering: ClusteringName = typer.Option("kmeans", help="fold: kmeans (the paper's CNN code) or ward (its LLM code)"),
-    prune_fraction: float = typer.Option(
-        0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
-    ),
-    iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
-    init: InitName | None = typer.Option(None, help=INIT_HELP),
-    batch_size: int | None = typer.Option(None, help=BATCH_HELP),
-    rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
-    transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
-    reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
-    epochs: int | None = typer.Option(None, help=f"sws: passes over the training split (default {SoftWeightSharing.epochs})"),
-    tau: float | None = typer.Option(None, help=TAU_HELP),
-    gamma: float | None = typer.Option(None, help=GAMMA_HELP),
-    steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
-    preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
-    preservation_set: Path | None = typer.Option(None, help=PRESERVATION_HELP),
-    keep: str | None = typer.Option(None, help=KEEP_HELP),
-    data: str | None = typer.Option(None, help=DATA_HELP),
-    calib: int | None = typer.Option(None, help=CALIB_HELP),
-    seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
-    raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
-    arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
-    report: Path | None = typer.Option(None, help="write the JSON report here"),
-    plot: Path | None = typer.Option(None, help="the per-layer allocation as a plot (.png, .svg or .pdf, by suffix)"),
+    model: ModelArg,
+    method: MethodOpt,
+    output: Annotated[Path, typer.Option("-o", "--output", help="the .press file to write")],
+    sparsity: Annotated[float | None, typer.Option(help="target fraction of zero weights")] = None,
+    ratio: Annotated[float | None, typer.Option(help="target original bytes / file bytes")] = None,
+    params: Annotated[float | None, typer.Option(help="target fraction of parameters removed")] = None,
+    bits: BitsOpt = None,
+    levels: LevelsOpt = None,
+    allocation: AllocationOpt = "global",
+    per_channel: PerChannelOpt = False,
+    clip: ClipOpt = "max",
+    group_size: GroupSizeOpt = None,
+    repair: RepairOpt = "none",
+    clustering: ClusteringOpt = "kmeans",
+    prune_fraction: PruneFractionOpt = 0.0,
+    iterations: IterationsOpt = None,
+    init: InitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    rounds: RoundsOpt = None,
+    transform_steps: TransformStepsOpt = None,
+    reconstruction_steps: ReconstructionStepsOpt = None,
+    epochs: EpochsOpt = None,
+    tau: TauOpt = None,
+    gamma: GammaOpt = None,
+    steps: StepsOpt = None,
+    preserve: PreserveOpt = None,
+    preservation_set: PreservationSetOpt = None,
+    keep: KeepOpt = None,
+    data: DataOpt = None,
+    calib: CalibOpt = None,
+    seed: SeedOpt = None,
+    raw_dtype: RawDtypeOpt = None,
+    arch: ArchOpt = None,
+    report: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="the per-layer allocation as a plot (.png, .svg or .pdf, by suffix)")] = None,
 ) -> None:
     """Compress MODEL with a method and write a .press file."""
     check_outputs(output, report, plot, keep=(model,))
@@ -439,31 +501,7 @@ def compress(
     check_suffix(plot, PLOT_SUFFIXES, "the plot's format follows its suffix")
     handle = api.load_model(model, arch)
     refuse_searched(method.value, ratio is not None, bits, levels)
-    methods = build_methods(
-        method.value,
-        bits,
-        allocation.value,
-        per_channel,
-        seed or 0,
-        repair=repair.value,
-        levels=levels,
-        clustering=clustering.value,
-        prune_fraction=prune_fraction,
-        raw_dtype=raw_dtype,
-        clip=clip.value,
-        iterations=iterations,
-        batch_size=batch_size,
-        rounds=rounds,
-        transform_steps=transform_steps,
-        reconstruction_steps=reconstruction_steps,
-        group_size=group_size,
-        init=init and init.value,
-        epochs=epochs,
-        tau=tau,
-        gamma=gamma,
-        steps=steps,
-        preserve=preserve,
-    )
+    methods = methods_for(locals())
     result = api.press(
         handle,
         methods,
@@ -508,48 +546,51 @@ def _float_list(text: str, option: str, example: str) -> list[float]:
 @app.command()
 @friendly
 def sweep(
-    model: str = typer.Argument(..., help=MODEL_HELP),
-    method: MethodName = typer.Option(..., "--method", "-m", help="compression method"),
-    ratios: str | None = typer.Option(None, help="comma-separated ratio targets, e.g. 5,10,20,40,80"),
-    sparsities: str | None = typer.Option(None, help="comma-separated sparsity targets, e.g. 0.5,0.8,0.9"),
-    params: str | None = typer.Option(
-        None, help="comma-separated fractions of parameters removed, e.g. 0.1,0.3,0.5 (fold, channel-l1)"
-    ),
-    bits: int | None = typer.Option(None, help=BITS_HELP),
-    levels: int | None = typer.Option(None, help="k-means levels including zero (after pruning, of the survivors)"),
-    allocation: AllocationName = typer.Option("global", help="per-layer allocation of a magnitude target"),
-    per_channel: bool = typer.Option(False, help="one quantization scale (or l2 grid) per output channel"),
-    clip: ClipName = typer.Option("max", help=CLIP_HELP),
-    group_size: int | None = typer.Option(None, help=GROUP_HELP),
-    repair: RepairName = typer.Option("none", help="fold / channel-l1: statistics repair (none, ar for fold only, dir, data)"),
-    clustering: ClusteringName = typer.Option("kmeans", help="fold: kmeans (the paper's CNN code) or ward (its LLM code)"),
-    prune_fraction: float = typer.Option(
-        0.0, help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest"
-    ),
-    iterations: int | None = typer.Option(None, help=ITERATIONS_HELP),
-    init: InitName | None = typer.Option(None, help=INIT_HELP),
-    batch_size: int | None = typer.Option(None, help=BATCH_HELP),
-    rounds: int | None = typer.Option(None, help=ROUNDS_HELP),
-    transform_steps: int | None = typer.Option(None, help=TRANSFORM_HELP),
-    reconstruction_steps: int | None = typer.Option(None, help=RECONSTRUCTION_HELP),
-    epochs: int | None = typer.Option(None, help=f"sws: passes over the training split (default {SoftWeightSharing.epochs})"),
-    tau: float | None = typer.Option(None, help=TAU_HELP),
-    gamma: float | None = typer.Option(None, help=GAMMA_HELP),
-    steps: int | None = typer.Option(None, help=f"self-compress: training steps (default {SelfCompression.steps})"),
-    preserve: int | None = typer.Option(None, help=PRESERVE_HELP),
-    preservation_set: Path | None = typer.Option(None, help=PRESERVATION_HELP),
-    keep: str | None = typer.Option(None, help=KEEP_HELP),
-    data: str | None = typer.Option(None, help=DATA_HELP),
-    calib: int | None = typer.Option(None, help=CALIB_HELP),
-    seed: int | None = typer.Option(None, help="seed for calibration sampling and any randomness (default 0)"),
-    raw_dtype: str | None = typer.Option(None, help=RAW_DTYPE_HELP),
-    arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
-    out_dir: Path = typer.Option(Path("netpress-sweep"), help="where the .press files go"),
-    plot: Path | None = typer.Option(None, help="the accuracy-vs-bytes curve as a plot (.png, .svg or .pdf, by suffix)"),
-    report: Path | None = typer.Option(None, help="write the JSON reports here"),
-    workers: int = typer.Option(
-        1, help="processes on this machine that share the points; launched by torchrun, its processes share them instead"
-    ),
+    model: ModelArg,
+    method: MethodOpt,
+    ratios: Annotated[str | None, typer.Option(help="comma-separated ratio targets, e.g. 5,10,20,40,80")] = None,
+    sparsities: Annotated[str | None, typer.Option(help="comma-separated sparsity targets, e.g. 0.5,0.8,0.9")] = None,
+    params: Annotated[
+        str | None, typer.Option(help="comma-separated fractions of parameters removed, e.g. 0.1,0.3,0.5 (fold, channel-l1)")
+    ] = None,
+    bits: BitsOpt = None,
+    levels: LevelsOpt = None,
+    allocation: AllocationOpt = "global",
+    per_channel: PerChannelOpt = False,
+    clip: ClipOpt = "max",
+    group_size: GroupSizeOpt = None,
+    repair: RepairOpt = "none",
+    clustering: ClusteringOpt = "kmeans",
+    prune_fraction: PruneFractionOpt = 0.0,
+    iterations: IterationsOpt = None,
+    init: InitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    rounds: RoundsOpt = None,
+    transform_steps: TransformStepsOpt = None,
+    reconstruction_steps: ReconstructionStepsOpt = None,
+    epochs: EpochsOpt = None,
+    tau: TauOpt = None,
+    gamma: GammaOpt = None,
+    steps: StepsOpt = None,
+    preserve: PreserveOpt = None,
+    preservation_set: PreservationSetOpt = None,
+    keep: KeepOpt = None,
+    data: DataOpt = None,
+    calib: CalibOpt = None,
+    seed: SeedOpt = None,
+    raw_dtype: RawDtypeOpt = None,
+    arch: ArchOpt = None,
+    out_dir: Annotated[Path, typer.Option(help="where the .press files go")] = Path("netpress-sweep"),
+    plot: Annotated[
+        Path | None, typer.Option(help="the accuracy-vs-bytes curve as a plot (.png, .svg or .pdf, by suffix)")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="write the JSON reports here")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="processes on this machine that share the points; launched by torchrun, its processes share them instead"
+        ),
+    ] = 1,
 ) -> None:
     """Compress MODEL at several targets and show accuracy against the written file's bytes."""
     texts = {"ratio": ratios, "sparsity": sparsities, "params": params}
@@ -563,26 +604,8 @@ def sweep(
     handle = api.load_model(model, arch)
     if plot is not None and data is None and handle.dataset is None:
         raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face encoder)")
-    options = {
-        "clip": clip.value,
-        "iterations": iterations,
-        "batch_size": batch_size,
-        "rounds": rounds,
-        "transform_steps": transform_steps,
-        "reconstruction_steps": reconstruction_steps,
-        "group_size": group_size,
-        "raw_dtype": raw_dtype,
-        "init": init and init.value,
-        "clustering": clustering.value,
-        "prune_fraction": prune_fraction,
-        "epochs": epochs,
-        "tau": tau,
-        "gamma": gamma,
-        "steps": steps,
-        "preserve": preserve,
-    }
     refuse_searched(method.value, "ratio" in given, bits, levels)
-    methods = build_methods(method.value, bits, allocation.value, per_channel, seed or 0, repair.value, levels, **options)
+    methods = methods_for(locals())
     budgets = [Budget(**{kind: value}) for kind, value in targets]
     with parallel.launched_group() as lead:
         results = api.sweep(

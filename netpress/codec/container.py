@@ -29,6 +29,7 @@ from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encod
 from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
 from netpress.errors import FormatError, OutputError, not_a_file
+from netpress.progress import progress_bar
 
 FORMAT_NAME = "netpress"
 FORMAT_VERSION = 4
@@ -216,14 +217,17 @@ class Packed:
         return self.unpack().dequantize()
 
 
-def _file_parts(compressed: CompressedModel) -> list[bytes]:
+def _file_parts(compressed: CompressedModel, shown: bool = False) -> list[bytes]:
     """The bytes of a .press file as consecutive parts (header, manifest, one stream per tensor), so a file
-    can be written without its payload held twice."""
+    can be written without its payload held twice. ``shown``: with a progress bar (a file written, not sized)."""
     records, streams = [], []
-    for name, value in compressed.tensors.items():
-        record, stream = (value.record, value.stream) if isinstance(value, Packed) else _encode(name, value)
-        records.append({**record, "name": name, "length": len(stream), "crc32": zlib.crc32(stream)})
-        streams.append(stream)
+    with progress_bar(shown) as progress:
+        task = progress.add_task("coding tensors", total=len(compressed.tensors))
+        for name, value in compressed.tensors.items():
+            record, stream = (value.record, value.stream) if isinstance(value, Packed) else _encode(name, value)
+            records.append({**record, "name": name, "length": len(stream), "crc32": zlib.crc32(stream)})
+            streams.append(stream)
+            progress.update(task, advance=1)
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -259,7 +263,7 @@ def _safetensors_header(sizes: dict[str, int], metadata: dict[str, str]) -> byte
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
     """Write a .press file atomically; returns its size in bytes."""
-    return write_file(path, _file_parts(compressed))
+    return write_file(path, _file_parts(compressed, shown=True))
 
 
 def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:

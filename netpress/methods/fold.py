@@ -355,11 +355,14 @@ class _GroupReduction:
         limit = _params_limit(before, budget)
         kept = allocate([g.channels for g in foldable], ParamCounter(reduced, foldable), limit, self.allocation, merge_costs)
         plans, rows = [], []
-        for group, feats, k in zip(foldable, features, kept):
-            plan = GroupPlan(group, self.clusters(feats, k), feats)
-            transform_group(reduced, group, *plan.matrices(self.merge))
-            plans.append(plan)
-            rows.append({**group.row(), "channels_after": k, "folded": k < group.channels})
+        with progress_bar() as progress:
+            task = progress.add_task(f"{self.name}: channel groups", total=len(foldable))
+            for group, feats, k in zip(foldable, features, kept):
+                plan = GroupPlan(group, self.clusters(feats, k), feats)
+                transform_group(reduced, group, *plan.matrices(self.merge))
+                plans.append(plan)
+                rows.append({**group.row(), "channels_after": k, "folded": k < group.channels})
+                progress.update(task, advance=1)
         rows += [g.row() for g in groups if g.reason is not None]
         # Rows in the model's layer order (tracing order puts e.g. fc2 before fc1), for reports and plots.
         position = {name: i for i, (name, _) in enumerate(model.named_modules())}

@@ -19,7 +19,7 @@ import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from netpress.codec.container import Packed
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensor, stored_tensors
 from netpress.data import (
     Subset,
+    batches,
     calibration_subset,
     check_dataset,
     check_not_test,
@@ -72,6 +73,7 @@ from netpress.methods.base import (
     LayerwiseMethod,
     Method,
     check_budget,
+    check_labels,
     check_model,
     compressible_weights,
     first_non_finite,
@@ -511,7 +513,7 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
     """Within it, the layers ``keep`` names (shell-style patterns on module names, ``"fc3"``, ``"features.*"``)
     are marked ``KEPT``: every weight stage leaves them out, and they are stored as floats. The marks go when the
     call ends, so the caller's model is as it was."""
-    if not isinstance(keep, str | Sequence):
+    if not isinstance(keep, str | Iterable):
         raise BudgetError(f"keep takes layer names or patterns (strings), e.g. keep=['conv1', 'fc3'], got {keep!r}")
     patterns = [keep] if isinstance(keep, str) else list(keep)
     if not patterns:
@@ -795,8 +797,7 @@ def press(
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
-    preservation = _preservation_set(preservation, handle)
-    methods = _guarding(methods, preservation)
+    preservation, methods = _preservation_and_methods(preservation, methods, handle)
     with _keeping(handle, methods, keep):
         _check_call(handle, methods, budget, raw_dtype)
         _check_searched_ratios(handle, methods, [budget])
@@ -843,6 +844,17 @@ def _preservation_set(preservation: str | os.PathLike | Dataset | None, handle: 
     if len(preservation[0]) < 2:
         raise DataError("the preservation set's items must be (input, label): it is measured by its accuracy")
     return preservation
+
+
+def _preservation_and_methods(
+    preservation: str | os.PathLike | Dataset | None, methods: list[Method], handle: ModelHandle
+) -> tuple[Dataset | None, list[Method]]:
+    """Your preservation set, given to press / sweep or to a method that guards one (self-compression), read
+    and checked; and the methods, those that guard one given it."""
+    if preservation is None:  # one a method holds is measured and checked as well
+        preservation = next((m.preservation for m in methods if getattr(m, "preservation", None) is not None), None)
+    preservation = _preservation_set(preservation, handle)
+    return preservation, _guarding(methods, preservation)
 
 
 def _guarding(methods: list[Method], preservation: Dataset | None) -> list[Method]:
@@ -898,6 +910,14 @@ def _prepare(
     seed: int,
     preservation: Dataset | None = None,
 ) -> _Prepared:
+    prepared = _prepare_data(handle, methods, data, calib, seed)
+    if preservation is not None:
+        prepared.preservation = preservation
+        _check_preservation(handle, prepared, methods)
+    return prepared
+
+
+def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, calib: int | None, seed: int) -> _Prepared:
     check_seed(seed)
     own = None
     if isinstance(data, tuple):
@@ -907,7 +927,6 @@ def _prepare(
     elif data is not None and not isinstance(data, str):
         raise DataError("data must be a dataset name, a .safetensors data file, or a (train, test) pair of torch Datasets")
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
-    prepared.preservation = preservation
     name = prepared.dataset
     calibrating = [m for m in methods if m.needs != "none"]
     if calib is not None and not calibrating:  # a silently ignored setting would be a wrong result
@@ -935,39 +954,44 @@ def _prepare(
             _encoder(handle).embed(handle.module, prepared.sentences[:1])
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
-            _check_preservation(prepared, methods)
-            samples = [("test", prepared.test[0][0])]
+            _check_finite_output(handle.module, prepared.test[0][0], "test")
             if prepared.calibration is not None:
-                samples.append(("training", prepared.calibration.dataset[prepared.calibration.indices[0]][0]))
-            if preservation is not None:
-                samples.append(("preservation", preservation[0][0]))
-            for split, sample in samples:
-                if not bool(torch.isfinite(predict(handle.module, sample.unsqueeze(0))).all()):
-                    raise DataError(
-                        f"the model's output on a {split} input is not finite: the inputs are out of the range it was "
-                        "trained on (standardise them as for training)"
-                    )
+                sample = prepared.calibration.dataset[prepared.calibration.indices[0]][0]
+                _check_finite_output(handle.module, sample, "training")
     return prepared
 
 
-def _check_preservation(prepared: _Prepared, methods: list[Method]) -> None:
-    """Record what identifies your preservation set and how many of its examples are also in the test split;
+def _check_finite_output(module: nn.Module, sample: torch.Tensor, split: str) -> None:
+    """One sample through the model: data it cannot take, or takes to NaN, fails before any work."""
+    if not bool(torch.isfinite(predict(module, sample.unsqueeze(0))).all()):
+        raise DataError(
+            f"the model's output on a {split} input is not finite: the inputs are out of the range it was "
+            "trained on (standardise them as for training)"
+        )
+
+
+def _check_preservation(handle: ModelHandle, prepared: _Prepared, methods: list[Method]) -> None:
+    """Check your preservation set on the model (labels within its classes, a finite output), record what
+    identifies it and how many of its examples are also in the test split (None: no test split to compare);
     refuse those for a method that trains on them (the test accuracy would flatter its file)."""
-    if prepared.preservation is None:
-        return
-    test = set(sample_digests(prepared.test))
-    shared = sum(digest in test for digest in sample_digests(prepared.preservation))
+    preservation = prepared.preservation
+    inputs, labels = next(batches(preservation, len(preservation)))
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"the preservation set's labels must be integer class indices, one per input; got {labels.dtype}")
+    with kept_modes(handle.module):
+        check_labels(handle.module, inputs, labels, what="preservation")
+        _check_finite_output(handle.module, inputs[0], "preservation")
+    shared = None
+    if prepared.test is not None:
+        test = set(sample_digests(prepared.test))
+        shared = sum(digest in test for digest in sample_digests(preservation))
     trains = [m.name for m in methods if getattr(m, "preservation", None) is not None]
     if shared and trains:
         raise DataError(
             f"{shared} of the {len(prepared.preservation)} preservation examples are also in the test split: {trains[0]} "
             "trains on them, so the test accuracy would flatter the file; take them from the training data"
         )
-    prepared.preservation_record = {
-        "samples": len(prepared.preservation),
-        "sha256": dataset_sha256(prepared.preservation),
-        "in_test_split": shared,
-    }
+    prepared.preservation_record = {"samples": len(preservation), "sha256": dataset_sha256(preservation), "in_test_split": shared}
 
 
 def _check_encoder_calibration(methods: list[Method]) -> None:
@@ -1073,6 +1097,7 @@ def _measured_report(
         if handle.path is not None and Path(handle.path).is_file():  # a second stage can lose size (re-quantizing finer)
             report["input_file_bytes"] = Path(handle.path).stat().st_size
     loaded = functools.cache(lambda: load(path, model=handle.module))
+    measuring = prepared.dataset
     try:
         if prepared.test is not None:
             after = _evaluate(loaded(), prepared.test)
@@ -1080,8 +1105,9 @@ def _measured_report(
             per_class = {"before": prepared.before.to_dict()["per_class"], "after": after.to_dict()["per_class"]}
             report["per_class_accuracy"] = per_class  # a class the file lost shows here, not in the mean
         if prepared.preservation is not None:
+            measuring = "your preservation set"
             report["preservation"] = {
-                **(prepared.preservation_record or {"samples": len(prepared.preservation)}),
+                **prepared.preservation_record,
                 "accuracy_before": prepared.preservation_before.accuracy,
                 "accuracy_after": _evaluate(loaded(), prepared.preservation).accuracy,
             }
@@ -1097,7 +1123,7 @@ def _measured_report(
             else ""
         )
         raise UnsupportedModelError(
-            f"the compressed model does not run on {prepared.dataset}, which the original runs on ({exc}){hint}"
+            f"the compressed model does not run on {measuring}, which the original runs on ({exc}){hint}"
         ) from exc
     if prepared.calibration is not None:
         report["calibration"] = {**made.summary["calibration"], "indices": prepared.calibration.indices}
@@ -1214,8 +1240,7 @@ def sweep(
     data = _data_name(data)
     handle = _with_input_shape(_as_handle(model), data)
     methods = _method_list(methods)
-    preservation = _preservation_set(preservation, handle)
-    methods = _guarding(methods, preservation)
+    preservation, methods = _preservation_and_methods(preservation, methods, handle)
     with _keeping(handle, methods, keep):
         if isinstance(budgets, Budget) or not isinstance(budgets, Sequence) or not budgets:
             raise BudgetError("give a list of targets to sweep, e.g. [Budget(sparsity=0.5), Budget(sparsity=0.8)]")

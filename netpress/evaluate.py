@@ -134,7 +134,7 @@ def _evaluate(model: nn.Module, dataset: Dataset, batch_size: int) -> Evaluation
             logits = _forward(model, x, batch_size)
             if not bool(torch.isfinite(logits).all()):  # argmax of NaN would count as a prediction
                 raise DataError(
-                    "the model's output on the test data is not finite: NaN or infinite inputs, or inputs far outside "
+                    "the model's output on the evaluated data is not finite: NaN or infinite inputs, or inputs far outside "
                     "the range it was trained on"
                 )
             if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:

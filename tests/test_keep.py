@@ -78,3 +78,10 @@ def test_the_cli_keeps_and_says_so(tmp_path):
     result = CliRunner().invoke(app, [str(a) for a in ["compress", *args, "--keep", "3", "-o", tmp_path / "k.press"]])
     assert result.exit_code == 0, result.output
     assert "kept uncompressed, by request: 3" in result.output
+
+
+def test_keep_takes_any_collection_of_names():
+    compressed = api.compress(_handle(tiny_mlp()), UniformQuantization(4), keep={"3"})
+    assert compressed.summary["kept"] == ["3"]
+    with pytest.raises(BudgetError, match="keep takes layer names"):
+        api.compress(_handle(tiny_mlp()), UniformQuantization(4), keep=[3])

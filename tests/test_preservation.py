@@ -157,3 +157,59 @@ def test_the_cli_reads_the_set_from_a_file_and_says_how_it_fared(critical, tmp_p
         ],
     )
     assert refused.exit_code != 0 and "drop --preserve" in refused.output
+
+
+class _Items(torch.utils.data.Dataset):
+    """A map-style dataset that is not a TensorDataset: items built on access."""
+
+    def __init__(self, inputs, labels):
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i], int(self.labels[i])
+
+
+def test_a_set_held_by_the_method_is_checked_and_measured_as_one_given_to_press(critical, tmp_path):
+    test = load_dataset("digits", "test")
+    copies = TensorDataset(test.tensors[0][:4].clone(), test.tensors[1][:4].clone())  # not the split object: copies
+    out = tmp_path / "s.press"
+    with pytest.raises(DataError, match="4 of the 4 preservation examples are also in the test split"):
+        api.press(_handle(tiny_mlp()), replace(FAST, preservation=copies), out=out, data="digits", calib=256)
+    assert not out.exists()
+    report = api.press(_handle(tiny_mlp()), replace(FAST, preservation=critical), out=out, data="digits", calib=256)
+    assert report["preservation"]["samples"] == 40 and report["preservation"]["in_test_split"] == 0
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [(torch.full((40,), 99), "preservation labels run from 99 to 99"), (torch.zeros(40), "integer class indices")],
+    ids=["out-of-range", "float"],
+)
+def test_bad_labels_are_refused_before_any_work(critical, tmp_path, labels, message):
+    bad = TensorDataset(critical.tensors[0], labels)
+    out = tmp_path / "m.press"
+    with pytest.raises(DataError, match=message):
+        api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=out, data="digits", preservation=bad)
+    assert not out.exists()
+
+
+def test_any_map_style_dataset_serves_and_every_point_of_a_sweep_is_measured(critical, tmp_path):
+    items = _Items(*critical.tensors)
+    budgets = [Budget(sparsity=0.5), Budget(sparsity=0.9)]
+    reports = api.sweep(_handle(tiny_mlp()), MagnitudePruning(), budgets, out_dir=tmp_path, data="digits", preservation=items)
+    assert [r["preservation"]["samples"] for r in reports] == [40, 40]
+    assert all(r["preservation"]["sha256"] == dataset_sha256(critical) for r in reports)  # the same examples, in order
+
+
+def test_the_cli_warns_when_the_set_shares_examples_with_the_test_split(tmp_path):
+    model = tiny_mlp()
+    save_file(model.state_dict(), str(tmp_path / "mlp.safetensors"))
+    inputs, labels = load_dataset("digits", "test").tensors
+    path = _write(tmp_path / "p.safetensors", preserve_inputs=inputs[:6], preserve_labels=labels[:6])
+    args = ["compress", tmp_path / "mlp.safetensors", "--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "uniform"]
+    result = runner.invoke(app, [str(a) for a in [*args, "--preservation-set", path, "-o", tmp_path / "u.press"]])
+    assert result.exit_code == 0, result.output
+    assert "warning: 6 of the preservation examples are also in the test split" in result.output

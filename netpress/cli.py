@@ -16,7 +16,7 @@ from rich.table import Table
 
 from netpress import api, codec, hf, parallel, zoo
 from netpress.budget import Budget
-from netpress.data.datasets import PRESERVATION_KEYS
+from netpress.data.datasets import PRESERVATION_KEYS, load_preservation_set
 from netpress.errors import (
     BudgetError,
     DataError,
@@ -670,20 +670,30 @@ def eval_(
     reference: str | None = typer.Option(
         None, help="an encoder's uncompressed Hugging Face directory: its tokenizer embeds the text, its model is compared"
     ),
+    preservation_set: Path | None = typer.Option(
+        None, help=f"your critical examples, measured too: a .safetensors file holding {PRESERVATION_KEYS}"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Top-1 and per-class accuracy of a classifier on the test split, or an encoder's fidelity to its original."""
     handle = api.load_model(model, arch)
     dataset = data if data is not None else handle.dataset
     if hf.is_hf_source(handle.source):
+        if preservation_set is not None:
+            raise DataError("--preservation-set holds a classifier's labelled inputs; an encoder is measured on sentences")
         _eval_encoder(model, handle, dataset or "fortunes", reference, as_json)
         return
     if reference is not None:
         raise DataError("--reference is for Hugging Face encoders, which are measured against their original")
     if dataset is None:
         raise DataError("pass --data to name the dataset to evaluate on")
+    kept = None
+    if preservation_set is not None:
+        kept = api.resolve_dataset(load_preservation_set(preservation_set), input_shape=handle.input_shape)
     result = api.evaluate(handle.module, api.resolve_dataset(dataset, "test")).to_dict()
     result.update(model=model, dataset=dataset)
+    if kept is not None:
+        result["preservation"] = {"samples": len(kept), "accuracy": api.evaluate(handle.module, kept).accuracy}
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -695,6 +705,8 @@ def eval_(
     table.add_row("[bold]all[/]", f"[bold]{100 * result['accuracy']:.2f} %[/]")
     out.print(table)
     out.print(f"{result['params']:,} parameters, {result['samples']:,} samples")
+    if kept is not None:
+        out.print(f"your {len(kept):,} preservation examples: {100 * result['preservation']['accuracy']:.2f} %")
 
 
 def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: str | None, as_json: bool) -> None:

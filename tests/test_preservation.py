@@ -1,6 +1,7 @@
 """Your own preservation set: critical examples measured before and after every method, guarded by
 self-compression, refused where it would train on test data, and read from a file without pickle."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -213,3 +214,15 @@ def test_the_cli_warns_when_the_set_shares_examples_with_the_test_split(tmp_path
     result = runner.invoke(app, [str(a) for a in [*args, "--preservation-set", path, "-o", tmp_path / "u.press"]])
     assert result.exit_code == 0, result.output
     assert "warning: 6 of the preservation examples are also in the test split" in result.output
+
+
+def test_eval_measures_the_set_beside_the_test_split(critical, tmp_path):
+    model = tiny_mlp()
+    save_file(model.state_dict(), str(tmp_path / "mlp.safetensors"))
+    path = _write(tmp_path / "p.safetensors", preserve_inputs=critical.tensors[0], preserve_labels=critical.tensors[1])
+    args = ["eval", tmp_path / "mlp.safetensors", "--arch", "tests.archs:tiny_mlp", "--data", "digits"]
+    args += ["--preservation-set", path]
+    result = runner.invoke(app, [str(a) for a in [*args, "--json"]])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["preservation"] == {"samples": 40, "accuracy": netpress.evaluate(model, critical).accuracy}
+    assert "your 40 preservation examples" in runner.invoke(app, [str(a) for a in args]).output

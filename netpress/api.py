@@ -78,6 +78,7 @@ from netpress.methods.base import (
     compressible_weights,
     first_non_finite,
     kept_layers,
+    method_record,
     one_at_a_time,
     uncompressed_layers,
 )
@@ -601,7 +602,7 @@ def _compressed(
     coded = {name: value for name, value in tensors.items() if not isinstance(value, torch.Tensor)}
     summary = {
         "netpress": netpress.__version__,
-        "methods": [_method_record(m) for m in methods],
+        "methods": [method_record(m) for m in methods],
         "budget": recorded.to_dict() if recorded else None,
         **({"searched": searched} if searched else {}),
         **({"kept": kept} if (kept := kept_layers(handle.module)) else {}),
@@ -694,16 +695,6 @@ def _compress_by_layer(
 def _is_float(value: Encoded | torch.Tensor) -> bool:
     """Whether a stored tensor holds floats (coded tensors always do)."""
     return not isinstance(value, torch.Tensor) or value.is_floating_point()
-
-
-def _method_record(method: Method) -> dict:
-    """A method's name and settings for the file; a setting left at None (unset) is left out, so adding an
-    optional setting changes no file made without it."""
-    settings = {k: v for k, v in vars(method).items() if not k.startswith("_") and v is not None}
-    for key, value in settings.items():
-        if isinstance(value, Dataset):  # your own examples (self-compression's preservation set): what identifies them
-            settings[key] = {"samples": len(value), "sha256": dataset_sha256(value)}
-    return {"name": method.name, **settings}
 
 
 def save(compressed: CompressedModel, path: str | os.PathLike) -> int:

@@ -226,3 +226,11 @@ def test_eval_measures_the_set_beside_the_test_split(critical, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["preservation"] == {"samples": 40, "accuracy": netpress.evaluate(model, critical).accuracy}
     assert "your 40 preservation examples" in runner.invoke(app, [str(a) for a in args]).output
+
+
+def test_a_ratio_target_sizes_the_file_with_the_sets_record(critical, tmp_path):
+    out = tmp_path / "s.press"
+    report = api.press(_handle(tiny_mlp()), FAST, Budget(ratio=6), out=out, data="digits", calib=256, preservation=critical)
+    assert report["ratio"] >= 6 and report["preservation"]["samples"] == 40
+    (record,) = netpress.inspect(out)["summary"]["methods"]
+    assert record["preservation"] == {"samples": 40, "sha256": dataset_sha256(critical)}

@@ -17,10 +17,11 @@ from typing import ClassVar, Literal, Protocol, TypeVar
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
-from netpress.data import Subset
+from netpress.data import Subset, dataset_sha256
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
 from netpress.evaluate import kept_modes, predict
@@ -212,6 +213,17 @@ def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -
             f"the model has no compressible layer{f'; its weights are in {found}' if found else ''}; supported: {kinds}"
         )
     return weights
+
+
+def method_record(method: Method, unset: bool = False) -> dict:
+    """A method's name and settings for the file; a setting left at None (unset) is left out, so adding an
+    optional setting changes no file made without it (``unset``: kept, for a size estimate on the safe side).
+    Your own examples (self-compression's preservation set) are recorded by their count and a sha256."""
+    settings = {k: v for k, v in vars(method).items() if not k.startswith("_") and (unset or v is not None)}
+    for key, value in settings.items():
+        if isinstance(value, Dataset):
+            settings[key] = {"samples": len(value), "sha256": dataset_sha256(value)}
+    return {"name": method.name, **settings}
 
 
 def check_budget(method: Method, budget: Budget | None, required: bool = True) -> Budget | None:

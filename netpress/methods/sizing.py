@@ -21,7 +21,7 @@ from netpress.codec.codes import Codes
 from netpress.compressed import CompressedModel, fp32_bytes, stored_tensors
 from netpress.data import Subset
 from netpress.errors import BudgetError
-from netpress.methods.base import Method, check_budget, check_model
+from netpress.methods.base import Method, check_budget, check_model, method_record
 
 # Bytes kept free for what the method cannot see when it sizes the file: other methods' entries in
 # the stored summary.
@@ -65,7 +65,7 @@ class FileSizer:
         calibration = {"n": len(data.indices), "seed": data.seed} if data is not None else {"n": 0, "seed": 0}
         self.summary = {
             "netpress": netpress.__version__,
-            "methods": [{"name": method.name, **vars(method)}],
+            "methods": [method_record(method, unset=True)],
             "budget": budget.to_dict(),
             "sparsity": 0.123456789,  # as many digits as a real one: the stub must be as long as the final summary
             "params": sum(v.numel() for v in model.state_dict().values() if v.is_floating_point()),

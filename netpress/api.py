@@ -37,7 +37,6 @@ from netpress.codec.container import Packed
 from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensor, stored_tensors
 from netpress.data import (
     Subset,
-    batches,
     calibration_subset,
     check_dataset,
     check_not_test,
@@ -45,6 +44,7 @@ from netpress.data import (
     load_dataset,
     load_preservation_set,
     sample_digests,
+    stacked_examples,
 )
 from netpress.data.datasets import PRESERVATION_KEYS
 from netpress.data.text import TEXT_DATASETS, Sentences, load_sentences
@@ -823,7 +823,9 @@ def _preservation_set(preservation: str | os.PathLike | Dataset | None, handle: 
     if preservation is None:
         return None
     if hf.is_hf_source(handle.source):
-        raise DataError("a preservation set holds a classifier's labelled inputs; an encoder is measured on sentences")
+        raise DataError(
+            "a preservation set holds a classifier's labelled inputs, and an encoder is measured on sentences: drop it"
+        )
     if isinstance(preservation, str | os.PathLike):
         preservation = load_preservation_set(preservation)
     elif not isinstance(preservation, Dataset):
@@ -831,7 +833,10 @@ def _preservation_set(preservation: str | os.PathLike | Dataset | None, handle: 
             f"preservation is a .safetensors file holding {PRESERVATION_KEYS}, or a labelled torch Dataset; "
             f"got {type(preservation).__name__}"
         )
-    check_dataset(preservation, handle.input_shape)
+    try:
+        check_dataset(preservation, handle.input_shape)
+    except DataError as exc:
+        raise DataError(f"your preservation set: {exc}") from exc
     if len(preservation[0]) < 2:
         raise DataError("the preservation set's items must be (input, label): it is measured by its accuracy")
     return preservation
@@ -966,9 +971,7 @@ def _check_preservation(handle: ModelHandle, prepared: _Prepared, methods: list[
     identifies it and how many of its examples are also in the test split (None: no test split to compare);
     refuse those for a method that trains on them (the test accuracy would flatter its file)."""
     preservation = prepared.preservation
-    inputs, labels = next(batches(preservation, len(preservation)))
-    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise DataError(f"the preservation set's labels must be integer class indices, one per input; got {labels.dtype}")
+    inputs, labels = stacked_examples(preservation, "the preservation set")
     with kept_modes(handle.module):
         check_labels(handle.module, inputs, labels, what="preservation")
         _check_finite_output(handle.module, inputs[0], "preservation")
@@ -979,8 +982,8 @@ def _check_preservation(handle: ModelHandle, prepared: _Prepared, methods: list[
     trains = [m.name for m in methods if getattr(m, "preservation", None) is not None]
     if shared and trains:
         raise DataError(
-            f"{shared} of the {len(prepared.preservation)} preservation examples are also in the test split: {trains[0]} "
-            "trains on them, so the test accuracy would flatter the file; take them from the training data"
+            f"{shared} of the {len(preservation)} preservation examples {'is' if shared == 1 else 'are'} also in the test "
+            f"split: {trains[0]} trains on them, so the test accuracy would flatter the file; take them from the training data"
         )
     prepared.preservation_record = {"samples": len(preservation), "sha256": dataset_sha256(preservation), "in_test_split": shared}
 
@@ -1245,6 +1248,8 @@ def sweep(
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise BudgetError(f"two targets would write the same file ({', '.join(twice)}); give distinct targets")
+        if not isinstance(out_dir, str | os.PathLike):
+            raise OutputError(f"out_dir is a folder's path (a str or pathlib.Path), got {type(out_dir).__name__}")
         out_dir = Path(out_dir)
         for name in names:
             check_writable(out_dir / name, keep=(handle.path,) if handle.path else (), made=out_dir)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from netpress import api, codec, hf, parallel, zoo
 from netpress.budget import Budget
-from netpress.data.datasets import PRESERVATION_KEYS, load_preservation_set
+from netpress.data.datasets import PRESERVATION_KEYS, load_preservation_set, sample_digests
 from netpress.errors import (
     BudgetError,
     DataError,
@@ -436,18 +436,8 @@ def _print_report(report: dict) -> None:
             soft_wrap=True,
         )
     if kept := report.get("preservation"):
-        err.print(
-            f"preservation set ({kept['samples']:,} examples): accuracy {100 * kept['accuracy_before']:.2f} % → "
-            f"{100 * kept['accuracy_after']:.2f} %",
-            highlight=False,
-            soft_wrap=True,
-        )
-        if kept.get("in_test_split"):
-            err.print(
-                f"warning: {kept['in_test_split']:,} of the preservation examples are also in the test split",
-                highlight=False,
-                soft_wrap=True,
-            )
+        err.print(f"preservation set ({kept['samples']:,} examples): accuracy {_kept(kept)}", highlight=False, soft_wrap=True)
+        _warn_test_overlap(kept)
     if report.get("kept_layers"):
         err.print(f"note: kept uncompressed, by request: {', '.join(report['kept_layers'])}", highlight=False, soft_wrap=True)
     if report["uncompressed_layers"]:
@@ -627,8 +617,9 @@ def sweep(
     table = Table(title=f"{model}: {label} sweep")
     overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input
     searched = any("searched" in r for r in results)
+    kept = "preservation" in results[0]
     columns = ("target", *(["searched"] if searched else []), "file bytes", "ratio", *(["overall ratio"] if overall else []))
-    for col in (*columns, *_quality_columns(results), "seconds"):
+    for col in (*columns, *_quality_columns(results), *(["your examples"] if kept else []), "seconds"):
         table.add_column(col, justify="right")
     for (kind, value), r in zip(targets, results):
         table.add_row(
@@ -638,9 +629,12 @@ def sweep(
             f"{r['ratio']:.2f}×",
             *([f"{r['overall_ratio']:.2f}×"] if overall else []),
             *_quality(r),
+            *([_kept(r["preservation"])] if kept else []),
             f"{r['seconds']:.1f}",
         )
     out.print(table)
+    if kept:
+        _warn_test_overlap(results[0]["preservation"])
     if plot is not None:
         from netpress.report import plot_curve
 
@@ -652,6 +646,21 @@ def sweep(
             plot_curve({label: points}, plot, f"{model}: accuracy vs file size")
     if report is not None:
         codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
+
+
+def _kept(kept: dict) -> str:
+    """Accuracy on your preservation set, before → after."""
+    return f"{100 * kept['accuracy_before']:.2f} % → {100 * kept['accuracy_after']:.2f} %"
+
+
+def _warn_test_overlap(kept: dict) -> None:
+    if shared := kept.get("in_test_split"):
+        err.print(
+            f"warning: {shared:,} of the {kept['samples']:,} preservation examples {'is' if shared == 1 else 'are'} also "
+            "in the test split, so their accuracy is not separate from it",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _setting(searched: dict) -> str:
@@ -690,10 +699,16 @@ def eval_(
     kept = None
     if preservation_set is not None:
         kept = api.resolve_dataset(load_preservation_set(preservation_set), input_shape=handle.input_shape)
-    result = api.evaluate(handle.module, api.resolve_dataset(dataset, "test")).to_dict()
+    test = api.resolve_dataset(dataset, "test")
+    result = api.evaluate(handle.module, test).to_dict()
     result.update(model=model, dataset=dataset)
     if kept is not None:
-        result["preservation"] = {"samples": len(kept), "accuracy": api.evaluate(handle.module, kept).accuracy}
+        shared = set(sample_digests(test))
+        result["preservation"] = {
+            "samples": len(kept),
+            "accuracy": api.evaluate(handle.module, kept).accuracy,
+            "in_test_split": sum(digest in shared for digest in sample_digests(kept)),
+        }
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -707,6 +722,7 @@ def eval_(
     out.print(f"{result['params']:,} parameters, {result['samples']:,} samples")
     if kept is not None:
         out.print(f"your {len(kept):,} preservation examples: {100 * result['preservation']['accuracy']:.2f} %")
+        _warn_test_overlap(result["preservation"])
 
 
 def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: str | None, as_json: bool) -> None:

@@ -66,6 +66,8 @@ def check_suffix(path: str | os.PathLike | None, suffixes: tuple[str, ...], why:
 
 def check_press_suffix(path: str | os.PathLike) -> None:
     """A .press file must be named so: ``load_model`` and the CLI recognise it by the suffix alone."""
+    if path is None:
+        raise OutputError("name the .press file to write (a str or pathlib.Path ending in .press)")
     check_suffix(path, (".press",), "netpress recognises its files by the .press suffix")
 
 

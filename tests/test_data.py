@@ -116,7 +116,7 @@ def test_a_bad_data_file_gets_a_clear_error(tmp_path, changes, split, message):
 
 
 def test_a_missing_or_damaged_data_file_gets_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="no such file"):
         load_dataset(str(tmp_path / "absent.safetensors"))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(DataError, match="not a readable safetensors file"):

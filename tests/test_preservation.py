@@ -16,7 +16,7 @@ from netpress import api, codec
 from netpress.budget import Budget
 from netpress.cli import app
 from netpress.data import calibration_subset, dataset_sha256, load_dataset, load_preservation_set
-from netpress.errors import DataError
+from netpress.errors import BudgetError, DataError, OutputError
 from netpress.methods.baselines import MagnitudePruning
 from netpress.methods.self_compress import SelfCompression
 from tests.archs import tiny_mlp
@@ -126,7 +126,7 @@ def test_a_preservation_set_is_a_safetensors_file_or_a_dataset(tmp_path):
         load_preservation_set(tmp_path / "p.pt")
     with pytest.raises(DataError, match="got list"):
         api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "m.press", preservation=[1, 2])
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="no such file"):
         load_preservation_set(tmp_path / "missing.safetensors")
 
 
@@ -213,7 +213,12 @@ def test_the_cli_warns_when_the_set_shares_examples_with_the_test_split(tmp_path
     args = ["compress", tmp_path / "mlp.safetensors", "--arch", "tests.archs:tiny_mlp", "--data", "digits", "-m", "uniform"]
     result = runner.invoke(app, [str(a) for a in [*args, "--preservation-set", path, "-o", tmp_path / "u.press"]])
     assert result.exit_code == 0, result.output
-    assert "warning: 6 of the preservation examples are also in the test split" in result.output
+    assert "warning: 6 of the 6 preservation examples are also in the test split" in result.output
+    sweep = [*args, "--preservation-set", path, "--out-dir", tmp_path / "sweep"]
+    sweep[:1], sweep[sweep.index("-m") + 1] = ["sweep"], "magnitude"
+    result = runner.invoke(app, [str(a) for a in [*sweep, "--sparsities", "0.5,0.9"]])
+    assert result.exit_code == 0, result.output
+    assert "your examples" in result.output and "6 of the 6 preservation examples" in result.output
 
 
 def test_eval_measures_the_set_beside_the_test_split(critical, tmp_path):
@@ -224,7 +229,8 @@ def test_eval_measures_the_set_beside_the_test_split(critical, tmp_path):
     args += ["--preservation-set", path]
     result = runner.invoke(app, [str(a) for a in [*args, "--json"]])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["preservation"] == {"samples": 40, "accuracy": netpress.evaluate(model, critical).accuracy}
+    expected = {"samples": 40, "accuracy": netpress.evaluate(model, critical).accuracy, "in_test_split": 0}
+    assert json.loads(result.stdout)["preservation"] == expected
     assert "your 40 preservation examples" in runner.invoke(app, [str(a) for a in args]).output
 
 
@@ -234,3 +240,54 @@ def test_a_ratio_target_sizes_the_file_with_the_sets_record(critical, tmp_path):
     assert report["ratio"] >= 6 and report["preservation"]["samples"] == 40
     (record,) = netpress.inspect(out)["summary"]["methods"]
     assert record["preservation"] == {"samples": 40, "sha256": dataset_sha256(critical)}
+
+
+def test_copies_of_test_images_at_half_precision_count_as_test_images(tmp_path):
+    inputs, labels = load_dataset("digits", "test").tensors
+    halves = TensorDataset(inputs[:5].half().float(), labels[:5])
+    out = tmp_path / "m.press"
+    report = api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=out, data="digits", preservation=halves)
+    assert report["preservation"]["in_test_split"] == 5
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        ([(torch.zeros(1, 8, 8), 1)] * 4 + [(torch.full((1, 8, 8), float("nan")), 1)], "NaN"),
+        ([(torch.zeros(1, 8, 8), 1), (torch.zeros(1, 8, 8), 2.7)], "integer class indices"),
+        ([(torch.zeros(1, 8, 8), 1), (torch.zeros(1, 4, 4), 2)], "inputs of one shape"),
+        ([(torch.zeros(1, 8, 8), 1), (torch.zeros(1, 8, 8), "shirt")], "integer label"),
+    ],
+    ids=["nan-later", "float-label", "ragged", "text-label"],
+)
+def test_every_item_of_your_own_dataset_is_checked_before_any_work(tmp_path, items, message):
+    out = tmp_path / "m.press"
+    with pytest.raises(DataError, match=message):
+        api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=out, data="digits", preservation=_Raw(items))
+    assert not out.exists()
+
+
+class _Raw(torch.utils.data.Dataset):
+    """Items exactly as given, labels untouched."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_a_count_of_examples_beside_your_set_is_refused_and_the_record_counts_yours(critical):
+    with pytest.raises(BudgetError, match="not both"):
+        SelfCompression(preserve=10, preservation=critical)
+    assert SelfCompression(preservation=critical).preserve == 40
+
+
+def test_an_output_that_is_not_a_path_is_refused(critical):
+    with pytest.raises(OutputError, match="name the .press file"):
+        api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=None, data="digits")
+    with pytest.raises(OutputError, match="out_dir is a folder's path"):
+        api.sweep(_handle(tiny_mlp()), MagnitudePruning(), [Budget(sparsity=0.5)], out_dir=None, data="digits")

@@ -16,6 +16,7 @@ from netpress.data.datasets import (
     load_dataset,
     load_preservation_set,
     sample_digests,
+    stacked_examples,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "load_dataset",
     "load_preservation_set",
     "sample_digests",
+    "stacked_examples",
 ]

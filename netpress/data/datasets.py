@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset, TensorDataset
 
 from netpress.data.text import Sentences
-from netpress.errors import DataError, check_seed
+from netpress.errors import DataError, check_seed, not_a_file
 
 FASHION_MNIST_ENV = "NETPRESS_FASHION_MNIST"
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
@@ -91,7 +91,7 @@ def _data_file(path: Path, split: str) -> TensorDataset:
     and integer ``{split}_labels``, one per input; only the train split may be unlabelled, since accuracy is
     measured on the others."""
     if not path.is_file():
-        raise DataError(f"data file {path} not found")
+        raise DataError(f"data file {not_a_file(path)}")
     try:
         with safe_open(str(path), "pt") as f:
             stored = {k: f.get_tensor(k) for k in (f"{split}_inputs", f"{split}_labels") if k in f.keys()}
@@ -145,12 +145,32 @@ def load_preservation_set(path: str | os.PathLike) -> TensorDataset:
 
 
 def sample_digests(dataset: Dataset) -> list[bytes]:
-    """A sha256 of each sample's input (its float32 bytes): finds the same example in two datasets."""
+    """A sha256 of each sample's input, rounded to float16: finds the same example in two datasets, also where
+    one holds it at a lower precision."""
     return [
-        hashlib.sha256(x.to(torch.float32).contiguous().numpy().tobytes()).digest()
+        hashlib.sha256(x.to(torch.float16).contiguous().numpy().tobytes()).digest()
         for inputs, _ in batches(dataset, DIGEST_ROWS)
         for x in inputs
     ]
+
+
+def stacked_examples(dataset: Dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``(input, label)`` item of a small labelled dataset as two tensors, checked whole: inputs of one
+    shape and finite, labels integer class indices (``what`` names the dataset in the errors)."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        inputs, labels = dataset.tensors[0], dataset.tensors[1]
+    else:
+        items = [dataset[i] for i in range(len(dataset))]
+        try:
+            inputs = torch.stack([item[0] for item in items])
+            labels = torch.as_tensor([item[1] for item in items])
+        except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise DataError(f"{what}: its items must be (input tensor, integer label), inputs of one shape ({exc})") from exc
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"{what}: labels must be integer class indices, one per input; got {labels.dtype} {tuple(labels.shape)}")
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise DataError(f"{what}: its inputs hold NaN or infinite values")
+    return inputs, labels.long()
 
 
 def dataset_sha256(dataset: Dataset) -> str:

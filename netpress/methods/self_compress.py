@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
-from netpress.data import Subset, batches, check_dataset, check_not_test, dataset_sha256
+from netpress.data import Subset, check_dataset, check_not_test, dataset_sha256, stacked_examples
 from netpress.errors import BudgetError, DataError, NetpressError, check_flag, check_real, check_seed, check_whole, one_line
 from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
 from netpress.graph.dead_channels import cut_dead_channels
@@ -116,9 +116,17 @@ class SelfCompression:
             if not isinstance(self.preservation, Dataset):
                 raise DataError(f"preservation is a labelled torch Dataset, got {type(self.preservation).__name__}")
             check_dataset(self.preservation)
-            check_not_test(self.preservation)  # it is trained on
+            try:
+                check_not_test(self.preservation)  # it is trained on
+            except DataError:
+                raise DataError(
+                    "the preservation set is the test split: take your critical examples from the training data"
+                ) from None
             if len(self.preservation[0]) < 2:
                 raise DataError("the preservation set's items must be (input, label): it is guarded by its accuracy")
+            if self.preserve not in (SelfCompression.preserve, len(self.preservation)):  # the default, or the set's own count
+                raise BudgetError("give preserve (examples netpress chooses) or preservation (yours), not both")
+            self.preserve = len(self.preservation)  # what the file's record says was guarded
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = with_reference(self, budget, model)
@@ -130,8 +138,7 @@ class SelfCompression:
         sizer = FileSizer(model, self, budget, data) if budget is not None else None
         if self.preservation is not None:
             chosen = None
-            preserved_inputs, preserved_labels = next(batches(self.preservation, len(self.preservation)))
-            preserved = preserved_inputs, preserved_labels.long()
+            preserved = stacked_examples(self.preservation, "the preservation set")
             check_labels(model, *preserved, what="preservation")
         else:
             with kept_modes(model):

@@ -8,6 +8,7 @@ file's size, which takes no preservation set, is measured on the same examples. 
 test split (overall, and on the test images of the class) and on the user's examples before and after.
 
     .venv/bin/python benchmarks/preservation.py [--models lenet300] [--cls 6] [--samples 1000] [--seeds 0,1,2] [--steps 3000]
+        [--safety-weight 0.05]
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=SelfCompression.steps)
+    parser.add_argument("--safety-weight", type=float, default=SelfCompression.safety_weight)
     parser.add_argument("--name", default="preservation")
     args = parser.parse_args()
     critical = critical_examples(args.cls, args.samples)
@@ -94,7 +96,7 @@ def main() -> None:
         out = Path(folder)
         for name in args.models.split(","):
             for seed in map(int, args.seeds.split(",")):
-                method = SelfCompression(steps=args.steps, seed=seed)
+                method = SelfCompression(steps=args.steps, safety_weight=args.safety_weight, seed=seed)
                 variants = {
                     "self-compress, your examples": (method, critical, f"guarding your {args.samples} class-{args.cls} images"),
                     "self-compress, its own": (method, None, f"guarding the {method.preserve} it chooses"),
@@ -104,7 +106,7 @@ def main() -> None:
                     path = out / f"{name}-{seed}-{len(rows)}.press"
                     handle = api.load_model(f"zoo:{name}")
                     report, seconds = timed_press(handle, variant, None, path, seed=seed, preservation=given)
-                    setting = f"γ {method.gamma:g}, {method.steps} steps, {detail}"
+                    setting = f"γ {method.gamma:g}, η {method.safety_weight:g}, {method.steps} steps, {detail}"
                     rows.append(row(name, label, setting, report, seconds, args.cls, seed, critical))
                     print(rows[-1], flush=True)
                     if given is not None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from netpress.data import batches, check_dataset
+from netpress.data import batches, check_dataset, class_indices
 from netpress.errors import DataError, UnsupportedModelError
 from netpress.progress import progress_bar
 
@@ -137,7 +137,8 @@ def _evaluate(model: nn.Module, dataset: Dataset, batch_size: int) -> Evaluation
                     "the model's output on the evaluated data is not finite: NaN or infinite inputs, or inputs far outside "
                     "the range it was trained on"
                 )
-            if y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
+            y = class_indices(y, "the evaluated data")
+            if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
                 raise DataError(f"labels must be class indices 0..{logits.shape[1] - 1}, one per sample, for this model")
             pred = logits.argmax(dim=1)
             for label, ok in zip(y.tolist(), (pred == y).tolist()):

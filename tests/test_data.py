@@ -1,6 +1,7 @@
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -10,7 +11,7 @@ from netpress import api
 from netpress.budget import Budget
 from netpress.data import calibration_subset, check_dataset, load_dataset
 from netpress.errors import DataError
-from netpress.evaluate import predict
+from netpress.evaluate import evaluate, predict
 from netpress.methods.baselines import MagnitudePruning
 from netpress.methods.fcpts import FCPTS
 from tests.archs import tiny_mlp
@@ -166,3 +167,27 @@ def test_press_takes_your_own_train_and_test_datasets(tmp_path):
     with pytest.raises(DataError, match="labels"):
         api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=(train, unlabelled))
     assert not (tmp_path / "c.press").exists()
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """A map-style dataset whose labels come back exactly as given."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.zeros(1, 8, 8), self.labels[i]
+
+
+@pytest.mark.parametrize("labels", [[1, 2.7, 3], [1.0, 2.0, 3.0], [1, "shirt", 3], [True, False, True]], ids=str)
+def test_labels_that_are_not_class_indices_are_refused_not_truncated(labels):
+    with pytest.raises(DataError, match="integer class indices"):
+        evaluate(tiny_mlp(), _Labelled(labels))
+
+
+def test_integer_labels_of_any_kind_are_read_as_class_indices():
+    for labels in ([1, 2, 3], [torch.tensor(1), torch.tensor(2), torch.tensor(3)], list(np.array([1, 2, 3], dtype=np.int32))):
+        assert evaluate(tiny_mlp(), _Labelled(labels)).samples == 3

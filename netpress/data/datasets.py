@@ -166,11 +166,17 @@ def stacked_examples(dataset: Dataset, what: str) -> tuple[torch.Tensor, torch.T
             labels = torch.as_tensor([item[1] for item in items])
         except (TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise DataError(f"{what}: its items must be (input tensor, integer label), inputs of one shape ({exc})") from exc
-    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise DataError(f"{what}: labels must be integer class indices, one per input; got {labels.dtype} {tuple(labels.shape)}")
     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         raise DataError(f"{what}: its inputs hold NaN or infinite values")
-    return inputs, labels.long()
+    return inputs, class_indices(labels, what)
+
+
+def class_indices(labels: torch.Tensor, what: str) -> torch.Tensor:
+    """Labels as int64 class indices, refused unless they are integers, one per input: a float label would be
+    truncated or never equal a prediction, and the accuracy would be wrong without a word."""
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"{what}: labels must be integer class indices, one per input; got {labels.dtype} {tuple(labels.shape)}")
+    return labels.long()
 
 
 def dataset_sha256(dataset: Dataset) -> str:
@@ -232,7 +238,12 @@ def batches(dataset: Dataset, batch_size: int, indices: list[int] | None = None)
             continue
         items = [dataset[i] for i in chunk]
         x = torch.stack([it[0] for it in items])
-        y = torch.as_tensor([int(it[1]) for it in items]) if len(items[0]) > 1 else None
+        y = None
+        if len(items[0]) > 1:
+            try:  # as given: a float or text label is refused where labels are read, not truncated here
+                y = torch.as_tensor([it[1] for it in items])
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise DataError(f"labels must be integer class indices; got {items[0][1]!r} ({exc})") from exc
         yield x, y
 
 

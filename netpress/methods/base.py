@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
-from netpress.data import Subset, dataset_sha256
+from netpress.data import Subset, class_indices, dataset_sha256
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
 from netpress.evaluate import kept_modes, predict
@@ -370,7 +370,7 @@ def labelled_training_data(data: Subset | None, method: str) -> tuple[torch.Tens
     inputs, labels = data.tensors()
     if labels is None:
         raise DataError(f"{method} retrains on labelled data: the training split has no labels (a data file needs train_labels)")
-    return inputs, labels.long()
+    return inputs, class_indices(labels, "the training split")
 
 
 def check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, what: str = "training") -> int:

@@ -1,4 +1,4 @@
-"""Tiny architectures the tests name with ``--arch tests.archs:FACTORY``."""
+"""Tiny architectures the tests name with ``--arch tests.archs:FACTORY``, and a plain map-style dataset."""
 
 import torch
 from torch import nn
@@ -55,3 +55,16 @@ def tied() -> nn.Module:
 
 def on_meta() -> nn.Module:
     return tiny_mlp().to("meta")
+
+
+class Items(torch.utils.data.Dataset):
+    """A map-style dataset that is not a TensorDataset: its items exactly as given, labels untouched."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]

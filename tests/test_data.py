@@ -14,7 +14,7 @@ from netpress.errors import DataError
 from netpress.evaluate import evaluate, predict
 from netpress.methods.baselines import MagnitudePruning
 from netpress.methods.fcpts import FCPTS
-from tests.archs import tiny_mlp
+from tests.archs import Items, tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
 
@@ -169,25 +169,12 @@ def test_press_takes_your_own_train_and_test_datasets(tmp_path):
     assert not (tmp_path / "c.press").exists()
 
 
-class _Labelled(torch.utils.data.Dataset):
-    """A map-style dataset whose labels come back exactly as given."""
-
-    def __init__(self, labels):
-        self.labels = labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return torch.zeros(1, 8, 8), self.labels[i]
-
-
 @pytest.mark.parametrize("labels", [[1, 2.7, 3], [1.0, 2.0, 3.0], [1, "shirt", 3], [True, False, True]], ids=str)
 def test_labels_that_are_not_class_indices_are_refused_not_truncated(labels):
     with pytest.raises(DataError, match="integer class indices"):
-        evaluate(tiny_mlp(), _Labelled(labels))
+        evaluate(tiny_mlp(), Items([(torch.zeros(1, 8, 8), label) for label in labels]))
 
 
 def test_integer_labels_of_any_kind_are_read_as_class_indices():
     for labels in ([1, 2, 3], [torch.tensor(1), torch.tensor(2), torch.tensor(3)], list(np.array([1, 2, 3], dtype=np.int32))):
-        assert evaluate(tiny_mlp(), _Labelled(labels)).samples == 3
+        assert evaluate(tiny_mlp(), Items([(torch.zeros(1, 8, 8), label) for label in labels])).samples == 3

@@ -19,7 +19,7 @@ from netpress.data import calibration_subset, dataset_sha256, load_dataset, load
 from netpress.errors import BudgetError, DataError, OutputError
 from netpress.methods.baselines import MagnitudePruning
 from netpress.methods.self_compress import SelfCompression
-from tests.archs import tiny_mlp
+from tests.archs import Items, tiny_mlp
 
 FAST = SelfCompression(steps=20, batch_size=64)
 runner = CliRunner()
@@ -160,19 +160,6 @@ def test_the_cli_reads_the_set_from_a_file_and_says_how_it_fared(critical, tmp_p
     assert refused.exit_code != 0 and "drop --preserve" in refused.output
 
 
-class _Items(torch.utils.data.Dataset):
-    """A map-style dataset that is not a TensorDataset: items built on access."""
-
-    def __init__(self, inputs, labels):
-        self.inputs, self.labels = inputs, labels
-
-    def __len__(self):
-        return len(self.inputs)
-
-    def __getitem__(self, i):
-        return self.inputs[i], int(self.labels[i])
-
-
 def test_a_set_held_by_the_method_is_checked_and_measured_as_one_given_to_press(critical, tmp_path):
     test = load_dataset("digits", "test")
     copies = TensorDataset(test.tensors[0][:4].clone(), test.tensors[1][:4].clone())  # not the split object: copies
@@ -198,7 +185,7 @@ def test_bad_labels_are_refused_before_any_work(critical, tmp_path, labels, mess
 
 
 def test_any_map_style_dataset_serves_and_every_point_of_a_sweep_is_measured(critical, tmp_path):
-    items = _Items(*critical.tensors)
+    items = Items([(x, int(y)) for x, y in zip(*critical.tensors)])
     budgets = [Budget(sparsity=0.5), Budget(sparsity=0.9)]
     reports = api.sweep(_handle(tiny_mlp()), MagnitudePruning(), budgets, out_dir=tmp_path, data="digits", preservation=items)
     assert [r["preservation"]["samples"] for r in reports] == [40, 40]
@@ -261,23 +248,10 @@ def test_copies_of_test_images_at_half_precision_count_as_test_images(tmp_path):
     ids=["nan-later", "float-label", "ragged", "text-label"],
 )
 def test_every_item_of_your_own_dataset_is_checked_before_any_work(tmp_path, items, message):
-    out = tmp_path / "m.press"
+    out, chain = tmp_path / "m.press", MagnitudePruning()
     with pytest.raises(DataError, match=message):
-        api.press(_handle(tiny_mlp()), MagnitudePruning(), Budget(sparsity=0.5), out=out, data="digits", preservation=_Raw(items))
+        api.press(_handle(tiny_mlp()), chain, Budget(sparsity=0.5), out=out, data="digits", preservation=Items(items))
     assert not out.exists()
-
-
-class _Raw(torch.utils.data.Dataset):
-    """Items exactly as given, labels untouched."""
-
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def test_a_count_of_examples_beside_your_set_is_refused_and_the_record_counts_yours(critical):

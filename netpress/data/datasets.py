@@ -157,15 +157,12 @@ def sample_digests(dataset: Dataset) -> list[bytes]:
 def stacked_examples(dataset: Dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Every ``(input, label)`` item of a small labelled dataset as two tensors, checked whole: inputs of one
     shape and finite, labels integer class indices (``what`` names the dataset in the errors)."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        inputs, labels = dataset.tensors[0], dataset.tensors[1]
-    else:
-        items = [dataset[i] for i in range(len(dataset))]
-        try:
-            inputs = torch.stack([item[0] for item in items])
-            labels = torch.as_tensor([item[1] for item in items])
-        except (TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise DataError(f"{what}: its items must be (input tensor, integer label), inputs of one shape ({exc})") from exc
+    try:
+        inputs, labels = next(batches(dataset, len(dataset)))
+    except (DataError, RuntimeError, TypeError, IndexError) as exc:
+        raise DataError(f"{what}: its items must be (input tensor, integer label), inputs of one shape ({exc})") from exc
+    if labels is None:
+        raise DataError(f"{what}: its items must be (input, label)")
     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         raise DataError(f"{what}: its inputs hold NaN or infinite values")
     return inputs, class_indices(labels, what)

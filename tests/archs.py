@@ -14,6 +14,17 @@ def tiny_cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
 
 
+def tiny_mobilenet() -> nn.Module:
+    """Two MobileNetV2 blocks for 8x8 digits: depthwise convs inside channel groups, one residual add."""
+    from netpress.zoo.models import InvertedResidual
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(), InvertedResidual(8, 8, 1, 2),
+        InvertedResidual(8, 12, 2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10),
+    )  # fmt: skip
+
+
 def not_a_module() -> int:
     return 3
 

@@ -13,7 +13,7 @@ from netpress.budget import Budget
 from netpress.errors import BudgetError, DataError, ModelSourceError, UnsupportedModelError
 from netpress.graph.groups import ParamCounter, channel_groups
 from netpress.methods.fold import ChannelL1, Fold
-from netpress.zoo.models import VGG, LeNet5, ResNet20
+from netpress.zoo.models import VGG, LeNet5, MobileNetV2, ResNet20
 from tests.archs import tiny_cnn, tiny_mlp
 
 
@@ -87,6 +87,7 @@ ARCHS = {
     "resnet20": (ResNet20, IMAGE, "float32"),
     "vgg": (VGG, IMAGE, "float32"),
     "resnet18-block": (TinyResNet18, IMAGE, "float32"),
+    "mobilenetv2": (MobileNetV2, IMAGE, "float32"),
     "llama": (_tiny_llama, (8,), "int64"),
     "llama-tied-embeddings": (lambda: _tiny_llama(tied=True), (8,), "int64"),  # fold resizes a shared weight once
 }
@@ -173,6 +174,42 @@ def test_merging_identical_channels_with_ar_keeps_the_function():
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_merging_identical_channels_through_a_depthwise_conv_keeps_the_function():
+    """Expansion → BN → depthwise → BN → projection: equal channels in every layer of the group merge exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4), nn.ReLU6(), nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4),
+        nn.ReLU6(), nn.Conv2d(4, 3, 1), nn.Flatten(), nn.Linear(3 * 4 * 4, 2),
+    )  # fmt: skip
+    _randomise_norms(model)
+    with torch.no_grad():
+        for layer in model[:5]:
+            for tensor in layer.parameters():
+                tensor[1] = tensor[0]
+            for tensor in layer.buffers():
+                if tensor.dim():
+                    tensor[1] = tensor[0]
+        model[6].weight[:, 1] = model[6].weight[:, 0]
+    x = torch.randn(8, 1, 4, 4)
+    result = Fold(repair="ar", input_shape=(1, 4, 4)).apply(model, budget=Budget(params=0.05))
+    depthwise = result.model[3]
+    assert (depthwise.groups, depthwise.in_channels, depthwise.out_channels) == (3, 3, 3)
+    assert depthwise.weight.shape == (3, 1, 3, 3)
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_groups_hold_a_depthwise_conv_as_a_producer_of_its_channels():
+    model = MobileNetV2()
+    groups = {g.name: g for g in channel_groups(model, torch.zeros(1, *IMAGE))}
+    hidden = next(g for g in groups.values() if any(m.module == "features.2.conv.3" for m in g.members))
+    roles = {m.module: m.role for m in hidden.members}
+    assert roles == {
+        "features.2.conv.0": "producer", "features.2.conv.1": "norm", "features.2.conv.3": "producer",
+        "features.2.conv.4": "norm", "features.2.conv.6": "consumer",
+    }  # fmt: skip
+    assert hidden.reason is None and hidden.channels == 64
+
+
 @pytest.mark.parametrize("target", [0.1, 0.35, 0.6])
 @pytest.mark.parametrize("allocation", ["uniform", "adaptive"])
 def test_param_budget_is_met_within_one_channel_per_group(target, allocation):
@@ -194,7 +231,7 @@ def test_unsupported_layers_are_named():
     model = nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
         nn.ReLU(),
         nn.Conv2d(8, 6, 3, padding=1),
         nn.ReLU(),
@@ -203,8 +240,9 @@ def test_unsupported_layers_are_named():
     )
     rows = Fold(repair="none", input_shape=IMAGE).apply(model, budget=Budget(params=0.1)).rows
     reasons = [r["reason"] for r in rows if "reason" in r]
-    assert any(r.startswith("a grouped or depthwise Conv2d (groups=8)") for r in reasons)
-    assert "its channels are outputs of the model" in reasons and len(reasons) == 2
+    grouped = "a grouped Conv2d (groups=2, 8 in, 8 out) is not supported; plain and depthwise"
+    assert [r.startswith(grouped) or r.startswith("2: " + grouped) for r in reasons].count(True) == 2  # its in and out
+    assert "its channels are outputs of the model" in reasons and len(reasons) == 3
     assert any(r.get("folded") and r["producers"] == ["4"] for r in rows)
 
 

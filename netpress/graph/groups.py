@@ -139,12 +139,21 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[:1] in 'AEIOU' else 'a'} {noun}"
 
 
+def is_depthwise(module: nn.Module) -> bool:
+    """A convolution with one filter per channel: its output channels are its input channels, so it sits inside
+    one group as a producer whose rows are that group's channels (MobileNet's 3x3 layers)."""
+    return isinstance(module, _CONVS) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
 def _unsupported(module: nn.Module, node_type: OPTYPE, role: Role | None) -> str | None:
     """Why a member layer cannot be folded, or None."""
     if role is None:
         return f"{_a(type(module).__name__)} ({node_type.name}) shares these channels; folding it is not supported"
-    if isinstance(module, _CONVS) and module.groups != 1:
-        return f"a grouped or depthwise {type(module).__name__} (groups={module.groups}) is not supported"
+    if isinstance(module, _CONVS) and module.groups != 1 and not is_depthwise(module):
+        return (
+            f"a grouped {type(module).__name__} (groups={module.groups}, {module.in_channels} in, {module.out_channels} "
+            "out) is not supported; plain and depthwise (one filter per channel) convolutions are"
+        )
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "transposed convolutions are not supported"
     return None
@@ -162,7 +171,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     """All channel groups of ``model``, foldable or not, in model order.
 
     Groups whose channels reach the model's output, or that hold a layer netpress cannot fold
-    (LayerNorm, embeddings, depthwise convs, unwrapped parameters...), carry a ``reason``.
+    (LayerNorm, embeddings, grouped convs, unwrapped parameters...), carry a ``reason``.
     """
     traced = copy.deepcopy(model).eval()
     for param in traced.parameters():  # tracing follows autograd: a frozen layer would look unused
@@ -195,6 +204,10 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
                 continue  # an operation (add, reshape...), not a layer
             if node.type in (OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE):
                 continue
+            if is_depthwise(target):  # its input and output channels are the group's: one member, a producer
+                if any(m.module == names[target] for m in group.members):
+                    continue
+                out_side = True
             if out_side:
                 seen.add(target)
             role = _role(target, out_side)
@@ -267,6 +280,8 @@ def _resize_attrs(module: nn.Module, role: Role) -> None:
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = shape[0], shape[1]
     elif isinstance(module, _CONVS):
+        if module.groups > 1:  # depthwise (the only grouped kind a group holds): one group per channel
+            module.groups = shape[0]
         module.out_channels, module.in_channels = shape[0], shape[1] * module.groups
     elif role == "norm":
         module.num_features = shape[0]

@@ -52,6 +52,8 @@ def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module
             if attr == "normalized_shape":
                 module.normalized_shape = (shape[0],)
             elif attr == "in_channels":
+                if module.groups > 1 and tensor_name == "weight":  # depthwise: one group per channel
+                    module.groups = shape[0]
                 module.in_channels = shape[1] * module.groups
             else:
                 setattr(module, attr, shape[axis])

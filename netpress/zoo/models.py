@@ -97,3 +97,49 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 linear projection (each with BatchNorm), and a
+    residual add when the shape is kept."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = in_planes * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers += [nn.Conv2d(in_planes, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, planes, 1, bias=False),
+            nn.BatchNorm2d(planes),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_planes == planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """A small MobileNetV2 (Sandler et al. 2018) for 28x28 inputs: a stride-2 stem, inverted residual stages
+    (expansion, channels, blocks, stride) and a 1x1 conv to 256 features before the classifier."""
+
+    STAGES: tuple[tuple[int, int, int, int], ...] = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 2, 2))
+
+    def __init__(self, num_classes: int = 10, stem: int = 16, last: int = 256) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(1, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())]
+        in_planes = stem
+        for expansion, planes, blocks, stride in self.STAGES:
+            for i in range(blocks):
+                layers.append(InvertedResidual(in_planes, planes, stride if i == 0 else 1, expansion))
+                in_planes = planes
+        layers.append(nn.Sequential(nn.Conv2d(in_planes, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))

@@ -17,7 +17,7 @@ from netpress.codec import write_file
 from netpress.data import load_dataset
 from netpress.errors import BudgetError, DataError, ModelSourceError, check_seed, make_output_dir
 from netpress.progress import progress_bar
-from netpress.zoo.models import VGG, LeNet5, LeNet300, ResNet20
+from netpress.zoo.models import VGG, LeNet5, LeNet300, MobileNetV2, ResNet20
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 MANIFEST = CHECKPOINT_DIR / "manifest.json"
@@ -46,6 +46,14 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("lenet5", LeNet5, "LeNet-5 (Caffe): conv20-conv50-fc500-fc10", 8, 0.05, False),
         ZooEntry("resnet20", ResNet20, "ResNet-20, 16/32/64 channels, BatchNorm, 1x1 projection shortcuts", 6, 0.1, True),
         ZooEntry("vgg", VGG, "narrow VGG-BN: 2x(32,64,128) conv-BN-ReLU, fc 128", 4, 0.1, True),
+        ZooEntry(
+            "mobilenetv2",
+            MobileNetV2,
+            "small MobileNetV2: depthwise inverted residuals, expansion 4, 16-24-32-64 channels, 1x1 conv 256",
+            6,
+            0.1,
+            True,
+        ),
     ]
 }
 

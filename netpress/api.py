@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -66,7 +67,6 @@ from netpress.errors import (
 )
 from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_params, kept_modes, predict
 from netpress.evaluate import evaluate as _evaluate
-from netpress.evaluate import fidelity as _fidelity
 from netpress.methods import METHODS
 from netpress.methods.base import (
     KEPT,
@@ -93,7 +93,9 @@ class ModelHandle:
     dataset: str | None = None
     input_shape: tuple[int, ...] | None = None
     input_dtype: str | None = None  # of the inputs structural methods trace with (token ids are int64); None: float32
-    encoder: hf.TextEncoder | None = None  # turns sentences into embeddings: a Hugging Face directory's tokenizer
+    # reads sentences with the model, by a Hugging Face directory's tokenizer: an encoder's embeddings (TextEncoder)
+    # or a causal language model's next-token predictions (TokenPredictor)
+    encoder: hf.TextEncoder | hf.TokenPredictor | None = None
     path: str | None = None  # the file it was loaded from: never an output (not written into files)
     # fp32 bytes of the model before netpress's first stage, for a model read from a .press file: a
     # ratio against the reloaded model alone would hide what the earlier stages (a fold) removed.
@@ -265,8 +267,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         if arch is not None:
             raise ModelSourceError(f"{spec} brings its own architecture (config.json); drop --arch")
         module, source = hf.load_directory(path)
-        positions = getattr(getattr(module, "config", None), "max_position_embeddings", None)
-        encoder = hf.TextEncoder.from_directory(path, positions) if hf.has_tokenizer(path) else None
+        encoder = hf.text_reader(path, module) if hf.has_tokenizer(path) else None
         return _text_handle(module, source, encoder=encoder, path=spec)
     if path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise ModelSourceError(
@@ -824,7 +825,7 @@ def _preservation_set(preservation: str | os.PathLike | Dataset | None, handle: 
         return None
     if hf.is_hf_source(handle.source):
         raise DataError(
-            "a preservation set holds a classifier's labelled inputs, and an encoder is measured on sentences: drop it"
+            "a preservation set holds a classifier's labelled inputs, and a Hugging Face model is measured on sentences: drop it"
         )
     if isinstance(preservation, str | os.PathLike):
         preservation = load_preservation_set(preservation)
@@ -892,7 +893,7 @@ class _Prepared:
     test: Dataset | None = None
     before: Evaluation | None = None
     sentences: list[str] | None = None
-    reference: torch.Tensor | None = None  # the original's sentence embeddings
+    reference: Any = None  # the original's figures on the sentences: its embeddings or next-token predictions
     preservation: Dataset | None = None  # your critical examples
     preservation_record: dict | None = None  # what the report says of them besides their accuracy
     preservation_before: Evaluation | None = None
@@ -947,7 +948,7 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
     with kept_modes(handle.module):  # one sample through the model: data it cannot take fails before any work
         if text:
             prepared.sentences = load_sentences(name)
-            _encoder(handle).embed(handle.module, prepared.sentences[:1])
+            _encoder(handle).reference(handle.module, prepared.sentences[:1])
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
             _check_finite_output(handle.module, prepared.test[0][0], "test")
@@ -989,18 +990,18 @@ def _check_preservation(handle: ModelHandle, prepared: _Prepared, methods: list[
 
 
 def _check_encoder_calibration(methods: list[Method]) -> None:
-    """Refuse a calibrating method that reads only a classifier's images (fold's BatchNorm repair), for a Hugging Face encoder."""
+    """Refuse a calibrating method that reads only a classifier's images (fold's BatchNorm repair), for a Hugging Face model."""
     images_only = [m.name for m in methods if not getattr(m, "calibrates_encoders", False)]
     if images_only:
         raise DataError(
-            f"{', '.join(images_only)} calibrates on a classifier's images; a Hugging Face encoder takes "
+            f"{', '.join(images_only)} calibrates on a classifier's images; a Hugging Face model takes "
             "fcpts and l2 (calibrated on sentences) and the data-free methods: uniform, kmeans, magnitude, fold and "
             "channel-l1 (repair none)"
         )
 
 
 def _measure_original(handle: ModelHandle, prepared: _Prepared) -> None:
-    """The original's accuracy or sentence embeddings, once per sweep; press calls it after compressing (a
+    """The original's accuracy or figures on the sentences, once per sweep; press calls it after compressing (a
     method's own errors come first) and before writing (a sentence too long for the model stops the run there)."""
     with kept_modes(handle.module):
         if prepared.test is not None and prepared.before is None:
@@ -1008,7 +1009,7 @@ def _measure_original(handle: ModelHandle, prepared: _Prepared) -> None:
         if prepared.preservation is not None and prepared.preservation_before is None:
             prepared.preservation_before = _evaluate(handle.module, prepared.preservation)
         if prepared.sentences is not None and prepared.reference is None:
-            prepared.reference = _encoder(handle).embed(handle.module, prepared.sentences)
+            prepared.reference = _encoder(handle).reference(handle.module, prepared.sentences)
 
 
 def _press(
@@ -1105,9 +1106,10 @@ def _measured_report(
                 "accuracy_before": prepared.preservation_before.accuracy,
                 "accuracy_after": _evaluate(loaded(), prepared.preservation).accuracy,
             }
-        if prepared.reference is not None:  # an encoder is measured against itself uncompressed
-            written = handle.encoder.embed(loaded(), prepared.sentences)
-            report.update(dataset=prepared.dataset, fidelity=_fidelity(written, prepared.reference).to_dict())
+        if prepared.reference is not None:  # a text model is measured against itself uncompressed
+            reader = handle.encoder
+            measured = reader.compare(loaded(), prepared.sentences, prepared.reference)
+            report.update({"dataset": prepared.dataset, reader.report_key: measured})
     except DataError as exc:  # the original ran on this data: the compression broke the model
         structural = [m["name"] for m in made.summary["methods"] if getattr(METHODS.get(m["name"]), "structural", False)]
         hint = (
@@ -1146,12 +1148,12 @@ def _is_text(handle: ModelHandle, dataset: str) -> bool:
     if text_model and dataset not in TEXT_DATASETS:
         raise DataError(f"a Hugging Face model is measured on text: --data {' or '.join(TEXT_DATASETS)}, not {dataset!r}")
     if not text_model and dataset in TEXT_DATASETS:
-        raise DataError(f"{dataset} is text: it measures encoders read from a Hugging Face model directory")
+        raise DataError(f"{dataset} is text: it measures models read from a Hugging Face model directory")
     return text_model
 
 
-def _encoder(handle: ModelHandle) -> hf.TextEncoder:
-    """The handle's tokenizer and pooling, or an error that says where to find them."""
+def _encoder(handle: ModelHandle) -> hf.TextEncoder | hf.TokenPredictor:
+    """How the handle reads text (its tokenizer, and an encoder's pooling), or an error that says where to find it."""
     if handle.encoder is not None:
         return handle.encoder
     if handle.path is not None and Path(handle.path).suffix.lower() == ".press":
@@ -1166,15 +1168,33 @@ def _encoder(handle: ModelHandle) -> hf.TextEncoder:
 def fidelity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: str | Sequence[str] = "fortunes") -> Fidelity:
     """How close ``model``'s sentence embeddings stay to ``reference``'s (a handle from a Hugging Face directory,
     whose tokenizer and pooling embed both), on a text dataset by name or a list of sentences."""
+    return Fidelity(**compare_text(model, reference, sentences, hf.TextEncoder))
+
+
+def perplexity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: str | Sequence[str] = "fortunes") -> dict:
+    """A causal language model's perplexity on the sentences before (``reference``, a handle from the Hugging Face
+    directory ``model`` was compressed from, whose tokenizer reads both) and after, with the share of tokens at
+    which both predict the same next token."""
+    return compare_text(model, reference, sentences, hf.TokenPredictor)
+
+
+def compare_text(
+    model: ModelHandle | nn.Module, reference: ModelHandle, sentences: str | Sequence[str] = "fortunes", kind: type | None = None
+) -> dict:
+    """``model`` against ``reference`` on sentences, as a report measures it: an encoder's ``fidelity``, a causal
+    language model's ``perplexity`` (``kind``: the reader that must measure it, or None for either)."""
     if not isinstance(reference, ModelHandle):
         raise ModelSourceError("the reference is the handle of the uncompressed model: netpress.load_model(DIR)")
     if isinstance(model, ModelHandle):
         _check_same_model(model, reference)
-    encoder = _encoder(reference)
+    reader = _encoder(reference)
+    if kind is not None and not isinstance(reader, kind):
+        other = {"fidelity": "netpress.fidelity", "perplexity": "netpress.perplexity"}[reader.report_key]
+        raise DataError(f"the reference is measured by its {reader.report_key}: use {other}")
     sentences = load_sentences(sentences) if isinstance(sentences, str) else list(sentences)
     module = _as_handle(model).module
     with kept_modes(module), kept_modes(reference.module):
-        return _fidelity(encoder.embed(module, sentences), encoder.embed(reference.module, sentences))
+        return reader.compare(module, sentences, reader.reference(reference.module, sentences))
 
 
 # Config entries that make two Hugging Face models different networks (fold changes layer widths, not these)
@@ -1294,6 +1314,7 @@ __all__ = [
     "inspect",
     "load",
     "load_model",
+    "perplexity",
     "press",
     "resolve_dataset",
     "save",

@@ -81,7 +81,7 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 MODEL_HELP = "zoo:NAME, a .press file, a Hugging Face model directory, or a .safetensors / .pt / .pth state dict"
 DATA_HELP = (
     "dataset for calibration and evaluation: fashion-mnist, digits, or your own .safetensors file with train_inputs, "
-    "test_inputs and test_labels (train_labels optional); fortunes for a Hugging Face encoder"
+    "test_inputs and test_labels (train_labels optional); fortunes for a Hugging Face model"
 )
 
 
@@ -351,9 +351,12 @@ def build_budget(ratio: float | None, sparsity: float | None, params: float | No
 
 def _quality(report: dict) -> tuple[str, str]:
     """The two measured columns of a report: accuracy before and after for a classifier; for an encoder, the
-    cosine and top-10 neighbour agreement of its embeddings with the uncompressed model's."""
+    cosine and top-10 neighbour agreement of its embeddings with the uncompressed model's; for a causal language
+    model, its perplexity before and after."""
     if "fidelity" in report:
         return f"{report['fidelity']['cosine']:.4f}", f"{100 * report['fidelity']['top10']:.1f} %"
+    if "perplexity" in report:
+        return f"{report['perplexity']['before']:.2f}", f"{report['perplexity']['after']:.2f}"
     if hf.is_hf_source(report["source"]):
         return "-", "-"
     acc = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
@@ -361,7 +364,10 @@ def _quality(report: dict) -> tuple[str, str]:
 
 
 def _quality_columns(reports: list[dict]) -> tuple[str, str]:
-    return ("cosine", "top-10 agreement") if any(hf.is_hf_source(r["source"]) for r in reports) else ("acc before", "acc after")
+    sources = [r["source"].get(hf.SOURCE_KEY) for r in reports]
+    if any(isinstance(s, dict) and str(s.get("class", "")).endswith("ForCausalLM") for s in sources):
+        return "ppl before", "ppl after"
+    return ("cosine", "top-10 agreement") if any(sources) else ("acc before", "acc after")
 
 
 def _print_report(report: dict) -> None:
@@ -593,7 +599,7 @@ def sweep(
     check_suffix(report, (".json",), "the reports are JSON")
     handle = api.load_model(model, arch)
     if plot is not None and data is None and handle.dataset is None:
-        raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face encoder)")
+        raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face model)")
     refuse_searched(method.value, "ratio" in given, bits, levels)
     methods = methods_for(locals())
     budgets = [Budget(**{kind: value}) for kind, value in targets]
@@ -641,6 +647,10 @@ def sweep(
         if "fidelity" in results[0]:
             points = [(r["file_bytes"], r["fidelity"]["cosine"]) for r in results]
             plot_curve({label: points}, plot, f"{model}: embedding cosine vs file size", "mean cosine to the original (%)")
+        elif "perplexity" in results[0]:
+            points = [(r["file_bytes"], r["perplexity"]["top1_agreement"]) for r in results]
+            ylabel = "tokens whose top next token is the original's (%)"
+            plot_curve({label: points}, plot, f"{model}: next-token agreement vs file size", ylabel)
         else:
             points = [(r["file_bytes"], r["accuracy_after"]) for r in results]
             plot_curve({label: points}, plot, f"{model}: accuracy vs file size")
@@ -673,27 +683,28 @@ def _setting(searched: dict) -> str:
 def eval_(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: str | None = typer.Option(
-        None, help="dataset name or .safetensors data file (default: the zoo model's own; fortunes for an encoder)"
+        None, help="dataset name or .safetensors data file (default: the zoo model's own; fortunes for a Hugging Face model)"
     ),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     reference: str | None = typer.Option(
-        None, help="an encoder's uncompressed Hugging Face directory: its tokenizer embeds the text, its model is compared"
+        None, help="a Hugging Face model's uncompressed directory: its tokenizer reads the text, its model is compared"
     ),
     preservation_set: Path | None = typer.Option(
         None, help=f"your critical examples, measured too: a .safetensors file holding {PRESERVATION_KEYS}"
     ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Top-1 and per-class accuracy of a classifier on the test split, or an encoder's fidelity to its original."""
+    """Top-1 and per-class accuracy of a classifier on the test split; a Hugging Face encoder's fidelity to its
+    original, or a causal language model's perplexity next to its original's."""
     handle = api.load_model(model, arch)
     dataset = data if data is not None else handle.dataset
     if hf.is_hf_source(handle.source):
         if preservation_set is not None:
-            raise DataError("--preservation-set holds a classifier's labelled inputs; an encoder is measured on sentences")
+            raise DataError("--preservation-set holds a classifier's labelled inputs; a Hugging Face model reads sentences")
         _eval_encoder(model, handle, dataset or "fortunes", reference, as_json)
         return
     if reference is not None:
-        raise DataError("--reference is for Hugging Face encoders, which are measured against their original")
+        raise DataError("--reference is for Hugging Face models, which are measured against their original")
     if dataset is None:
         raise DataError("pass --data to name the dataset to evaluate on")
     kept = None
@@ -728,22 +739,26 @@ def eval_(
 def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: str | None, as_json: bool) -> None:
     if reference is None:
         raise DataError(
-            "an encoder is measured against the model it was compressed from: pass --reference DIR, its Hugging Face directory"
+            "a Hugging Face model is measured against the model it was compressed from: pass --reference DIR, its "
+            "Hugging Face directory"
         )
     base = api.load_model(reference)
     if not hf.is_hf_source(base.source) or Path(reference).suffix.lower() == ".press":
         raise DataError(f"--reference names the uncompressed Hugging Face directory (with its tokenizer), not {reference!r}")
-    result = api.fidelity(handle, base, dataset).to_dict()
+    result = api.compare_text(handle, base, dataset)
     result.update(model=model, reference=reference, dataset=dataset)
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    out.print(
-        f"{model} against {reference} on {result['samples']:,} {dataset} sentences: mean cosine {result['cosine']:.4f}, "
-        f"top-10 neighbour agreement {100 * result['top10']:.1f} %",
-        highlight=False,
-        soft_wrap=True,
-    )
+    if "cosine" in result:
+        measured = f"mean cosine {result['cosine']:.4f}, top-10 neighbour agreement {100 * result['top10']:.1f} %"
+    else:
+        measured = (
+            f"perplexity {result['after']:.2f} (the reference: {result['before']:.2f}) over {result['tokens']:,} tokens, "
+            f"top next token the reference's at {100 * result['top1_agreement']:.1f} % of them"
+        )
+    said = f"{model} against {reference} on {result['samples']:,} {dataset} sentences: {measured}"
+    out.print(said, highlight=False, soft_wrap=True)
 
 
 @app.command()

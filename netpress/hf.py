@@ -1,4 +1,5 @@
-"""Hugging Face model directories: load one as a model source, rebuild it from a .press file, embed text with it.
+"""Hugging Face model directories: load one as a model source, rebuild it from a .press file, read text with it
+(a sentence encoder's embeddings, or a causal language model's next-token predictions).
 
 A directory is read offline (``local_files_only``), with safetensors or with ``torch.load(weights_only=True)``,
 and only model classes that ship with ``transformers`` are built: a directory whose config names its own
@@ -9,12 +10,13 @@ config and class name, so it rebuilds the model without the directory (and witho
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -203,15 +205,12 @@ class TextEncoder:
     max_tokens: int = DEFAULT_MAX_TOKENS
     problem: str | None = None  # why these embeddings would not be the directory's own; refused when embedding
 
+    report_key: ClassVar[str] = "fidelity"
+
     @classmethod
     def from_directory(cls, path: Path, positions: int | None = None) -> TextEncoder:
         """``positions``: the model's position table, which bounds the tokens of a sentence."""
-        transformers = _transformers()
-        with _quiet(transformers):
-            try:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-            except Exception as exc:
-                raise ModelSourceError(f"{path} holds no tokenizer transformers can read: {exc}") from exc
+        tokenizer = _tokenizer(path)
         pooling, problem = _pipeline(path)
         return cls(tokenizer, pooling, _max_tokens(path, tokenizer, positions), problem)
 
@@ -260,6 +259,144 @@ class TextEncoder:
                 "sentence encoders (e.g. BertModel, the class a sentence-transformers directory holds)"
             )
         return torch.nn.functional.normalize(POOLINGS[self.pooling](hidden, batch["attention_mask"]), dim=1)
+
+    def reference(self, model: nn.Module, sentences: list[str]) -> torch.Tensor:
+        """What a compressed model is compared with: the original's embeddings."""
+        return self.embed(model, sentences)
+
+    def compare(self, model: nn.Module, sentences: list[str], reference: torch.Tensor) -> dict:
+        """A report's ``fidelity``: cosine and top-10 neighbour agreement of ``model``'s embeddings with ``reference``."""
+        from netpress.evaluate import fidelity
+
+        return fidelity(self.embed(model, sentences), reference).to_dict()
+
+
+@dataclass(frozen=True)
+class NextTokens:
+    """A causal language model's figures on some sentences: summed negative log-likelihood of their tokens, the
+    number of tokens predicted, and its top-1 prediction at each of them (sentence by sentence, in order)."""
+
+    nll: float
+    tokens: int
+    top1: torch.Tensor
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+
+@dataclass(frozen=True)
+class TokenPredictor:
+    """Sentences to next-token predictions with a causal language model of a directory and its tokenizer.
+
+    A compressed model is measured by its perplexity on the text, next to the original's, and by the share of
+    tokens at which its most likely next token is the original's. Sentences are padded on the right and every
+    token after a sentence's first is predicted.
+    """
+
+    tokenizer: Any
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    report_key: ClassVar[str] = "perplexity"
+
+    @classmethod
+    def from_directory(cls, path: Path, positions: int | None = None) -> TokenPredictor:
+        tokenizer = _tokenizer(path)
+        if tokenizer.pad_token is None:  # decoder tokenizers often have none; padded places are masked anyway
+            if tokenizer.eos_token is None:
+                raise UnsupportedModelError(f"{path}'s tokenizer has neither a padding nor an end-of-text token to pad with")
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+        return cls(tokenizer, _max_tokens(path, tokenizer, positions))
+
+    def tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        """One right-padded batch of token ids and attention mask, cut at ``max_tokens``."""
+        batch = dict(self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"))
+        return {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+    @staticmethod
+    def predicted(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Where a next token is predicted: both it and the token before it are text, not padding."""
+        mask = batch["attention_mask"].bool()
+        return mask[:, 1:] & mask[:, :-1]
+
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor], params: dict | None = None) -> torch.Tensor:
+        """The next-token logits at the predicted places of a batch, one row per token, differentiable (FCPTS and
+        L² train through them); ``params`` replace the model's own tensors."""
+        try:
+            output = model(**batch) if params is None else functional_call(model, params, (), batch)
+        except Exception as exc:  # token ids the model has no row for, ...
+            raise UnsupportedModelError(
+                f"{type(model).__name__} cannot read tokenized sentences ({type(exc).__name__}: {exc})"
+            ) from exc
+        logits = getattr(output, "logits", None)
+        if logits is None or logits.dim() != 3:
+            raise UnsupportedModelError(f"{type(model).__name__} returns no next-token logits (batch, tokens, vocabulary)")
+        return logits[:, :-1][self.predicted(batch)]
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tokens that ``logits`` predict, in the same order."""
+        return batch["input_ids"][:, 1:][self.predicted(batch)]
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, sentences: list[str]) -> NextTokens:
+        """Summed negative log-likelihood and top-1 predictions over ``sentences``, in eval mode, batch by batch."""
+        if not sentences or not all(isinstance(s, str) for s in sentences):
+            raise DataError("a language model is measured on a non-empty list of sentences (strings)")
+        model.eval()
+        nll, tokens, top1 = 0.0, 0, []
+        with progress_bar() as progress:
+            task = progress.add_task("predicting tokens", total=len(sentences))
+            for i in range(0, len(sentences), EMBED_BATCH):
+                chunk = sentences[i : i + EMBED_BATCH]
+                batch = self.tokenize(chunk)
+                logits = self.logits(model, batch).double()
+                if not bool(torch.isfinite(logits).all()):
+                    raise DataError("the model's next-token logits on the text are not finite")
+                targets = self.targets(batch)
+                nll += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+                tokens += len(targets)
+                top1.append(logits.argmax(dim=1))
+                progress.update(task, advance=len(chunk))
+        if tokens == 0:
+            raise DataError("the sentences hold no token to predict (each is one token or less)")
+        return NextTokens(nll, tokens, torch.cat(top1))
+
+    def reference(self, model: nn.Module, sentences: list[str]) -> NextTokens:
+        """What a compressed model is compared with: the original's figures."""
+        return self.score(model, sentences)
+
+    def compare(self, model: nn.Module, sentences: list[str], reference: NextTokens) -> dict:
+        """A report's ``perplexity``: before (``reference``) and after, and the top-1 agreement with the original."""
+        mine = self.score(model, sentences)
+        return {
+            "before": round(reference.perplexity, 4),
+            "after": round(mine.perplexity, 4),
+            "top1_agreement": round(float((mine.top1 == reference.top1).double().mean()), 4),
+            "tokens": mine.tokens,
+            "samples": len(sentences),
+        }
+
+
+def _tokenizer(path: Path):
+    """The directory's tokenizer, read offline without running code it names."""
+    transformers = _transformers()
+    with _quiet(transformers):
+        try:
+            return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except Exception as exc:
+            raise ModelSourceError(f"{path} holds no tokenizer transformers can read: {exc}") from exc
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A causal language model (transformers' ``...ForCausalLM`` classes): measured by its next-token predictions."""
+    return type(model).__name__.endswith("ForCausalLM")
+
+
+def text_reader(path: Path, model: nn.Module) -> TextEncoder | TokenPredictor:
+    """How netpress reads text with the model of a directory: next-token predictions for a causal language model,
+    sentence embeddings for any other."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return (TokenPredictor if is_causal_lm(model) else TextEncoder).from_directory(path, positions)
 
 
 def _masked_sum(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

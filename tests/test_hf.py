@@ -247,7 +247,7 @@ def test_cli_sweep_plots_cosine_against_bytes(bert_dir, tmp_path):
     assert "cosine" in result.output and plot.stat().st_size > 0
     assert [r["budget"]["sparsity"] for r in json.loads(report.read_text())] == [0.3, 0.6]
     no_data = run("sweep", bert_dir, *options[:-2], "--out-dir", tmp_path / "t", "--plot", plot)
-    assert_one_line_error(no_data, "--data (fortunes for a Hugging Face encoder)")
+    assert_one_line_error(no_data, "--data (fortunes for a Hugging Face model)")
 
 
 @pytest.mark.parametrize("mode", sorted(hf.POOLINGS))
@@ -300,7 +300,7 @@ def test_text_splits_are_disjoint_and_the_test_split_is_never_calibrated_on(bert
     with pytest.raises(DataError, match="test split"):
         calibration_subset(Sentences(test, "test", handle.encoder), 10)
     budget = netpress.Budget(sparsity=0.5)
-    with pytest.raises(DataError, match="need the encoder"):
+    with pytest.raises(DataError, match="need the text reader"):
         api.compress(handle, netpress.FCPTS(iterations=1), budget, calibration_subset(Sentences(train, "train"), 10))
     with pytest.raises(DataError, match="takes fcpts and l2"):
         api.compress(

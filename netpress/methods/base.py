@@ -366,7 +366,7 @@ def labelled_training_data(data: Subset | None, method: str) -> tuple[torch.Tens
     if data is None:
         raise DataError(f"{method} retrains the model: it needs the training split (--data)")
     if isinstance(data.dataset, Sentences):
-        raise DataError(f"{method} retrains a classifier on labelled images; a sentence encoder has no labels to train on")
+        raise DataError(f"{method} retrains a classifier on labelled images; it does not train a Hugging Face model on sentences")
     inputs, labels = data.tensors()
     if labels is None:
         raise DataError(f"{method} retrains on labelled data: the training split has no labels (a data file needs train_labels)")

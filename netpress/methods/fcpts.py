@@ -86,7 +86,8 @@ class FCPTS:
     ``iterations`` steps of batch ``batch_size``; Adam on the log-thresholds (``threshold_lr``) and
     on the weights (``weight_lr``; 0 keeps the dense weights and learns only the allocation);
     ``penalty`` is λ of the sparsity term; ``temperature`` is the distillation temperature (of a
-    classifier's logits; an encoder's embeddings are compared by cosine).
+    classifier's logits; an encoder's embeddings are compared by cosine; a causal language model's next-token
+    distributions by KL, as logits).
     ``init`` is the starting allocation: ``erk`` (the paper's), one of the other magnitude
     allocations, or ``best``: whichever of them distils best on the calibration set.
     ``mixed`` adds that many mixtures of two calibration inputs per calibration sample to the

@@ -60,7 +60,8 @@ class L2:
     ``rounds`` × (``transform_steps`` on the log edges and steps at ``transform_lr``, then
     ``reconstruction_steps`` on the latent weights at ``weight_lr``), batches of ``batch_size``.
     The task loss is distillation from the dense model, labels not needed: KL at ``temperature`` on a
-    classifier's logits, the cosine distance of a Hugging Face encoder's sentence embeddings.
+    classifier's logits, the cosine distance of a Hugging Face encoder's sentence embeddings, the KL divergence of a
+    causal language model's next-token distributions.
     The transform phase adds μ × estimated bytes / budget, μ starting at ``rate_weight`` × the ratio of
     the two gradients and adapted by dual ascent; reconstruction uses the task loss alone.
     ``per_channel`` learns an edge and step per output channel; ``raw_dtype`` stores biases and

@@ -1,12 +1,14 @@
 """The dense model as a teacher on calibration data: its outputs, once, and how far a student is from them.
 
 Methods that distil (FCPTS, L²) are written against ``Teacher``, so one method serves both kinds of model
-netpress measures: a classifier, pulled towards the dense model's logits (KL at a temperature), and a
-Hugging Face sentence encoder, pulled towards the dense model's sentence embeddings (cosine distance).
+netpress measures: a classifier, pulled towards the dense model's logits (KL at a temperature); a Hugging Face
+sentence encoder, pulled towards the dense model's sentence embeddings (cosine distance); and a Hugging Face
+causal language model, pulled towards the dense model's next-token distributions (KL at a temperature).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol
 
 import torch
@@ -18,6 +20,7 @@ from netpress.data import Subset
 from netpress.data.text import Sentences
 from netpress.errors import DataError
 from netpress.evaluate import predict
+from netpress.hf import TokenPredictor
 from netpress.methods.base import distillation_loss, recalibrate_batchnorm, running_statistics
 
 MIX_SHARE = 0.5  # a mixed input is (1 − s)·x_a + s·x_b with s uniform in [0, MIX_SHARE]: x_a stays dominant
@@ -54,11 +57,15 @@ class Teacher(Protocol):
 def teacher_for(model: nn.Module, data: Subset, temperature: float) -> Teacher:
     """The teacher for ``data``: sentences (with their encoder) teach embeddings, anything else logits."""
     if isinstance(data.dataset, Sentences):
-        if data.dataset.encoder is None:
+        reader = data.dataset.encoder
+        if reader is None:
             raise DataError(
-                "calibration sentences need the encoder of the model's directory: Sentences(texts, 'train', handle.encoder)"
+                "calibration sentences need the text reader of the model's directory: Sentences(texts, 'train', handle.encoder)"
             )
-        return EmbeddingTeacher(model, data.dataset.encoder, [data.dataset[i] for i in data.indices])
+        sentences = [data.dataset[i] for i in data.indices]
+        if isinstance(reader, TokenPredictor):
+            return TokenTeacher(model, reader, sentences, temperature)
+        return EmbeddingTeacher(model, reader, sentences)
     inputs, _ = data.tensors()  # distillation needs no labels
     return LogitTeacher(model, inputs, temperature)
 
@@ -107,14 +114,13 @@ class LogitTeacher:
         recalibrate_batchnorm(model, self.inputs)
 
 
-class EmbeddingTeacher:
-    """A sentence encoder's unit-length embeddings, pooled as its directory declares; the loss is the mean
-    cosine distance, 1 − cos, the quantity netpress's fidelity measures."""
+class _SentenceTeacher:
+    """What teachers on calibration sentences share: batches of sentences of similar length, no mixtures, and
+    running statistics re-estimated on the sentences."""
 
-    def __init__(self, model: nn.Module, encoder, sentences: list[str]) -> None:
-        self.encoder = encoder
+    def __init__(self, model: nn.Module, reader, sentences: list[str]) -> None:
+        self.reader = reader
         self.sentences = sentences
-        self.embeddings = encoder.embed(model, sentences)
         self.size = len(sentences)
         self.by_length = torch.tensor(sorted(range(self.size), key=lambda i: len(sentences[i])))
 
@@ -129,6 +135,27 @@ class EmbeddingTeacher:
     def chunks(self, size: int) -> list[torch.Tensor]:
         return list(self.by_length.split(size))
 
+    def add_mixtures(self, model: nn.Module, per_sample: int, generator: torch.Generator) -> None:
+        """Token ids do not mix: the calibration sentences are the whole training set."""
+
+    def tokenized(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.reader.tokenize([self.sentences[i] for i in idx.tolist()])
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Transformers normalise per token and keep no running statistics; a model with BatchNorm has them
+        re-estimated on the calibration sentences."""
+        chunks = [self.sentences[i : i + 64] for i in range(0, self.size, 64)]
+        running_statistics(model, lambda: [model(**self.reader.tokenize(chunk)) for chunk in chunks])
+
+
+class EmbeddingTeacher(_SentenceTeacher):
+    """A sentence encoder's unit-length embeddings, pooled as its directory declares; the loss is the mean
+    cosine distance, 1 − cos, the quantity netpress's fidelity measures."""
+
+    def __init__(self, model: nn.Module, encoder, sentences: list[str]) -> None:
+        super().__init__(model, encoder, sentences)
+        self.embeddings = encoder.embed(model, sentences)
+
     def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """In-batch retrieval: each sentence's embedding must pick the dense model's embedding of the same
         sentence among the batch's (cross-entropy on cosines × ``RETRIEVAL_SCALE``), the contrastive loss
@@ -137,20 +164,41 @@ class EmbeddingTeacher:
         similarities = RETRIEVAL_SCALE * outputs @ self.embeddings[idx].T
         return F.cross_entropy(similarities, torch.arange(len(idx)))
 
-    def add_mixtures(self, model: nn.Module, per_sample: int, generator: torch.Generator) -> None:
-        """Token ids do not mix: the calibration sentences are the whole training set."""
-
     def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-        return self.encoder.encode(model, self.encoder.tokenize([self.sentences[i] for i in idx.tolist()]), params)
+        return self.reader.encode(model, self.tokenized(idx), params)
 
     def loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return 1 - (outputs * self.embeddings[idx]).sum(dim=1).mean()
 
     def score(self, model: nn.Module) -> float:
-        return float(self.loss(self.encoder.embed(model, self.sentences), torch.arange(self.size)))
+        return float(self.loss(self.reader.embed(model, self.sentences), torch.arange(self.size)))
 
-    def recalibrate(self, model: nn.Module) -> None:
-        """Transformer encoders normalise per token and keep no running statistics; an encoder with BatchNorm
-        has them re-estimated on the calibration sentences."""
-        chunks = [self.sentences[i : i + 64] for i in range(0, self.size, 64)]
-        running_statistics(model, lambda: [model(**self.encoder.tokenize(chunk)) for chunk in chunks])
+
+class TokenTeacher(_SentenceTeacher):
+    """A causal language model's next-token distributions; the loss is their KL divergence from the dense model's
+    at ``temperature``, token by token. The dense model's logits are computed per batch by a frozen copy of it:
+    a vocabulary's logits at every calibration token would not fit in memory."""
+
+    def __init__(self, model: nn.Module, predictor, sentences: list[str], temperature: float) -> None:
+        super().__init__(model, predictor, sentences)
+        self.temperature = temperature
+        self.dense = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        return self.reader.logits(model, self.tokenized(idx), params)
+
+    def _dense_logits(self, idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.reader.logits(self.dense, self.tokenized(idx))
+
+    def loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return distillation_loss(outputs, self._dense_logits(idx), self.temperature)
+
+    def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The language-modelling loss on the text itself: cross-entropy of the next tokens."""
+        return F.cross_entropy(outputs, self.reader.targets(self.tokenized(idx)))
+
+    def score(self, model: nn.Module) -> float:
+        with torch.no_grad():
+            losses = [(float(self.loss(self.outputs(model, idx), idx)), len(idx)) for idx in self.chunks(64)]
+        return sum(loss * n for loss, n in losses) / self.size

@@ -1,0 +1,140 @@
+"""Causal language models from a Hugging Face directory (LLaMA): measured by perplexity and next-token agreement
+with the original, calibrated on sentences by FCPTS and L², folded through their gated MLPs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import netpress
+from netpress import api, hf
+from netpress.budget import Budget
+from netpress.data import calibration_subset
+from netpress.data.text import Sentences, load_sentences
+from netpress.errors import DataError
+from netpress.methods import FCPTS, L2, MagnitudePruning
+from netpress.methods.teacher import TokenTeacher, teacher_for
+from tests.test_cli import run
+from tests.test_hf import WORDS, fortunes  # noqa: F401  (the fortunes fixture: sentences of the tiny vocabulary)
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def _save_tiny_llama(folder):
+    vocab = ["<unk>", "<s>", "</s>", *WORDS]
+    model = tokenizers.models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>")
+    tokenizer = tokenizers.Tokenizer(model)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return _save_tiny_llama(tmp_path_factory.mktemp("llama"))
+
+
+def test_a_causal_lm_is_read_by_its_next_tokens_and_its_perplexity_is_the_mean_token_loss(llama_dir):
+    handle = api.load_model(llama_dir)
+    assert isinstance(handle.encoder, hf.TokenPredictor) and handle.encoder.tokenizer.pad_token == "</s>"
+    sentences = load_sentences("fortunes")[:20]
+    scores = handle.encoder.score(handle.module, sentences)
+    losses, tokens = [], 0
+    with torch.no_grad():
+        for sentence in sentences:  # one at a time: no padding at all
+            ids = handle.encoder.tokenizer(sentence, return_tensors="pt")["input_ids"]
+            logits = handle.module(input_ids=ids).logits[0, :-1]
+            losses.append(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            tokens += ids.shape[1] - 1
+    assert scores.tokens == tokens == 20 * 8  # eight words after <s> in every sentence
+    assert scores.perplexity == pytest.approx(math.exp(float(sum(losses)) / tokens), rel=1e-5)
+
+
+def test_press_reports_perplexity_before_and_after_from_the_file(llama_dir, tmp_path):
+    handle = api.load_model(llama_dir)
+    out = tmp_path / "m.press"
+    report = api.press(handle, MagnitudePruning(), Budget(sparsity=0.5), out=out, data="fortunes")
+    measured = report["perplexity"]
+    assert report["dataset"] == "fortunes" and measured["samples"] == 2000 and 0 < measured["top1_agreement"] < 1
+    sentences = load_sentences("fortunes")
+    original = handle.encoder.score(handle.module, sentences)
+    assert measured["before"] == round(original.perplexity, 4)
+    again = netpress.perplexity(api.load_model(out), handle)
+    assert again == measured
+    with pytest.raises(DataError, match="measured by its perplexity: use netpress.perplexity"):
+        netpress.fidelity(api.load_model(out), handle)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [FCPTS(iterations=5, batch_size=16), L2(rounds=1, transform_steps=3, reconstruction_steps=3, batch_size=16)],
+    ids=["fcpts", "l2"],
+)
+def test_fcpts_and_l2_calibrate_a_causal_lm_on_training_sentences(llama_dir, tmp_path, method):
+    handle = api.load_model(llama_dir)
+    budget = Budget(sparsity=0.6) if method.name == "fcpts" else Budget(ratio=3)
+    report = api.press(handle, method, budget, out=tmp_path / "c.press", data="fortunes", calib=64)
+    assert report["perplexity"]["after"] > 0 and len(report["calibration"]["indices"]) == 64
+    if method.name == "fcpts":
+        assert report["sparsity"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_the_token_teacher_is_at_zero_loss_on_the_dense_model_and_trains_through_the_logits(llama_dir):
+    handle = api.load_model(llama_dir)
+    data = calibration_subset(Sentences(load_sentences("fortunes", "train"), "train", handle.encoder), 32, seed=0)
+    teacher = teacher_for(handle.module, data, temperature=4.0)
+    assert isinstance(teacher, TokenTeacher)
+    idx = teacher.batch(8, torch.Generator().manual_seed(0))
+    outputs = teacher.outputs(handle.module, idx)
+    assert outputs.shape == (8 * 8, handle.module.config.vocab_size)
+    assert float(teacher.loss(outputs, idx).detach()) == pytest.approx(0.0, abs=1e-6)
+    assert teacher.score(handle.module) == pytest.approx(0.0, abs=1e-6)
+    teacher.sensitivity_loss(outputs, idx).backward()
+    assert handle.module.lm_head.weight.grad is not None
+
+
+def test_fold_shrinks_the_gated_mlps_and_the_file_is_measured_against_the_directory(llama_dir, tmp_path):
+    report_path = tmp_path / "r.json"
+    result = run(
+        "compress",
+        llama_dir,
+        "-m",
+        "fold",
+        "--params",
+        "0.1",
+        "--data",
+        "fortunes",
+        "-o",
+        tmp_path / "f.press",
+        "--report",
+        report_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert "ppl before" in result.output and "ppl after" in result.output
+    result = run("eval", tmp_path / "f.press", "--data", "fortunes", "--reference", llama_dir, "--json")
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.output)
+    assert {k: measured[k] for k in ("before", "after", "top1_agreement", "tokens", "samples")} == json.loads(
+        report_path.read_text()
+    )["perplexity"]
+    result = run("eval", tmp_path / "f.press", "--data", "fortunes", "--reference", llama_dir)
+    assert "perplexity" in result.output and "top next token the reference's" in result.output
+    folded = netpress.load(tmp_path / "f.press")
+    assert folded.model.layers[0].mlp.gate_proj.out_features < 64

@@ -55,7 +55,8 @@ class Teacher(Protocol):
 
 
 def teacher_for(model: nn.Module, data: Subset, temperature: float) -> Teacher:
-    """The teacher for ``data``: sentences (with their encoder) teach embeddings, anything else logits."""
+    """The teacher for ``data``: sentences (with the model's text reader) teach a causal language model's next-token
+    distributions or an encoder's embeddings, anything else a classifier's logits."""
     if isinstance(data.dataset, Sentences):
         reader = data.dataset.encoder
         if reader is None:

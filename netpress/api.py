@@ -35,7 +35,15 @@ from netpress import codec, hf, parallel, size_search, zoo
 from netpress.budget import Budget
 from netpress.codec.codes import Codes, Encoded
 from netpress.codec.container import Packed
-from netpress.compressed import RAW_DTYPES, CompressedModel, fp32_bytes, stored_tensor, stored_tensors
+from netpress.compressed import (
+    RAW_DTYPES,
+    CompressedModel,
+    fp32_bytes,
+    stored_tensor,
+    stored_tensors,
+    tied_aliases,
+    tied_names,
+)
 from netpress.data import (
     Subset,
     calibration_subset,
@@ -197,7 +205,7 @@ def _load_weights_by_layer(model: nn.Module, path: Path, spec: str, arch: str) -
     layer's own ``load_state_dict``: memory holds the model and one layer's tensors, not the model twice."""
     names, read = _weights_reader(path)
     expected = model.state_dict()
-    tied = _tied_names(expected, set(names))
+    tied = tied_names(expected, set(names))  # safetensors' save_model keeps one name per shared tensor
     missing = [k for k in expected if k not in names and k not in tied]
     unexpected = [k for k in names if k not in expected]
     if missing or unexpected:
@@ -283,16 +291,6 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     model = build_architecture(arch)
     _load_weights_by_layer(model, path, spec, arch)
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
-
-
-def _tied_names(expected: dict[str, torch.Tensor], held: set[str]) -> set[str]:
-    """The names a file leaves out because the architecture ties them to one it holds (safetensors'
-    ``save_model`` keeps one name per shared tensor): loading the held one fills them too."""
-    shared: dict[tuple, list[str]] = {}
-    for key, value in expected.items():
-        if value.numel():
-            shared.setdefault((value.data_ptr(), value.shape, value.stride()), []).append(key)
-    return {k for keys in shared.values() if any(k in held for k in keys) for k in keys if k not in held}
 
 
 def _history(compressed: CompressedModel, spec: str) -> list[dict]:
@@ -690,7 +688,9 @@ def _compress_by_layer(
                 rows[method.name].append(row)
             packed[name] = Packed.of(name, stored_tensor(name, weight, code, raw_dtype))
     state = model.state_dict()
-    return {name: packed[name] if name in packed else stored_tensor(name, v, None, raw_dtype) for name, v in state.items()}, rows
+    aliases = tied_aliases(state)
+    names = [name for name in state if name not in aliases]
+    return {name: packed[name] if name in packed else stored_tensor(name, state[name], None, raw_dtype) for name in names}, rows
 
 
 def _is_float(value: Encoded | torch.Tensor) -> bool:

@@ -64,8 +64,31 @@ RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 def stored_tensors(state: dict[str, torch.Tensor], codes: dict[str, Encoded], raw_dtype: str = "fp32") -> dict:
     """What a file holds for a model state: the codes where a method made them, and every float stored
-    as a float (a pruned tensor's survivors, tensors no method coded) in ``raw_dtype``."""
-    return {name: stored_tensor(name, value, codes.get(name), raw_dtype) for name, value in state.items()}
+    as a float (a pruned tensor's survivors, tensors no method coded) in ``raw_dtype``; a tensor the state
+    holds under several names (tied weights) once, under its first."""
+    aliases = tied_aliases(state)
+    return {name: stored_tensor(name, value, codes.get(name), raw_dtype) for name, value in state.items() if name not in aliases}
+
+
+def _storage_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The names of a state, grouped by the tensor they share (one group per distinct non-empty tensor)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, value in state.items():
+        if value.numel():
+            groups.setdefault((value.data_ptr(), value.shape, value.stride()), []).append(name)
+    return list(groups.values())
+
+
+def tied_aliases(state: dict[str, torch.Tensor]) -> set[str]:
+    """The names of a state that hold a tensor an earlier name holds (tied weights: a language model's embedding
+    and output layer): a file stores the tensor once, under the first name."""
+    return {name for names in _storage_groups(state) for name in names[1:]}
+
+
+def tied_names(expected: dict[str, torch.Tensor], held: set[str]) -> set[str]:
+    """The names of an architecture's state a file may leave out, because the architecture ties them to a name the
+    file holds: loading that one fills them too."""
+    return {k for names in _storage_groups(expected) if any(k in held for k in names) for k in names if k not in held}
 
 
 def stored_tensor(name: str, value: torch.Tensor, code: Encoded | None, raw_dtype: str = "fp32") -> Encoded | torch.Tensor:
@@ -129,7 +152,8 @@ class CompressedModel:
         memory beside the model."""
         resize_to(model, {k: tuple(v.shape) for k, v in self.tensors.items()})
         reference = model.state_dict()
-        missing = [k for k in reference if k not in self.tensors]
+        tied = tied_names(reference, set(self.tensors))
+        missing = [k for k in reference if k not in self.tensors and k not in tied]
         unexpected = [k for k in self.tensors if k not in reference]
         if missing or unexpected:
             problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]

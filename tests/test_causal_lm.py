@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 
-def _save_tiny_llama(folder):
+def _save_tiny_llama(folder, tied: bool = False):
     vocab = ["<unk>", "<s>", "</s>", *WORDS]
     model = tokenizers.models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>")
     tokenizer = tokenizers.Tokenizer(model)
@@ -41,6 +41,7 @@ def _save_tiny_llama(folder):
         max_position_embeddings=64,
         bos_token_id=1,
         eos_token_id=2,
+        tie_word_embeddings=tied,
     )
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     return folder
@@ -138,3 +139,17 @@ def test_fold_shrinks_the_gated_mlps_and_the_file_is_measured_against_the_direct
     assert "perplexity" in result.output and "top next token the reference's" in result.output
     folded = netpress.load(tmp_path / "f.press")
     assert folded.model.layers[0].mlp.gate_proj.out_features < 64
+
+
+def test_a_tied_embedding_is_stored_once_raw_and_ties_again_when_loaded(tmp_path):
+    folder = _save_tiny_llama(tmp_path / "tied", tied=True)
+    handle = api.load_model(folder)
+    assert handle.module.lm_head.weight is handle.module.model.embed_tokens.weight
+    report = api.press(handle, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "t.press", data="fortunes")
+    assert {"model.embed_tokens", "lm_head"} <= set(report["uncompressed_layers"])
+    names = [t["name"] for t in netpress.inspect(tmp_path / "t.press")["tensors"]]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    loaded = netpress.load(tmp_path / "t.press")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert torch.equal(loaded.lm_head.weight, handle.module.lm_head.weight)
+    assert netpress.perplexity(api.load_model(tmp_path / "t.press"), handle) == report["perplexity"]

@@ -230,14 +230,6 @@ def test_user_architecture_with_arch(weights, tmp_path):
             ["ending in .json"],
         ),
         (["eval", "{w}/lenet300.press", "--arch", "tests.archs:tiny_mlp", "--data", "digits"], ["zoo:lenet300", "drop --arch"]),
-        (
-            ["compress", "{w}/tied.pt", "--arch", "tests.archs:tied", "-m", "uniform", "-o", "x.press"],
-            ["one weight under several names"],
-        ),
-        (
-            ["compress", "{w}/tied.safetensors", "--arch", "tests.archs:tied", "-m", "uniform", "-o", "x.press"],
-            ["one weight under several names"],
-        ),
         (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--plot", "a.jpeg"], ["ending in .png or .svg or .pdf"]),
         (["decompress", "{w}/nothing.press", "-o", "d.bin"], ["ending in .safetensors"]),
         (

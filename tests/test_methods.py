@@ -378,13 +378,11 @@ def test_scores_equal_in_float32_are_ranked_by_their_exact_values():
             BudgetError,
             "put uniform last",
         ),
-        (lambda: netpress.compress(tied(), MagnitudePruning(), Budget(sparsity=0.5)), UnsupportedModelError, "5.weight"),
         (
             lambda: netpress.sweep(tiny_cnn(), [UniformQuantization(4), MagnitudePruning()], [Budget(sparsity=0.5)], out_dir="s"),
             BudgetError,
             "put uniform last",
         ),
-        (lambda: netpress.compress(tied(), UniformQuantization(4)), UnsupportedModelError, "one weight under several names"),
         (lambda: netpress.compress("zoo:lenet300", UniformQuantization(4)), ModelSourceError, "load_model"),
         (lambda: netpress.compress(tiny_cnn().state_dict(), UniformQuantization(4)), ModelSourceError, "got OrderedDict"),
         (lambda: netpress.load_model(None), ModelSourceError, "or a path, got NoneType"),
@@ -556,8 +554,24 @@ def test_a_weight_tied_under_several_names_loads_from_the_one_name_a_file_keeps(
     # safetensors' save_model keeps one name per shared tensor; here "d", neither the first nor the only other.
     model = _FourTied()
     save_file({"d.weight": model.d.weight.detach().clone()}, str(tmp_path / "t.safetensors"))
-    with pytest.raises(UnsupportedModelError, match="one weight under several names"):  # loaded, then refused as tied
-        netpress.compress(api.load_model(tmp_path / "t.safetensors", "tests.test_methods:_FourTied"), UniformQuantization(8))
+    handle = api.load_model(tmp_path / "t.safetensors", "tests.test_methods:_FourTied")
+    assert torch.equal(handle.module.a.weight, model.d.weight)
+    with pytest.raises(UnsupportedModelError, match=r"no compressible layer.*tied under several names is stored raw"):
+        netpress.compress(handle, UniformQuantization(8))
+
+
+def test_a_tied_weight_is_stored_raw_once_and_the_other_layers_are_coded(tmp_path):
+    model = tied()
+    compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5))
+    assert "5.weight" not in compressed.tensors and isinstance(compressed.tensors["3.weight"], torch.Tensor)
+    assert set(c for c in compressed.tensors if not isinstance(compressed.tensors[c], torch.Tensor)) == {"1.weight", "6.weight"}
+    netpress.save(compressed, tmp_path / "t.press")
+    loaded = netpress.load(tmp_path / "t.press", model=tied())
+    assert loaded[3].weight is loaded[5].weight and torch.equal(loaded[3].weight, model[3].weight)
+    x = torch.randn(4, 64)
+    assert torch.equal(loaded(x), compressed.to_module(tied())(x))
+    report = netpress.press(tied(), UniformQuantization(4), out=tmp_path / "u.press")
+    assert list(report["uncompressed_layers"]) == ["3"]  # one layer, used twice
 
 
 class _FourTied(nn.Module):

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
+from netpress.compressed import tied_aliases
 from netpress.data import Subset, class_indices, dataset_sha256
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
@@ -119,13 +120,15 @@ def kept_layers(model: nn.Module) -> list[str]:
 def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
     """``{module name: layer}`` of the layers whose weight a weight stage codes, in model order.
 
-    An Embedding reachable under several names (T5's table shared by encoder and decoder) is left
-    raw: a coded weight under one name and a raw alias under another could not both be the weight.
-    So is a layer the caller asked to keep (marked ``KEPT``)."""
+    A weight reachable under several names (T5's table shared by encoder and decoder, a language model's
+    embedding tied to its output layer) is left raw: a coded weight under one name and a raw alias under
+    another could not both be the weight. So is a layer the caller asked to keep (marked ``KEPT``)."""
     uses: dict[int, int] = {}
     for _, parameter in model.named_parameters(remove_duplicate=False):
         uses[id(parameter)] = uses.get(id(parameter), 0) + 1
-    shared = {id(module) for module in model.modules() if isinstance(module, nn.Embedding) and uses.get(id(module.weight), 0) > 1}
+    shared = {
+        id(module) for module in model.modules() if isinstance(module, COMPRESSIBLE_LAYERS) and uses.get(id(module.weight), 0) > 1
+    }
     layers = model.named_modules()
     return {
         name: module
@@ -156,12 +159,10 @@ def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
     return next((n for n, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
 
 
-def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -> dict[str, nn.Parameter]:
-    """Refuse models a weight-stage method cannot work on; return their compressible weights.
+def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Parameter]:
+    """Refuse models a weight-stage method cannot work on; return their compressible weights (a weight under
+    several names, tied, is not among them: it is stored raw, once).
 
-    ``coded``: the method writes codes for the weights. A coded weight that a second name shares would
-    also be stored raw under that name, and on loading the raw copy could win, so it is refused. Fold
-    resizes a shared weight once for all its names (tied embeddings) and passes False.
     ``trains``: the method optimises the weights by gradient (FCPTS, L²), which an Embedding with
     ``sparse=True`` (sparse gradients) does not allow."""
     state = model.state_dict()
@@ -170,17 +171,7 @@ def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
     if (name := first_non_finite(state)) is not None:
         raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
-    weights = compressible_weights(model)
-    names_of: dict[int, list[str]] = {}
-    for name, parameter in model.named_parameters(remove_duplicate=False) if coded else ():
-        names_of.setdefault(id(parameter), []).append(name)
-    shared = [names for names in names_of.values() if len(names) > 1 and any(n in weights for n in names)]
-    if shared:
-        raise UnsupportedModelError(
-            f"{' = '.join(shared[0])}: one weight under several names (tied weights, or one layer used twice); "
-            "a weight-coding method would store it coded under one name and raw under the other: untie them first "
-            "(give each use its own copy)"
-        )
+    weights = compressible_weights(model)  # a weight under several names is not among them: it stays raw
     renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
     if renormed:
         raise UnsupportedModelError(
@@ -209,8 +200,10 @@ def check_model(model: nn.Module, *, coded: bool = True, trains: bool = False) -
     if not weights:
         kinds = ", ".join(t.__name__ for t in COMPRESSIBLE_LAYERS)
         found = ", ".join(f"{name or 'the model'} ({layer['type']})" for name, layer in uncompressed_layers(model).items())
+        tied = bool(tied_aliases(state))
         raise UnsupportedModelError(
             f"the model has no compressible layer{f'; its weights are in {found}' if found else ''}; supported: {kinds}"
+            + (" (a weight tied under several names is stored raw, not coded)" if tied else "")
         )
     return weights
 

@@ -335,7 +335,7 @@ class _GroupReduction:
         """Refuse a params target no allocation reaches, before any work (sweep checks every point). A model
         traced with its first calibration sample (no ``input_shape``) is checked when that sample is loaded."""
         budget = check_budget(self, budget)
-        check_model(model, coded=False)  # an empty layer, NaN weights: named before the trace stumbles on them
+        check_model(model)  # an empty layer, NaN weights: named before the trace stumbles on them
         if self.input_shape is not None:
             copied = copy.deepcopy(model).eval()
             groups = _foldable(channel_groups(copied, example_inputs(self.input_shape, self.input_dtype, None)), copied)
@@ -374,7 +374,7 @@ class _GroupReduction:
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
-        check_model(model, coded=False)
+        check_model(model)
         if self.repair != "none" and not batchnorm_layers(model):
             raise UnsupportedModelError(
                 f"the {self.repair} repair corrects BatchNorm statistics and this model has no BatchNorm layer; "

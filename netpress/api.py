@@ -688,7 +688,7 @@ def _compress_by_layer(
                 rows[method.name].append(row)
             packed[name] = Packed.of(name, stored_tensor(name, weight, code, raw_dtype))
     state = model.state_dict()
-    aliases = tied_aliases(state)
+    aliases = tied_aliases(state, set(packed))
     names = [name for name in state if name not in aliases]
     return {name: packed[name] if name in packed else stored_tensor(name, state[name], None, raw_dtype) for name in names}, rows
 

@@ -66,7 +66,7 @@ def stored_tensors(state: dict[str, torch.Tensor], codes: dict[str, Encoded], ra
     """What a file holds for a model state: the codes where a method made them, and every float stored
     as a float (a pruned tensor's survivors, tensors no method coded) in ``raw_dtype``; a tensor the state
     holds under several names (tied weights) once, under its first."""
-    aliases = tied_aliases(state)
+    aliases = tied_aliases(state, set(codes))
     return {name: stored_tensor(name, value, codes.get(name), raw_dtype) for name, value in state.items() if name not in aliases}
 
 
@@ -79,10 +79,14 @@ def _storage_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
     return list(groups.values())
 
 
-def tied_aliases(state: dict[str, torch.Tensor]) -> set[str]:
-    """The names of a state that hold a tensor an earlier name holds (tied weights: a language model's embedding
-    and output layer): a file stores the tensor once, under the first name."""
-    return {name for names in _storage_groups(state) for name in names[1:]}
+def tied_aliases(state: dict[str, torch.Tensor], coded: set[str] = frozenset()) -> set[str]:
+    """The names of a state that hold a tensor another name holds (tied weights: a language model's embedding and
+    output layer): a file stores the tensor once, under the name it was ``coded`` under, else the first."""
+    aliases = set()
+    for names in _storage_groups(state):
+        kept = next((n for n in names if n in coded), names[0])
+        aliases.update(n for n in names if n != kept)
+    return aliases
 
 
 def tied_names(expected: dict[str, torch.Tensor], held: set[str]) -> set[str]:

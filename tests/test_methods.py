@@ -229,12 +229,16 @@ class _SharedTable(nn.Module):
         return self.head(self.encoder_tokens(x).mean(1))
 
 
-def test_a_shared_embedding_table_stays_raw_and_the_rest_is_coded():
+def test_a_shared_embedding_table_is_coded_once_under_its_first_name(tmp_path):
     model = _SharedTable()
     compressed = netpress.compress(model, UniformQuantization(4))
     assert isinstance(compressed.tensors["head.weight"].unpack(), Codes)
-    assert torch.equal(compressed.tensors["shared.weight"], model.shared.weight.detach())
-    assert "shared" in uncompressed_layers(model)
+    assert isinstance(compressed.tensors["shared.weight"].unpack(), Codes) and "encoder_tokens.weight" not in compressed.tensors
+    assert uncompressed_layers(model) == {}
+    netpress.save(compressed, tmp_path / "s.press")
+    loaded = netpress.load(tmp_path / "s.press", model=_SharedTable())
+    assert loaded.encoder_tokens.weight is loaded.shared.weight
+    assert torch.equal(loaded.shared.weight, compressed.tensors["shared.weight"].dequantize())
 
 
 def test_training_methods_refuse_an_embedding_with_sparse_gradients():
@@ -556,22 +560,26 @@ def test_a_weight_tied_under_several_names_loads_from_the_one_name_a_file_keeps(
     save_file({"d.weight": model.d.weight.detach().clone()}, str(tmp_path / "t.safetensors"))
     handle = api.load_model(tmp_path / "t.safetensors", "tests.test_methods:_FourTied")
     assert torch.equal(handle.module.a.weight, model.d.weight)
-    with pytest.raises(UnsupportedModelError, match=r"no compressible layer.*tied under several names is stored raw"):
-        netpress.compress(handle, UniformQuantization(8))
+    compressed = netpress.compress(handle, UniformQuantization(8))
+    assert list(compressed.tensors) == ["a.weight"]  # coded once, under the first name
+    netpress.save(compressed, tmp_path / "t.press")
+    loaded = netpress.load(tmp_path / "t.press", model=_FourTied())
+    assert loaded.d.weight is loaded.a.weight and torch.equal(loaded.a.weight, compressed.tensors["a.weight"].dequantize())
 
 
-def test_a_tied_weight_is_stored_raw_once_and_the_other_layers_are_coded(tmp_path):
+def test_a_layer_used_twice_is_coded_once_and_loads_back_used_twice(tmp_path):
     model = tied()
     compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5))
-    assert "5.weight" not in compressed.tensors and isinstance(compressed.tensors["3.weight"], torch.Tensor)
-    assert set(c for c in compressed.tensors if not isinstance(compressed.tensors[c], torch.Tensor)) == {"1.weight", "6.weight"}
+    assert "5.weight" not in compressed.tensors
+    coded = {c for c, stored in compressed.tensors.items() if not isinstance(stored, torch.Tensor)}
+    assert coded == {"1.weight", "3.weight", "6.weight"}
+    assert compressed.summary["sparsity"] == 0.5  # of the weights, the shared one counted once
     netpress.save(compressed, tmp_path / "t.press")
     loaded = netpress.load(tmp_path / "t.press", model=tied())
-    assert loaded[3].weight is loaded[5].weight and torch.equal(loaded[3].weight, model[3].weight)
+    assert loaded[3].weight is loaded[5].weight
     x = torch.randn(4, 64)
     assert torch.equal(loaded(x), compressed.to_module(tied())(x))
-    report = netpress.press(tied(), UniformQuantization(4), out=tmp_path / "u.press")
-    assert list(report["uncompressed_layers"]) == ["3"]  # one layer, used twice
+    assert netpress.press(tied(), UniformQuantization(4), out=tmp_path / "u.press")["uncompressed_layers"] == {}
 
 
 class _FourTied(nn.Module):

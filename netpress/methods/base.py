@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
-from netpress.compressed import tied_aliases
 from netpress.data import Subset, class_indices, dataset_sha256
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
@@ -121,20 +120,17 @@ def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
     """``{module name: layer}`` of the layers whose weight a weight stage codes, in model order.
 
     A weight reachable under several names (T5's table shared by encoder and decoder, a language model's
-    embedding tied to its output layer) is left raw: a coded weight under one name and a raw alias under
-    another could not both be the weight. So is a layer the caller asked to keep (marked ``KEPT``)."""
-    uses: dict[int, int] = {}
-    for _, parameter in model.named_parameters(remove_duplicate=False):
-        uses[id(parameter)] = uses.get(id(parameter), 0) + 1
-    shared = {
-        id(module) for module in model.modules() if isinstance(module, COMPRESSIBLE_LAYERS) and uses.get(id(module.weight), 0) > 1
-    }
-    layers = model.named_modules()
-    return {
-        name: module
-        for name, module in layers
-        if isinstance(module, COMPRESSIBLE_LAYERS) and id(module) not in shared and not getattr(module, KEPT, False)
-    }
+    embedding tied to its output layer, one layer used twice) is coded once, under its first layer: the
+    file stores it under that name only, and loading ties the others to it. A layer the caller asked to
+    keep (marked ``KEPT``) is left raw, and so is every layer sharing its weight."""
+    kept = {id(m.weight) for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and getattr(m, KEPT, False)}
+    layers: dict[str, nn.Module] = {}
+    seen = set(kept)
+    for name, module in model.named_modules():
+        if isinstance(module, COMPRESSIBLE_LAYERS) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            layers[name] = module
+    return layers
 
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -146,7 +142,11 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
     (an LSTM, attention's packed in-projection, a shared embedding table, a custom layer): they go into the
     file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
-    coded = set(_coded_layers(model).values()) if kinds is None else {m for m in model.modules() if isinstance(m, kinds)}
+    if kinds is None:  # a layer whose weight is tied to a coded one's is coded with it
+        weights = {id(m.weight) for m in _coded_layers(model).values()}
+        coded = {m for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and id(m.weight) in weights}
+    else:
+        coded = {m for m in model.modules() if isinstance(m, kinds)}
     return {
         name: {"type": type(module).__name__, "params": sum(p.numel() for p in module.parameters(recurse=False))}
         for name, module in model.named_modules()
@@ -160,8 +160,8 @@ def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Parameter]:
-    """Refuse models a weight-stage method cannot work on; return their compressible weights (a weight under
-    several names, tied, is not among them: it is stored raw, once).
+    """Refuse models a weight-stage method cannot work on; return their compressible weights (a weight tied
+    under several names once, under its first).
 
     ``trains``: the method optimises the weights by gradient (FCPTS, L²), which an Embedding with
     ``sparse=True`` (sparse gradients) does not allow."""
@@ -171,13 +171,21 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
     if (name := first_non_finite(state)) is not None:
         raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
-    weights = compressible_weights(model)  # a weight under several names is not among them: it stays raw
+    weights = compressible_weights(model)  # a weight under several names once, under its first
     renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
     if renormed:
         raise UnsupportedModelError(
             f"{renormed[0] or 'the model'} is an Embedding with max_norm, which rewrites its weight on every forward pass, "
             "so the stored codes would not stay the model's weights; build it with max_norm=None"
         )
+    if trains:  # tied weights of two layers train as one tensor; one layer called twice does not yet
+        first: dict[int, str] = {}
+        for name, module in model.named_modules(remove_duplicate=False):
+            if isinstance(module, COMPRESSIBLE_LAYERS) and first.setdefault(id(module), name) != name:
+                raise UnsupportedModelError(
+                    f"{first[id(module)]} is also {name}: one layer used twice, which the methods that train weights "
+                    "(FCPTS, L²) do not support; give each use its own copy, or use a data-free method"
+                )
     sparse = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.sparse] if trains else []
     if sparse:
         raise UnsupportedModelError(
@@ -200,10 +208,8 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
     if not weights:
         kinds = ", ".join(t.__name__ for t in COMPRESSIBLE_LAYERS)
         found = ", ".join(f"{name or 'the model'} ({layer['type']})" for name, layer in uncompressed_layers(model).items())
-        tied = bool(tied_aliases(state))
         raise UnsupportedModelError(
             f"the model has no compressible layer{f'; its weights are in {found}' if found else ''}; supported: {kinds}"
-            + (" (a weight tied under several names is stored raw, not coded)" if tied else "")
         )
     return weights
 

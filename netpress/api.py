@@ -42,6 +42,7 @@ from netpress.compressed import (
     stored_tensor,
     stored_tensors,
     tied_aliases,
+    tied_group,
     tied_names,
 )
 from netpress.data import (
@@ -77,6 +78,7 @@ from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_param
 from netpress.evaluate import evaluate as _evaluate
 from netpress.methods import METHODS
 from netpress.methods.base import (
+    COMPRESSIBLE_LAYERS,
     KEPT,
     LayerwiseMethod,
     Method,
@@ -527,13 +529,15 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
             f"keep works with weight stages; {structural[0]} changes the widths of whole channel groups, kept layers "
             "included: fold in one run, then compress the file with keep in the next"
         )
-    layers = [name.removesuffix(".weight") for name in compressible_weights(handle.module)]
+    modules = handle.module.named_modules(remove_duplicate=False)  # a layer under two names answers to both
+    layers = [name for name, module in modules if isinstance(module, COMPRESSIBLE_LAYERS)]
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
             shown = ", ".join(layers[:12]) + (", …" if len(layers) > 12 else "")
             raise BudgetError(f"keep: {pattern!r} names no compressible layer; they are {shown}")
-    kept = [handle.module.get_submodule(n) for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if len(kept) == len(layers):
+    named = [handle.module.get_submodule(n) for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    kept = list({id(m): m for m in named}.values())
+    if len(kept) == len({id(handle.module.get_submodule(n)) for n in layers}):
         raise BudgetError("keep names every compressible layer: nothing would be compressed")
     for module in kept:
         setattr(module, KEPT, True)
@@ -599,12 +603,14 @@ def _compressed(
     else:
         tensors, rows = _compress_by_model(handle.module, methods, budget, data, raw_dtype)
     coded = {name: value for name, value in tensors.items() if not isinstance(value, torch.Tensor)}
+    tied = _tied_map(handle.module, set(tensors))
     summary = {
         "netpress": netpress.__version__,
         "methods": [method_record(m) for m in methods],
         "budget": recorded.to_dict() if recorded else None,
         **({"searched": searched} if searched else {}),
         **({"kept": kept} if (kept := kept_layers(handle.module)) else {}),
+        **({"tied": tied} if tied else {}),
         "sparsity": codec.weight_sparsity(coded),
         "params": sum(torch.Size(v.shape).numel() for v in tensors.values() if _is_float(v)),
     }
@@ -616,6 +622,13 @@ def _compressed(
         }
     details = {"layers": rows, "calibration_indices": list(data.indices) if data is not None else None}
     return CompressedModel(tensors, dict(handle.source), summary, details)
+
+
+def _tied_map(model: nn.Module, stored: set[str]) -> dict[str, str]:
+    """``{alias: stored name}`` for each name of the model's state the file leaves out because it holds the same
+    tensor as a stored name (tied weights): recorded, so a model built without the tie gets the tensor too."""
+    state = model.state_dict()
+    return {alias: next(n for n in tied_group(state, alias) if n in stored) for alias in tied_names(state, stored)}
 
 
 def _given(budget: Budget | None, method: Method) -> Budget | None:

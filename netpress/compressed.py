@@ -89,6 +89,11 @@ def tied_aliases(state: dict[str, torch.Tensor], coded: set[str] = frozenset()) 
     return aliases
 
 
+def tied_group(state: dict[str, torch.Tensor], name: str) -> list[str]:
+    """Every name of ``state`` that holds the tensor ``name`` holds, ``name`` included, in state order."""
+    return next((names for names in _storage_groups(state) if name in names), [name])
+
+
 def tied_names(expected: dict[str, torch.Tensor], held: set[str]) -> set[str]:
     """The names of an architecture's state a file may leave out, because the architecture ties them to a name the
     file holds: loading that one fills them too."""
@@ -132,8 +137,14 @@ class CompressedModel:
     details: dict = field(default_factory=dict)  # per-layer rows, calibration indices: report only, not stored
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The exact tensors the file gives back."""
-        return {k: v if isinstance(v, torch.Tensor) else v.dequantize() for k, v in self.tensors.items()}
+        """The exact tensors the file gives back, under every name the model held them (a tied tensor under each)."""
+        state = {k: v if isinstance(v, torch.Tensor) else v.dequantize() for k, v in self.tensors.items()}
+        return {**state, **{alias: state[kept] for alias, kept in self.tied().items() if kept in state}}
+
+    def tied(self) -> dict[str, str]:
+        """``{alias: stored name}`` of the tensors the model held under several names (the file stores each once)."""
+        tied = self.summary.get("tied", {})
+        return {a: k for a, k in tied.items() if isinstance(a, str) and isinstance(k, str)} if isinstance(tied, dict) else {}
 
     def non_finite(self) -> str | None:
         """The first tensor holding NaN or infinity, if any: compress() refuses such models, so a file that
@@ -156,7 +167,8 @@ class CompressedModel:
         memory beside the model."""
         resize_to(model, {k: tuple(v.shape) for k, v in self.tensors.items()})
         reference = model.state_dict()
-        tied = tied_names(reference, set(self.tensors))
+        aliases = {alias: kept for alias, kept in self.tied().items() if kept in self.tensors}
+        tied = tied_names(reference, set(self.tensors)) | set(aliases)
         missing = [k for k in reference if k not in self.tensors and k not in tied]
         unexpected = [k for k in self.tensors if k not in reference]
         if missing or unexpected:
@@ -180,4 +192,10 @@ class CompressedModel:
                 model.get_submodule(layer).load_state_dict(decoded, strict=False)
             except RuntimeError as exc:
                 raise ModelSourceError(f"the stored tensors do not fit this architecture: {one_line(exc)}") from exc
+        # An alias the architecture does not tie to its stored name (a factory that builds the layers apart) gets a copy.
+        state = model.state_dict()
+        with torch.no_grad():
+            for alias, kept in aliases.items():
+                if alias in state and kept in state and state[alias].data_ptr() != state[kept].data_ptr():
+                    state[alias].copy_(state[kept])
         return model.eval()

@@ -33,7 +33,7 @@ SOURCE_KEY = "hf"  # a source record (of a handle, file or report) with this key
 
 
 def is_hf_source(source: dict) -> bool:
-    """Whether a source record describes a Hugging Face model: measured as an encoder, rebuilt from its config."""
+    """Whether a source record describes a Hugging Face model: measured on text, rebuilt from its config."""
     return SOURCE_KEY in source
 
 
@@ -282,7 +282,9 @@ class NextTokens:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nll / self.tokens)
+        """exp of the mean token loss; infinite where that overflows (a model the compression broke)."""
+        mean = self.nll / self.tokens
+        return math.exp(mean) if mean < 700 else math.inf
 
 
 @dataclass(frozen=True)
@@ -349,11 +351,11 @@ class TokenPredictor:
             for i in range(0, len(sentences), EMBED_BATCH):
                 chunk = sentences[i : i + EMBED_BATCH]
                 batch = self.tokenize(chunk)
-                logits = self.logits(model, batch).double()
+                logits = self.logits(model, batch)  # tokens × vocabulary: kept in the model's precision
                 if not bool(torch.isfinite(logits).all()):
                     raise DataError("the model's next-token logits on the text are not finite")
                 targets = self.targets(batch)
-                nll += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+                nll += float(torch.nn.functional.cross_entropy(logits, targets, reduction="none").double().sum())
                 tokens += len(targets)
                 top1.append(logits.argmax(dim=1))
                 progress.update(task, advance=len(chunk))
@@ -368,6 +370,8 @@ class TokenPredictor:
     def compare(self, model: nn.Module, sentences: list[str], reference: NextTokens) -> dict:
         """A report's ``perplexity``: before (``reference``) and after, and the top-1 agreement with the original."""
         mine = self.score(model, sentences)
+        if mine.tokens != reference.tokens:
+            raise DataError("the reference was measured on other sentences: its token count differs")
         return {
             "before": round(reference.perplexity, 4),
             "after": round(mine.perplexity, 4),

@@ -239,6 +239,19 @@ def test_a_shared_embedding_table_is_coded_once_under_its_first_name(tmp_path):
     loaded = netpress.load(tmp_path / "s.press", model=_SharedTable())
     assert loaded.encoder_tokens.weight is loaded.shared.weight
     assert torch.equal(loaded.shared.weight, compressed.tensors["shared.weight"].dequantize())
+    assert compressed.summary["tied"] == {"encoder_tokens.weight": "shared.weight"}
+    assert set(compressed.state_dict()) == set(model.state_dict())  # what decompress writes: every name
+    apart = netpress.load(tmp_path / "s.press", model=_TableApart())  # an architecture without the tie gets a copy
+    assert torch.equal(apart.encoder_tokens.weight, apart.shared.weight)
+    for names in (["encoder_tokens"], ["shared", "encoder_tokens"]):  # one name of a layer keeps it under both
+        kept = netpress.compress(model, UniformQuantization(4), keep=names)
+        assert torch.equal(kept.tensors["shared.weight"], model.shared.weight.detach())
+
+
+class _TableApart(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared, self.encoder_tokens, self.head = nn.Embedding(10, 4), nn.Embedding(10, 4), nn.Linear(4, 3)
 
 
 def test_training_methods_refuse_an_embedding_with_sparse_gradients():

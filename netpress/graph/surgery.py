@@ -52,7 +52,7 @@ def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module
             if attr == "normalized_shape":
                 module.normalized_shape = (shape[0],)
             elif attr == "in_channels":
-                if module.groups > 1 and tensor_name == "weight":  # depthwise: one group per channel
+                if module.groups > 1 and module.groups == module.in_channels and tensor_name == "weight":  # depthwise
                     module.groups = shape[0]
                 module.in_channels = shape[1] * module.groups
             else:

@@ -123,14 +123,21 @@ def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
     embedding tied to its output layer, one layer used twice) is coded once, under its first layer: the
     file stores it under that name only, and loading ties the others to it. A layer the caller asked to
     keep (marked ``KEPT``) is left raw, and so is every layer sharing its weight."""
-    kept = {id(m.weight) for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and getattr(m, KEPT, False)}
+    kept = {_weight_key(m) for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and getattr(m, KEPT, False)}
     layers: dict[str, nn.Module] = {}
     seen = set(kept)
     for name, module in model.named_modules():
-        if isinstance(module, COMPRESSIBLE_LAYERS) and id(module.weight) not in seen:
-            seen.add(id(module.weight))
+        if isinstance(module, COMPRESSIBLE_LAYERS) and _weight_key(module) not in seen:
+            seen.add(_weight_key(module))
             layers[name] = module
     return layers
+
+
+def _weight_key(module: nn.Module) -> int:
+    """What identifies a layer's weight among its ties: the stored parameter (a parametrized layer computes a new
+    ``weight`` at every access, so that layer stands for itself)."""
+    stored = module._parameters.get("weight")
+    return id(stored) if stored is not None else id(module)
 
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -140,11 +147,11 @@ def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | None = None) -> dict[str, dict]:
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
-    (an LSTM, attention's packed in-projection, a shared embedding table, a custom layer): they go into the
+    (an LSTM, attention's packed in-projection, a custom layer): they go into the
     file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
     if kinds is None:  # a layer whose weight is tied to a coded one's is coded with it
-        weights = {id(m.weight) for m in _coded_layers(model).values()}
-        coded = {m for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and id(m.weight) in weights}
+        weights = {_weight_key(m) for m in _coded_layers(model).values()}
+        coded = {m for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and _weight_key(m) in weights}
     else:
         coded = {m for m in model.modules() if isinstance(m, kinds)}
     return {
@@ -178,13 +185,13 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
             f"{renormed[0] or 'the model'} is an Embedding with max_norm, which rewrites its weight on every forward pass, "
             "so the stored codes would not stay the model's weights; build it with max_norm=None"
         )
-    if trains:  # tied weights of two layers train as one tensor; one layer called twice does not yet
+    if trains:  # tied weights of two layers train as one tensor; one layer under two names does not yet
         first: dict[int, str] = {}
         for name, module in model.named_modules(remove_duplicate=False):
             if isinstance(module, COMPRESSIBLE_LAYERS) and first.setdefault(id(module), name) != name:
                 raise UnsupportedModelError(
                     f"{first[id(module)]} is also {name}: one layer used twice, which the methods that train weights "
-                    "(FCPTS, L²) do not support; give each use its own copy, or use a data-free method"
+                    "do not support; give each use its own copy, or use a data-free method"
                 )
     sparse = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.sparse] if trains else []
     if sparse:

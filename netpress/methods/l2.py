@@ -25,7 +25,7 @@ from torch import nn
 
 from netpress.budget import Budget
 from netpress.codec.container import read_manifest
-from netpress.compressed import RAW_DTYPES
+from netpress.compressed import RAW_DTYPES, tied_names
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError, NetpressError, check_flag, check_real, check_seed, check_whole
 from netpress.methods.base import (
@@ -408,6 +408,8 @@ def _round_raw_tensors(model: nn.Module, coded: set[str], raw_dtype: str) -> Non
     """Round every float tensor the method leaves uncoded to the precision the file stores, so the
     model the method evaluates is the model the file gives back."""
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
+        state = model.state_dict()
+        coded = coded | tied_names(state, coded)  # another name of a coded tensor is that tensor
+        for name, tensor in state.items():
             if name not in coded and tensor.is_floating_point():
                 tensor.copy_(tensor.to(RAW_DTYPES[raw_dtype]).to(tensor.dtype))

@@ -8,7 +8,6 @@ causal language model, pulled towards the dense model's next-token distributions
 
 from __future__ import annotations
 
-import copy
 from typing import Protocol
 
 import torch
@@ -19,7 +18,7 @@ from torch.nn import functional as F
 from netpress.data import Subset
 from netpress.data.text import Sentences
 from netpress.errors import DataError
-from netpress.evaluate import predict
+from netpress.evaluate import kept_modes, predict
 from netpress.hf import TokenPredictor
 from netpress.methods.base import distillation_loss, recalibrate_batchnorm, running_statistics
 
@@ -177,20 +176,21 @@ class EmbeddingTeacher(_SentenceTeacher):
 
 class TokenTeacher(_SentenceTeacher):
     """A causal language model's next-token distributions; the loss is their KL divergence from the dense model's
-    at ``temperature``, token by token. The dense model's logits are computed per batch by a frozen copy of it:
-    a vocabulary's logits at every calibration token would not fit in memory."""
+    at ``temperature``, token by token. The dense model's logits are computed per batch, without gradients: a
+    vocabulary's logits at every calibration token would not fit in memory. The methods train a copy of the
+    model, so the model itself is the dense one."""
 
     def __init__(self, model: nn.Module, predictor, sentences: list[str], temperature: float) -> None:
         super().__init__(model, predictor, sentences)
         self.temperature = temperature
-        self.dense = copy.deepcopy(model).eval().requires_grad_(False)
+        self.dense = model
 
     def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         return self.reader.logits(model, self.tokenized(idx), params)
 
     def _dense_logits(self, idx: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.reader.logits(self.dense, self.tokenized(idx))
+        with torch.no_grad(), kept_modes(self.dense):
+            return self.reader.logits(self.dense.eval(), self.tokenized(idx))
 
     def loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return distillation_loss(outputs, self._dense_logits(idx), self.temperature)
@@ -200,6 +200,11 @@ class TokenTeacher(_SentenceTeacher):
         return F.cross_entropy(outputs, self.reader.targets(self.tokenized(idx)))
 
     def score(self, model: nn.Module) -> float:
+        """The loss over every calibration token (a mean over tokens, as each batch's is)."""
+        total, tokens = 0.0, 0
         with torch.no_grad():
-            losses = [(float(self.loss(self.outputs(model, idx), idx)), len(idx)) for idx in self.chunks(64)]
-        return sum(loss * n for loss, n in losses) / self.size
+            for idx in self.chunks(64):
+                outputs = self.outputs(model, idx)
+                if len(outputs):
+                    total, tokens = total + float(self.loss(outputs, idx)) * len(outputs), tokens + len(outputs)
+        return total / max(tokens, 1)

@@ -248,10 +248,33 @@ def test_a_shared_embedding_table_is_coded_once_under_its_first_name(tmp_path):
         assert torch.equal(kept.tensors["shared.weight"], model.shared.weight.detach())
 
 
+@pytest.mark.parametrize("method", ["sws", "self-compress"])
+def test_the_retraining_methods_refuse_a_tied_weight(method):
+    from netpress.methods import SelfCompression, SoftWeightSharing
+
+    chosen = SoftWeightSharing(epochs=1) if method == "sws" else SelfCompression(steps=1)
+    data = Subset(_TableData(), list(range(8)), 0)
+    model = _TableApart()
+    model.encoder_tokens.weight = model.shared.weight  # two layers, one tied weight
+    with pytest.raises(UnsupportedModelError, match="shared.weight = encoder_tokens.weight: one weight under several names"):
+        chosen.apply(model, data)
+
+
+class _TableData(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        return torch.tensor([i, (i + 1) % 10]), i % 3
+
+
 class _TableApart(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.shared, self.encoder_tokens, self.head = nn.Embedding(10, 4), nn.Embedding(10, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(x[:, :1]).mean(1) + self.encoder_tokens(x[:, 1:]).mean(1))
 
 
 def test_training_methods_refuse_an_embedding_with_sparse_gradients():

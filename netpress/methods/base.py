@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
+from netpress.compressed import tied_aliases, tied_group
 from netpress.data import Subset, class_indices, dataset_sha256
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
@@ -164,6 +165,19 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
 def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
     """The first float tensor holding NaN or infinity: refused in a model given, and after every stage."""
     return next((n for n, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
+def refuse_tied(model: nn.Module, method: str) -> None:
+    """Refuse a model with a weight under several names for a method that retrains it channel by channel (its
+    per-layer state and channel cuts would part the tie)."""
+    state = model.state_dict()
+    alias = next(iter(sorted(tied_aliases(state))), None)
+    if alias is not None:
+        names = " = ".join(tied_group(state, alias))
+        raise UnsupportedModelError(
+            f"{names}: one weight under several names (tied), which {method} does not retrain; fcpts, l2 and the data-free "
+            "methods take it (coded once)"
+        )
 
 
 def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Parameter]:

@@ -38,6 +38,7 @@ from netpress.methods.base import (
     compressible_weights,
     labelled_training_data,
     recalibrate_batchnorm,
+    refuse_tied,
     split_exact,
     zero_masks,
 )
@@ -134,6 +135,7 @@ class SelfCompression:
         model = copy.deepcopy(model)
         check_labels(model, inputs, labels)
         weights = check_model(model, trains=True)
+        refuse_tied(model, self.name)
         pruned_before = zero_masks(weights)  # an earlier stage's zeros stay zero
         sizer = FileSizer(model, self, budget, data) if budget is not None else None
         if self.preservation is not None:

@@ -33,6 +33,7 @@ from netpress.methods.base import (
     compressible_weights,
     labelled_training_data,
     recalibrate_batchnorm,
+    refuse_tied,
     zero_masks,
 )
 from netpress.methods.baselines import kmeans_1d
@@ -217,6 +218,7 @@ class SoftWeightSharing:
         model = copy.deepcopy(model)
         check_labels(model, inputs, labels)
         weights = check_model(model, trains=True)
+        refuse_tied(model, self.name)
         sizer = FileSizer(model, self, budget, data) if budget is not None else None
         if sizer is not None:
             sizer.check_reachable(_zero_codes(weights))

@@ -698,3 +698,22 @@ def test_data_free_stages_never_copy_the_model(monkeypatch):
     assert compressed.summary["sparsity"] >= 0.7
     with pytest.raises(AssertionError, match="copied"):  # the whole-model stages do copy
         MagnitudePruning().apply(model, budget=Budget(sparsity=0.7))
+
+
+class _WeightNamedFirstElsewhere(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(4, 4))  # registered first, outside a compressible layer
+        self.fc = nn.Linear(4, 4, bias=False)
+        self.fc.weight = self.scale
+
+
+def test_a_weight_named_first_outside_its_layer_is_refused_by_the_training_methods_and_coded_by_the_others(tmp_path):
+    model = _WeightNamedFirstElsewhere()
+    with pytest.raises(UnsupportedModelError, match="fc.weight is the tensor scale names first"):
+        check_model(model, trains=True)
+    compressed = netpress.compress(model, UniformQuantization(4))
+    assert list(compressed.tensors) == ["fc.weight"] and compressed.summary["tied"] == {"scale": "fc.weight"}
+    netpress.save(compressed, tmp_path / "w.press")
+    loaded = netpress.load(tmp_path / "w.press", model=_WeightNamedFirstElsewhere())
+    assert loaded.scale is loaded.fc.weight and torch.equal(loaded.scale, compressed.tensors["fc.weight"].dequantize())

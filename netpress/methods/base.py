@@ -200,6 +200,14 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
             "so the stored codes would not stay the model's weights; build it with max_norm=None"
         )
     if trains:  # tied weights of two layers train as one tensor; one layer under two names does not yet
+        trained = dict(model.named_parameters())  # each tensor under its first name, as the methods read them
+        for name, weight in weights.items():
+            other = next((n for n, p in trained.items() if p is weight), None) if name not in trained else None
+            if other is not None:
+                raise UnsupportedModelError(
+                    f"{name} is the tensor {other} names first, outside the compressible layers; the methods that train "
+                    "weights read it under that name: give the layer its own weight, or use a data-free method"
+                )
         first: dict[int, str] = {}
         for name, module in model.named_modules(remove_duplicate=False):
             if isinstance(module, COMPRESSIBLE_LAYERS) and first.setdefault(id(module), name) != name:

@@ -193,6 +193,8 @@ class TokenTeacher(_SentenceTeacher):
             return self.reader.logits(self.dense.eval(), self.tokenized(idx))
 
     def loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if not len(outputs):  # sentences of one token predict nothing: no loss rather than NaN
+            return outputs.sum()
         return distillation_loss(outputs, self._dense_logits(idx), self.temperature)
 
     def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

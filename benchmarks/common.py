@@ -9,7 +9,9 @@ Run this file on its own to rebuild RESULTS.md from the existing JSON files.
 
 from __future__ import annotations
 
+import copy
 import datetime
+import io
 import json
 import os
 import platform
@@ -17,6 +19,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -90,6 +93,25 @@ def minilm():
 def embed(st, sentences: list[str]) -> torch.Tensor:
     """Unit-length sentence embeddings."""
     return st.encode(sentences, batch_size=128, convert_to_tensor=True, normalize_embeddings=True)
+
+
+def torch_saved(state: dict) -> bytes:
+    """A state dict as ``torch.save`` writes it: the file a peer ships."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def torch_loaded(data: bytes) -> dict:
+    """A peer's file read back as a user would, without unpickling code."""
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """PyTorch's CPU recipe for transformers: torch.ao's dynamic int8 quantization of the Linear layers, on a copy."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's notice that it moves to torchao
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _repo_relative(path: str) -> str:

@@ -17,15 +17,13 @@ Run: .venv/bin/python benchmarks/transformer.py
 from __future__ import annotations
 
 import copy
-import io
 import time
-import warnings
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
 import zstandard
-from common import embed, minilm, minilm_directory, regenerate_results_md, write_result
+from common import dynamic_int8, embed, minilm, minilm_directory, regenerate_results_md, torch_loaded, torch_saved, write_result
 from torch import nn
 
 from netpress import api
@@ -106,22 +104,6 @@ def group_note(rows: list[dict]) -> str:
     )
 
 
-def _saved(state: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-def _load_state(data: bytes) -> dict:
-    return torch.load(io.BytesIO(data), weights_only=True)
-
-
-def _dynamic_int8(bert: nn.Module) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's notice that it moves to torchao
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(bert), {nn.Linear}, dtype=torch.qint8)
-
-
 def main() -> None:
     torch.manual_seed(0)
     st = minilm()
@@ -161,14 +143,14 @@ def main() -> None:
         ("fp32", bert.state_dict()),
         ("fp16", {k: v.half() if v.is_floating_point() else v for k, v in bert.state_dict().items()}),
     ):
-        data = _saved(state)
+        data = torch_saved(state)
         start = time.perf_counter()
         model = copy.deepcopy(bert)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in _load_state(data).items()})
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in torch_loaded(data).items()})
         measure(setting, "torch.save", len(data), model, 0.0, time.perf_counter() - start)
 
     start = time.perf_counter()
-    data = _saved(_dynamic_int8(bert).state_dict())
+    data = torch_saved(dynamic_int8(bert).state_dict())
     packed = zstandard.ZstdCompressor(level=19).compress(data)
     seconds = time.perf_counter() - start
     for storage, file_bytes, decode in (
@@ -176,8 +158,8 @@ def main() -> None:
         ("torch.save + zstd-19", len(packed), lambda: zstandard.ZstdDecompressor().decompress(packed)),
     ):
         start = time.perf_counter()
-        model = _dynamic_int8(bert)
-        model.load_state_dict(_load_state(decode()))
+        model = dynamic_int8(bert)
+        model.load_state_dict(torch_loaded(decode()))
         measure("torch.ao dynamic int8 (Linear layers)", storage, file_bytes, model, seconds, time.perf_counter() - start)
 
     write_result(

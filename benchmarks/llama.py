@@ -227,7 +227,8 @@ def notes(rows: list[dict]) -> list[str]:
         f"The smallest peer file, {smallest['setting']} through {smallest['storage']}, is {smallest['file_bytes']:,} bytes "
         f"at perplexity {smallest['ppl']:.2f}; netpress's uniform 8-bit per-channel file is {u8['file_bytes']:,} bytes at "
         f"{u8['ppl']:.2f}, and L² at 8x {l2['file_bytes']:,} bytes at {l2['ppl']:.2f}. torch.ao's int8 also quantizes "
-        "activations at run time (int8 kernels), which costs part of its perplexity; a .press file loads as fp32."
+        "activations at run time (int8 kernels; which of its roundings costs the perplexity was not measured); a .press file "
+        "loads as fp32."
     ]
     for level in (50, 70):
         fc, mag = by[f"FCPTS {level} %"], by[f"magnitude global {level} %"]

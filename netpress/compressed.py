@@ -65,7 +65,7 @@ RAW_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 def stored_tensors(state: dict[str, torch.Tensor], codes: dict[str, Encoded], raw_dtype: str = "fp32") -> dict:
     """What a file holds for a model state: the codes where a method made them, and every float stored
     as a float (a pruned tensor's survivors, tensors no method coded) in ``raw_dtype``; a tensor the state
-    holds under several names (tied weights) once, under its first."""
+    holds under several names (tied weights) once, under the name it was coded under, else its first."""
     aliases = tied_aliases(state, set(codes))
     return {name: stored_tensor(name, value, codes.get(name), raw_dtype) for name, value in state.items() if name not in aliases}
 

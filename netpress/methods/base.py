@@ -182,7 +182,7 @@ def refuse_tied(model: nn.Module, method: str) -> None:
 
 def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Parameter]:
     """Refuse models a weight-stage method cannot work on; return their compressible weights (a weight tied
-    under several names once, under its first).
+    under several names once, under its first layer's name).
 
     ``trains``: the method optimises the weights by gradient (FCPTS, L²), which an Embedding with
     ``sparse=True`` (sparse gradients) does not allow."""
@@ -192,7 +192,7 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
     if (name := first_non_finite(state)) is not None:
         raise UnsupportedModelError(f"{name} holds NaN or infinite values; fix the model before compressing it")
-    weights = compressible_weights(model)  # a weight under several names once, under its first
+    weights = compressible_weights(model)  # a weight under several names once, under its first layer's name
     renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
     if renormed:
         raise UnsupportedModelError(

@@ -1175,7 +1175,7 @@ def _encoder(handle: ModelHandle) -> hf.TextEncoder | hf.TokenPredictor:
             "method and no --data, and measure a file against the directory it came from, "
             "`netpress eval FILE --data fortunes --reference DIR`"
         )
-    raise DataError(f"{handle.path or 'the model'} has no tokenizer, so netpress cannot embed text with it")
+    raise DataError(f"{handle.path or 'the model'} has no tokenizer, so netpress cannot read text with it")
 
 
 def fidelity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: str | Sequence[str] = "fortunes") -> Fidelity:

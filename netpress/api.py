@@ -1184,10 +1184,20 @@ def fidelity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: 
     return Fidelity(**compare_text(model, reference, sentences, hf.TextEncoder))
 
 
-def perplexity(model: ModelHandle | nn.Module, reference: ModelHandle, sentences: str | Sequence[str] = "fortunes") -> dict:
+def perplexity(
+    model: ModelHandle | nn.Module, reference: ModelHandle | None = None, sentences: str | Sequence[str] = "fortunes"
+) -> dict:
     """A causal language model's perplexity on the sentences before (``reference``, a handle from the Hugging Face
     directory ``model`` was compressed from, whose tokenizer reads both) and after, with the share of tokens at
-    which both predict the same next token."""
+    which both predict the same next token. Without a reference, ``model`` is a directory's handle measured on its
+    own (before and after are its perplexity)."""
+    if reference is None:
+        if not (isinstance(model, ModelHandle) and isinstance(model.encoder, hf.TokenPredictor)):
+            raise DataError("a model measured on its own is the handle of a causal language model's directory (its tokenizer)")
+        sentences = load_sentences(sentences) if isinstance(sentences, str) else list(sentences)
+        with kept_modes(model.module):
+            figures = model.encoder.score(model.module, sentences)
+        return model.encoder.figures(figures, figures, len(sentences))
     return compare_text(model, reference, sentences, hf.TokenPredictor)
 
 

@@ -737,6 +737,16 @@ def eval_(
 
 
 def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: str | None, as_json: bool) -> None:
+    if reference is None and isinstance(handle.encoder, hf.TokenPredictor):  # a causal LM's directory, on its own
+        measured = api.perplexity(handle, None, dataset)
+        result = {"model": model, "dataset": dataset, "perplexity": measured["after"]}
+        result.update(tokens=measured["tokens"], samples=measured["samples"])
+        if as_json:
+            print(json.dumps(result, indent=2))
+            return
+        said = f"{model} on {result['samples']:,} {dataset} sentences: perplexity {result['perplexity']:.2f}"
+        out.print(f"{said} over {result['tokens']:,} tokens", highlight=False, soft_wrap=True)
+        return
     if reference is None:
         raise DataError(
             "a Hugging Face model is measured against the model it was compressed from: pass --reference DIR, its "

@@ -369,7 +369,11 @@ class TokenPredictor:
 
     def compare(self, model: nn.Module, sentences: list[str], reference: NextTokens) -> dict:
         """A report's ``perplexity``: before (``reference``) and after, and the top-1 agreement with the original."""
-        mine = self.score(model, sentences)
+        return self.figures(self.score(model, sentences), reference, len(sentences))
+
+    @staticmethod
+    def figures(mine: NextTokens, reference: NextTokens, samples: int) -> dict:
+        """``mine`` next to ``reference`` (measured on the same ``samples`` sentences), as a report states them."""
         if mine.tokens != reference.tokens:
             raise DataError("the reference was measured on other sentences: its token count differs")
         return {
@@ -377,7 +381,7 @@ class TokenPredictor:
             "after": round(mine.perplexity, 4),
             "top1_agreement": round(float((mine.top1 == reference.top1).double().mean()), 4),
             "tokens": mine.tokens,
-            "samples": len(sentences),
+            "samples": samples,
         }
 
 

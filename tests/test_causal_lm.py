@@ -15,7 +15,7 @@ from netpress.data.text import Sentences, load_sentences
 from netpress.errors import DataError
 from netpress.methods import FCPTS, L2, MagnitudePruning
 from netpress.methods.teacher import TokenTeacher, teacher_for
-from tests.test_cli import run
+from tests.test_cli import assert_one_line_error, run
 from tests.test_hf import WORDS, fortunes  # noqa: F401  (the fortunes fixture: sentences of the tiny vocabulary)
 
 transformers = pytest.importorskip("transformers")
@@ -137,6 +137,9 @@ def test_fold_shrinks_the_gated_mlps_and_the_file_is_measured_against_the_direct
     )["perplexity"]
     result = run("eval", tmp_path / "f.press", "--data", "fortunes", "--reference", llama_dir)
     assert "perplexity" in result.output and "top next token the reference's" in result.output
+    alone = json.loads(run("eval", llama_dir, "--data", "fortunes", "--json").output)  # the directory on its own
+    assert alone["perplexity"] == measured["before"] and alone["tokens"] == measured["tokens"]
+    assert_one_line_error(run("eval", tmp_path / "f.press", "--data", "fortunes"), "pass --reference DIR")
     folded = netpress.load(tmp_path / "f.press")
     assert folded.model.layers[0].mlp.gate_proj.out_features < 64
 

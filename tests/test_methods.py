@@ -717,3 +717,11 @@ def test_a_weight_named_first_outside_its_layer_is_refused_by_the_training_metho
     netpress.save(compressed, tmp_path / "w.press")
     loaded = netpress.load(tmp_path / "w.press", model=_WeightNamedFirstElsewhere())
     assert loaded.scale is loaded.fc.weight and torch.equal(loaded.scale, compressed.tensors["fc.weight"].dequantize())
+
+
+def test_a_kept_layer_keeps_the_layer_tied_to_it_out_of_the_uncompressed_list(tmp_path):
+    model = _TableApart()
+    model.encoder_tokens.weight = model.shared.weight
+    report = netpress.press(model, UniformQuantization(4), out=tmp_path / "k.press", keep=["encoder_tokens"])
+    assert report["kept_layers"] == ["encoder_tokens"] and report["uncompressed_layers"] == {}
+    assert not any(m.get("name") == "shared.weight" for m in report["layers"]["uniform"])

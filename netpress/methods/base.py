@@ -150,9 +150,11 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
     (an LSTM, attention's packed in-projection, a custom layer): they go into the
     file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
-    if kinds is None:  # a layer whose weight is tied to a coded one's is coded with it
-        weights = {_weight_key(m) for m in _coded_layers(model).values()}
-        coded = {m for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and _weight_key(m) in weights}
+    if kinds is None:  # a layer whose weight is tied to a coded or kept one's is coded or kept with it
+        layers = [m for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS)]
+        chosen = [*_coded_layers(model).values(), *(m for m in layers if getattr(m, KEPT, False))]
+        weights = {_weight_key(m) for m in chosen}
+        coded = {m for m in layers if _weight_key(m) in weights}
     else:
         coded = {m for m in model.modules() if isinstance(m, kinds)}
     return {

@@ -57,7 +57,7 @@ from netpress.data import (
     stacked_examples,
 )
 from netpress.data.datasets import PRESERVATION_KEYS
-from netpress.data.text import TEXT_DATASETS, Sentences, load_sentences
+from netpress.data.text import TEXT_DATA, Sentences, is_text_data, load_sentences
 from netpress.errors import (
     BudgetError,
     DataError,
@@ -782,7 +782,7 @@ def press(
     budget: Budget | None = None,
     *,
     out: str | os.PathLike,
-    data: str | os.PathLike | tuple[Dataset, Dataset] | None = None,
+    data: str | os.PathLike | tuple[Dataset, Dataset] | tuple[Sequence[str], Sequence[str]] | None = None,
     calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,
@@ -794,7 +794,9 @@ def press(
     Accuracy after compression is measured on the model loaded back from the written file.
     Calibration samples come from the training split (``calib`` of them: by default ``DEFAULT_CALIB``, or the
     whole split for a method that retrains); evaluation uses the test split. ``data``: a dataset name, a
-    .safetensors data file, or your own ``(train, test)`` pair of map-style torch Datasets of (input, label).
+    .safetensors data file, or your own ``(train, test)`` pair of map-style torch Datasets of (input, label); for a
+    Hugging Face model ``fortunes``, a .txt file of your text (one text per line), or a ``(train, test)`` pair of lists
+    of texts.
     ``preservation``: your critical examples (a .safetensors file holding ``PRESERVATION_KEYS``, or a labelled
     torch Dataset), measured before and after like the test split (``report["preservation"]``, which counts
     those that are also in the test split) and guarded by self-compression, which refuses them in the test split.
@@ -821,15 +823,18 @@ def _data_name(data: str | os.PathLike | tuple | None) -> str | tuple | None:
 def _with_input_shape(handle: ModelHandle, data: str | None) -> ModelHandle:
     """A user's model declares no input shape: take a sample's from the dataset ``data`` names, so that
     fold can trace it."""
-    if isinstance(data, tuple) and handle.input_shape is None:
+    if handle.input_shape is not None or hf.is_hf_source(handle.source):
+        return handle
+    if isinstance(data, tuple):
         _, test = _own_datasets(data)
         return replace(handle, input_shape=tuple(test[0][0].shape))
-    if handle.input_shape is not None or not isinstance(data, str) or data in TEXT_DATASETS:
+    if not isinstance(data, str) or is_text_data(data):
         return handle
     return replace(handle, input_shape=tuple(resolve_dataset(data, "test")[0][0].shape))
 
 
 OWN_DATASETS = "your (train, test) datasets"  # the report's name for them
+OWN_TEXTS = "your (train, test) texts"
 
 
 def _preservation_set(preservation: str | os.PathLike | Dataset | None, handle: ModelHandle) -> Dataset | None:
@@ -896,6 +901,27 @@ def _own_datasets(data: tuple) -> tuple[Dataset, Dataset]:
     return train, test
 
 
+def _own_texts(data: tuple) -> tuple[list[str], list[str]]:
+    """Your ``(train, test)`` texts for a Hugging Face model, checked: two lists of non-empty strings, and no test
+    text among the training ones (calibration must never see the test data)."""
+    if len(data) != 2 or any(isinstance(d, str) or not isinstance(d, Sequence) for d in data):
+        raise DataError(f"a Hugging Face model's data is {TEXT_DATA}, or a (train, test) pair of lists of texts")
+    train, test = (list(d) for d in data)
+    for split, texts in (("training", train), ("test", test)):
+        if not texts:
+            raise DataError(f"your {split} texts are an empty list")
+        bad = next((i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()), None)
+        if bad is not None:
+            raise DataError(f"your {split} texts: item {bad} is {texts[bad]!r}, not a non-empty string")
+    shared = len(set(train) & set(test))
+    if shared:
+        raise DataError(
+            f"{shared} of your training texts {'is' if shared == 1 else 'are'} also among the test texts: netpress never "
+            "calibrates on test data; drop them from one of the lists"
+        )
+    return train, test
+
+
 @dataclass
 class _Prepared:
     """What press needs besides the methods, drawn and checked before any work (a sweep reuses it for every
@@ -929,11 +955,12 @@ def _prepare(
 
 def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, calib: int | None, seed: int) -> _Prepared:
     check_seed(seed)
-    own = None
+    own = own_texts = None
     if isinstance(data, tuple):
         if hf.is_hf_source(handle.source):
-            raise DataError(f"a Hugging Face model is measured on text: --data {' or '.join(TEXT_DATASETS)}")
-        own, data = _own_datasets(data), OWN_DATASETS
+            own_texts, data = _own_texts(data), OWN_TEXTS
+        else:
+            own, data = _own_datasets(data), OWN_DATASETS
     elif data is not None and not isinstance(data, str):
         raise DataError("data must be a dataset name, a .safetensors data file, or a (train, test) pair of torch Datasets")
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
@@ -947,12 +974,12 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         if calibrating:
             raise DataError("this method needs calibration data; pass --data")
         return prepared
-    text = own is None and _is_text(handle, name)
+    text = own_texts is not None or (own is None and _is_text(handle, name))
     if calibrating:
         if own is not None:
             train = resolve_dataset(own[0], "train", handle.input_shape)
         elif text:
-            train = Sentences(load_sentences(name, "train"), "train", _encoder(handle))
+            train = Sentences(own_texts[0] if own_texts else load_sentences(name, "train"), "train", _encoder(handle))
         else:
             train = resolve_dataset(name, "train", handle.input_shape)
         if calib is None:
@@ -960,7 +987,7 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         prepared.calibration = calibration_subset(train, calib, seed)
     with kept_modes(handle.module):  # one sample through the model: data it cannot take fails before any work
         if text:
-            prepared.sentences = load_sentences(name)
+            prepared.sentences = own_texts[1] if own_texts else load_sentences(name)
             _encoder(handle).reference(handle.module, prepared.sentences[:1])
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
@@ -1158,9 +1185,9 @@ def _survivors_rounded_to_zero(layers: dict[str, list[dict]], sparsity: float) -
 def _is_text(handle: ModelHandle, dataset: str) -> bool:
     """Whether ``dataset`` is text for a Hugging Face model (else images for a classifier); a mismatch is refused."""
     text_model = hf.is_hf_source(handle.source)
-    if text_model and dataset not in TEXT_DATASETS:
-        raise DataError(f"a Hugging Face model is measured on text: --data {' or '.join(TEXT_DATASETS)}, not {dataset!r}")
-    if not text_model and dataset in TEXT_DATASETS:
+    if text_model and not is_text_data(dataset):
+        raise DataError(f"a Hugging Face model is measured on text: --data {TEXT_DATA}, not {dataset!r}")
+    if not text_model and is_text_data(dataset):
         raise DataError(f"{dataset} is text: it measures models read from a Hugging Face model directory")
     return text_model
 
@@ -1252,7 +1279,7 @@ def sweep(
     budgets: Sequence[Budget],
     *,
     out_dir: str | os.PathLike,
-    data: str | os.PathLike | tuple[Dataset, Dataset] | None = None,
+    data: str | os.PathLike | tuple[Dataset, Dataset] | tuple[Sequence[str], Sequence[str]] | None = None,
     calib: int | None = None,
     seed: int = 0,
     raw_dtype: str | None = None,

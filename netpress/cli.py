@@ -81,7 +81,8 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 MODEL_HELP = "zoo:NAME, a .press file, a Hugging Face model directory, or a .safetensors / .pt / .pth state dict"
 DATA_HELP = (
     "dataset for calibration and evaluation: fashion-mnist, digits, or your own .safetensors file with train_inputs, "
-    "test_inputs and test_labels (train_labels optional); fortunes for a Hugging Face model"
+    "test_inputs and test_labels (train_labels optional); for a Hugging Face model fortunes, or your own .txt file "
+    "(one text per line; a fifth of the lines, at most 2,000, measure the model, the others calibrate)"
 )
 
 
@@ -599,7 +600,7 @@ def sweep(
     check_suffix(report, (".json",), "the reports are JSON")
     handle = api.load_model(model, arch)
     if plot is not None and data is None and handle.dataset is None:
-        raise DataError("a curve needs a measure: pass --data (fortunes for a Hugging Face model)")
+        raise DataError("a curve needs a measure: pass --data (fortunes or a .txt file for a Hugging Face model)")
     refuse_searched(method.value, "ratio" in given, bits, levels)
     methods = methods_for(locals())
     budgets = [Budget(**{kind: value}) for kind, value in targets]
@@ -683,7 +684,9 @@ def _setting(searched: dict) -> str:
 def eval_(
     model: str = typer.Argument(..., help=MODEL_HELP),
     data: str | None = typer.Option(
-        None, help="dataset name or .safetensors data file (default: the zoo model's own; fortunes for a Hugging Face model)"
+        None,
+        help="dataset name or .safetensors data file (default: the zoo model's own); fortunes (the default) or a .txt "
+        "file for a Hugging Face model, measured on its test split",
     ),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     reference: str | None = typer.Option(
@@ -744,7 +747,7 @@ def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: 
         if as_json:
             print(json.dumps(result, indent=2))
             return
-        said = f"{model} on {result['samples']:,} {dataset} sentences: perplexity {result['perplexity']:.2f}"
+        said = f"{model} on {result['samples']:,} test sentences of {dataset}: perplexity {result['perplexity']:.2f}"
         out.print(f"{said} over {result['tokens']:,} tokens", highlight=False, soft_wrap=True)
         return
     if reference is None:

@@ -247,7 +247,7 @@ def test_cli_sweep_plots_cosine_against_bytes(bert_dir, tmp_path):
     assert "cosine" in result.output and plot.stat().st_size > 0
     assert [r["budget"]["sparsity"] for r in json.loads(report.read_text())] == [0.3, 0.6]
     no_data = run("sweep", bert_dir, *options[:-2], "--out-dir", tmp_path / "t", "--plot", plot)
-    assert_one_line_error(no_data, "--data (fortunes for a Hugging Face model)")
+    assert_one_line_error(no_data, "--data (fortunes or a .txt file for a Hugging Face model)")
 
 
 @pytest.mark.parametrize("mode", sorted(hf.POOLINGS))

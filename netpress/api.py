@@ -1137,6 +1137,7 @@ def _measured_report(
         if prepared.test is not None:
             after = _evaluate(loaded(), prepared.test)
             report.update(dataset=prepared.dataset, accuracy_before=prepared.before.accuracy, accuracy_after=after.accuracy)
+            report["agreement"] = after.agreement(prepared.before)  # test inputs the file classifies as the original does
             per_class = {"before": prepared.before.to_dict()["per_class"], "after": after.to_dict()["per_class"]}
             report["per_class_accuracy"] = per_class  # a class the file lost shows here, not in the mean
         if prepared.preservation is not None:

@@ -350,25 +350,27 @@ def build_budget(ratio: float | None, sparsity: float | None, params: float | No
     return Budget(ratio=ratio, sparsity=sparsity, params=params)
 
 
-def _quality(report: dict) -> tuple[str, str]:
-    """The two measured columns of a report: accuracy before and after for a classifier; for an encoder, the
-    cosine and top-10 neighbour agreement of its embeddings with the uncompressed model's; for a causal language
-    model, its perplexity before and after."""
+def _quality(report: dict) -> tuple[str, ...]:
+    """The measured columns of a report (``_quality_columns``): for a classifier, accuracy before and after and
+    the share of test inputs it classifies as the original does; for an encoder, the cosine and top-10 neighbour
+    agreement of its embeddings with the uncompressed model's; for a causal language model, its perplexity before
+    and after and the share of tokens whose most likely next token is the original's."""
     if "fidelity" in report:
         return f"{report['fidelity']['cosine']:.4f}", f"{100 * report['fidelity']['top10']:.1f} %"
     if "perplexity" in report:
-        return f"{report['perplexity']['before']:.2f}", f"{report['perplexity']['after']:.2f}"
+        measured = report["perplexity"]
+        return f"{measured['before']:.2f}", f"{measured['after']:.2f}", f"{100 * measured['top1_agreement']:.1f} %"
     if hf.is_hf_source(report["source"]):
-        return "-", "-"
-    acc = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
-    return acc("accuracy_before"), acc("accuracy_after")
+        return ("-",) * len(_quality_columns([report]))
+    percent = lambda k: f"{100 * report[k]:.2f} %" if k in report else "-"  # noqa: E731
+    return percent("accuracy_before"), percent("accuracy_after"), percent("agreement")
 
 
-def _quality_columns(reports: list[dict]) -> tuple[str, str]:
+def _quality_columns(reports: list[dict]) -> tuple[str, ...]:
     sources = [r["source"].get(hf.SOURCE_KEY) for r in reports]
     if any(isinstance(s, dict) and str(s.get("class", "")).endswith("ForCausalLM") for s in sources):
-        return "ppl before", "ppl after"
-    return ("cosine", "top-10 agreement") if any(sources) else ("acc before", "acc after")
+        return "ppl before", "ppl after", "next token as before"
+    return ("cosine", "top-10 agreement") if any(sources) else ("acc before", "acc after", "as before")
 
 
 def _print_report(report: dict) -> None:
@@ -690,15 +692,18 @@ def eval_(
     ),
     arch: str | None = typer.Option(None, help="package.module:factory building the architecture"),
     reference: str | None = typer.Option(
-        None, help="a Hugging Face model's uncompressed directory: its tokenizer reads the text, its model is compared"
+        None,
+        help="the uncompressed model, compared with MODEL: a classifier's (any model source, with --arch if it needs one) "
+        "by the share of test inputs both classify alike; a Hugging Face model's directory (its tokenizer reads the text)",
     ),
     preservation_set: Path | None = typer.Option(
         None, help=f"your critical examples, measured too: a .safetensors file holding {PRESERVATION_KEYS}"
     ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Top-1 and per-class accuracy of a classifier on the test split; a Hugging Face encoder's fidelity to its
-    original, or a causal language model's perplexity next to its original's."""
+    """Top-1 and per-class accuracy of a classifier on the test split (with --reference, also the original's, and
+    how often the two agree); a Hugging Face encoder's fidelity to its original, or a causal language model's
+    perplexity next to its original's."""
     handle = api.load_model(model, arch)
     dataset = data if data is not None else handle.dataset
     if hf.is_hf_source(handle.source):
@@ -706,16 +711,21 @@ def eval_(
             raise DataError("--preservation-set holds a classifier's labelled inputs; a Hugging Face model reads sentences")
         _eval_encoder(model, handle, dataset or "fortunes", reference, as_json)
         return
-    if reference is not None:
-        raise DataError("--reference is for Hugging Face models, which are measured against their original")
     if dataset is None:
         raise DataError("pass --data to name the dataset to evaluate on")
     kept = None
     if preservation_set is not None:
         kept = api.resolve_dataset(load_preservation_set(preservation_set), input_shape=handle.input_shape)
     test = api.resolve_dataset(dataset, "test")
-    result = api.evaluate(handle.module, test).to_dict()
+    measured = api.evaluate(handle.module, test)
+    result = measured.to_dict()
     result.update(model=model, dataset=dataset)
+    if reference is not None:
+        original = api.load_model(reference, arch)
+        if hf.is_hf_source(original.source):
+            raise DataError(f"{model} is a classifier; --reference names the classifier it came from, not {reference!r}")
+        before = api.evaluate(original.module, test)
+        result.update(reference=reference, reference_accuracy=before.accuracy, agreement=measured.agreement(before))
     if kept is not None:
         shared = set(sample_digests(test))
         result["preservation"] = {
@@ -734,6 +744,13 @@ def eval_(
     table.add_row("[bold]all[/]", f"[bold]{100 * result['accuracy']:.2f} %[/]")
     out.print(table)
     out.print(f"{result['params']:,} parameters, {result['samples']:,} samples")
+    if reference is not None:
+        out.print(
+            f"{reference}: {100 * result['reference_accuracy']:.2f} %; the two classify {100 * result['agreement']:.2f} % "
+            "of the test inputs alike",
+            highlight=False,
+            soft_wrap=True,
+        )
     if kept is not None:
         out.print(f"your {len(kept):,} preservation examples: {100 * result['preservation']['accuracy']:.2f} %")
         _warn_test_overlap(result["preservation"])

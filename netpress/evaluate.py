@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -21,17 +21,25 @@ INFERENCE_BATCH = 128
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Top-1 accuracy (a fraction), per-class accuracy, and the evaluated model's parameter count."""
+    """Top-1 accuracy (a fraction), per-class accuracy, and the evaluated model's parameter count; ``predicted``
+    holds the top-1 class of every sample, so two models evaluated on the same data can be compared."""
 
     accuracy: float
     per_class: dict[int, float]
     params: int
     samples: int
+    predicted: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["per_class"] = {str(k): v for k, v in self.per_class.items()}
-        return d
+        d = {"accuracy": self.accuracy, "per_class": {str(k): v for k, v in self.per_class.items()}}
+        return {**d, "params": self.params, "samples": self.samples}
+
+    def agreement(self, other: Evaluation) -> float:
+        """The share of samples on which this model's top-1 class is ``other``'s (both evaluated on the same data):
+        how closely a compressed model follows its original, right or wrong."""
+        if self.predicted is None or other.predicted is None or self.predicted.shape != other.predicted.shape:
+            raise DataError("agreement compares two evaluations of the same data, each with its predictions")
+        return float((self.predicted == other.predicted).double().mean())
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,7 @@ def _evaluate(model: nn.Module, dataset: Dataset, batch_size: int) -> Evaluation
     model.eval()
     correct: dict[int, int] = {}
     seen: dict[int, int] = {}
+    predicted = []
     n = len(dataset)  # type: ignore[arg-type]
     with progress_bar() as progress:
         task = progress.add_task("evaluating", total=n)
@@ -141,9 +150,10 @@ def _evaluate(model: nn.Module, dataset: Dataset, batch_size: int) -> Evaluation
             if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
                 raise DataError(f"labels must be class indices 0..{logits.shape[1] - 1}, one per sample, for this model")
             pred = logits.argmax(dim=1)
+            predicted.append(pred)
             for label, ok in zip(y.tolist(), (pred == y).tolist()):
                 seen[label] = seen.get(label, 0) + 1
                 correct[label] = correct.get(label, 0) + int(ok)
             progress.update(task, advance=len(y))
     per_class = {c: correct[c] / seen[c] for c in sorted(seen)}
-    return Evaluation(sum(correct.values()) / n, per_class, count_params(model), n)
+    return Evaluation(sum(correct.values()) / n, per_class, count_params(model), n, torch.cat(predicted))

@@ -76,7 +76,10 @@ def test_compress_inspect_eval_decompress(tmp_path):
     info = json.loads(run("inspect", press, "--json").output)
     assert info["file_bytes"] == press.stat().st_size
     evaluated = json.loads(run("eval", press, "--json").output)
-    assert evaluated["accuracy"] == rep["accuracy_after"]
+    assert evaluated["accuracy"] == rep["accuracy_after"] and 0.9 < rep["agreement"] < 1
+    compared = json.loads(run("eval", press, "--reference", "zoo:lenet300", "--json").output)
+    assert (compared["agreement"], compared["reference_accuracy"]) == (rep["agreement"], rep["accuracy_before"])
+    assert "classify 9" in run("eval", press, "--reference", "zoo:lenet300").output
     assert evaluated["per_class"] == rep["per_class_accuracy"]["after"] and len(rep["per_class_accuracy"]["before"]) == 10
     assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

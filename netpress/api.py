@@ -85,6 +85,7 @@ from netpress.methods.base import (
     check_budget,
     check_labels,
     check_model,
+    check_tensors_only,
     compressible_weights,
     first_non_finite,
     kept_layers,
@@ -110,6 +111,9 @@ class ModelHandle:
     # fp32 bytes of the model before netpress's first stage, for a model read from a .press file: a
     # ratio against the reloaded model alone would hide what the earlier stages (a fold) removed.
     first_original_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        check_tensors_only(self.module.state_dict())  # whatever made the handle: a .press file holds tensors only
 
 
 DEFAULT_CALIB = 1024  # calibration samples drawn from the training split when the caller names no number
@@ -457,10 +461,15 @@ def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: 
     for budget in (_with_source(b, handle) for b in ratios):
         if smallest is not None and smallest > budget.target_bytes():
             shown = f"{setting} {extreme:.6g}" if setting == "sparsity" else f"{extreme} {setting}"
+            best = math.floor(budget.reference_bytes / smallest * 100) / 100
+            advice = (
+                f"ask for at most {best:g}x"
+                if best > 1
+                else "no ratio above 1 is reachable: the file's fixed costs (header, raw tensors) outweigh the model"
+            )
             raise BudgetError(
                 f"a {budget.ratio:g}x ratio is out of reach for {' + '.join(m.name for m in methods)}: even at {shown} "
-                f"the file takes {smallest:,} bytes, over the {budget.target_bytes():,} allowed; "
-                f"ask for at most {math.floor(budget.reference_bytes / smallest * 100) / 100:g}x"
+                f"the file takes {smallest:,} bytes, over the {budget.target_bytes():,} allowed; {advice}"
             )
 
 
@@ -792,11 +801,11 @@ def press(
     """Compress, write the file, and measure it: the one-call pipeline behind the CLI and benchmarks.
 
     Accuracy after compression is measured on the model loaded back from the written file.
-    Calibration samples come from the training split (``calib`` of them: by default ``DEFAULT_CALIB``, or the
-    whole split for a method that retrains); evaluation uses the test split. ``data``: a dataset name, a
-    .safetensors data file, or your own ``(train, test)`` pair of map-style torch Datasets of (input, label); for a
-    Hugging Face model ``fortunes``, a .txt file of your text (one text per line), or a ``(train, test)`` pair of lists
-    of texts.
+    Calibration samples come from the training split (``calib`` of them: by default ``DEFAULT_CALIB`` or the
+    whole split if smaller, and the whole split for a method that retrains); evaluation uses the test split.
+    ``data``: a dataset name, a .safetensors data file, or your own ``(train, test)`` pair of map-style torch
+    Datasets of (input, label); for a Hugging Face model ``fortunes``, a .txt file of your text (one text per
+    line), or a ``(train, test)`` pair of lists of texts.
     ``preservation``: your critical examples (a .safetensors file holding ``PRESERVATION_KEYS``, or a labelled
     torch Dataset), measured before and after like the test split (``report["preservation"]``, which counts
     those that are also in the test split) and guarded by self-compression, which refuses them in the test split.
@@ -821,16 +830,18 @@ def _data_name(data: str | os.PathLike | tuple | None) -> str | tuple | None:
 
 
 def _with_input_shape(handle: ModelHandle, data: str | None) -> ModelHandle:
-    """A user's model declares no input shape: take a sample's from the dataset ``data`` names, so that
-    fold can trace it."""
+    """A user's model declares no input shape: take a sample's shape and dtype from the dataset ``data`` names,
+    so that fold can trace it."""
     if handle.input_shape is not None or hf.is_hf_source(handle.source):
         return handle
     if isinstance(data, tuple):
-        _, test = _own_datasets(data)
-        return replace(handle, input_shape=tuple(test[0][0].shape))
-    if not isinstance(data, str) or is_text_data(data):
+        sample = _own_datasets(data)[1][0][0]
+    elif isinstance(data, str) and not is_text_data(data):
+        sample = resolve_dataset(data, "test")[0][0]
+    else:
         return handle
-    return replace(handle, input_shape=tuple(resolve_dataset(data, "test")[0][0].shape))
+    dtype = None if sample.dtype == torch.float32 else str(sample.dtype).removeprefix("torch.")  # token ids, float64
+    return replace(handle, input_shape=tuple(sample.shape), input_dtype=dtype)
 
 
 OWN_DATASETS = "your (train, test) datasets"  # the report's name for them
@@ -983,7 +994,7 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         else:
             train = resolve_dataset(name, "train", handle.input_shape)
         if calib is None:
-            calib = len(train) if any(m.needs == "training" for m in methods) else DEFAULT_CALIB
+            calib = len(train) if any(m.needs == "training" for m in methods) else min(DEFAULT_CALIB, len(train))
         prepared.calibration = calibration_subset(train, calib, seed)
     with kept_modes(handle.module):  # one sample through the model: data it cannot take fails before any work
         if text:

@@ -135,8 +135,8 @@ KEEP_HELP = (
     "'layer3.*'); the targets count the other layers' weights; fcpts, l2 and the retraining methods still tune them"
 )
 CALIB_HELP = (
-    f"calibration samples from the training split (default {api.DEFAULT_CALIB}; sws and self-compress retrain on the whole split "
-    "unless this says fewer)"
+    f"calibration samples from the training split (default {api.DEFAULT_CALIB}, or the whole split if it is smaller; sws and "
+    "self-compress retrain on the whole split unless this says fewer)"
 )
 CLIP_HELP = "uniform grid range: max (the largest weight) or mse (clipped where the rounding error is least; 4-5 bits)"
 
@@ -450,7 +450,8 @@ def _print_report(report: dict) -> None:
     if report.get("kept_layers"):
         err.print(f"note: kept uncompressed, by request: {', '.join(report['kept_layers'])}", highlight=False, soft_wrap=True)
     if report["uncompressed_layers"]:
-        layers = ", ".join(f"{name} ({v['type']}, {v['params']:,} weights)" for name, v in report["uncompressed_layers"].items())
+        listed = report["uncompressed_layers"].items()
+        layers = ", ".join(f"{name or 'the model itself'} ({v['type']}, {v['params']:,} weights)" for name, v in listed)
         err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)
 
 

@@ -83,7 +83,7 @@ def test_press_calibrates_on_the_training_lines_and_measures_on_the_held_out_one
     assert len(report["calibration"]["indices"]) == 64 and max(report["calibration"]["indices"]) < 400
     assert netpress.perplexity(api.load_model(tmp_path / "f.press"), handle, str(corpus)) == report["perplexity"]
     with pytest.raises(DataError, match="training split has only 400"):
-        api.press(handle, FCPTS(iterations=1), Budget(sparsity=0.5), out=tmp_path / "g.press", data=corpus)
+        api.press(handle, FCPTS(iterations=1), Budget(sparsity=0.5), out=tmp_path / "g.press", data=corpus, calib=1000)
     assert not (tmp_path / "g.press").exists()
 
 

@@ -9,11 +9,13 @@ its bit depths have set to zero with this.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from netpress.errors import UnsupportedModelError, one_line
 from netpress.graph.groups import CHANNEL_LAYERS, ChannelGroup, channel_groups, forward_once, select_channels
 
 
@@ -25,12 +27,32 @@ class Cut:
     kept: torch.Tensor
 
 
-@torch.no_grad()
 def cut_dead_channels(model: nn.Module, example: torch.Tensor) -> list[Cut]:
     """Cut, in place, the channels of ``model`` whose producers' weights are all zero and whose value every
     consumer reads as a zero, or as a constant it can absorb into its bias; one channel of a group always
     stays. ``example``: inputs to trace the model and read the constants with, in eval mode (the model is
-    left in it)."""
+    left in it).
+
+    The cut is tried on a copy first: where the forward pass holds a width tracing does not see (a view to a
+    fixed width, a buffer sized by the channels), the cut model would not run, and ``model`` is left whole
+    (UnsupportedModelError says why)."""
+    trial = copy.deepcopy(model)
+    if not _cut(trial, example):
+        return []
+    try:
+        forward_once(trial, example)
+    except Exception as exc:  # whatever the user's forward raises, the cause is the cut channels
+        raise UnsupportedModelError(
+            f"with its dead channels cut the model no longer runs ({type(exc).__name__}: {one_line(exc)}): something "
+            "the channel tracing does not see, e.g. a reshape or a buffer sized by a layer's channels, expects the old width"
+        ) from exc
+    del trial
+    return _cut(model, example)
+
+
+@torch.no_grad()
+def _cut(model: nn.Module, example: torch.Tensor) -> list[Cut]:
+    """``cut_dead_channels`` without the check that the cut model runs."""
     groups = [g for g in channel_groups(model, example) if g.reason is None]
     seen = _consumer_inputs(model, groups, example)
     cuts = []

@@ -156,6 +156,11 @@ def _unsupported(module: nn.Module, node_type: OPTYPE, role: Role | None) -> str
         )
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "transposed convolutions are not supported"
+    if role == "norm" and module.running_var is None:
+        return (
+            f"{_a(type(module).__name__)} without running statistics (track_running_stats=False) normalises by each "
+            "batch's own; only BatchNorm layers with running statistics are supported"
+        )
     return None
 
 
@@ -247,7 +252,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
 
 def _block_layout(module: nn.Module, role: Role, idxs: list[int], roots: list[int], n: int) -> tuple[int, str | None]:
     """Channel c must own indices [c·e, (c+1)·e) of the whole axis; return e, or why not."""
-    size = module.weight.shape[1 if role == "consumer" else 0]
+    size = module.num_features if role == "norm" else module.weight.shape[1 if role == "consumer" else 0]
     if len(idxs) != size or size % n:
         side = "input" if role == "consumer" else "output"
         return 1, f"its {side} of width {size} does not hold the group's {n} channels whole (a slice, concatenation or split)"
@@ -276,6 +281,9 @@ def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 def _resize_attrs(module: nn.Module, role: Role) -> None:
     """Keep the constructor attributes in step with the new weight shape."""
+    if role == "norm":
+        module.num_features = module.running_mean.shape[0]  # a BatchNorm without affine parameters has no weight
+        return
     shape = module.weight.shape
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = shape[0], shape[1]
@@ -283,8 +291,6 @@ def _resize_attrs(module: nn.Module, role: Role) -> None:
         if module.groups > 1:  # depthwise (the only grouped kind a group holds): one group per channel
             module.groups = shape[0]
         module.out_channels, module.in_channels = shape[0], shape[1] * module.groups
-    elif role == "norm":
-        module.num_features = shape[0]
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ _AXIS_ATTRS: dict[type, dict[str, tuple[str, ...]]] = {
     nn.Conv3d: {"weight": ("out_channels", "in_channels"), "bias": ("out_channels",)},
     nn.BatchNorm1d: {k: ("num_features",) for k in ("weight", "bias", "running_mean", "running_var")},
     nn.BatchNorm2d: {k: ("num_features",) for k in ("weight", "bias", "running_mean", "running_var")},
+    nn.BatchNorm3d: {k: ("num_features",) for k in ("weight", "bias", "running_mean", "running_var")},
     nn.LayerNorm: {"weight": ("normalized_shape",), "bias": ("normalized_shape",)},
     nn.Embedding: {"weight": ("num_embeddings", "embedding_dim")},
 }

@@ -182,6 +182,17 @@ def refuse_tied(model: nn.Module, method: str) -> None:
         )
 
 
+def check_tensors_only(state: dict) -> None:
+    """Refuse a state dict with values other than tensors: a module's ``get_extra_state``, which a .press file,
+    holding tensors and no pickle, cannot store."""
+    extra = [name for name, value in state.items() if not isinstance(value, torch.Tensor)]
+    if extra:
+        raise UnsupportedModelError(
+            f"{extra[0]} is {type(state[extra[0]]).__name__} extra state (the module's get_extra_state), not a tensor; a "
+            ".press file stores tensors only (no pickle): drop the module's get_extra_state, or keep that state apart"
+        )
+
+
 def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Parameter]:
     """Refuse models a weight-stage method cannot work on; return their compressible weights (a weight tied
     under several names once, under its first layer's name).
@@ -189,6 +200,7 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
     ``trains``: the method optimises the weights by gradient (FCPTS, L²), which an Embedding with
     ``sparse=True`` (sparse gradients) does not allow."""
     state = model.state_dict()
+    check_tensors_only(state)
     for name, tensor in state.items():
         if tensor.is_meta:
             raise UnsupportedModelError(f"{name} is on the meta device and holds no values; load the trained weights first")
@@ -348,8 +360,9 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's BatchNorm layers (1d, 2d, 3d, synced), in module order."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """The model's BatchNorm layers (1d, 2d, 3d, synced) that keep running statistics, in module order: one
+    built with ``track_running_stats=False`` normalises by each batch's own, with nothing to re-estimate."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
 
 
 def running_statistics(model: nn.Module, run: Callable[[], object]) -> None:

@@ -241,7 +241,10 @@ def repair_ar(model: nn.Module, plans: list[GroupPlan]) -> None:
                     cos = rows[members] @ rows[members].T
                     rho = float((cos.sum() - n) / (n * (n - 1)))
                     scale[j] = math.sqrt(n / (1 + (n - 1) * min(max(rho, 0.0), 1.0)))
-            norm.weight.mul_(scale.to(norm.weight.dtype))
+            if norm.weight is not None:
+                norm.weight.mul_(scale.to(norm.weight.dtype))
+            else:  # no γ to scale (affine=False): the same change of the output, through σ = √(var + eps)
+                norm.running_var.copy_((norm.running_var + norm.eps) / scale.to(norm.running_var.dtype) ** 2 - norm.eps)
 
 
 def repair(
@@ -377,8 +380,8 @@ class _GroupReduction:
         check_model(model)
         if self.repair != "none" and not batchnorm_layers(model):
             raise UnsupportedModelError(
-                f"the {self.repair} repair corrects BatchNorm statistics and this model has no BatchNorm layer; "
-                "use repair='none' (CLI: --repair none)"
+                f"the {self.repair} repair corrects BatchNorm statistics and this model has no BatchNorm layer with "
+                "running statistics; use repair='none' (CLI: --repair none)"
             )
         if self.repair == "data" and data is None:
             raise DataError("the data repair needs a calibration subset of the training split")

@@ -1,0 +1,165 @@
+"""Architectures users bring that the zoo lacks: BatchNorm variants, 3-d convolutions, token-id inputs, extra
+state, fixed-width reshapes, tiny models. Each is compressed into a file that loads back, or refused in one
+line that says why."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+import netpress
+from netpress import Budget, api
+from netpress.errors import BudgetError, UnsupportedModelError
+from netpress.evaluate import predict
+from netpress.methods import FCPTS, ChannelL1, Fold, SelfCompression, UniformQuantization
+
+IMAGE = (1, 8, 8)
+
+
+def _cnn(norm: nn.Module, dims: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool3d(1)
+    model = nn.Sequential(conv(1, 8, 3), norm, nn.ReLU(), conv(8, 8, 3), pool, nn.Flatten(), nn.Linear(8, 10)).eval()
+    if norm.running_var is not None:  # statistics a trained model would have
+        with torch.no_grad():
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+    return model
+
+
+def _data(shape: tuple[int, ...], n: int = 256, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, *shape, generator=generator), torch.randint(10, (n,), generator=generator)
+    return TensorDataset(x[: n * 3 // 4], y[: n * 3 // 4]), TensorDataset(x[n * 3 // 4 :], y[n * 3 // 4 :])
+
+
+def _round_trip(model: nn.Module, method, budget, path, data=None, built=None) -> nn.Module:
+    """Press ``model`` and load the file back into a fresh ``built()``; the loaded model runs as the report says."""
+    report = netpress.press(model, method, budget, out=path, data=data)
+    loaded = netpress.load(path, model=built() if built else None)
+    assert report["params_after"] == sum(p.numel() for p in loaded.parameters())
+    return loaded
+
+
+@pytest.mark.parametrize("repair", ["none", "ar", "data"])
+def test_a_batchnorm_without_affine_parameters_folds_as_one_with_unit_scale(repair, tmp_path):
+    plain = lambda: _cnn(nn.BatchNorm2d(8, affine=False))  # noqa: E731
+    affine = _cnn(nn.BatchNorm2d(8))
+    affine[1].load_state_dict({**plain()[1].state_dict(), "weight": torch.ones(8), "bias": torch.zeros(8)})
+    data = _data(IMAGE)
+    fold = Fold(repair=repair, input_shape=IMAGE)
+    folded = _round_trip(plain(), fold, Budget(params=0.3), tmp_path / "p.press", data, plain)
+    assert folded[1].num_features == folded[0].out_channels < 8
+    if repair == "ar":  # with no γ to scale, the correction goes into σ (γ = 1 and β = 0 are features too, so ρ̄ differs)
+        assert not torch.allclose(folded[1].running_var, torch.full_like(folded[1].running_var, 1 - folded[1].eps))
+    else:
+        reference = _round_trip(affine, fold, Budget(params=0.3), tmp_path / "a.press", data, lambda: _cnn(nn.BatchNorm2d(8)))
+        x = data[1].tensors[0]
+        torch.testing.assert_close(predict(folded, x), predict(reference, x), rtol=1e-4, atol=1e-5)
+    loaded = _round_trip(plain(), ChannelL1(input_shape=IMAGE), Budget(params=0.3), tmp_path / "c.press", built=plain)
+    assert loaded[1].num_features == loaded[0].out_channels < 8
+
+
+def test_a_batchnorm_without_running_statistics_is_left_alone_and_its_repair_refused(tmp_path):
+    model = _cnn(nn.BatchNorm2d(8, track_running_stats=False))
+    compressed = netpress.compress(model, ChannelL1(input_shape=IMAGE), Budget(params=0.2))
+    reasons = [row.get("reason", "") for row in compressed.details["layers"]["channel-l1"]]
+    assert any("without running statistics (track_running_stats=False)" in r for r in reasons)
+    with pytest.raises(UnsupportedModelError, match="no BatchNorm layer with running statistics; use repair='none'"):
+        netpress.compress(model, Fold(repair="ar", input_shape=IMAGE), Budget(params=0.2))
+
+
+def test_a_folded_conv3d_with_batchnorm3d_loads_back(tmp_path):
+    model = _cnn(nn.BatchNorm3d(8), dims=3)
+    shape = (1, 6, 6, 6)
+    loaded = _round_trip(
+        model, Fold(input_shape=shape), Budget(params=0.3), tmp_path / "f.press", built=lambda: _cnn(nn.BatchNorm3d(8), 3)
+    )
+    assert loaded[1].num_features == loaded[0].out_channels < 8
+    compressed = netpress.compress(model, Fold(input_shape=shape), Budget(params=0.3))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in compressed.state_dict().items())
+
+
+class _Bag(nn.Module):
+    """A bag of token embeddings: its inputs are int64 ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding, self.hidden, self.out = nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.hidden(self.embedding(x).mean(1))))
+
+
+def test_fold_traces_your_model_with_inputs_of_your_datasets_dtype(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(50, (160, 12), generator=generator), torch.randint(10, (160,), generator=generator)
+    data = (TensorDataset(ids[:128], labels[:128]), TensorDataset(ids[128:], labels[128:]))
+    report = netpress.press(_Bag().eval(), Fold(), Budget(params=0.1), out=tmp_path / "b.press", data=data)
+    assert report["params_after"] < report["params_before"] and 0 <= report["agreement"] <= 1
+
+
+class _Versioned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+    def get_extra_state(self) -> dict:
+        return {"version": 3}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.version = state["version"]
+
+
+def test_extra_state_is_refused_by_name_before_any_work(tmp_path):
+    with pytest.raises(UnsupportedModelError, match=r"^_extra_state is dict extra state .* stores tensors only"):
+        netpress.press(_Versioned(), UniformQuantization(8), out=tmp_path / "v.press")
+    with pytest.raises(UnsupportedModelError, match=r"^2\._extra_state is dict extra state"):
+        api.ModelHandle(nn.Sequential(nn.Flatten(), nn.Linear(64, 64), _Versioned()))
+    with pytest.raises(UnsupportedModelError, match="get_extra_state"):
+        netpress.compress(_Versioned(), FCPTS(), Budget(sparsity=0.5))
+    assert not list(tmp_path.iterdir())
+
+
+class _FixedWidth(nn.Module):
+    """A view to a width the channel tracing does not see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.conv2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.conv2(F.relu(self.conv(x)))).mean((2, 3)).view(-1, 16))
+
+
+def test_self_compression_keeps_the_channels_of_a_model_that_would_not_run_without_them(tmp_path):
+    model = _FixedWidth().eval()
+    with torch.no_grad():
+        model.conv2.weight[:8] = 0  # dead channels to cut
+        model.conv2.bias[:8] = 0
+    method = SelfCompression(steps=5, batch_size=32, preserve=8)
+    report = netpress.press(model, method, out=tmp_path / "s.press", data=_data(IMAGE))
+    (cut,) = report["layers"]["self-compress"][0]["cut"]
+    assert cut["reason"].startswith("no channel cut: with its dead channels cut the model no longer runs (RuntimeError")
+    assert report["params_after"] == report["params_before"]
+
+
+def test_the_default_calibration_is_the_whole_training_split_when_it_is_smaller(tmp_path):
+    report = netpress.press(
+        _cnn(nn.BatchNorm2d(8)), FCPTS(iterations=2), Budget(sparsity=0.5), out=tmp_path / "f.press", data=_data(IMAGE, 200)
+    )
+    assert report["calibration"]["n"] == 150
+
+
+def test_a_ratio_no_file_can_reach_says_so_instead_of_advising_one_below_one(tmp_path):
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Linear(8, 2))
+    with pytest.raises(BudgetError, match="no ratio above 1 is reachable: the file's fixed costs"):
+        netpress.press(tiny, UniformQuantization(), Budget(ratio=2), out=tmp_path / "t.press")

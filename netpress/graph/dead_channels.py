@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netpress.errors import UnsupportedModelError, one_line
-from netpress.graph.groups import CHANNEL_LAYERS, ChannelGroup, channel_groups, forward_once, select_channels
+from netpress.graph.groups import CHANNEL_LAYERS, ChannelGroup, channel_groups, check_still_runs, forward_once, select_channels
 
 
 @dataclass(frozen=True)
@@ -39,13 +38,7 @@ def cut_dead_channels(model: nn.Module, example: torch.Tensor) -> list[Cut]:
     trial = copy.deepcopy(model)
     if not _cut(trial, example):
         return []
-    try:
-        forward_once(trial, example)
-    except Exception as exc:  # whatever the user's forward raises, the cause is the cut channels
-        raise UnsupportedModelError(
-            f"with its dead channels cut the model no longer runs ({type(exc).__name__}: {one_line(exc)}): something "
-            "the channel tracing does not see, e.g. a reshape or a buffer sized by a layer's channels, expects the old width"
-        ) from exc
+    check_still_runs(trial, example, "with its dead channels cut")
     del trial
     return _cut(model, example)
 

@@ -114,6 +114,19 @@ def forward_once(model: nn.Module, example_inputs: torch.Tensor | dict) -> None:
         model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
 
 
+def check_still_runs(model: nn.Module, example_inputs: torch.Tensor | dict, changed: str, advice: str = "") -> None:
+    """The model with changed channels must still run: a buffer or an operation the channel graph does not see (a
+    mask sized by the channels, a view to a fixed width) can still expect the old widths. ``changed`` says what
+    changed ("after fold"), ``advice`` ends the message."""
+    try:
+        forward_once(model, example_inputs)
+    except Exception as exc:  # whatever the user's forward raises, the cause is the changed channels
+        raise UnsupportedModelError(
+            f"{changed} the model no longer runs ({type(exc).__name__}: {one_line(exc)}): something the channel tracing "
+            f"does not see, e.g. a buffer or a reshape sized by a layer's channels, still expects the old width{advice}"
+        ) from exc
+
+
 def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set[nn.Module]:
     """The layers one forward pass calls more than once: a layer fed its own output couples its input and
     output channels, which a group's plan does not follow."""

@@ -27,14 +27,14 @@ from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed, check_whole, one_line
+from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed, check_whole
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
     CHANNEL_LAYERS,
     ChannelGroup,
     ParamCounter,
     channel_groups,
-    forward_once,
+    check_still_runs,
     group_features,
     standardize_norms,
     transform_group,
@@ -276,20 +276,6 @@ def _foldable(groups: list, model: nn.Module) -> list:
     return foldable
 
 
-def _check_still_runs(model: nn.Module, example: torch.Tensor | dict, method: str) -> None:
-    """The reduced model must run: a buffer or an operation the channel graph does not see (a mask sized
-    by the channels, a view with a fixed width) can still expect the old widths."""
-    try:
-        forward_once(model, example)
-    except Exception as exc:  # whatever the user's forward raises, the cause is the removed channels
-        raise UnsupportedModelError(
-            f"after {method} the model no longer runs ({type(exc).__name__}: {one_line(exc)}): something "
-            "the channel tracing does not see, e.g. a buffer or a reshape sized by a layer's channels, still expects "
-            f"the old width; {method} supports channels that flow through Linear, Conv and BatchNorm layers and "
-            "element-wise operations"
-        ) from exc
-
-
 def _params_limit(before: int, budget: Budget) -> int:
     """The most parameters the changed model may keep, of the ``before`` it has."""
     return before - round(budget.params * before)
@@ -370,7 +356,10 @@ class _GroupReduction:
         # Rows in the model's layer order (tracing order puts e.g. fc2 before fc1), for reports and plots.
         position = {name: i for i, (name, _) in enumerate(model.named_modules())}
         rows.sort(key=lambda r: min((position.get(p, len(position)) for p in r["producers"]), default=len(position)))
-        _check_still_runs(reduced, example, self.name)
+        advice = (
+            f"; {self.name} supports channels that flow through Linear, Conv and BatchNorm layers and element-wise operations"
+        )
+        check_still_runs(reduced, example, f"after {self.name}", advice)
         after = count_params(reduced)
         rows.append({"group": "total", "params_before": before, "params_after": after, "params_removed": 1 - after / before})
         return reduced, plans, rows

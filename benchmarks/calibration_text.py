@@ -95,18 +95,18 @@ def main() -> None:
                     }
                     print(row, flush=True)
                     rows.append(row)
-    write_result(
-        "calibration-text",
-        {
-            "description": "FCPTS and L² calibrated on the model's own kind of text (fortunes) or on unrelated text "
-            f"(the {len(licences):,} distinct lines of this machine's Debian copyright files, SHA-256 {digest[:16]}…, "
-            "read from a .txt file as `--data my.txt` reads it), each measured on the 2,000 test fortunes from the "
-            "written file.",
-            "columns": COLUMNS,
-            "notes": notes(rows),
-            "rows": rows,
-        },
-    )
+                    write_result(  # after every row: a run cut short keeps what it measured
+                        "calibration-text",
+                        {
+                            "description": "FCPTS and L² calibrated on the model's own kind of text (fortunes) or on "
+                            f"unrelated text (the {len(licences):,} distinct lines of this machine's Debian copyright "
+                            f"files, SHA-256 {digest[:16]}…, read from a .txt file as `--data my.txt` reads it), each "
+                            "measured on the 2,000 test fortunes from the written file.",
+                            "columns": COLUMNS,
+                            "notes": notes(rows),
+                            "rows": rows,
+                        },
+                    )
     regenerate_results_md()
 
 

@@ -78,7 +78,6 @@ from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_param
 from netpress.evaluate import evaluate as _evaluate
 from netpress.methods import METHODS
 from netpress.methods.base import (
-    COMPRESSIBLE_LAYERS,
     KEPT,
     LayerwiseMethod,
     Method,
@@ -88,6 +87,7 @@ from netpress.methods.base import (
     check_tensors_only,
     compressible_weights,
     first_non_finite,
+    is_compressible,
     kept_layers,
     method_record,
     one_at_a_time,
@@ -539,7 +539,7 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
             "included: fold in one run, then compress the file with keep in the next"
         )
     modules = handle.module.named_modules(remove_duplicate=False)  # a layer under two names answers to both
-    layers = [name for name, module in modules if isinstance(module, COMPRESSIBLE_LAYERS)]
+    layers = [name for name, module in modules if is_compressible(module)]
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
             shown = ", ".join(layers[:12]) + (", …" if len(layers) > 12 else "")

@@ -396,8 +396,14 @@ def _tokenizer(path: Path):
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """A causal language model (transformers' ``...ForCausalLM`` classes): measured by its next-token predictions."""
-    return type(model).__name__.endswith("ForCausalLM")
+    """A causal language model: measured by its next-token predictions."""
+    return is_causal_lm_class(type(model).__name__)
+
+
+def is_causal_lm_class(name: str) -> bool:
+    """A causal language model's class name: transformers' ``...ForCausalLM``, and the ``...LMHeadModel`` GPT-2 and its
+    kin name."""
+    return name.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 def text_reader(path: Path, model: nn.Module) -> TextEncoder | TokenPredictor:

@@ -12,8 +12,8 @@ from netpress import api, hf
 from netpress.budget import Budget
 from netpress.data import calibration_subset
 from netpress.data.text import Sentences, load_sentences
-from netpress.errors import DataError
-from netpress.methods import FCPTS, L2, MagnitudePruning
+from netpress.errors import DataError, UnsupportedModelError
+from netpress.methods import FCPTS, L2, Fold, MagnitudePruning, UniformQuantization
 from netpress.methods.teacher import TokenTeacher, teacher_for
 from tests.test_cli import assert_one_line_error, run
 from tests.test_hf import WORDS, fortunes  # noqa: F401  (the fortunes fixture: sentences of the tiny vocabulary)
@@ -22,7 +22,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 
-def _save_tiny_llama(folder, tied: bool = False):
+def _save_word_tokenizer(folder) -> int:
+    """A word-level tokenizer of the tiny vocabulary, beginning each sentence with <s>; returns its size."""
     vocab = ["<unk>", "<s>", "</s>", *WORDS]
     model = tokenizers.models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>")
     tokenizer = tokenizers.Tokenizer(model)
@@ -30,9 +31,14 @@ def _save_tiny_llama(folder, tied: bool = False):
     tokenizer.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(folder)
+    return len(vocab)
+
+
+def _save_tiny_llama(folder, tied: bool = False):
+    vocab = _save_word_tokenizer(folder)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=len(vocab),
+        vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -170,3 +176,23 @@ def test_a_tied_embedding_is_coded_once_and_the_file_is_the_methods_model(tmp_pa
     assert torch.equal(loaded.lm_head.weight, compressed.state_dict()["model.embed_tokens.weight"])
     if method.name != "l2":  # L²'s ratio target sizes the file press writes, so apply alone codes another way
         assert torch.equal(loaded.lm_head.weight, result.model.lm_head.weight)
+
+
+def test_gpt2_is_a_causal_lm_whose_conv1d_layers_are_coded(tmp_path):
+    folder = tmp_path / "gpt2"
+    vocab = _save_word_tokenizer(folder)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    handle = api.load_model(folder)
+    assert isinstance(handle.encoder, hf.TokenPredictor)
+    coded = netpress.methods.compressible_weights(handle.module)
+    assert "transformer.h.0.attn.c_attn.weight" in coded and "transformer.h.1.mlp.c_proj.weight" in coded
+    settings = ((UniformQuantization(8, per_channel=True), None), (FCPTS(iterations=3, batch_size=16), Budget(sparsity=0.5)))
+    for method, budget in settings:
+        report = api.press(handle, method, budget, out=tmp_path / "g.press", data="fortunes", calib=64 if budget else None)
+        assert report["uncompressed_layers"] == {} and report["perplexity"]["after"] > 0
+        assert netpress.perplexity(api.load_model(tmp_path / "g.press"), handle) == report["perplexity"]
+    assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(UnsupportedModelError, match="channel tracing .* cannot follow"):
+        api.compress(handle, Fold(), Budget(params=0.1))

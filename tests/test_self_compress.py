@@ -176,6 +176,12 @@ def test_a_ratio_target_is_met_on_the_written_file(train, trained, ratio):
     assert compressed.details["layers"]["self-compress"][0]["allowed_bit_depth"] > 0
 
 
+def test_a_loose_ratio_stops_at_the_finest_grids_the_codec_codes(train, trained):
+    compressed = compress(trained, replace(FAST, steps=10), Budget(ratio=1.0001), data=train)
+    most = max(row["levels"] for row in compressed.details["layers"]["self-compress"])
+    assert most <= 2**16 and len(netpress.codec.to_bytes(compressed)) <= netpress.api.fp32_bytes(trained) / 1.0001
+
+
 def test_an_unreachable_ratio_is_refused_before_training(trained):
     with pytest.raises(BudgetError, match="ask for at most"):
         SelfCompression().check_target(trained, Budget(ratio=1000.0))

@@ -23,7 +23,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
-from netpress.errors import DataError, UnsupportedModelError, one_line
+from netpress.errors import DataError, NetpressError, UnsupportedModelError, one_line
 
 Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
@@ -199,7 +199,15 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     hidden = {sub for block in opaque for sub in block.modules() if sub is not block}
     reused = _reused_layers(traced, example_inputs)
     with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(traced, example_inputs, output_transform=_traced_output, verbose=False)
+        try:
+            graph = tp.DependencyGraph().build_dependency(traced, example_inputs, output_transform=_traced_output, verbose=False)
+        except NetpressError:
+            raise
+        except Exception as exc:  # Torch-Pruning's tracer met an operation it cannot follow
+            raise UnsupportedModelError(
+                f"the channel tracing (Torch-Pruning) cannot follow this model's forward pass ({type(exc).__name__}: "
+                f"{one_line(exc)}); the weight-coding methods (magnitude, uniform, kmeans, fcpts, l2) do not trace it"
+            ) from exc
     groups: list[ChannelGroup] = []
     seen: set[nn.Module] = set()
     for module in graph.module2node:

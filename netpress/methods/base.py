@@ -32,6 +32,15 @@ DataNeed = Literal["none", "calibration", "training"]
 # Layers whose weight the weight stage compresses; every other tensor is stored raw. An embedding
 # table is a weight matrix like any other, and in a language model it is often the largest one.
 COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+COMPRESSIBLE_NAMES = ", ".join([*(t.__name__ for t in COMPRESSIBLE_LAYERS), "transformers' Conv1D (GPT-2)"])
+
+
+def is_compressible(module: nn.Module) -> bool:
+    """Whether a weight stage codes the layer's weight: ``COMPRESSIBLE_LAYERS``, and transformers' ``Conv1D``, the
+    linear layer of GPT-2 and its kin (a weight stored (in, out), so its rows are input features). Recognised by
+    name, so that netpress does not import transformers for models without it."""
+    kind = type(module)
+    return isinstance(module, COMPRESSIBLE_LAYERS) or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
 
 
 @dataclass
@@ -124,11 +133,11 @@ def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
     embedding tied to its output layer, one layer used twice) is coded once, under its first layer: the
     file stores it under that name only, and loading ties the others to it. A layer the caller asked to
     keep (marked ``KEPT``) is left raw, and so is every layer sharing its weight."""
-    kept = {_weight_key(m) for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS) and getattr(m, KEPT, False)}
+    kept = {_weight_key(m) for m in model.modules() if is_compressible(m) and getattr(m, KEPT, False)}
     layers: dict[str, nn.Module] = {}
     seen = set(kept)
     for name, module in model.named_modules():
-        if isinstance(module, COMPRESSIBLE_LAYERS) and _weight_key(module) not in seen:
+        if is_compressible(module) and _weight_key(module) not in seen:
             seen.add(_weight_key(module))
             layers[name] = module
     return layers
@@ -142,7 +151,7 @@ def _weight_key(module: nn.Module) -> int:
 
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """``{state-dict name: weight}`` of every layer a weight stage codes (``COMPRESSIBLE_LAYERS``), in model order."""
+    """``{state-dict name: weight}`` of every layer a weight stage codes (``is_compressible``), in model order."""
     return {f"{name}.weight" if name else "weight": module.weight for name, module in _coded_layers(model).items()}
 
 
@@ -151,7 +160,7 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
     (an LSTM, attention's packed in-projection, a custom layer): they go into the
     file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
     if kinds is None:  # a layer whose weight is tied to a coded or kept one's is coded or kept with it
-        layers = [m for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS)]
+        layers = [m for m in model.modules() if is_compressible(m)]
         chosen = [*_coded_layers(model).values(), *(m for m in layers if getattr(m, KEPT, False))]
         weights = {_weight_key(m) for m in chosen}
         coded = {m for m in layers if _weight_key(m) in weights}
@@ -224,7 +233,7 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
                 )
         first: dict[int, str] = {}
         for name, module in model.named_modules(remove_duplicate=False):
-            if isinstance(module, COMPRESSIBLE_LAYERS) and first.setdefault(id(module), name) != name:
+            if is_compressible(module) and first.setdefault(id(module), name) != name:
                 raise UnsupportedModelError(
                     f"{first[id(module)]} is also {name}: one layer used twice, which the methods that train weights "
                     "do not support; give each use its own copy, or use a data-free method"
@@ -249,11 +258,9 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
         if weight.numel() == 0:
             raise UnsupportedModelError(f"{name} has no elements (shape {list(weight.shape)}); remove the empty layer first")
     if not weights:
-        kinds = ", ".join(t.__name__ for t in COMPRESSIBLE_LAYERS)
         found = ", ".join(f"{name or 'the model'} ({layer['type']})" for name, layer in uncompressed_layers(model).items())
-        raise UnsupportedModelError(
-            f"the model has no compressible layer{f'; its weights are in {found}' if found else ''}; supported: {kinds}"
-        )
+        where = f"; its weights are in {found}" if found else ""
+        raise UnsupportedModelError(f"the model has no compressible layer{where}; supported: {COMPRESSIBLE_NAMES}")
     return weights
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
+from netpress.codec.entropy import MAX_ALPHABET
 from netpress.data import Subset, check_dataset, check_not_test, dataset_sha256, stacked_examples
 from netpress.errors import BudgetError, DataError, NetpressError, check_flag, check_real, check_seed, check_whole, one_line
 from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
@@ -315,13 +316,16 @@ class _Run:
         """The finest shift of every live channel's grid (a bisection on the written file) that meets the target;
         with every channel at 0 bits the file is the smallest, which ``check_reachable`` found within it."""
         fits = self.fits
+        # The codec codes at most 2^16 levels a tensor: no channel's grid may pass 16 bits.
+        most = max(float(b.detach().max()) for b in self.bits.values())
+        ceiling = min(MAX_SHIFT, math.log2(MAX_ALPHABET) - most)
         if fits(0.0):
-            low, high = 0.0, 1.0
-            while fits(high):
-                low, high = high, 2 * high
-                if high > MAX_SHIFT:
-                    self.shift = low
-                    return
+            low, high = 0.0, min(1.0, ceiling)
+            while high > low and fits(high):
+                low, high = high, min(2 * high, ceiling)
+            if high <= low:  # the finest grids the codec takes fit
+                self.shift = low
+                return
         else:
             low, high = -max(float(b.detach().max()) for b in self.bits.values()), 0.0
         for _ in range(FIT_STEPS):

@@ -215,8 +215,14 @@ def _load_weights_by_layer(model: nn.Module, path: Path, spec: str, arch: str) -
     missing = [k for k in expected if k not in names and k not in tied]
     unexpected = [k for k in names if k not in expected]
     if missing or unexpected:
-        problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {'; '.join(problems)}")
+        problems = [
+            f"{what} {', '.join(keys[:8])}{', …' if len(keys) > 8 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise ModelSourceError(
+            f"the weights in {spec} do not fit {arch}: {'; '.join(problems)}{_prefix_hint(missing, unexpected)}"
+        )
     by_layer: dict[str, list[str]] = {}
     for name in names:
         by_layer.setdefault(name.rpartition(".")[0], []).append(name)
@@ -297,6 +303,32 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     model = build_architecture(arch)
     _load_weights_by_layer(model, path, spec, arch)
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DataParallel / DistributedDataParallel and torch.compile add
+
+
+def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """Advice when the file's names are the architecture's behind a wrapper's prefix (a wrapped model's state dict)."""
+    for prefix in WRAPPER_PREFIXES:
+        if missing and sorted(k.removeprefix(prefix) for k in unexpected if k.startswith(prefix)) == sorted(missing):
+            wrapped = f"model.{prefix[:-1]}"
+            return f" (every name in the file has the prefix {prefix!r} of a wrapped model: save {wrapped}.state_dict())"
+    return ""
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # a Hugging Face directory's weight files
+
+
+def input_bytes(path: str | os.PathLike) -> int | None:
+    """The bytes the model was read from: its file, or a Hugging Face directory's weight files (None if it is
+    neither). The ratio is against the model in fp32; a model shipped in half precision takes about half that."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.suffix.lower() in WEIGHT_SUFFIXES) or None
+    return None
 
 
 def _history(compressed: CompressedModel, spec: str) -> list[dict]:
@@ -1140,8 +1172,8 @@ def _measured_report(
     if handle.first_original_bytes is not None:  # the input is itself a .press file
         report["first_original_bytes"] = handle.first_original_bytes
         report["overall_ratio"] = handle.first_original_bytes / file_bytes
-        if handle.path is not None and Path(handle.path).is_file():  # a second stage can lose size (re-quantizing finer)
-            report["input_file_bytes"] = Path(handle.path).stat().st_size
+    if handle.path is not None and (given := input_bytes(handle.path)):  # a .press input re-quantized finer, or a
+        report["input_file_bytes"] = given  # half-precision model, can be smaller than the file netpress writes
     loaded = functools.cache(lambda: load(path, model=handle.module))
     measuring = prepared.dataset
     try:

@@ -396,10 +396,19 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    if report.get("input_file_bytes", report["file_bytes"]) < report["file_bytes"]:
+    given = report.get("input_file_bytes")
+    reduced = "first_original_bytes" not in report and given is not None and given < 0.75 * report["original_bytes"]
+    if given is not None and given < report["file_bytes"]:
+        why = (
+            "the input's weights were already coded more compactly than this pipeline codes them (e.g. quantized to fewer bits)"
+            if "first_original_bytes" in report
+            else "it holds the weights in fewer bits than fp32 (e.g. bfloat16), and the ratio is against fp32"
+        )
+        err.print(f"warning: the new file is larger than its input ({given:,} bytes): {why}", highlight=False, soft_wrap=True)
+    elif reduced:
         err.print(
-            f"warning: the new file is larger than its input ({report['input_file_bytes']:,} bytes): the input's "
-            "weights were already coded more compactly than this pipeline codes them (e.g. quantized to fewer bits)",
+            f"note: the input takes {given:,} bytes, fewer than the model in fp32 (e.g. weights in bfloat16): against it "
+            f"the file is {given / report['file_bytes']:.2f}× smaller",
             highlight=False,
             soft_wrap=True,
         )
@@ -765,7 +774,8 @@ def _eval_encoder(model: str, handle: api.ModelHandle, dataset: str, reference: 
         if as_json:
             print(json.dumps(result, indent=2))
             return
-        said = f"{model} on {result['samples']:,} test sentences of {dataset}: perplexity {result['perplexity']:.2f}"
+        sentences = f"{result['samples']:,} test sentence{'' if result['samples'] == 1 else 's'}"
+        said = f"{model} on {sentences} of {dataset}: perplexity {result['perplexity']:.2f}"
         out.print(f"{said} over {result['tokens']:,} tokens", highlight=False, soft_wrap=True)
         return
     if reference is None:

@@ -165,6 +165,25 @@ def test_user_architecture_with_arch(weights, tmp_path):
     assert result.exit_code == 0 and 0 <= json.loads(result.output)["accuracy"] <= 1
 
 
+def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.archs import tiny_mlp
+
+    half = tmp_path / "half.safetensors"
+    save_file({k: v.half() for k, v in tiny_mlp().state_dict().items()}, half)
+    report = tmp_path / "r.json"
+    args = ["--arch", "tests.archs:tiny_mlp", "-o", tmp_path / "u.press", "--report", report]
+    result = run("compress", half, "-m", "uniform", "--bits", "4", *args)
+    assert result.exit_code == 0, result.output
+    measured = json.loads(report.read_text())
+    assert measured["input_file_bytes"] == half.stat().st_size < measured["original_bytes"] / 1.9
+    assert "note: the input takes" in result.output and "fewer than the model in fp32" in result.output
+    result = run("compress", half, "-m", "magnitude", "--sparsity", "0.1", *args)  # fp32 survivors: more than fp16
+    assert result.exit_code == 0 and "warning: the new file is larger than its input" in result.output
+    assert "fewer bits than fp32 (e.g. bfloat16)" in result.output
+
+
 @pytest.mark.parametrize(
     "args, fragments",
     [

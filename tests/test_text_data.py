@@ -125,3 +125,19 @@ def test_your_own_train_and_test_texts_are_used_as_given(tmp_path):
         with pytest.raises(DataError, match=message):
             api.press(handle, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "x.press", data=data)
     assert not (tmp_path / "x.press").exists()
+
+
+def test_calibration_sentences_with_no_token_to_predict_are_refused(tmp_path):
+    import tokenizers
+    import transformers
+
+    folder = _save_tiny_llama(tmp_path / "llama")
+    vocab = ["<unk>", "<s>", "</s>", *WORDS]
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()  # no <s>: a one-word text predicts nothing
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>").save_pretrained(folder)
+    handle = api.load_model(folder)
+    words, texts = WORDS[:20], _texts(40)
+    with pytest.raises(DataError, match="calibration sentences hold no token to predict"):
+        api.press(handle, FCPTS(iterations=1), Budget(sparsity=0.5), out=tmp_path / "f.press", data=(words, texts), calib=16)
+    assert not (tmp_path / "f.press").exists()

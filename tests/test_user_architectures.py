@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 import netpress
 from netpress import Budget, api
-from netpress.errors import BudgetError, UnsupportedModelError
+from netpress.errors import BudgetError, ModelSourceError, UnsupportedModelError
 from netpress.evaluate import predict
 from netpress.methods import FCPTS, ChannelL1, Fold, SelfCompression, UniformQuantization
 
@@ -163,3 +163,15 @@ def test_a_ratio_no_file_can_reach_says_so_instead_of_advising_one_below_one(tmp
     tiny = nn.Sequential(nn.Linear(8, 2))
     with pytest.raises(BudgetError, match="no ratio above 1 is reachable: the file's fixed costs"):
         netpress.press(tiny, UniformQuantization(), Budget(ratio=2), out=tmp_path / "t.press")
+
+
+@pytest.mark.parametrize("prefix, wrapped", [("module.", "model.module"), ("_orig_mod.", "model._orig_mod")])
+def test_a_wrapped_models_state_dict_is_refused_with_the_prefix_named(prefix, wrapped, tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.archs import tiny_mlp
+
+    path = tmp_path / "wrapped.safetensors"
+    save_file({prefix + k: v for k, v in tiny_mlp().state_dict().items()}, path)
+    with pytest.raises(ModelSourceError, match=rf"has the prefix '{prefix}' of a wrapped model: save {wrapped}\.state_dict"):
+        api.load_model(path, "tests.archs:tiny_mlp")

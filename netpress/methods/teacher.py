@@ -184,6 +184,10 @@ class TokenTeacher(_SentenceTeacher):
         super().__init__(model, predictor, sentences)
         self.temperature = temperature
         self.dense = model
+        if not any(len(predictor.targets(self.tokenized(idx))) for idx in self.chunks(64)):  # tokenized, not run
+            raise DataError(
+                "the calibration sentences hold no token to predict (each is one token or less): give texts of a few words"
+            )
 
     def outputs(self, model: nn.Module, idx: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         return self.reader.logits(model, self.tokenized(idx), params)
@@ -199,6 +203,8 @@ class TokenTeacher(_SentenceTeacher):
 
     def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The language-modelling loss on the text itself: cross-entropy of the next tokens."""
+        if not len(outputs):  # sentences of one token predict nothing: no loss rather than NaN
+            return outputs.sum()
         return F.cross_entropy(outputs, self.reader.targets(self.tokenized(idx)))
 
     def score(self, model: nn.Module) -> float:

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import math
 import os
 import pickle
 import sys
@@ -112,9 +111,6 @@ class ModelHandle:
     # ratio against the reloaded model alone would hide what the earlier stages (a fold) removed.
     first_original_bytes: int | None = None
 
-    def __post_init__(self) -> None:
-        check_tensors_only(self.module.state_dict())  # whatever made the handle: a .press file holds tensors only
-
 
 DEFAULT_CALIB = 1024  # calibration samples drawn from the training split when the caller names no number
 
@@ -164,6 +160,7 @@ def build_architecture(arch: str) -> nn.Module:
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelSourceError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
+    check_tensors_only(model.state_dict())
     if any(t.is_meta for t in model.state_dict().values()):
         raise ModelSourceError(
             f"{arch} builds its model on the meta device; netpress loads weights into real tensors: build it on the cpu"
@@ -317,17 +314,16 @@ def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
     return ""
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # a Hugging Face directory's weight files
-
-
 def input_bytes(path: str | os.PathLike) -> int | None:
     """The bytes the model was read from: its file, or a Hugging Face directory's weight files (None if it is
     neither). The ratio is against the model in fp32; a model shipped in half precision takes about half that."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.suffix.lower() in WEIGHT_SUFFIXES) or None
+    if path.is_dir():  # what transformers reads: the safetensors files if there are any, else the PyTorch ones
+        for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+            if files := [f for f in path.glob(pattern) if f.is_file()]:
+                return sum(f.stat().st_size for f in files)
     return None
 
 
@@ -436,6 +432,7 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     stage's work: checked by compress, press and sweep before any work."""
     if not methods:
         raise BudgetError("give at least one method")
+    check_tensors_only(handle.module.state_dict())  # a .press file holds tensors only
     if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
         raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
     for method in methods:
@@ -493,15 +490,9 @@ def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: 
     for budget in (_with_source(b, handle) for b in ratios):
         if smallest is not None and smallest > budget.target_bytes():
             shown = f"{setting} {extreme:.6g}" if setting == "sparsity" else f"{extreme} {setting}"
-            best = math.floor(budget.reference_bytes / smallest * 100) / 100
-            advice = (
-                f"ask for at most {best:g}x"
-                if best > 1
-                else "no ratio above 1 is reachable: the file's fixed costs (header, raw tensors) outweigh the model"
-            )
             raise BudgetError(
                 f"a {budget.ratio:g}x ratio is out of reach for {' + '.join(m.name for m in methods)}: even at {shown} "
-                f"the file takes {smallest:,} bytes, over the {budget.target_bytes():,} allowed; {advice}"
+                f"the file takes {smallest:,} bytes, over the {budget.target_bytes():,} allowed; {budget.advice(smallest)}"
             )
 
 
@@ -778,6 +769,8 @@ def load(path: str | os.PathLike, model: ModelHandle | nn.Module | None = None, 
     model = model.module if isinstance(model, ModelHandle) else model
     if model is not None and not isinstance(model, nn.Module):
         raise ModelSourceError(f"model must be an nn.Module instance (or a ModelHandle), got {model!r}")
+    if model is not None:
+        check_tensors_only(model.state_dict())
     if model is not None and any(t.is_meta for t in model.state_dict().values()):
         raise ModelSourceError("the model is on the meta device: materialise it first, e.g. model.to_empty(device='cpu')")
     compressed = codec.read(path, lazily=True)
@@ -866,7 +859,7 @@ def _with_input_shape(handle: ModelHandle, data: str | None) -> ModelHandle:
     so that fold can trace it."""
     if handle.input_shape is not None or hf.is_hf_source(handle.source):
         return handle
-    if isinstance(data, tuple):
+    if isinstance(data, tuple | list):
         sample = _own_datasets(data)[1][0][0]
     elif isinstance(data, str) and not is_text_data(data):
         sample = resolve_dataset(data, "test")[0][0]
@@ -999,13 +992,16 @@ def _prepare(
 def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, calib: int | None, seed: int) -> _Prepared:
     check_seed(seed)
     own = own_texts = None
-    if isinstance(data, tuple):
+    if isinstance(data, tuple | list):  # your own (train, test) pair
         if hf.is_hf_source(handle.source):
             own_texts, data = _own_texts(data), OWN_TEXTS
         else:
             own, data = _own_datasets(data), OWN_DATASETS
     elif data is not None and not isinstance(data, str):
-        raise DataError("data must be a dataset name, a .safetensors data file, or a (train, test) pair of torch Datasets")
+        raise DataError(
+            "data must be a dataset name, a .safetensors data file, or a (train, test) pair of torch Datasets (or of "
+            "lists of texts, for a Hugging Face model)"
+        )
     prepared = _Prepared(data if data is not None else handle.dataset)  # "" is a wrong name, not "use the default"
     name = prepared.dataset
     calibrating = [m for m in methods if m.needs != "none"]
@@ -1031,7 +1027,7 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
     with kept_modes(handle.module):  # one sample through the model: data it cannot take fails before any work
         if text:
             prepared.sentences = own_texts[1] if own_texts else load_sentences(name)
-            _encoder(handle).reference(handle.module, prepared.sentences[:1])
+            _encoder(handle).reference(handle.module, [max(prepared.sentences, key=len)])  # the longest: it has tokens
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
             _check_finite_output(handle.module, prepared.test[0][0], "test")

@@ -55,6 +55,16 @@ class Budget:
             raise BudgetError("a byte target needs a ratio budget and the reference size of the original model")
         return int(self.reference_bytes // self.ratio)
 
+    def advice(self, smallest: int) -> str:
+        """What to ask for when the smallest file found takes ``smallest`` bytes, over the target: the largest ratio
+        it meets (rounded down to two decimals; the true limit may be a little higher), or that no ratio above 1 is."""
+        if not self.reference_bytes:
+            return "ask for a smaller ratio"
+        largest = self.reference_bytes / smallest
+        if largest <= 1:
+            return "no ratio above 1 is reachable: the file's fixed costs (headers, raw tensors) outweigh the model"
+        return f"ask for at most {math.floor(largest * 100) / 100:g}x"
+
     def items(self) -> list[tuple[str, float]]:
         return [(k, v) for k, v in (("ratio", self.ratio), ("sparsity", self.sparsity), ("params", self.params)) if v is not None]
 

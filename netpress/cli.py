@@ -82,7 +82,7 @@ MODEL_HELP = "zoo:NAME, a .press file, a Hugging Face model directory, or a .saf
 DATA_HELP = (
     "dataset for calibration and evaluation: fashion-mnist, digits, or your own .safetensors file with train_inputs, "
     "test_inputs and test_labels (train_labels optional); for a Hugging Face model fortunes, or your own .txt file "
-    "(one text per line; a fifth of the lines, at most 2,000, measure the model, the others calibrate)"
+    "(one text per line; a fifth of the lines (at least 1, at most 2,000) measure the model, the others calibrate)"
 )
 
 
@@ -397,11 +397,12 @@ def _print_report(report: dict) -> None:
             soft_wrap=True,
         )
     given = report.get("input_file_bytes")
-    reduced = "first_original_bytes" not in report and given is not None and given < 0.75 * report["original_bytes"]
-    if given is not None and given < report["file_bytes"]:
+    pressed = "first_original_bytes" in report  # the input is a .press file
+    reduced = not pressed and given is not None and given < 0.75 * report["original_bytes"]  # e.g. weights in bfloat16
+    if (pressed or reduced) and given is not None and given < report["file_bytes"]:
         why = (
             "the input's weights were already coded more compactly than this pipeline codes them (e.g. quantized to fewer bits)"
-            if "first_original_bytes" in report
+            if pressed
             else "it holds the weights in fewer bits than fp32 (e.g. bfloat16), and the ratio is against fp32"
         )
         err.print(f"warning: the new file is larger than its input ({given:,} bytes): {why}", highlight=False, soft_wrap=True)
@@ -731,9 +732,12 @@ def eval_(
     result = measured.to_dict()
     result.update(model=model, dataset=dataset)
     if reference is not None:
-        original = api.load_model(reference, arch)
-        if hf.is_hf_source(original.source):
+        if Path(reference).is_dir():
             raise DataError(f"{model} is a classifier; --reference names the classifier it came from, not {reference!r}")
+        original = api.load_model(reference, arch)
+        mine, theirs = (h.source.get("zoo", h.source.get("arch")) for h in (handle, original))
+        if mine and theirs and mine != theirs:
+            raise DataError(f"{model} was made from {mine} and --reference is {theirs}: compare a file with its original")
         before = api.evaluate(original.module, test)
         result.update(reference=reference, reference_accuracy=before.accuracy, agreement=measured.agreement(before))
     if kept is not None:

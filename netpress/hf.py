@@ -360,7 +360,7 @@ class TokenPredictor:
                 top1.append(logits.argmax(dim=1))
                 progress.update(task, advance=len(chunk))
         if tokens == 0:
-            raise DataError("the sentences hold no token to predict (each is one token or less)")
+            raise DataError("the sentences hold no token to predict (each is one token or less): give texts of a few words")
         return NextTokens(nll, tokens, torch.cat(top1))
 
     def reference(self, model: nn.Module, sentences: list[str]) -> NextTokens:
@@ -400,10 +400,14 @@ def is_causal_lm(model: nn.Module) -> bool:
     return is_causal_lm_class(type(model).__name__)
 
 
+# Left-to-right language models whose class is not named ...ForCausalLM (XLNet's and XLM's LM heads are not)
+LM_HEAD_MODELS = ("GPT2LMHeadModel", "OpenAIGPTLMHeadModel", "CTRLLMHeadModel")
+
+
 def is_causal_lm_class(name: str) -> bool:
-    """A causal language model's class name: transformers' ``...ForCausalLM``, and the ``...LMHeadModel`` GPT-2 and its
-    kin name."""
-    return name.endswith(("ForCausalLM", "LMHeadModel"))
+    """A causal language model's class name: transformers' ``...ForCausalLM``, and GPT-2's and its kin's
+    ``...LMHeadModel``."""
+    return name.endswith("ForCausalLM") or name in LM_HEAD_MODELS
 
 
 def text_reader(path: Path, model: nn.Module) -> TextEncoder | TokenPredictor:

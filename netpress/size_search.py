@@ -171,7 +171,7 @@ def meet_ratio(
             smallest = min(tries.sizes.values())
             raise BudgetError(
                 f"no {setting} reaches a {budget.ratio:g}x ratio (≤ {goal:,} bytes): the smallest file tried took "
-                f"{smallest:,} bytes; ask for at most {_reachable(budget, smallest)}"
+                f"{smallest:,} bytes; {budget.advice(smallest)}"
             )
         return tries
 
@@ -206,14 +206,9 @@ def meet_ratio(
         tried = ", ".join(f"{v:.6g} took {n:,} bytes" for v, n in zip(runs, sizes))
         raise BudgetError(
             f"{' + '.join(m.name for m in methods)} at {setting} {tried}, over the {target:,} bytes a {budget.ratio:g}x "
-            f"ratio allows; ask for at most {_reachable(budget, min(sizes))}"
+            f"ratio allows; {budget.advice(min(sizes))}"
         )
     return _with_cost(best.compressed, sized_tries, len(runs))
-
-
-def _reachable(budget: Budget, smallest: int) -> str:
-    """The largest ratio a file of ``smallest`` bytes meets, as advice (the true limit may be a little higher)."""
-    return f"{math.floor(budget.reference_bytes / smallest * 100) / 100:g}x" if budget.reference_bytes else "a smaller ratio"
 
 
 def _with_cost(compressed: CompressedModel, tries: int, runs: int) -> CompressedModel:

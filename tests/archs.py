@@ -79,3 +79,20 @@ class Items(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.items[i]
+
+
+class Versioned(nn.Module):
+    """A model whose state dict holds a Python object (``get_extra_state``), which a .press file cannot store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+    def get_extra_state(self) -> dict:
+        return {"version": 3}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.version = state["version"]

@@ -80,6 +80,7 @@ def test_compress_inspect_eval_decompress(tmp_path):
     compared = json.loads(run("eval", press, "--reference", "zoo:lenet300", "--json").output)
     assert (compared["agreement"], compared["reference_accuracy"]) == (rep["agreement"], rep["accuracy_before"])
     assert "classify 9" in run("eval", press, "--reference", "zoo:lenet300").output
+    assert_one_line_error(run("eval", press, "--reference", "zoo:lenet5"), "made from lenet300 and --reference is lenet5")
     assert evaluated["per_class"] == rep["per_class_accuracy"]["after"] and len(rep["per_class_accuracy"]["before"]) == 10
     assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -110,6 +110,8 @@ def test_your_own_train_and_test_texts_are_used_as_given(tmp_path):
     train, test = texts[:60], texts[60:]
     report = api.press(handle, UniformQuantization(8), out=tmp_path / "u.press", data=(train, test))
     assert report["dataset"] == "your (train, test) texts" and report["fidelity"]["samples"] == 20
+    again = api.press(handle, UniformQuantization(8), out=tmp_path / "u.press", data=[train, test])  # a list is a pair too
+    assert again["fidelity"] == report["fidelity"]
     report = api.press(
         handle, FCPTS(iterations=2, batch_size=8), Budget(sparsity=0.5), out=tmp_path / "f.press", data=(train, test), calib=16
     )

@@ -13,6 +13,7 @@ from netpress import Budget, api
 from netpress.errors import BudgetError, ModelSourceError, UnsupportedModelError
 from netpress.evaluate import predict
 from netpress.methods import FCPTS, ChannelL1, Fold, SelfCompression, UniformQuantization
+from tests.archs import Versioned
 
 IMAGE = (1, 8, 8)
 
@@ -52,9 +53,12 @@ def test_a_batchnorm_without_affine_parameters_folds_as_one_with_unit_scale(repa
     fold = Fold(repair=repair, input_shape=IMAGE)
     folded = _round_trip(plain(), fold, Budget(params=0.3), tmp_path / "p.press", data, plain)
     assert folded[1].num_features == folded[0].out_channels < 8
-    if repair == "ar":  # with no γ to scale, the correction goes into σ (γ = 1 and β = 0 are features too, so ρ̄ differs)
-        assert not torch.allclose(folded[1].running_var, torch.full_like(folded[1].running_var, 1 - folded[1].eps))
-    else:
+    if repair == "ar":  # with no γ to scale, σ is divided by the correction s_c ≥ 1 instead
+        unrepaired = _round_trip(plain(), Fold(input_shape=IMAGE), Budget(params=0.3), tmp_path / "n.press", data, plain)
+        eps = folded[1].eps
+        scale = ((unrepaired[1].running_var + eps) / (folded[1].running_var + eps)).sqrt()
+        assert bool((scale >= 1 - 1e-6).all()) and bool((scale > 1.01).any())
+    else:  # γ = 1 and β = 0 are features of the affine model's channels too, so ar's ρ̄ would differ there
         reference = _round_trip(affine, fold, Budget(params=0.3), tmp_path / "a.press", data, lambda: _cnn(nn.BatchNorm2d(8)))
         x = data[1].tensors[0]
         torch.testing.assert_close(predict(folded, x), predict(reference, x), rtol=1e-4, atol=1e-5)
@@ -102,29 +106,18 @@ def test_fold_traces_your_model_with_inputs_of_your_datasets_dtype(tmp_path):
     assert report["params_after"] < report["params_before"] and 0 <= report["agreement"] <= 1
 
 
-class _Versioned(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
-
-    def get_extra_state(self) -> dict:
-        return {"version": 3}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.version = state["version"]
-
-
 def test_extra_state_is_refused_by_name_before_any_work(tmp_path):
+    from safetensors.torch import save_file
+
     with pytest.raises(UnsupportedModelError, match=r"^_extra_state is dict extra state .* stores tensors only"):
-        netpress.press(_Versioned(), UniformQuantization(8), out=tmp_path / "v.press")
-    with pytest.raises(UnsupportedModelError, match=r"^2\._extra_state is dict extra state"):
-        api.ModelHandle(nn.Sequential(nn.Flatten(), nn.Linear(64, 64), _Versioned()))
+        netpress.press(Versioned(), UniformQuantization(8), out=tmp_path / "v.press")
     with pytest.raises(UnsupportedModelError, match="get_extra_state"):
-        netpress.compress(_Versioned(), FCPTS(), Budget(sparsity=0.5))
-    assert not list(tmp_path.iterdir())
+        netpress.compress(Versioned(), FCPTS(), Budget(sparsity=0.5))
+    weights = tmp_path / "w.safetensors"
+    save_file(dict(Versioned().fc.state_dict(prefix="fc.")), weights)
+    with pytest.raises(UnsupportedModelError, match="_extra_state is dict extra state"):
+        api.load_model(weights, "tests.archs:Versioned")
+    assert not list(tmp_path.glob("*.press"))
 
 
 class _FixedWidth(nn.Module):

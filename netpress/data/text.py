@@ -2,7 +2,7 @@
 your own text file (one text per line).
 
 A text model is measured against its own uncompressed self, so the text needs no labels. The ``test`` split is a
-fixed sample (seed 0) of the distinct texts: 2,000 fortunes, or a fifth of your file's lines (at most 2,000); every
+fixed sample (seed 0) of the distinct texts: 2,000 fortunes, or a fifth of your file's lines (at least 1, at most 2,000); every
 other text is the ``train`` split, where calibration samples are drawn. Texts are distinct, so no calibration text is
 also a test text.
 """

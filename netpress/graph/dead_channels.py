@@ -34,7 +34,8 @@ def cut_dead_channels(model: nn.Module, example: torch.Tensor) -> list[Cut]:
 
     The cut is tried on a copy first: where the forward pass holds a width tracing does not see (a view to a
     fixed width, a buffer sized by the channels), the cut model would not run, and ``model`` is left whole
-    (UnsupportedModelError says why)."""
+    (UnsupportedModelError says why). The trial costs a copy of the model and a second tracing: small beside the
+    training run self-compression has just made."""
     trial = copy.deepcopy(model)
     if not _cut(trial, example):
         return []

@@ -1,6 +1,6 @@
 """Compression methods. Each is a config dataclass with ``apply(model, data, budget)``."""
 
-from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights
+from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights, is_compressible
 from netpress.methods.baselines import ALLOCATIONS, CLIPS, KMeansQuantization, MagnitudePruning, UniformQuantization
 from netpress.methods.fcpts import FCPTS
 from netpress.methods.fold import CLUSTERINGS, REPAIRS, ChannelL1, Fold
@@ -34,6 +34,7 @@ __all__ = [
     "L2",
     "Fold",
     "COMPRESSIBLE_LAYERS",
+    "is_compressible",
     "METHODS",
     "MagnitudePruning",
     "Method",

@@ -55,6 +55,7 @@ FAILING_BITS = 1.0
 BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights are fixed
 PRESSURE_GROWTH = 1.1  # with a target: the hinge's weight grows by this at each check the bit depths are over it
 MAX_SHIFT = 16.0  # bits a fit to the target may add to every channel
+CODE_BITS = math.log2(MAX_ALPHABET)  # the widest grid a tensor's codes may have: the codec codes 2^16 levels
 CUT_EXAMPLES = 64  # training samples the constants of dead channels are read on
 FIT_STEPS = 12  # bisection steps of the fit: the shift to 1/4096 of its bracket
 
@@ -110,6 +111,10 @@ class SelfCompression:
         for name in ("gamma", "weight_lr", "bits_lr", "safety_weight", "guard"):
             check_real(name, getattr(self, name), 0.0)
         check_real("init_bits", self.init_bits, 1.0)
+        for name in ("init_bits", "restore_bits"):
+            if getattr(self, name) > CODE_BITS:
+                value = getattr(self, name)
+                raise BudgetError(f"{name} must be at most {CODE_BITS:g}, the widest grid a file codes; got {value!r}")
         check_real("restore_bits", self.restore_bits, 0.0, inclusive=False)
         check_real("restore_fraction", self.restore_fraction, 0.0)
         if self.restore_fraction > 1:
@@ -299,13 +304,15 @@ class _Run:
         self.restores += 1
 
     def shifted(self, shift: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's bit depths and exponents with ``shift`` bits more on every live channel, its range kept."""
+        """Each layer's bit depths and exponents with ``shift`` bits more on every live channel, its range kept; a
+        channel is never given more than the codec's widest grid (``CODE_BITS``)."""
         out = {}
         for name, bits in self.bits.items():
-            live = bits.detach() > 0
+            bits, exponents = bits.detach(), self.exponents[name].detach()
+            live, over = bits > 0, bits + shift > CODE_BITS
             out[name] = (
-                torch.where(live, bits.detach() + shift, bits.detach()),
-                torch.where(live, self.exponents[name].detach() - shift, self.exponents[name].detach()),
+                torch.where(live, torch.where(over, CODE_BITS, bits + shift), bits),
+                torch.where(live, torch.where(over, exponents - (CODE_BITS - bits), exponents - shift), exponents),
             )
         return out
 
@@ -316,9 +323,8 @@ class _Run:
         """The finest shift of every live channel's grid (a bisection on the written file) that meets the target;
         with every channel at 0 bits the file is the smallest, which ``check_reachable`` found within it."""
         fits = self.fits
-        # The codec codes at most 2^16 levels a tensor: no channel's grid may pass 16 bits.
         most = max(float(b.detach().max()) for b in self.bits.values())
-        ceiling = min(MAX_SHIFT, math.log2(MAX_ALPHABET) - most)
+        ceiling = max(0.0, min(MAX_SHIFT, CODE_BITS - most))  # finer would only widen grids ``shifted`` caps
         if fits(0.0):
             low, high = 0.0, min(1.0, ceiling)
             while high > low and fits(high):

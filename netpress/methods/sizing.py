@@ -7,7 +7,6 @@ will, and keeps ``SUMMARY_ALLOWANCE`` bytes free for what it cannot see.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -87,12 +86,9 @@ class FileSizer:
         alone take; refused, with the largest ratio that is reachable, when it is over the target."""
         minimum = self.bytes(zero_codes)
         if minimum > self.target:
-            # The margin covers the record of the ratio itself, whose digits change the file by a few bytes.
-            largest = math.floor(100 * self.budget.reference_bytes / (minimum + 16)) / 100
-            hint = f"ask for at most {largest:g}x" if largest > 1 else "no ratio above 1 is reachable for this model"
-            raise BudgetError(
+            raise BudgetError(  # 16 bytes more: the record of the ratio itself, whose digits change the file a little
                 f"a {self.budget.ratio:g}x ratio allows {self.target} bytes, but the uncoded tensors and headers, with "
-                f"{SUMMARY_ALLOWANCE} bytes kept for the summary, take {minimum}; {hint}"
+                f"{SUMMARY_ALLOWANCE} bytes kept for the summary, take {minimum}; {self.budget.advice(minimum + 16)}"
             )
         return minimum
 

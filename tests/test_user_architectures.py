@@ -168,3 +168,11 @@ def test_a_wrapped_models_state_dict_is_refused_with_the_prefix_named(prefix, wr
     save_file({prefix + k: v for k, v in tiny_mlp().state_dict().items()}, path)
     with pytest.raises(ModelSourceError, match=rf"has the prefix '{prefix}' of a wrapped model: save {wrapped}\.state_dict"):
         api.load_model(path, "tests.archs:tiny_mlp")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_model_is_refused_with_what_to_do():
+    from tests.archs import tiny_mlp
+
+    with pytest.raises(UnsupportedModelError, match="TorchScript model: compress the Python model, then script"):
+        netpress.compress(torch.jit.script(tiny_mlp()), UniformQuantization(8))

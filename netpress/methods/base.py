@@ -260,6 +260,8 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
     if not weights:
         found = ", ".join(f"{name or 'the model'} ({layer['type']})" for name, layer in uncompressed_layers(model).items())
         where = f"; its weights are in {found}" if found else ""
+        if isinstance(model, torch.jit.ScriptModule):  # its layers are compiled, no longer nn.Linear or nn.Conv2d
+            where += "; it is a TorchScript model: compress the Python model, then script the one netpress.load returns"
         raise UnsupportedModelError(f"the model has no compressible layer{where}; supported: {COMPRESSIBLE_NAMES}")
     return weights
 

@@ -369,8 +369,8 @@ def _quality(report: dict) -> tuple[str, ...]:
 def _quality_columns(reports: list[dict]) -> tuple[str, ...]:
     sources = [r["source"].get(hf.SOURCE_KEY) for r in reports]
     if any(isinstance(s, dict) and hf.is_causal_lm_class(str(s.get("class", ""))) for s in sources):
-        return "ppl before", "ppl after", "next token as before"
-    return ("cosine", "top-10 agreement") if any(sources) else ("acc before", "acc after", "as before")
+        return "ppl before", "ppl after", "next-token agreement"
+    return ("cosine", "top-10 agreement") if any(sources) else ("acc before", "acc after", "agreement")
 
 
 def _print_report(report: dict) -> None:

@@ -1190,6 +1190,8 @@ def _measured_report(
             reader = handle.encoder
             measured = reader.compare(loaded(), prepared.sentences, prepared.reference)
             report.update({"dataset": prepared.dataset, reader.report_key: measured})
+            if cut := hf.sentences_cut(reader, prepared.sentences):
+                report["sentences_cut"] = cut  # measured on their first max_tokens tokens
     except DataError as exc:  # the original ran on this data: the compression broke the model
         structural = [m["name"] for m in made.summary["methods"] if getattr(METHODS.get(m["name"]), "structural", False)]
         hint = (

@@ -413,6 +413,13 @@ def _print_report(report: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if cut := report.get("sentences_cut"):
+        err.print(
+            f"note: {cut:,} test sentence{'s are' if cut > 1 else ' is'} longer than the model's positions and "
+            "measured on the tokens that fit",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report["ratio"] < 1:
         err.print(
             f"warning: the file is larger than the model in fp32 ({report['original_bytes']:,} bytes): these settings "

@@ -395,6 +395,13 @@ def _tokenizer(path: Path):
             raise ModelSourceError(f"{path} holds no tokenizer transformers can read: {exc}") from exc
 
 
+def sentences_cut(reader: TextEncoder | TokenPredictor, sentences: list[str]) -> int:
+    """How many of ``sentences`` are longer than the reader's ``max_tokens`` (the model's positions), and so are
+    measured on their first tokens only: a report says so."""
+    lengths = reader.tokenizer(sentences, verbose=False)["input_ids"]
+    return sum(len(ids) > reader.max_tokens for ids in lengths)
+
+
 def is_causal_lm(model: nn.Module) -> bool:
     """A causal language model: measured by its next-token predictions."""
     return is_causal_lm_class(type(model).__name__)

@@ -87,6 +87,18 @@ def test_press_calibrates_on_the_training_lines_and_measures_on_the_held_out_one
     assert not (tmp_path / "g.press").exists()
 
 
+def test_sentences_longer_than_the_model_are_counted_in_the_report(llama_dir, tmp_path):
+    long = tmp_path / "long.txt"
+    texts = _texts(40)
+    long.write_text("\n".join([*texts, *(" ".join([t] * 12) for t in texts[:10])]))  # 84 words: over 64 positions
+    handle = api.load_model(llama_dir)
+    test = load_sentences(str(long))
+    report = api.press(handle, UniformQuantization(8), out=tmp_path / "u.press", data=long)
+    assert report["sentences_cut"] == sum(len(t.split()) + 1 > 64 for t in test) > 0
+    result = run("compress", llama_dir, "-m", "uniform", "--data", long, "-o", tmp_path / "c.press")
+    assert result.exit_code == 0 and "longer than the model's positions" in result.output
+
+
 def test_the_cli_takes_a_text_file_for_compress_and_eval(llama_dir, corpus, tmp_path):
     out, report = tmp_path / "m.press", tmp_path / "m.json"
     result = run("compress", llama_dir, "-m", "magnitude", "--sparsity", "0.5", "--data", corpus, "-o", out, "--report", report)

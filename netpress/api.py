@@ -969,6 +969,7 @@ class _Prepared:
     before: Evaluation | None = None
     sentences: list[str] | None = None
     reference: Any = None  # the original's figures on the sentences: its embeddings or next-token predictions
+    sentences_cut: int = 0  # of them longer than the model's positions, measured on the tokens that fit
     preservation: Dataset | None = None  # your critical examples
     preservation_record: dict | None = None  # what the report says of them besides their accuracy
     preservation_before: Evaluation | None = None
@@ -1089,6 +1090,7 @@ def _measure_original(handle: ModelHandle, prepared: _Prepared) -> None:
             prepared.preservation_before = _evaluate(handle.module, prepared.preservation)
         if prepared.sentences is not None and prepared.reference is None:
             prepared.reference = _encoder(handle).reference(handle.module, prepared.sentences)
+            prepared.sentences_cut = hf.sentences_cut(_encoder(handle), prepared.sentences)
 
 
 def _press(
@@ -1190,8 +1192,8 @@ def _measured_report(
             reader = handle.encoder
             measured = reader.compare(loaded(), prepared.sentences, prepared.reference)
             report.update({"dataset": prepared.dataset, reader.report_key: measured})
-            if cut := hf.sentences_cut(reader, prepared.sentences):
-                report["sentences_cut"] = cut  # measured on their first max_tokens tokens
+            if prepared.sentences_cut:
+                report["sentences_cut"] = prepared.sentences_cut
     except DataError as exc:  # the original ran on this data: the compression broke the model
         structural = [m["name"] for m in made.summary["methods"] if getattr(METHODS.get(m["name"]), "structural", False)]
         hint = (

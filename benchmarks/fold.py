@@ -1,7 +1,8 @@
 """Model folding against structured pruning at the same parameter budget, no fine-tuning.
 
 CNNs (``--models resnet20 vgg mobilenetv2``): for 10 %–60 % of parameters removed, Fashion-MNIST accuracy of
-fold with each repair (none, ar, dir, data), channel-l1 on the same groups (none, dir, data), and
+fold with each repair (none, ar, dir, data) under both group allocations (uniform, the paper's; adaptive, netpress's
+default), channel-l1 on the same groups (none, dir, data), and
 Torch-Pruning's MagnitudePruner (L1, global and uniform; its ratio bisected so the parameters
 removed match fold's). The clustering runs once per level; repairs are applied to copies of the
 folded model, and the DeepInversion samples are drawn once per model. Accuracy is measured on a
@@ -10,8 +11,9 @@ every cell would not fit the 10-minute bound).
 
 MiniLM (``--models minilm``): all-MiniLM-L6-v2, the FFN intermediate neurons of every layer folded
 (or L1-pruned) by 10 %–50 %; fidelity to the original on 2,000 Debian fortunes sentences. Fold runs
-three ways: k-means (the paper's CNN code), Ward (its LLM code), and Ward after dropping half of the
-removed neurons by smallest L1 norm (``prune_fraction=0.5``).
+three ways with the uniform allocation: k-means (the paper's CNN code), Ward (its LLM code), and Ward after
+dropping half of the removed neurons by smallest L1 norm (``prune_fraction=0.5``); and that last one with the
+adaptive allocation.
 
 Run: NETPRESS_QUIET=1 .venv/bin/python benchmarks/fold.py --models vgg
 Each run replaces its models' rows in results/fold.json and keeps the others.
@@ -54,14 +56,18 @@ MINILM_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5]
 TEST_SUBSET = 2000
 COLUMNS = {
     "removed": "fraction of parameters removed (achieved by fold; channel-l1 is identical, Torch-Pruning within 0.5 %)",
-    "fold_* / l1_*": "accuracy after fold / channel-l1 with that repair (data = BatchNorm statistics from 1,024 training images)",
+    "fold_* / l1_*": "accuracy after fold / channel-l1, uniform allocation (the paper's), with that repair "
+    "(data = BatchNorm statistics from 1,024 training images)",
+    "adapt_*": "fold with the adaptive allocation (netpress's default): fewer channels removed from groups whose merges "
+    "cost more; adapt_removed is the share of parameters it removed (at least the level, like the others)",
     "tp_global / tp_uniform": "Torch-Pruning MagnitudePruner, L1 importance, global / uniform ratio, data-free",
-    "best_free_fold_wins": "max(fold none, ar, dir) beats every data-free pruning column",
-    "fold_s": "seconds to trace, cluster and fold (no repair)",
+    "best_free_fold_wins / adapt_wins": "max(none, ar, dir) of uniform / adaptive fold beats every data-free pruning column",
+    "fold_s / adapt_s": "seconds to trace, cluster and fold (no repair)",
     "cosine / top10": "MiniLM: mean cosine of original vs compressed embeddings / mean overlap of top-10 neighbour sets",
     "fold_* (MiniLM) / ward_* / hybrid_* / l1_*": "MiniLM: Fold k-means / Fold Ward / Fold Ward with prune_fraction 0.5 / "
-    "L1 neuron pruning, all on the same FFN groups and budget",
-    "hybrid_wins / kmeans_wins": "MiniLM: that fold beats L1 pruning on both cosine and top-10",
+    "L1 neuron pruning, uniform allocation, all on the same FFN groups and budget",
+    "adapt_* (MiniLM)": "MiniLM: Fold Ward with prune_fraction 0.5 and the adaptive allocation, same budget",
+    "hybrid_wins / kmeans_wins / adapt_wins (MiniLM)": "MiniLM: that fold beats L1 pruning on both cosine and top-10",
 }
 
 
@@ -78,13 +84,22 @@ def cnn_note(rows: list[dict], model: str) -> str:
     lost = [r for r in mine if not r["best_free_fold_wins"]]
     above_data = [r for r in mine if free(r) > r["l1_data"]]
     over = [r for r in mine if r["fold_ar"] < r["fold_none"]]
-    times = [r["fold_s"] for r in mine]
+    adapt = lambda r: max(r["adapt_none"], r["adapt_ar"], r["adapt_dir"])  # noqa: E731
+    adapt_lost = [r for r in mine if not r["adapt_wins"]]
+    adapt_above = [r for r in mine if adapt(r) > free(r)]
+    gains = [100 * (adapt(r) - free(r)) for r in mine]
+    data_gains = [100 * (r["adapt_data"] - r["fold_data"]) for r in mine]
+    times = [r["fold_s"] for r in mine] + [r["adapt_s"] for r in mine]
     return (
-        f"{model} (original {100 * mine[0]['original']:.2f} % on the 2,000-image subset): the best data-free fold "
+        f"{model} (original {100 * mine[0]['original']:.2f} % on the 2,000-image subset): with the uniform allocation "
+        "the best data-free fold "
         + ("beats channel-l1 and Torch-Pruning global/uniform at every level" if not lost else f"loses at {_levels(lost)}")
         + f"; it beats channel-l1 with data repair at {_levels(above_data)}. ar falls below no repair at "
-        f"{_levels(over)}. Folding takes {min(times):g}-{max(times):g} s; generating the DeepInversion samples took "
-        f"{mine[0]['dir_s']:g} s, once per model."
+        f"{_levels(over)}. With the adaptive allocation the best data-free fold "
+        + ("beats them at every level" if not adapt_lost else f"loses at {_levels(adapt_lost)}")
+        + f" and is above the uniform one at {_levels(adapt_above)} ({min(gains):+.1f} to {max(gains):+.1f} points; "
+        f"with the data repair {min(data_gains):+.1f} to {max(data_gains):+.1f}). Folding takes "
+        f"{min(times):g}-{max(times):g} s; generating the DeepInversion samples took {mine[0]['dir_s']:g} s, once per model."
     )
 
 
@@ -96,11 +111,16 @@ def minilm_note(rows: list[dict]) -> str:
     lost = [f"{100 * r['level']:g} %" for r in mine if not r.get("hybrid_wins")]
     kmeans_lost = [f"{100 * r['level']:g} %" for r in mine if not r.get("kmeans_wins")]
     verdict = "beats L1 neuron pruning at every level" if not lost else "loses to L1 pruning at " + ", ".join(lost)
+    adapt_lost = [f"{100 * r['level']:g} %" for r in mine if not r.get("adapt_wins")]
+    adapt_above = [f"{100 * r['level']:g} %" for r in mine if r["adapt_cosine"] > r["hybrid_cosine"]]
     return (
         f"MiniLM at {levels} of the FFN neurons: fold with Ward clustering after dropping half of the removed neurons "
         f"(prune_fraction 0.5) {verdict}; "
         f"plain k-means fold (the paper's CNN recipe) loses at {', '.join(kmeans_lost) or 'no level'}. Averaging two "
-        "unrelated FFN neurons into one costs more than dropping a weak one; dropping only, with no folding, is the l1 column."
+        "unrelated FFN neurons into one costs more than dropping a weak one; dropping only, with no folding, is the l1 column. "
+        "The same fold with the adaptive allocation "
+        + ("beats L1 pruning at every level" if not adapt_lost else "loses to L1 pruning at " + ", ".join(adapt_lost))
+        + f"; its cosine is above the uniform allocation's at {', '.join(adapt_above) or 'no level'}."
     )
 
 
@@ -147,22 +167,24 @@ def run_cnn(name: str) -> list[dict]:
     for level in LEVELS:
         row = {"model": name, "level": level, "original": acc(model)}
         for method, prefix, repairs in (
-            (Fold(), "fold", ("none", "ar", "dir", "data")),
+            (Fold(allocation="uniform"), "fold", ("none", "ar", "dir", "data")),
+            (Fold(allocation="adaptive"), "adapt", ("none", "ar", "dir", "data")),
             (ChannelL1(), "l1", ("none", "dir", "data")),
         ):
             start = time.perf_counter()
             reduced, plans, report = method.reduce(model, Budget(params=level), example)
-            if prefix == "fold":
-                row["fold_s"] = round(time.perf_counter() - start, 2)
-                row["removed"] = round(report[-1]["params_removed"], 4)
+            if prefix != "l1":
+                row[f"{prefix}_s"] = round(time.perf_counter() - start, 2)
+                row["removed" if prefix == "fold" else "adapt_removed"] = round(report[-1]["params_removed"], 4)
             for kind in repairs:
                 repaired = copy.deepcopy(reduced)
                 repair(repaired, plans, kind, {"dir": synthetic, "data": calib}.get(kind))
                 row[f"{prefix}_{kind}"] = acc(repaired)
         for mode in ("global", "uniform"):
             row[f"tp_{mode}"] = acc(torch_pruning(model, example, row["removed"], mode == "global"))
-        best_fold = max(row["fold_none"], row["fold_ar"], row["fold_dir"])
-        row["best_free_fold_wins"] = best_fold > max(row["l1_none"], row["l1_dir"], row["tp_global"], row["tp_uniform"])
+        pruning = max(row["l1_none"], row["l1_dir"], row["tp_global"], row["tp_uniform"])
+        for prefix, key in (("fold", "best_free_fold_wins"), ("adapt", "adapt_wins")):
+            row[key] = max(row[f"{prefix}_none"], row[f"{prefix}_ar"], row[f"{prefix}_dir"]) > pruning
         row["dir_s"] = round(di_seconds, 1)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -181,9 +203,10 @@ def run_minilm(levels: list[float]) -> list[dict]:
     for level in levels:
         row = {"model": "minilm", "level": level}
         for method, prefix in (
-            (Fold(**text), "fold"),
-            (Fold(clustering="ward", **text), "ward"),
-            (Fold(clustering="ward", prune_fraction=0.5, **text), "hybrid"),
+            (Fold(allocation="uniform", **text), "fold"),
+            (Fold(clustering="ward", allocation="uniform", **text), "ward"),
+            (Fold(clustering="ward", prune_fraction=0.5, allocation="uniform", **text), "hybrid"),
+            (Fold(clustering="ward", prune_fraction=0.5, allocation="adaptive", **text), "adapt"),
             (ChannelL1(**text), "l1"),
         ):
             start = time.perf_counter()
@@ -197,7 +220,7 @@ def run_minilm(levels: list[float]) -> list[dict]:
             row[f"{prefix}_cosine"], row[f"{prefix}_top10"] = match.cosine, match.top10
             row[f"{prefix}_s"] = round(seconds, 1)
             row["removed"] = round(result.rows[-1]["params_removed"], 4)
-        for prefix in ("hybrid", "fold"):
+        for prefix in ("hybrid", "fold", "adapt"):
             wins = row[f"{prefix}_cosine"] > row["l1_cosine"] and row[f"{prefix}_top10"] > row["l1_top10"]
             row[f"{'kmeans' if prefix == 'fold' else prefix}_wins"] = wins
         print(json.dumps(row), flush=True)
@@ -208,12 +231,14 @@ def run_minilm(levels: list[float]) -> list[dict]:
 def plot(rows: list[dict], path: Path) -> None:
     models = [m for m in dict.fromkeys(r["model"] for r in rows) if m != "minilm"]
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6 * max(len(models), 1), 4.5), squeeze=False)
-    series = ["fold_none", "fold_ar", "fold_dir", "fold_data", "l1_none", "l1_dir", "l1_data", "tp_global", "tp_uniform"]
+    series = ["adapt_none", "adapt_dir", "adapt_data", "fold_none", "fold_ar", "fold_dir", "fold_data"]
+    series += ["l1_none", "l1_dir", "l1_data", "tp_global", "tp_uniform"]
     for ax, model in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == model]
         for key in series:
-            style = "-" if key.startswith("fold") else "--"
-            ax.plot([r["removed"] for r in mine], [r[key] for r in mine], style, marker="o", ms=3, label=key)
+            style = "--" if key.startswith(("l1", "tp")) else ":" if key.startswith("fold") else "-"
+            removed = "adapt_removed" if key.startswith("adapt") else "removed"
+            ax.plot([r[removed] for r in mine], [r[key] for r in mine], style, marker="o", ms=3, label=key)
         ax.set(title=f"{model} on Fashion-MNIST, no fine-tuning", xlabel="parameters removed", ylabel="test accuracy (2k subset)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -222,7 +247,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet20", "vgg", "minilm"])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "vgg", "mobilenetv2", "minilm"])
     parser.add_argument("--minilm-levels", nargs="+", type=float, default=MINILM_LEVELS)
     args = parser.parse_args()
     torch.manual_seed(0)

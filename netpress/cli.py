@@ -32,6 +32,7 @@ from netpress.methods import (
     CLIPS,
     CLUSTERINGS,
     FCPTS,
+    GROUP_ALLOCATIONS,
     L2,
     METHODS,
     REPAIRS,
@@ -48,7 +49,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress tra
 zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list and train the reference models.")
 app.add_typer(zoo_app, name="zoo")
 out = Console(width=max(Console().width, 120))
-err = Console(stderr=True)
+# Messages on stderr are single soft-wrapped lines without rich's number and path highlighting.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def friendly(fn):
@@ -60,7 +62,7 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except NetpressError as exc:
             # One line even where the message quotes a multi-line one (torch's load_state_dict report).
-            err.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {one_line(exc)}")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -87,7 +89,12 @@ DATA_HELP = (
 
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
-AllocationName = Enum("AllocationName", {name: name for name in ALLOCATIONS}, type=str)
+AllocationName = Enum("AllocationName", {name: name for name in (*ALLOCATIONS, *GROUP_ALLOCATIONS)}, type=str)
+ALLOCATION_HELP = (
+    "per-layer allocation of the target: magnitude: global (default), uniform, erk or lamp; fold, channel-l1: "
+    f"adaptive (the fewest channels where merging costs most) or uniform (the same share of every group; "
+    f"the paper's); default {Fold.allocation} for fold, {ChannelL1.allocation} for channel-l1"
+)
 RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)
 ClusteringName = Enum("ClusteringName", {name: name for name in CLUSTERINGS}, type=str)
 ClipName = Enum("ClipName", {name: name for name in CLIPS}, type=str)
@@ -145,7 +152,7 @@ ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP)]
 MethodOpt = Annotated[MethodName, typer.Option("--method", "-m", help="compression method")]
 BitsOpt = Annotated[int | None, typer.Option(help=BITS_HELP)]
 LevelsOpt = Annotated[int | None, typer.Option(help=LEVELS_HELP)]
-AllocationOpt = Annotated[AllocationName, typer.Option(help="per-layer allocation of a magnitude target")]
+AllocationOpt = Annotated[AllocationName | None, typer.Option(help=ALLOCATION_HELP)]
 PerChannelOpt = Annotated[bool, typer.Option(help="one quantization scale (or l2 grid) per output channel")]
 ClipOpt = Annotated[ClipName, typer.Option(help=CLIP_HELP)]
 GroupSizeOpt = Annotated[int | None, typer.Option(help=GROUP_HELP)]
@@ -177,7 +184,7 @@ ArchOpt = Annotated[str | None, typer.Option(help="package.module:factory buildi
 def build_methods(
     method: str,
     bits: int | None,
-    allocation: str,
+    allocation: str | None,
     per_channel: bool,
     seed: int,
     repair: str = "none",
@@ -222,8 +229,7 @@ def build_methods(
         raise BudgetError("--clip configures uniform quantization (-m uniform, or --bits after pruning)")
     if group_size is not None and method != "uniform" and bits is None:
         raise BudgetError("--group-size configures uniform quantization (-m uniform, or --bits after pruning)")
-    if method != MagnitudePruning.name and allocation != "global":
-        raise BudgetError("--allocation configures --method magnitude only")
+    _check_allocation(method, allocation)
     if method not in (Fold.name, ChannelL1.name) and repair != "none":
         raise BudgetError("--repair configures --method fold and channel-l1 only")
     if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
@@ -265,12 +271,12 @@ def build_methods(
     if method in (Fold.name, ChannelL1.name):
         if method == Fold.name:
             options = {"clustering": clustering, "prune_fraction": prune_fraction}
-            chain = [Fold(repair=repair, seed=seed, **options)]
+            chain = [Fold(repair=repair, seed=seed, **options, **_given(allocation=allocation))]
         else:
-            chain = [ChannelL1(repair=repair, seed=seed)]
+            chain = [ChannelL1(repair=repair, seed=seed, **_given(allocation=allocation))]
     else:
         schedule = {**_given(iterations=iterations, init=init), **batch}
-        chain = [MagnitudePruning(allocation) if method == "magnitude" else FCPTS(seed=seed, **schedule)]
+        chain = [MagnitudePruning(allocation or "global") if method == "magnitude" else FCPTS(seed=seed, **schedule)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel, clip, group_size))
     if levels is not None:
@@ -284,7 +290,7 @@ def methods_for(options: dict) -> list:
     return build_methods(
         o["method"].value,
         o["bits"],
-        o["allocation"].value,
+        o["allocation"] and o["allocation"].value,
         o["per_channel"],
         o["seed"] or 0,
         repair=o["repair"].value,
@@ -319,6 +325,20 @@ def refuse_searched(method: str, ratio: bool, bits: int | None, levels: int | No
 def _names(text: str | None) -> list[str]:
     """A comma-separated list of names, without empty entries."""
     return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def _check_allocation(method: str, allocation: str | None) -> None:
+    """``--allocation`` names a magnitude allocation for magnitude pruning, a group allocation for fold and channel-l1."""
+    if allocation is None:
+        return
+    if method == MagnitudePruning.name:
+        if allocation not in ALLOCATIONS:
+            raise BudgetError(f"--method magnitude takes --allocation {', '.join(ALLOCATIONS)}, not {allocation}")
+    elif method in (Fold.name, ChannelL1.name):
+        if allocation not in GROUP_ALLOCATIONS:
+            raise BudgetError(f"--method {method} takes --allocation {' or '.join(GROUP_ALLOCATIONS)}, not {allocation}")
+    else:
+        raise BudgetError("--allocation configures --method magnitude, fold and channel-l1 only")
 
 
 def _given(**options) -> dict:
@@ -405,35 +425,27 @@ def _print_report(report: dict) -> None:
             if pressed
             else "it holds the weights in fewer bits than fp32 (e.g. bfloat16), and the ratio is against fp32"
         )
-        err.print(f"warning: the new file is larger than its input ({given:,} bytes): {why}", highlight=False, soft_wrap=True)
+        err.print(f"warning: the new file is larger than its input ({given:,} bytes): {why}")
     elif reduced:
         err.print(
             f"note: the input takes {given:,} bytes, fewer than the model in fp32 (e.g. weights in bfloat16): against it "
             f"the file is {given / report['file_bytes']:.2f}× smaller",
-            highlight=False,
-            soft_wrap=True,
         )
     if cut := report.get("sentences_cut"):
         err.print(
             f"note: {cut:,} test sentence{'s are' if cut > 1 else ' is'} longer than the model's positions and "
             "measured on the tokens that fit",
-            highlight=False,
-            soft_wrap=True,
         )
     if report["ratio"] < 1:
         err.print(
             f"warning: the file is larger than the model in fp32 ({report['original_bytes']:,} bytes): these settings "
             "store more than the weights hold (e.g. more --levels than a layer has weights, or a scale per few weights)",
-            highlight=False,
-            soft_wrap=True,
         )
     if searched := report.get("searched"):
         ((setting, _),) = searched.items()
         err.print(
             f"note: the {report['budget']['ratio']:g}x ratio was met by searching the {setting}: {_setting(searched)}, "
             f"the {'least' if setting in ('sparsity', 'params') else 'most'} whose file fits",
-            highlight=False,
-            soft_wrap=True,
         )
     if rounded := report.get("survivors_rounded_to_zero"):
         asked = "sparsity" in report["budget"]
@@ -442,8 +454,6 @@ def _print_report(report: dict) -> None:
             f"note: {rounded:,} weights that pruning kept rounded to zero when quantized (under half a step), so the "
             f"file is {100 * report['sparsity']:.2f} % sparse, above the {100 * pruned:.2f} % "
             f"{'asked' if asked else 'pruned'}",
-            highlight=False,
-            soft_wrap=True,
         )
     if fit := (report["layers"].get("sws") or [{}])[0].get("fit"):
         pilots = ", ".join(f"τ {p['tau']:.3g}: {p['bytes']:,} B" for p in fit["pilots"])
@@ -458,18 +468,16 @@ def _print_report(report: dict) -> None:
             f"note: sws kept τ {fit['tau']:.3g} after {len(fit['pilots'])} pilot run(s) of {fit['pilots'][0]['epochs']} "
             f"epoch(s) ({pilots}); the file "
             f"takes {share:.0f} % of the {fit['target_bytes']:,} bytes allowed{shifted}",
-            highlight=False,
-            soft_wrap=True,
         )
     if kept := report.get("preservation"):
-        err.print(f"preservation set ({kept['samples']:,} examples): accuracy {_kept(kept)}", highlight=False, soft_wrap=True)
+        err.print(f"preservation set ({kept['samples']:,} examples): accuracy {_kept(kept)}")
         _warn_test_overlap(kept)
     if report.get("kept_layers"):
-        err.print(f"note: kept uncompressed, by request: {', '.join(report['kept_layers'])}", highlight=False, soft_wrap=True)
+        err.print(f"note: kept uncompressed, by request: {', '.join(report['kept_layers'])}")
     if report["uncompressed_layers"]:
         listed = report["uncompressed_layers"].items()
         layers = ", ".join(f"{name or 'the model itself'} ({v['type']}, {v['params']:,} weights)" for name, v in listed)
-        err.print(f"note: stored uncompressed, no method here compresses their type: {layers}", highlight=False, soft_wrap=True)
+        err.print(f"note: stored uncompressed, no method here compresses their type: {layers}")
 
 
 @app.command()
@@ -483,7 +491,7 @@ def compress(
     params: Annotated[float | None, typer.Option(help="target fraction of parameters removed")] = None,
     bits: BitsOpt = None,
     levels: LevelsOpt = None,
-    allocation: AllocationOpt = "global",
+    allocation: AllocationOpt = None,
     per_channel: PerChannelOpt = False,
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
@@ -572,7 +580,7 @@ def sweep(
     ] = None,
     bits: BitsOpt = None,
     levels: LevelsOpt = None,
-    allocation: AllocationOpt = "global",
+    allocation: AllocationOpt = None,
     per_channel: PerChannelOpt = False,
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
@@ -689,8 +697,6 @@ def _warn_test_overlap(kept: dict) -> None:
         err.print(
             f"warning: {shared:,} of the {kept['samples']:,} preservation examples {'is' if shared == 1 else 'are'} also "
             "in the test split, so their accuracy is not separate from it",
-            highlight=False,
-            soft_wrap=True,
         )
 
 

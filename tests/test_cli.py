@@ -143,6 +143,23 @@ def test_fold_plot_shows_channels_removed_per_group(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@needs_fashion_mnist
+def test_fold_allocation_is_adaptive_unless_the_command_line_names_one(tmp_path):
+    """The file records the allocation each structural method used: fold's adaptive default, the one asked for."""
+    for method, asked, recorded in (
+        ("fold", None, "adaptive"),
+        ("fold", "uniform", "uniform"),
+        ("channel-l1", None, "uniform"),
+        ("channel-l1", "adaptive", "adaptive"),
+    ):
+        path = tmp_path / f"{method}-{asked}.press"
+        chosen = ["--allocation", asked] if asked else []
+        result = run("compress", "zoo:lenet300", "-m", method, "--params", "0.3", *chosen, "-o", path)
+        assert result.exit_code == 0, result.output
+        info = json.loads(run("inspect", path, "--json").output)
+        assert info["summary"]["methods"][0]["allocation"] == recorded
+
+
 def test_a_failed_plot_write_leaves_nothing(tmp_path):
     from matplotlib import pyplot as plt
 
@@ -282,7 +299,15 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         ),
         (
             ["compress", *MLP, "-m", "fcpts", "--sparsity", "0.5", "--allocation", "lamp", "-o", "x.press"],
-            ["magnitude only"],
+            ["--allocation configures --method magnitude, fold and channel-l1 only"],
+        ),
+        (
+            ["compress", *MLP, "-m", "fold", "--params", "0.5", "--allocation", "lamp", "-o", "x.press"],
+            ["--method fold takes --allocation uniform or adaptive, not lamp"],
+        ),
+        (
+            ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--allocation", "adaptive", "-o", "x.press"],
+            ["--method magnitude takes --allocation", "not adaptive"],
         ),
         (
             ["compress", *MLP, "-m", "magnitude", "--sparsity", "0.5", "--clip", "mse", "-o", "x.press"],

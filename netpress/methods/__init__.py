@@ -3,7 +3,7 @@
 from netpress.methods.base import COMPRESSIBLE_LAYERS, Method, MethodResult, compressible_weights, is_compressible
 from netpress.methods.baselines import ALLOCATIONS, CLIPS, KMeansQuantization, MagnitudePruning, UniformQuantization
 from netpress.methods.fcpts import FCPTS
-from netpress.methods.fold import CLUSTERINGS, REPAIRS, ChannelL1, Fold
+from netpress.methods.fold import CLUSTERINGS, GROUP_ALLOCATIONS, REPAIRS, ChannelL1, Fold
 from netpress.methods.l2 import L2
 from netpress.methods.self_compress import SelfCompression, preservation_set
 from netpress.methods.soft_sharing import SoftWeightSharing
@@ -28,6 +28,7 @@ __all__ = [
     "CLIPS",
     "FCPTS",
     "CLUSTERINGS",
+    "GROUP_ALLOCATIONS",
     "REPAIRS",
     "ChannelL1",
     "KMeansQuantization",

@@ -397,6 +397,7 @@ class Fold(_GroupReduction):
     neurons, 0.5 turns fold from worse than magnitude pruning into better; docs/methods/fold.md).
     """
 
+    allocation: GroupAllocation = "adaptive"
     n_init: int = 3
     clustering: Clustering = "kmeans"
     prune_fraction: float = 0.0

@@ -2,6 +2,8 @@
 state, fixed-width reshapes, tiny models. Each is compressed into a file that loads back, or refused in one
 line that says why."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -50,11 +52,12 @@ def test_a_batchnorm_without_affine_parameters_folds_as_one_with_unit_scale(repa
     affine = _cnn(nn.BatchNorm2d(8))
     affine[1].load_state_dict({**plain()[1].state_dict(), "weight": torch.ones(8), "bias": torch.zeros(8)})
     data = _data(IMAGE)
-    fold = Fold(repair=repair, input_shape=IMAGE)
+    # Uniform: the adaptive allocation weighs merge costs against the group's whole features, γ = 1 included.
+    fold = Fold(repair=repair, input_shape=IMAGE, allocation="uniform")
     folded = _round_trip(plain(), fold, Budget(params=0.3), tmp_path / "p.press", data, plain)
     assert folded[1].num_features == folded[0].out_channels < 8
     if repair == "ar":  # with no γ to scale, σ is divided by the correction s_c ≥ 1 instead
-        unrepaired = _round_trip(plain(), Fold(input_shape=IMAGE), Budget(params=0.3), tmp_path / "n.press", data, plain)
+        unrepaired = _round_trip(plain(), replace(fold, repair="none"), Budget(params=0.3), tmp_path / "n.press", data, plain)
         eps = folded[1].eps
         scale = ((unrepaired[1].running_var + eps) / (folded[1].running_var + eps)).sqrt()
         assert bool((scale >= 1 - 1e-6).all()) and bool((scale > 1.01).any())

@@ -389,6 +389,10 @@ class _GroupReduction:
 class Fold(_GroupReduction):
     """Model folding: merge similar channels of each group.
 
+    ``allocation``: ``adaptive`` (default) removes channels first where merging them costs least, per
+    parameter saved, so groups of dissimilar channels keep more of them; ``uniform`` (the paper's) removes
+    the same share of every group. With no repair, at 40 % of the parameters removed, adaptive took ResNet-20
+    from 37 % accuracy to 82 % and MobileNetV2 from 17 % to 91 % (2,000 test images; docs/methods/fold.md).
     ``clustering``: ``kmeans`` (the paper's CNN code; ``n_init`` seeded restarts) or ``ward``
     (agglomerative, the paper's LLM code; deterministic, and seconds instead of a minute on
     MiniLM's 1536-neuron FFNs). ``prune_fraction``: the share of each group's removed channels that

@@ -156,7 +156,11 @@ AllocationOpt = Annotated[AllocationName | None, typer.Option(help=ALLOCATION_HE
 PerChannelOpt = Annotated[bool, typer.Option(help="one quantization scale (or l2 grid) per output channel")]
 ClipOpt = Annotated[ClipName, typer.Option(help=CLIP_HELP)]
 GroupSizeOpt = Annotated[int | None, typer.Option(help=GROUP_HELP)]
-RepairOpt = Annotated[RepairName, typer.Option(help="after fold or channel-l1: none, ar (fold only), dir, data (needs --data)")]
+REPAIR_HELP = (
+    "after fold or channel-l1: auto (fold's default: ar with the adaptive allocation on a model with BatchNorm, else none), "
+    "none (channel-l1's default), ar (fold only; data-free), dir (DeepInversion samples), data (needs --data)"
+)
+RepairOpt = Annotated[RepairName | None, typer.Option(help=REPAIR_HELP)]
 ClusteringOpt = Annotated[ClusteringName, typer.Option(help="fold: kmeans (the paper's CNN code) or ward (its LLM code)")]
 PruneFractionOpt = Annotated[
     float, typer.Option(help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest")
@@ -187,7 +191,7 @@ def build_methods(
     allocation: str | None,
     per_channel: bool,
     seed: int,
-    repair: str = "none",
+    repair: str | None = None,
     levels: int | None = None,
     clustering: str = "kmeans",
     prune_fraction: float = 0.0,
@@ -230,7 +234,7 @@ def build_methods(
     if group_size is not None and method != "uniform" and bits is None:
         raise BudgetError("--group-size configures uniform quantization (-m uniform, or --bits after pruning)")
     _check_allocation(method, allocation)
-    if method not in (Fold.name, ChannelL1.name) and repair != "none":
+    if method not in (Fold.name, ChannelL1.name) and repair is not None:
         raise BudgetError("--repair configures --method fold and channel-l1 only")
     if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
@@ -271,9 +275,9 @@ def build_methods(
     if method in (Fold.name, ChannelL1.name):
         if method == Fold.name:
             options = {"clustering": clustering, "prune_fraction": prune_fraction}
-            chain = [Fold(repair=repair, seed=seed, **options, **_given(allocation=allocation))]
+            chain = [Fold(seed=seed, **options, **_given(repair=repair, allocation=allocation))]
         else:
-            chain = [ChannelL1(repair=repair, seed=seed, **_given(allocation=allocation))]
+            chain = [ChannelL1(seed=seed, **_given(repair=repair, allocation=allocation))]
     else:
         schedule = {**_given(iterations=iterations, init=init), **batch}
         chain = [MagnitudePruning(allocation or "global") if method == "magnitude" else FCPTS(seed=seed, **schedule)]
@@ -293,7 +297,7 @@ def methods_for(options: dict) -> list:
         o["allocation"] and o["allocation"].value,
         o["per_channel"],
         o["seed"] or 0,
-        repair=o["repair"].value,
+        repair=o["repair"] and o["repair"].value,
         levels=o["levels"],
         clustering=o["clustering"].value,
         prune_fraction=o["prune_fraction"],
@@ -469,6 +473,16 @@ def _print_report(report: dict) -> None:
             f"epoch(s) ({pilots}); the file "
             f"takes {share:.0f} % of the {fit['target_bytes']:,} bytes allowed{shifted}",
         )
+    asked = next((m for m in report["methods"] if m["name"] == Fold.name and m["repair"] == "auto"), None)
+    if asked and (ran := report["layers"][Fold.name][-1]["repair"]):
+        why = (
+            "the data-free correction of the merged channels' BatchNorm scales"
+            if ran == "ar"
+            else "the model has no BatchNorm statistics to correct"
+            if asked["allocation"] == "adaptive"
+            else "under the uniform allocation ar was measured to over-correct"
+        )
+        err.print(f"note: fold's auto repair ran {ran}: {why}")
     if kept := report.get("preservation"):
         err.print(f"preservation set ({kept['samples']:,} examples): accuracy {_kept(kept)}")
         _warn_test_overlap(kept)
@@ -495,7 +509,7 @@ def compress(
     per_channel: PerChannelOpt = False,
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
-    repair: RepairOpt = "none",
+    repair: RepairOpt = None,
     clustering: ClusteringOpt = "kmeans",
     prune_fraction: PruneFractionOpt = 0.0,
     iterations: IterationsOpt = None,
@@ -584,7 +598,7 @@ def sweep(
     per_channel: PerChannelOpt = False,
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
-    repair: RepairOpt = "none",
+    repair: RepairOpt = None,
     clustering: ClusteringOpt = "kmeans",
     prune_fraction: PruneFractionOpt = 0.0,
     iterations: IterationsOpt = None,

@@ -6,10 +6,10 @@ and measures the serialised file each time, and returns the largest file the rat
 sparsity, the most bits) that it finds. Each try compresses the model afresh.
 
 A stage that is expensive to try may name a ``stand_in()``: a cheap, data-free method whose files are about
-as large (FCPTS names magnitude pruning; fold with a repair names itself without it). The search runs on the
-stand-ins first, then the real stage runs at the setting found. If its file is over the target (or more than
-``REAL_TOLERANCE`` under it), the stand-in's target is scaled by the two files' sizes, aiming at the middle of
-that band, and the real stage runs again (at most ``REAL_TRIES`` runs).
+as large (FCPTS names magnitude pruning; fold with a repair that reads samples, dir or data, names itself
+without it). The search runs on the stand-ins first, then the real stage runs at the setting found. If its
+file is over the target (or more than ``REAL_TOLERANCE`` under it), the stand-in's target is scaled by the two
+files' sizes, aiming at the middle of that band, and the real stage runs again (at most ``REAL_TRIES`` runs).
 """
 
 from __future__ import annotations

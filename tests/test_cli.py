@@ -158,6 +158,8 @@ def test_fold_allocation_is_adaptive_unless_the_command_line_names_one(tmp_path)
         assert result.exit_code == 0, result.output
         info = json.loads(run("inspect", path, "--json").output)
         assert info["summary"]["methods"][0]["allocation"] == recorded
+        said = "fold's auto repair ran none: " + ("the model has no BatchNorm" if asked is None else "under the uniform")
+        assert (said in result.output) == (method == "fold")
 
 
 def test_a_failed_plot_write_leaves_nothing(tmp_path):

@@ -310,6 +310,29 @@ def test_fold_options_are_validated():
         Fold(prune_fraction=1.5)
 
 
+def test_auto_repair_runs_ar_only_on_adaptive_merges_of_a_model_with_batchnorm():
+    """auto is ar where it was measured to help and none elsewhere, with no refusal for a model without BatchNorm;
+    the last report row says which ran, and ar's result is that of asking for ar."""
+    torch.manual_seed(0)
+    model, budget = _randomise_norms(ResNet20()), Budget(params=0.3)
+    ran = {}
+    for label, method, net in (
+        ("adaptive", Fold(input_shape=IMAGE), model),
+        ("uniform", Fold(input_shape=IMAGE, allocation="uniform"), model),
+        ("no batchnorm", Fold(input_shape=(784,)), _mlp()),
+    ):
+        result = method.apply(net, budget=budget)
+        ran[label] = result.rows[-1]["repair"]
+        if label == "adaptive":
+            asked = Fold(input_shape=IMAGE, repair="ar").apply(net, budget=budget)
+            for key, value in asked.model.state_dict().items():
+                torch.testing.assert_close(result.model.state_dict()[key], value, rtol=0, atol=0)
+    assert ran == {"adaptive": "ar", "uniform": "none", "no batchnorm": "none"}
+    assert Fold().repair == "auto" and ChannelL1().repair == "none"
+    with pytest.raises(BudgetError, match="channel-l1 merges none"):
+        ChannelL1(repair="auto")
+
+
 class _Recurrent(nn.Module):
     def __init__(self, attention: bool) -> None:
         super().__init__()

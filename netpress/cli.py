@@ -157,7 +157,7 @@ PerChannelOpt = Annotated[bool, typer.Option(help="one quantization scale (or l2
 ClipOpt = Annotated[ClipName, typer.Option(help=CLIP_HELP)]
 GroupSizeOpt = Annotated[int | None, typer.Option(help=GROUP_HELP)]
 REPAIR_HELP = (
-    "after fold or channel-l1: auto (fold's default: ar with the adaptive allocation on a model with BatchNorm, else none), "
+    "after fold or channel-l1: auto (fold's default: ar on a model with BatchNorm, else none), "
     "none (channel-l1's default), ar (fold only; data-free), dir (DeepInversion samples), data (needs --data)"
 )
 RepairOpt = Annotated[RepairName | None, typer.Option(help=REPAIR_HELP)]
@@ -280,7 +280,7 @@ def build_methods(
             chain = [ChannelL1(seed=seed, **_given(repair=repair, allocation=allocation))]
     else:
         schedule = {**_given(iterations=iterations, init=init), **batch}
-        chain = [MagnitudePruning(allocation or "global") if method == "magnitude" else FCPTS(seed=seed, **schedule)]
+        chain = [MagnitudePruning(**_given(allocation=allocation)) if method == "magnitude" else FCPTS(seed=seed, **schedule)]
     if bits is not None:
         chain.append(UniformQuantization(bits, per_channel, clip, group_size))
     if levels is not None:
@@ -473,16 +473,11 @@ def _print_report(report: dict) -> None:
             f"epoch(s) ({pilots}); the file "
             f"takes {share:.0f} % of the {fit['target_bytes']:,} bytes allowed{shifted}",
         )
-    asked = next((m for m in report["methods"] if m["name"] == Fold.name and m["repair"] == "auto"), None)
-    if asked and (ran := report["layers"][Fold.name][-1]["repair"]):
-        why = (
-            "the data-free correction of the merged channels' BatchNorm scales"
-            if ran == "ar"
-            else "the model has no BatchNorm statistics to correct"
-            if asked["allocation"] == "adaptive"
-            else "under the uniform allocation ar was measured to over-correct"
-        )
-        err.print(f"note: fold's auto repair ran {ran}: {why}")
+    if any(m["name"] == Fold.name and m["repair"] == "auto" for m in report["methods"]):
+        if report["layers"][Fold.name][-1]["repair"] == "ar":
+            err.print("note: fold's auto repair ran ar: the data-free correction of the merged channels' BatchNorm scales")
+        else:
+            err.print("note: fold's auto repair ran none: the model has no BatchNorm statistics to correct")
     if kept := report.get("preservation"):
         err.print(f"preservation set ({kept['samples']:,} examples): accuracy {_kept(kept)}")
         _warn_test_overlap(kept)

@@ -158,7 +158,7 @@ def test_fold_allocation_is_adaptive_unless_the_command_line_names_one(tmp_path)
         assert result.exit_code == 0, result.output
         info = json.loads(run("inspect", path, "--json").output)
         assert info["summary"]["methods"][0]["allocation"] == recorded
-        said = "fold's auto repair ran none: " + ("the model has no BatchNorm" if asked is None else "under the uniform")
+        said = "fold's auto repair ran none: the model has no BatchNorm statistics to correct"
         assert (said in result.output) == (method == "fold")
 
 
@@ -302,6 +302,10 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         (
             ["compress", *MLP, "-m", "fcpts", "--sparsity", "0.5", "--allocation", "lamp", "-o", "x.press"],
             ["--allocation configures --method magnitude, fold and channel-l1 only"],
+        ),
+        (
+            ["compress", *MLP, "-m", "channel-l1", "--params", "0.5", "--repair", "auto", "-o", "x.press"],
+            ["the auto repair corrects merged channels and channel-l1 merges none"],
         ),
         (
             ["compress", *MLP, "-m", "fold", "--params", "0.5", "--allocation", "lamp", "-o", "x.press"],
@@ -474,9 +478,10 @@ def test_a_file_larger_than_fp32_is_flagged(weights, tmp_path):
 def test_fold_traces_a_user_model_with_a_sample_of_data(tmp_path):
     source = tmp_path / "cnn.pt"
     torch.save(tiny_cnn().state_dict(), source)
-    args = ["--arch", "tests.archs:tiny_cnn", "--data", "digits", "-m", "fold", "--params", "0.5", "--repair", "ar"]
+    args = ["--arch", "tests.archs:tiny_cnn", "--data", "digits", "-m", "fold", "--params", "0.5"]
     result = run("compress", source, *args, "-o", tmp_path / "f.press")
     assert result.exit_code == 0, result.output
+    assert "fold's auto repair ran ar: the data-free correction" in result.output  # it has a BatchNorm
 
 
 def test_damaged_press_file_fails_cleanly(weights, tmp_path):

@@ -310,9 +310,9 @@ def test_fold_options_are_validated():
         Fold(prune_fraction=1.5)
 
 
-def test_auto_repair_runs_ar_only_on_adaptive_merges_of_a_model_with_batchnorm():
-    """auto is ar where it was measured to help and none elsewhere, with no refusal for a model without BatchNorm;
-    the last report row says which ran, and ar's result is that of asking for ar."""
+def test_auto_repair_runs_ar_on_a_model_with_batchnorm_and_none_without():
+    """auto is ar where there are BatchNorm statistics and none elsewhere, with no refusal for a model without
+    BatchNorm; the last report row says which ran, and ar's result is that of asking for ar."""
     torch.manual_seed(0)
     model, budget = _randomise_norms(ResNet20()), Budget(params=0.3)
     ran = {}
@@ -327,10 +327,19 @@ def test_auto_repair_runs_ar_only_on_adaptive_merges_of_a_model_with_batchnorm()
             asked = Fold(input_shape=IMAGE, repair="ar").apply(net, budget=budget)
             for key, value in asked.model.state_dict().items():
                 torch.testing.assert_close(result.model.state_dict()[key], value, rtol=0, atol=0)
-    assert ran == {"adaptive": "ar", "uniform": "none", "no batchnorm": "none"}
+    assert ran == {"adaptive": "ar", "uniform": "ar", "no batchnorm": "none"}
     assert Fold().repair == "auto" and ChannelL1().repair == "none"
     with pytest.raises(BudgetError, match="channel-l1 merges none"):
         ChannelL1(repair="auto")
+
+
+def test_a_ratio_search_sizes_with_a_stand_in_only_for_repairs_that_read_samples():
+    """ar (and auto, at most ar) cost next to nothing beside the fold; dir and data are dropped while sizing."""
+    for repair in ("auto", "none", "ar"):
+        assert Fold(repair=repair).stand_in() == Fold(repair=repair)
+    for repair in ("dir", "data"):
+        assert Fold(repair=repair).stand_in() == Fold(repair="none")
+        assert ChannelL1(repair=repair).stand_in() == ChannelL1()
 
 
 class _Recurrent(nn.Module):

@@ -80,7 +80,7 @@ def test_fcpts_is_sized_by_its_stand_in_and_its_own_file_fits(digits):
     assert 1 <= compressed.details["search"]["full_runs"] <= 3 and compressed.details["search"]["tries"] > 1
 
 
-def test_fold_meets_a_ratio_by_removing_channels_and_is_sized_without_its_repair():
+def test_fold_meets_a_ratio_by_removing_channels_and_is_sized_without_a_repair_that_reads_samples():
     handle = netpress.ModelHandle(_cnn(), {}, None, (1, 8, 8))
     compressed = api.compress(handle, Fold(), Budget(ratio=2))
     assert 0 < compressed.summary["searched"]["params"] < 1 and compressed.details["search"]["full_runs"] == 0

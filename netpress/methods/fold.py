@@ -366,11 +366,11 @@ class _GroupReduction:
         return reduced, plans, rows
 
     def applied_repair(self, model: nn.Module) -> str:
-        """The repair ``apply`` runs: ``auto`` is ``ar`` where it was measured to help (merges of similar channels,
-        which the adaptive allocation chooses, on a model with BatchNorm statistics to correct), else ``none``."""
+        """The repair ``apply`` runs: ``auto`` is the data-free ``ar`` where there are BatchNorm statistics to
+        correct, else ``none`` (a model without BatchNorm has nothing for a repair to change)."""
         if self.repair != "auto":
             return self.repair
-        return "ar" if self.allocation == "adaptive" and batchnorm_layers(model) else "none"
+        return "ar" if batchnorm_layers(model) else "none"
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
@@ -399,9 +399,9 @@ class _GroupReduction:
 class Fold(_GroupReduction):
     """Model folding: merge similar channels of each group.
 
-    ``repair``: ``auto`` (default) is ``ar``, data-free, on a model with BatchNorm statistics under the
-    adaptive allocation (at or above no repair at 15 of 18 measured cells, up to 34 points above), else ``none``;
-    the last report row says which ran. ``none``, ``ar``, ``dir`` (DeepInversion samples) and ``data`` as named.
+    ``repair``: ``auto`` (default) is ``ar``, data-free, on a model with BatchNorm statistics (with the adaptive
+    allocation at or above no repair at 15 of 18 measured cells, up to 34 points above), else ``none``; the last
+    report row says which ran. ``none``, ``ar``, ``dir`` (DeepInversion samples) and ``data`` as named.
     ``allocation``: ``adaptive`` (default) removes channels first where merging them costs least, per
     parameter saved, so groups of dissimilar channels keep more of them; ``uniform`` (the paper's) removes
     the same share of every group. With no repair, at 40 % of the parameters removed, adaptive took ResNet-20

@@ -92,7 +92,7 @@ MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 AllocationName = Enum("AllocationName", {name: name for name in (*ALLOCATIONS, *GROUP_ALLOCATIONS)}, type=str)
 ALLOCATION_HELP = (
     "per-layer allocation of the target: magnitude: global (default), uniform, erk or lamp; fold, channel-l1: "
-    f"adaptive (the fewest channels where merging costs most) or uniform (the same share of every group; "
+    "adaptive (channels removed first where merging them costs least) or uniform (the same share of every group; "
     f"the paper's); default {Fold.allocation} for fold, {ChannelL1.allocation} for channel-l1"
 )
 RepairName = Enum("RepairName", {name: name for name in REPAIRS}, type=str)

@@ -473,11 +473,7 @@ def _print_report(report: dict) -> None:
             f"epoch(s) ({pilots}); the file "
             f"takes {share:.0f} % of the {fit['target_bytes']:,} bytes allowed{shifted}",
         )
-    if any(m["name"] == Fold.name and m["repair"] == "auto" for m in report["methods"]):
-        if report["layers"][Fold.name][-1]["repair"] == "ar":
-            err.print("note: fold's auto repair ran ar: the data-free correction of the merged channels' BatchNorm scales")
-        else:
-            err.print("note: fold's auto repair ran none: the model has no BatchNorm statistics to correct")
+    _note_auto_repair(report)
     if kept := report.get("preservation"):
         err.print(f"preservation set ({kept['samples']:,} examples): accuracy {_kept(kept)}")
         _warn_test_overlap(kept)
@@ -677,6 +673,7 @@ def sweep(
             f"{r['seconds']:.1f}",
         )
     out.print(table)
+    _note_auto_repair(results[0])  # one model: every point ran the same repair
     if kept:
         _warn_test_overlap(results[0]["preservation"])
     if plot is not None:
@@ -694,6 +691,15 @@ def sweep(
             plot_curve({label: points}, plot, f"{model}: accuracy vs file size")
     if report is not None:
         codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
+
+
+def _note_auto_repair(report: dict) -> None:
+    """Which repair fold's ``auto`` ran: it depends on the model, so the command line says it."""
+    if any(m["name"] == Fold.name and m["repair"] == "auto" for m in report["methods"]):
+        if report["layers"][Fold.name][-1]["repair"] == "ar":
+            err.print("note: fold's auto repair ran ar: the data-free correction of the merged channels' BatchNorm scales")
+        else:
+            err.print("note: fold's auto repair ran none: the model has no BatchNorm statistics to correct")
 
 
 def _kept(kept: dict) -> str:

@@ -99,12 +99,14 @@ def test_a_dataset_the_model_cannot_take_fails_before_the_file_is_written(weight
 
 @needs_fashion_mnist
 def test_sweep_over_parameters_removed_with_fold(tmp_path):
-    args = ["--clustering", "ward", "--prune-fraction", "0.5", "--report", tmp_path / "r.json"]
+    args = ["--clustering", "ward", "--prune-fraction", "0.5", "--allocation", "uniform", "--report", tmp_path / "r.json"]
     result = run("sweep", "zoo:lenet300", "-m", "fold", "--params", "0.2,0.4", "--out-dir", tmp_path, *args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.glob("*.press")) == ["fold-params0.2.press", "fold-params0.4.press"]
     methods = [r["methods"][0] for r in json.loads((tmp_path / "r.json").read_text())]
     assert all(m["clustering"] == "ward" and m["prune_fraction"] == 0.5 for m in methods)  # compress's options too
+    assert all(m["allocation"] == "uniform" for m in methods)
+    assert "fold's auto repair ran none: the model has no BatchNorm statistics to correct" in result.output
 
 
 @needs_fashion_mnist

@@ -75,19 +75,22 @@ def _levels(rows: list[dict]) -> str:
     return ", ".join(f"{100 * r['level']:g} %" for r in rows) or "no level"
 
 
+def best_free(row: dict, prefix: str) -> float:
+    """The best data-free accuracy of a fold column set (``fold`` uniform, ``adapt`` adaptive): no repair, ar or dir."""
+    return max(row[f"{prefix}_none"], row[f"{prefix}_ar"], row[f"{prefix}_dir"])
+
+
 def cnn_note(rows: list[dict], model: str) -> str:
     """What the rows of one CNN show: where the best data-free fold wins, where ar over-corrects, and the times."""
     mine = [r for r in rows if r["model"] == model]
     if not mine:
         return ""
-    free = lambda r: max(r["fold_none"], r["fold_ar"], r["fold_dir"])  # noqa: E731
     lost = [r for r in mine if not r["best_free_fold_wins"]]
-    above_data = [r for r in mine if free(r) > r["l1_data"]]
+    above_data = [r for r in mine if best_free(r, "fold") > r["l1_data"]]
     over = [r for r in mine if r["fold_ar"] < r["fold_none"]]
-    adapt = lambda r: max(r["adapt_none"], r["adapt_ar"], r["adapt_dir"])  # noqa: E731
     adapt_lost = [r for r in mine if not r["adapt_wins"]]
-    adapt_above = [r for r in mine if adapt(r) > free(r)]
-    gains = [100 * (adapt(r) - free(r)) for r in mine]
+    adapt_above = [r for r in mine if best_free(r, "adapt") > best_free(r, "fold")]
+    gains = [100 * (best_free(r, "adapt") - best_free(r, "fold")) for r in mine]
     data_gains = [100 * (r["adapt_data"] - r["fold_data"]) for r in mine]
     times = [r["fold_s"] for r in mine] + [r["adapt_s"] for r in mine]
     return (
@@ -184,7 +187,7 @@ def run_cnn(name: str) -> list[dict]:
             row[f"tp_{mode}"] = acc(torch_pruning(model, example, row["removed"], mode == "global"))
         pruning = max(row["l1_none"], row["l1_dir"], row["tp_global"], row["tp_uniform"])
         for prefix, key in (("fold", "best_free_fold_wins"), ("adapt", "adapt_wins")):
-            row[key] = max(row[f"{prefix}_none"], row[f"{prefix}_ar"], row[f"{prefix}_dir"]) > pruning
+            row[key] = best_free(row, prefix) > pruning
         row["dir_s"] = round(di_seconds, 1)
         print(json.dumps(row), flush=True)
         rows.append(row)

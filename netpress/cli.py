@@ -116,7 +116,10 @@ BATCH_HELP = (
 ROUNDS_HELP = f"l2: rounds of a transform and a reconstruction phase (default {L2.rounds}; a sentence encoder on a CPU: 1)"
 TRANSFORM_HELP = f"l2: steps on the grids per round (default {L2.transform_steps}; a sentence encoder on a CPU: 30)"
 RECONSTRUCTION_HELP = f"l2: steps on the weights per round (default {L2.reconstruction_steps}; a sentence encoder on a CPU: 60)"
-GROUP_HELP = "uniform: one scale per this many consecutive weights of an output channel (e.g. 128 at 4 bits)"
+GROUP_HELP = (
+    "uniform: one scale per run of consecutive weights of an output channel, each channel cut into ⌈n / size⌉ runs "
+    "of near-equal length (e.g. 128 at 4 bits; instead of --per-channel)"
+)
 RAW_DTYPE_HELP = (
     "dtype of the floats stored as floats (pruned survivors, biases, norms): fp32 or fp16 "
     "(default: the method's choice; fp16 for l2, else fp32)"

@@ -326,6 +326,10 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
             ["--group-size configures uniform quantization"],
         ),
         (
+            ["compress", *MLP, "-m", "uniform", "--per-channel", "--group-size", "64", "-o", "x.press"],
+            ["--per-channel", "--group-size", "not both"],
+        ),
+        (
             ["compress", *MLP, "-m", "uniform", "--repair", "ar", "-o", "x.press"],
             ["fold and channel-l1 only"],
         ),
@@ -568,11 +572,11 @@ def test_an_output_directory_without_write_permission_is_refused_before_any_work
 
 def test_clip_and_group_size_reach_uniform_quantization_after_pruning(tmp_path):
     report = tmp_path / "r.json"
-    options = "-m magnitude --sparsity 0.5 --bits 4 --per-channel --clip mse --group-size 100".split()
+    options = "-m magnitude --sparsity 0.5 --bits 4 --clip mse --group-size 100".split()
     result = run("compress", "zoo:lenet300", *options, "-o", tmp_path / "c.press", "--report", report)
     assert result.exit_code == 0, result.output
     methods = json.loads(report.read_text())["methods"]
-    assert methods[-1] == {"name": "uniform", "bits": 4, "per_channel": True, "clip": "mse", "group_size": 100}
+    assert methods[-1] == {"name": "uniform", "bits": 4, "per_channel": False, "clip": "mse", "group_size": 100}
     loaded = netpress.load(tmp_path / "c.press")
     assert netpress.codec.read(tmp_path / "c.press").tensors["fc1.weight"].levels.shape == (300 * 8, 15)  # 784 = 8 runs
     assert loaded is not None

@@ -367,6 +367,7 @@ def test_scores_equal_in_float32_are_ranked_by_their_exact_values():
         (lambda: Fold(input_dtype="float33"), BudgetError, "torch dtype"),
         (lambda: UniformQuantization(4, per_channel="no"), BudgetError, "True or False"),
         (lambda: UniformQuantization(4, group_size=0), BudgetError, "group_size must be a whole number ≥ 1"),
+        (lambda: UniformQuantization(4, per_channel=True, group_size=64), BudgetError, "not both"),
         (lambda: Budget(sparsity="0.5"), BudgetError, "sparsity must be a number, got '0.5'"),
         (lambda: netpress.compress(_all_zero(), MagnitudePruning(), Budget(sparsity=0.5)), BudgetError, "nothing left to prune"),
         (lambda: Budget(ratio=10**400), BudgetError, "beyond the range of a float"),

@@ -160,6 +160,11 @@ def test_a_ratio_target_is_met_by_searching_tau_and_training_on(train, scale, mo
         assert all(torch.equal(v, plain[k]) for k, v in fitted.to_module(tiny_mlp()).state_dict().items())
 
 
+def test_pilots_on_the_whole_training_split_last_4_epochs_and_on_a_sixth_of_it_the_whole_run():
+    assert soft_sharing.pilot_epochs(SoftWeightSharing(), 60_000) == 4
+    assert soft_sharing.pilot_epochs(SoftWeightSharing(), 10_000) == SoftWeightSharing().epochs
+
+
 def test_the_tau_search_steps_towards_the_aim_and_bisects_once_bracketed():
     aim = 1000.0
     assert 1 < soft_sharing._next_tau([(0.1, 2000)], aim) / 0.1 <= soft_sharing.SEARCH_STEP  # too large: raise τ

@@ -186,9 +186,9 @@ class MagnitudePruning:
 class UniformQuantization:
     """Symmetric uniform quantization to ``bits`` bits (2^bits − 1 levels, zero exact).
 
-    One scale per tensor, per output channel with ``per_channel``, or per ``group_size`` consecutive
-    weights of an output channel (finer than ``per_channel``, which it overrides; a channel with
-    fewer weights is one group): at 4 bits one outlier then coarsens the grid of its group only, for
+    One scale per tensor, per output channel with ``per_channel``, or, instead, per run of about
+    ``group_size`` consecutive weights of an output channel (⌈n / group_size⌉ runs of near-equal length; a
+    channel with fewer weights is one run): at 4 bits one outlier then coarsens the grid of its group only, for
     one scale per group in the file (float16 where the scales fit its range). ``clip="max"`` spans the
     largest magnitude; ``"mse"`` clips it where the squared rounding error is least (the ratios in
     ``MSE_CLIP_RATIOS``), which helps at 4–5 bits for the same reason. Zeros stay zero, so it can follow a pruning method.
@@ -213,6 +213,11 @@ class UniformQuantization:
             raise BudgetError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
         if self.group_size is not None:
             check_whole("group_size", self.group_size, 1)
+            if self.per_channel:
+                raise BudgetError(
+                    "give per_channel (--per-channel) or group_size (--group-size), not both: groups already have "
+                    "scales of their own within each channel"
+                )
 
     def _tables(self, w: torch.Tensor) -> int:
         """How many scales ``w`` gets: 1, one per output channel, or ⌈n / group_size⌉ per channel of n weights."""

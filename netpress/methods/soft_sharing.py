@@ -53,12 +53,12 @@ KMEANS_SAMPLE = 1 << 18  # weights the initial means are clustered from
 PRIOR_CHUNK = 1 << 15  # weights per pass of the prior: a chunk's (weights × components) tensors stay in cache
 BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights snap
 # With a ratio target: pilots of at least this many steps (whole epochs, at most the run's) measure a τ's file
-# (LeNet-300's snapped file is within 5 % of the 20-epoch one from epoch 4 on, 3,752 steps of 64 of Fashion-MNIST's
-# 60,000 images; later steps, at any τ, pull the weights onto their means without moving them between components),
-# at most PILOT_TRIALS of them, until one file is within PILOT_CLOSE of the target from below. Counted in steps:
-# on 10,000 images, 4-epoch pilots (628 steps) kept a τ whose full run overshot the target, and the zero-spike fit
-# then left 62 % accuracy at 80x.
-PILOT_STEPS = 3750
+# (LeNet-300's snapped file is within 5 % of the 20-epoch one from epoch 4 on, 940 steps of the default batch of 256
+# over Fashion-MNIST's 60,000 images; later steps, at any τ, pull the weights onto their means without moving them
+# between components), at most PILOT_TRIALS of them, until one file is within PILOT_CLOSE of the target from below.
+# Counted in steps: on 10,000 images, 4-epoch pilots (160 steps) kept a τ whose full run overshot the target, and
+# the zero-spike fit then left 62 % accuracy at 80x.
+PILOT_STEPS = 940
 PILOT_TRIALS = 6
 PILOT_CLOSE = 0.9
 SEARCH_SLOPE = -0.5  # d log bytes / d log τ assumed until two pilots measure it (LeNet-300: -0.17 to -0.52)
@@ -305,6 +305,12 @@ def _snap_codes(weights: dict[str, torch.Tensor], prior: GaussianMixturePrior, z
     return codes
 
 
+def pilot_epochs(config: SoftWeightSharing, samples: int) -> int:
+    """A pilot's whole epochs: at least ``PILOT_STEPS`` steps (4 epochs of Fashion-MNIST's training split at the default
+    batch), at most the full run's."""
+    return min(math.ceil(PILOT_STEPS / math.ceil(samples / config.batch_size)), config.epochs)
+
+
 def _searched_tau(
     config: SoftWeightSharing,
     model: nn.Module,
@@ -317,7 +323,7 @@ def _searched_tau(
     """The first-epoch τ whose snapped file meets the target closest from below, by pilots of ``PILOT_STEPS``
     steps (the size is settled by then; later epochs pull the weights onto their means): a secant on log bytes
     against log τ, from ``config.tau``. Returns the kept pilot, to be trained on, and every pilot's τ and bytes."""
-    epochs = min(math.ceil(PILOT_STEPS / math.ceil(len(inputs) / config.batch_size)), config.epochs)
+    epochs = pilot_epochs(config, len(inputs))
     target, tau = sizer.target, config.tau or SoftWeightSharing.tau  # the search moves τ by factors: it cannot start at 0
     trials: list[tuple[float, int]] = []
     kept, kept_size = None, 0

@@ -479,12 +479,17 @@ def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: 
     if not ratios or setting == "params":
         return
     if setting == "sparsity":
-        extreme = 1 - 1 / max(2, sum(w.numel() for w in compressible_weights(handle.module).values()))
+        extreme = _most_sparsity(handle.module, methods)
     else:
         extreme = methods[-1].ranges[setting][0]
 
+    calibrates = any(m.needs != "none" for m in methods)
+
     def run(chain: list[Method], given: Budget | None, searched: dict) -> CompressedModel:
-        return _compressed(handle, chain, given, None, None, recorded=_with_source(ratios[0], handle), searched=searched)
+        made = _compressed(handle, chain, given, None, None, recorded=_with_source(ratios[0], handle), searched=searched)
+        if calibrates:  # the real file records its calibration subset (not drawn yet): a record of the same length
+            made.summary["calibration"] = {"n": 10**6, "seed": 0, "indices_sha256": hashlib.sha256(b"").hexdigest()}
+        return made
 
     smallest = size_search.smallest_file(methods, setting, run, extreme)
     for budget in (_with_source(b, handle) for b in ratios):
@@ -599,8 +604,11 @@ def _compress(
         def run(chain: list[Method], given: Budget | None, searched: dict) -> CompressedModel:
             return _compressed(handle, chain, given, data, raw_dtype, recorded=budget, searched=searched)
 
-        low = _own_sparsity(handle.module) if setting == "sparsity" else 0.0
-        return size_search.meet_ratio(methods, budget, setting, run, low)
+        if setting == "sparsity":
+            return size_search.meet_ratio(
+                methods, budget, setting, run, _own_sparsity(handle.module), _most_sparsity(handle.module, methods)
+            )
+        return size_search.meet_ratio(methods, budget, setting, run)
     compressed = _compressed(handle, methods, budget, data, raw_dtype)
     if budget is not None and budget.kind == "ratio":
         size = len(codec.to_bytes(compressed))
@@ -610,6 +618,13 @@ def _compress(
                 f"{' + '.join(m.name for m in methods)} did not meet the target it accepted"
             )
     return compressed
+
+
+def _most_sparsity(model: nn.Module, methods: list[Method]) -> float:
+    """The most sparsity a ratio search tries: all but one weight, or less where a stage keeps more (FCPTS keeps 1 %
+    of every layer)."""
+    most = 1 - 1 / max(2, sum(w.numel() for w in compressible_weights(model).values()))
+    return min([most] + [m.most_sparsity(model) for m in methods if hasattr(m, "most_sparsity")])
 
 
 def _own_sparsity(model: nn.Module) -> float:

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 
 from netpress.errors import BudgetError, check_whole
 
+# The summary records the target and the setting a search found, whose digits (compressed with the rest of the
+# manifest) move a file by a few bytes: a ratio the advice names leaves this many for them, so that asking for it
+# works.
+ADVICE_SLACK = 32
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -57,10 +62,11 @@ class Budget:
 
     def advice(self, smallest: int) -> str:
         """What to ask for when the smallest file found takes ``smallest`` bytes, over the target: the largest ratio
-        it meets (rounded down to two decimals; the true limit may be a little higher), or that no ratio above 1 is."""
+        it meets with ``ADVICE_SLACK`` bytes to spare (rounded down to two decimals; the true limit may be a little
+        higher), or that no ratio above 1 is."""
         if not self.reference_bytes:
             return "ask for a smaller ratio"
-        largest = self.reference_bytes / smallest
+        largest = self.reference_bytes / (smallest + ADVICE_SLACK)
         if largest <= 1:
             return "no ratio above 1 is reachable: the file's fixed costs (headers, raw tensors) outweigh the model"
         return f"ask for at most {math.floor(largest * 100) / 100:g}x"

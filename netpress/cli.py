@@ -10,6 +10,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -888,9 +889,25 @@ def decompress(
 
     check_outputs(output, keep=(file,))
     check_suffix(output, (".safetensors",), "the output is a safetensors file, recognised by its suffix")
-    state = codec.read(file).state_dict()
-    size = codec.write_file(output, save({k: v.contiguous() for k, v in state.items()}))
-    out.print(f"wrote {output} ({size:,} bytes, {len(state)} tensors)")
+    state, copies = _unshared(codec.read(file).state_dict())
+    size = codec.write_file(output, save(state))
+    tied = f", {copies} of them copies under a tied name" if copies else ""
+    out.print(f"wrote {output} ({size:,} bytes, {len(state)} tensors{tied})")
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """The state dict with a tied weight's later names as copies (safetensors refuses tensors that share memory, and a
+    plain state dict has to load into an architecture without the tie), and how many were copied."""
+    seen: set[int] = set()
+    unshared, copies = {}, 0
+    for name, value in state.items():
+        value = value.contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in seen:
+            value, copies = value.clone(), copies + 1
+        seen.add(storage)
+        unshared[name] = value
+    return unshared, copies
 
 
 @zoo_app.command("list")

@@ -14,6 +14,7 @@ files' sizes, aiming at the middle of that band, and the real stage runs again (
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -67,7 +68,7 @@ class _Tries:
 
 
 def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
-    """The least fraction in [low, high) whose file fits, found by secant steps in the fraction (a file shrinks
+    """The least fraction in [low, high] whose file fits, found by secant steps in the fraction (a file shrinks
     about linearly as weights or channels go) inside a shrinking bracket. A value a method refuses (more than
     it can remove) counts as too far."""
     target, aim = tries.target, tries.target * (1 - tolerance / 2)
@@ -91,11 +92,14 @@ def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
         else:
             over, over_size = value, size
         if fits - over < 1e-6:
-            return
+            break
         if fits_size is None:  # extrapolate from the last file over the target, as if it were all weights
             value = 1 - (1 - over) * target / over_size
         else:
             value = over + (over_size - aim) / (over_size - fits_size) * (fits - over)
+    if tries.best is None and high < 1:  # the edge itself, whose file a refusal's advice is sized on
+        with contextlib.suppress(BudgetError):
+            tries.size(high)
 
 
 def _integer(tries: _Tries, low: int, high: int, start: int) -> None:
@@ -149,12 +153,13 @@ def meet_ratio(
     setting: str,
     run: Callable[[list, Budget | None, dict], CompressedModel],
     low: float = 0.0,
+    high: float = 1.0,
 ) -> CompressedModel:
     """The file of ``methods`` at the value of ``setting`` whose file is the largest ``budget``'s ratio allows.
 
     ``run(methods, budget, searched)`` compresses with those methods and that budget (None: none), recording
-    ``searched`` (the setting's name and value) in the file's summary. ``low``: the least fraction a fraction
-    search may try (a model's own sparsity)."""
+    ``searched`` (the setting's name and value) in the file's summary. ``low`` and ``high``: the least and most
+    fraction a fraction search may try (a model's own sparsity; the most a stage can prune)."""
     target = budget.target_bytes()
     stand_ins = _stand_ins(methods)
 
@@ -164,7 +169,7 @@ def meet_ratio(
     def search(chain: list, goal: int, tolerance: float, keep: bool) -> _Tries:
         tries = _Tries(attempt(chain), goal, keep)
         if setting in FRACTIONS:
-            _fraction(tries, low, 1.0, tolerance)
+            _fraction(tries, low, high, tolerance)
         else:
             _integer(tries, *chain[-1].ranges[setting], getattr(chain[-1], setting))
         if tries.best is None:

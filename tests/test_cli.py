@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from typer.testing import CliRunner
 
 import netpress
@@ -88,6 +88,17 @@ def test_compress_inspect_eval_decompress(tmp_path):
 
 
 @needs_fashion_mnist
+def test_decompress_writes_a_tied_weight_under_each_of_its_names(weights, tmp_path):
+    press, out = tmp_path / "t.press", tmp_path / "t.safetensors"
+    assert run("compress", weights / "tied.pt", "--arch", "tests.archs:tied", "-m", "uniform", "-o", press).exit_code == 0
+    result = run("decompress", press, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "2 of them copies under a tied name" in " ".join(result.output.split())  # the shared weight and bias
+    model = tied()
+    model.load_state_dict(load_file(str(out)))  # every name, as a plain state dict
+    assert torch.equal(model.state_dict()["3.weight"], netpress.load(press, model=tied()).state_dict()["5.weight"])
+
+
 def test_a_dataset_the_model_cannot_take_fails_before_the_file_is_written(weights, tmp_path):
     out = tmp_path / "x.press"
     result = run(

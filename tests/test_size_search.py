@@ -1,5 +1,6 @@
 """A ratio target for methods without one: the setting that sizes the file is searched on the written file."""
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -96,6 +97,25 @@ def test_an_unreachable_ratio_is_refused(tmp_path):
     with pytest.raises(BudgetError, match="500x ratio is out of reach"):  # a sweep, before any file
         api.sweep(handle, UniformQuantization(), [Budget(ratio=2), Budget(ratio=500)], out_dir=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+def test_fcpts_is_searched_no_further_than_the_1_percent_it_keeps_of_every_layer(tmp_path):
+    """Refused before any work, at FCPTS's own edge, not at magnitude pruning's (which prunes all but one weight)."""
+    handle = netpress.ModelHandle(_mlp(), {}, "digits", (1, 8, 8))
+    assert FCPTS().most_sparsity(handle.module) == pytest.approx(1 - (82 + 82 + 7) / (64 * 128 + 128 * 64 + 64 * 10))
+    with pytest.raises(BudgetError, match="out of reach for fcpts: even at sparsity 0.98") as refused:
+        api.sweep(handle, FCPTS(iterations=2), [Budget(ratio=2), Budget(ratio=60)], out_dir=tmp_path / "runs", data="digits")
+    assert "--sparsity" not in str(refused.value) and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("method", [MagnitudePruning(), Fold()], ids=["magnitude", "fold"])
+def test_the_ratio_an_unreachable_one_advises_is_met_when_asked_for(method):
+    handle = netpress.ModelHandle(_mlp(), {}, None, (1, 8, 8))
+    with pytest.raises(BudgetError, match="ask for at most") as refused:
+        api.compress(handle, method, Budget(ratio=1000))
+    advised = float(re.search(r"at most ([0-9.]+)x", str(refused.value)).group(1))
+    compressed = api.compress(handle, method, Budget(ratio=advised))
+    assert _size(compressed) <= fp32_bytes(handle.module) // advised
 
 
 def test_the_report_names_the_setting_found(tmp_path):

@@ -125,6 +125,12 @@ class FCPTS:
         coding cost differs a little with the allocation): a ratio search sizes FCPTS with it first."""
         return MagnitudePruning(self.init if self.init in ALLOCATIONS else "global")
 
+    def most_sparsity(self, model: nn.Module) -> float:
+        """The most sparsity FCPTS reaches on ``model``, every layer keeping 1 % of its weights: a ratio search
+        stops there."""
+        sizes = [w.numel() for w in compressible_weights(model).values()]
+        return (sum(sizes) - sum(_min_keep(sizes))) / max(1, sum(sizes))
+
     def _initial_pruned(self, model: nn.Module, weights: dict, target: float, teacher: Teacher) -> tuple:
         """The starting per-layer prune counts, the allocation they come from, the buffers of that start
         pruned with BatchNorm re-estimated (``_start`` rebuilds the model from them), and its distillation

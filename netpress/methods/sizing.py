@@ -86,9 +86,9 @@ class FileSizer:
         alone take; refused, with the largest ratio that is reachable, when it is over the target."""
         minimum = self.bytes(zero_codes)
         if minimum > self.target:
-            raise BudgetError(  # 16 bytes more: the record of the ratio itself, whose digits change the file a little
+            raise BudgetError(
                 f"a {self.budget.ratio:g}x ratio allows {self.target} bytes, but the uncoded tensors and headers, with "
-                f"{SUMMARY_ALLOWANCE} bytes kept for the summary, take {minimum}; {self.budget.advice(minimum + 16)}"
+                f"{SUMMARY_ALLOWANCE} bytes kept for the summary, take {minimum}; {self.budget.advice(minimum)}"
             )
         return minimum
 

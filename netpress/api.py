@@ -69,8 +69,8 @@ from netpress.errors import (
     check_seed,
     check_whole,
     check_writable,
+    file_problem,
     make_output_dir,
-    not_a_file,
     one_line,
 )
 from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_params, kept_modes, predict
@@ -253,6 +253,9 @@ def _text_handle(module: nn.Module, source: dict, **fields) -> ModelHandle:
     return ModelHandle(module, source, input_shape=(hf.TRACE_LENGTH,), input_dtype="int64", **fields)
 
 
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth")  # the model files that need an architecture (--arch)
+
+
 def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     """Load ``zoo:NAME``; a ``.press`` file; a Hugging Face model directory; or a ``.safetensors``/``.pt``/``.pth``
     state dict with ``arch``."""
@@ -286,13 +289,13 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         module, source = hf.load_directory(path)
         encoder = hf.text_reader(path, module) if hf.has_tokenizer(path) else None
         return _text_handle(module, source, encoder=encoder, path=spec)
-    if path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
+    if path.suffix.lower() not in STATE_DICT_SUFFIXES:
         raise ModelSourceError(
             f"unsupported model source {spec!r}; use zoo:NAME, a .press file, a Hugging Face model directory, a .safetensors "
             "file, or a .pt/.pth state dict"
         )
-    if not path.is_file():
-        raise ModelSourceError(not_a_file(spec))
+    if problem := file_problem(spec):
+        raise ModelSourceError(problem)
     if path.stat().st_size == 0:
         raise ModelSourceError(f"{spec} is empty (0 bytes): an interrupted save or copy?")
     if arch is None:

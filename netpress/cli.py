@@ -759,17 +759,22 @@ def eval_(
     kept = None
     if preservation_set is not None:
         kept = api.resolve_dataset(load_preservation_set(preservation_set), input_shape=handle.input_shape)
+    original = None
+    if reference is not None:  # before any work: a wrong reference is refused at once
+        if Path(reference).is_dir():
+            raise DataError(f"{model} is a classifier; --reference names the classifier it came from, not {reference!r}")
+        # --arch builds the reference too where it is a bare state dict; a zoo name or a .press file brings its own
+        needs_arch = Path(reference).suffix.lower() in api.STATE_DICT_SUFFIXES
+        original = api.load_model(reference, arch if needs_arch else None)
+        for kind in ("zoo", "arch"):  # a zoo model and a factory are not compared: the factory may build it
+            mine, theirs = handle.source.get(kind), original.source.get(kind)
+            if mine and theirs and mine != theirs:
+                raise DataError(f"{model} was made from {mine} and --reference is {theirs}: compare a file with its original")
     test = api.resolve_dataset(dataset, "test")
     measured = api.evaluate(handle.module, test)
     result = measured.to_dict()
     result.update(model=model, dataset=dataset)
-    if reference is not None:
-        if Path(reference).is_dir():
-            raise DataError(f"{model} is a classifier; --reference names the classifier it came from, not {reference!r}")
-        original = api.load_model(reference, arch)
-        mine, theirs = (h.source.get("zoo", h.source.get("arch")) for h in (handle, original))
-        if mine and theirs and mine != theirs:
-            raise DataError(f"{model} was made from {mine} and --reference is {theirs}: compare a file with its original")
+    if original is not None:
         before = api.evaluate(original.module, test)
         result.update(reference=reference, reference_accuracy=before.accuracy, agreement=measured.agreement(before))
     if kept is not None:
@@ -974,7 +979,38 @@ def demo(
 
 
 def main() -> None:
-    app()
+    """The ``netpress`` command. A usage error (an unknown option, a value that is not a number) is one line too, and
+    SIGTERM ends a run as Ctrl-C does, so the hidden file it was writing is removed, not left beside the output."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        code = app(standalone_mode=False)
+    except _usage_errors() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `netpress` alone, or a group without its command: the help
+            exc.show()
+        else:
+            command = exc.ctx.command_path if exc.ctx else "netpress"
+            err.print(f"[bold red]error:[/] {one_line(exc.format_message())} (see {command} --help)")
+        code = 2
+    sys.exit(code or 0)  # Ctrl-C and SIGTERM: typer's 130
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's UsageError, and the copy of click that newer typer versions bundle."""
+    import importlib
+
+    kinds = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            kinds.append(importlib.import_module(module).UsageError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(kinds)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

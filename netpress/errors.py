@@ -15,9 +15,17 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def not_a_file(path: str | os.PathLike) -> str:
-    """The message for a path that should name an existing file and does not."""
-    return f"{path}: is a directory, not a file" if os.path.isdir(path) else f"{path}: no such file"
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a directory, a pipe or device, no permission), or None."""
+    if os.path.isdir(path):
+        return f"{path}: is a directory, not a file"
+    if not os.path.exists(path):
+        return f"{path}: no such file"
+    if not os.path.isfile(path):
+        return f"{path}: not a regular file (a pipe or a device?)"
+    if not os.access(path, os.R_OK):
+        return f"{path}: no permission to read it"
+    return None
 
 
 def check_writable(
@@ -32,10 +40,11 @@ def check_writable(
     name_max = _name_max(os.path.dirname(os.path.abspath(path)))
     if len(os.fsencode(os.path.basename(path))) > name_max:
         raise OutputError(f"{path}: the file name is longer than the {name_max} bytes the file system allows; give a shorter one")
-    parent = os.path.dirname(os.path.abspath(path))
+    # Not normalised: ``missing/../x`` names a folder the file system cannot open, though ``abspath`` would drop it.
+    parent = os.path.dirname(os.path.join(os.getcwd(), os.fspath(path)))
     if not os.path.isdir(parent):
         # a missing directory is fine if it is ``made`` or one of the parents made with it
-        if made is None or os.path.commonpath([parent, os.path.abspath(made)]) != parent:
+        if made is None or os.path.commonpath([parent, os.path.join(os.getcwd(), os.fspath(made))]) != parent:
             raise OutputError(f"{path}: the directory {parent} does not exist")
         while not os.path.isdir(parent):  # the nearest existing folder is where the new ones are made
             parent = os.path.dirname(parent)

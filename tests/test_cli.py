@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -83,6 +86,10 @@ def test_compress_inspect_eval_decompress(tmp_path):
     assert_one_line_error(run("eval", press, "--reference", "zoo:lenet5"), "made from lenet300 and --reference is lenet5")
     assert evaluated["per_class"] == rep["per_class_accuracy"]["after"] and len(rep["per_class_accuracy"]["before"]) == 10
     assert run("decompress", press, "-o", tmp_path / "d.safetensors").exit_code == 0
+    arch = ["--arch", "netpress.zoo.models:LeNet300", "--data", "fashion-mnist"]  # the same model, rebuilt by its factory
+    again = run("eval", tmp_path / "d.safetensors", *arch, "--reference", "zoo:lenet300", "--json")
+    assert json.loads(again.output)["agreement"] == rep["agreement"], again.output
+    assert_one_line_error(run("eval", press, "--reference", tmp_path / "nothing.press"), "no such file")
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -241,6 +248,7 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         ),
         (["inspect", "{w}/junk.safetensors"], ["not a .press file"]),
         (["compress", *MLP, "-m", "uniform", "-o", "no/x.press"], ["does not exist"]),
+        (["compress", *MLP, "-m", "uniform", "-o", "no/../x.press"], ["does not exist"]),  # the OS needs no/ too
         (["compress", *MLP, "-m", "uniform", "-o", "{w}"], ["is a directory"]),
         (
             ["compress", *MLP, "-m", "uniform", "-o", "x.press"] + ["--report", "no/r.json"],
@@ -411,6 +419,29 @@ def test_bad_input_is_one_clear_line(weights, args, fragments, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(run(*[a.replace("{w}", str(weights)) for a in args]), *fragments)
     assert not (tmp_path / "x.press").exists() and not (tmp_path / "netpress-sweep").exists()
+
+
+def test_a_path_that_is_no_regular_file_is_named_as_such(weights, tmp_path, monkeypatch):
+    os.mkfifo(tmp_path / "pipe.press")  # reading it would block: refused before
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    assert_one_line_error(run("inspect", tmp_path / "pipe.press"), "not a regular file")
+    data = ["--data", tmp_path / "pipe.safetensors", "-o", tmp_path / "x.press"]
+    fcpts = run("compress", weights / "mlp.pt", "--arch", "tests.archs:tiny_mlp", "-m", "fcpts", *data)
+    assert_one_line_error(fcpts, "not a regular file")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as root every file is readable: pretend it is not
+    with pytest.raises(netpress.NetpressError, match="no permission to read it"):
+        netpress.load(weights / "lenet300.press")
+
+
+def test_the_console_script_gives_a_usage_error_in_one_line(tmp_path):
+    """Through ``main`` (the ``netpress`` script), not typer's test runner: a value that is no number, a missing
+    option."""
+    for args in (["--sparsity", "abc", "-o", tmp_path / "a.press"], ["--sparsity", "0.5"]):
+        argv = ["netpress", "compress", "zoo:lenet300", "-m", "magnitude", *map(str, args)]
+        code = f"import sys; sys.argv = {argv!r}; import netpress.cli; netpress.cli.main()"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error:"), done.stderr
+        assert "compress --help" in done.stderr
 
 
 def test_sweep_never_overwrites_its_input(weights, tmp_path):

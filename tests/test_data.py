@@ -60,6 +60,13 @@ def test_damaged_dataset_files_get_a_clear_error(monkeypatch, tmp_path, damage):
         load_dataset("fashion-mnist", "test")
 
 
+class _Refusing(torch.nn.Module):
+    """A user's model whose forward raises something other than a RuntimeError."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("no")
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -70,6 +77,7 @@ def test_damaged_dataset_files_get_a_clear_error(monkeypatch, tmp_path, damage):
         (lambda: calibration_subset(load_dataset("digits", "train"), 10**6), "only"),
         (lambda: calibration_subset(load_dataset("digits", "train"), 0), "positive"),
         (lambda: predict(tiny_mlp(), torch.zeros(4, 1, 28, 28)), "cannot run on inputs of shape"),
+        (lambda: predict(_Refusing(), torch.zeros(4, 1, 8, 8)), "cannot run on inputs of shape .*: ValueError: no"),
     ],
 )
 def test_bad_data_gets_a_clear_error(call, message):

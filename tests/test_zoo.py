@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from netpress import zoo
 from netpress.cli import app
 from netpress.data import load_dataset
-from netpress.errors import BudgetError, DataError
+from netpress.errors import BudgetError, DataError, OutputError
 from netpress.evaluate import evaluate, predict
 from tests.conftest import TRAINED, needs_fashion_mnist
 
@@ -56,6 +56,15 @@ def test_train_writes_a_checkpoint_its_manifest_vouches_for(tmp_path, monkeypatc
     assert json.loads((tmp_path / "manifest.json").read_text())["lenet300"] == record
     assert record["sha256"] == zoo.registry.sha256(path) and record["file_bytes"] == path.stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet300.safetensors", "manifest.json"]
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_damaged_manifest_in_the_output_folder_is_refused_before_training(tmp_path, monkeypatch, text):
+    (tmp_path / "manifest.json").write_text(text)
+    monkeypatch.setattr(zoo.registry, "fit", lambda *a, **k: pytest.fail("trained before the manifest was read"))
+    with pytest.raises(OutputError, match="manifest"):
+        zoo.train("lenet300", epochs=1, out_dir=tmp_path)
+    assert (tmp_path / "manifest.json").read_text() == text
 
 
 def test_fit_trains_on_the_given_images_reproducibly(monkeypatch):

@@ -28,7 +28,7 @@ from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, de
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
-from netpress.errors import FormatError, OutputError, not_a_file
+from netpress.errors import FormatError, OutputError, file_problem
 from netpress.progress import progress_bar
 
 FORMAT_NAME = "netpress"
@@ -452,7 +452,9 @@ def read(path: str | os.PathLike, *, lazily: bool = False) -> CompressedModel:
 def read_file_bytes(path: str | os.PathLike) -> bytes:
     if not isinstance(path, str | os.PathLike):
         raise FormatError(f"a .press file is named by its path (a str or pathlib.Path), got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(not_a_file(path))
-    return path.read_bytes()
+    if problem := file_problem(path):
+        raise FormatError(problem)
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read: {exc.strerror or exc}") from exc

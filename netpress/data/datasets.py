@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset, TensorDataset
 
 from netpress.data.text import Sentences
-from netpress.errors import DataError, check_seed, not_a_file
+from netpress.errors import DataError, check_seed, file_problem
 
 FASHION_MNIST_ENV = "NETPRESS_FASHION_MNIST"
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
@@ -90,8 +90,8 @@ def _data_file(path: Path, split: str) -> TensorDataset:
     """A user's own data: a safetensors file (no pickle) with float ``{split}_inputs`` of the model's input shape
     and integer ``{split}_labels``, one per input; only the train split may be unlabelled, since accuracy is
     measured on the others."""
-    if not path.is_file():
-        raise DataError(f"data file {not_a_file(path)}")
+    if problem := file_problem(path):
+        raise DataError(f"data file {problem}")
     try:
         with safe_open(str(path), "pt") as f:
             stored = {k: f.get_tensor(k) for k in (f"{split}_inputs", f"{split}_labels") if k in f.keys()}

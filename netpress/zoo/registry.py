@@ -15,7 +15,7 @@ from torch import nn
 
 from netpress.codec import write_file
 from netpress.data import load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, check_seed, make_output_dir
+from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, check_seed, make_output_dir
 from netpress.progress import progress_bar
 from netpress.zoo.models import VGG, LeNet5, LeNet300, MobileNetV2, ResNet20
 
@@ -165,6 +165,19 @@ def fit(
 TRAIN_DIR = Path("netpress-zoo")  # where ``zoo train`` writes unless told: never over the shipped checkpoints
 
 
+def _read_manifest(path: Path) -> dict:
+    """The manifest a training run adds its record to: empty where there is none yet."""
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OutputError(f"{path} is not a readable manifest ({exc}); move it away or give another --out-dir") from exc
+    if not isinstance(manifest, dict):
+        raise OutputError(f"{path} holds no manifest (a JSON object of records); move it away or give another --out-dir")
+    return manifest
+
+
 def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = TRAIN_DIR, device: str = "cpu") -> dict:
     """Train a zoo model from scratch on its whole training split (``fit``) and record it in ``out_dir``'s
     manifest; the same command on the same machine gives the same file. The shipped checkpoints (which every
@@ -173,6 +186,8 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = T
 
     entry, epochs = _recipe(name, seed, epochs, device)
     make_output_dir(out_dir)  # before the training, not after it
+    manifest_path = out_dir / "manifest.json"
+    manifest = _read_manifest(manifest_path)  # a damaged one is refused now, not after the training
     train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
     start = time.perf_counter()
     model = fit(name, *train_set.tensors, seed=seed, epochs=epochs, device=device)
@@ -197,8 +212,6 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = T
         + (f" --epochs {epochs}" if epochs != entry.epochs else "")
         + (f" --device {device}" if device != "cpu" else ""),
     }
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest[name] = record
     write_file(out_dir / f"{name}.safetensors", checkpoint)
     write_file(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

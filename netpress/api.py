@@ -110,6 +110,9 @@ class ModelHandle:
     # fp32 bytes of the model before netpress's first stage, for a model read from a .press file: a
     # ratio against the reloaded model alone would hide what the earlier stages (a fold) removed.
     first_original_bytes: int | None = None
+    # "fp16" for a .press file that stored every float it kept as floats in fp16: a later stage keeps them so by
+    # default (in fp32 they would take twice the bytes for no precision), unless it is told otherwise.
+    raw_dtype: str | None = None
 
 
 DEFAULT_CALIB = 1024  # calibration samples drawn from the training split when the caller names no number
@@ -276,11 +279,12 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         module = compressed.load_into(architecture)
         source = {**compressed.source, "earlier": _history(compressed, spec)}
         name = compressed.source.get("zoo")
+        read = {"path": spec, "first_original_bytes": first, "raw_dtype": _stored_raw_dtype(compressed)}
         if name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
-            return replace(_zoo_handle(name, module, source), path=spec, first_original_bytes=first)
+            return replace(_zoo_handle(name, module, source), **read)
         if hf.is_hf_source(source):
-            return _text_handle(module, source, path=spec, first_original_bytes=first)
-        return ModelHandle(module, source, path=spec, first_original_bytes=first)
+            return replace(_text_handle(module, source), **read)
+        return ModelHandle(module, source, **read)
     if path.is_dir():
         if not hf.is_model_directory(path):
             raise ModelSourceError(f"{spec} is a folder without config.json; a folder is read as a Hugging Face model directory")
@@ -649,9 +653,9 @@ def _compressed(
     default ``budget``) and, for a ratio search, the ``searched`` setting it tried."""
     recorded = recorded or budget
     if data is None and _layerwise(methods):
-        tensors, rows = _compress_by_layer(handle.module, methods, budget, raw_dtype or "fp32")
+        tensors, rows = _compress_by_layer(handle.module, methods, budget, raw_dtype or handle.raw_dtype or "fp32")
     else:
-        tensors, rows = _compress_by_model(handle.module, methods, budget, data, raw_dtype)
+        tensors, rows = _compress_by_model(handle.module, methods, budget, data, raw_dtype, handle.raw_dtype)
     coded = {name: value for name, value in tensors.items() if not isinstance(value, torch.Tensor)}
     tied = _tied_map(handle.module, set(tensors))
     summary = {
@@ -674,6 +678,17 @@ def _compressed(
     return CompressedModel(tensors, dict(handle.source), summary, details)
 
 
+def _stored_raw_dtype(compressed: CompressedModel) -> str | None:
+    """ "fp16" where every float a file keeps as floats (uncoded tensors, pruned survivors) is in float16, else None."""
+    dtypes = set()
+    for value in compressed.tensors.values():  # read lazily: raw tensors, and the coded ones as their records
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            dtypes.add(str(value.dtype).removeprefix("torch."))
+        elif isinstance(value, Packed) and value.record.get("kind") == "sparse":
+            dtypes.add(value.record["dtype"])
+    return "fp16" if dtypes == {"float16"} else None
+
+
 def _tied_map(model: nn.Module, stored: set[str]) -> dict[str, str]:
     """``{alias: stored name}`` for each name of the model's state the file leaves out because it holds the same
     tensor as a stored name (tied weights): recorded, so a model built without the tie gets the tensor too."""
@@ -687,14 +702,21 @@ def _given(budget: Budget | None, method: Method) -> Budget | None:
 
 
 def _compress_by_model(
-    model: nn.Module, methods: list[Method], budget: Budget | None, data: Subset | None, raw_dtype: str | None
+    model: nn.Module,
+    methods: list[Method],
+    budget: Budget | None,
+    data: Subset | None,
+    raw_dtype: str | None,
+    default_dtype: str | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """The stages one after another, each on the whole model the one before returned: what a method that
-    calibrates, trains or changes shapes needs. Returns the stored tensors and each stage's report rows."""
+    calibrates, trains or changes shapes needs. Returns the stored tensors and each stage's report rows.
+    Floats kept as floats are in ``raw_dtype``, else the last method's choice, else ``default_dtype`` (the input
+    file's), else fp32."""
     current = model
     codes: dict = {}
     rows: dict[str, list[dict]] = {}
-    chosen_dtype = "fp32"
+    chosen_dtype = default_dtype or "fp32"
     for method in methods:
         if method.needs != "none" and data is None:
             raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")

@@ -549,6 +549,7 @@ def compress(
         preservation=preserving(preservation_set, preserve),
     )
     _print_report(result)
+    _note_raw_dtype(handle, methods, raw_dtype)
     if plot is not None:
         from netpress.report import plot_allocation
 
@@ -678,6 +679,7 @@ def sweep(
         )
     out.print(table)
     _note_auto_repair(results[0])  # one model: every point ran the same repair
+    _note_raw_dtype(handle, methods, raw_dtype)
     if kept:
         _warn_test_overlap(results[0]["preservation"])
     if plot is not None:
@@ -704,6 +706,15 @@ def _note_auto_repair(report: dict) -> None:
             err.print("note: fold's auto repair ran ar: the data-free correction of the merged channels' BatchNorm scales")
         else:
             err.print("note: fold's auto repair ran none: the model has no BatchNorm statistics to correct")
+
+
+def _note_raw_dtype(handle: api.ModelHandle, methods: list, raw_dtype: str | None) -> None:
+    """A .press input in fp16 keeps its floats in fp16 unless told otherwise: the command line says so."""
+    if raw_dtype is None and handle.raw_dtype and not any(getattr(m, "raw_dtype", None) for m in methods):
+        err.print(
+            f"note: the floats stored as floats (survivors, biases) are in {handle.raw_dtype}, as the input file stores "
+            "them; --raw-dtype fp32 keeps them in full"
+        )
 
 
 def _kept(kept: dict) -> str:

@@ -421,6 +421,18 @@ def test_bad_input_is_one_clear_line(weights, args, fragments, tmp_path, monkeyp
     assert not (tmp_path / "x.press").exists() and not (tmp_path / "netpress-sweep").exists()
 
 
+def test_a_later_stage_keeps_the_fp16_floats_of_its_input_unless_told(weights, tmp_path):
+    first, kept, full = (tmp_path / f"{n}.press" for n in ("first", "kept", "full"))
+    prune = ["--arch", "tests.archs:tiny_mlp", "-m", "magnitude", "--sparsity"]
+    assert run("compress", weights / "mlp.pt", *prune, "0.5", "--raw-dtype", "fp16", "-o", first).exit_code == 0
+    again = run("compress", first, *prune, "0.6", "-o", kept)
+    assert "in fp16, as the input file stores them" in " ".join(again.output.split())
+    assert run("compress", first, *prune, "0.6", "--raw-dtype", "fp32", "-o", full).exit_code == 0
+    assert kept.stat().st_size < 0.7 * full.stat().st_size
+    model = tiny_mlp()  # fp16 values: the same in either file
+    assert torch.equal(netpress.load(kept, model=model)[1].weight, netpress.load(full, model=tiny_mlp())[1].weight)
+
+
 def test_a_path_that_is_no_regular_file_is_named_as_such(weights, tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "pipe.press")  # reading it would block: refused before
     os.mkfifo(tmp_path / "pipe.safetensors")

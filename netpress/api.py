@@ -835,7 +835,10 @@ def architecture_for(source: dict, arch: str | None = None) -> nn.Module:
         raise ModelSourceError(
             f"this file was made from a model built by {source['arch']}; pass arch='{source['arch']}' (CLI: --arch) to rebuild it"
         )
-    raise ModelSourceError("the file does not say which architecture it holds; pass a model or --arch")
+    raise ModelSourceError(
+        "the file was made from a model passed in as a module, so it names no architecture: give it with arch="
+        "'package.module:factory' (CLI: --arch), or load it with netpress.load(path, model=an instance of it)"
+    )
 
 
 def inspect(path: str | os.PathLike) -> dict:

@@ -433,6 +433,17 @@ def test_a_later_stage_keeps_the_fp16_floats_of_its_input_unless_told(weights, t
     assert torch.equal(netpress.load(kept, model=model)[1].weight, netpress.load(full, model=tiny_mlp())[1].weight)
 
 
+def test_quantizing_a_quantized_file_again_is_noted(weights, tmp_path):
+    arch = ["--arch", "tests.archs:tiny_mlp"]
+    assert run("compress", weights / "mlp.pt", *arch, "-m", "uniform", "--bits", "4", "-o", tmp_path / "u.press").exit_code == 0
+    again = run("compress", tmp_path / "u.press", *arch, "-m", "kmeans", "--levels", "4", "-o", tmp_path / "k.press")
+    assert "already quantized by uniform, and kmeans rounds its values again" in " ".join(again.output.split())
+    pruned = run(
+        "compress", tmp_path / "u.press", *arch, "-m", "magnitude", "--sparsity", "0.6", "--bits", "4", "-o", tmp_path / "m.press"
+    )
+    assert pruned.exit_code == 0 and "rounds its values again" in " ".join(pruned.output.split())
+
+
 def test_a_path_that_is_no_regular_file_is_named_as_such(weights, tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "pipe.press")  # reading it would block: refused before
     os.mkfifo(tmp_path / "pipe.safetensors")

@@ -1084,9 +1084,12 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
 def _check_finite_output(module: nn.Module, sample: torch.Tensor, split: str) -> None:
     """One sample through the model: data it cannot take, or takes to NaN, fails before any work."""
     if not bool(torch.isfinite(predict(module, sample.unsqueeze(0))).all()):
+        negative = [name for name, b in module.named_buffers() if name.endswith("running_var") and bool((b < 0).any())]
+        if negative:
+            raise UnsupportedModelError(f"{negative[0]} holds a negative variance: the model's BatchNorm statistics are damaged")
         raise DataError(
             f"the model's output on a {split} input is not finite: the inputs are out of the range it was "
-            "trained on (standardise them as for training)"
+            "trained on (standardise them as for training), or the model's weights overflow on them"
         )
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from netpress.codec.codes import Encoded, SparseValues
-from netpress.errors import BudgetError, ModelSourceError, one_line
+from netpress.errors import BudgetError, FormatError, ModelSourceError, one_line
 from netpress.graph.surgery import resize_to
 
 # The dtypes a model's fp32 file holds (floats become float32), by name and in the order safetensors lays
@@ -168,6 +168,12 @@ class CompressedModel:
         resize_to(model, {k: tuple(v.shape) for k, v in self.tensors.items()})
         reference = model.state_dict()
         aliases = {alias: kept for alias, kept in self.tied().items() if kept in self.tensors}
+        for alias, kept in aliases.items():  # the summary is not needed to decode, so its record is checked here
+            if alias in reference and tuple(reference[alias].shape) != tuple(self.tensors[kept].shape):
+                raise FormatError(
+                    f"the file ties {alias} {tuple(reference[alias].shape)} to {kept} {tuple(self.tensors[kept].shape)}: "
+                    "the shapes differ, so its summary is damaged"
+                )
         tied = tied_names(reference, set(self.tensors)) | set(aliases)
         missing = [k for k in reference if k not in self.tensors and k not in tied]
         unexpected = [k for k in self.tensors if k not in reference]

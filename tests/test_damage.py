@@ -126,6 +126,14 @@ def test_a_malformed_stage_history_is_refused_not_trusted(source, summary, tmp_p
         netpress.load_model(path, arch="tests.archs:tiny_cnn")
 
 
+def test_a_tie_between_tensors_of_other_shapes_is_a_damaged_summary(tmp_path):
+    path = tmp_path / "t.press"
+    tied = {"tied": {"4.weight": "0.weight"}}
+    codec.save(netpress.compressed.CompressedModel(COMPRESSED.tensors, COMPRESSED.source, tied), path)
+    with pytest.raises(FormatError, match="ties 4.weight .* to 0.weight .* summary is damaged"):
+        netpress.load(path, model=tiny_cnn())
+
+
 def test_non_finite_weights_are_never_written_and_never_loaded(tmp_path):
     """netpress.save() refuses them; a file holding them (made another way) is refused when loaded."""
     tensors = {**COMPRESSED.tensors, "0.bias": torch.full((8,), float("nan"))}

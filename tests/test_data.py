@@ -10,11 +10,11 @@ from torch.utils.data import TensorDataset
 from netpress import api
 from netpress.budget import Budget
 from netpress.data import calibration_subset, check_dataset, load_dataset
-from netpress.errors import DataError
+from netpress.errors import DataError, UnsupportedModelError
 from netpress.evaluate import evaluate, predict
 from netpress.methods.baselines import MagnitudePruning
 from netpress.methods.fcpts import FCPTS
-from tests.archs import Items, tiny_mlp
+from tests.archs import Items, tiny_cnn, tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
 
@@ -83,6 +83,14 @@ class _Refusing(torch.nn.Module):
 def test_bad_data_gets_a_clear_error(call, message):
     with pytest.raises(DataError, match=message):
         call()
+
+
+def test_a_negative_batchnorm_variance_is_blamed_on_the_model_not_the_data(tmp_path):
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[1].running_var[0] = -1.0
+    with pytest.raises(UnsupportedModelError, match="1.running_var holds a negative variance"):
+        api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "m.press", data="digits")
 
 
 def _digits_file(path, **changes):

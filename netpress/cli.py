@@ -574,9 +574,12 @@ TARGET_LISTS = {"ratio": ("--ratios", "5,10,20"), "sparsity": ("--sparsities", "
 
 def _float_list(text: str, option: str, example: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise BudgetError(f"{option} takes comma-separated numbers, e.g. {option} {example}; got {text!r}") from None
+        values = []
+    if not values:
+        raise BudgetError(f"{option} takes comma-separated numbers, e.g. {option} {example}; got {text!r}")
+    return values
 
 
 @app.command()

@@ -249,6 +249,11 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         (["inspect", "{w}/junk.safetensors"], ["not a .press file"]),
         (["compress", *MLP, "-m", "uniform", "-o", "no/x.press"], ["does not exist"]),
         (["compress", *MLP, "-m", "uniform", "-o", "no/../x.press"], ["does not exist"]),  # the OS needs no/ too
+        (["sweep", *MLP, "-m", "magnitude", "--sparsities", ",", "--out-dir", "runs"], ["--sparsities takes", "0.5,0.8"]),
+        (
+            ["compress", *MLP, "-m", "uniform", "--preservation-set", "{w}/none.safetensors", "-o", "x.press"],
+            ["preservation set", "no such file"],
+        ),
         (["compress", *MLP, "-m", "uniform", "-o", "{w}"], ["is a directory"]),
         (
             ["compress", *MLP, "-m", "uniform", "-o", "x.press"] + ["--report", "no/r.json"],

@@ -91,7 +91,7 @@ def _data_file(path: Path, split: str) -> TensorDataset:
     and integer ``{split}_labels``, one per input; only the train split may be unlabelled, since accuracy is
     measured on the others."""
     if problem := file_problem(path):
-        raise DataError(f"data file {problem}")
+        raise DataError(f"{'preservation set' if split == 'preserve' else 'data file'} {problem}")
     try:
         with safe_open(str(path), "pt") as f:
             stored = {k: f.get_tensor(k) for k in (f"{split}_inputs", f"{split}_labels") if k in f.keys()}

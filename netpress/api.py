@@ -18,6 +18,8 @@ import pickle
 import sys
 import tempfile
 import time
+import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -191,8 +193,15 @@ def _weights_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelSourceError(f"{path} is not a readable safetensors file: {exc}") from exc
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a legacy pickle before refusing it: the refusal says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's own text here advises weights_only=False: not for netpress
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; this is a bare pickle, or not a pickle
+            raise ModelSourceError(
+                f"{path} is not a torch.save checkpoint (those are zip archives): a bare pickle or another format; "
+                "save model.state_dict() with torch.save, or a .safetensors file"
+            ) from exc
         raise ModelSourceError(
             f"{path} holds pickled objects other than tensors (a whole model?), and netpress unpickles only "
             "tensors (weights_only=True); save model.state_dict() instead, or a .safetensors file"

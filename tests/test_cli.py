@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 
@@ -34,6 +35,8 @@ def weights(tmp_path_factory):
     torch.save(model, folder / "whole_module.pt")  # a pickled module: must be refused
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
     (folder / "empty.pt").write_bytes(b"")
+    (folder / "bare.pt").write_bytes(pickle.dumps({"weight": [1.0]}))  # pickled without torch.save
+    (folder / "noise.pt").write_bytes(bytes(range(256)))
     torch.save(tied().state_dict(), folder / "tied.pt")
     save_model(tied(), str(folder / "tied.safetensors"))  # keeps one name of the shared weight
     save_file({k: v.to(torch.int32) for k, v in model.state_dict().items()}, str(folder / "int.safetensors"))
@@ -240,6 +243,8 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         (["eval", "{w}/empty.pt"], ["is empty (0 bytes)"]),
         (["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5", "--workers", "0"], ["workers must be"]),
         (["eval", "{w}/whole_module.pt", "--arch", "tests.archs:tiny_mlp"], ["weights_only=True"]),
+        (["eval", "{w}/bare.pt", "--arch", "tests.archs:tiny_mlp"], ["not a torch.save checkpoint"]),
+        (["eval", "{w}/noise.pt", "--arch", "tests.archs:tiny_mlp"], ["not a torch.save checkpoint"]),
         (["eval", *MLP, "--data", "mnist"], ["unknown dataset"]),
         (["eval", *MLP], ["--data"]),
         (

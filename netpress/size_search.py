@@ -69,17 +69,19 @@ class _Tries:
 
 def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
     """The least fraction in [low, high] whose file fits, found by secant steps in the fraction (a file shrinks
-    about linearly as weights or channels go) inside a shrinking bracket. A value a method refuses (more than
-    it can remove) counts as too far."""
+    about linearly as weights or channels go) inside a shrinking bracket. A value above ``high``, or one a method
+    refuses (more than it can remove), counts as too far; ``high`` itself is tried last if nothing fit."""
     target, aim = tries.target, tries.target * (1 - tolerance / 2)
     over, over_size = low, tries.size(low)
     if over_size <= target:
         return
-    fits, fits_size = high, None  # nothing known to fit yet
+    fits, fits_size = 1.0, None  # nothing known to fit yet
     value = 1 - (1 - low) * target / over_size  # the file as if it were all weights
     for _ in range(TRIES):
         value = min(max(value, over + (fits - over) / 20), fits - (fits - over) / 20)
         try:
+            if value > high:
+                raise BudgetError("past the most the stage can remove")
             size = tries.size(value)
         except BudgetError:
             fits, fits_size = value, None
@@ -97,7 +99,7 @@ def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
             value = 1 - (1 - over) * target / over_size
         else:
             value = over + (over_size - aim) / (over_size - fits_size) * (fits - over)
-    if tries.best is None and high < 1:  # the edge itself, whose file a refusal's advice is sized on
+    if tries.best is None and high < 1:  # the edge itself (the up-front check's): a refusal's advice is sized on it
         with contextlib.suppress(BudgetError):
             tries.size(high)
 

@@ -199,8 +199,8 @@ def _weights_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor
     except pickle.UnpicklingError as exc:  # torch's own text here advises weights_only=False: not for netpress
         if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; this is a bare pickle, or not a pickle
             raise ModelSourceError(
-                f"{path} is not a torch.save checkpoint (those are zip archives): a bare pickle or another format; "
-                "save model.state_dict() with torch.save, or a .safetensors file"
+                f"{path} is not a zip-format torch.save checkpoint: a bare pickle, a legacy torch.save holding objects "
+                "other than tensors, or another format; save model.state_dict() with torch.save, or a .safetensors file"
             ) from exc
         raise ModelSourceError(
             f"{path} holds pickled objects other than tensors (a whole model?), and netpress unpickles only "
@@ -449,8 +449,9 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     if not methods:
         raise BudgetError("give at least one method")
     check_tensors_only(handle.module.state_dict())  # a .press file holds tensors only
-    if raw_dtype is not None and raw_dtype not in RAW_DTYPES:
-        raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {raw_dtype!r}")
+    for given in (raw_dtype, handle.raw_dtype):
+        if given is not None and given not in RAW_DTYPES:
+            raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {given!r}")
     for method in methods:
         if isinstance(method, type) or not callable(getattr(method, "apply", None)):
             raise BudgetError(f"{method!r} is not a method; pass an instance such as FCPTS() or MagnitudePruning('lamp')")
@@ -485,7 +486,9 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
             method.check_target(handle.module, _with_source(budget, handle))
 
 
-def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: Sequence[Budget | None]) -> None:
+def _check_searched_ratios(
+    handle: ModelHandle, methods: list[Method], budgets: Sequence[Budget | None], raw_dtype: str | None = None
+) -> None:
     """Refuse, before any work, ratio targets that the file at the searched setting's extreme does not meet (for
     a sweep, one such file for all its points). The fraction of parameters a structural method can remove is
     checked by the method itself."""
@@ -502,9 +505,9 @@ def _check_searched_ratios(handle: ModelHandle, methods: list[Method], budgets: 
     calibrates = any(m.needs != "none" for m in methods)
 
     def run(chain: list[Method], given: Budget | None, searched: dict) -> CompressedModel:
-        made = _compressed(handle, chain, given, None, None, recorded=_with_source(ratios[0], handle), searched=searched)
-        if calibrates:  # the real file records its calibration subset (not drawn yet): a record of the same length
-            made.summary["calibration"] = {"n": 10**6, "seed": 0, "indices_sha256": hashlib.sha256(b"").hexdigest()}
+        made = _compressed(handle, chain, given, None, raw_dtype, recorded=_with_source(ratios[0], handle), searched=searched)
+        if calibrates:  # the real file records its calibration subset (not drawn yet): a record as long or longer
+            made.summary["calibration"] = {"n": 10**6, "seed": 2**31, "indices_sha256": hashlib.sha256(b"").hexdigest()}
         return made
 
     smallest = size_search.smallest_file(methods, setting, run, extreme)
@@ -551,7 +554,8 @@ def compress(
 
     The budget goes to every method that accepts its kind; a method that needs data gets ``data``.
     Floats stored as floats (a pruned tensor's survivors, tensors no method coded) are in ``raw_dtype``;
-    by default in the precision the last method chose for them (fp32 unless it says otherwise).
+    by default in the precision the last method chose for them, else fp16 for a model read from a .press file whose
+    floats are all fp16 (``ModelHandle.raw_dtype``), else fp32.
     A ratio budget is checked on the serialised file. Data-free layer-wise stages (magnitude pruning, then
     uniform or k-means quantization) run one layer at a time and hold each coded tensor as its stream
     (``Packed``; ``.unpack()`` gives its codes), so a large model is never in memory twice.
@@ -893,7 +897,7 @@ def press(
     preservation, methods = _preservation_and_methods(preservation, methods, handle)
     with _keeping(handle, methods, keep):
         _check_call(handle, methods, budget, raw_dtype)
-        _check_searched_ratios(handle, methods, [budget])
+        _check_searched_ratios(handle, methods, [budget], raw_dtype)
         check_press_suffix(out)
         check_writable(out, keep=(handle.path,) if handle.path else ())
         prepared = _prepare(handle, methods, data, calib, seed, preservation)
@@ -1093,9 +1097,12 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
 def _check_finite_output(module: nn.Module, sample: torch.Tensor, split: str) -> None:
     """One sample through the model: data it cannot take, or takes to NaN, fails before any work."""
     if not bool(torch.isfinite(predict(module, sample.unsqueeze(0))).all()):
-        negative = [name for name, b in module.named_buffers() if name.endswith("running_var") and bool((b < 0).any())]
+        norms = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        negative = [n for n, m in norms if m.running_var is not None and bool((m.running_var + m.eps < 0).any())]
         if negative:
-            raise UnsupportedModelError(f"{negative[0]} holds a negative variance: the model's BatchNorm statistics are damaged")
+            raise UnsupportedModelError(
+                f"{negative[0]}.running_var holds a negative variance: the model's BatchNorm statistics are damaged"
+            )
         raise DataError(
             f"the model's output on a {split} input is not finite: the inputs are out of the range it was "
             "trained on (standardise them as for training), or the model's weights overflow on them"
@@ -1412,7 +1419,7 @@ def sweep(
                 raise BudgetError("give a Budget for every point of the sweep")
             _check_call(handle, methods, budget, raw_dtype)
         label = "+".join(m.name for m in methods)
-        _check_searched_ratios(handle, methods, budgets)
+        _check_searched_ratios(handle, methods, budgets, raw_dtype)
         names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

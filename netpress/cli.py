@@ -13,6 +13,7 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from netpress import api, codec, hf, parallel, zoo
@@ -63,7 +64,7 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except NetpressError as exc:
             # One line even where the message quotes a multi-line one (torch's load_state_dict report).
-            err.print(f"[bold red]error:[/] {one_line(exc)}")
+            err.print(f"[bold red]error:[/] {escape(one_line(exc))}")  # a path or value may hold [brackets]
             raise typer.Exit(2) from None
 
     return wrapper
@@ -123,7 +124,7 @@ GROUP_HELP = (
 )
 RAW_DTYPE_HELP = (
     "dtype of the floats stored as floats (pruned survivors, biases, norms): fp32 or fp16 "
-    "(default: the method's choice; fp16 for l2, else fp32)"
+    "(default: the method's choice; fp16 for l2, and for a .press input whose floats are all fp16; else fp32)"
 )
 LEVELS_HELP = "k-means levels including zero (after pruning, of the survivors); sws: mixture components including zero"
 TAU_HELP = (
@@ -713,6 +714,17 @@ def _note_auto_repair(report: dict) -> None:
             err.print("note: fold's auto repair ran none: the model has no BatchNorm statistics to correct")
 
 
+def _reference_arch(reference: str, arch: str | None) -> str | None:
+    """--arch builds the reference too, unless it brings its own architecture: a zoo name, or a .press file made from
+    a zoo model or a Hugging Face directory."""
+    if arch is None or reference.startswith("zoo:"):
+        return None
+    if Path(reference).suffix.lower() == ".press" and Path(reference).is_file():
+        source = codec.read(reference, lazily=True).source
+        return None if isinstance(source.get("zoo"), str) or hf.is_hf_source(source) else arch
+    return arch
+
+
 def _note_raw_dtype(handle: api.ModelHandle, methods: list, raw_dtype: str | None) -> None:
     """A .press input in fp16 keeps its floats in fp16 unless told otherwise: the command line says so."""
     if raw_dtype is None and handle.raw_dtype and not any(getattr(m, "raw_dtype", None) for m in methods):
@@ -790,9 +802,7 @@ def eval_(
     if reference is not None:  # before any work: a wrong reference is refused at once
         if Path(reference).is_dir():
             raise DataError(f"{model} is a classifier; --reference names the classifier it came from, not {reference!r}")
-        # --arch builds the reference too where it is a bare state dict; a zoo name or a .press file brings its own
-        needs_arch = Path(reference).suffix.lower() in api.STATE_DICT_SUFFIXES
-        original = api.load_model(reference, arch if needs_arch else None)
+        original = api.load_model(reference, _reference_arch(reference, arch))
         for kind in ("zoo", "arch"):  # a zoo model and a factory are not compared: the factory may build it
             mine, theirs = handle.source.get(kind), original.source.get(kind)
             if mine and theirs and mine != theirs:
@@ -1018,7 +1028,7 @@ def main() -> None:
             exc.show()
         else:
             command = exc.ctx.command_path if exc.ctx else "netpress"
-            err.print(f"[bold red]error:[/] {one_line(exc.format_message())} (see {command} --help)")
+            err.print(f"[bold red]error:[/] {escape(one_line(exc.format_message()))} (see {command} --help)")
         code = 2
     sys.exit(code or 0)  # Ctrl-C and SIGTERM: typer's 130
 

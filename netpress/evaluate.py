@@ -93,6 +93,8 @@ def _forward(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
         x = torch.cat([x, x[-1:].expand(rows - short, *x.shape[1:])])
     try:
         out = model(x)
+    except (MemoryError, RecursionError):
+        raise
     except Exception as exc:  # a shape error, or whatever the user's forward raises (a ValueError, an assert)
         raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: {type(exc).__name__}: {exc}") from exc
     if not torch.is_tensor(out) or out.dim() != 2:

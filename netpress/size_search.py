@@ -50,10 +50,11 @@ class _Try:
 
 
 class _Tries:
-    """The files tried at each value of the setting; the best is the largest under the target."""
+    """The files tried at each value of the setting; the best is the largest under the target at a value no
+    greater than ``most`` (a larger one is measured, to steer the search as before, but its stage cannot make it)."""
 
-    def __init__(self, attempt: Callable[[float], CompressedModel], target: int, keep: bool) -> None:
-        self.attempt, self.target, self.keep = attempt, target, keep
+    def __init__(self, attempt: Callable[[float], CompressedModel], target: int, keep: bool, most: float = math.inf) -> None:
+        self.attempt, self.target, self.keep, self.most = attempt, target, keep, most
         self.best: _Try | None = None
         self.sizes: dict[float, int] = {}
 
@@ -62,15 +63,22 @@ class _Tries:
             compressed = self.attempt(value)
             size = len(codec.to_bytes(compressed))
             self.sizes[value] = size
-            if size <= self.target and (self.best is None or size > self.best.size):
+            if size <= self.target and value <= self.most and (self.best is None or size > self.best.size):
                 self.best = _Try(value, size, compressed if self.keep else None)
         return self.sizes[value]
 
 
-def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
-    """The least fraction in [low, high] whose file fits, found by secant steps in the fraction (a file shrinks
-    about linearly as weights or channels go) inside a shrinking bracket. A value above ``high``, or one a method
-    refuses (more than it can remove), counts as too far; ``high`` itself is tried last if nothing fit."""
+def _fraction(tries: _Tries, low: float, tolerance: float) -> None:
+    """The least fraction in [low, 1) whose file fits, found by secant steps in the fraction (a file shrinks
+    about linearly as weights or channels go) inside a shrinking bracket. A value a method refuses (more than
+    it can remove) counts as too far. Where no value up to ``tries.most`` fit, that edge itself is tried last."""
+    _bracket(tries, low, tolerance)
+    if tries.best is None and tries.most < 1:  # the edge (the up-front check's): a refusal's advice is sized on it
+        with contextlib.suppress(BudgetError):
+            tries.size(tries.most)
+
+
+def _bracket(tries: _Tries, low: float, tolerance: float) -> None:
     target, aim = tries.target, tries.target * (1 - tolerance / 2)
     over, over_size = low, tries.size(low)
     if over_size <= target:
@@ -80,8 +88,6 @@ def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
     for _ in range(TRIES):
         value = min(max(value, over + (fits - over) / 20), fits - (fits - over) / 20)
         try:
-            if value > high:
-                raise BudgetError("past the most the stage can remove")
             size = tries.size(value)
         except BudgetError:
             fits, fits_size = value, None
@@ -94,14 +100,11 @@ def _fraction(tries: _Tries, low: float, high: float, tolerance: float) -> None:
         else:
             over, over_size = value, size
         if fits - over < 1e-6:
-            break
+            return
         if fits_size is None:  # extrapolate from the last file over the target, as if it were all weights
             value = 1 - (1 - over) * target / over_size
         else:
             value = over + (over_size - aim) / (over_size - fits_size) * (fits - over)
-    if tries.best is None and high < 1:  # the edge itself (the up-front check's): a refusal's advice is sized on it
-        with contextlib.suppress(BudgetError):
-            tries.size(high)
 
 
 def _integer(tries: _Tries, low: int, high: int, start: int) -> None:
@@ -160,8 +163,9 @@ def meet_ratio(
     """The file of ``methods`` at the value of ``setting`` whose file is the largest ``budget``'s ratio allows.
 
     ``run(methods, budget, searched)`` compresses with those methods and that budget (None: none), recording
-    ``searched`` (the setting's name and value) in the file's summary. ``low`` and ``high``: the least and most
-    fraction a fraction search may try (a model's own sparsity; the most a stage can prune)."""
+    ``searched`` (the setting's name and value) in the file's summary. ``low``: the least fraction a fraction search
+    may try (a model's own sparsity); ``high``: the most a stage can make (FCPTS: 99 %), the largest a file found
+    may have (the search measures larger ones, as steps, so it takes the steps it would take without it)."""
     target = budget.target_bytes()
     stand_ins = _stand_ins(methods)
 
@@ -169,9 +173,9 @@ def meet_ratio(
         return lambda value: _at(chain, setting, run, value)
 
     def search(chain: list, goal: int, tolerance: float, keep: bool) -> _Tries:
-        tries = _Tries(attempt(chain), goal, keep)
+        tries = _Tries(attempt(chain), goal, keep, high if setting in FRACTIONS else math.inf)
         if setting in FRACTIONS:
-            _fraction(tries, low, high, tolerance)
+            _fraction(tries, low, tolerance)
         else:
             _integer(tries, *chain[-1].ranges[setting], getattr(chain[-1], setting))
         if tries.best is None:
@@ -198,7 +202,7 @@ def meet_ratio(
         if sized.value in runs:
             break
         runs.append(sized.value)
-        real = _Tries(attempt(methods), target, keep=True)
+        real = _Tries(attempt(methods), target, keep=True, most=high if setting in FRACTIONS else math.inf)
         size = real.size(sized.value)
         sizes.append(size)
         if real.best is not None and (best is None or real.best.size > best.size):

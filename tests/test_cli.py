@@ -243,8 +243,8 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         (["eval", "{w}/empty.pt"], ["is empty (0 bytes)"]),
         (["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5", "--workers", "0"], ["workers must be"]),
         (["eval", "{w}/whole_module.pt", "--arch", "tests.archs:tiny_mlp"], ["weights_only=True"]),
-        (["eval", "{w}/bare.pt", "--arch", "tests.archs:tiny_mlp"], ["not a torch.save checkpoint"]),
-        (["eval", "{w}/noise.pt", "--arch", "tests.archs:tiny_mlp"], ["not a torch.save checkpoint"]),
+        (["eval", "{w}/bare.pt", "--arch", "tests.archs:tiny_mlp"], ["not a zip-format torch.save checkpoint"]),
+        (["eval", "{w}/noise.pt", "--arch", "tests.archs:tiny_mlp"], ["not a zip-format torch.save checkpoint"]),
         (["eval", *MLP, "--data", "mnist"], ["unknown dataset"]),
         (["eval", *MLP], ["--data"]),
         (
@@ -443,6 +443,16 @@ def test_a_later_stage_keeps_the_fp16_floats_of_its_input_unless_told(weights, t
     assert torch.equal(netpress.load(kept, model=model)[1].weight, netpress.load(full, model=tiny_mlp())[1].weight)
 
 
+def test_eval_compares_a_second_stage_with_its_first_both_built_by_one_factory(weights, tmp_path):
+    arch = ["--arch", "tests.archs:tiny_mlp"]
+    first, second = tmp_path / "a.press", tmp_path / "b.press"
+    assert run("compress", weights / "mlp.pt", *arch, "-m", "magnitude", "--sparsity", "0.5", "-o", first).exit_code == 0
+    assert run("compress", first, *arch, "-m", "uniform", "--bits", "4", "-o", second).exit_code == 0
+    result = run("eval", second, *arch, "--data", "digits", "--reference", first, "--json")
+    assert result.exit_code == 0, result.output
+    assert 0 < json.loads(result.output)["agreement"] <= 1
+
+
 def test_quantizing_a_quantized_file_again_is_noted(weights, tmp_path):
     arch = ["--arch", "tests.archs:tiny_mlp"]
     assert run("compress", weights / "mlp.pt", *arch, "-m", "uniform", "--bits", "4", "-o", tmp_path / "u.press").exit_code == 0
@@ -469,7 +479,11 @@ def test_a_path_that_is_no_regular_file_is_named_as_such(weights, tmp_path, monk
 def test_the_console_script_gives_a_usage_error_in_one_line(tmp_path):
     """Through ``main`` (the ``netpress`` script), not typer's test runner: a value that is no number, a missing
     option."""
-    for args in (["--sparsity", "abc", "-o", tmp_path / "a.press"], ["--sparsity", "0.5"]):
+    for args in (
+        ["--sparsity", "abc", "-o", tmp_path / "a.press"],
+        ["--sparsity", "[/x]", "-o", tmp_path / "a.press"],
+        ["--sparsity", "0.5"],
+    ):
         argv = ["netpress", "compress", "zoo:lenet300", "-m", "magnitude", *map(str, args)]
         code = f"import sys; sys.argv = {argv!r}; import netpress.cli; netpress.cli.main()"
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -726,3 +726,20 @@ def test_a_kept_layer_keeps_the_layer_tied_to_it_out_of_the_uncompressed_list(tm
     report = netpress.press(model, UniformQuantization(4), out=tmp_path / "k.press", keep=["encoder_tokens"])
     assert report["kept_layers"] == ["encoder_tokens"] and report["uncompressed_layers"] == {}
     assert not any(m.get("name") == "shared.weight" for m in report["layers"]["uniform"])
+
+
+def test_a_stage_on_a_file_of_fp16_floats_keeps_them_in_fp16_unless_it_sized_its_file_in_fp32(tmp_path):
+    from netpress.methods import SoftWeightSharing
+
+    path = tmp_path / "half.press"
+    netpress.save(netpress.compress(tiny_cnn(), MagnitudePruning(), Budget(sparsity=0.5), raw_dtype="fp16"), path)
+    handle = api.load_model(path, arch="tests.archs:tiny_cnn")
+    assert handle.raw_dtype == "fp16"
+    digits = calibration_subset(load_dataset("digits", "train"), 64, seed=0)
+    tuned = api.compress(handle, FCPTS(iterations=2, batch_size=16), Budget(sparsity=0.6), digits)  # whole-model path
+    assert tuned.tensors["0.weight"].values.dtype == torch.float16 and tuned.tensors["0.bias"].dtype == torch.float16
+    sized = api.compress(handle, SoftWeightSharing(epochs=1), Budget(ratio=3), digits)  # sized in fp32: written so
+    assert sized.tensors["0.bias"].dtype == torch.float32
+    mixed = netpress.compress(tiny_cnn(), MagnitudePruning(), Budget(sparsity=0.5))  # fp32 floats: nothing inherited
+    netpress.save(mixed, tmp_path / "full.press")
+    assert api.load_model(tmp_path / "full.press", arch="tests.archs:tiny_cnn").raw_dtype is None

@@ -1,5 +1,6 @@
 """A ratio target for methods without one: the setting that sizes the file is searched on the written file."""
 
+import math
 import re
 from dataclasses import replace
 
@@ -160,3 +161,20 @@ def test_the_real_stage_aims_inside_the_accepted_band_so_its_run_to_run_jitter_s
     found = size_search.meet_ratio([_Costly()], budget, "sparsity", run)
     assert budget.target_bytes() * (1 - size_search.REAL_TOLERANCE) <= found.size <= budget.target_bytes()
     assert found.details["search"]["full_runs"] == 3
+
+
+@pytest.mark.parametrize("target", [20_000, 6_000, 2_000, 1_500])
+def test_a_stage_that_prunes_at_most_99_percent_is_searched_as_before_and_never_given_more(monkeypatch, target):
+    """Values past the edge are still measured (the search takes the steps it took before), but none becomes the
+    answer; where nothing up to the edge fits, the edge itself is tried, so the refusal's advice is sized on it."""
+    monkeypatch.setattr(size_search.codec, "to_bytes", lambda sized: b"\0" * sized.size)
+    curve = lambda value: round(100_000 * (1 - value)) + 1_000  # noqa: E731
+    free, edged = (size_search._Tries(lambda v: _Sized(curve(v)), target, False, most) for most in (math.inf, 0.99))
+    size_search._fraction(free, 0.0, TOLERANCE)
+    size_search._fraction(edged, 0.0, TOLERANCE)
+    assert list(edged.sizes)[: len(free.sizes)] == list(free.sizes)  # the same values, in the same order
+    if free.best.value <= 0.99:
+        assert edged.best.value == free.best.value and len(edged.sizes) == len(free.sizes)
+    else:
+        assert edged.best is None or edged.best.value <= 0.99
+        assert list(edged.sizes)[-1] == 0.99

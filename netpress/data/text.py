@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netpress.errors import DataError
+from netpress.errors import DataError, file_problem
 
 FORTUNES_ENV = "NETPRESS_FORTUNES"
 FORTUNES_DEFAULT = "/usr/share/games/fortunes"
@@ -64,6 +64,8 @@ def is_text_data(name: object) -> bool:
 def _file_texts(path: str) -> list[str]:
     """Every distinct non-empty line of your text file (whitespace-normalised), sorted: the splits then depend on
     which texts the file holds, not on their order."""
+    if (problem := file_problem(path)) and os.path.exists(path):  # a pipe would block; a missing file is named below
+        raise DataError(f"text file {problem}")
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not text
     except FileNotFoundError as exc:

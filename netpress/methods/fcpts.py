@@ -67,10 +67,15 @@ def _min_keep(sizes: list[int]) -> list[int]:
     return [max(1, math.ceil(MIN_DENSITY * n)) for n in sizes]
 
 
+def _most_zeros(sizes: list[int]) -> int:
+    """The most weights FCPTS removes from layers of these sizes: each keeps its 1 % minimum."""
+    return sum(sizes) - sum(_min_keep(sizes))
+
+
 def _reachable_keeping_minimum(weights: list[torch.Tensor], target: float) -> list[int]:
     """``reachable_zeros``, once the target is also known to leave every layer its 1 % minimum."""
     total = sum(w.numel() for w in weights)
-    most = total - sum(_min_keep([w.numel() for w in weights]))
+    most = _most_zeros([w.numel() for w in weights])
     if target_zeros(target, total) > most:
         raise BudgetError(
             f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
@@ -129,7 +134,7 @@ class FCPTS:
         """The most sparsity FCPTS reaches on ``model``, every layer keeping 1 % of its weights: a ratio search
         stops there."""
         sizes = [w.numel() for w in compressible_weights(model).values()]
-        return (sum(sizes) - sum(_min_keep(sizes))) / max(1, sum(sizes))
+        return _most_zeros(sizes) / max(1, sum(sizes))
 
     def _initial_pruned(self, model: nn.Module, weights: dict, target: float, teacher: Teacher) -> tuple:
         """The starting per-layer prune counts, the allocation they come from, the buffers of that start

@@ -169,6 +169,8 @@ class SelfCompression:
                 run.fit()
                 run.settle()
         result = run.result()
+        if sizer is not None:  # a file sized for a target is written in the dtype it was sized in, whatever the input's
+            result.raw_dtype = sizer.raw_dtype
         if cut is not None:
             result.rows[0]["cut"] = cut
         with kept_modes(model):

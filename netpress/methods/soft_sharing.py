@@ -432,7 +432,8 @@ def _snapped(run: _Retraining, inputs: torch.Tensor, sizer: FileSizer | None) ->
     if sizer is not None and not fits(shift):  # the re-estimated statistics take a few more bytes
         shift = _fitted_shift(fits, shift)
         codes = snap(shift)
-    result = MethodResult(run.model, codes)
+    # A file sized for a target is written in the dtype it was sized in, whatever the input's
+    result = MethodResult(run.model, codes, raw_dtype=sizer.raw_dtype if sizer is not None else None)
     result.rows = [
         {"name": n, "shape": list(c.shape), "params": c.symbols.numel(), "levels": c.num_levels, "sparsity": c.sparsity()}
         for n, c in codes.items()

@@ -187,7 +187,7 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = T
     entry, epochs = _recipe(name, seed, epochs, device)
     make_output_dir(out_dir)  # before the training, not after it
     manifest_path = out_dir / "manifest.json"
-    manifest = _read_manifest(manifest_path)  # a damaged one is refused now, not after the training
+    _read_manifest(manifest_path)  # a damaged one is refused now, not after the training
     train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
     start = time.perf_counter()
     model = fit(name, *train_set.tensors, seed=seed, epochs=epochs, device=device)
@@ -212,6 +212,7 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = T
         + (f" --epochs {epochs}" if epochs != entry.epochs else "")
         + (f" --device {device}" if device != "cpu" else ""),
     }
+    manifest = _read_manifest(manifest_path)  # again: another run may have added its record meanwhile
     manifest[name] = record
     write_file(out_dir / f"{name}.safetensors", checkpoint)
     write_file(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

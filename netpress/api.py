@@ -692,7 +692,8 @@ def _compressed(
 
 
 def _stored_raw_dtype(compressed: CompressedModel) -> str | None:
-    """ "fp16" where every float a file keeps as floats (uncoded tensors, pruned survivors) is in float16, else None."""
+    """The dtype a later stage keeps a file's floats in: fp16 where every float the file keeps as floats (uncoded
+    tensors, pruned survivors) is float16, else None (the stage's own choice)."""
     dtypes = set()
     for value in compressed.tensors.values():  # read lazily: raw tensors, and the coded ones as their records
         if isinstance(value, torch.Tensor) and value.is_floating_point():

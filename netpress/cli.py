@@ -22,6 +22,7 @@ from netpress.data.datasets import PRESERVATION_KEYS, load_preservation_set, sam
 from netpress.errors import (
     BudgetError,
     DataError,
+    FormatError,
     NetpressError,
     OutputError,
     check_press_suffix,
@@ -939,10 +940,13 @@ def decompress(
 
 def _unshared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
     """The state dict with a tied weight's later names as copies (safetensors refuses tensors that share memory, and a
-    plain state dict has to load into an architecture without the tie), and how many were copied."""
+    plain state dict has to load into an architecture without the tie), and how many were copied; non-finite values
+    are refused."""
     seen: set[int] = set()
     unshared, copies = {}, 0
     for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):  # as eval and compress refuse it
+            raise FormatError(f"{name} holds NaN or infinite values; the file was not written by a working model")
         value = value.contiguous()
         storage = value.untyped_storage().data_ptr()
         if value.numel() and storage in seen:

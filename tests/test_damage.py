@@ -7,9 +7,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 import netpress
 from netpress import Budget, MagnitudePruning, UniformQuantization, codec
+from netpress.cli import app
 from netpress.codec import SparseValues
 from netpress.codec.container import Packed
 from netpress.errors import FormatError, NetpressError
@@ -145,6 +147,8 @@ def test_non_finite_weights_are_never_written_and_never_loaded(tmp_path):
     codec.save(bad, path)
     with pytest.raises(NetpressError, match="0.bias holds NaN or infinite values"):
         netpress.load(path, model=tiny_cnn())
+    written = CliRunner().invoke(app, ["decompress", str(path), "-o", str(tmp_path / "nan.safetensors")])
+    assert written.exit_code == 2 and "0.bias holds NaN" in written.output and not (tmp_path / "nan.safetensors").exists()
 
 
 def test_a_file_read_lazily_decodes_each_tensor_when_used_and_refuses_non_finite_survivors(tmp_path):

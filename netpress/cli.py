@@ -1027,24 +1027,26 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
-    except _usage_errors() as exc:
+    except _click_errors("UsageError") as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `netpress` alone, or a group without its command: the help
             exc.show()
         else:
             command = exc.ctx.command_path if exc.ctx else "netpress"
             err.print(f"[bold red]error:[/] {escape(one_line(exc.format_message()))} (see {command} --help)")
         code = 2
+    except _click_errors("Abort"):  # Ctrl-C and SIGTERM where typer uses click's own handling (older typer)
+        code = 130
     sys.exit(code or 0)  # Ctrl-C and SIGTERM: typer's 130
 
 
-def _usage_errors() -> tuple[type[Exception], ...]:
-    """click's UsageError, and the copy of click that newer typer versions bundle."""
+def _click_errors(name: str) -> tuple[type[Exception], ...]:
+    """click's exception ``name``, and its twin in the copy of click that newer typer versions bundle."""
     import importlib
 
     kinds = []
     for module in ("click.exceptions", "typer._click.exceptions"):
         try:
-            kinds.append(importlib.import_module(module).UsageError)
+            kinds.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
             continue
     return tuple(kinds)

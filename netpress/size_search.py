@@ -168,12 +168,13 @@ def meet_ratio(
     may have (the search measures larger ones, as steps, so it takes the steps it would take without it)."""
     target = budget.target_bytes()
     stand_ins = _stand_ins(methods)
+    most = high if setting in FRACTIONS else math.inf  # bits and levels have their ranges instead
 
     def attempt(chain: list) -> Callable[[float], CompressedModel]:
         return lambda value: _at(chain, setting, run, value)
 
     def search(chain: list, goal: int, tolerance: float, keep: bool) -> _Tries:
-        tries = _Tries(attempt(chain), goal, keep, high if setting in FRACTIONS else math.inf)
+        tries = _Tries(attempt(chain), goal, keep, most)
         if setting in FRACTIONS:
             _fraction(tries, low, tolerance)
         else:
@@ -202,7 +203,7 @@ def meet_ratio(
         if sized.value in runs:
             break
         runs.append(sized.value)
-        real = _Tries(attempt(methods), target, keep=True, most=high if setting in FRACTIONS else math.inf)
+        real = _Tries(attempt(methods), target, keep=True, most=most)
         size = real.size(sized.value)
         sizes.append(size)
         if real.best is not None and (best is None or real.best.size > best.size):

@@ -96,11 +96,21 @@ def _forward(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
     except (MemoryError, RecursionError):
         raise
     except Exception as exc:  # a shape error, or whatever the user's forward raises (a ValueError, an assert)
+        if (floats := _float_dtype(model)) is not None and x.is_floating_point() and x.dtype != floats:
+            raise DataError(
+                f"the model's weights are {floats} and the inputs {x.dtype}: convert the model (model.float()); a .press "
+                "file stores weights as fp32 or fp16 whatever the model's precision"
+            ) from exc
         raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: {type(exc).__name__}: {exc}") from exc
     if not torch.is_tensor(out) or out.dim() != 2:
         what = f"a {tuple(out.shape)} tensor" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise UnsupportedModelError(f"the model returns {what}; netpress needs a (batch, classes) tensor of logits")
     return out[:short]
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (None without one)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 @torch.no_grad()

@@ -78,6 +78,7 @@ class _Refusing(torch.nn.Module):
         (lambda: calibration_subset(load_dataset("digits", "train"), 0), "positive"),
         (lambda: predict(tiny_mlp(), torch.zeros(4, 1, 28, 28)), "cannot run on inputs of shape"),
         (lambda: predict(_Refusing(), torch.zeros(4, 1, 8, 8)), "cannot run on inputs of shape .*: ValueError: no"),
+        (lambda: predict(tiny_cnn().double(), torch.zeros(4, 1, 8, 8)), r"weights are torch.float64 and the inputs torch.float32"),
     ],
 )
 def test_bad_data_gets_a_clear_error(call, message):

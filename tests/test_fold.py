@@ -499,3 +499,20 @@ def test_weights_saved_from_a_folded_model_point_to_its_press_file_and_other_mis
     with pytest.raises(ModelSourceError, match="do not fit") as refused:
         netpress.load_model(tmp_path / "mlp.safetensors", arch="tests.archs:tiny_cnn")
     assert "decompress" not in str(refused.value)
+
+
+def test_deep_inversion_keeps_each_samples_target_class(monkeypatch):
+    """DeepInversion fixes one target class per synthetic image; a new draw every step would only add noise."""
+    import netpress.methods.fold as fold_module
+
+    seen = []
+    cross_entropy = F.cross_entropy
+
+    def recording(out, labels):
+        seen.append(labels.clone())
+        return cross_entropy(out, labels)
+
+    monkeypatch.setattr(fold_module.F, "cross_entropy", recording)
+    samples = fold_module.deep_inversion(tiny_cnn(), (1, 8, 8), samples=16, steps=5, seed=0)
+    assert samples.shape == (16, 1, 8, 8) and len(seen) == 5
+    assert all(torch.equal(labels, seen[0]) for labels in seen) and seen[0].unique().numel() > 1

@@ -184,8 +184,8 @@ def deep_inversion(model: nn.Module, input_shape: tuple[int, ...], samples: int,
     """Synthetic inputs whose BatchNorm input statistics match the model's running statistics.
 
     DeepInversion (Yin et al., CVPR 2020), small: Adam on the pixels of a batch drawn from N(0, 1),
-    loss = Σ_BN ‖μ_batch − μ_run‖₂ + ‖σ²_batch − σ²_run‖₂ + cross-entropy to random classes
-    + 1e-4·total variation. Bounded by ``steps``.
+    loss = Σ_BN ‖μ_batch − μ_run‖₂ + ‖σ²_batch − σ²_run‖₂ + cross-entropy to a random class per sample
+    (drawn once, as DeepInversion fixes each image's target) + 1e-4·total variation. Bounded by ``steps``.
     """
     teacher = copy.deepcopy(model).eval()
     teacher.requires_grad_(False)
@@ -203,10 +203,12 @@ def deep_inversion(model: nn.Module, input_shape: tuple[int, ...], samples: int,
     try:
         with progress_bar() as progress:
             task = progress.add_task("DeepInversion samples", total=steps)
-            for _ in range(steps):
+            labels = None  # one target class per sample for the whole run, drawn once the class count is known
+            for step in range(steps):
                 losses.clear()
                 out = teacher(x)
-                labels = torch.randint(0, out.shape[1], (samples,), generator=generator) if out.dim() == 2 else None
+                if step == 0 and out.dim() == 2:
+                    labels = torch.randint(0, out.shape[1], (samples,), generator=generator)
                 loss = torch.stack(losses).sum()
                 if labels is not None:
                     loss = loss + F.cross_entropy(out, labels)

@@ -67,6 +67,7 @@ from netpress.errors import (
     NetpressError,
     OutputError,
     UnsupportedModelError,
+    check_choice,
     check_press_suffix,
     check_seed,
     check_whole,
@@ -289,7 +290,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         source = {**compressed.source, "earlier": _history(compressed, spec)}
         name = compressed.source.get("zoo")
         read = {"path": spec, "first_original_bytes": first, "raw_dtype": _stored_raw_dtype(compressed)}
-        if name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
+        if isinstance(name, str) and name in zoo.ZOO:  # architecture_for refused --arch for a zoo file
             return replace(_zoo_handle(name, module, source), **read)
         if hf.is_hf_source(source):
             return replace(_text_handle(module, source), **read)
@@ -383,7 +384,7 @@ def _method_list(methods: Method | Sequence[Method]) -> list[Method]:
     return [methods] if not isinstance(methods, Sequence) else list(methods)
 
 
-def _earlier_methods(handle: ModelHandle) -> list[list[str]]:
+def earlier_methods(handle: ModelHandle) -> list[list[str]]:
     """The method names of each stage a .press input went through, oldest first."""
     earlier = handle.source.get("earlier")
     stages = [s for s in earlier if isinstance(s, dict)] if isinstance(earlier, list) else []
@@ -394,7 +395,7 @@ def _check_earlier_stages(handle: ModelHandle, methods: list[Method]) -> None:
     """The order rules of one call, across runs: a model loaded from a .press file keeps its earlier
     stages' work, so a structural method may not follow a weight stage, and a quantized input must
     end in a quantizer (else its few distinct values are stored as floats again, a larger file)."""
-    stages = _earlier_methods(handle)
+    stages = earlier_methods(handle)
     weight_stages = [n for names in stages for n in names if not getattr(METHODS.get(n), "structural", False)]
     structural = next((m for m in methods if getattr(m, "structural", False)), None)
     if weight_stages and structural is not None:
@@ -450,8 +451,8 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
         raise BudgetError("give at least one method")
     check_tensors_only(handle.module.state_dict())  # a .press file holds tensors only
     for given in (raw_dtype, handle.raw_dtype):
-        if given is not None and given not in RAW_DTYPES:
-            raise BudgetError(f"raw dtype must be one of {', '.join(RAW_DTYPES)}, got {given!r}")
+        if given is not None:
+            check_choice("raw dtype", given, RAW_DTYPES)
     for method in methods:
         if isinstance(method, type) or not callable(getattr(method, "apply", None)):
             raise BudgetError(f"{method!r} is not a method; pass an instance such as FCPTS() or MagnitudePruning('lamp')")
@@ -466,6 +467,10 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
                 f"{method.name} sizes the file with raw_dtype={method.raw_dtype!r}: set raw_dtype={raw_dtype!r} "
                 f"on the method ({type(method).__name__}(raw_dtype={raw_dtype!r})) instead of on compress()"
             )
+    names = [m.name for m in methods]
+    if len(set(names)) < len(names):  # the report keys each stage's rows by its method
+        twice = next(n for n in names if names.count(n) > 1)
+        raise BudgetError(f"{twice} appears twice in one call; run it once, or compress its file again for a second pass")
     quantizer = next((m for m in methods[:-1] if getattr(m, "quantizes", False)), None)
     if quantizer is not None:
         raise BudgetError(
@@ -892,15 +897,16 @@ def press(
     torch Dataset), measured before and after like the test split (``report["preservation"]``, which counts
     those that are also in the test split) and guarded by self-compression, which refuses them in the test split.
     """
+    handle = _as_handle(model)
+    check_press_suffix(out)  # before any work: a ratio check may compress a stand-in
+    check_writable(out, keep=(handle.path,) if handle.path else ())
     data = _data_name(data)
-    handle = _with_input_shape(_as_handle(model), data)
+    handle = _with_input_shape(handle, data)
     methods = _method_list(methods)
     preservation, methods = _preservation_and_methods(preservation, methods, handle)
     with _keeping(handle, methods, keep):
         _check_call(handle, methods, budget, raw_dtype)
         _check_searched_ratios(handle, methods, [budget], raw_dtype)
-        check_press_suffix(out)
-        check_writable(out, keep=(handle.path,) if handle.path else ())
         prepared = _prepare(handle, methods, data, calib, seed, preservation)
         return _press(handle, methods, budget, out, prepared, raw_dtype)
 
@@ -1404,6 +1410,9 @@ def sweep(
     ``preservation`` is measured at every point, as in ``press``.
     """
     check_whole("workers", workers, 1)
+    if not isinstance(out_dir, str | os.PathLike):
+        raise OutputError(f"out_dir is a folder's path (a str or pathlib.Path), got {type(out_dir).__name__}")
+    out_dir = Path(out_dir)
     if workers > 1 and parallel.in_group():
         raise BudgetError(
             "this process is in a torch.distributed group, whose processes share the points; drop workers (--workers)"
@@ -1420,16 +1429,13 @@ def sweep(
                 raise BudgetError("give a Budget for every point of the sweep")
             _check_call(handle, methods, budget, raw_dtype)
         label = "+".join(m.name for m in methods)
-        _check_searched_ratios(handle, methods, budgets, raw_dtype)
         names = [f"{label}-{budget.kind}{budget.value:g}.press" for budget in budgets]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise BudgetError(f"two targets would write the same file ({', '.join(twice)}); give distinct targets")
-        if not isinstance(out_dir, str | os.PathLike):
-            raise OutputError(f"out_dir is a folder's path (a str or pathlib.Path), got {type(out_dir).__name__}")
-        out_dir = Path(out_dir)
         for name in names:
             check_writable(out_dir / name, keep=(handle.path,) if handle.path else (), made=out_dir)
+        _check_searched_ratios(handle, methods, budgets, raw_dtype)  # may compress a stand-in: after the cheap checks
         prepared = _prepare(handle, methods, data, calib, seed, preservation)
         make_output_dir(out_dir)
         points = [(budget, out_dir / name) for budget, name in zip(budgets, names)]

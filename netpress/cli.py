@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import torch
 import typer
@@ -54,9 +55,10 @@ app.add_typer(zoo_app, name="zoo")
 out = Console(width=max(Console().width, 120))
 # Messages on stderr are single soft-wrapped lines without rich's number and path highlighting.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
 
 
-def friendly(fn):
+def friendly(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn every NetpressError into one line on stderr and exit code 2: no traceback for bad input."""
 
     @wraps(fn)
@@ -737,7 +739,7 @@ def _note_raw_dtype(handle: api.ModelHandle, methods: list, raw_dtype: str | Non
 
 def _note_quantized_twice(handle: api.ModelHandle, methods: list) -> None:
     """Quantizing a quantized file rounds every weight twice: the command line says what to do instead."""
-    earlier = [m["name"] for stage in handle.source.get("earlier", []) for m in stage["methods"]]
+    earlier = [name for stage in api.earlier_methods(handle) for name in stage]
     quantized = [name for name in earlier if getattr(METHODS.get(name), "quantizes", False)]
     if quantized and getattr(methods[-1], "quantizes", False):
         err.print(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 
 
 def one_line(exc: BaseException) -> str:
@@ -47,6 +48,8 @@ def check_writable(
         if made is None or os.path.commonpath([parent, os.path.join(os.getcwd(), os.fspath(made))]) != parent:
             raise OutputError(f"{path}: the directory {parent} does not exist")
         while not os.path.isdir(parent):  # the nearest existing folder is where the new ones are made
+            if os.path.exists(parent):
+                raise OutputError(f"{path}: {parent} is a file, not a folder; give another output directory")
             parent = os.path.dirname(parent)
     if not os.access(parent, os.W_OK):  # the file itself is replaced through a new file in this directory
         raise OutputError(f"{path}: no permission to write in {parent}; give a path you can write to")
@@ -131,15 +134,27 @@ def check_whole(name: str, value: object, minimum: int) -> None:
         raise BudgetError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
 
 
+def check_choice(name: str, value: object, choices: Iterable[str]) -> None:
+    """A method setting that names one of a few options."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise BudgetError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def check_flag(name: str, value: object) -> None:
     """A method setting that is on or off: a bool, not a truthy string."""
     if not isinstance(value, bool):
         raise BudgetError(f"{name} must be True or False, got {value!r}")
 
 
-def check_real(name: str, value: object, minimum: float, *, inclusive: bool = True) -> None:
-    """A method setting that is a finite real number ≥ ``minimum`` (> it unless ``inclusive``)."""
+def check_real(
+    name: str, value: object, minimum: float, *, inclusive: bool = True, maximum: float | None = None, why: str = ""
+) -> None:
+    """A method setting that is a finite real number ≥ ``minimum`` (> it unless ``inclusive``) and at most ``maximum``;
+    ``why`` says what the maximum is."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BudgetError(f"{name} must be a finite number, got {value!r}")
     if value < minimum or (value == minimum and not inclusive):
         raise BudgetError(f"{name} must be {'≥' if inclusive else '>'} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise BudgetError(f"{name} must be at most {maximum:g}{why}, got {value!r}")

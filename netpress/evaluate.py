@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -10,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from netpress.data import batches, check_dataset, class_indices
-from netpress.errors import DataError, UnsupportedModelError
+from netpress.errors import DataError, UnsupportedModelError, check_whole
 from netpress.progress import progress_bar
 
 # Inference batch: on a CPU, conv activations of a few hundred images stay in cache; at 1000 images
@@ -124,13 +125,14 @@ def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = INFERENCE_
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = INFERENCE_BATCH) -> Evaluation:
     """Top-1 and per-class accuracy of a classifier on a labelled dataset (the model's train/eval
     flags are left as they were)."""
+    check_whole("batch_size", batch_size, 1)
     check_dataset(dataset)
     with kept_modes(model):
         return _evaluate(model, dataset, batch_size)
 
 
 @contextmanager
-def kept_modes(model: nn.Module):
+def kept_modes(model: nn.Module) -> Iterator[None]:
     """Restore every submodule's train/eval flag on exit: netpress runs a caller's model in eval mode
     and must not leave it switched."""
     modes = [(m, m.training) for m in model.modules()]

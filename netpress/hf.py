@@ -191,6 +191,15 @@ def build(record: Any) -> nn.Module:
     return model.eval()
 
 
+def _batch(tokenizer, sentences: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """One padded batch of token ids and attention mask, cut at ``max_tokens``; a tokenizer that cannot make one
+    (no padding token, say) is the model directory's problem, said so."""
+    try:
+        return dict(tokenizer(sentences, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"))
+    except ValueError as exc:
+        raise UnsupportedModelError(f"the directory's tokenizer cannot make a batch of sentences: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class TextEncoder:
     """Sentences to unit-length sentence embeddings with a model of a directory: its tokenizer and pooling.
@@ -237,10 +246,7 @@ class TextEncoder:
 
     def tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         """One padded batch of token ids and attention mask, cut at ``max_tokens``."""
-        try:
-            return dict(self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"))
-        except ValueError as exc:  # e.g. a tokenizer with no padding token
-            raise UnsupportedModelError(f"the directory's tokenizer cannot make a batch of sentences: {exc}") from exc
+        return _batch(self.tokenizer, sentences, self.max_tokens)
 
     def encode(self, model: nn.Module, batch: dict[str, torch.Tensor], params: dict | None = None) -> torch.Tensor:
         """Unit-length embeddings of a tokenized batch, differentiable (FCPTS trains through it); ``params``
@@ -312,7 +318,7 @@ class TokenPredictor:
 
     def tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         """One right-padded batch of token ids and attention mask, cut at ``max_tokens``."""
-        batch = dict(self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"))
+        batch = _batch(self.tokenizer, sentences, self.max_tokens)
         return {k: batch[k] for k in ("input_ids", "attention_mask")}
 
     @staticmethod

@@ -720,3 +720,22 @@ def test_outputs_leave_a_neighbouring_tmp_alone_and_too_long_names_are_refused_f
     long = tmp_path / ("x" * 250 + ".press")
     assert_one_line_error(run("compress", *model, "-m", "uniform", "-o", long), "longer than the 255 bytes")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_press_input_whose_stage_names_no_methods_compresses_again(tmp_path):
+    compressed = api.compress(tiny_mlp(), netpress.UniformQuantization(4))
+    del compressed.summary["methods"]  # a file written by hand through netpress.save
+    netpress.save(compressed, tmp_path / "bare.press")
+    again = run(
+        "compress",
+        tmp_path / "bare.press",
+        "--arch",
+        "tests.archs:tiny_mlp",
+        "-m",
+        "kmeans",
+        "--levels",
+        "4",
+        "-o",
+        tmp_path / "k.press",
+    )
+    assert again.exit_code == 0, again.output

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from netpress import api
 from netpress.budget import Budget
-from netpress.data import calibration_subset, check_dataset, load_dataset
+from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
 from netpress.errors import DataError, UnsupportedModelError
 from netpress.evaluate import evaluate, predict
 from netpress.methods.baselines import MagnitudePruning
@@ -76,9 +76,15 @@ class _Refusing(torch.nn.Module):
         (lambda: check_dataset(TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4)), (1, 8, 8)), "shape"),
         (lambda: calibration_subset(load_dataset("digits", "train"), 10**6), "only"),
         (lambda: calibration_subset(load_dataset("digits", "train"), 0), "positive"),
+        (lambda: Subset(load_dataset("digits", "train"), [], 0), "one or more sample positions"),
+        (lambda: Subset(load_dataset("digits", "train"), [10**6], 0), r"must lie in \[0, "),
+        (lambda: Subset(load_dataset("digits", "train"), [1.5], 0), "whole numbers"),
         (lambda: predict(tiny_mlp(), torch.zeros(4, 1, 28, 28)), "cannot run on inputs of shape"),
         (lambda: predict(_Refusing(), torch.zeros(4, 1, 8, 8)), "cannot run on inputs of shape .*: ValueError: no"),
-        (lambda: predict(tiny_cnn().double(), torch.zeros(4, 1, 8, 8)), r"weights are torch.float64 and the inputs torch.float32"),
+        (
+            lambda: predict(tiny_cnn().double(), torch.zeros(4, 1, 8, 8)),
+            r"weights are torch.float64 and the inputs torch.float32",
+        ),
     ],
 )
 def test_bad_data_gets_a_clear_error(call, message):

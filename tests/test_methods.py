@@ -13,7 +13,7 @@ from netpress.codec.codes import Codes
 from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, FormatError, ModelSourceError, OutputError, UnsupportedModelError
-from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization
+from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization, SelfCompression
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
 from netpress.methods.baselines import _lamp_scores, _lowest_per_layer, prune_counts, smallest_mask
 from tests.archs import tied, tiny_cnn, tiny_mlp
@@ -355,16 +355,29 @@ def test_scores_equal_in_float32_are_ranked_by_their_exact_values():
         (lambda: netpress.compress(tiny_cnn(), UniformQuantization(4), Budget(params=0.3)), BudgetError, "params"),
         (lambda: netpress.compress(nn.Sequential(nn.ReLU()), UniformQuantization(4)), UnsupportedModelError, "supported"),
         (lambda: netpress.compress(tiny_cnn(), []), BudgetError, "at least one"),
+        (
+            lambda: netpress.compress(tiny_cnn(), [MagnitudePruning(), MagnitudePruning("lamp")], Budget(sparsity=0.5)),
+            BudgetError,
+            "magnitude appears twice in one call",
+        ),
         (lambda: FCPTS(seed=-1), BudgetError, "seed"),
         (lambda: L2(seed=2**32), BudgetError, "seed"),
         (lambda: Fold(seed=1.5), BudgetError, "seed"),
         (lambda: calibration_subset(load_dataset("digits", "train"), 8, seed=-1), BudgetError, "seed"),
         (lambda: zoo.train("lenet300", epochs=0), BudgetError, "epochs"),
+        (lambda: zoo.train("lenet300", epochs=2.5), BudgetError, "epochs must be a whole number"),
+        (lambda: netpress.evaluate(tiny_cnn(), load_dataset("digits"), batch_size=0), BudgetError, "batch_size"),
         (lambda: zoo.train("lenet300", device="gpu"), BudgetError, "cpu or cuda"),
         (lambda: FCPTS(iterations=5.5), BudgetError, "whole number"),
         (lambda: L2(temperature=float("nan")), BudgetError, "finite"),
         (lambda: Fold(dir_steps=0), BudgetError, "dir_steps"),
         (lambda: Fold(input_dtype="float33"), BudgetError, "torch dtype"),
+        (lambda: Fold(prune_fraction="0.5"), BudgetError, "prune_fraction must be a finite number"),
+        (lambda: Fold(input_shape=5), BudgetError, "input_shape is one sample's shape"),
+        (lambda: L2(raw_dtype=["fp16"]), BudgetError, "raw_dtype must be one of fp32, fp16"),
+        (lambda: netpress.compress(tiny_cnn(), UniformQuantization(8), raw_dtype=["fp16"]), BudgetError, "one of fp32, fp16"),
+        (lambda: SelfCompression(restore_bits=None), BudgetError, "restore_bits must be a finite number"),
+        (lambda: SelfCompression(guard=5.0), BudgetError, "guard must be at most 1"),
         (lambda: UniformQuantization(4, per_channel="no"), BudgetError, "True or False"),
         (lambda: UniformQuantization(4, group_size=0), BudgetError, "group_size must be a whole number ≥ 1"),
         (lambda: UniformQuantization(4, per_channel=True, group_size=64), BudgetError, "not both"),
@@ -743,3 +756,17 @@ def test_a_stage_on_a_file_of_fp16_floats_keeps_them_in_fp16_unless_it_sized_its
     mixed = netpress.compress(tiny_cnn(), MagnitudePruning(), Budget(sparsity=0.5))  # fp32 floats: nothing inherited
     netpress.save(mixed, tmp_path / "full.press")
     assert api.load_model(tmp_path / "full.press", arch="tests.archs:tiny_cnn").raw_dtype is None
+
+
+def test_press_and_sweep_check_their_outputs_before_a_ratio_search_compresses_a_stand_in(tmp_path, monkeypatch):
+    def searched(*args):
+        raise AssertionError("the ratio check ran before the output check")
+
+    monkeypatch.setattr(api, "_check_searched_ratios", searched)
+    with pytest.raises(OutputError, match="ending in .press"):
+        api.press(tiny_cnn(), MagnitudePruning(), Budget(ratio=4), out=tmp_path / "p.txt")
+    with pytest.raises(OutputError, match="out_dir is a folder's path"):
+        api.sweep(tiny_cnn(), MagnitudePruning(), [Budget(ratio=4)], out_dir=5)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(OutputError, match="taken is a file, not a folder"):
+        api.sweep(tiny_cnn(), MagnitudePruning(), [Budget(ratio=4)], out_dir=tmp_path / "taken")

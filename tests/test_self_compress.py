@@ -121,6 +121,8 @@ def test_the_preservation_set_holds_the_uncertain_examples_and_every_class(train
     assert set(torch.argsort(doubt, descending=True)[:30].tolist()) <= set(chosen.tolist())
     assert set(labels[chosen].tolist()) == set(labels.tolist())
     assert len(preservation_set(model, inputs, labels, 10_000)) == len(inputs)
+    with pytest.raises(BudgetError, match="size must be a whole number"):
+        preservation_set(model, inputs, labels, -5)
 
 
 def test_the_report_names_the_training_images_it_preserved(train):

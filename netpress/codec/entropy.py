@@ -32,7 +32,6 @@ import numpy as np
 
 from netpress.errors import FormatError
 
-MODES = ("symbols", "runs", "rank1", "context")
 MAX_ALPHABET = 1 << 16
 _RUN_CAPS = tuple(1 << k for k in range(0, 13))
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)  # one probability row per symbol

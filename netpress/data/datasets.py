@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import operator
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,15 +217,36 @@ class Subset:
     indices: list[int]
     seed: int
 
-    def __post_init__(self) -> None:  # plain ints, so the recorded indices and their hash never depend on the type
-        object.__setattr__(self, "indices", [int(i) for i in self.indices])
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        try:  # plain ints, so the recorded indices and their hash never depend on the type
+            indices = [_position(i) for i in self.indices]
+        except TypeError as exc:
+            raise DataError(f"a Subset's indices must be whole numbers (sample positions): {exc}") from exc
+        if not indices:
+            raise DataError("a Subset needs one or more sample positions (calibration_subset(train, n) draws n of them)")
+        size = len(self.dataset) if hasattr(self.dataset, "__len__") else None  # type: ignore[arg-type]
+        if size is not None and not all(0 <= i < size for i in indices):
+            raise DataError(
+                f"a Subset's indices must lie in [0, {size}), the dataset's length; got {min(indices)} to {max(indices)}"
+            )
+        object.__setattr__(self, "indices", indices)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stack the subset into (inputs, labels-or-None) for methods that work on one batch."""
         return next(batches(self.dataset, len(self.indices), self.indices))
 
 
-def batches(dataset: Dataset, batch_size: int, indices: list[int] | None = None):
+def _position(index: object) -> int:
+    """A sample position as a plain int (an int, a NumPy integer, a one-element integer tensor); a bool is not one."""
+    if isinstance(index, bool):
+        raise TypeError(f"{index!r} is a bool")
+    return operator.index(index)
+
+
+def batches(
+    dataset: Dataset, batch_size: int, indices: list[int] | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield ``(inputs, labels-or-None)`` batches; slices tensors directly when the dataset holds them."""
     idx = list(range(len(dataset))) if indices is None else indices  # type: ignore[arg-type]
     tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None

@@ -60,7 +60,7 @@ class ChannelGroup:
     def by_role(self, role: Role) -> list[Member]:
         return [m for m in self.members if m.role == role]
 
-    def row(self, model: nn.Module | None = None) -> dict:
+    def row(self) -> dict:
         """A report row: the group, its members by role, and why it was left alone."""
         out = {"group": self.name, "channels": self.channels}
         for role in ("producer", "norm", "consumer"):

@@ -78,7 +78,7 @@ class LayerwiseMethod(Method, Protocol):
 
     def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list: ...
 
-    def code_layer(self, name: str, weight: torch.Tensor, setting) -> tuple[Encoded, dict]: ...
+    def code_layer(self, name: str, weight: torch.Tensor, setting: object) -> tuple[Encoded, dict]: ...
 
 
 def apply_by_layer(method: LayerwiseMethod, model: nn.Module, budget: Budget | None) -> MethodResult:
@@ -206,8 +206,8 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
     """Refuse models a weight-stage method cannot work on; return their compressible weights (a weight tied
     under several names once, under its first layer's name).
 
-    ``trains``: the method optimises the weights by gradient (FCPTS, L²), which an Embedding with
-    ``sparse=True`` (sparse gradients) does not allow."""
+    ``trains``: the method optimises the weights by gradient (FCPTS, L², soft weight-sharing, self-compression),
+    which an Embedding with ``sparse=True`` (sparse gradients) does not allow."""
     state = model.state_dict()
     check_tensors_only(state)
     for name, tensor in state.items():

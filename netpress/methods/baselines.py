@@ -1,4 +1,4 @@
-"""Data-free baselines every other method must beat: magnitude pruning and uniform quantization."""
+"""Data-free baselines every other method must beat: magnitude pruning, uniform and k-means quantization."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 One learnable magnitude threshold per layer, initialised from whichever magnitude allocation (ERK,
 the paper's, or global, uniform, LAMP) distils best on the calibration subset. The loss is
 distillation from the dense model on a calibration subset (a classifier: KL at temperature 4, also
-on mixtures of its inputs; a sentence encoder: cosine distance of its embeddings; see
+on mixtures of its inputs; a sentence encoder: cosine distance of its embeddings; a causal language model:
+KL of its next-token distributions; see
 ``netpress.methods.teacher``), plus λ·|global sparsity − target|, where the global sparsity is made
 differentiable in the thresholds by a kernel-density bridge (``netpress.quant.kde``). After
 optimisation a projection prunes exactly ⌈target · N⌉ weights, split over layers in the learned

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_real, check_seed, check_whole
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
     CHANNEL_LAYERS,
@@ -302,6 +302,10 @@ class _GroupReduction:
         check_seed(self.seed)
         check_whole("dir_samples", self.dir_samples, 1)
         check_whole("dir_steps", self.dir_steps, 1)
+        shape = self.input_shape
+        whole = isinstance(shape, (tuple, list)) and all(not isinstance(d, bool) and isinstance(d, int) and d > 0 for d in shape)
+        if shape is not None and not (whole and shape):
+            raise BudgetError(f"input_shape is one sample's shape without the batch, e.g. (1, 28, 28); got {shape!r}")
         if not isinstance(getattr(torch, str(self.input_dtype), None), torch.dtype):
             raise BudgetError(f"input_dtype must name a torch dtype such as 'float32' or 'int64', got {self.input_dtype!r}")
         if self.repair not in REPAIRS:
@@ -427,8 +431,7 @@ class Fold(_GroupReduction):
         super().__post_init__()
         if self.clustering not in CLUSTERINGS:
             raise BudgetError(f"unknown clustering {self.clustering!r}; use one of {', '.join(CLUSTERINGS)}")
-        if not 0.0 <= self.prune_fraction <= 1.0:
-            raise BudgetError(f"prune_fraction must be in [0, 1], got {self.prune_fraction}")
+        check_real("prune_fraction", self.prune_fraction, 0.0, maximum=1.0)
         check_whole("n_init", self.n_init, 1)
 
     def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
@@ -444,7 +447,8 @@ class Fold(_GroupReduction):
 
 @dataclass
 class ChannelL1(_GroupReduction):
-    """Data-free structured pruning: keep each group's channels of largest L1 norm (same groups as fold)."""
+    """Structured pruning (data-free unless repair="data"): keep each group's channels of largest L1 norm (the
+    groups fold uses)."""
 
     name: ClassVar[str] = "channel-l1"
     merge: ClassVar[bool] = False

@@ -27,7 +27,7 @@ from netpress.budget import Budget
 from netpress.codec.container import read_manifest
 from netpress.compressed import RAW_DTYPES, tied_names
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, NetpressError, check_flag, check_real, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, NetpressError, check_choice, check_flag, check_real, check_seed, check_whole
 from netpress.methods.base import (
     MethodResult,
     absorb_batchnorm_statistics,
@@ -99,8 +99,7 @@ class L2:
         for name in ("transform_lr", "weight_lr", "rate_weight"):
             check_real(name, getattr(self, name), 0.0)
         check_real("temperature", self.temperature, 0.0, inclusive=False)
-        if self.raw_dtype not in RAW_DTYPES:
-            raise BudgetError(f"raw_dtype must be one of {', '.join(RAW_DTYPES)}, got {self.raw_dtype!r}")
+        check_choice("raw_dtype", self.raw_dtype, RAW_DTYPES)
         check_flag("per_channel", self.per_channel)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:

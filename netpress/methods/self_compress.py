@@ -108,17 +108,13 @@ class SelfCompression:
         check_whole("preserve", self.preserve, 0)
         check_whole("check_every", self.check_every, 1)
         check_flag("cut_channels", self.cut_channels)
-        for name in ("gamma", "weight_lr", "bits_lr", "safety_weight", "guard"):
+        for name in ("gamma", "weight_lr", "bits_lr", "safety_weight"):
             check_real(name, getattr(self, name), 0.0)
-        check_real("init_bits", self.init_bits, 1.0)
-        for name in ("init_bits", "restore_bits"):
-            if getattr(self, name) > CODE_BITS:
-                value = getattr(self, name)
-                raise BudgetError(f"{name} must be at most {CODE_BITS:g}, the widest grid a file codes; got {value!r}")
-        check_real("restore_bits", self.restore_bits, 0.0, inclusive=False)
-        check_real("restore_fraction", self.restore_fraction, 0.0)
-        if self.restore_fraction > 1:
-            raise BudgetError(f"restore_fraction is a share of the failing channels, at most 1; got {self.restore_fraction!r}")
+        check_real("guard", self.guard, 0.0, maximum=1.0, why=" (a fall in accuracy, as a fraction)")
+        widest = ", the widest grid a file codes"
+        check_real("init_bits", self.init_bits, 1.0, maximum=CODE_BITS, why=widest)
+        check_real("restore_bits", self.restore_bits, 0.0, inclusive=False, maximum=CODE_BITS, why=widest)
+        check_real("restore_fraction", self.restore_fraction, 0.0, maximum=1.0, why=" (a share of the failing channels)")
         if self.preservation is not None:
             if not isinstance(self.preservation, Dataset):
                 raise DataError(f"preservation is a labelled torch Dataset, got {type(self.preservation).__name__}")
@@ -411,6 +407,7 @@ def preservation_set(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     features (the input of the model's last coded layer), classes sharing the places in proportion to their
     counts. Call it on the training split: the examples are trained on.
     """
+    check_whole("size", size, 0)
     size = min(size, len(inputs))
     if size == 0:
         return torch.zeros(0, dtype=torch.int64)

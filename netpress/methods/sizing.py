@@ -1,6 +1,6 @@
 """The size of the file a method's codes will make, measured before the pipeline writes it.
 
-A method that meets a ratio target (L², self-compression) sizes its file itself: it serialises the model's
+A method that meets a ratio target (L², soft weight-sharing, self-compression) sizes its file itself: it serialises the model's
 state with its codes, a summary as long as the final one, and the source record, exactly as ``compress``
 will, and keeps ``SUMMARY_ALLOWANCE`` bytes free for what it cannot see.
 """

@@ -320,9 +320,10 @@ def _searched_tau(
     sizer: FileSizer,
     progress,
 ) -> tuple[_Retraining, list[dict]]:
-    """The first-epoch τ whose snapped file meets the target closest from below, by pilots of ``PILOT_STEPS``
-    steps (the size is settled by then; later epochs pull the weights onto their means): a secant on log bytes
-    against log τ, from ``config.tau``. Returns the kept pilot, to be trained on, and every pilot's τ and bytes."""
+    """The first-epoch τ whose snapped file meets the target closest from below, by pilots of ``pilot_epochs``
+    whole epochs, at least ``PILOT_STEPS`` steps (the size is settled by then; later epochs pull the weights onto
+    their means): a secant on log bytes against log τ, from ``config.tau``. Returns the kept pilot, to be trained on,
+    and every pilot's τ and bytes."""
     epochs = pilot_epochs(config, len(inputs))
     target, tau = sizer.target, config.tau or SoftWeightSharing.tau  # the search moves τ by factors: it cannot start at 0
     trials: list[tuple[float, int]] = []

@@ -19,7 +19,7 @@ from netpress.data import Subset
 from netpress.data.text import Sentences
 from netpress.errors import DataError
 from netpress.evaluate import kept_modes, predict
-from netpress.hf import TokenPredictor
+from netpress.hf import TextEncoder, TokenPredictor
 from netpress.methods.base import distillation_loss, recalibrate_batchnorm, running_statistics
 
 MIX_SHARE = 0.5  # a mixed input is (1 − s)·x_a + s·x_b with s uniform in [0, MIX_SHARE]: x_a stays dominant
@@ -118,7 +118,7 @@ class _SentenceTeacher:
     """What teachers on calibration sentences share: batches of sentences of similar length, no mixtures, and
     running statistics re-estimated on the sentences."""
 
-    def __init__(self, model: nn.Module, reader, sentences: list[str]) -> None:
+    def __init__(self, reader: TextEncoder | TokenPredictor, sentences: list[str]) -> None:
         self.reader = reader
         self.sentences = sentences
         self.size = len(sentences)
@@ -152,8 +152,8 @@ class EmbeddingTeacher(_SentenceTeacher):
     """A sentence encoder's unit-length embeddings, pooled as its directory declares; the loss is the mean
     cosine distance, 1 − cos, the quantity netpress's fidelity measures."""
 
-    def __init__(self, model: nn.Module, encoder, sentences: list[str]) -> None:
-        super().__init__(model, encoder, sentences)
+    def __init__(self, model: nn.Module, encoder: TextEncoder, sentences: list[str]) -> None:
+        super().__init__(encoder, sentences)
         self.embeddings = encoder.embed(model, sentences)
 
     def sensitivity_loss(self, outputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -180,8 +180,8 @@ class TokenTeacher(_SentenceTeacher):
     vocabulary's logits at every calibration token would not fit in memory. The methods train a copy of the
     model, so the model itself is the dense one."""
 
-    def __init__(self, model: nn.Module, predictor, sentences: list[str], temperature: float) -> None:
-        super().__init__(model, predictor, sentences)
+    def __init__(self, model: nn.Module, predictor: TokenPredictor, sentences: list[str], temperature: float) -> None:
+        super().__init__(predictor, sentences)
         self.temperature = temperature
         self.dense = model
         if not any(len(predictor.targets(self.tokenized(idx))) for idx in self.chunks(64)):  # tokenized, not run

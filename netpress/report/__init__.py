@@ -1,4 +1,4 @@
-"""Reports: JSON rows and PNG plots of what a run did."""
+"""Reports: plots (.png, .svg or .pdf by suffix) of what a run did."""
 
 from netpress.report.plots import plot_allocation, plot_curve, save_figure
 

@@ -1,4 +1,4 @@
-"""PNG plots written next to a report (matplotlib, non-interactive backend)."""
+"""Plots written next to a report, .png, .svg or .pdf by suffix (matplotlib, non-interactive backend)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from netpress.codec import write_file
 from netpress.data import load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, check_seed, make_output_dir
+from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, check_seed, check_whole, make_output_dir
 from netpress.progress import progress_bar
 from netpress.zoo.models import VGG, LeNet5, LeNet300, MobileNetV2, ResNet20
 
@@ -117,8 +117,7 @@ def _recipe(name: str, seed: int, epochs: int | None, device: str) -> tuple[ZooE
     entry = _entry(name)
     epochs = entry.epochs if epochs is None else epochs
     check_seed(seed)
-    if epochs < 1:
-        raise BudgetError(f"epochs must be ≥ 1, got {epochs}")
+    check_whole("epochs", epochs, 1)
     _check_device(device)
     return entry, epochs
 

@@ -455,7 +455,8 @@ def test_channel_l1_refuses_the_ar_repair_it_would_ignore():
 
 
 class _ZeroSkips(nn.Module):
-    """fc2 runs only on a non-zero input, so tracing with zeros never sees it."""
+    """fc2 runs only on a non-zero input without negative values (an image), so neither the zeros tracing runs nor the
+    random input of the layout check reaches it."""
 
     def __init__(self):
         super().__init__()
@@ -463,7 +464,7 @@ class _ZeroSkips(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.fc1(x.flatten(1)))
-        if x.abs().sum() > 0:
+        if x.sum() > 0 and x.min() >= 0:
             h = torch.relu(self.fc2(h))
         return self.out(h)
 
@@ -516,3 +517,38 @@ def test_deep_inversion_keeps_each_samples_target_class(monkeypatch):
     samples = fold_module.deep_inversion(tiny_cnn(), (1, 8, 8), samples=16, steps=5, seed=0)
     assert samples.shape == (16, 1, 8, 8) and len(seen) == 5
     assert all(torch.equal(labels, seen[0]) for labels in seen) and seen[0].unique().numel() > 1
+
+
+class _ChannelsLast(nn.Module):
+    """A flatten after a permute: each channel's columns of fc are interleaved, not one block."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c1(x)).permute(0, 2, 3, 1).reshape(x.shape[0], -1))
+
+
+class _Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle, written with -1: c2 reads c1's channels in another order."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        b, c, height, width = h.shape
+        h = h.view(b, 4, -1, height, width).transpose(1, 2).reshape(b, -1, height, width)
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model, group", [(_ChannelsLast, "c1"), (_Shuffle, "c1")])
+def test_channels_that_reach_their_consumer_rearranged_are_not_folded(model, group):
+    """Torch-Pruning maps a flatten channel by channel; folding through a permute or shuffle would merge the wrong
+    columns without an error, so such a group is left alone with its reason."""
+    torch.manual_seed(0)
+    reasons = {g.name: g.reason for g in channel_groups(model(), torch.zeros(1, 1, 8, 8))}
+    assert "do not reach their consumers as traced" in reasons[group]
+    assert all("as traced" not in (g.reason or "") for g in channel_groups(ResNet20(), torch.zeros(1, 1, 28, 28)))

@@ -257,6 +257,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
         if group.reason is None and n < 2:
             group.reason = "a single channel cannot be folded"
         groups.append(group)
+    _check_layouts(traced, [g for g in groups if g.reason is None], example_inputs)
     untraced = [
         name
         for module, name in names.items()
@@ -269,6 +270,45 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
         inner = [names[m] for m in block.modules() if isinstance(m, CHANNEL_LAYERS)]
         groups.append(ChannelGroup(names[block], 0, [Member(n, "producer") for n in inner], "attention heads are not folded"))
     return groups
+
+
+def _output_values(model: nn.Module, example_inputs: torch.Tensor | dict) -> torch.Tensor:
+    """Every value the model outputs for the tracing input, flattened (what ``_traced_output`` follows back)."""
+    with torch.no_grad():
+        output = model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
+    if hasattr(output, "to_tuple"):
+        output = output[0]
+    tensors = output if isinstance(output, (tuple, list)) else [output]
+    return torch.cat([t.detach().float().reshape(-1) for t in tensors if isinstance(t, torch.Tensor)])
+
+
+def _check_layouts(model: nn.Module, groups: list[ChannelGroup], example_inputs: torch.Tensor | dict) -> None:
+    """Give a reason to each group whose channels do not reach their consumers where the tracing says.
+
+    Torch-Pruning maps a flatten's columns channel by channel; a permute before it (channels last) or a channel
+    shuffle written with ``view(b, g, -1, ...)`` moves them elsewhere, and a fold would then merge the wrong
+    columns without any error. Permuting a group's channels (producer rows and consumer columns alike) leaves
+    the function unchanged exactly when the layout is right, so each group is tried once with a seeded
+    permutation on the tracing input, and put back (by indexing: the model is restored bit for bit).
+    """
+    if torch.is_tensor(example_inputs) and example_inputs.is_floating_point():  # zeros would hide most layouts
+        generator = torch.Generator().manual_seed(0)
+        example_inputs = torch.randn(example_inputs.shape, generator=generator).to(example_inputs.dtype)
+    baseline = _output_values(model, example_inputs)
+    tolerance = 1e-3 * float(baseline.abs().max()) + 1e-6  # reordered sums round differently, by far less
+    generator = torch.Generator().manual_seed(0)
+    for group in groups:
+        order = torch.randperm(group.channels, generator=generator)
+        if torch.equal(order, torch.arange(group.channels)):
+            order = order.roll(1)
+        select_channels(model, group, order)
+        moved = float((_output_values(model, example_inputs) - baseline).abs().max())
+        select_channels(model, group, torch.argsort(order))
+        if not moved <= tolerance:
+            group.reason = (
+                "its channels do not reach their consumers as traced (a permute before a flatten, a channel shuffle, "
+                "or a branch the tracing input did not take)"
+            )
 
 
 def _block_layout(module: nn.Module, role: Role, idxs: list[int], roots: list[int], n: int) -> tuple[int, str | None]:

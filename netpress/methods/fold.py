@@ -174,7 +174,7 @@ def example_inputs(input_shape: tuple[int, ...] | None, input_dtype: str, data: 
     if input_shape is not None:
         return torch.zeros((1, *input_shape), dtype=getattr(torch, input_dtype))
     if data is not None:
-        return data.tensors()[0][:1]
+        return data.dataset[data.indices[0]][0].unsqueeze(0)
     raise UnsupportedModelError(
         "tracing the channel groups needs an input: give input_shape (CLI: --data, whose samples have it)"
     )

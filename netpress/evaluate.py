@@ -109,6 +109,16 @@ def _forward(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
     return out[:short]
 
 
+def check_classes(logits: torch.Tensor) -> None:
+    """A classifier's output has a logit per class: with one, the top class and the softmax are the same for every
+    input, so neither accuracy nor distillation says anything."""
+    if logits.shape[1] < 2:
+        raise UnsupportedModelError(
+            "the model returns one logit per sample; netpress reads a classifier's output as one logit per class: "
+            "return two (for a sigmoid output z, the logits [0, z])"
+        )
+
+
 def _float_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating parameter (None without one)."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
@@ -160,6 +170,7 @@ def _evaluate(model: nn.Module, dataset: Dataset, batch_size: int) -> Evaluation
                     "the model's output on the evaluated data is not finite: NaN or infinite inputs, or inputs far outside "
                     "the range it was trained on"
                 )
+            check_classes(logits)
             y = class_indices(y, "the evaluated data")
             if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
                 raise DataError(f"labels must be class indices 0..{logits.shape[1] - 1}, one per sample, for this model")

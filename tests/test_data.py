@@ -201,3 +201,19 @@ def test_labels_that_are_not_class_indices_are_refused_not_truncated(labels):
 def test_integer_labels_of_any_kind_are_read_as_class_indices():
     for labels in ([1, 2, 3], [torch.tensor(1), torch.tensor(2), torch.tensor(3)], list(np.array([1, 2, 3], dtype=np.int32))):
         assert evaluate(tiny_mlp(), Items([(torch.zeros(1, 8, 8), label) for label in labels])).samples == 3
+
+
+def _one_logit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+
+def test_a_model_with_one_output_is_told_to_return_a_logit_per_class():
+    """Distilling one logit's softmax teaches nothing, and its top class is always 0: refused, not run in vain."""
+    train = calibration_subset(load_dataset("digits", "train"), 64)
+    for call in (
+        lambda: api.compress(_one_logit(), FCPTS(iterations=2), Budget(sparsity=0.5), train),
+        lambda: evaluate(_one_logit(), load_dataset("digits", "test")),
+    ):
+        with pytest.raises(UnsupportedModelError, match="one logit per sample"):
+            call()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 import netpress
 from netpress import MagnitudePruning, SelfCompression, SoftWeightSharing, compress
@@ -54,3 +55,20 @@ def test_labels_outside_the_models_classes_are_refused_before_training(method, t
     shifted = torch.utils.data.TensorDataset(inputs, labels + 5)
     with pytest.raises(DataError, match="the model has 10 classes"):
         method.apply(tiny_mlp(), Subset(shifted, list(range(len(inputs))), 0))
+
+
+@pytest.mark.parametrize(
+    "method", [SoftWeightSharing(epochs=1, batch_size=64), SelfCompression(steps=5, batch_size=64, preserve=0)]
+)
+def test_a_model_with_dropout_gives_the_same_file_for_the_same_seed(method):
+    """Dropout draws from torch's global generator while these methods train: the run seeds it from the method's seed
+    (and leaves the caller's state as it was)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+    data = calibration_subset(load_dataset("digits", "train"), 256)
+    state = torch.random.get_rng_state()
+    first = netpress.compress(model, method, data=data)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(123)
+    second = netpress.compress(model, method, data=data)
+    assert netpress.codec.to_bytes(first) == netpress.codec.to_bytes(second)

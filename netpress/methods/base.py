@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from netpress.compressed import tied_aliases, tied_group
 from netpress.data import Subset, class_indices, dataset_sha256
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
-from netpress.evaluate import kept_modes, predict
+from netpress.evaluate import check_classes, kept_modes, predict
 
 T = TypeVar("T")
 DataNeed = Literal["none", "calibration", "training"]
@@ -425,11 +426,27 @@ def labelled_training_data(data: Subset | None, method: str) -> tuple[torch.Tens
     return inputs, class_indices(labels, "the training split")
 
 
+def seeds_torch(apply: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
+    """Run a method's ``apply`` with torch's global generator seeded from its ``seed``, and restored afterwards: the
+    layers that draw from it while training (Dropout) then draw the same numbers every run, and the caller's
+    random state is left as it was."""
+
+    @functools.wraps(apply)
+    def seeded(self, *args, **kwargs) -> MethodResult:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return apply(self, *args, **kwargs)
+
+    return seeded
+
+
 def check_labels(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, what: str = "training") -> int:
     """The model's class count; refuses labels outside its classes (and inputs the model cannot take) before
     training, not with an index error in its first step."""
     with kept_modes(model):
-        classes = predict(model, inputs[:1], batch_size=1).shape[-1]
+        logits = predict(model, inputs[:1], batch_size=1)
+    check_classes(logits)
+    classes = logits.shape[-1]
     if labels.min() < 0 or labels.max() >= classes:
         raise DataError(
             f"the {what} labels run from {int(labels.min())} to {int(labels.max())}, but the model has {classes} classes"

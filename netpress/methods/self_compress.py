@@ -40,6 +40,7 @@ from netpress.methods.base import (
     labelled_training_data,
     recalibrate_batchnorm,
     refuse_tied,
+    seeds_torch,
     split_exact,
     zero_masks,
 )
@@ -131,6 +132,7 @@ class SelfCompression:
                 raise BudgetError("give preserve (examples netpress chooses) or preservation (yours), not both")
             self.preserve = len(self.preservation)  # what the file's record says was guarded
 
+    @seeds_torch
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = with_reference(self, budget, model)
         inputs, labels = labelled_training_data(data, "self-compression")

@@ -34,6 +34,7 @@ from netpress.methods.base import (
     labelled_training_data,
     recalibrate_batchnorm,
     refuse_tied,
+    seeds_torch,
     zero_masks,
 )
 from netpress.methods.baselines import kmeans_1d
@@ -212,6 +213,7 @@ class SoftWeightSharing:
         if self.zero_share >= 1:
             raise BudgetError(f"zero_share must be below 1 (the other components share the rest), got {self.zero_share!r}")
 
+    @seeds_torch
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = with_reference(self, budget, model)
         inputs, labels = labelled_training_data(data, "soft weight-sharing")

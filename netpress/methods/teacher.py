@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from netpress.data import Subset
 from netpress.data.text import Sentences
 from netpress.errors import DataError
-from netpress.evaluate import kept_modes, predict
+from netpress.evaluate import check_classes, kept_modes, predict
 from netpress.hf import TextEncoder, TokenPredictor
 from netpress.methods.base import distillation_loss, recalibrate_batchnorm, running_statistics
 
@@ -77,6 +77,7 @@ class LogitTeacher:
         self.inputs = inputs
         self.temperature = temperature
         self.pool, self.logits = inputs, predict(model, inputs)
+        check_classes(self.logits)  # the softmax of one logit is 1 whatever it is: nothing to distil
         self.size = len(self.pool)
 
     def add_mixtures(self, model: nn.Module, per_sample: int, generator: torch.Generator) -> None:

@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.utils.data import Dataset
+from torch.utils.data import Subset as TorchSubset
 
 import netpress
 from netpress import codec, hf, parallel, size_search, zoo
@@ -997,7 +998,22 @@ def _own_datasets(data: tuple) -> tuple[Dataset, Dataset]:
         check_dataset(dataset)
     if len(test[0]) < 2:
         raise DataError("the test dataset's items must be (input, label): accuracy needs labels")
+    shapes = [tuple(d[0][0].shape) for d in data]
+    if shapes[0] != shapes[1]:
+        raise DataError(f"your training inputs have shape {shapes[0]} and your test inputs {shapes[1]}: give both the model's")
     return train, test
+
+
+def _refuse_test_samples(calibration: Subset, test: Dataset) -> None:
+    """Your own splits are compared by content: a calibration sample that is also a test sample (a copy of it)
+    would let the test accuracy flatter the file."""
+    seen = set(sample_digests(test))
+    shared = sum(digest in seen for digest in sample_digests(TorchSubset(calibration.dataset, calibration.indices)))
+    if shared:
+        raise DataError(
+            f"{shared} of the {len(calibration.indices)} calibration samples {'is' if shared == 1 else 'are'} also in your "
+            "test dataset: netpress never calibrates on test data; remove them from the training dataset"
+        )
 
 
 def _own_texts(data: tuple) -> tuple[list[str], list[str]]:
@@ -1095,6 +1111,8 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
             _check_finite_output(handle.module, prepared.test[0][0], "test")
+            if own is not None and prepared.calibration is not None:
+                _refuse_test_samples(prepared.calibration, prepared.test)
             if prepared.calibration is not None:
                 sample = prepared.calibration.dataset[prepared.calibration.indices[0]][0]
                 _check_finite_output(handle.module, sample, "training")

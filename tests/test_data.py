@@ -189,6 +189,12 @@ def test_press_takes_your_own_train_and_test_datasets(tmp_path):
     unlabelled = torch.utils.data.TensorDataset(digits_test.tensors[0])
     with pytest.raises(DataError, match="labels"):
         api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=(train, unlabelled))
+    copied = Pairs(digits_test.tensors[0].clone(), test.y)  # the test split under another name
+    with pytest.raises(DataError, match="32 of the 32 calibration samples are also in your test dataset"):
+        api.press(model, FCPTS(iterations=2), Budget(sparsity=0.5), out=tmp_path / "c.press", data=(copied, test), calib=32)
+    wide = Pairs(torch.zeros(len(test.x), 3, 8, 8), test.y)
+    with pytest.raises(DataError, match=r"training inputs have shape \(1, 8, 8\) and your test inputs \(3, 8, 8\)"):
+        api.press(model, MagnitudePruning(), Budget(sparsity=0.5), out=tmp_path / "c.press", data=(train, wide))
     assert not (tmp_path / "c.press").exists()
 
 

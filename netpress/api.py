@@ -562,9 +562,10 @@ def compress(
     Floats stored as floats (a pruned tensor's survivors, tensors no method coded) are in ``raw_dtype``;
     by default in the precision the last method chose for them, else fp16 for a model read from a .press file whose
     floats are all fp16 (``ModelHandle.raw_dtype``), else fp32.
-    A ratio budget is checked on the serialised file. Data-free layer-wise stages (magnitude pruning, then
-    uniform or k-means quantization) run one layer at a time and hold each coded tensor as its stream
-    (``Packed``; ``.unpack()`` gives its codes), so a large model is never in memory twice.
+    A ratio budget is checked on the serialised file. ``details["uncompressed_layers"]`` names the layers stored as
+    floats because no method here codes their type (an LSTM, a transposed convolution). Data-free layer-wise stages
+    (magnitude pruning, then uniform or k-means quantization) run one layer at a time and hold each coded tensor as
+    its stream (``Packed``; ``.unpack()`` gives its codes), so a large model is never in memory twice.
     """
     handle = _as_handle(model)
     methods = _method_list(methods)
@@ -693,7 +694,11 @@ def _compressed(
             "seed": data.seed,
             "indices_sha256": hashlib.sha256(",".join(map(str, data.indices)).encode()).hexdigest(),
         }
-    details = {"layers": rows, "calibration_indices": list(data.indices) if data is not None else None}
+    details = {
+        "layers": rows,
+        "calibration_indices": list(data.indices) if data is not None else None,
+        "uncompressed_layers": uncompressed_layers(handle.module),  # stored as floats: no method codes their type
+    }
     return CompressedModel(tensors, dict(handle.source), summary, details)
 
 
@@ -1251,7 +1256,7 @@ def _measured_report(
         **({"searched": made.summary["searched"]} if "searched" in made.summary else {}),
         "sparsity": made.summary["sparsity"],
         "file": None,  # its final name, once measured
-        "uncompressed_layers": uncompressed_layers(handle.module),
+        "uncompressed_layers": made.details["uncompressed_layers"],
         **({"kept_layers": made.summary["kept"]} if "kept" in made.summary else {}),
     }
     if handle.first_original_bytes is not None:  # the input is itself a .press file

@@ -770,3 +770,10 @@ def test_press_and_sweep_check_their_outputs_before_a_ratio_search_compresses_a_
     (tmp_path / "taken").write_text("a file, not a folder")
     with pytest.raises(OutputError, match="taken is a file, not a folder"):
         api.sweep(tiny_cnn(), MagnitudePruning(), [Budget(ratio=4)], out_dir=tmp_path / "taken")
+
+
+def test_compress_names_the_layers_it_stores_as_floats():
+    """A transposed convolution is no layer a method codes: compress() says so, as press's report does."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 1, 3))
+    compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5))
+    assert compressed.details["uncompressed_layers"] == {"2": {"type": "ConvTranspose2d", "params": 37}}

@@ -16,7 +16,7 @@ from netpress.api import (  # noqa: E402
     sweep,
 )
 from netpress.budget import Budget  # noqa: E402
-from netpress.errors import NetpressError  # noqa: E402
+from netpress.errors import NetpressError, NetpressWarning  # noqa: E402
 from netpress.methods import (  # noqa: E402
     FCPTS,
     L2,
@@ -39,6 +39,7 @@ __all__ = [
     "MagnitudePruning",
     "ModelHandle",
     "NetpressError",
+    "NetpressWarning",
     "SelfCompression",
     "SoftWeightSharing",
     "UniformQuantization",

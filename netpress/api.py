@@ -66,6 +66,7 @@ from netpress.errors import (
     FormatError,
     ModelSourceError,
     NetpressError,
+    NetpressWarning,
     OutputError,
     UnsupportedModelError,
     check_choice,
@@ -632,11 +633,15 @@ def _compress(
             return _compressed(handle, chain, given, data, raw_dtype, recorded=budget, searched=searched)
 
         if setting == "sparsity":
-            return size_search.meet_ratio(
+            found = size_search.meet_ratio(
                 methods, budget, setting, run, _own_sparsity(handle.module), _most_sparsity(handle.module, methods)
             )
-        return size_search.meet_ratio(methods, budget, setting, run)
+        else:
+            found = size_search.meet_ratio(methods, budget, setting, run)
+        _warn_emptied_layers(handle.module, found, methods)
+        return found
     compressed = _compressed(handle, methods, budget, data, raw_dtype)
+    _warn_emptied_layers(handle.module, compressed, methods)
     if budget is not None and budget.kind == "ratio":
         size = len(codec.to_bytes(compressed))
         if size > budget.target_bytes():
@@ -645,6 +650,25 @@ def _compress(
                 f"{' + '.join(m.name for m in methods)} did not meet the target it accepted"
             )
     return compressed
+
+
+def _warn_emptied_layers(model: nn.Module, compressed: CompressedModel, methods: list[Method]) -> None:
+    """A layer whose every weight the methods set to zero passes only its bias: the file is smaller, but the model
+    has most likely lost what that layer computed, which a report's overall sparsity does not show."""
+    before = compressible_weights(model)
+    emptied = [
+        name
+        for name, value in compressed.tensors.items()
+        if name in before and not isinstance(value, torch.Tensor) and value.sparsity() == 1.0 and bool(before[name].any())
+    ]
+    if emptied:
+        warnings.warn(
+            f"every weight of {', '.join(emptied)} is zero after {' + '.join(m.name for m in methods)}: "
+            f"{'that layer passes' if len(emptied) == 1 else 'those layers pass'} only a bias, so the model has likely "
+            "lost what it computed there; ask for a smaller target",
+            NetpressWarning,
+            stacklevel=4,
+        )
 
 
 def _most_sparsity(model: nn.Module, methods: list[Method]) -> float:

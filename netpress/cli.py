@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from enum import Enum
 from functools import wraps
@@ -25,6 +26,7 @@ from netpress.errors import (
     DataError,
     FormatError,
     NetpressError,
+    NetpressWarning,
     OutputError,
     check_press_suffix,
     check_suffix,
@@ -59,16 +61,25 @@ T = TypeVar("T")
 
 
 def friendly(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn every NetpressError into one line on stderr and exit code 2: no traceback for bad input."""
+    """Turn every NetpressError into one line on stderr and exit code 2: no traceback for bad input; and every
+    NetpressWarning into one "warning:" line (other warnings are shown as Python shows them)."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except NetpressError as exc:
-            # One line even where the message quotes a multi-line one (torch's load_state_dict report).
-            err.print(f"[bold red]error:[/] {escape(one_line(exc))}")  # a path or value may hold [brackets]
-            raise typer.Exit(2) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NetpressWarning)
+            try:
+                return fn(*args, **kwargs)
+            except NetpressError as exc:
+                # One line even where the message quotes a multi-line one (torch's load_state_dict report).
+                err.print(f"[bold red]error:[/] {escape(one_line(exc))}")  # a path or value may hold [brackets]
+                raise typer.Exit(2) from None
+            finally:
+                for warning in caught:
+                    if issubclass(warning.category, NetpressWarning):
+                        err.print(f"[bold yellow]warning:[/] {escape(one_line(warning.message))}")
+                    else:
+                        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
     return wrapper
 

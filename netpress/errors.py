@@ -95,6 +95,10 @@ class NetpressError(Exception):
     """Base class: a problem the user can act on (bad input, damaged file, impossible target)."""
 
 
+class NetpressWarning(UserWarning):
+    """A result the user should look at before shipping it (the CLI prints it as one "warning:" line)."""
+
+
 class DataError(NetpressError):
     """A dataset is missing, empty or has the wrong shape."""
 

@@ -739,3 +739,24 @@ def test_a_press_input_whose_stage_names_no_methods_compresses_again(tmp_path):
         tmp_path / "k.press",
     )
     assert again.exit_code == 0, again.output
+
+
+def test_a_layer_left_all_zero_is_warned_about_in_python_and_on_the_command_line(weights, tmp_path):
+    """Global magnitude pruning at 99 % empties tiny_mlp's small layers: the overall sparsity does not show that."""
+    with pytest.warns(netpress.NetpressWarning, match="every weight of .* is zero after magnitude"):
+        api.compress(tiny_mlp(), netpress.MagnitudePruning("global"), netpress.Budget(sparsity=0.99))
+    result = run(
+        "compress",
+        weights / "mlp.pt",
+        "--arch",
+        "tests.archs:tiny_mlp",
+        "-m",
+        "magnitude",
+        "--allocation",
+        "global",
+        "--sparsity",
+        "0.99",
+        "-o",
+        tmp_path / "m.press",
+    )
+    assert result.exit_code == 0 and "warning: every weight of" in " ".join(result.output.split())

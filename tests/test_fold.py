@@ -552,3 +552,8 @@ def test_channels_that_reach_their_consumer_rearranged_are_not_folded(model, gro
     reasons = {g.name: g.reason for g in channel_groups(model(), torch.zeros(1, 1, 8, 8))}
     assert "do not reach their consumers as traced" in reasons[group]
     assert all("as traced" not in (g.reason or "") for g in channel_groups(ResNet20(), torch.zeros(1, 1, 28, 28)))
+
+
+def test_a_layer_the_tracing_input_never_reached_is_warned_about():
+    with pytest.warns(netpress.NetpressWarning, match="fc2: not reached by tracing with inputs of shape"):
+        Fold(input_shape=(1, 8, 8)).apply(_ZeroSkips(), budget=Budget(params=0.2))

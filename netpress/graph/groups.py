@@ -28,6 +28,7 @@ from netpress.errors import DataError, NetpressError, UnsupportedModelError, one
 Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
 OPAQUE_BLOCKS: tuple[str, ...] = ("Attention",)
+UNTRACED = "not reached by tracing (unused in forward)"  # the reason of a layer the tracing input never ran
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CHANNEL_LAYERS = (nn.Linear, *_CONVS)  # the layers whose output channels a group can hold
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -263,9 +264,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
         for module, name in names.items()
         if isinstance(module, CHANNEL_LAYERS) and module not in graph.module2node and module not in hidden
     ]  # layers inside an attention block are reported with the block
-    groups += [
-        ChannelGroup(name, 0, [Member(name, "producer")], "not reached by tracing (unused in forward)") for name in untraced
-    ]
+    groups += [ChannelGroup(name, 0, [Member(name, "producer")], UNTRACED) for name in untraced]
     for block in opaque:
         inner = [names[m] for m in block.modules() if isinstance(m, CHANNEL_LAYERS)]
         groups.append(ChannelGroup(names[block], 0, [Member(n, "producer") for n in inner], "attention heads are not folded"))

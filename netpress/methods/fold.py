@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -27,10 +28,11 @@ from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, UnsupportedModelError, check_real, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, NetpressWarning, UnsupportedModelError, check_real, check_seed, check_whole
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
     CHANNEL_LAYERS,
+    UNTRACED,
     ChannelGroup,
     ParamCounter,
     channel_groups,
@@ -391,6 +393,15 @@ class _GroupReduction:
             raise DataError("the data repair needs a calibration subset of the training split")
         example = example_inputs(self.input_shape, self.input_dtype, data)
         reduced, plans, rows = self.reduce(model, budget, example)
+        untraced = [r["group"] for r in rows if r.get("reason") == UNTRACED]
+        if untraced and any(r.get("folded") for r in rows):
+            warnings.warn(
+                f"{', '.join(untraced)}: not reached by tracing with inputs of shape {tuple(example.shape[1:])}, so "
+                f"{'its' if len(untraced) == 1 else 'their'} inputs keep their old width; if the model runs "
+                f"{'it' if len(untraced) == 1 else 'them'} on other inputs, the {self.name} model will fail there",
+                NetpressWarning,
+                stacklevel=2,
+            )
         inputs = None
         if kind == "data":
             inputs = data.tensors()[0]

@@ -41,6 +41,7 @@ from netpress.compressed import (
     RAW_DTYPES,
     CompressedModel,
     fp32_bytes,
+    prefix_hint,
     stored_tensor,
     stored_tensors,
     tied_aliases,
@@ -233,7 +234,7 @@ def _load_weights_by_layer(model: nn.Module, path: Path, spec: str, arch: str) -
             if keys
         ]
         raise ModelSourceError(
-            f"the weights in {spec} do not fit {arch}: {'; '.join(problems)}{_prefix_hint(missing, unexpected)}"
+            f"the weights in {spec} do not fit {arch}: {'; '.join(problems)}{prefix_hint(missing, unexpected)}"
         )
     by_layer: dict[str, list[str]] = {}
     for name in names:
@@ -319,18 +320,6 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     model = build_architecture(arch)
     _load_weights_by_layer(model, path, spec, arch)
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
-
-
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DataParallel / DistributedDataParallel and torch.compile add
-
-
-def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
-    """Advice when the file's names are the architecture's behind a wrapper's prefix (a wrapped model's state dict)."""
-    for prefix in WRAPPER_PREFIXES:
-        if missing and sorted(k.removeprefix(prefix) for k in unexpected if k.startswith(prefix)) == sorted(missing):
-            wrapped = f"model.{prefix[:-1]}"
-            return f" (every name in the file has the prefix {prefix!r} of a wrapped model: save {wrapped}.state_dict())"
-    return ""
 
 
 def input_bytes(path: str | os.PathLike) -> int | None:

@@ -120,6 +120,19 @@ def stored_tensor(name: str, value: torch.Tensor, code: Encoded | None, raw_dtyp
     return stored
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DataParallel / DistributedDataParallel and torch.compile add
+
+
+def prefix_hint(missing: list[str], unexpected: list[str], fix: str = "save {}.state_dict()") -> str:
+    """Advice when the file's names are the architecture's behind a wrapper's prefix (a wrapped model's state dict,
+    or the .press file of one); ``fix`` says what to do with the wrapped model's name."""
+    for prefix in WRAPPER_PREFIXES:
+        if missing and sorted(k.removeprefix(prefix) for k in unexpected if k.startswith(prefix)) == sorted(missing):
+            wrapped = f"model.{prefix[:-1]}"
+            return f" (every name in the file has the prefix {prefix!r} of a wrapped model: {fix.format(wrapped)})"
+    return ""
+
+
 @dataclass
 class CompressedModel:
     """The full state of a compressed model.
@@ -179,7 +192,8 @@ class CompressedModel:
         unexpected = [k for k in self.tensors if k not in reference]
         if missing or unexpected:
             problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-            raise ModelSourceError(f"the stored tensors do not fit this architecture: {'; '.join(problems)}")
+            hint = prefix_hint(missing, unexpected, "compress {} instead")
+            raise ModelSourceError(f"the stored tensors do not fit this architecture: {'; '.join(problems)}{hint}")
         by_layer: dict[str, dict[str, Encoded | torch.Tensor]] = {}
         for name, value in self.tensors.items():
             layer, _, local = name.rpartition(".")

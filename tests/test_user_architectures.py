@@ -179,3 +179,11 @@ def test_a_torchscript_model_is_refused_with_what_to_do():
 
     with pytest.raises(UnsupportedModelError, match="TorchScript model: compress the Python model, then script"):
         netpress.compress(torch.jit.script(tiny_mlp()), UniformQuantization(8))
+
+
+def test_the_press_file_of_a_wrapped_model_names_the_prefix_when_loaded_into_the_bare_one(tmp_path):
+    from tests.archs import tiny_mlp
+
+    netpress.save(netpress.compress(nn.DataParallel(tiny_mlp()), UniformQuantization(8)), tmp_path / "dp.press")
+    with pytest.raises(ModelSourceError, match=r"prefix 'module\.' of a wrapped model: compress model\.module instead"):
+        netpress.load(tmp_path / "dp.press", model=tiny_mlp())

@@ -182,8 +182,28 @@ class MagnitudePruning:
         return SparseValues.from_tensor(pruned), row
 
 
+class _LayerByLayer:
+    """A quantizer with nothing to decide over the whole model: each layer is coded by itself, one at a time, with
+    the count ``ranges`` names (bits, levels) checked where the config is built."""
+
+    ranges: ClassVar[dict[str, tuple[int, int]]]
+
+    def _check_count(self, name: str) -> None:
+        lo, hi = self.ranges[name]
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise BudgetError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+
+    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
+        return apply_by_layer(self, model, budget)
+
+    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
+        check_budget(self, budget, required=False)
+        return [None] * len(weights)
+
+
 @dataclass
-class UniformQuantization:
+class UniformQuantization(_LayerByLayer):
     """Symmetric uniform quantization to ``bits`` bits (2^bits − 1 levels, zero exact).
 
     One scale per tensor, per output channel with ``per_channel``, or, instead, per run of about
@@ -205,9 +225,7 @@ class UniformQuantization:
     ranges: ClassVar[dict[str, tuple[int, int]]] = {"bits": (2, 16)}  # also what a ratio search may choose
 
     def __post_init__(self) -> None:
-        lo, hi = self.ranges["bits"]
-        if not isinstance(self.bits, int) or not lo <= self.bits <= hi:
-            raise BudgetError(f"bits must be an integer from {lo} to {hi}, got {self.bits!r}")
+        self._check_count("bits")
         check_flag("per_channel", self.per_channel)
         if self.clip not in CLIPS:
             raise BudgetError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
@@ -225,13 +243,6 @@ class UniformQuantization:
             return w.shape[0] if self.per_channel else 1
         return w.shape[0] * -(-(w.numel() // w.shape[0]) // self.group_size)
 
-    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
-        return apply_by_layer(self, model, budget)
-
-    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
-        """Nothing to decide over the whole model: every layer is quantized by itself."""
-        check_budget(self, budget, required=False)
-        return [None] * len(weights)
 
     def code_layer(self, name: str, weight: torch.Tensor, setting: None = None) -> tuple[Codes, dict]:
         top = 2 ** (self.bits - 1) - 1
@@ -303,7 +314,7 @@ def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30) -> torc
 
 
 @dataclass
-class KMeansQuantization:
+class KMeansQuantization(_LayerByLayer):
     """Per-layer weight sharing: the non-zero weights of each layer take ``levels − 1`` k-means
     centroids, zero stays exact (Han et al., Deep Compression). Follows a pruning method."""
 
@@ -315,17 +326,7 @@ class KMeansQuantization:
     ranges: ClassVar[dict[str, tuple[int, int]]] = {"levels": (2, 65536)}  # also what a ratio search may choose
 
     def __post_init__(self) -> None:
-        lo, hi = self.ranges["levels"]
-        if not isinstance(self.levels, int) or not lo <= self.levels <= hi:
-            raise BudgetError(f"levels must be an integer from {lo} to {hi}, got {self.levels!r}")
-
-    def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
-        return apply_by_layer(self, model, budget)
-
-    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
-        """Nothing to decide over the whole model: every layer is clustered by itself."""
-        check_budget(self, budget, required=False)
-        return [None] * len(weights)
+        self._check_count("levels")
 
     def code_layer(self, name: str, weight: torch.Tensor, setting: None = None) -> tuple[Codes, dict]:
         survivors = weight[weight != 0]

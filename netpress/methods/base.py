@@ -34,6 +34,8 @@ DataNeed = Literal["none", "calibration", "training"]
 # table is a weight matrix like any other, and in a language model it is often the largest one.
 COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 COMPRESSIBLE_NAMES = ", ".join([*(t.__name__ for t in COMPRESSIBLE_LAYERS), "transformers' Conv1D (GPT-2)"])
+# Training samples the retraining methods re-estimate BatchNorm statistics on once their weights are final.
+BATCHNORM_SAMPLES = 1024
 
 
 def is_compressible(module: nn.Module) -> bool:

@@ -243,7 +243,6 @@ class UniformQuantization(_LayerByLayer):
             return w.shape[0] if self.per_channel else 1
         return w.shape[0] * -(-(w.numel() // w.shape[0]) // self.group_size)
 
-
     def code_layer(self, name: str, weight: torch.Tensor, setting: None = None) -> tuple[Codes, dict]:
         top = 2 ** (self.bits - 1) - 1
         grid = torch.arange(-top, top + 1, dtype=torch.float32)

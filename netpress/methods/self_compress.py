@@ -33,6 +33,7 @@ from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
 from netpress.graph.dead_channels import cut_dead_channels
 from netpress.graph.groups import block_index
 from netpress.methods.base import (
+    BATCHNORM_SAMPLES,
     MethodResult,
     check_labels,
     check_model,
@@ -53,7 +54,6 @@ UNCERTAIN = 0.2  # 1 − max softmax above which a training example counts as un
 # brings it back like a dead one (Zbeeb et al. restore only channels at 0 bits, but the preserved accuracy
 # collapses while the bit depths pass through (0, 1), before any channel is at 0: then nothing is restored).
 FAILING_BITS = 1.0
-BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights are fixed
 PRESSURE_GROWTH = 1.1  # with a target: the hinge's weight grows by this at each check the bit depths are over it
 MAX_SHIFT = 16.0  # bits a fit to the target may add to every channel
 CODE_BITS = math.log2(MAX_ALPHABET)  # the widest grid a tensor's codes may have: the codec codes 2^16 levels

@@ -27,6 +27,7 @@ from netpress.codec.codes import Codes
 from netpress.data import Subset
 from netpress.errors import BudgetError, check_real, check_seed, check_whole
 from netpress.methods.base import (
+    BATCHNORM_SAMPLES,
     MethodResult,
     check_labels,
     check_model,
@@ -52,7 +53,6 @@ GAMMA = (250.0, 0.1)
 EXP_FLOOR = -80.0
 KMEANS_SAMPLE = 1 << 18  # weights the initial means are clustered from
 PRIOR_CHUNK = 1 << 15  # weights per pass of the prior: a chunk's (weights × components) tensors stay in cache
-BATCHNORM_SAMPLES = 1024  # training samples BatchNorm statistics are re-estimated on after the weights snap
 # With a ratio target: pilots of at least this many steps (whole epochs, at most the run's) measure a τ's file
 # (LeNet-300's snapped file is within 5 % of the 20-epoch one from epoch 4 on, 940 steps of the default batch of 256
 # over Fashion-MNIST's 60,000 images; later steps, at any τ, pull the weights onto their means without moving them

@@ -52,6 +52,7 @@ from netpress.data import (
     Subset,
     calibration_subset,
     check_dataset,
+    check_labelled,
     check_not_test,
     dataset_sha256,
     load_dataset,
@@ -970,12 +971,7 @@ def _preservation_set(preservation: str | os.PathLike | Dataset | None, handle: 
             f"preservation is a .safetensors file holding {PRESERVATION_KEYS}, or a labelled torch Dataset; "
             f"got {type(preservation).__name__}"
         )
-    try:
-        check_dataset(preservation, handle.input_shape)
-    except DataError as exc:
-        raise DataError(f"your preservation set: {exc}") from exc
-    if len(preservation[0]) < 2:
-        raise DataError("the preservation set's items must be (input, label): it is measured by its accuracy")
+    check_labelled(preservation, "your preservation set", handle.input_shape)
     return preservation
 
 
@@ -1012,10 +1008,8 @@ def _own_datasets(data: tuple) -> tuple[Dataset, Dataset]:
     train, test = data
     if train is test:
         raise DataError("the train and test datasets are the same object: netpress never calibrates on test data")
-    for dataset in data:
-        check_dataset(dataset)
-    if len(test[0]) < 2:
-        raise DataError("the test dataset's items must be (input, label): accuracy needs labels")
+    check_dataset(train)
+    check_labelled(test, "your test dataset")
     shapes = [tuple(d[0][0].shape) for d in data]
     if shapes[0] != shapes[1]:
         raise DataError(f"your training inputs have shape {shapes[0]} and your test inputs {shapes[1]}: give both the model's")

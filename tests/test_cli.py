@@ -396,7 +396,7 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         ),
         (
             ["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5"] + ["--out-dir", "{w}/mlp.pt/runs"],
-            ["cannot use", "as the output directory"],
+            ["mlp.pt is a file, not a folder"],
         ),
         (
             ["compress", *MLP, "-m", "magnitude", "--sparsity", "1.5", "-o", "x.press"],

@@ -209,6 +209,17 @@ def check_dataset(dataset: Dataset, input_shape: tuple[int, ...] | None = None) 
         raise DataError("the dataset's inputs hold NaN or infinite values; clean them before calibrating or measuring")
 
 
+def check_labelled(dataset: Dataset, what: str, input_shape: tuple[int, ...] | None = None) -> None:
+    """``check_dataset`` for a dataset measured by its accuracy, whose items must be (input, label); ``what`` names
+    it in the errors."""
+    try:
+        check_dataset(dataset, input_shape)
+    except DataError as exc:
+        raise DataError(f"{what}: {exc}") from exc
+    if len(dataset[0]) < 2:
+        raise DataError(f"{what}: the items must be (input, label): its accuracy needs labels")
+
+
 @dataclass(frozen=True)
 class Subset:
     """A seeded subset of a training split; ``indices`` are recorded in every report."""

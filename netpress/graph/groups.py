@@ -24,6 +24,7 @@ from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from netpress.errors import DataError, NetpressError, UnsupportedModelError, one_line
+from netpress.graph.surgery import set_tensor
 
 Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
@@ -331,14 +332,6 @@ def _map_axis(tensor: torch.Tensor, matrix: torch.Tensor, axis: int, expand: int
     return mapped.reshape(matrix.shape[0] * expand, *moved.shape[1:]).movedim(0, axis).contiguous()
 
 
-def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    current = getattr(module, name)
-    if isinstance(current, nn.Parameter):
-        setattr(module, name, nn.Parameter(value, requires_grad=current.requires_grad))
-    else:
-        module.register_buffer(name, value)
-
-
 def _resize_attrs(module: nn.Module, role: Role) -> None:
     """Keep the constructor attributes in step with the new weight shape."""
     if role == "norm":
@@ -366,7 +359,7 @@ def transform_group(model: nn.Module, group: ChannelGroup, producer: torch.Tenso
         for tensor_name, axis in _ROLE_TENSORS[member.role]:
             tensor = getattr(module, tensor_name, None)
             if isinstance(tensor, torch.Tensor):
-                _set_tensor(module, tensor_name, _map_axis(tensor.detach(), matrix, axis, member.expand))
+                set_tensor(module, tensor_name, _map_axis(tensor.detach(), matrix, axis, member.expand))
         _resize_attrs(module, member.role)
 
 
@@ -386,7 +379,7 @@ def select_channels(model: nn.Module, group: ChannelGroup, kept: torch.Tensor) -
         for tensor_name, axis in _ROLE_TENSORS[member.role]:
             tensor = getattr(module, tensor_name, None)
             if isinstance(tensor, torch.Tensor):
-                _set_tensor(module, tensor_name, tensor.detach().index_select(axis, index).contiguous())
+                set_tensor(module, tensor_name, tensor.detach().index_select(axis, index).contiguous())
         _resize_attrs(module, member.role)
 
 

@@ -44,11 +44,7 @@ def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module
                 f"from {tuple(current.shape)} to {tuple(shape)}; resizable layers: {supported} (or this is not the "
                 "architecture the file was made from)"
             )
-        fresh = torch.empty(shape, dtype=current.dtype)
-        if isinstance(current, nn.Parameter):
-            setattr(module, tensor_name, nn.Parameter(fresh, requires_grad=current.requires_grad))
-        else:
-            module.register_buffer(tensor_name, fresh)
+        set_tensor(module, tensor_name, torch.empty(shape, dtype=current.dtype))
         for axis, attr in enumerate(attrs):
             if attr == "normalized_shape":
                 module.normalized_shape = (shape[0],)
@@ -59,3 +55,12 @@ def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module
             else:
                 setattr(module, attr, shape[axis])
     return model
+
+
+def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace a parameter (keeping whether it trains) or a buffer by a tensor of another shape."""
+    current = getattr(module, name)
+    if isinstance(current, nn.Parameter):
+        setattr(module, name, nn.Parameter(value, requires_grad=current.requires_grad))
+    else:
+        module.register_buffer(name, value)

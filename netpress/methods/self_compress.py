@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from netpress.budget import Budget
 from netpress.codec.codes import Codes
 from netpress.codec.entropy import MAX_ALPHABET
-from netpress.data import Subset, check_dataset, check_not_test, dataset_sha256, stacked_examples
+from netpress.data import Subset, check_labelled, check_not_test, dataset_sha256, stacked_examples
 from netpress.errors import BudgetError, DataError, NetpressError, check_flag, check_real, check_seed, check_whole, one_line
 from netpress.evaluate import INFERENCE_BATCH, kept_modes, predict
 from netpress.graph.dead_channels import cut_dead_channels
@@ -119,15 +119,13 @@ class SelfCompression:
         if self.preservation is not None:
             if not isinstance(self.preservation, Dataset):
                 raise DataError(f"preservation is a labelled torch Dataset, got {type(self.preservation).__name__}")
-            check_dataset(self.preservation)
+            check_labelled(self.preservation, "the preservation set")
             try:
                 check_not_test(self.preservation)  # it is trained on
             except DataError:
                 raise DataError(
                     "the preservation set is the test split: take your critical examples from the training data"
                 ) from None
-            if len(self.preservation[0]) < 2:
-                raise DataError("the preservation set's items must be (input, label): it is guarded by its accuracy")
             if self.preserve not in (SelfCompression.preserve, len(self.preservation)):  # the default, or the set's own count
                 raise BudgetError("give preserve (examples netpress chooses) or preservation (yours), not both")
             self.preserve = len(self.preservation)  # what the file's record says was guarded

@@ -68,7 +68,7 @@ class Method(Protocol):
     a ratio search (``netpress.size_search``) sizes with before running the method itself."""
 
     name: ClassVar[str]
-    needs: ClassVar[DataNeed]
+    needs: DataNeed  # a class attribute, or a property where a setting decides (fold's data repair)
     budgets: ClassVar[tuple[str, ...]]
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult: ...

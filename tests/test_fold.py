@@ -405,7 +405,7 @@ def test_a_reused_layer_is_left_alone_and_the_rest_folds():
 
 
 def test_a_model_that_no_longer_runs_after_folding_is_refused():
-    with pytest.raises(UnsupportedModelError, match="after fold the model no longer runs.*buffer"):
+    with pytest.raises(UnsupportedModelError, match=r"after fold \(fc1 48→\d+ channels\) the model no longer runs.*buffer"):
         Fold(input_shape=(1, 8, 8)).apply(_ChannelMask(), budget=Budget(params=0.3))
 
 

@@ -368,7 +368,8 @@ class _GroupReduction:
         advice = (
             f"; {self.name} supports channels that flow through Linear, Conv and BatchNorm layers and element-wise operations"
         )
-        check_still_runs(reduced, example, f"after {self.name}", advice)
+        changed = [f"{r['group']} {r['channels']}→{r['channels_after']}" for r in rows if r.get("folded")]
+        check_still_runs(reduced, example, f"after {self.name} ({', '.join(changed)} channels)", advice)
         after = count_params(reduced)
         rows.append({"group": "total", "params_before": before, "params_after": after, "params_removed": 1 - after / before})
         return reduced, plans, rows

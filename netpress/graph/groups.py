@@ -197,6 +197,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     for param in traced.parameters():  # tracing follows autograd: a frozen layer would look unused
         param.requires_grad_(True)
     names = {module: name for name, module in traced.named_modules()}
+    parameters = {id(p): name for name, p in traced.named_parameters()}
     opaque = [m for m in traced.modules() if type(m).__name__.endswith(OPAQUE_BLOCKS)]
     hidden = {sub for block in opaque for sub in block.modules() if sub is not block}
     reused = _reused_layers(traced, example_inputs)
@@ -228,7 +229,8 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
             target = node.module
             if not isinstance(target, nn.Module) or target not in names:
                 if node.type == OPTYPE.PARAMETER:
-                    group.reason = group.reason or "an unwrapped parameter (e.g. RMSNorm weight) shares these channels"
+                    named = parameters.get(id(target), "a parameter")
+                    group.reason = group.reason or f"{named}, an unwrapped parameter (as RMSNorm's weight is), shares them"
                 continue  # an operation (add, reshape...), not a layer
             if node.type in (OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE):
                 continue

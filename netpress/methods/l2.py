@@ -65,7 +65,8 @@ class L2:
     The transform phase adds μ × estimated bytes / budget, μ starting at ``rate_weight`` × the ratio of
     the two gradients and adapted by dual ascent; reconstruction uses the task loss alone.
     ``per_channel`` learns an edge and step per output channel; ``raw_dtype`` stores biases and
-    normalisation tensors in fp16 (default) or fp32.
+    normalisation tensors in fp16 (default) or fp32. ``resolution`` sets the rate estimate's kernel width, the
+    span of a tensor's codes over ``resolution`` (``netpress.quant.rate``).
     """
 
     rounds: int = 2

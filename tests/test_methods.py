@@ -772,8 +772,29 @@ def test_press_and_sweep_check_their_outputs_before_a_ratio_search_compresses_a_
         api.sweep(tiny_cnn(), MagnitudePruning(), [Budget(ratio=4)], out_dir=tmp_path / "taken")
 
 
+class _Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.GRU(8, 16, batch_first=True), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
 def test_compress_names_the_layers_it_stores_as_floats():
-    """A transposed convolution is no layer a method codes: compress() says so, as press's report does."""
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 1, 3))
-    compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5))
-    assert compressed.details["uncompressed_layers"] == {"2": {"type": "ConvTranspose2d", "params": 37}}
+    """A GRU is no layer a method codes: compress() says so, as press's report does."""
+    compressed = netpress.compress(_Recurrent(), MagnitudePruning(), Budget(sparsity=0.5))
+    assert compressed.details["uncompressed_layers"] == {"rnn": {"type": "GRU", "params": 1248}}
+
+
+def test_a_transposed_convolution_is_coded_like_any_convolution(tmp_path):
+    """An autoencoder's decoder: its kernels are pruned and quantized with the rest, and come back exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2), nn.ReLU(), nn.ConvTranspose2d(8, 1, 3, stride=2))
+    compressed = netpress.compress(model, [MagnitudePruning(), UniformQuantization(6)], Budget(sparsity=0.8))
+    netpress.save(compressed, tmp_path / "ae.press")
+    back = netpress.load(tmp_path / "ae.press", model=copy.deepcopy(model))
+    assert compressed.details["uncompressed_layers"] == {}
+    assert float((back[2].weight == 0).float().mean()) > 0.5 and torch.equal(
+        back[2].weight, compressed.to_module(model)[2].weight
+    )

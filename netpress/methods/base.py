@@ -32,7 +32,19 @@ T = TypeVar("T")
 DataNeed = Literal["none", "calibration", "training"]
 # Layers whose weight the weight stage compresses; every other tensor is stored raw. An embedding
 # table is a weight matrix like any other, and in a language model it is often the largest one.
-COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+# A transposed convolution's weight is (in, out, kernel...): its rows are input channels, as GPT-2's Conv1D's are
+# input features; a weight stage codes rows alike, and only fold and the channel cut need output channels (they
+# refuse it).
+COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Embedding,
+)
 COMPRESSIBLE_NAMES = ", ".join([*(t.__name__ for t in COMPRESSIBLE_LAYERS), "transformers' Conv1D (GPT-2)"])
 # Training samples the retraining methods re-estimate BatchNorm statistics on once their weights are final.
 BATCHNORM_SAMPLES = 1024

@@ -1019,12 +1019,15 @@ def _own_datasets(data: tuple) -> tuple[Dataset, Dataset]:
 def _refuse_test_samples(calibration: Subset, test: Dataset) -> None:
     """Your own splits are compared by content: a calibration sample that is also a test sample (a copy of it)
     would let the test accuracy flatter the file."""
-    seen = set(sample_digests(test))
-    shared = sum(digest in seen for digest in sample_digests(TorchSubset(calibration.dataset, calibration.indices)))
+    seen = set(sample_digests(test, exact=True))
+    drawn = sample_digests(TorchSubset(calibration.dataset, calibration.indices), exact=True)
+    shared = [i for i, digest in zip(calibration.indices, drawn) if digest in seen]
     if shared:
+        listed = ", ".join(map(str, shared[:5])) + (", …" if len(shared) > 5 else "")
         raise DataError(
-            f"{shared} of the {len(calibration.indices)} calibration samples {'is' if shared == 1 else 'are'} also in your "
-            "test dataset: netpress never calibrates on test data; remove them from the training dataset"
+            f"{len(shared)} of the {len(calibration.indices)} calibration samples {'is' if len(shared) == 1 else 'are'} "
+            f"also in your test dataset (training positions {listed}): netpress never calibrates on test data; remove "
+            "them from the training dataset"
         )
 
 

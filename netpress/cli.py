@@ -66,22 +66,31 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NetpressWarning)
-            try:
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NetpressWarning)
                 return fn(*args, **kwargs)
-            except NetpressError as exc:
-                # One line even where the message quotes a multi-line one (torch's load_state_dict report).
-                err.print(f"[bold red]error:[/] {escape(one_line(exc))}")  # a path or value may hold [brackets]
-                raise typer.Exit(2) from None
-            finally:
-                for warning in caught:
-                    if issubclass(warning.category, NetpressWarning):
-                        err.print(f"[bold yellow]warning:[/] {escape(one_line(warning.message))}")
-                    else:
-                        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        except NetpressError as exc:
+            # One line even where the message quotes a multi-line one (torch's load_state_dict report).
+            err.print(f"[bold red]error:[/] {escape(one_line(exc))}")  # a path or value may hold [brackets]
+            raise typer.Exit(2) from None
+        finally:  # shown once the recording has ended: showing one while it runs would record it again
+            _show_warnings(caught)
 
     return wrapper
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Each NetpressWarning once as one line (a ratio search's trials can raise the same one many times); any
+    other warning as Python shows it."""
+    shown = set()
+    for warning in caught:
+        if not issubclass(warning.category, NetpressWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        elif (text := one_line(warning.message)) not in shown:
+            shown.add(text)
+            err.print(f"[bold yellow]warning:[/] {escape(text)}")
 
 
 def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = (), made: Path | None = None) -> None:

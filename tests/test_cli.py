@@ -760,3 +760,29 @@ def test_a_layer_left_all_zero_is_warned_about_in_python_and_on_the_command_line
         tmp_path / "m.press",
     )
     assert result.exit_code == 0 and "warning: every weight of" in " ".join(result.output.split())
+
+
+def test_other_warnings_are_shown_as_python_shows_them_and_the_command_ends(weights, tmp_path):
+    arch = ["--arch", "tests.archs:warns_when_built"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "always",
+            "-m",
+            "netpress.cli",
+            "compress",
+            weights / "mlp.pt",
+            *arch,
+            "-m",
+            "uniform",
+            "-o",
+            tmp_path / "u.press",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NETPRESS_QUIET": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("a deprecated option") == 1

@@ -146,14 +146,17 @@ def load_preservation_set(path: str | os.PathLike) -> TensorDataset:
     return _data_file(path, "preserve")
 
 
-def sample_digests(dataset: Dataset) -> list[bytes]:
-    """A sha256 of each sample's input, rounded to float16: finds the same example in two datasets, also where
-    one holds it at a lower precision."""
-    return [
-        hashlib.sha256(x.to(torch.float16).contiguous().numpy().tobytes()).digest()
-        for inputs, _ in batches(dataset, DIGEST_ROWS)
-        for x in inputs
-    ]
+def sample_digests(dataset: Dataset, exact: bool = False) -> list[bytes]:
+    """A sha256 of each sample's input: finds the same example in two datasets. Float inputs are rounded to float16
+    unless ``exact``, so that a copy held at a lower precision is found too (two distinct samples may then
+    collide, which a count tolerates and a refusal must not); integer inputs (token ids) are hashed as they are."""
+
+    def digest(x: torch.Tensor) -> bytes:
+        if x.is_floating_point() and not exact:
+            x = x.to(torch.float16)
+        return hashlib.sha256(str(x.dtype).encode() + x.contiguous().numpy().tobytes()).digest()
+
+    return [digest(x) for inputs, _ in batches(dataset, DIGEST_ROWS) for x in inputs]
 
 
 def stacked_examples(dataset: Dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,14 +96,19 @@ class ParamCounter:
 
 
 def _traced_output(output) -> torch.Tensor:
-    """What tracing follows back: a tensor output, every tensor of a tuple or list (an auxiliary head's
-    channels are outputs too), or a Hugging Face ModelOutput's first item (its hidden states)."""
+    """What tracing follows back: the sum of ``_output_tensors``."""
+    return sum(t.float().sum() for t in _output_tensors(output))
+
+
+def _output_tensors(output) -> list[torch.Tensor]:
+    """A tensor output, every tensor of a (nested) tuple or list (an auxiliary head's channels are outputs too), or
+    a Hugging Face ModelOutput's first item (its hidden states)."""
     if isinstance(output, torch.Tensor):
-        return output.float().sum()
+        return [output]
     if isinstance(output, (tuple, list)) and any(item is not None for item in output):
-        return sum(_traced_output(item) for item in output if item is not None)
+        return [tensor for item in output if item is not None for tensor in _output_tensors(item)]
     if hasattr(output, "to_tuple"):
-        return _traced_output(output[0])
+        return _output_tensors(output[0])
     raise UnsupportedModelError(
         f"the model returns a {type(output).__name__}; tracing its channels needs a tensor, a tuple or list of "
         "tensors, or a Hugging Face ModelOutput"
@@ -275,13 +280,28 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
 
 
 def _output_values(model: nn.Module, example_inputs: torch.Tensor | dict) -> torch.Tensor:
-    """Every value the model outputs for the tracing input, flattened (what ``_traced_output`` follows back)."""
+    """Every value the model outputs for an input, flattened (what ``_traced_output`` follows back)."""
     with torch.no_grad():
         output = model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
-    if hasattr(output, "to_tuple"):
-        output = output[0]
-    tensors = output if isinstance(output, (tuple, list)) else [output]
-    return torch.cat([t.detach().float().reshape(-1) for t in tensors if isinstance(t, torch.Tensor)])
+    return torch.cat([t.detach().float().reshape(-1) for t in _output_tensors(output)])
+
+
+def _layout_probe(model: nn.Module, example_inputs: torch.Tensor | dict) -> tuple[torch.Tensor | dict, torch.Tensor] | None:
+    """An input for the layout check and the model's output on it: seeded N(0, 1) of the tracing input's shape
+    (zeros, the usual tracing input, leave many layouts unseen), else the tracing input itself where the model
+    refuses that input or gives no finite value on it; None where neither gives a finite value."""
+    candidates = [example_inputs]
+    if torch.is_tensor(example_inputs) and example_inputs.is_floating_point():
+        noise = torch.randn(example_inputs.shape, generator=torch.Generator().manual_seed(0))
+        candidates.insert(0, noise.to(example_inputs.dtype))
+    for candidate in candidates:
+        try:
+            baseline = _output_values(model, candidate)
+        except Exception:  # a forward that refuses such an input (negative pixels, say): tracing's own runs
+            continue
+        if bool(torch.isfinite(baseline).any()):
+            return candidate, baseline
+    return None
 
 
 def _check_layouts(model: nn.Module, groups: list[ChannelGroup], example_inputs: torch.Tensor | dict) -> None:
@@ -290,23 +310,37 @@ def _check_layouts(model: nn.Module, groups: list[ChannelGroup], example_inputs:
     Torch-Pruning maps a flatten's columns channel by channel; a permute before it (channels last) or a channel
     shuffle written with ``view(b, g, -1, ...)`` moves them elsewhere, and a fold would then merge the wrong
     columns without any error. Permuting a group's channels (producer rows and consumer columns alike) leaves
-    the function unchanged exactly when the layout is right, so each group is tried once with a seeded
-    permutation on the tracing input, and put back (by indexing: the model is restored bit for bit).
+    the function unchanged exactly when the layout is right. So all groups are permuted at once (seeded), and
+    only if the output moves is each group tried alone; every permutation is put back by indexing, so the
+    model is restored bit for bit. Without an input on which the model gives a finite value the check is skipped.
     """
-    if torch.is_tensor(example_inputs) and example_inputs.is_floating_point():  # zeros would hide most layouts
-        generator = torch.Generator().manual_seed(0)
-        example_inputs = torch.randn(example_inputs.shape, generator=generator).to(example_inputs.dtype)
-    baseline = _output_values(model, example_inputs)
-    tolerance = 1e-3 * float(baseline.abs().max()) + 1e-6  # reordered sums round differently, by far less
+    probe = _layout_probe(model, example_inputs)
+    if probe is None or not groups:
+        return
+    inputs, baseline = probe
+    finite = torch.isfinite(baseline)
+    tolerance = 1e-3 * float(baseline[finite].abs().max()) + 1e-6  # reordered sums round differently, by far less
     generator = torch.Generator().manual_seed(0)
+    orders = []
     for group in groups:
         order = torch.randperm(group.channels, generator=generator)
-        if torch.equal(order, torch.arange(group.channels)):
-            order = order.roll(1)
-        select_channels(model, group, order)
-        moved = float((_output_values(model, example_inputs) - baseline).abs().max())
-        select_channels(model, group, torch.argsort(order))
-        if not moved <= tolerance:
+        orders.append(order if not torch.equal(order, torch.arange(group.channels)) else order.roll(1))
+
+    def moves(chosen: list[int]) -> bool:
+        for i in chosen:
+            select_channels(model, groups[i], orders[i])
+        try:
+            moved = float((_output_values(model, inputs)[finite] - baseline[finite]).abs().max())
+        except Exception:  # a permutation keeps every shape, so this is the layout too
+            moved = math.inf
+        for i in reversed(chosen):
+            select_channels(model, groups[i], torch.argsort(orders[i]))
+        return not moved <= tolerance
+
+    if not moves(list(range(len(groups)))):
+        return
+    for i, group in enumerate(groups):
+        if moves([i]):
             group.reason = (
                 "its channels do not reach their consumers as traced (a permute before a flatten, a channel shuffle, "
                 "or a branch the tracing input did not take)"

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from netpress import api
 from netpress.budget import Budget
-from netpress.data import Subset, calibration_subset, check_dataset, load_dataset
+from netpress.data import Subset, calibration_subset, check_dataset, load_dataset, sample_digests
 from netpress.errors import DataError, UnsupportedModelError
 from netpress.evaluate import evaluate, predict
 from netpress.methods.baselines import MagnitudePruning
@@ -223,3 +223,10 @@ def test_a_model_with_one_output_is_told_to_return_a_logit_per_class():
     ):
         with pytest.raises(UnsupportedModelError, match="one logit per sample"):
             call()
+
+
+def test_sample_digests_keep_integer_inputs_apart_and_round_floats_only_when_asked():
+    ids = torch.utils.data.TensorDataset(torch.tensor([[70000], [70001], [80000]]))
+    assert len(set(sample_digests(ids))) == 3  # float16 would make them all inf
+    near = torch.utils.data.TensorDataset(torch.tensor([[1.0], [1.0001]]))
+    assert len(set(sample_digests(near))) == 1 and len(set(sample_digests(near, exact=True))) == 2

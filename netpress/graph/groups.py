@@ -30,6 +30,8 @@ Role = Literal["producer", "norm", "consumer"]
 # Module classes whose name ends with one of these are not traced: their channels are not folded.
 OPAQUE_BLOCKS: tuple[str, ...] = ("Attention",)
 UNTRACED = "not reached by tracing (unused in forward)"  # the reason of a layer the tracing input never ran
+# A layer that runs but whose output tracing does not follow (BERT's pooler: a ModelOutput's first item is followed).
+OUTSIDE_TRACED = "runs, but outside the output tracing follows"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CHANNEL_LAYERS = (nn.Linear, *_CONVS)  # the layers whose output channels a group can hold
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -134,9 +136,10 @@ def check_still_runs(model: nn.Module, example_inputs: torch.Tensor | dict, chan
         ) from exc
 
 
-def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set[nn.Module]:
-    """The layers one forward pass calls more than once: a layer fed its own output couples its input and
-    output channels, which a group's plan does not follow."""
+def _layer_calls(model: nn.Module, example_inputs: torch.Tensor | dict) -> dict[nn.Module, int]:
+    """How often one forward pass calls each Linear, Conv and BatchNorm layer (those it never calls are absent). A
+    layer called more than once (fed its own output) couples its input and output channels, which a group's plan
+    does not follow."""
     calls: dict[nn.Module, int] = {}
     hooks = [
         m.register_forward_hook(lambda module, *_: calls.update({module: calls.get(module, 0) + 1}))
@@ -151,7 +154,7 @@ def _reused_layers(model: nn.Module, example_inputs: torch.Tensor | dict) -> set
     finally:
         for hook in hooks:
             hook.remove()
-    return {m for m, count in calls.items() if count > 1}
+    return calls
 
 
 def _a(noun: str) -> str:
@@ -205,7 +208,8 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     parameters = {id(p): name for name, p in traced.named_parameters()}
     opaque = [m for m in traced.modules() if type(m).__name__.endswith(OPAQUE_BLOCKS)]
     hidden = {sub for block in opaque for sub in block.modules() if sub is not block}
-    reused = _reused_layers(traced, example_inputs)
+    calls = _layer_calls(traced, example_inputs)
+    reused = {m for m, count in calls.items() if count > 1}
     with torch.enable_grad():
         try:
             graph = tp.DependencyGraph().build_dependency(traced, example_inputs, output_transform=_traced_output, verbose=False)
@@ -268,11 +272,14 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
         groups.append(group)
     _check_layouts(traced, [g for g in groups if g.reason is None], example_inputs)
     untraced = [
-        name
-        for module, name in names.items()
+        module
+        for module in names
         if isinstance(module, CHANNEL_LAYERS) and module not in graph.module2node and module not in hidden
     ]  # layers inside an attention block are reported with the block
-    groups += [ChannelGroup(name, 0, [Member(name, "producer")], UNTRACED) for name in untraced]
+    groups += [
+        ChannelGroup(names[m], 0, [Member(names[m], "producer")], UNTRACED if m not in calls else OUTSIDE_TRACED)
+        for m in untraced
+    ]
     for block in opaque:
         inner = [names[m] for m in block.modules() if isinstance(m, CHANNEL_LAYERS)]
         groups.append(ChannelGroup(names[block], 0, [Member(n, "producer") for n in inner], "attention heads are not folded"))

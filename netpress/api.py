@@ -628,10 +628,10 @@ def _compress(
             )
         else:
             found = size_search.meet_ratio(methods, budget, setting, run)
-        _warn_emptied_layers(handle.module, found, methods)
+        _warn_emptied_layers(handle.module, found, methods, budget)
         return found
     compressed = _compressed(handle, methods, budget, data, raw_dtype)
-    _warn_emptied_layers(handle.module, compressed, methods)
+    _warn_emptied_layers(handle.module, compressed, methods, budget)
     if budget is not None and budget.kind == "ratio":
         size = len(codec.to_bytes(compressed))
         if size > budget.target_bytes():
@@ -642,7 +642,7 @@ def _compress(
     return compressed
 
 
-def _warn_emptied_layers(model: nn.Module, compressed: CompressedModel, methods: list[Method]) -> None:
+def _warn_emptied_layers(model: nn.Module, compressed: CompressedModel, methods: list[Method], budget: Budget | None) -> None:
     """A layer whose every weight the methods set to zero passes only its bias: the file is smaller, but the model
     has most likely lost what that layer computed, which a report's overall sparsity does not show."""
     before = compressible_weights(model)
@@ -652,10 +652,12 @@ def _warn_emptied_layers(model: nn.Module, compressed: CompressedModel, methods:
         if name in before and not isinstance(value, torch.Tensor) and value.sparsity() == 1.0 and bool(before[name].any())
     ]
     if emptied:
+        one = len(emptied) == 1
+        remedy = "ask for a smaller target" if budget is not None else "choose settings that compress less"
         warnings.warn(
             f"every weight of {', '.join(emptied)} is zero after {' + '.join(m.name for m in methods)}: "
-            f"{'that layer passes' if len(emptied) == 1 else 'those layers pass'} only a bias, so the model has likely "
-            "lost what it computed there; ask for a smaller target",
+            f"{'that layer passes' if one else 'those layers pass'} only a bias, so the model has likely lost what it "
+            f"computed there; {remedy}, or keep {'it' if one else 'them'} uncompressed (--keep, keep=)",
             NetpressWarning,
             stacklevel=4,
         )

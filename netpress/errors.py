@@ -35,7 +35,7 @@ def check_writable(
     """Refuse an output path before any work is done: a directory, a missing parent directory, or one of
     the user's inputs in ``keep`` (writing there would destroy it). ``made`` is a directory the command
     creates, with its parents, before it writes (sweep's ``--out-dir``), so a file directly in one of them
-    need not have its directory yet."""
+    need not have its directory yet; a file where one of those directories would go is refused."""
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory; give a file name")
     name_max = _name_max(os.path.dirname(os.path.abspath(path)))
@@ -132,10 +132,12 @@ def check_seed(seed: int) -> None:
         raise BudgetError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
 
-def check_whole(name: str, value: object, minimum: int) -> None:
-    """A method setting that counts something (steps, samples, restarts): a whole number ≥ ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BudgetError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
+def check_whole(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """A method setting that counts something (steps, samples, restarts, bits): a whole number ≥ ``minimum``, and at
+    most ``maximum`` if given."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+        span = f"≥ {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise BudgetError(f"{name} must be a whole number {span}, got {value!r}")
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> None:

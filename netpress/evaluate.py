@@ -97,7 +97,12 @@ def _forward(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
     except (MemoryError, RecursionError):
         raise
     except Exception as exc:  # a shape error, or whatever the user's forward raises (a ValueError, an assert)
-        if (floats := _float_dtype(model)) is not None and x.is_floating_point() and x.dtype != floats:
+        if (
+            (floats := _float_dtype(model)) is not None
+            and x.is_floating_point()
+            and x.dtype != floats
+            and _runs(model, x.to(floats))
+        ):
             raise DataError(
                 f"the model's weights are {floats} and the inputs {x.dtype}: convert the model (model.float()); a .press "
                 "file stores weights as fp32 or fp16 whatever the model's precision"
@@ -117,6 +122,15 @@ def check_classes(logits: torch.Tensor) -> None:
             "the model returns one logit per sample; netpress reads a classifier's output as one logit per class: "
             "return two (for a sigmoid output z, the logits [0, z])"
         )
+
+
+def _runs(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model takes ``x`` (tried once an input of another dtype failed, to tell which was wrong)."""
+    try:
+        model(x)
+    except Exception:
+        return False
+    return True
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype | None:

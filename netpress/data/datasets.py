@@ -232,6 +232,8 @@ class Subset:
     seed: int
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, np.integer):  # recorded in the file's JSON summary, which takes Python ints
+            object.__setattr__(self, "seed", int(self.seed))
         check_seed(self.seed)
         try:  # plain ints, so the recorded indices and their hash never depend on the type
             indices = [_position(i) for i in self.indices]
@@ -239,6 +241,8 @@ class Subset:
             raise DataError(f"a Subset's indices must be whole numbers (sample positions): {exc}") from exc
         if not indices:
             raise DataError("a Subset needs one or more sample positions (calibration_subset(train, n) draws n of them)")
+        if len(set(indices)) < len(indices):
+            raise DataError("a Subset's sample positions must be distinct: a repeated one would count one sample twice")
         size = len(self.dataset) if hasattr(self.dataset, "__len__") else None  # type: ignore[arg-type]
         if size is not None and not all(0 <= i < size for i in indices):
             raise DataError(
@@ -253,7 +257,7 @@ class Subset:
 
 def _position(index: object) -> int:
     """A sample position as a plain int (an int, a NumPy integer, a one-element integer tensor); a bool is not one."""
-    if isinstance(index, bool):
+    if isinstance(index, (bool, np.bool_)) or (torch.is_tensor(index) and index.dtype == torch.bool):
         raise TypeError(f"{index!r} is a bool")
     return operator.index(index)
 

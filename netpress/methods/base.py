@@ -447,7 +447,7 @@ def seeds_torch(apply: Callable[..., MethodResult]) -> Callable[..., MethodResul
 
     @functools.wraps(apply)
     def seeded(self, *args, **kwargs) -> MethodResult:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # manual_seed seeds CUDA's too
             torch.manual_seed(self.seed)
             return apply(self, *args, **kwargs)
 

@@ -13,7 +13,7 @@ from torch import nn
 from netpress.budget import Budget
 from netpress.codec.codes import Codes, SparseValues, table_of_each_weight
 from netpress.data import Subset
-from netpress.errors import BudgetError, check_flag, check_whole
+from netpress.errors import BudgetError, check_choice, check_flag, check_whole
 from netpress.methods.base import (
     MethodResult,
     apply_by_layer,
@@ -162,8 +162,7 @@ class MagnitudePruning:
     budgets: ClassVar[tuple[str, ...]] = ("sparsity",)
 
     def __post_init__(self) -> None:
-        if self.allocation not in ALLOCATIONS:
-            raise BudgetError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+        check_choice("allocation", self.allocation, ALLOCATIONS)
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
         """Refuse a sparsity no file can have, before any work (sweep checks every point)."""
@@ -189,10 +188,7 @@ class _LayerByLayer:
     ranges: ClassVar[dict[str, tuple[int, int]]]
 
     def _check_count(self, name: str) -> None:
-        lo, hi = self.ranges[name]
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise BudgetError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+        check_whole(name, getattr(self, name), *self.ranges[name])
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         return apply_by_layer(self, model, budget)
@@ -227,8 +223,7 @@ class UniformQuantization(_LayerByLayer):
     def __post_init__(self) -> None:
         self._check_count("bits")
         check_flag("per_channel", self.per_channel)
-        if self.clip not in CLIPS:
-            raise BudgetError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
+        check_choice("clip", self.clip, CLIPS)
         if self.group_size is not None:
             check_whole("group_size", self.group_size, 1)
             if self.per_channel:

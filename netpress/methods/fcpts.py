@@ -25,7 +25,7 @@ from torch import nn
 from netpress.budget import Budget
 from netpress.codec.codes import SparseValues
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, check_real, check_seed, check_whole
+from netpress.errors import BudgetError, DataError, check_choice, check_real, check_seed, check_whole
 from netpress.methods.base import (
     MethodResult,
     check_budget,
@@ -123,8 +123,7 @@ class FCPTS:
         for name in ("threshold_lr", "weight_lr", "penalty"):
             check_real(name, getattr(self, name), 0.0)
         check_real("temperature", self.temperature, 0.0, inclusive=False)
-        if self.init != "best" and self.init not in ALLOCATIONS:
-            raise BudgetError(f"init must be 'best' or one of {', '.join(ALLOCATIONS)}, got {self.init!r}")
+        check_choice("init", self.init, ("best", *ALLOCATIONS))
 
     def stand_in(self) -> MagnitudePruning:
         """A data-free method whose files are about as large as this one's at the same sparsity (the mask's

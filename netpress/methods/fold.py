@@ -28,7 +28,16 @@ from torch.nn import functional as F
 
 from netpress.budget import Budget
 from netpress.data import Subset
-from netpress.errors import BudgetError, DataError, NetpressWarning, UnsupportedModelError, check_real, check_seed, check_whole
+from netpress.errors import (
+    BudgetError,
+    DataError,
+    NetpressWarning,
+    UnsupportedModelError,
+    check_choice,
+    check_real,
+    check_seed,
+    check_whole,
+)
 from netpress.evaluate import count_params
 from netpress.graph.groups import (
     CHANNEL_LAYERS,
@@ -310,10 +319,8 @@ class _GroupReduction:
             raise BudgetError(f"input_shape is one sample's shape without the batch, e.g. (1, 28, 28); got {shape!r}")
         if not isinstance(getattr(torch, str(self.input_dtype), None), torch.dtype):
             raise BudgetError(f"input_dtype must name a torch dtype such as 'float32' or 'int64', got {self.input_dtype!r}")
-        if self.repair not in REPAIRS:
-            raise BudgetError(f"unknown repair {self.repair!r}; use one of {', '.join(REPAIRS)}")
-        if self.allocation not in GROUP_ALLOCATIONS:
-            raise BudgetError(f"unknown allocation {self.allocation!r}; use one of {', '.join(GROUP_ALLOCATIONS)}")
+        check_choice("repair", self.repair, REPAIRS)
+        check_choice("allocation", self.allocation, GROUP_ALLOCATIONS)
 
     @property
     def needs(self) -> str:
@@ -441,8 +448,7 @@ class Fold(_GroupReduction):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.clustering not in CLUSTERINGS:
-            raise BudgetError(f"unknown clustering {self.clustering!r}; use one of {', '.join(CLUSTERINGS)}")
+        check_choice("clustering", self.clustering, CLUSTERINGS)
         check_real("prune_fraction", self.prune_fraction, 0.0, maximum=1.0)
         check_whole("n_init", self.n_init, 1)
 

@@ -655,7 +655,8 @@ def _warn_emptied_layers(model: nn.Module, compressed: CompressedModel, methods:
         one = len(emptied) == 1
         remedy = "ask for a smaller target" if budget is not None else "choose settings that compress less"
         warnings.warn(
-            f"every weight of {', '.join(emptied)} is zero after {' + '.join(m.name for m in methods)}: "
+            f"every weight of {', '.join(emptied)} is zero after {' + '.join(m.name for m in methods)}"
+            f"{f' at {budget.kind} {budget.value:g}' if budget is not None else ''}: "
             f"{'that layer passes' if one else 'those layers pass'} only a bias, so the model has likely lost what it "
             f"computed there; {remedy}, or keep {'it' if one else 'them'} uncompressed (--keep, keep=)",
             NetpressWarning,

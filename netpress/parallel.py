@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
@@ -22,11 +24,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed import distributed_c10d
 
-from netpress.errors import NetpressError, one_line
+from netpress.errors import NetpressError, NetpressWarning, one_line
 
 Item = TypeVar("Item")
 RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK")  # what torchrun sets beside WORLD_SIZE
 JOIN_SECONDS = 60  # how long a finished sweep waits for its worker processes to exit before stopping them
+
+_PYTHON_SHOWWARNING = warnings.showwarning  # a worker shows other warnings as Python does
 
 
 def in_group() -> bool:
@@ -144,6 +148,7 @@ def _await_start(processes: list, started) -> None:
 def _worker(rendezvous: str, rank: int, world: int, threads: int, task: Callable, items: Sequence, started) -> None:
     started.put(rank)
     os.environ["NETPRESS_QUIET"] = "1"  # one progress display: the calling process's
+    warnings.showwarning = _show_warning
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
@@ -152,6 +157,14 @@ def _worker(rendezvous: str, rank: int, world: int, threads: int, task: Callable
         pass
     finally:
         dist.destroy_process_group()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A worker's NetpressWarning as the command line shows the caller's: one "warning:" line."""
+    if issubclass(category, NetpressWarning):
+        print(f"warning: {one_line(message)}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
 
 
 def _picklable(value: object) -> bool:

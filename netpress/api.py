@@ -99,6 +99,7 @@ from netpress.methods.base import (
     one_at_a_time,
     uncompressed_layers,
 )
+from netpress.methods.sizing import UNDRAWN_CALIBRATION
 
 
 @dataclass
@@ -504,7 +505,7 @@ def _check_searched_ratios(
     def run(chain: list[Method], given: Budget | None, searched: dict) -> CompressedModel:
         made = _compressed(handle, chain, given, None, raw_dtype, recorded=_with_source(ratios[0], handle), searched=searched)
         if calibrates:  # the real file records its calibration subset (not drawn yet): a record as long or longer
-            made.summary["calibration"] = {"n": 10**6, "seed": 2**31, "indices_sha256": hashlib.sha256(b"").hexdigest()}
+            made.summary["calibration"] = {**UNDRAWN_CALIBRATION, "indices_sha256": hashlib.sha256(b"").hexdigest()}
         return made
 
     smallest = size_search.smallest_file(methods, setting, run, extreme)

@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from netpress.codec.codes import Codes
 from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import Subset, calibration_subset, load_dataset
 from netpress.errors import BudgetError, DataError, FormatError, ModelSourceError, OutputError, UnsupportedModelError
-from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization, SelfCompression
+from netpress.methods import ALLOCATIONS, FCPTS, L2, Fold, KMeansQuantization, SelfCompression, SoftWeightSharing
 from netpress.methods.base import check_model, compressible_weights, split_exact, target_zeros, uncompressed_layers
 from netpress.methods.baselines import _lamp_scores, _lowest_per_layer, prune_counts, smallest_mask
 from tests.archs import tied, tiny_cnn, tiny_mlp
@@ -798,3 +799,22 @@ def test_a_transposed_convolution_is_coded_like_any_convolution(tmp_path):
     assert float((back[2].weight == 0).float().mean()) > 0.5 and torch.equal(
         back[2].weight, compressed.to_module(model)[2].weight
     )
+
+
+@pytest.mark.parametrize(
+    "method",
+    [SelfCompression(steps=2), SoftWeightSharing(epochs=1), L2(rounds=1, transform_steps=1, reconstruction_steps=1)],
+    ids=lambda m: m.name,
+)
+def test_the_up_front_advice_on_an_unreachable_ratio_can_be_followed(method):
+    """The check before any data is drawn sizes a calibration record as long as any real one, so the ratio it
+    advises is never above what the run itself, with its subset, then allows."""
+    data = calibration_subset(load_dataset("digits", "train"), 256)
+
+    def advised(call) -> float:
+        with pytest.raises(BudgetError, match=r"at most [0-9.]+x") as refused:
+            call()
+        return float(re.search(r"at most ([0-9.]+)x", str(refused.value)).group(1))
+
+    before = advised(lambda: method.check_target(tiny_mlp(), Budget(ratio=200)))
+    assert before <= advised(lambda: method.apply(tiny_mlp(), data, Budget(ratio=200)))

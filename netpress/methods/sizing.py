@@ -36,6 +36,11 @@ def with_reference(method: Method, budget: Budget | None, model: nn.Module) -> B
     return budget
 
 
+# The calibration record of a file sized before its subset is drawn (an up-front check): as long as any real one, so
+# the check never passes a ratio that the run, and the advice it gives, would then refuse.
+UNDRAWN_CALIBRATION = {"n": 10**6, "seed": 2**31}
+
+
 def refuse_unreachable(method: Method, model: nn.Module, budget: Budget | None, zero_codes: Callable[[dict], dict]) -> None:
     """A method's ``check_target`` for an optional ratio: refuse one that even ``zero_codes(weights)``, the
     method's smallest file, does not meet, before any data is loaded or work done (sweep checks every point)."""
@@ -61,7 +66,7 @@ class FileSizer:
     ) -> None:
         self.model, self.budget, self.raw_dtype = model, budget, raw_dtype
         self.target = budget.target_bytes()
-        calibration = {"n": len(data.indices), "seed": data.seed} if data is not None else {"n": 0, "seed": 0}
+        calibration = {"n": len(data.indices), "seed": data.seed} if data is not None else UNDRAWN_CALIBRATION
         self.summary = {
             "netpress": netpress.__version__,
             "methods": [method_record(method, unset=True)],

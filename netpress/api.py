@@ -1176,11 +1176,13 @@ def _check_preservation(handle: ModelHandle, prepared: _Prepared, methods: list[
 
 
 def _check_encoder_calibration(methods: list[Method]) -> None:
-    """Refuse a calibrating method that reads only a classifier's images (fold's BatchNorm repair), for a Hugging Face model."""
+    """Refuse, for a Hugging Face model, a method whose data must be a classifier's labelled images: fold's BatchNorm
+    repair reads them, soft weight-sharing and self-compression retrain on them."""
     images_only = [m.name for m in methods if not getattr(m, "calibrates_encoders", False)]
     if images_only:
         raise DataError(
-            f"{', '.join(images_only)} calibrates on a classifier's images; a Hugging Face model takes "
+            f"{', '.join(images_only)} {'needs' if len(images_only) == 1 else 'need'} a classifier's labelled images "
+            "(to retrain on, or to repair BatchNorm statistics); a Hugging Face model takes "
             "fcpts and l2 (calibrated on sentences) and the data-free methods: uniform, kmeans, magnitude, fold and "
             "channel-l1 (repair none)"
         )

@@ -130,7 +130,7 @@ def test_bad_input_is_refused_before_any_work(bert_dir, tmp_path, monkeypatch):
     out = tmp_path / "x.press"
     assert_one_line_error(
         run("compress", bert_dir, "-m", "fold", "--repair", "data", "--params", "0.1", "-o", out, "--data", "fortunes"),
-        "fold calibrates on a classifier's images",
+        "fold needs a classifier's labelled images",
         "takes fcpts and l2",
     )
     assert_one_line_error(run("compress", bert_dir, "-m", "fcpts", "--sparsity", "0.5", "-o", out), "needs calibration data")

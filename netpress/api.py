@@ -624,22 +624,21 @@ def _compress(
             return _compressed(handle, chain, given, data, raw_dtype, recorded=budget, searched=searched)
 
         if setting == "sparsity":
-            found = size_search.meet_ratio(
+            compressed = size_search.meet_ratio(
                 methods, budget, setting, run, _own_sparsity(handle.module), _most_sparsity(handle.module, methods)
             )
         else:
-            found = size_search.meet_ratio(methods, budget, setting, run)
-        _warn_emptied_layers(handle.module, found, methods, budget)
-        return found
-    compressed = _compressed(handle, methods, budget, data, raw_dtype)
-    _warn_emptied_layers(handle.module, compressed, methods, budget)
-    if budget is not None and budget.kind == "ratio":
-        size = len(codec.to_bytes(compressed))
-        if size > budget.target_bytes():
-            raise BudgetError(
-                f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio allows: "
-                f"{' + '.join(m.name for m in methods)} did not meet the target it accepted"
-            )
+            compressed = size_search.meet_ratio(methods, budget, setting, run)
+    else:
+        compressed = _compressed(handle, methods, budget, data, raw_dtype)
+        if budget is not None and budget.kind == "ratio":
+            size = len(codec.to_bytes(compressed))
+            if size > budget.target_bytes():
+                raise BudgetError(
+                    f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio "
+                    f"allows: {' + '.join(m.name for m in methods)} did not meet the target it accepted"
+                )
+    _warn_emptied_layers(handle.module, compressed, methods, budget)  # the final file's, not a search's trials
     return compressed
 
 

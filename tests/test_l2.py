@@ -12,7 +12,7 @@ from torch import nn
 from netpress import Budget, api
 from netpress.codec import from_bytes, read_manifest, to_bytes
 from netpress.codec.codes import deadzone_params
-from netpress.codec.entropy import encode_symbols
+from netpress.codec.entropy import MAX_ALPHABET, encode_symbols
 from netpress.compressed import CompressedModel, fp32_bytes
 from netpress.data import calibration_subset, load_dataset
 from netpress.errors import BudgetError
@@ -60,6 +60,19 @@ def test_deadzone_codes_are_exact_and_stored_as_two_numbers_per_row(per_channel)
     assert manifest["tensors"][0]["levels_form"] == "deadzone"
     back = from_bytes(data).tensors["w"]
     assert torch.equal(back.symbols, codes.symbols) and torch.equal(back.levels.view(torch.int32), codes.levels.view(torch.int32))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_grid_far_finer_than_the_weights_is_coarsened_to_what_the_codec_codes(per_channel):
+    # A layer whose weights were near 1e-30 has a grid of that size; reconstruction then moves the weights by
+    # its learning rate, 1e26 steps: the codes must still fit the codec's alphabet, and round-trip.
+    w = torch.randn(4, 30, generator=torch.Generator().manual_seed(0)) * 1e-4
+    shape = (4,) if per_channel else ()
+    codes = deadzone_codes(w, torch.full(shape, 1e-32), torch.full(shape, 1e-32))
+    assert codes.num_levels <= MAX_ALPHABET
+    assert (codes.dequantize() - w).abs().max() <= w.abs().max() / 60000  # half a step of the finest grid that codes
+    back = from_bytes(to_bytes(CompressedModel({"w": codes}))).tensors["w"]
+    assert torch.equal(back.dequantize(), codes.dequantize())
 
 
 @pytest.mark.parametrize("edge, step", [(0.5, 0.25), (1.0, 0.5), (0.2, 0.4), (2.0, 1.0)])

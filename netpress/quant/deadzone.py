@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from netpress.codec.codes import Codes, deadzone_grid
+from netpress.codec.entropy import MAX_ALPHABET
 
 
 def per_row(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -48,11 +49,16 @@ def deadzone_codes(w: torch.Tensor, edge: torch.Tensor, step: torch.Tensor) -> C
 
     The levels are built by the codec's own ``deadzone_grid`` so the file rebuilds them bit for bit;
     ``edge`` is raised to at least ``step / 2`` (a zero bin no narrower than the others), which also
-    makes the table exactly recoverable from its first two levels.
+    makes the table exactly recoverable from its first two levels. ``step`` is raised where the codes would
+    otherwise need more symbols than the codec codes (``MAX_ALPHABET``): a layer whose weights dwarf their grid
+    (weights near 1e-30 that reconstruction moved by its learning rate) gets the finest grid that codes.
     """
     w = w.detach().float()
-    edge = torch.maximum(edge.detach().float(), step.detach().float() / 2)
     step = step.detach().float()
+    magnitudes = w.abs()
+    largest = magnitudes.reshape(len(w), -1).amax(dim=1) if step.dim() else magnitudes.max()
+    step = torch.maximum(step, (largest - edge.detach().float()) / (MAX_ALPHABET // 2 - 2))
+    edge = torch.maximum(edge.detach().float(), step / 2)
     q = torch.round(deadzone_encode(w, edge, step)).to(torch.int64)
     low, high = min(int(q.min()), 0), max(int(q.max()), 0)
     first = (edge + step / 2).reshape(-1).numpy().astype(np.float32)

@@ -111,13 +111,23 @@ def stored_tensor(name: str, value: torch.Tensor, code: Encoded | None, raw_dtyp
         stored = value.detach().to(dtype).clone()
     else:
         return value.detach().clone()
-    floats = stored.values if isinstance(stored, SparseValues) else stored
-    if floats.dtype == torch.float16 and torch.isinf(floats).any():
-        raise BudgetError(
-            f"{name} holds values up to {float(value.abs().max()):.4g}, beyond float16's range (65504): store its floats "
-            "with raw_dtype fp32 (--raw-dtype fp32)"
-        )
+    if isinstance(stored, SparseValues):
+        check_float16_range(name, code.values, stored.values)
+    else:
+        check_float16_range(name, value, stored)
     return stored
+
+
+RAW_FP32_FIX = "store its floats with raw_dtype fp32 (--raw-dtype fp32)"
+
+
+def check_float16_range(name: str, original: torch.Tensor, converted: torch.Tensor, fix: str = RAW_FP32_FIX) -> None:
+    """Refuse values that float16 stores as infinities (beyond 65504), naming the largest as it was."""
+    if converted.dtype == torch.float16:
+        overflow = torch.isinf(converted)
+        if overflow.any():
+            largest = float(original[overflow].abs().max())
+            raise BudgetError(f"{name} holds values up to {largest:.4g}, beyond float16's range (65504): {fix}")
 
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DataParallel / DistributedDataParallel and torch.compile add

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from netpress import Budget, api
 from netpress.codec import from_bytes, read_manifest, to_bytes
@@ -73,6 +74,18 @@ def test_a_grid_far_finer_than_the_weights_is_coarsened_to_what_the_codec_codes(
     assert (codes.dequantize() - w).abs().max() <= w.abs().max() / 60000  # half a step of the finest grid that codes
     back = from_bytes(to_bytes(CompressedModel({"w": codes}))).tensors["w"]
     assert torch.equal(back.dequantize(), codes.dequantize())
+
+
+def test_l2_names_the_real_value_beyond_float16_and_the_setting_that_stores_it():
+    model = tiny_mlp().eval()
+    bias = [n for n, p in model.named_parameters() if n.endswith("bias")][-1]
+    with torch.no_grad():
+        model.get_parameter(bias).fill_(1e5)
+    data = calibration_subset(TensorDataset(torch.randn(32, 64), torch.zeros(32, dtype=torch.int64)), 32)
+    with pytest.raises(
+        BudgetError, match=r"up to 1e\+05, beyond float16's range \(65504\): store them with L2\(raw_dtype='fp32'\)"
+    ):
+        api.compress(model, L2(rounds=1, transform_steps=1, reconstruction_steps=1), Budget(ratio=2), data)
 
 
 @pytest.mark.parametrize("edge, step", [(0.5, 0.25), (1.0, 0.5), (0.2, 0.4), (2.0, 1.0)])

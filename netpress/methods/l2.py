@@ -25,7 +25,7 @@ from torch import nn
 
 from netpress.budget import Budget
 from netpress.codec.container import read_manifest
-from netpress.compressed import RAW_DTYPES, tied_names
+from netpress.compressed import RAW_DTYPES, check_float16_range, tied_names
 from netpress.data import Subset
 from netpress.errors import BudgetError, DataError, NetpressError, check_choice, check_flag, check_real, check_seed, check_whole
 from netpress.methods.base import (
@@ -412,4 +412,6 @@ def _round_raw_tensors(model: nn.Module, coded: set[str], raw_dtype: str) -> Non
         coded = coded | tied_names(state, coded)  # another name of a coded tensor is that tensor
         for name, tensor in state.items():
             if name not in coded and tensor.is_floating_point():
-                tensor.copy_(tensor.to(RAW_DTYPES[raw_dtype]).to(tensor.dtype))
+                rounded = tensor.to(RAW_DTYPES[raw_dtype])
+                check_float16_range(name, tensor, rounded, "store them with L2(raw_dtype='fp32') (CLI: --raw-dtype fp32)")
+                tensor.copy_(rounded.to(tensor.dtype))

@@ -35,7 +35,7 @@ from torch.utils.data import Subset as TorchSubset
 import netpress
 from netpress import codec, hf, parallel, size_search, zoo
 from netpress.budget import Budget
-from netpress.codec.codes import Codes, Encoded
+from netpress.codec.codes import Codes, Encoded, SparseValues
 from netpress.codec.container import Packed
 from netpress.compressed import (
     RAW_DTYPES,
@@ -639,7 +639,27 @@ def _compress(
                     f"allows: {' + '.join(m.name for m in methods)} did not meet the target it accepted"
                 )
     _warn_emptied_layers(handle.module, compressed, methods, budget)  # the final file's, not a search's trials
+    _warn_float64_rounded(handle.module, compressed)
     return compressed
+
+
+def _warn_float64_rounded(model: nn.Module, compressed: CompressedModel) -> None:
+    """A float64 tensor the file keeps as floats is stored in fp32 or fp16, the floats a .press file holds: its values
+    are rounded (16777217 becomes 16777216 in fp32), which no method's report shows."""
+    rounded = {
+        name: kept
+        for name, value in model.state_dict().items()
+        if value.dtype == torch.float64 and (kept := _kept_float_dtype(compressed.tensors.get(name))) not in (None, "float64")
+    }
+    if rounded:
+        one = len(rounded) == 1
+        warnings.warn(
+            f"{', '.join(rounded)}: float64 in the model, stored as {'/'.join(sorted(set(rounded.values())))} (a .press file "
+            f"keeps floats in fp32 or fp16), so {'its' if one else 'their'} values are rounded; convert the model first "
+            "(model.float()) if that matters",
+            NetpressWarning,
+            stacklevel=4,
+        )
 
 
 def _warn_emptied_layers(model: nn.Module, compressed: CompressedModel, methods: list[Method], budget: Budget | None) -> None:
@@ -722,13 +742,20 @@ def _compressed(
 def _stored_raw_dtype(compressed: CompressedModel) -> str | None:
     """The dtype a later stage keeps a file's floats in: fp16 where every float the file keeps as floats (uncoded
     tensors, pruned survivors) is float16, else None (the stage's own choice)."""
-    dtypes = set()
-    for value in compressed.tensors.values():  # read lazily: raw tensors, and the coded ones as their records
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            dtypes.add(str(value.dtype).removeprefix("torch."))
-        elif isinstance(value, Packed) and value.record.get("kind") == "sparse":
-            dtypes.add(value.record["dtype"])
+    dtypes = {_kept_float_dtype(value) for value in compressed.tensors.values()} - {None}
     return "fp16" if dtypes == {"float16"} else None
+
+
+def _kept_float_dtype(value: Encoded | Packed | torch.Tensor) -> str | None:
+    """The dtype of the floats a file keeps for one tensor (uncoded, or a pruned tensor's survivors), read without
+    decoding a stream; None for codes and integer tensors."""
+    if isinstance(value, torch.Tensor):
+        return str(value.dtype).removeprefix("torch.") if value.is_floating_point() else None
+    if isinstance(value, SparseValues):
+        return str(value.values.dtype).removeprefix("torch.")
+    if isinstance(value, Packed) and value.record.get("kind") == "sparse":
+        return value.record["dtype"]
+    return None
 
 
 def _tied_map(model: nn.Module, stored: set[str]) -> dict[str, str]:

@@ -132,12 +132,12 @@ def check_seed(seed: int) -> None:
         raise BudgetError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
 
-def check_whole(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+def check_whole(name: str, value: object, minimum: int, maximum: int | None = None, why: str = "") -> None:
     """A method setting that counts something (steps, samples, restarts, bits): a whole number ≥ ``minimum``, and at
-    most ``maximum`` if given."""
+    most ``maximum`` if given; ``why`` says what the range is."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
         span = f"≥ {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise BudgetError(f"{name} must be a whole number {span}, got {value!r}")
+        raise BudgetError(f"{name} must be a whole number {span}{why}, got {value!r}")
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> None:

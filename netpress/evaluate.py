@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from netpress.data import batches, check_dataset, class_indices
-from netpress.errors import DataError, UnsupportedModelError, check_whole
+from netpress.errors import DataError, UnsupportedModelError, check_whole, one_line
 from netpress.progress import progress_bar
 
 # Inference batch: on a CPU, conv activations of a few hundred images stay in cache; at 1000 images
@@ -97,17 +97,7 @@ def _forward(model: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
     except (MemoryError, RecursionError):
         raise
     except Exception as exc:  # a shape error, or whatever the user's forward raises (a ValueError, an assert)
-        if (
-            (floats := _float_dtype(model)) is not None
-            and x.is_floating_point()
-            and x.dtype != floats
-            and _runs(model, x.to(floats))
-        ):
-            raise DataError(
-                f"the model's weights are {floats} and the inputs {x.dtype}: convert the model (model.float()); a .press "
-                "file stores weights as fp32 or fp16 whatever the model's precision"
-            ) from exc
-        raise DataError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}: {type(exc).__name__}: {exc}") from exc
+        raise cannot_run(model, x, exc) from exc
     if not torch.is_tensor(out) or out.dim() != 2:
         what = f"a {tuple(out.shape)} tensor" if torch.is_tensor(out) else f"a {type(out).__name__}"
         raise UnsupportedModelError(f"the model returns {what}; netpress needs a (batch, classes) tensor of logits")
@@ -122,6 +112,19 @@ def check_classes(logits: torch.Tensor) -> None:
             "the model returns one logit per sample; netpress reads a classifier's output as one logit per class: "
             "return two (for a sigmoid output z, the logits [0, z])"
         )
+
+
+def cannot_run(model: nn.Module, x: torch.Tensor | dict, exc: Exception) -> DataError:
+    """The error for an input the model would not take: a float input of another dtype than the weights named as
+    such (tried in theirs), else the model's own error in one line."""
+    if torch.is_tensor(x) and (floats := _float_dtype(model)) is not None and x.is_floating_point() and x.dtype != floats:
+        if _runs(model, x.to(floats)):
+            return DataError(
+                f"the model's weights are {floats} and the inputs {x.dtype}: convert the model (model.float()); a .press "
+                "file stores weights as fp32 or fp16 whatever the model's precision"
+            )
+    given = f"inputs of shape {tuple(x.shape[1:])}" if torch.is_tensor(x) else "its inputs"
+    return DataError(f"the model cannot run on {given}: {type(exc).__name__}: {one_line(exc)}")
 
 
 def _runs(model: nn.Module, x: torch.Tensor) -> bool:

@@ -96,6 +96,16 @@ def test_fp16_refuses_values_beyond_its_range_by_name():
         netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5), raw_dtype="fp16")
 
 
+def test_a_float64_tensor_the_file_rounds_is_warned_about_by_name():
+    from tests.archs import tiny_cnn
+
+    model = tiny_cnn()
+    model.register_buffer("offset", torch.tensor([16777217.0], dtype=torch.float64))
+    with pytest.warns(netpress.NetpressWarning, match=r"^offset: float64 in the model, stored as float32"):
+        compressed = netpress.compress(model, UniformQuantization(8))
+    assert compressed.state_dict()["offset"].item() == 16777216.0  # what the warning is about
+
+
 def test_group_tables_serve_consecutive_runs_within_each_channel():
     symbols = torch.arange(20, dtype=torch.int32).reshape(2, 10) % 2
     levels = torch.stack([torch.tensor([0.0, float(t)]) for t in range(1, 7)])  # table t's level 1 is t + 1

@@ -14,6 +14,7 @@ from netpress.errors import DataError, UnsupportedModelError
 from netpress.evaluate import evaluate, predict
 from netpress.methods.baselines import MagnitudePruning
 from netpress.methods.fcpts import FCPTS
+from netpress.methods.fold import Fold
 from tests.archs import Items, tiny_cnn, tiny_mlp
 from tests.conftest import needs_fashion_mnist
 
@@ -83,6 +84,10 @@ class _Refusing(torch.nn.Module):
         (lambda: predict(_Refusing(), torch.zeros(4, 1, 8, 8)), "cannot run on inputs of shape .*: ValueError: no"),
         (
             lambda: predict(tiny_cnn().double(), torch.zeros(4, 1, 8, 8)),
+            r"weights are torch.float64 and the inputs torch.float32",
+        ),
+        (  # fold's tracing input says the same
+            lambda: api.compress(tiny_cnn().double(), Fold(input_shape=(1, 8, 8)), Budget(params=0.2)),
             r"weights are torch.float64 and the inputs torch.float32",
         ),
     ],

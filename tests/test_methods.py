@@ -381,6 +381,7 @@ def test_scores_equal_in_float32_are_ranked_by_their_exact_values():
         (lambda: SelfCompression(guard=5.0), BudgetError, "guard must be at most 1"),
         (lambda: UniformQuantization(4, per_channel="no"), BudgetError, "True or False"),
         (lambda: UniformQuantization(4, group_size=0), BudgetError, "group_size must be a whole number ≥ 1"),
+        (lambda: KMeansQuantization(levels=2), BudgetError, r"from 3 to 65536 \(zero and a value of each sign"),
         (lambda: UniformQuantization(4, per_channel=True, group_size=64), BudgetError, "not both"),
         (lambda: Budget(sparsity="0.5"), BudgetError, "sparsity must be a number, got '0.5'"),
         (lambda: netpress.compress(_all_zero(), MagnitudePruning(), Budget(sparsity=0.5)), BudgetError, "nothing left to prune"),

@@ -23,7 +23,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
-from netpress.errors import DataError, NetpressError, UnsupportedModelError, one_line
+from netpress.errors import NetpressError, UnsupportedModelError, one_line
+from netpress.evaluate import cannot_run
 from netpress.graph.surgery import set_tensor
 
 Role = Literal["producer", "norm", "consumer"]
@@ -149,8 +150,7 @@ def _layer_calls(model: nn.Module, example_inputs: torch.Tensor | dict) -> dict[
     try:
         forward_once(model, example_inputs)
     except Exception as exc:  # whatever the user's forward raises on an input it cannot take: one line
-        given = f"inputs of shape {tuple(example_inputs.shape[1:])}" if torch.is_tensor(example_inputs) else "its inputs"
-        raise DataError(f"the model cannot run on {given}: {type(exc).__name__}: {one_line(exc)}") from exc
+        raise cannot_run(model, example_inputs, exc) from exc
     finally:
         for hook in hooks:
             hook.remove()

@@ -310,17 +310,19 @@ def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30) -> torc
 @dataclass
 class KMeansQuantization(_LayerByLayer):
     """Per-layer weight sharing: the non-zero weights of each layer take ``levels − 1`` k-means
-    centroids, zero stays exact (Han et al., Deep Compression). Follows a pruning method."""
+    centroids, zero stays exact (Han et al., Deep Compression). Follows a pruning method. At least 3 levels:
+    with 2, every non-zero weight of a layer would take one value, whatever its sign."""
 
     levels: int = 16
     name: ClassVar[str] = "kmeans"
     needs: ClassVar[str] = "none"
     budgets: ClassVar[tuple[str, ...]] = ()
     quantizes: ClassVar[bool] = True  # its codes are final: compress() refuses a stage after it
-    ranges: ClassVar[dict[str, tuple[int, int]]] = {"levels": (2, 65536)}  # also what a ratio search may choose
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {"levels": (3, 65536)}  # also what a ratio search may choose
 
     def __post_init__(self) -> None:
-        self._check_count("levels")
+        why = " (zero and a value of each sign; with 2, every non-zero weight of a layer would take one value)"
+        check_whole("levels", self.levels, *self.ranges["levels"], why=why)
 
     def code_layer(self, name: str, weight: torch.Tensor, setting: None = None) -> tuple[Codes, dict]:
         survivors = weight[weight != 0]

@@ -123,6 +123,17 @@ def test_extra_state_is_refused_by_name_before_any_work(tmp_path):
     assert not list(tmp_path.glob("*.press"))
 
 
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int8, torch.complex64])
+def test_a_tensor_of_a_dtype_the_file_does_not_store_is_refused_before_any_work(dtype, tmp_path):
+    model = nn.Sequential(nn.Linear(8, 4))
+    model.register_buffer("index", torch.arange(4).to(dtype))
+    with pytest.raises(UnsupportedModelError, match=rf"^index is {dtype}, which a .press file does not store"):
+        netpress.compress(model, UniformQuantization(8))
+    with pytest.raises(UnsupportedModelError, match="does not store"):
+        netpress.press(model, UniformQuantization(8), out=tmp_path / "m.press")
+    assert not list(tmp_path.glob("*.press"))
+
+
 class _FixedWidth(nn.Module):
     """A view to a width the channel tracing does not see."""
 

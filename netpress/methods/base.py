@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from netpress.budget import Budget
 from netpress.codec.codes import Encoded
+from netpress.codec.container import DTYPES
 from netpress.compressed import tied_aliases, tied_group
 from netpress.data import Subset, class_indices, dataset_sha256
 from netpress.data.text import Sentences
@@ -207,13 +208,21 @@ def refuse_tied(model: nn.Module, method: str) -> None:
 
 
 def check_tensors_only(state: dict) -> None:
-    """Refuse a state dict with values other than tensors: a module's ``get_extra_state``, which a .press file,
-    holding tensors and no pickle, cannot store."""
+    """Refuse a state dict a .press file cannot hold, before any work: values other than tensors (a module's
+    ``get_extra_state``; the file holds no pickle), and integer or complex tensors of a dtype it does not store
+    (floats are stored as floats of the file's precision)."""
     extra = [name for name, value in state.items() if not isinstance(value, torch.Tensor)]
     if extra:
         raise UnsupportedModelError(
             f"{extra[0]} is {type(state[extra[0]]).__name__} extra state (the module's get_extra_state), not a tensor; a "
             ".press file stores tensors only (no pickle): drop the module's get_extra_state, or keep that state apart"
+        )
+    stored = set(DTYPES.values())
+    odd = next((name for name, value in state.items() if not value.is_floating_point() and value.dtype not in stored), None)
+    if odd is not None:
+        raise UnsupportedModelError(
+            f"{odd} is {state[odd].dtype}, which a .press file does not store (besides floats: int64, int32, uint8, bool); "
+            "register it as one of those (e.g. .to(torch.int32)), or keep it apart"
         )
 
 

@@ -106,6 +106,19 @@ def test_a_float64_tensor_the_file_rounds_is_warned_about_by_name():
     assert compressed.state_dict()["offset"].item() == 16777216.0  # what the warning is about
 
 
+def test_a_group_of_tiny_weights_keeps_the_scales_in_float16_and_is_not_clipped():
+    # One group's scale below float16's normal range used to send the whole table to float32 (+34 % here).
+    layer = torch.nn.Linear(512, 16)
+    with torch.no_grad():
+        layer.weight[3, 8:16] *= 1e-5
+    compressed = netpress.compress(torch.nn.Sequential(layer), UniformQuantization(4, group_size=8))
+    manifest, _ = codec.read_manifest(codec.to_bytes(compressed))
+    assert next(r for r in manifest["tensors"] if r["name"] == "0.weight")["levels_form"] == "uniform16"
+    tiny, back = layer.weight[3, 8:16].detach(), compressed.state_dict()["0.weight"][3, 8:16]
+    assert (back - tiny).abs().max() <= tiny.abs().max() / 7  # within a step of the group's own grid, none clipped
+    assert torch.equal(codec.from_bytes(codec.to_bytes(compressed)).state_dict()["0.weight"], compressed.state_dict()["0.weight"])
+
+
 def test_group_tables_serve_consecutive_runs_within_each_channel():
     symbols = torch.arange(20, dtype=torch.int32).reshape(2, 10) % 2
     levels = torch.stack([torch.tensor([0.0, float(t)]) for t in range(1, 7)])  # table t's level 1 is t + 1

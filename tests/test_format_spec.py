@@ -110,6 +110,10 @@ def synthetic_model() -> CompressedModel:
     half_grid = (torch.arange(5) - 2).float()[None, :] * half_steps[:, None]
     t["codes.per_channel.uniform16"] = Codes(symbols(5, (12, 7)), half_grid, zero=2)
     t["codes.groups.uniform16.uneven"] = Codes(symbols(5, (3, 10)), half_grid[:9], zero=2)
+    # Subnormal float16 steps (multiples of 2^-24 below 2^-14: the scales of groups of tiny weights) widen exactly too.
+    tiny_steps = torch.tensor([3 * 2.0**-24, 2.0**-20, 0.5, 2.0**-15, 5 * 2.0**-24, 0.25])
+    tiny_grid = (torch.arange(5) - 2).float()[None, :] * tiny_steps[:, None]
+    t["codes.groups.uniform16.subnormal"] = Codes(symbols(5, (2, 24)), tiny_grid, zero=2)
     group_table = torch.sort(torch.randn(12, 5, generator=g), dim=1).values
     t["codes.groups.table.uneven"] = Codes(symbols(5, (4, 10)), group_table)
     group_first, group_step = np.full(12, 0.5, np.float32), np.arange(1, 13, dtype=np.float32) / 16

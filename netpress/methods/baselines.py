@@ -260,11 +260,19 @@ CLIPS = ("max", "mse")
 MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
 
 
+FLOAT16_TINIEST = 2.0**-24  # float16's smallest subnormal: every multiple of it below 2⁻¹⁴ is a float16
+
+
 def _float16_if_in_range(scale: torch.Tensor) -> torch.Tensor:
-    """Group scales rounded to float16 (a relative change of at most 2⁻¹¹), which the codec then stores in
-    half the bytes; kept in float32 where a scale falls outside float16's normal range."""
+    """Group scales as float16 values, which the codec then stores in half the bytes: rounded to the nearest
+    (a relative change of at most 2⁻¹¹), and a scale below float16's normal range rounded up to a subnormal, so
+    a group of tiny weights is never clipped and costs the others nothing (it kept the whole table in float32).
+    Kept in float32 where a scale is beyond float16's largest."""
     half = scale.half().float()
-    return half if bool((torch.isfinite(half) & (half >= 2**-14)).all()) else scale
+    if not bool(torch.isfinite(half).all()):
+        return scale
+    subnormal = torch.ceil(scale / FLOAT16_TINIEST) * FLOAT16_TINIEST
+    return torch.where(half >= 2**-14, half, subnormal)
 
 
 def _runs_as_rows(values: torch.Tensor, index: torch.Tensor, tables: int) -> torch.Tensor:

@@ -125,6 +125,16 @@ def test_the_preservation_set_holds_the_uncertain_examples_and_every_class(train
         preservation_set(model, inputs, labels, -5)
 
 
+def test_a_dead_layer_still_gives_distinct_examples_without_a_clustering_warning(train, recwarn):
+    model = tiny_mlp()
+    with torch.no_grad():
+        model[1].weight.zero_()  # every input gives the last layer the same features
+    inputs, labels = train.tensors()
+    chosen = preservation_set(model, inputs, labels, 40, seed=0)
+    assert len(torch.unique(chosen)) == 40
+    assert not [w for w in recwarn if "clusters" in str(w.message)]
+
+
 def test_the_report_names_the_training_images_it_preserved(train):
     row = FAST.apply(tiny_mlp(), train).rows[0]["preservation"]
     assert row["size"] == len(row["indices"]) == FAST.preserve

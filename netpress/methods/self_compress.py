@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -424,7 +426,9 @@ def preservation_set(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         if k == 0:
             continue
         points = features[pool].double().numpy()
-        centroids = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(points).cluster_centers_
+        with warnings.catch_warnings():  # fewer distinct points than k (a dead layer): equal centroids, and
+            warnings.simplefilter("ignore", ConvergenceWarning)  # each still takes an example of its own below
+            centroids = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(points).cluster_centers_
         distances = torch.cdist(torch.from_numpy(centroids), torch.from_numpy(points))
         for row in distances:  # nearest first; each example once
             for j in torch.argsort(row, stable=True).tolist():

@@ -49,6 +49,7 @@ from netpress.compressed import (
     tied_names,
 )
 from netpress.data import (
+    DATASETS,
     Subset,
     calibration_subset,
     check_dataset,
@@ -1046,18 +1047,22 @@ def _own_datasets(data: tuple) -> tuple[Dataset, Dataset]:
     return train, test
 
 
-def _refuse_test_samples(calibration: Subset, test: Dataset) -> None:
-    """Your own splits are compared by content: a calibration sample that is also a test sample (a copy of it)
-    would let the test accuracy flatter the file."""
+def _refuse_test_samples(calibration: Subset, test: Dataset, data_file: str | None = None) -> None:
+    """Your own splits (a (train, test) pair, or a data file's) are compared by content: a calibration sample that
+    is also a test sample (a copy of it) would let the test accuracy flatter the file."""
     seen = set(sample_digests(test, exact=True))
     drawn = sample_digests(TorchSubset(calibration.dataset, calibration.indices), exact=True)
     shared = [i for i, digest in zip(calibration.indices, drawn) if digest in seen]
     if shared:
         listed = ", ".join(map(str, shared[:5])) + (", …" if len(shared) > 5 else "")
+        where, positions, fix = (
+            ("your test dataset", "training positions", "the training dataset")
+            if data_file is None
+            else (f"{data_file}'s test_inputs", "train_inputs positions", "train_inputs")
+        )
         raise DataError(
             f"{len(shared)} of the {len(calibration.indices)} calibration samples {'is' if len(shared) == 1 else 'are'} "
-            f"also in your test dataset (training positions {listed}): netpress never calibrates on test data; remove "
-            "them from the training dataset"
+            f"also in {where} ({positions} {listed}): netpress never calibrates on test data; remove them from {fix}"
         )
 
 
@@ -1156,8 +1161,10 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         else:
             prepared.test = resolve_dataset(own[1] if own else name, "test", handle.input_shape)
             _check_finite_output(handle.module, prepared.test[0][0], "test")
-            if own is not None and prepared.calibration is not None:
+            if prepared.calibration is not None and own is not None:
                 _refuse_test_samples(prepared.calibration, prepared.test)
+            elif prepared.calibration is not None and name not in DATASETS:  # a data file: your own splits too
+                _refuse_test_samples(prepared.calibration, prepared.test, name)
             if prepared.calibration is not None:
                 sample = prepared.calibration.dataset[prepared.calibration.indices[0]][0]
                 _check_finite_output(handle.module, sample, "training")

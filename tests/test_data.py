@@ -115,6 +115,14 @@ def _digits_file(path, **changes):
     return str(path)
 
 
+def test_a_data_file_whose_training_inputs_hold_test_inputs_is_refused_before_calibrating(tmp_path):
+    test = load_dataset("digits", "test").tensors[0]
+    path = _digits_file(tmp_path / "data.safetensors", train_inputs=torch.cat([test[:40], test[:40] + 1]), train_labels=None)
+    with pytest.raises(DataError, match=r"of the 64 calibration samples are also in .*data.safetensors's test_inputs"):
+        api.press(tiny_cnn(), FCPTS(iterations=2), Budget(sparsity=0.5), out=tmp_path / "m.press", data=path, calib=64)
+    assert not (tmp_path / "m.press").exists()
+
+
 def test_a_data_file_gives_back_its_splits_and_may_leave_calibration_unlabelled(tmp_path):
     path = _digits_file(tmp_path / "data.safetensors")
     for split in ("train", "test"):

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from netpress import api, codec, hf, parallel, zoo
 from netpress.budget import Budget
@@ -54,9 +55,9 @@ from netpress.methods import (
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress trained PyTorch networks into real, smaller files.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list and train the reference models.")
 app.add_typer(zoo_app, name="zoo")
-out = Console(width=max(Console().width, 120))
+out = Console(width=max(Console().width, 120), markup=False)
 # Messages on stderr are single soft-wrapped lines without rich's number and path highlighting.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 T = TypeVar("T")
 
 
@@ -73,7 +74,7 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
                 return fn(*args, **kwargs)
         except NetpressError as exc:
             # One line even where the message quotes a multi-line one (torch's load_state_dict report).
-            err.print(f"[bold red]error:[/] {escape(one_line(exc))}")  # a path or value may hold [brackets]
+            err.print(f"[bold red]error:[/] {escape(one_line(exc))}", markup=True)  # a path or value may hold [brackets]
             raise typer.Exit(2) from None
         finally:  # shown once the recording has ended: showing one while it runs would record it again
             _show_warnings(caught)
@@ -90,7 +91,7 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         elif (text := one_line(warning.message)) not in shown:
             shown.add(text)
-            err.print(f"[bold yellow]warning:[/] {escape(text)}")
+            err.print(f"[bold yellow]warning:[/] {escape(text)}", markup=True)
 
 
 def check_outputs(*paths: Path | None, keep: tuple[str | Path, ...] = (), made: Path | None = None) -> None:
@@ -572,9 +573,7 @@ def compress(
         keep=_names(keep),
         preservation=preserving(preservation_set, preserve),
     )
-    _print_report(result)
-    _note_raw_dtype(handle, methods, raw_dtype)
-    _note_quantized_twice(handle, methods)
+    # The files first: printing can fail (a closed pipe), and must not lose them.
     if plot is not None:
         from netpress.report import plot_allocation
 
@@ -590,6 +589,9 @@ def compress(
         plot_allocation(rows, plot, f"{model}: {methods[0].name} {what}")
     if report is not None:
         codec.write_file(report, (json.dumps(result, indent=2) + "\n").encode())
+    _print_report(result)
+    _note_raw_dtype(handle, methods, raw_dtype)
+    _note_quantized_twice(handle, methods)
 
 
 # The target lists of ``sweep``: budget kind -> option and an example value for messages.
@@ -687,6 +689,22 @@ def sweep(
     if not lead:  # rank 0 of the launched group prints and writes what all of them made
         return
     label = "+".join(m.name for m in methods)
+    # The files first: printing can fail (a closed pipe), and must not lose them.
+    if plot is not None:
+        from netpress.report import plot_curve
+
+        if "fidelity" in results[0]:
+            points = [(r["file_bytes"], r["fidelity"]["cosine"]) for r in results]
+            plot_curve({label: points}, plot, f"{model}: embedding cosine vs file size", "mean cosine to the original (%)")
+        elif "perplexity" in results[0]:
+            points = [(r["file_bytes"], r["perplexity"]["top1_agreement"]) for r in results]
+            ylabel = "tokens whose top next token is the original's (%)"
+            plot_curve({label: points}, plot, f"{model}: next-token agreement vs file size", ylabel)
+        else:
+            points = [(r["file_bytes"], r["accuracy_after"]) for r in results]
+            plot_curve({label: points}, plot, f"{model}: accuracy vs file size")
+    if report is not None:
+        codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
     table = Table(title=f"{model}: {label} sweep")
     overall = handle.first_original_bytes is not None  # a .press input: also the ratio against the first stage's input
     searched = any("searched" in r for r in results)
@@ -711,21 +729,6 @@ def sweep(
     _note_quantized_twice(handle, methods)
     if kept:
         _warn_test_overlap(results[0]["preservation"])
-    if plot is not None:
-        from netpress.report import plot_curve
-
-        if "fidelity" in results[0]:
-            points = [(r["file_bytes"], r["fidelity"]["cosine"]) for r in results]
-            plot_curve({label: points}, plot, f"{model}: embedding cosine vs file size", "mean cosine to the original (%)")
-        elif "perplexity" in results[0]:
-            points = [(r["file_bytes"], r["perplexity"]["top1_agreement"]) for r in results]
-            ylabel = "tokens whose top next token is the original's (%)"
-            plot_curve({label: points}, plot, f"{model}: next-token agreement vs file size", ylabel)
-        else:
-            points = [(r["file_bytes"], r["accuracy_after"]) for r in results]
-            plot_curve({label: points}, plot, f"{model}: accuracy vs file size")
-    if report is not None:
-        codec.write_file(report, (json.dumps(results, indent=2) + "\n").encode())
 
 
 def _note_auto_repair(report: dict) -> None:
@@ -852,7 +855,7 @@ def eval_(
     table.add_column("accuracy", justify="right")
     for label, acc in result["per_class"].items():
         table.add_row(label, f"{100 * acc:.2f} %")
-    table.add_row("[bold]all[/]", f"[bold]{100 * result['accuracy']:.2f} %[/]")
+    table.add_row(Text("all", style="bold"), Text(f"{100 * result['accuracy']:.2f} %", style="bold"))
     out.print(table)
     out.print(f"{result['params']:,} parameters, {result['samples']:,} samples")
     if reference is not None:
@@ -1054,7 +1057,7 @@ def main() -> None:
             exc.show()
         else:
             command = exc.ctx.command_path if exc.ctx else "netpress"
-            err.print(f"[bold red]error:[/] {escape(one_line(exc.format_message()))} (see {command} --help)")
+            err.print(f"[bold red]error:[/] {escape(one_line(exc.format_message()))} (see {command} --help)", markup=True)
         code = 2
     except _click_errors("Abort"):  # Ctrl-C and SIGTERM where typer uses click's own handling (older typer)
         code = 130

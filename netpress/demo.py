@@ -49,7 +49,8 @@ def _digits_model(console: Console) -> api.ModelHandle:
     """Fallback when Fashion-MNIST is not installed: a small MLP trained on scikit-learn digits in seconds."""
     console.print(
         f"[yellow]Fashion-MNIST is not installed ({FASHION_MNIST_INSTALL}); "
-        "demonstrating on scikit-learn digits with a freshly trained MLP instead.[/]"
+        "demonstrating on scikit-learn digits with a freshly trained MLP instead.[/]",
+        markup=True,
     )
     torch.manual_seed(0)
     x, y = load_dataset("digits", "train").tensors

@@ -109,6 +109,20 @@ def test_decompress_writes_a_tied_weight_under_each_of_its_names(weights, tmp_pa
     assert torch.equal(model.state_dict()["3.weight"], netpress.load(press, model=tied()).state_dict()["5.weight"])
 
 
+def test_paths_with_brackets_are_shown_as_they_are(weights, tmp_path):
+    # rich markup in a path ([/x] closes no tag, [red] is a style) once crashed after the file was written, or
+    # printed a name that does not exist.
+    folder = tmp_path / "d[/x]"  # folders "d[" and "x]"
+    folder.mkdir(parents=True)
+    press, report, out = folder / "q[red].press", folder / "r.json", folder / "q[red].safetensors"
+    result = run("compress", *[a.format(w=weights) for a in MLP], "-m", "uniform", "-o", press, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert press.is_file() and report.is_file() and "q[red].press" in result.output
+    for args in (("inspect", press), ("decompress", press, "-o", out)):
+        result = run(*args)
+        assert result.exit_code == 0 and str(press if args[0] == "inspect" else out) in " ".join(result.output.split())
+
+
 def test_a_dataset_the_model_cannot_take_fails_before_the_file_is_written(weights, tmp_path):
     out = tmp_path / "x.press"
     result = run(

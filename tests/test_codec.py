@@ -119,6 +119,17 @@ def test_a_group_of_tiny_weights_keeps_the_scales_in_float16_and_is_not_clipped(
     assert torch.equal(codec.from_bytes(codec.to_bytes(compressed)).state_dict()["0.weight"], compressed.state_dict()["0.weight"])
 
 
+def test_a_file_written_through_a_link_lands_at_its_target_and_a_replaced_file_keeps_its_mode(tmp_path):
+    target, link = tmp_path / "runs" / "model.press", tmp_path / "latest.press"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    target.chmod(0o600)  # a private model
+    link.symlink_to(target)
+    codec.write_file(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
 def test_group_tables_serve_consecutive_runs_within_each_channel():
     symbols = torch.arange(20, dtype=torch.int32).reshape(2, 10) % 2
     levels = torch.stack([torch.tensor([0.0, float(t)]) for t in range(1, 7)])  # table t's level 1 is t + 1

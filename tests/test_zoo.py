@@ -67,6 +67,13 @@ def test_a_damaged_manifest_in_the_output_folder_is_refused_before_training(tmp_
     assert (tmp_path / "manifest.json").read_text() == text
 
 
+def test_a_folder_where_the_checkpoint_goes_is_refused_before_training(tmp_path, monkeypatch):
+    (tmp_path / "lenet300.safetensors").mkdir()
+    monkeypatch.setattr(zoo.registry, "fit", lambda *a, **k: pytest.fail("trained before the output was checked"))
+    with pytest.raises(OutputError, match="lenet300.safetensors: is a directory"):
+        zoo.train("lenet300", epochs=1, out_dir=tmp_path)
+
+
 def test_fit_trains_on_the_given_images_reproducibly(monkeypatch):
     """``fit`` is the recipe without the manifest (a benchmark trains on half the training split with it)."""
     monkeypatch.setenv("NETPRESS_QUIET", "1")

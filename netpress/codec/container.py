@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import lzma
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -267,9 +268,10 @@ def save(compressed: CompressedModel, path: str | os.PathLike) -> int:
 
 def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:
     """Write ``data`` (or its parts, one after another) through a temp file and a rename, so a failed write
-    never leaves half a file where ``path`` was; returns the size in bytes. Callers check the path before
-    their work (``errors.check_writable``); a failure here still becomes an ``OutputError``."""
-    path = Path(path)
+    never leaves half a file where ``path`` was; returns the size in bytes. A symbolic link is written through
+    (its target gets the new file; the link stays), and a file replaced keeps its permissions. Callers check the
+    path before their work (``errors.check_writable``); a failure here still becomes an ``OutputError``."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     tmp = None
     try:  # a new hidden name of its own: ``<path>.tmp`` could be someone's file, or pass the length limit
         handle, name = tempfile.mkstemp(prefix=".netpress-", suffix=".tmp", dir=path.parent)
@@ -277,7 +279,8 @@ def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:
         with os.fdopen(handle, "wb") as out:
             for part in [data] if isinstance(data, bytes) else data:
                 out.write(part)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a written file gets the usual mode
+        # mkstemp makes it private: a new file gets the usual mode, a replaced one its own (a private model stays so)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc

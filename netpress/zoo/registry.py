@@ -15,7 +15,16 @@ from torch import nn
 
 from netpress.codec import write_file
 from netpress.data import load_dataset
-from netpress.errors import BudgetError, DataError, ModelSourceError, OutputError, check_seed, check_whole, make_output_dir
+from netpress.errors import (
+    BudgetError,
+    DataError,
+    ModelSourceError,
+    OutputError,
+    check_seed,
+    check_whole,
+    check_writable,
+    make_output_dir,
+)
 from netpress.progress import progress_bar
 from netpress.zoo.models import VGG, LeNet5, LeNet300, MobileNetV2, ResNet20
 
@@ -186,6 +195,8 @@ def train(name: str, seed: int = 0, epochs: int | None = None, out_dir: Path = T
     entry, epochs = _recipe(name, seed, epochs, device)
     make_output_dir(out_dir)  # before the training, not after it
     manifest_path = out_dir / "manifest.json"
+    for path in (out_dir / f"{name}.safetensors", manifest_path):  # a folder in the way, no permission: refused now
+        check_writable(path)
     _read_manifest(manifest_path)  # a damaged one is refused now, not after the training
     train_set, test_set = load_dataset(entry.dataset, "train"), load_dataset(entry.dataset, "test")
     start = time.perf_counter()

@@ -232,6 +232,19 @@ class UniformQuantization(_LayerByLayer):
                     "scales of their own within each channel"
                 )
 
+    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
+        """Refuse, before any layer is coded, level tables too large to build: a table of 2^bits levels per scale
+        (16 bits with a scale per weight would take 62 GB on LeNet-300)."""
+        for w in weights:
+            entries = self._tables(w) * 2**self.bits
+            if entries > MAX_TABLE_ENTRIES:
+                raise BudgetError(
+                    f"{self.bits} bits with {self._tables(w):,} scales for a layer of {w.numel():,} weights needs level "
+                    f"tables of {entries * 4 / 2**30:.1f} GiB; use fewer bits or larger groups (a group of g weights takes "
+                    "at most g values)"
+                )
+        return super().plan(weights, budget)
+
     def _tables(self, w: torch.Tensor) -> int:
         """How many scales ``w`` gets: 1, one per output channel, or ⌈n / group_size⌉ per channel of n weights."""
         if self.group_size is None:
@@ -257,6 +270,7 @@ class UniformQuantization(_LayerByLayer):
 
 
 CLIPS = ("max", "mse")
+MAX_TABLE_ENTRIES = 1 << 28  # levels × scales of one layer's tables: 1 GiB of float32
 MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
 
 

@@ -90,6 +90,9 @@ def test_named_failures(tmp_path):
     header["__metadata__"]["version"] = "99"
     with pytest.raises(FormatError, match="version"):
         codec.from_bytes(join(header, BODY))
+    header["__metadata__"]["version"] = int(HEADER["__metadata__"]["version"])  # the right number, not a string
+    with pytest.raises(FormatError, match=r"damaged .press header: its format version is \d+, not a string"):
+        codec.from_bytes(join(header, BODY))
     with pytest.raises(FormatError, match="not a .press file"):
         codec.from_bytes(b"PK\x03\x04 a zip file, not safetensors")
     with pytest.raises(FormatError, match="no such file"):

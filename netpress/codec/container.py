@@ -309,8 +309,11 @@ def _header_metadata(data: bytes) -> dict:
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise FormatError("not a .press file: a safetensors file without netpress metadata")
-    if meta.get("version") != str(FORMAT_VERSION):
-        raise FormatError(f"format version {meta.get('version')!r}; this netpress reads version {FORMAT_VERSION}")
+    version = meta.get("version")
+    if not isinstance(version, str):  # safetensors metadata holds strings only: a hand-edited or damaged header
+        raise FormatError(f"damaged .press header: its format version is {version!r}, not a string such as '{FORMAT_VERSION}'")
+    if version != str(FORMAT_VERSION):
+        raise FormatError(f"format version {version!r}; this netpress reads version {FORMAT_VERSION}")
     return meta
 
 

@@ -206,15 +206,20 @@ def _weights_reader(path: Path) -> tuple[list[str], Callable[[str], torch.Tensor
     except pickle.UnpicklingError as exc:  # torch's own text here advises weights_only=False: not for netpress
         if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; this is a bare pickle, or not a pickle
             raise ModelSourceError(
-                f"{path} is not a zip-format torch.save checkpoint: a bare pickle, a legacy torch.save holding objects "
-                "other than tensors, or another format; save model.state_dict() with torch.save, or a .safetensors file"
+                _unreadable(
+                    path,
+                    f"{path} is not a zip-format torch.save checkpoint: a bare pickle, a legacy torch.save holding objects "
+                    "other than tensors, or another format; save model.state_dict() with torch.save, or a .safetensors file",
+                )
             ) from exc
         raise ModelSourceError(
             f"{path} holds pickled objects other than tensors (a whole model?), and netpress unpickles only "
             "tensors (weights_only=True); save model.state_dict() instead, or a .safetensors file"
         ) from exc
     except Exception as exc:  # torch raises many types for a file that is not a torch checkpoint
-        raise ModelSourceError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ModelSourceError(
+            _unreadable(path, f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc})")
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -273,6 +278,20 @@ def _text_handle(module: nn.Module, source: dict, **fields) -> ModelHandle:
 
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth")  # the model files that need an architecture (--arch)
+
+
+def _unreadable(path: Path, generic: str) -> str:
+    """Why torch cannot read a file: what it is, where its first bytes say (a safetensors file, a text file), else
+    ``generic``."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return f"{path} is a safetensors file, not a torch.save checkpoint: name it {path.stem}.safetensors"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return generic
+    return f"{path} is a text file, not a torch checkpoint"
 
 
 def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:

@@ -254,17 +254,22 @@ def _load_weights_by_layer(model: nn.Module, path: Path, spec: str, arch: str) -
                 raise ModelSourceError(
                     f"{name} in {spec} is {value.dtype}, where {arch} holds a float tensor; these are not trained float weights"
                 )
+            if value.shape != expected[name].shape:
+                narrower = value.dim() == expected[name].dim() and all(a <= b for a, b in zip(value.shape, expected[name].shape))
+                fold_hint = (  # fold keeps every name and narrows the layers
+                    "; if they came from `netpress decompress` of a fold file, they have fewer channels than the "
+                    "architecture builds: load the .press file instead, which resizes the layers"
+                    if narrower
+                    else ""
+                )
+                raise ModelSourceError(
+                    f"the weights in {spec} do not fit {arch}: {name} has shape {tuple(value.shape)}, where {arch} builds "
+                    f"{tuple(expected[name].shape)}{fold_hint}"
+                )
         try:
             model.get_submodule(layer).load_state_dict({n.rpartition(".")[2]: v for n, v in values.items()}, strict=False)
         except RuntimeError as exc:
-            narrower = any(a < b for n, v in values.items() for a, b in zip(v.shape, expected[n].shape))
-            fold_hint = (  # fold keeps every name and narrows the layers
-                "; if they came from `netpress decompress` of a fold file, they have fewer channels than the "
-                "architecture builds: load the .press file instead, which resizes the layers"
-                if narrower
-                else ""
-            )
-            raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {one_line(exc)}{fold_hint}") from exc
+            raise ModelSourceError(f"the weights in {spec} do not fit {arch}: {one_line(exc)}") from exc
 
 
 def _zoo_handle(name: str, module: nn.Module, source: dict) -> ModelHandle:

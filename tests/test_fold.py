@@ -500,6 +500,10 @@ def test_weights_saved_from_a_folded_model_point_to_its_press_file_and_other_mis
     with pytest.raises(ModelSourceError, match="do not fit") as refused:
         netpress.load_model(tmp_path / "mlp.safetensors", arch="tests.archs:tiny_cnn")
     assert "decompress" not in str(refused.value)
+    wider = {**tiny_mlp().state_dict(), "1.weight": torch.zeros(32, 65)}  # one tensor of the wrong shape: named
+    save_file(wider, str(tmp_path / "wider.safetensors"))
+    with pytest.raises(ModelSourceError, match=r"1.weight has shape \(32, 65\), where tests.archs:tiny_mlp builds \(32, 64\)$"):
+        netpress.load_model(tmp_path / "wider.safetensors", arch="tests.archs:tiny_mlp")
 
 
 def test_deep_inversion_keeps_each_samples_target_class(monkeypatch):

@@ -942,6 +942,7 @@ def inspect(path: str | os.PathLike) -> dict:
 
 def resolve_dataset(data: str | Dataset, split: str = "test", input_shape: tuple[int, ...] | None = None) -> Dataset:
     """A dataset by name (see ``netpress.data.DATASETS``) or a torch Dataset, checked for shape."""
+    _refuse_text(data)
     dataset = load_dataset(data, split) if isinstance(data, str) else data
     check_dataset(dataset, input_shape)
     return dataset
@@ -1396,9 +1397,15 @@ def _is_text(handle: ModelHandle, dataset: str) -> bool:
     text_model = hf.is_hf_source(handle.source)
     if text_model and not is_text_data(dataset):
         raise DataError(f"a Hugging Face model is measured on text: --data {TEXT_DATA}, not {dataset!r}")
-    if not text_model and is_text_data(dataset):
-        raise DataError(f"{dataset} is text: it measures models read from a Hugging Face model directory")
+    if not text_model:
+        _refuse_text(dataset)
     return text_model
+
+
+def _refuse_text(dataset: object) -> None:
+    """Text given where a classifier's images are measured (load_dataset would call it an unknown name)."""
+    if is_text_data(dataset):
+        raise DataError(f"{dataset} is text: it measures models read from a Hugging Face model directory")
 
 
 def _encoder(handle: ModelHandle) -> hf.TextEncoder | hf.TokenPredictor:

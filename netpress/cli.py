@@ -833,7 +833,7 @@ def eval_(
             mine, theirs = handle.source.get(kind), original.source.get(kind)
             if mine and theirs and mine != theirs:
                 raise DataError(f"{model} was made from {mine} and --reference is {theirs}: compare a file with its original")
-    test = api.resolve_dataset(dataset, "test")
+    test = api.resolve_dataset(dataset, "test", handle.input_shape)  # the checks compress makes
     measured = api.evaluate(handle.module, test)
     result = measured.to_dict()
     result.update(model=model, dataset=dataset)

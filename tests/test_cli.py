@@ -38,6 +38,7 @@ def weights(tmp_path_factory):
     (folder / "bare.pt").write_bytes(pickle.dumps({"weight": [1.0]}))  # pickled without torch.save
     (folder / "noise.pt").write_bytes(bytes(range(256)))
     (folder / "notes.pt").write_text("weights: see the wiki\n")
+    (folder / "sentences.txt").write_text("one text\nanother\n")
     save_file(model.state_dict(), str(folder / "misnamed.pt"))  # a safetensors file under torch's suffix
     torch.save(tied().state_dict(), folder / "tied.pt")
     save_model(tied(), str(folder / "tied.safetensors"))  # keeps one name of the shared weight
@@ -257,6 +258,8 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:tiny_cnn"], ["do not fit"]),
         (["eval", "{w}/junk.safetensors", "--arch", "tests.archs:tiny_mlp"], ["not a readable safetensors"]),
         (["eval", "{w}/empty.pt"], ["is empty (0 bytes)"]),
+        (["eval", "zoo:lenet300", "--data", "digits"], ["inputs have shape (1, 8, 8), the model expects (1, 28, 28)"]),
+        (["eval", "zoo:lenet300", "--data", "{w}/sentences.txt"], ["sentences.txt is text: it measures models read from"]),
         (["eval", "{w}/notes.pt", "--arch", "tests.archs:tiny_mlp"], ["notes.pt is a text file, not a torch checkpoint"]),
         (["eval", "{w}/misnamed.pt", "--arch", "tests.archs:tiny_mlp"], ["is a safetensors file", "misnamed.safetensors"]),
         (["sweep", *MLP, "-m", "magnitude", "--sparsities", "0.5", "--workers", "0"], ["workers must be"]),

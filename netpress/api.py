@@ -80,6 +80,8 @@ from netpress.errors import (
     file_problem,
     make_output_dir,
     one_line,
+    output_mode,
+    output_target,
 )
 from netpress.evaluate import INFERENCE_BATCH, Evaluation, Fidelity, count_params, kept_modes, predict
 from netpress.evaluate import evaluate as _evaluate
@@ -1274,7 +1276,8 @@ def _press(
     _measure_original(handle, prepared)
     # The file is measured under a hidden name and renamed over ``out`` last: a run that fails while
     # measuring it (a compressed model that no longer runs) leaves an existing ``out`` as it was.
-    measured = _hidden_sibling(Path(out))
+    target = output_target(out)  # a link is written through, as every other output
+    measured = _hidden_sibling(target)
     try:
         start = time.perf_counter()
         file_bytes = save(compressed, measured)
@@ -1283,7 +1286,8 @@ def _press(
         del compressed  # its codes: measuring reads them back from the file, and both need not be in memory at once
         report = _measured_report(handle, made, measured, file_bytes, seconds, prepared)
         try:
-            os.replace(measured, out)
+            os.chmod(measured, output_mode(target))  # the hidden file is private, as mkstemp made it
+            os.replace(measured, target)
         except OSError as exc:
             raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:

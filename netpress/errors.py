@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def one_line(exc: BaseException) -> str:
@@ -29,13 +31,30 @@ def file_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def output_target(path: str | os.PathLike) -> Path:
+    """The file an output path names: a symbolic link's target (written through, the link stays), else the path."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
+def output_mode(path: Path) -> int:
+    """The permissions a file written at ``path`` gets: those of the file it replaces (a private model stays private),
+    else the usual ones for a new file."""
+    if path.is_file():
+        return stat.S_IMODE(path.stat().st_mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def check_writable(
     path: str | os.PathLike, *, keep: tuple[str | os.PathLike, ...] = (), made: str | os.PathLike | None = None
 ) -> None:
     """Refuse an output path before any work is done: a directory, a missing parent directory, or one of
     the user's inputs in ``keep`` (writing there would destroy it). ``made`` is a directory the command
     creates, with its parents, before it writes (sweep's ``--out-dir``), so a file directly in one of them
-    need not have its directory yet; a file where one of those directories would go is refused."""
+    need not have its directory yet; a file where one of those directories would go is refused. A symbolic link is
+    checked at its target, where the file will be written."""
+    path = output_target(path)
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory; give a file name")
     name_max = _name_max(os.path.dirname(os.path.abspath(path)))

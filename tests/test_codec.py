@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,35 @@ def test_a_file_written_through_a_link_lands_at_its_target_and_a_replaced_file_k
     codec.write_file(link, b"new")
     assert link.is_symlink() and target.read_bytes() == b"new"
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_press_gives_a_new_file_the_usual_mode_keeps_a_replaced_ones_and_writes_through_a_link(tmp_path):
+    from tests.archs import tiny_cnn
+
+    mask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.press"
+        netpress.press(tiny_cnn(), UniformQuantization(8), out=new)
+        assert new.stat().st_mode & 0o777 == 0o644  # not the hidden file's 0600
+        target, link = tmp_path / "runs" / "model.press", tmp_path / "latest.press"
+        target.parent.mkdir()
+        target.write_bytes(b"old")
+        target.chmod(0o600)
+        link.symlink_to(target)
+        report = netpress.press(tiny_cnn(), UniformQuantization(8), out=link)
+        assert link.is_symlink() and target.read_bytes() == new.read_bytes() and report["file"] == str(link)
+        assert target.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)
+
+
+def test_an_output_link_into_a_missing_folder_is_refused_before_any_work(tmp_path):
+    from tests.archs import tiny_cnn
+
+    link = tmp_path / "latest.press"
+    link.symlink_to(tmp_path / "gone" / "model.press")
+    with pytest.raises(netpress.NetpressError, match="gone does not exist"):
+        netpress.press(tiny_cnn(), UniformQuantization(8), out=link)
 
 
 def test_group_tables_serve_consecutive_runs_within_each_channel():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import lzma
 import os
-import stat
 import struct
 import tempfile
 import zlib
@@ -29,7 +28,7 @@ from netpress.codec.codes import Codes, Encoded, SparseValues, deadzone_grid, de
 from netpress.codec.entropy import ByteReader, ByteWriter, decode_symbols, encode_symbols
 from netpress.codec.floats import FLOAT_FIELDS, decode_floats, encode_floats
 from netpress.compressed import CompressedModel
-from netpress.errors import FormatError, OutputError, file_problem
+from netpress.errors import FormatError, OutputError, file_problem, output_mode, output_target
 from netpress.progress import progress_bar
 
 FORMAT_NAME = "netpress"
@@ -271,7 +270,7 @@ def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:
     never leaves half a file where ``path`` was; returns the size in bytes. A symbolic link is written through
     (its target gets the new file; the link stays), and a file replaced keeps its permissions. Callers check the
     path before their work (``errors.check_writable``); a failure here still becomes an ``OutputError``."""
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    path = output_target(path)
     tmp = None
     try:  # a new hidden name of its own: ``<path>.tmp`` could be someone's file, or pass the length limit
         handle, name = tempfile.mkstemp(prefix=".netpress-", suffix=".tmp", dir=path.parent)
@@ -279,8 +278,7 @@ def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:
         with os.fdopen(handle, "wb") as out:
             for part in [data] if isinstance(data, bytes) else data:
                 out.write(part)
-        # mkstemp makes it private: a new file gets the usual mode, a replaced one its own (a private model stays so)
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask())
+        os.chmod(tmp, output_mode(path))  # mkstemp makes it private
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -288,12 +286,6 @@ def write_file(path: str | os.PathLike, data: bytes | list[bytes]) -> int:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return path.stat().st_size
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _header_metadata(data: bytes) -> dict:

@@ -63,6 +63,12 @@ def test_deadzone_codes_are_exact_and_stored_as_two_numbers_per_row(per_channel)
     assert torch.equal(back.symbols, codes.symbols) and torch.equal(back.levels.view(torch.int32), codes.levels.view(torch.int32))
 
 
+def test_a_grid_that_uses_every_symbol_the_codec_codes_is_kept_as_it_is():
+    w = torch.arange(-32768, 32768, dtype=torch.float32)  # 16-bit codes (self-compression allows 16 bits): 65,536 symbols
+    codes = deadzone_codes(w, torch.tensor(0.5), torch.tensor(1.0))
+    assert codes.num_levels == MAX_ALPHABET and torch.equal(codes.dequantize(), w)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_a_grid_far_finer_than_the_weights_is_coarsened_to_what_the_codec_codes(per_channel):
     # A layer whose weights were near 1e-30 has a grid of that size; reconstruction then moves the weights by

@@ -53,16 +53,22 @@ def deadzone_codes(w: torch.Tensor, edge: torch.Tensor, step: torch.Tensor) -> C
     otherwise need more symbols than the codec codes (``MAX_ALPHABET``): a layer whose weights dwarf their grid
     (weights near 1e-30 that reconstruction moved by its learning rate) gets the finest grid that codes.
     """
-    w = w.detach().float()
-    step = step.detach().float()
-    magnitudes = w.abs()
-    largest = magnitudes.reshape(len(w), -1).amax(dim=1) if step.dim() else magnitudes.max()
-    step = torch.maximum(step, (largest - edge.detach().float()) / (MAX_ALPHABET // 2 - 2))
-    edge = torch.maximum(edge.detach().float(), step / 2)
-    q = torch.round(deadzone_encode(w, edge, step)).to(torch.int64)
-    low, high = min(int(q.min()), 0), max(int(q.max()), 0)
+    w, edge, step = w.detach().float(), edge.detach().float(), step.detach().float()
+    q, low, high = _rounded(w, edge, step)
+    if high - low + 1 > MAX_ALPHABET:  # only then: every grid that codes keeps its codes bit for bit
+        magnitudes = w.abs()
+        largest = magnitudes.reshape(len(w), -1).amax(dim=1) if step.dim() else magnitudes.max()
+        step = torch.maximum(step, (largest - edge) / (MAX_ALPHABET // 2 - 2))  # |codes| ≤ 2^15 − 1
+        q, low, high = _rounded(w, edge, step)
+    edge = torch.maximum(edge, step / 2)
     first = (edge + step / 2).reshape(-1).numpy().astype(np.float32)
     step_np = np.broadcast_to(step.reshape(-1).numpy(), first.shape).astype(np.float32)
     step_np = ((step_np + first).astype(np.float32) - first).astype(np.float32)  # the step the codec will recover
     levels = torch.from_numpy(deadzone_grid(first, step_np, high - low + 1, -low))
     return Codes((q - low).to(torch.int32), levels if edge.dim() else levels[0], zero=-low)
+
+
+def _rounded(w: torch.Tensor, edge: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Integer codes of ``w`` (the zero bin at least as wide as the others), and their range with 0 in it."""
+    q = torch.round(deadzone_encode(w, torch.maximum(edge, step / 2), step)).to(torch.int64)
+    return q, min(int(q.min()), 0), max(int(q.max()), 0)

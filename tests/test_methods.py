@@ -162,10 +162,14 @@ def test_group_scales_are_float16_where_they_fit_and_the_file_stores_them_so():
     assert not torch.equal(huge.half().float(), huge)
 
 
-def test_level_tables_too_large_to_build_are_refused_before_any_layer_is_coded():
-    model = nn.Sequential(nn.Linear(2048, 2048))  # 16 bits, a scale per weight: 1 TiB of level tables
-    with pytest.raises(BudgetError, match=r"16 bits with 4,194,304 scales .* use fewer bits or larger groups"):
+def test_level_tables_too_large_to_build_are_refused_before_any_layer_is_coded(monkeypatch):
+    import netpress.methods.baselines as baselines
+
+    monkeypatch.setattr(baselines, "_memory_bytes", lambda: 2**30)  # a 1 GiB machine
+    model = nn.Sequential(nn.Linear(256, 256))  # 16 bits, a scale per weight: 16 GiB of level tables
+    with pytest.raises(BudgetError, match=r"16 bits with 65,536 scales .* more than half this machine's memory; use fewer"):
         netpress.compress(model, UniformQuantization(16, group_size=1))
+    netpress.compress(model, UniformQuantization(16, group_size=64))  # 1,024 tables: 256 MiB, built
 
 
 def test_an_unset_setting_is_left_out_of_the_file_record():

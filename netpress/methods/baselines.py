@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -233,15 +234,20 @@ class UniformQuantization(_LayerByLayer):
                 )
 
     def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
-        """Refuse, before any layer is coded, level tables too large to build: a table of 2^bits levels per scale
-        (16 bits with a scale per weight would take 62 GB on LeNet-300)."""
+        """Refuse, before any layer is coded, level tables this machine cannot build: a table of 2^bits float32
+        levels per scale (16 bits with a scale per weight would take 57 GiB for LeNet-300's first layer)."""
+        limit = _memory_bytes() // 2
         for w in weights:
-            entries = self._tables(w) * 2**self.bits
-            if entries > MAX_TABLE_ENTRIES:
+            table_bytes = self._tables(w) * 2**self.bits * 4
+            if table_bytes > limit:
+                fix = (
+                    "fewer bits or larger groups (a group of g weights takes at most g values)"
+                    if self.group_size
+                    else "fewer bits"
+                )
                 raise BudgetError(
                     f"{self.bits} bits with {self._tables(w):,} scales for a layer of {w.numel():,} weights needs level "
-                    f"tables of {entries * 4 / 2**30:.1f} GiB; use fewer bits or larger groups (a group of g weights takes "
-                    "at most g values)"
+                    f"tables of {table_bytes / 2**30:.1f} GiB, more than half this machine's memory; use {fix}"
                 )
         return super().plan(weights, budget)
 
@@ -270,7 +276,8 @@ class UniformQuantization(_LayerByLayer):
 
 
 CLIPS = ("max", "mse")
-MAX_TABLE_ENTRIES = 1 << 28  # levels × scales of one layer's tables: 1 GiB of float32
+
+
 MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
 
 
@@ -287,6 +294,14 @@ def _float16_if_in_range(scale: torch.Tensor) -> torch.Tensor:
         return scale
     subnormal = torch.ceil(scale / FLOAT16_TINIEST) * FLOAT16_TINIEST
     return torch.where(half >= 2**-14, half, subnormal)
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory (unbounded where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return 1 << 62
 
 
 def _runs_as_rows(values: torch.Tensor, index: torch.Tensor, tables: int) -> torch.Tensor:

@@ -151,13 +151,17 @@ def test_group_scales_are_float16_where_they_fit_and_the_file_stores_them_so():
     data = netpress.codec.to_bytes(netpress.compress(model, UniformQuantization(4, group_size=64)))
     assert {r["levels_form"] for r in netpress.codec.read_manifest(data)[0]["tensors"] if r["kind"] == "codes"} == {"uniform16"}
     with torch.no_grad():
-        model[4].weight.mul_(1e-6)  # scales below float16's normal range: rounded up to float16 subnormals
-    tiny = UniformQuantization(4, group_size=64).apply(model).codes["4.weight"].levels[:, 8]
-    assert torch.equal(tiny.half().float(), tiny) and bool((tiny < 2**-14).all())
+        model[4].weight[:, :64].mul_(1e-6)  # one group per row below float16's normal range: float16 subnormals
+    small = UniformQuantization(4, group_size=64).apply(model).codes["4.weight"].levels[:, 8]
+    assert torch.equal(small.half().float(), small) and int((small < 2**-14).sum()) == 10
     true = model[4].weight.detach().reshape(-1, 64).abs().amax(dim=1) / 7
-    assert bool((tiny >= true).all())  # never below the group's own scale: nothing clipped
+    assert bool((small >= true)[small < 2**-14].all())  # a subnormal never below its group's own scale: none clipped
     with torch.no_grad():
-        model[4].weight.mul_(1e14)  # scales beyond float16's largest stay float32
+        model[4].weight.mul_(1e-6)  # every group tiny: a subnormal step would be coarse, float32 as before
+    tiny = UniformQuantization(4, group_size=64).apply(model).codes["4.weight"].levels[:, 8]
+    assert not torch.equal(tiny.half().float(), tiny)
+    with torch.no_grad():
+        model[4].weight.mul_(1e20)  # scales beyond float16's largest stay float32
     huge = UniformQuantization(4, group_size=64).apply(model).codes["4.weight"].levels[:, 8]
     assert not torch.equal(huge.half().float(), huge)
 

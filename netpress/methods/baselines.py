@@ -288,12 +288,13 @@ def _float16_if_in_range(scale: torch.Tensor) -> torch.Tensor:
     """Group scales as float16 values, which the codec then stores in half the bytes: rounded to the nearest
     (a relative change of at most 2⁻¹¹), and a scale below float16's normal range rounded up to a subnormal, so
     a group of tiny weights is never clipped and costs the others nothing (it kept the whole table in float32).
-    Kept in float32 where a scale is beyond float16's largest."""
+    Kept in float32 where a scale is beyond float16's largest, or where a subnormal's coarse step would move a
+    scale by more than 2⁻¹¹ of the tensor's largest one (a tensor whose weights are all tiny)."""
     half = scale.half().float()
     if not bool(torch.isfinite(half).all()):
         return scale
-    subnormal = torch.ceil(scale / FLOAT16_TINIEST) * FLOAT16_TINIEST
-    return torch.where(half >= 2**-14, half, subnormal)
+    rounded = torch.where(half >= 2**-14, half, torch.ceil(scale / FLOAT16_TINIEST) * FLOAT16_TINIEST)
+    return scale if bool(((rounded - scale).abs() > 2**-11 * scale.max()).any()) else rounded
 
 
 def _memory_bytes() -> int:

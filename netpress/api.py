@@ -93,6 +93,7 @@ from netpress.methods.base import (
     check_budget,
     check_labels,
     check_model,
+    check_storable,
     check_tensors_only,
     compressible_weights,
     first_non_finite,
@@ -469,7 +470,7 @@ def _check_call(handle: ModelHandle, methods: list[Method], budget: Budget | Non
     stage's work: checked by compress, press and sweep before any work."""
     if not methods:
         raise BudgetError("give at least one method")
-    check_tensors_only(handle.module.state_dict())  # a .press file holds tensors only
+    check_storable(handle.module.state_dict())  # a .press file holds tensors only, of the dtypes it stores
     for given in (raw_dtype, handle.raw_dtype):
         if given is not None:
             check_choice("raw dtype", given, RAW_DTYPES)

@@ -104,3 +104,10 @@ def warns_when_built() -> nn.Module:
 
     warnings.warn("a deprecated option", DeprecationWarning, stacklevel=2)
     return tiny_mlp()
+
+
+def int16_indexed() -> nn.Module:
+    """A model with an int16 buffer, which a .press file does not store: loaded and measured, not compressed."""
+    model = nn.Sequential(nn.Linear(8, 4))
+    model.register_buffer("index", torch.arange(4, dtype=torch.int16))
+    return model

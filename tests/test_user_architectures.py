@@ -134,6 +134,16 @@ def test_a_tensor_of_a_dtype_the_file_does_not_store_is_refused_before_any_work(
     assert not list(tmp_path.glob("*.press"))
 
 
+def test_a_model_with_a_tensor_the_file_does_not_store_still_loads_to_be_measured(tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.archs import int16_indexed
+
+    save_file(int16_indexed().state_dict(), str(tmp_path / "w.safetensors"))
+    handle = netpress.load_model(tmp_path / "w.safetensors", arch="tests.archs:int16_indexed")
+    assert handle.module.index.dtype == torch.int16
+
+
 class _FixedWidth(nn.Module):
     """A view to a width the channel tracing does not see."""
 

@@ -208,15 +208,20 @@ def refuse_tied(model: nn.Module, method: str) -> None:
 
 
 def check_tensors_only(state: dict) -> None:
-    """Refuse a state dict a .press file cannot hold, before any work: values other than tensors (a module's
-    ``get_extra_state``; the file holds no pickle), and integer or complex tensors of a dtype it does not store
-    (floats are stored as floats of the file's precision)."""
+    """Refuse a state dict with values other than tensors: a module's ``get_extra_state``, which a .press file,
+    holding tensors and no pickle, cannot store."""
     extra = [name for name, value in state.items() if not isinstance(value, torch.Tensor)]
     if extra:
         raise UnsupportedModelError(
             f"{extra[0]} is {type(state[extra[0]]).__name__} extra state (the module's get_extra_state), not a tensor; a "
             ".press file stores tensors only (no pickle): drop the module's get_extra_state, or keep that state apart"
         )
+
+
+def check_storable(state: dict) -> None:
+    """Refuse, before a compression's work, integer or complex tensors of a dtype a .press file does not store
+    (floats are stored as floats of the file's precision). Loading and evaluating such a model is fine."""
+    check_tensors_only(state)
     stored = set(DTYPES.values())
     odd = next((name for name, value in state.items() if not value.is_floating_point() and value.dtype not in stored), None)
     if odd is not None:

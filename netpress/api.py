@@ -8,6 +8,7 @@ model = load("lenet5.press")
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import functools
 import hashlib
@@ -295,8 +296,8 @@ def _unreadable(path: Path, generic: str) -> str:
         head = handle.read(4096)
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
         return f"{path} is a safetensors file, not a torch.save checkpoint: name it {path.stem}.safetensors"
-    try:
-        head.decode("utf-8")
+    try:  # incrementally: a character cut at the end of the first bytes is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head)
     except UnicodeDecodeError:
         return generic
     return f"{path} is a text file, not a torch checkpoint"
@@ -681,8 +682,9 @@ def _warn_float64_rounded(model: nn.Module, compressed: CompressedModel) -> None
     }
     if rounded:
         one = len(rounded) == 1
+        names = ", ".join(list(rounded)[:5]) + (f" and {len(rounded) - 5} more" if len(rounded) > 5 else "")
         warnings.warn(
-            f"{', '.join(rounded)}: float64 in the model, stored as {'/'.join(sorted(set(rounded.values())))} (a .press file "
+            f"{names}: float64 in the model, stored as {'/'.join(sorted(set(rounded.values())))} (a .press file "
             f"keeps floats in fp32 or fp16), so {'its' if one else 'their'} values are rounded; convert the model first "
             "(model.float()) if that matters",
             NetpressWarning,

@@ -276,11 +276,7 @@ class UniformQuantization(_LayerByLayer):
 
 
 CLIPS = ("max", "mse")
-
-
 MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …, 0.40 of the largest magnitude
-
-
 FLOAT16_TINIEST = 2.0**-24  # float16's smallest subnormal: every multiple of it below 2⁻¹⁴ is a float16
 
 

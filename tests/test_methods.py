@@ -176,6 +176,19 @@ def test_level_tables_too_large_to_build_are_refused_before_any_layer_is_coded(m
     netpress.compress(model, UniformQuantization(16, group_size=64))  # 1,024 tables: 256 MiB, built
 
 
+@pytest.mark.parametrize("bits", [4, 12, 16])
+def test_float16_group_scales_never_clip_the_largest_weight(bits):
+    # From 12 bits on, a scale rounded down to the nearest float16 put the largest weights past the last level
+    # (up to 5.6 steps away at 16 bits): such a scale takes the next float16 up.
+    layer = nn.Linear(64, 2)
+    with torch.no_grad():  # group scales 1 + 0.9 · 2⁻¹¹: their nearest float16 is 1, below them
+        layer.weight.copy_(torch.linspace(-1, 1, 128).reshape(2, 64) * (2 ** (bits - 1) - 1) * (1 + 0.9 * 2**-11))
+    codes = UniformQuantization(bits, group_size=64).apply(nn.Sequential(layer)).codes["0.weight"]
+    step = codes.levels[:, 2 ** (bits - 1)]  # the level after zero
+    error = (codes.dequantize() - layer.weight.detach()).abs().reshape(-1, 64).amax(dim=1) / step
+    assert float(error.max()) < 0.51
+
+
 def test_an_unset_setting_is_left_out_of_the_file_record():
     """A file made without group_size records the same method, byte for byte, as before the setting existed."""
     summary = netpress.compress(tiny_cnn(), UniformQuantization(4)).summary

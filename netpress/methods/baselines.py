@@ -265,7 +265,7 @@ class UniformQuantization(_LayerByLayer):
         values = weight.reshape(-1)
         scale = _scales(_runs_as_rows(values, index, tables), top, self.clip)
         if self.group_size is not None:
-            scale = _float16_if_in_range(scale)
+            scale = _float16_if_in_range(scale, top)
         symbols = (torch.round(values / scale[index, 0]).clamp(-top, top) + top).to(torch.int32)
         levels = (grid[None, :] * scale).to(torch.float32)
         levels[:, top] = 0.0
@@ -280,17 +280,21 @@ MSE_CLIP_RATIOS = tuple(r / 100 for r in range(100, 35, -5))  # 1.00, 0.95, …,
 FLOAT16_TINIEST = 2.0**-24  # float16's smallest subnormal: every multiple of it below 2⁻¹⁴ is a float16
 
 
-def _float16_if_in_range(scale: torch.Tensor) -> torch.Tensor:
+def _float16_if_in_range(scale: torch.Tensor, top: int) -> torch.Tensor:
     """Group scales as float16 values, which the codec then stores in half the bytes: rounded to the nearest
-    (a relative change of at most 2⁻¹¹), and a scale below float16's normal range rounded up to a subnormal, so
-    a group of tiny weights is never clipped and costs the others nothing (it kept the whole table in float32).
+    (a relative change of at most 2⁻¹¹), or to the next float16 up where the nearest would clip the group's largest
+    weight (from 12 bits on, where top · 2⁻¹¹ > ½); a scale below float16's normal range rounded up to a subnormal,
+    so a group of tiny weights is never clipped and costs the others nothing (it kept the whole table in float32).
     Kept in float32 where a scale is beyond float16's largest, or where a subnormal's coarse step would move a
-    scale by more than 2⁻¹¹ of the tensor's largest one (a tensor whose weights are all tiny)."""
-    half = scale.half().float()
+    scale by more than 2⁻¹⁰ of the tensor's largest one (a tensor whose weights are all tiny)."""
+    half16 = scale.half()
+    half = half16.float()
     if not bool(torch.isfinite(half).all()):
         return scale
+    up = torch.nextafter(half16, torch.full_like(half16, float("inf"))).float()
+    half = torch.where(half * (top + 0.5) <= scale * top, up, half)
     rounded = torch.where(half >= 2**-14, half, torch.ceil(scale / FLOAT16_TINIEST) * FLOAT16_TINIEST)
-    return scale if bool(((rounded - scale).abs() > 2**-11 * scale.max()).any()) else rounded
+    return scale if bool(((rounded - scale).abs() > 2**-10 * scale.max()).any()) else rounded
 
 
 def _memory_bytes() -> int:

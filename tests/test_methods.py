@@ -1,4 +1,5 @@
 import copy
+import warnings
 import re
 
 import pytest
@@ -852,3 +853,16 @@ def test_the_up_front_advice_on_an_unreachable_ratio_can_be_followed(method):
 
     before = advised(lambda: method.check_target(tiny_mlp(), Budget(ratio=200)))
     assert before <= advised(lambda: method.apply(tiny_mlp(), data, Budget(ratio=200)))
+
+
+def test_a_collapsed_classifier_is_warned_about_and_a_sound_one_is_not():
+    """compress() measures no accuracy: a model that no longer gives the original's answers on the training samples
+    it was given is named in a warning (soft weight-sharing's spike taking every weight), a sound one is not."""
+    train = calibration_subset(load_dataset("digits", "train"), 256, seed=0)
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    with pytest.warns(netpress.NetpressWarning, match=r"keeps the original's top class on only \d+% of 256 training samples after sws"):
+        api.compress(model, SoftWeightSharing(epochs=1, tau=1e6), None, train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", netpress.NetpressWarning)
+        api.compress(model, FCPTS(iterations=2), Budget(sparsity=0.2), train)

@@ -38,6 +38,18 @@ def test_any_symbol_array_roundtrips(case):
             roundtrip(np.array(values, dtype=np.int32), alphabet, zero, rows)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=60), st.sampled_from(entropy._RUN_CAPS))
+def test_run_symbol_counts_from_the_run_lengths_equal_those_of_the_run_symbols(runs, cap):
+    """The run-length cap is chosen from counts taken off the runs' histogram, without writing each cap's symbols:
+    they must be those symbols' counts exactly, so the cap (and the file) is the one the symbols would choose."""
+    runs = np.array(runs, dtype=np.int64)
+    expected = np.bincount(entropy._run_symbols(runs, cap), minlength=cap + 1)
+    counts = entropy._run_symbol_counts(np.bincount(runs), cap)
+    assert counts.tolist() == expected.tolist()
+    assert entropy.counts_entropy_bits(counts) == entropy_bits(entropy._run_symbols(runs, cap))
+
+
 def test_rank_one_layout_wins_on_rows_of_different_scales():
     rng = np.random.default_rng(0)
     scales = np.outer(rng.uniform(0.5, 20, 64), rng.uniform(0.1, 3, 300))

@@ -111,9 +111,14 @@ def entropy_bits(symbols: np.ndarray) -> float:
     """Empirical entropy of an array in bits, N·H: the bound no per-array model can beat."""
     if symbols.size == 0:
         return 0.0
-    counts = np.bincount(symbols.ravel()).astype(np.float64)
+    return counts_entropy_bits(np.bincount(symbols.ravel()))
+
+
+def counts_entropy_bits(counts: np.ndarray) -> float:
+    """N·H of an array from its symbol counts."""
+    counts = counts.astype(np.float64)
     counts = counts[counts > 0]
-    return float(-(counts * np.log2(counts / symbols.size)).sum())
+    return float(-(counts * np.log2(counts / counts.sum())).sum())
 
 
 def _range_encode(pieces: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
@@ -417,13 +422,22 @@ def _varint_bytes(values: np.ndarray) -> int:
     return int(np.sum(np.floor(np.log2(v) / 7) + 1))
 
 
+def _run_symbol_counts(lengths: np.ndarray, cap: int) -> np.ndarray:
+    """``np.bincount(_run_symbols(runs, cap), minlength=cap + 1)`` from ``lengths = np.bincount(runs)``, without the
+    symbols: a run r gives r // cap continuations and a final r % cap. O(longest run), not O(weights)."""
+    r = np.arange(lengths.size)
+    finals = np.bincount(r % cap, weights=lengths, minlength=cap).astype(np.int64)  # float64 sums of counts: exact
+    return np.append(finals, int((lengths * (r // cap)).sum()))
+
+
 def _best_run_cap(runs: np.ndarray) -> int:
     """The continuation cap with the smallest estimated size: run entropy plus its count table."""
     best, best_cost = 1, float("inf")
     longest = int(runs.max()) if runs.size else 0
+    lengths = np.bincount(runs)
     for cap in _RUN_CAPS:
-        syms = _run_symbols(runs, cap)
-        cost = entropy_bits(syms) / 8 + _varint_bytes(np.bincount(syms, minlength=cap + 1))
+        counts = _run_symbol_counts(lengths, cap)
+        cost = counts_entropy_bits(counts) / 8 + _varint_bytes(counts)
         if cost < best_cost:
             best, best_cost = cap, cost
         if cap > longest:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file, save_model
 from typer.testing import CliRunner
 
 import netpress
-from netpress import api, zoo
+from netpress import api, cli, zoo
 from netpress.cli import app
 from netpress.data import load_dataset
 from tests.archs import custom_only, mlp_with_custom_layer, tied, tiny_cnn, tiny_mlp
@@ -570,6 +570,8 @@ def test_self_compression_from_the_command_line_reports_bit_depths_and_its_prese
     assert result.exit_code == 0, result.output
     rows = json.loads(report.read_text())["layers"]["self-compress"]
     assert rows[0]["preservation"]["size"] == 50 and all("bit_depth" in row for row in rows)
+    for accuracy in (rows[0]["preservation"]["accuracy_before"], rows[0]["preservation"]["accuracy_after"]):
+        assert round(accuracy * 50) / 50 == accuracy  # a count over 50, not a float32 mean (0.7599999904632568)
     assert plot.stat().st_size > 0
 
 
@@ -807,3 +809,9 @@ def test_other_warnings_are_shown_as_python_shows_them_and_the_command_ends(weig
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("a deprecated option") == 1
+
+
+def test_a_note_shows_enough_decimals_to_tell_two_sparsities_apart():
+    """18 zeros more than asked among 430,500 weights: "80.00 % sparse, above the 80.00 %" would contradict itself."""
+    assert (cli._distinct_percent(0.800042, 0.8), cli._distinct_percent(0.8, 0.800042)) == ("80.0042", "80.0000")
+    assert cli._distinct_percent(0.8125, 0.5) == "81.25"

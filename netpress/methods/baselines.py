@@ -371,7 +371,8 @@ class KMeansQuantization(_LayerByLayer):
             nearest = torch.bucketize(weight.reshape(-1), (centroids[1:] + centroids[:-1]) / 2)
             values = torch.where(weight != 0, centroids[nearest].reshape(weight.shape), torch.zeros_like(weight))
             distinct = torch.unique(values[values != 0])
-        # Only the levels some weight uses: an empty cluster would cost table bytes and alphabet.
+        # Only the levels some weight uses (an empty cluster would cost table bytes and alphabet), and zero, which
+        # ``levels`` counts (the CLI's "including zero"): on a model without zeros it is one unused entry.
         codes = Codes.from_values(values, torch.cat([torch.zeros(1), distinct]))
         row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "levels": codes.num_levels}
         return codes, {**row, "sparsity": codes.sparsity()}

@@ -183,6 +183,19 @@ def test_weights_an_earlier_stage_pruned_stay_zero(calibration):
         assert zero.any() and weight[zero].eq(0).all() and weight[~zero].ne(0).all()
 
 
+def test_the_rate_backpropagated_layer_by_layer_gives_the_gradients_of_the_whole_estimate(calibration):
+    """Only one layer's rate graph is alive at once (about 130 bytes per weight): each layer's grid and weights reach
+    only their own estimate, so the gradients must equal those of the summed estimate bit for bit."""
+    run = _Run(FAST, tiny_cnn(), Budget(ratio=6, reference_bytes=fp32_bytes(tiny_cnn())), calibration)
+    run._initialise(weight_bytes=run.target - run.smallest_file_bytes())
+    run._calibrate_overhead()
+    leaves = [*run.log_edge.values(), *run.log_step.values(), *run.latent.values()]
+    whole = torch.autograd.grad(3.5 * (run._estimated_bytes() / run.rate_budget), leaves)
+    rate = run._backward_rate(3.5)
+    assert all(torch.equal(leaf.grad, g) for leaf, g in zip(leaves, whole))
+    assert rate.grad_fn is None and torch.equal(rate, run._estimated_bytes().detach() / run.rate_budget)
+
+
 def test_an_outlier_weight_does_not_coarsen_the_initial_grid_of_the_rest(calibration):
     """At a budget every grid can start at its finest, one weight over 100 × its layer's RMS (as in a BERT output
     projection) must not make that layer's grid so coarse that most of its weights start at zero."""

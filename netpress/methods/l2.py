@@ -160,13 +160,16 @@ class _Run:
     def _quantized(self) -> dict[str, torch.Tensor]:
         return {n: deadzone_quantize(self.latent[n], self.log_edge[n].exp(), self.log_step[n].exp()) for n in self.names}
 
-    def _loss(self, with_rate: bool) -> tuple[torch.Tensor, float]:
-        idx = self.teacher.batch(self.config.batch_size, self.generator)
-        task = self.teacher.loss(self.teacher.outputs(self.student, idx, self._quantized()), idx)
-        if not with_rate:
-            return task, self.last_rate
-        rate = self._estimated_bytes() / self.rate_budget
-        return task + self.multiplier * rate, rate.item()
+    def _backward_rate(self, multiplier: float) -> torch.Tensor:
+        """Backpropagate ``multiplier`` × estimated bytes / budget one layer at a time, and return the rate (0-d,
+        no graph). The estimate's graph holds about 130 bytes per weight, so only one layer's is alive at once;
+        each layer's grid reaches only its own estimate, so the gradients are those of the sum, bit for bit."""
+        bits = []
+        for n in self.names:
+            layer = self._estimated_bits(n)
+            (multiplier * (layer / 8 / self.rate_budget)).backward()
+            bits.append(layer.detach())
+        return torch.stack(bits).sum() / 8 / self.rate_budget
 
     def _balance(self) -> None:
         """Start the rate multiplier where the task and rate gradients on the grids have equal norms."""
@@ -174,7 +177,12 @@ class _Run:
         idx = self.teacher.chunks(256)[0]
         task = self.teacher.loss(self.teacher.outputs(self.student, idx, self._quantized()), idx)
         g_task = torch.autograd.grad(task, transform, allow_unused=True)
-        g_rate = torch.autograd.grad(self._estimated_bytes() / self.rate_budget, transform, allow_unused=True)
+        for p in transform:
+            p.grad = None
+        self._backward_rate(1.0)
+        g_rate = [p.grad for p in transform]
+        for p in transform:
+            p.grad = None
         norm = lambda gs: math.sqrt(sum(float((g**2).sum()) for g in gs if g is not None))  # noqa: E731
         self.multiplier = self.config.rate_weight * norm(g_task) / max(norm(g_rate), 1e-12)
 
@@ -189,14 +197,19 @@ class _Run:
         optimizer = torch.optim.Adam(params, lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         for _ in range(steps):
-            loss, rate = self._loss(with_rate)
+            optimizer.zero_grad(set_to_none=True)
+            idx = self.teacher.batch(self.config.batch_size, self.generator)
+            loss = self.teacher.loss(self.teacher.outputs(self.student, idx, self._quantized()), idx)
+            loss.backward()
+            rate = self.last_rate
+            if with_rate:
+                rate_tensor = self._backward_rate(self.multiplier)
+                loss, rate = loss.detach() + self.multiplier * rate_tensor, rate_tensor.item()
             if not math.isfinite(loss.item()):
                 raise NetpressError(
                     f"L² {label}: the loss is not finite; calibration inputs far outside the range the model was "
                     "trained on (standardise them as for training) overflow it"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             schedule.step()
             self._keep_edges_wide()

@@ -89,6 +89,12 @@ def tied_aliases(state: dict[str, torch.Tensor], coded: set[str] = frozenset()) 
     return aliases
 
 
+def tied_in(summary: dict) -> dict[str, str]:
+    """A file summary's ``{alias: stored name}`` (its ``tied`` record, what of it is well formed)."""
+    tied = summary.get("tied", {})
+    return {a: k for a, k in tied.items() if isinstance(a, str) and isinstance(k, str)} if isinstance(tied, dict) else {}
+
+
 def tied_group(state: dict[str, torch.Tensor], name: str) -> list[str]:
     """Every name of ``state`` that holds the tensor ``name`` holds, ``name`` included, in state order."""
     return next((names for names in _storage_groups(state) if name in names), [name])
@@ -166,8 +172,7 @@ class CompressedModel:
 
     def tied(self) -> dict[str, str]:
         """``{alias: stored name}`` of the tensors the model held under several names (the file stores each once)."""
-        tied = self.summary.get("tied", {})
-        return {a: k for a, k in tied.items() if isinstance(a, str) and isinstance(k, str)} if isinstance(tied, dict) else {}
+        return tied_in(self.summary)
 
     def non_finite(self) -> str | None:
         """The first tensor holding NaN or infinity, if any: compress() refuses such models, so a file that

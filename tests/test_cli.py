@@ -813,5 +813,5 @@ def test_other_warnings_are_shown_as_python_shows_them_and_the_command_ends(weig
 
 def test_a_note_shows_enough_decimals_to_tell_two_sparsities_apart():
     """18 zeros more than asked among 430,500 weights: "80.00 % sparse, above the 80.00 %" would contradict itself."""
-    assert (cli._distinct_percent(0.800042, 0.8), cli._distinct_percent(0.8, 0.800042)) == ("80.0042", "80.0000")
+    assert (cli._distinct_percent(0.800042, 0.8), cli._distinct_percent(0.8, 0.800042)) == ("80.004", "80.000")
     assert cli._distinct_percent(0.8125, 0.5) == "81.25"

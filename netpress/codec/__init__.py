@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from netpress.codec.codes import Codes, Encoded, SparseValues
-from netpress.codec.container import FORMAT_VERSION, from_bytes, read, read_file_bytes, read_manifest, save, to_bytes, write_file
+from netpress.codec.container import (
+    FORMAT_VERSION,
+    checked_streams,
+    decode_stream,
+    from_bytes,
+    read,
+    read_file_bytes,
+    read_manifest,
+    save,
+    to_bytes,
+    write_file,
+)
 from netpress.codec.entropy import entropy_bits
+from netpress.compressed import tied_in
 
 # BatchNorm's running statistics: L² stores them as one-level constants, so they are coded, but they are not
 # weights, and a sparsity figure that counted them would report zeros no pruning made.
@@ -24,21 +37,31 @@ def weight_sparsity(coded: dict[str, Codes | SparseValues]) -> float:
     return zeros / numel if numel else 0.0
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What ``weight_sparsity`` reads of a decoded tensor, kept by ``inspect`` instead of the tensor."""
+
+    shape: tuple[int, ...]
+    zero_share: float
+
+    def sparsity(self) -> float:
+        return self.zero_share
+
+
 def inspect(path: str | os.PathLike) -> dict:
     """Per-tensor and total figures of a .press file (decodes and verifies every tensor).
 
     ``payload_bytes`` counts the range-coded words only; ``side_bytes`` the count tables, scales and priors
     that let a decoder rebuild the probability models; level tables and raw tensors are the rest.
     """
-    data = read_file_bytes(path)
-    manifest, payload = read_manifest(data)
-    compressed = from_bytes(data)
-    rows, coded, bound_bits = [], {}, 0.0
-    for record in manifest["tensors"]:
-        value = compressed.tensors[record["name"]]
-        numel = 1
-        for d in record["shape"]:
-            numel *= d
+    manifest, payload = read_manifest(read_file_bytes(path))
+    summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
+    rows, coded, bound_bits, floats = [], {}, 0.0, {}
+    for record, stream in checked_streams(manifest, payload):  # one tensor decoded at a time
+        value = decode_stream(record, stream)
+        numel = torch.Size(record["shape"]).numel()
+        stored = value.values if isinstance(value, SparseValues) else value
+        floats[record["name"]] = numel if isinstance(value, Codes) or stored.is_floating_point() else 0  # codes give floats
         row = {
             "name": record["name"],
             "kind": record["kind"],
@@ -50,12 +73,13 @@ def inspect(path: str | os.PathLike) -> dict:
         if "dtype" in record:  # a raw tensor's, or a sparse tensor's survivors'
             row["dtype"] = record["dtype"]
         if isinstance(value, (Codes, SparseValues)):
-            coded[record["name"]] = value
+            sparsity = value.sparsity()
+            coded[record["name"]] = _Measured(tuple(value.shape), sparsity)
             symbols = value.symbols if isinstance(value, Codes) else value.mask.to(torch.int32)
             bits = entropy_bits(symbols.numpy())
             bound_bits += bits
             row.update(
-                sparsity=value.sparsity(),
+                sparsity=sparsity,
                 levels=value.num_levels if isinstance(value, Codes) else None,
                 entropy_bound_bytes=bits / 8,
                 coded_bytes=record.get("coded_bytes", 0) - record.get("side_bytes", 0),
@@ -70,7 +94,7 @@ def inspect(path: str | os.PathLike) -> dict:
         "streams_bytes": len(payload),
         "entropy_bound_bytes": bound_bits / 8,
         "raw_bytes": sum(r["bytes"] for r in rows if r["kind"] == "raw"),
-        "params": sum(int(v.numel()) for v in compressed.state_dict().values() if v.is_floating_point()),
+        "params": sum(floats.values()) + sum(floats.get(kept, 0) for kept in tied_in(summary).values()),
         "sparsity": weight_sparsity(coded),
         "source": manifest.get("source", {}),
         "summary": manifest.get("summary", {}),

@@ -17,6 +17,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,7 +211,7 @@ class Packed:
 
     def unpack(self) -> Encoded:
         """The codes or sparse values the stream holds; a ``FormatError`` naming the tensor if it is damaged."""
-        return _decode_checked(self.record, self.stream)
+        return decode_stream(self.record, self.stream)
 
     def dequantize(self) -> torch.Tensor:
         return self.unpack().dequantize()
@@ -333,7 +334,7 @@ def read_manifest(data: bytes) -> tuple[dict, bytes]:
         raise FormatError("damaged .press file: the manifest's version disagrees with the header")
     if not isinstance(manifest.get("tensors"), list):
         raise FormatError("damaged .press file: the manifest lists no tensors")
-    return manifest, tensors[PAYLOAD_KEY].numpy().tobytes()
+    return manifest, memoryview(tensors[PAYLOAD_KEY].numpy())  # the loaded bytes themselves, not another copy
 
 
 def _check_record(record: object, offset: int, payload_len: int) -> str:
@@ -406,7 +407,7 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
     return SparseValues(torch.from_numpy(mask.astype(bool)).reshape(shape), values)
 
 
-def _decode_checked(record: dict, stream: bytes) -> Encoded | torch.Tensor:
+def decode_stream(record: dict, stream: bytes) -> Encoded | torch.Tensor:
     """``_decode``, with any error it did not foresee turned into a ``FormatError`` naming the tensor."""
     try:
         return _decode(record, stream)
@@ -423,22 +424,32 @@ def from_bytes(data: bytes, *, lazily: bool = False) -> CompressedModel:
     streams (``Packed``), decoded when used: a model built from the file then holds one layer's codes at a
     time, not the whole model's (damage still raises a ``FormatError`` naming the tensor, when it is decoded)."""
     manifest, payload = read_manifest(data)
+    del data  # a caller's temporary (``read``) is freed here: the payload is its own copy
     tensors: dict[str, Encoded | torch.Tensor] = {}
-    offset = 0
+    for record, stream in checked_streams(manifest, payload):
+        packed = lazily and record["kind"] != "raw"
+        tensors[record["name"]] = Packed(record, bytes(stream)) if packed else decode_stream(record, stream)
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
+    return CompressedModel(tensors, source, summary)
+
+
+def checked_streams(manifest: dict, payload: memoryview) -> Iterator[tuple[dict, memoryview]]:
+    """Each tensor's record and stream (a view into ``payload``), once its record, place and CRC are checked; a
+    ``FormatError`` for a damaged record or stream, a tensor listed twice, or payload bytes no tensor claims."""
+    offset, seen = 0, set()
     for record in manifest["tensors"]:
         name = _check_record(record, offset, len(payload))
         stream = payload[offset : offset + record["length"]]
         offset += record["length"]
         if zlib.crc32(stream) != record["crc32"]:
             raise FormatError(f"tensor {name}: its stream fails its CRC32 check (damaged file)")
-        if name in tensors:
+        if name in seen:
             raise FormatError(f"tensor {name}: listed twice in the manifest")
-        tensors[name] = Packed(record, stream) if lazily and record["kind"] != "raw" else _decode_checked(record, stream)
+        seen.add(name)
+        yield record, stream
     if offset != len(payload):
         raise FormatError(f"damaged .press file: {len(payload) - offset} payload bytes belong to no tensor")
-    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
-    summary = manifest.get("summary") if isinstance(manifest.get("summary"), dict) else {}
-    return CompressedModel(tensors, source, summary)
 
 
 def read(path: str | os.PathLike, *, lazily: bool = False) -> CompressedModel:

@@ -50,6 +50,16 @@ def test_run_symbol_counts_from_the_run_lengths_equal_those_of_the_run_symbols(r
     assert entropy.counts_entropy_bits(counts) == entropy_bits(entropy._run_symbols(runs, cap))
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=80), st.floats(0, 1))
+def test_run_length_counts_from_the_zeros_positions_equal_those_of_the_runs(values, density):
+    """A dense tensor's run histogram is taken from where its few zeros are: it must be the runs' own, exactly."""
+    symbols = np.array(values, dtype=np.int32) * (np.random.default_rng(len(values)).random(len(values)) < density)
+    zeros = int((symbols == 0).sum())
+    expected = np.bincount(entropy._run_lengths(symbols, 0))
+    assert entropy._run_length_counts(symbols, 0, zeros).tolist() == expected.tolist()
+
+
 def test_rank_one_layout_wins_on_rows_of_different_scales():
     rng = np.random.default_rng(0)
     scales = np.outer(rng.uniform(0.5, 20, 64), rng.uniform(0.1, 3, 300))

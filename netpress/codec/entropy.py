@@ -34,6 +34,7 @@ from netpress.errors import FormatError
 
 MAX_ALPHABET = 1 << 16
 _RUN_CAPS = tuple(1 << k for k in range(0, 13))
+CODER_SLACK = 16  # bytes: the most a range coder's final flush can save below a stream's information content
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)  # one probability row per symbol
 _CONTEXT_MAX_ALPHABET = 64  # larger alphabets have too few symbols per context to learn from
 _MAX_PERIODS_TRIED = 32  # column lags the writer scores for the context layout's second neighbour
@@ -430,11 +431,26 @@ def _run_symbol_counts(lengths: np.ndarray, cap: int) -> np.ndarray:
     return np.append(finals, int((lengths * (r // cap)).sum()))
 
 
-def _best_run_cap(runs: np.ndarray) -> int:
-    """The continuation cap with the smallest estimated size: run entropy plus its count table."""
+def _run_length_counts(symbols: np.ndarray, zero: int, zeros: int) -> np.ndarray:
+    """``np.bincount(_run_lengths(symbols, zero))`` from the positions of the ``zeros`` zero symbols where they are the
+    fewer: a dense tensor's runs are mostly empty, and listing them takes 8 bytes per weight."""
+    nonzeros = symbols.size - zeros
+    if zeros > nonzeros or not nonzeros:
+        return np.bincount(_run_lengths(symbols, zero))
+    at = np.flatnonzero(symbols == zero)
+    starts = np.flatnonzero(np.diff(at, prepend=-2) != 1)  # where each stretch of consecutive zeros begins
+    lengths = np.diff(np.append(starts, at.size))
+    lengths = lengths[at[starts] + lengths < symbols.size]  # a stretch that reaches the end precedes no symbol
+    counts = np.bincount(lengths, minlength=1)
+    counts[0] += nonzeros - lengths.size  # non-zero symbols right after another
+    return counts
+
+
+def _best_run_cap(lengths: np.ndarray) -> int:
+    """The continuation cap with the smallest estimated size (run entropy plus its count table), from the runs'
+    histogram ``lengths``."""
     best, best_cost = 1, float("inf")
-    longest = int(runs.max()) if runs.size else 0
-    lengths = np.bincount(runs)
+    longest = max(lengths.size - 1, 0)
     for cap in _RUN_CAPS:
         counts = _run_symbol_counts(lengths, cap)
         cost = counts_entropy_bits(counts) / 8 + _varint_bytes(counts)
@@ -595,19 +611,23 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: i
     plain.parts.append(_range_encode([(symbols, counts)]))
     candidates = [("symbols", plain)]
     if zero is not None and symbols.size and counts[zero]:
-        nonzero = symbols[symbols != zero]
-        runs = _run_lengths(symbols, zero)
-        cap = _best_run_cap(runs)
-        run_syms = _run_symbols(runs, cap)
-        run_counts = np.bincount(run_syms, minlength=cap + 1)
-        nz_counts = np.bincount(nonzero, minlength=alphabet)
+        lengths = _run_length_counts(symbols, zero, int(counts[zero]))
+        cap = _best_run_cap(lengths)
+        run_counts = _run_symbol_counts(lengths, cap)
+        nz_counts = counts.copy()
+        nz_counts[zero] = 0
         rl = ByteWriter()
         rl.varint(cap)
-        rl.varint(run_syms.size)
+        rl.varint(int(run_counts.sum()))
         rl.varints(run_counts)
         rl.varints(nz_counts)
-        rl.parts.append(_range_encode([(run_syms, run_counts), (nonzero, nz_counts)]))
-        candidates.append(("runs", rl))
+        # No model codes a sequence in fewer bits than its empirical entropy (the range coder's last words aside):
+        # where even that is not smaller than the plain layout, the run symbols (8 bytes per weight) are not built.
+        least = len(rl.getvalue()) + (counts_entropy_bits(run_counts) + counts_entropy_bits(nz_counts)) / 8 - CODER_SLACK
+        if least < len(plain.getvalue()):
+            run_syms = _run_symbols(_run_lengths(symbols, zero), cap)
+            rl.parts.append(_range_encode([(run_syms, run_counts), (symbols[symbols != zero], nz_counts)]))
+            candidates.append(("runs", rl))
     if rows and alphabet >= 3 and symbols.size and symbols.size % rows == 0:
         center = zero if zero is not None else alphabet // 2
         candidates.append(("rank1", _encode_rank1(symbols, alphabet, center, rows)))

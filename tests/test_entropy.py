@@ -60,6 +60,23 @@ def test_run_length_counts_from_the_zeros_positions_equal_those_of_the_runs(valu
     assert entropy._run_length_counts(symbols, 0, zeros).tolist() == expected.tolist()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=200), st.sampled_from([1, 2, 4, 16]), st.integers(1, 9))
+def test_run_length_coding_in_chunks_writes_the_stream_of_the_whole(values, cap, chunk):
+    """A large tensor's run symbols are made and coded a chunk at a time: the symbols, and the stream, must be those
+    of the whole tensor at once, whatever the chunk size and wherever a run crosses a chunk's edge."""
+    symbols = np.array(values, dtype=np.int32)
+    whole = entropy._run_symbols(entropy._run_lengths(symbols, 0), cap)
+    encoded = encode_symbols(symbols, 4, 0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(entropy, "RUN_CHUNK", chunk)
+        parts = list(entropy._chunked_run_symbols(symbols, 0, cap))
+        assert np.concatenate(parts or [whole[:0]]).tolist() == whole.tolist()
+        assert encode_symbols(symbols, 4, 0) == encoded
+    counts = np.bincount(whole, minlength=cap + 1)
+    assert entropy._range_encode([(iter(parts), counts)]) == entropy._range_encode([(whole, counts)])
+
+
 def test_rank_one_layout_wins_on_rows_of_different_scales():
     rng = np.random.default_rng(0)
     scales = np.outer(rng.uniform(0.5, 20, 64), rng.uniform(0.1, 3, 300))

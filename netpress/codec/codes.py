@@ -144,7 +144,7 @@ class SparseValues:
     def __post_init__(self) -> None:
         if self.mask.dtype != torch.bool:
             raise FormatError("mask must be a bool tensor")
-        if self.values.dim() != 1 or self.values.numel() != int(self.mask.sum()):
+        if self.values.dim() != 1 or self.values.numel() != int(torch.count_nonzero(self.mask)):
             raise FormatError("values must be a 1-D tensor with one entry per True in mask")
 
     @property
@@ -157,7 +157,7 @@ class SparseValues:
         return out
 
     def sparsity(self) -> float:
-        return 1.0 - int(self.mask.sum()) / self.mask.numel() if self.mask.numel() else 0.0
+        return 1.0 - int(torch.count_nonzero(self.mask)) / self.mask.numel() if self.mask.numel() else 0.0
 
     def survivors_in(self, dtype: torch.dtype) -> SparseValues:
         """The survivors rounded to ``dtype``. One too small for it keeps the smallest magnitude ``dtype``

@@ -401,8 +401,8 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
     coded_len = reader.varint(limit=len(stream))
     mask_bytes = reader.array("uint8", coded_len).tobytes()
     mask = decode_symbols(record.get("coding"), mask_bytes, numel, 2, 0, what)
-    if int(mask.sum()) != nnz:
-        raise FormatError(f"{what}: mask has {int(mask.sum())} survivors, the record says {nnz}")
+    if int(np.count_nonzero(mask)) != nnz:
+        raise FormatError(f"{what}: mask has {int(np.count_nonzero(mask))} survivors, the record says {nnz}")
     values = _decode_values(reader.rest(), record.get("values_coding"), record["dtype"], [nnz], what)
     return SparseValues(torch.from_numpy(mask.astype(bool)).reshape(shape), values)
 

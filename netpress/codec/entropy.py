@@ -25,7 +25,7 @@ Four layouts, whichever is smaller for a given array (all are tried, the bytes d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import constriction
 import numpy as np
@@ -34,6 +34,7 @@ from netpress.errors import FormatError
 
 MAX_ALPHABET = 1 << 16
 _RUN_CAPS = tuple(1 << k for k in range(0, 13))
+RUN_CHUNK = 1 << 22  # symbols turned into run-length symbols at a time
 CODER_SLACK = 16  # bytes: the most a range coder's final flush can save below a stream's information content
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)  # one probability row per symbol
 _CONTEXT_MAX_ALPHABET = 64  # larger alphabets have too few symbols per context to learn from
@@ -122,13 +123,15 @@ def counts_entropy_bits(counts: np.ndarray) -> float:
     return float(-(counts * np.log2(counts / counts.sum())).sum())
 
 
-def _range_encode(pieces: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """Range-code several (symbols, counts) pairs one after another into one stream."""
+def _range_encode(pieces: list[tuple[np.ndarray | Iterable[np.ndarray], np.ndarray]]) -> bytes:
+    """Range-code several (symbols, counts) pairs one after another into one stream; a piece's symbols may come as
+    consecutive chunks (the coder's state carries over, so the stream is the one of their concatenation)."""
     encoder = constriction.stream.queue.RangeEncoder()
     for symbols, counts in pieces:
         if np.count_nonzero(counts) > 1:  # a single possible symbol costs no bits at all
             model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
-            encoder.encode(symbols.astype(np.int32, copy=False), model)
+            for chunk in [symbols] if isinstance(symbols, np.ndarray) else symbols:
+                encoder.encode(chunk.astype(np.int32, copy=False), model)
     return word_bytes(encoder)
 
 
@@ -410,6 +413,23 @@ def _run_lengths(symbols: np.ndarray, zero: int) -> np.ndarray:
     return np.diff(np.concatenate(([-1], nz))) - 1
 
 
+def _chunks(symbols: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``symbols`` in consecutive slices of ``RUN_CHUNK``, with their offsets."""
+    for start in range(0, symbols.size, RUN_CHUNK):
+        yield start, symbols[start : start + RUN_CHUNK]
+
+
+def _chunked_run_symbols(symbols: np.ndarray, zero: int, cap: int) -> Iterator[np.ndarray]:
+    """``_run_symbols(_run_lengths(symbols, zero), cap)`` a chunk of symbols at a time: the whole tensor's run
+    lengths and their splitting take about 36 bytes per weight."""
+    last = -1  # the last non-zero symbol's position so far
+    for start, chunk in _chunks(symbols):
+        at = np.flatnonzero(chunk != zero) + start
+        if at.size:
+            yield _run_symbols(np.diff(at, prepend=last) - 1, cap)
+            last = int(at[-1])
+
+
 def _run_symbols(runs: np.ndarray, cap: int) -> np.ndarray:
     """Split each run into ``run // cap`` continuation symbols (value ``cap``) and a final ``run % cap``."""
     reps = runs // cap + 1
@@ -625,8 +645,9 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: i
         # where even that is not smaller than the plain layout, the run symbols (8 bytes per weight) are not built.
         least = len(rl.getvalue()) + (counts_entropy_bits(run_counts) + counts_entropy_bits(nz_counts)) / 8 - CODER_SLACK
         if least < len(plain.getvalue()):
-            run_syms = _run_symbols(_run_lengths(symbols, zero), cap)
-            rl.parts.append(_range_encode([(run_syms, run_counts), (symbols[symbols != zero], nz_counts)]))
+            run_syms = _chunked_run_symbols(symbols, zero, cap)
+            nonzero = (chunk[chunk != zero] for _, chunk in _chunks(symbols))
+            rl.parts.append(_range_encode([(run_syms, run_counts), (nonzero, nz_counts)]))
             candidates.append(("runs", rl))
     if rows and alphabet >= 3 and symbols.size and symbols.size % rows == 0:
         center = zero if zero is not None else alphabet // 2

@@ -310,7 +310,7 @@ def _header_metadata(data: bytes) -> dict:
     return meta
 
 
-def read_manifest(data: bytes) -> tuple[dict, bytes]:
+def read_manifest(data: bytes) -> tuple[dict, memoryview]:
     """Validate the container and return (manifest, payload bytes)."""
     meta = _header_metadata(data)
     try:
@@ -359,7 +359,7 @@ def _check_record(record: object, offset: int, payload_len: int) -> str:
     return name
 
 
-def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
+def _decode(record: dict, stream: bytes | memoryview) -> Encoded | torch.Tensor:
     name, shape = record["name"], record["shape"]
     numel = int(np.prod(shape, dtype=np.int64))
     what = f"tensor {name}"
@@ -407,7 +407,7 @@ def _decode(record: dict, stream: bytes) -> Encoded | torch.Tensor:
     return SparseValues(torch.from_numpy(mask.astype(bool)).reshape(shape), values)
 
 
-def decode_stream(record: dict, stream: bytes) -> Encoded | torch.Tensor:
+def decode_stream(record: dict, stream: bytes | memoryview) -> Encoded | torch.Tensor:
     """``_decode``, with any error it did not foresee turned into a ``FormatError`` naming the tensor."""
     try:
         return _decode(record, stream)

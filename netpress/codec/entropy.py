@@ -3,7 +3,8 @@
 The probability model of each array is its exact symbol counts, stored in the stream as varints:
 integer "fixed-point" probabilities, so encoder and decoder build bit-identical models.
 
-Four layouts, whichever is smaller for a given array (all are tried, the bytes decide):
+Four layouts, whichever is smaller for a given array (all are tried, the bytes decide; ``runs`` is skipped
+where its count tables and its entropy, which no model codes below, already exceed the ``symbols`` bytes):
 
 ``symbols``   every symbol coded against one categorical model.
 ``runs``      the lengths of zero runs before each non-zero symbol (alphabet ``0..M``, where ``M`` means

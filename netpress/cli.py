@@ -394,9 +394,9 @@ def preserving(preservation_set: Path | None, preserve: int | None) -> Path | No
 
 
 def _distinct_percent(share: float, other: float) -> str:
-    """``share`` as a percentage with two decimals, or as many more (up to six) as it takes to differ from ``other``'s:
+    """``share`` as a percentage with two decimals, or as many more (up to 12) as it takes to differ from ``other``'s:
     18 more zeros among 430,500 weights read "80.004 % … above the 80.000 %", not "80.00 % … above the 80.00 %"."""
-    for decimals in range(2, 7):
+    for decimals in range(2, 13):
         if f"{100 * share:.{decimals}f}" != f"{100 * other:.{decimals}f}":
             break
     return f"{100 * share:.{decimals}f}"

@@ -85,6 +85,26 @@ def test_header_edits(field, tensor, value):
     outcome(join(header, BODY))
 
 
+@pytest.mark.parametrize("tensor", TENSOR_KEYS)
+@pytest.mark.parametrize("dtype, rows", [("F16", 1), ("BF16", 1), ("I8", 0), ("U8", 2)])
+def test_a_header_that_types_the_bytes_otherwise_reads_the_same_bytes(tensor, dtype, rows):
+    """The safetensors header is not under a CRC: a dtype or shape it gives the manifest or payload bytes (bfloat16,
+    2-D) must not crash the reader or shift its offsets, which take the bytes as bytes."""
+    header = json.loads(json.dumps(HEADER))
+    start, end = header[tensor]["data_offsets"]
+    size = end - start  # even, both tensors here
+    header[tensor].update(dtype=dtype, shape={0: [size], 1: [size // 2], 2: [2, size // 2]}[rows])
+    for lazily in (False, True):
+        state = codec.from_bytes(join(header, BODY), lazily=lazily).state_dict()
+        assert all(torch.equal(state[key], value) for key, value in EXPECTED.items())
+
+
+def test_a_payload_the_header_calls_0_dimensional_is_read_as_its_one_byte():
+    header, body = split(codec.to_bytes(netpress.compressed.CompressedModel({"t": torch.tensor([7], dtype=torch.uint8)})))
+    header["netpress.payload"]["shape"] = []
+    assert codec.from_bytes(join(header, body)).tensors["t"].tolist() == [7]
+
+
 def test_named_failures(tmp_path):
     header = json.loads(json.dumps(HEADER))
     header["__metadata__"]["version"] = "99"

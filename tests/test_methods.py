@@ -866,3 +866,19 @@ def test_a_collapsed_classifier_is_warned_about_and_a_sound_one_is_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error", netpress.NetpressWarning)
         api.compress(model, FCPTS(iterations=2), Budget(sparsity=0.2), train)
+
+
+def test_a_binary_classifier_that_always_gives_one_answer_is_warned_about():
+    """On two classes a constant answer still agrees with the original most of the time (its most common answer's
+    share): the warning compares with that, not with a fixed half."""
+    train = calibration_subset(load_dataset("digits", "train"), 256, seed=0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    top = model(train.tensors()[0]).argmax(dim=1)
+    common = int(torch.bincount(top).argmax())
+    state["3.weight"].zero_()
+    state["3.bias"].copy_(torch.tensor([1.0, 0.0]) if common == 0 else torch.tensor([0.0, 1.0]))
+    assert float((top == common).float().mean()) > 0.5  # a fixed half would not have caught it
+    with pytest.warns(netpress.NetpressWarning, match="nearer the .* of always giving the most common answer"):
+        api._warn_collapsed(model, CompressedModel(state), [FCPTS()], None, train)

@@ -311,7 +311,8 @@ def _header_metadata(data: bytes) -> dict:
 
 
 def read_manifest(data: bytes) -> tuple[dict, memoryview]:
-    """Validate the container and return (manifest, payload bytes)."""
+    """Validate the container and return (manifest, payload bytes): the payload a read-only view of the loaded
+    bytes (``bytes(payload)`` copies it)."""
     meta = _header_metadata(data)
     try:
         tensors = safetensors_load(data)
@@ -319,7 +320,7 @@ def read_manifest(data: bytes) -> tuple[dict, memoryview]:
         raise FormatError(f"damaged or truncated .press file: {exc}") from exc
     if set(tensors) != {MANIFEST_KEY, PAYLOAD_KEY}:
         raise FormatError(f"damaged .press file: expected tensors {MANIFEST_KEY}, {PAYLOAD_KEY}")
-    manifest_bytes = tensors[MANIFEST_KEY].numpy().tobytes()
+    manifest_bytes = _flat_bytes(tensors[MANIFEST_KEY]).tobytes()
     if str(zlib.crc32(manifest_bytes)) != meta.get("manifest_crc32"):
         raise FormatError("damaged .press file: the manifest fails its CRC32 check")
     try:
@@ -334,7 +335,13 @@ def read_manifest(data: bytes) -> tuple[dict, memoryview]:
         raise FormatError("damaged .press file: the manifest's version disagrees with the header")
     if not isinstance(manifest.get("tensors"), list):
         raise FormatError("damaged .press file: the manifest lists no tensors")
-    return manifest, memoryview(tensors[PAYLOAD_KEY].numpy())  # the loaded bytes themselves, not another copy
+    return manifest, _flat_bytes(tensors[PAYLOAD_KEY])
+
+
+def _flat_bytes(tensor: torch.Tensor) -> memoryview:
+    """A loaded safetensors tensor's bytes, read-only and without a copy, whatever dtype and shape a damaged header
+    gives it (netpress writes 1-D uint8): the manifest's CRC and the streams' CRCs judge the bytes."""
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).toreadonly()
 
 
 def _check_record(record: object, offset: int, payload_len: int) -> str:

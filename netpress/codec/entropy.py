@@ -643,7 +643,7 @@ def encode_symbols(symbols: np.ndarray, alphabet: int, zero: int | None, rows: i
         rl.varints(run_counts)
         rl.varints(nz_counts)
         # No model codes a sequence in fewer bits than its empirical entropy (the range coder's last words aside):
-        # where even that is not smaller than the plain layout, the run symbols (8 bytes per weight) are not built.
+        # where even that is not smaller than the plain layout, the run symbols are not made or coded.
         least = len(rl.getvalue()) + (counts_entropy_bits(run_counts) + counts_entropy_bits(nz_counts)) / 8 - CODER_SLACK
         if least < len(plain.getvalue()):
             run_syms = _chunked_run_symbols(symbols, zero, cap)

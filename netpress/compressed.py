@@ -165,6 +165,16 @@ class CompressedModel:
     summary: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)  # per-layer rows, calibration indices: report only, not stored
 
+    def __repr__(self) -> str:
+        """What it is in one line: the generated repr printed every tensor (every coded stream's bytes: megabytes
+        for a small model, gigabytes for a large one)."""
+        coded = sum(not isinstance(v, torch.Tensor) for v in self.tensors.values())
+        methods = " + ".join(str(m.get("name")) for m in self.summary.get("methods", []) if isinstance(m, dict))
+        parts = [f"{len(self.tensors)} tensors ({coded} coded)", f"source={self.source!r}"]
+        parts += [f"methods={methods!r}"] if methods else []
+        parts += [f"budget={self.summary['budget']!r}"] if self.summary.get("budget") else []
+        return f"CompressedModel({', '.join(parts)})"
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The exact tensors the file gives back, under every name the model held them (a tied tensor under each)."""
         state = {k: v if isinstance(v, torch.Tensor) else v.dequantize() for k, v in self.tensors.items()}

@@ -42,6 +42,17 @@ def test_zoo_roundtrip_is_bit_exact_and_inspect_adds_up(name, setting, tmp_path)
         assert info["sparsity"] >= budget.sparsity
 
 
+def test_a_compressed_model_prints_in_one_line_not_its_streams(tmp_path):
+    handle = netpress.load_model("zoo:lenet5")
+    compressed = netpress.compress(handle, [MagnitudePruning("lamp"), UniformQuantization(5)], Budget(sparsity=0.8))
+    netpress.save(compressed, tmp_path / "m.press")
+    for shown in (compressed, codec.read(tmp_path / "m.press", lazily=True)):
+        text = repr(shown)
+        assert len(text) < 200 and "\n" not in text, text
+        assert "8 tensors (4 coded)" in text and "magnitude + uniform" in text and "'sparsity': 0.8" in text
+    assert repr(compressed.tensors["conv1.weight"]).startswith("Packed('conv1.weight', shape=(20, 1, 5, 5), kind='codes', ")
+
+
 def test_fp16_raw_tensors_halve_raw_bytes_and_stay_exact(tmp_path):
     from tests.archs import tiny_cnn
 

@@ -209,6 +209,10 @@ class Packed:
         numel = torch.Size(self.shape).numel()
         return self.zeros / numel if numel else 0.0
 
+    def __repr__(self) -> str:  # the stream's bytes would print a few per weight: its length says enough
+        name, kind = self.record.get("name", "?"), self.record.get("kind")
+        return f"Packed({name!r}, shape={self.shape}, kind={kind!r}, {len(self.stream):,} bytes)"
+
     def unpack(self) -> Encoded:
         """The codes or sparse values the stream holds; a ``FormatError`` naming the tensor if it is damaged."""
         return decode_stream(self.record, self.stream)

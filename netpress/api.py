@@ -554,7 +554,10 @@ def _compress_by_model(
     chosen_dtype = default_dtype or "fp32"
     for method in methods:
         if method.needs != "none" and data is None:
-            raise DataError(f"method {method.name!r} needs {method.needs} data; pass --data")
+            raise DataError(
+                f"method {method.name!r} needs {method.needs} data; pass data=, a Subset of the training split "
+                "(netpress.data.calibration_subset), or use netpress.press(..., data=NAME) (CLI: --data)"
+            )
         given = _given(budget, method)
         check_budget(method, given)
         before = _stage_invariants(current, codes)
@@ -885,7 +888,7 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         _check_encoder_calibration(calibrating)
     if name is None:
         if calibrating:
-            raise DataError("this method needs calibration data; pass --data")
+            raise DataError("this method needs calibration data; pass data= (CLI: --data)")
         return prepared
     text = own_texts is not None or (own is None and _is_text(handle, name))
     if calibrating:

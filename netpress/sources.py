@@ -52,7 +52,7 @@ class ModelHandle:
 def _import_factory(spec: str):
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ModelSourceError(f"--arch must look like package.module:factory, got {spec!r}")
+        raise ModelSourceError(f"arch (CLI: --arch) must look like package.module:factory, got {spec!r}")
     # The current directory is searched last, as `python` would: the `netpress` script does not put it on sys.path.
     # Where the module is found only there, it stays on sys.path: worker processes a sweep starts (spawned with
     # this sys.path) import it again to rebuild the model.
@@ -231,7 +231,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         raise ModelSourceError(f"arch names a factory as 'package.module:function', got {arch!r}")
     if spec.startswith("zoo:"):
         if arch is not None:
-            raise ModelSourceError(f"{spec} brings its own architecture; drop --arch")
+            raise ModelSourceError(f"{spec} brings its own architecture; drop arch (CLI: --arch)")
         return _zoo_handle(spec[4:], zoo.load_pretrained(spec[4:]), {"zoo": spec[4:]})
     path = Path(spec)
     if path.suffix.lower() == ".press":
@@ -251,7 +251,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
         if not hf.is_model_directory(path):
             raise ModelSourceError(f"{spec} is a folder without config.json; a folder is read as a Hugging Face model directory")
         if arch is not None:
-            raise ModelSourceError(f"{spec} brings its own architecture (config.json); drop --arch")
+            raise ModelSourceError(f"{spec} brings its own architecture (config.json); drop arch (CLI: --arch)")
         module, source = hf.load_directory(path)
         encoder = hf.text_reader(path, module) if hf.has_tokenizer(path) else None
         return _text_handle(module, source, encoder=encoder, path=spec)
@@ -265,7 +265,7 @@ def load_model(spec: str | os.PathLike, arch: str | None = None) -> ModelHandle:
     if path.stat().st_size == 0:
         raise ModelSourceError(f"{spec} is empty (0 bytes): an interrupted save or copy?")
     if arch is None:
-        raise ModelSourceError(f"{spec} holds weights only; pass the architecture with --arch package.module:factory")
+        raise ModelSourceError(f"{spec} holds weights only; pass the architecture as arch='package.module:factory' (CLI: --arch)")
     model = build_architecture(arch)
     _load_weights_by_layer(model, path, spec, arch)
     return ModelHandle(model.eval(), {"arch": arch}, path=spec)
@@ -328,9 +328,11 @@ def kept_float_dtype(value: Encoded | Packed | torch.Tensor) -> str | None:
 def architecture_for(source: dict, arch: str | None = None) -> nn.Module:
     """An (untrained) instance of the architecture a file or report names."""
     if arch is not None and isinstance(source.get("zoo"), str):
-        raise ModelSourceError(f"this file was made from zoo:{source['zoo']}, which brings its own architecture; drop --arch")
+        raise ModelSourceError(
+            f"this file was made from zoo:{source['zoo']}, which brings its own architecture; drop arch (CLI: --arch)"
+        )
     if arch is not None and hf.is_hf_source(source):
-        raise ModelSourceError("this file holds a Hugging Face model and its config, which rebuild it; drop --arch")
+        raise ModelSourceError("this file holds a Hugging Face model and its config, which rebuild it; drop arch (CLI: --arch)")
     if arch is not None:
         return build_architecture(arch)
     if isinstance(source.get("zoo"), str):

@@ -250,7 +250,7 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         (["eval", "missing.safetensors", "--arch", "tests.archs:tiny_mlp"], ["no such file"]),
         (["eval", "model.onnx"], ["unsupported model source"]),
         (["eval", "zoo:alexnet"], ["unknown zoo model"]),
-        (["eval", "zoo:lenet300", "--arch", "tests.archs:tiny_mlp"], ["drop --arch"]),
+        (["eval", "zoo:lenet300", "--arch", "tests.archs:tiny_mlp"], ["drop arch (CLI: --arch)"]),
         (["eval", "{w}/mlp.safetensors"], ["--arch"]),
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs"], ["package.module:factory"]),
         (["eval", "{w}/mlp.safetensors", "--arch", "tests.archs:nope"], ["cannot import"]),
@@ -323,7 +323,10 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
             ],
             ["ending in .json"],
         ),
-        (["eval", "{w}/lenet300.press", "--arch", "tests.archs:tiny_mlp", "--data", "digits"], ["zoo:lenet300", "drop --arch"]),
+        (
+            ["eval", "{w}/lenet300.press", "--arch", "tests.archs:tiny_mlp", "--data", "digits"],
+            ["zoo:lenet300", "drop arch (CLI: --arch)"],
+        ),
         (["compress", *MLP, "-m", "uniform", "-o", "x.press", "--plot", "a.jpeg"], ["ending in .png or .svg or .pdf"]),
         (["decompress", "{w}/nothing.press", "-o", "d.bin"], ["ending in .safetensors"]),
         (

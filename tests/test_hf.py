@@ -136,7 +136,9 @@ def test_bad_input_is_refused_before_any_work(bert_dir, tmp_path, monkeypatch):
     assert_one_line_error(run("compress", bert_dir, "-m", "fcpts", "--sparsity", "0.5", "-o", out), "needs calibration data")
     assert_one_line_error(run("compress", bert_dir, "-m", "uniform", "-o", out, "--data", "digits"), "measured on text")
     assert_one_line_error(run("compress", "zoo:lenet300", "-m", "uniform", "-o", out, "--data", "fortunes"), "fortunes is text")
-    assert_one_line_error(run("compress", bert_dir, "-m", "uniform", "-o", out, "--arch", "tests.archs:tiny_mlp"), "drop --arch")
+    assert_one_line_error(
+        run("compress", bert_dir, "-m", "uniform", "-o", out, "--arch", "tests.archs:tiny_mlp"), "drop arch (CLI: --arch)"
+    )
     assert_one_line_error(run("compress", tmp_path, "-m", "uniform", "-o", out), "without config.json")
     assert not out.exists()
     custom = _save_tiny_bert(tmp_path / "custom")

@@ -310,7 +310,8 @@ def calibration_subset(train: Dataset, n: int, seed: int = 0) -> Subset:
         raise DataError(f"calibration size must be positive, got {n}")
     if n > total:
         raise DataError(
-            f"asked for {n} calibration samples but the training split has only {total}; pass --calib {total} or fewer"
+            f"asked for {n} calibration samples but the training split has only {total}; "
+            f"ask for calib={total} or fewer (CLI: --calib)"
         )
     check_seed(seed)
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]

@@ -310,7 +310,10 @@ def check_budget(method: Method, budget: Budget | None, required: bool = True) -
     """One place that checks a budget fits a method, with a message that says what would."""
     if budget is None:
         if required and method.budgets and not getattr(method, "target_optional", False):
-            raise BudgetError(f"method {method.name!r} needs a target: {' or '.join('--' + b for b in method.budgets)}")
+            python = " or ".join(f"Budget({b}=…)" for b in method.budgets)
+            raise BudgetError(
+                f"method {method.name!r} needs a target: {python} (CLI: {' or '.join('--' + b for b in method.budgets)})"
+            )
         return None
     if budget.kind not in method.budgets:
         accepted = ", ".join(method.budgets) or "none"

@@ -80,7 +80,8 @@ def _reachable_keeping_minimum(weights: list[torch.Tensor], target: float) -> li
     if target_zeros(target, total) > most:
         raise BudgetError(
             f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
-            f"{math.floor(most / total * 1e4) / 1e4:.4f} of its weights; lower --sparsity, or use --method magnitude"
+            f"{math.floor(most / total * 1e4) / 1e4:.4f} of its weights; lower the sparsity target, or use MagnitudePruning "
+            "(CLI: --method magnitude)"
         )
     return reachable_zeros(weights, target)
 

@@ -208,3 +208,55 @@ def test_the_press_file_of_a_wrapped_model_names_the_prefix_when_loaded_into_the
     netpress.save(netpress.compress(nn.DataParallel(tiny_mlp()), UniformQuantization(8)), tmp_path / "dp.press")
     with pytest.raises(ModelSourceError, match=r"prefix 'module\.' of a wrapped model: compress model\.module instead"):
         netpress.load(tmp_path / "dp.press", model=tiny_mlp())
+
+
+class _Encoder(nn.Module):
+    """A small nn.TransformerEncoder classifier over the 8 rows of an 8×8 image; ``separate``: attention with its own
+    key/value widths, whose query, key and value weights are three tensors instead of one packed in-projection."""
+
+    def __init__(self, separate: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(8, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2)
+        self.mix = nn.MultiheadAttention(16, 2, kdim=12, vdim=12, batch_first=True) if separate else None
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.enc(self.inp(x.reshape(x.shape[0], 8, 8)))
+        if self.mix is not None:
+            h = self.mix(h, h[..., :12], h[..., :12])[0]
+        return self.head(h.mean(1))
+
+
+def test_attention_in_projections_are_coded_like_linear_weights(tmp_path):
+    model = _Encoder().eval()
+    weights = netpress.methods.compressible_weights(model)
+    packed = [n for n in weights if n.endswith("self_attn.in_proj_weight")]
+    assert packed == ["enc.layers.0.self_attn.in_proj_weight", "enc.layers.1.self_attn.in_proj_weight"]
+    compressed = netpress.compress(model, netpress.MagnitudePruning("lamp"), Budget(sparsity=0.6))
+    assert compressed.details["uncompressed_layers"] == {}
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(int((compressed.state_dict()[n] == 0).sum()) for n in weights)
+    assert zeros == netpress.methods.base.target_zeros(0.6, total)  # the in-projections count toward the target
+    netpress.save(compressed, tmp_path / "m.press")
+    loaded = netpress.load(tmp_path / "m.press", model=_Encoder())
+    for name, value in compressed.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    x = torch.randn(4, *IMAGE)
+    assert torch.equal(predict(loaded, x), predict(compressed.to_module(model), x))
+
+
+def test_fcpts_learns_attention_in_projections_and_keeps_the_exact_target(tmp_path):
+    train, test = _data(IMAGE)
+    report = netpress.press(
+        _Encoder().eval(), FCPTS(iterations=5, batch_size=16), Budget(sparsity=0.5), out=tmp_path / "f.press", data=(train, test)
+    )
+    rows = {r["name"]: r for r in report["layers"]["fcpts"]}
+    assert "enc.layers.0.self_attn.in_proj_weight" in rows and report["uncompressed_layers"] == {}
+    assert netpress.inspect(tmp_path / "f.press")["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_attention_with_separate_query_key_value_weights_is_named_as_stored_raw():
+    compressed = netpress.compress(_Encoder(separate=True).eval(), UniformQuantization(8))
+    assert compressed.details["uncompressed_layers"] == {"mix": {"type": "MultiheadAttention", "params": 16 * 16 + 2 * 16 * 12 + 3 * 16}}

@@ -46,17 +46,31 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose3d,
     nn.Embedding,
 )
-COMPRESSIBLE_NAMES = ", ".join([*(t.__name__ for t in COMPRESSIBLE_LAYERS), "transformers' Conv1D (GPT-2)"])
+COMPRESSIBLE_NAMES = ", ".join(
+    [*(t.__name__ for t in COMPRESSIBLE_LAYERS), "MultiheadAttention's packed in-projection", "transformers' Conv1D (GPT-2)"]
+)
 # Training samples the retraining methods re-estimate BatchNorm statistics on once their weights are final.
 BATCHNORM_SAMPLES = 1024
 
 
 def is_compressible(module: nn.Module) -> bool:
-    """Whether a weight stage codes the layer's weight: ``COMPRESSIBLE_LAYERS``, and transformers' ``Conv1D``, the
-    linear layer of GPT-2 and its kin (a weight stored (in, out), so its rows are input features). Recognised by
-    name, so that netpress does not import transformers for models without it."""
+    """Whether a weight stage codes the layer's weight: ``COMPRESSIBLE_LAYERS``; ``nn.MultiheadAttention``'s packed
+    query/key/value projection (``nn.TransformerEncoderLayer``, torchvision's ViT: a quarter of their weights; its
+    output projection is an ``nn.Linear`` of its own); and transformers' ``Conv1D``, the linear layer of GPT-2 and its
+    kin (a weight stored (in, out), so its rows are input features), recognised by name, so that netpress does not
+    import transformers for models without it."""
     kind = type(module)
-    return isinstance(module, COMPRESSIBLE_LAYERS) or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
+    return (
+        isinstance(module, COMPRESSIBLE_LAYERS)
+        or (isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None)
+        or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
+    )
+
+
+def weight_attribute(module: nn.Module) -> str:
+    """The name of the parameter a weight stage codes in a compressible layer: ``weight``, or an attention layer's
+    ``in_proj_weight`` (its rows the outputs, queries then keys then values, as a Linear's)."""
+    return "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
 
 
 @dataclass
@@ -162,18 +176,21 @@ def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
 def _weight_key(module: nn.Module) -> int:
     """What identifies a layer's weight among its ties: the stored parameter (a parametrized layer computes a new
     ``weight`` at every access, so that layer stands for itself)."""
-    stored = module._parameters.get("weight")
+    stored = module._parameters.get(weight_attribute(module))
     return id(stored) if stored is not None else id(module)
 
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """``{state-dict name: weight}`` of every layer a weight stage codes (``is_compressible``), in model order."""
-    return {f"{name}.weight" if name else "weight": module.weight for name, module in _coded_layers(model).items()}
+    layers = _coded_layers(model).items()
+    return {
+        f"{name}.{weight_attribute(m)}" if name else weight_attribute(m): getattr(m, weight_attribute(m)) for name, m in layers
+    }
 
 
 def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | None = None) -> dict[str, dict]:
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
-    (an LSTM, attention's packed in-projection, a custom layer): they go into the
+    (an LSTM, attention with separate query/key/value weights, a custom layer): they go into the
     file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
     if kinds is None:  # a layer whose weight is tied to a coded or kept one's is coded or kept with it
         layers = [m for m in model.modules() if is_compressible(m)]
@@ -276,7 +293,8 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
     for name, weight in weights.items():
         if name not in state:
             raise UnsupportedModelError(
-                f"{name.removesuffix('.weight')} computes its weight (weight_norm, spectral_norm or another parametrization), "
+                f"{name.rpartition('.')[0] or 'the model'} computes its weight (weight_norm, spectral_norm or another "
+                "parametrization), "
                 "so there is no stored weight to compress; remove it first (torch.nn.utils.parametrize.remove_parametrizations)"
             )
         if weight.dtype not in (torch.float32, torch.float64):

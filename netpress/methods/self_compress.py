@@ -440,7 +440,7 @@ def preservation_set(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
 
 def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's logits (eval mode) and the flattened input of its last coded layer, for every input."""
-    layer = model.get_submodule(list(compressible_weights(model))[-1].removesuffix(".weight"))
+    layer = model.get_submodule(list(compressible_weights(model))[-1].rpartition(".")[0])
     seen: list[torch.Tensor] = []
     hook = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().flatten(1)))
     try:

@@ -259,4 +259,27 @@ def test_fcpts_learns_attention_in_projections_and_keeps_the_exact_target(tmp_pa
 
 def test_attention_with_separate_query_key_value_weights_is_named_as_stored_raw():
     compressed = netpress.compress(_Encoder(separate=True).eval(), UniformQuantization(8))
-    assert compressed.details["uncompressed_layers"] == {"mix": {"type": "MultiheadAttention", "params": 16 * 16 + 2 * 16 * 12 + 3 * 16}}
+    assert compressed.details["uncompressed_layers"] == {
+        "mix": {"type": "MultiheadAttention", "params": 16 * 16 + 2 * 16 * 12 + 3 * 16}
+    }
+
+
+class _Scaled(nn.Module):
+    """ConvNeXt's layer scale (C, 1, 1) and ViT's class token (1, 1, C) and position table (1, L, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(8, 1, 1))
+        self.token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.positions = nn.Parameter(torch.zeros(1, 64, 8))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (self.conv(x) * self.scale).flatten(2).transpose(1, 2) + self.positions
+        return self.head(torch.cat([self.token.expand(len(x), -1, -1), h], 1)[:, 0])
+
+
+def test_only_weight_matrices_a_method_leaves_raw_are_named_not_vectors_held_in_more_axes():
+    compressed = netpress.compress(_Scaled(), UniformQuantization(8))
+    assert compressed.details["uncompressed_layers"] == {"": {"type": "_Scaled", "params": 8 + 8 + 64 * 8}}

@@ -202,8 +202,16 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
     return {
         name: {"type": type(module).__name__, "params": sum(p.numel() for p in module.parameters(recurse=False))}
         for name, module in model.named_modules()
-        if module not in coded and not getattr(module, KEPT, False) and any(p.dim() > 1 for p in module.parameters(recurse=False))
+        if module not in coded
+        and not getattr(module, KEPT, False)
+        and any(_is_matrix(p) for p in module.parameters(recurse=False))
     }
+
+
+def _is_matrix(tensor: torch.Tensor) -> bool:
+    """A weight matrix (or a higher-dimensional weight) by its shape: two or more axes longer than 1. A layer scale
+    of shape (C, 1, 1) (ConvNeXt) or a class token (1, 1, C) (ViT) is a vector held in more axes."""
+    return sum(size > 1 for size in tensor.shape) > 1
 
 
 def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:

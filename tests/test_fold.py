@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+import torch_pruning
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
@@ -561,3 +562,14 @@ def test_channels_that_reach_their_consumer_rearranged_are_not_folded(model, gro
 def test_a_layer_the_tracing_input_never_reached_is_warned_about():
     with pytest.warns(netpress.NetpressWarning, match="fc2: not reached by tracing with inputs of shape"):
         Fold(input_shape=(1, 8, 8)).apply(_ZeroSkips(), budget=Budget(params=0.2))
+
+
+def test_a_tracing_failure_names_the_operation_torch_pruning_failed_at(monkeypatch):
+    """Torch-Pruning's own error (a division by zero in its reshape analysis, as on torchvision's ShuffleNetV2)
+    names nothing of the model: the refusal says which kind of operation it was following."""
+    scope: dict = {}
+    fake = "def update_reshape_index_mapping(*args, **kwargs):\n    return 1 // 0\n"
+    exec(compile(fake, "/site-packages/torch_pruning/dependency/index_mapping.py", "exec"), scope)
+    monkeypatch.setattr(torch_pruning.DependencyGraph, "build_dependency", scope["update_reshape_index_mapping"])
+    with pytest.raises(UnsupportedModelError, match="forward pass at a reshape or view of the channel axis .*ZeroDivision"):
+        channel_groups(tiny_cnn(), torch.zeros(1, 1, 8, 8))

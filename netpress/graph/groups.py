@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import traceback
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -195,6 +196,25 @@ def _role(module: nn.Module, out_side: bool) -> Role | None:
     return None
 
 
+# The operation a step of Torch-Pruning's dependency analysis follows, by a word in its function's name.
+TRACED_STEPS = (
+    ("reshape", "a reshape or view of the channel axis (a flatten, a channel shuffle)"),
+    ("concat", "a concatenation"),
+    ("split", "a split or chunk"),
+    ("slice", "a slice"),
+)
+
+
+def _failing_step(exc: BaseException) -> str:
+    """`` at <operation>`` where Torch-Pruning failed, read from the innermost of its frames in the traceback:
+    its own error (a division by zero) names none of the user's model."""
+    frames = [f.name for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
+    for word, operation in TRACED_STEPS:
+        if frames and word in frames[-1]:
+            return f" at {operation}"
+    return ""
+
+
 def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> list[ChannelGroup]:
     """All channel groups of ``model``, foldable or not, in model order.
 
@@ -217,8 +237,9 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
             raise
         except Exception as exc:  # Torch-Pruning's tracer met an operation it cannot follow
             raise UnsupportedModelError(
-                f"the channel tracing (Torch-Pruning) cannot follow this model's forward pass ({type(exc).__name__}: "
-                f"{one_line(exc)}); the weight-coding methods (magnitude, uniform, kmeans, fcpts, l2) do not trace it"
+                f"the channel tracing (Torch-Pruning) cannot follow this model's forward pass{_failing_step(exc)} "
+                f"({type(exc).__name__}: {one_line(exc)}); the weight-coding methods (magnitude, uniform, kmeans, fcpts, "
+                "l2) do not trace it"
             ) from exc
     groups: list[ChannelGroup] = []
     seen: set[nn.Module] = set()

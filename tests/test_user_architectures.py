@@ -283,3 +283,30 @@ class _Scaled(nn.Module):
 def test_only_weight_matrices_a_method_leaves_raw_are_named_not_vectors_held_in_more_axes():
     compressed = netpress.compress(_Scaled(), UniformQuantization(8))
     assert compressed.details["uncompressed_layers"] == {"": {"type": "_Scaled", "params": 8 + 8 + 64 * 8}}
+
+
+class _HeadFirst(nn.Module):
+    """Its head declared before the attention it runs after: the last coded weight in declaration order is the
+    attention's output projection, whose module the attention never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(16, 10)
+        self.inp = nn.Linear(8, 16)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x.reshape(x.shape[0], 8, 8))
+        return self.head(self.att(h, h, h)[0].mean(1))
+
+
+def test_self_compression_picks_its_critical_examples_by_the_layer_that_runs_last(tmp_path):
+    from netpress.methods.self_compress import _last_layer_run
+
+    model = _HeadFirst().eval()
+    assert _last_layer_run(model, torch.zeros(1, *IMAGE)) is model.head
+    train, test = _data(IMAGE)
+    method = SelfCompression(steps=3, batch_size=32, preserve=50)
+    report = netpress.press(model, method, out=tmp_path / "sc.press", data=(train, test))
+    assert report["layers"]["self-compress"][0]["preservation"]["size"] == 50

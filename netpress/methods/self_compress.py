@@ -439,15 +439,32 @@ def preservation_set(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
 
 
 def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits (eval mode) and the flattened input of its last coded layer, for every input."""
-    layer = model.get_submodule(list(compressible_weights(model))[-1].rpartition(".")[0])
+    """The model's logits (eval mode) and the flattened input of the last coded layer it runs, for every input (the
+    logits themselves if it runs none as a module)."""
+    layer = _last_layer_run(model, inputs[:1])
     seen: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().flatten(1)))
+    hook = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().flatten(1))) if layer else None
     try:
         logits = predict(model, inputs)
     finally:
-        hook.remove()
-    return logits, torch.cat(seen)[: len(inputs)]  # predict pads its last batch: the padding's rows come last
+        if hook is not None:
+            hook.remove()
+    return logits, torch.cat(seen)[: len(inputs)] if seen else logits  # predict pads its last batch: padding comes last
+
+
+def _last_layer_run(model: nn.Module, sample: torch.Tensor) -> nn.Module | None:
+    """The coded layer a forward pass calls last, which the order of declaration does not tell (a head declared
+    first), nor does the last coded weight (an attention layer's output projection is used by its weight, its
+    module never called)."""
+    layers = dict.fromkeys(model.get_submodule(name.rpartition(".")[0]) for name in compressible_weights(model))
+    called: list[nn.Module] = []
+    hooks = [layer.register_forward_hook(lambda module, _args, _out: called.append(module)) for layer in layers]
+    try:
+        predict(model, sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return called[-1] if called else None
 
 
 def _accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float | None:

@@ -93,6 +93,7 @@ from netpress.methods.base import (
     method_record,
     one_at_a_time,
     uncompressed_layers,
+    weight_attribute,
 )
 from netpress.methods.sizing import UNDRAWN_CALIBRATION
 from netpress.sources import ModelHandle, architecture_for, build_architecture, input_bytes, kept_float_dtype, load_model
@@ -151,8 +152,8 @@ def _check_earlier_stages(handle: ModelHandle, methods: list[Method]) -> None:
     if quantized and not getattr(methods[-1], "quantizes", False):
         raise BudgetError(
             f"the input file's weights are quantized ({quantized[0]}); {methods[-1].name} would store them as floats "
-            "again and throw the codes away, a larger file: end with a quantizer (e.g. --bits B), or compress the "
-            "model from before the quantization"
+            "again and throw the codes away, a larger file: end with a quantizer (UniformQuantization or "
+            "KMeansQuantization; CLI: --bits or --levels), or compress the model from before the quantization"
         )
 
 
@@ -318,9 +319,11 @@ def compress(
 
 @contextmanager
 def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) -> Iterator[None]:
-    """Within it, the layers ``keep`` names (shell-style patterns on module names, ``"fc3"``, ``"features.*"``)
-    are marked ``KEPT``: every weight stage leaves them out, and they are stored as floats. The marks go when the
-    call ends, so the caller's model is as it was."""
+    """Within it, the layers ``keep`` names (shell-style patterns on module names, ``"fc3"``, ``"features.*"``, or on
+    the names of the weights they code, as ``inspect`` shows them, ``"fc3.weight"``) are marked ``KEPT``: every weight
+    stage leaves them out, and they are stored as floats. An attention layer named by its module name is kept whole,
+    its output projection too; by ``….in_proj_weight``, only its in-projection. The marks go when the call ends, so
+    the caller's model is as it was."""
     if not isinstance(keep, str | Iterable):
         raise BudgetError(f"keep takes layer names or patterns (strings), e.g. keep=['conv1', 'fc3'], got {keep!r}")
     patterns = [keep] if isinstance(keep, str) else list(keep)
@@ -336,12 +339,16 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
             "included: fold in one run, then compress the file with keep in the next"
         )
     modules = handle.module.named_modules(remove_duplicate=False)  # a layer under two names answers to both
-    layers = [name for name, module in modules if is_compressible(module)]
+    layers = {name: module for name, module in modules if is_compressible(module)}
+    weights = {name: f"{name}.{weight_attribute(m)}" if name else weight_attribute(m) for name, m in layers.items()}
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
-            shown = ", ".join(layers[:12]) + (", …" if len(layers) > 12 else "")
-            raise BudgetError(f"keep: {pattern!r} names no compressible layer; they are {shown}")
-    named = [handle.module.get_submodule(n) for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not any(fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(weights[name], pattern) for name in layers):
+            shown = ", ".join(list(layers)[:12]) + (", …" if len(layers) > 12 else "")
+            raise BudgetError(f"keep: {pattern!r} names no compressible layer or its weight; the layers are {shown}")
+    by_name = [m for n, m in layers.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    named = by_name + [m for n, m in layers.items() if any(fnmatch.fnmatchcase(weights[n], p) for p in patterns)]
+    # An attention layer kept by name is kept whole: its output projection is a Linear of its own, run by its weight.
+    named += [m.out_proj for m in by_name if isinstance(m, nn.MultiheadAttention)]
     kept = list({id(m): m for m in named}.values())
     if len(kept) == len({id(handle.module.get_submodule(n)) for n in layers}):
         raise BudgetError("keep names every compressible layer: nothing would be compressed")
@@ -888,7 +895,8 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         _check_encoder_calibration(calibrating)
     if name is None:
         if calibrating:
-            raise DataError("this method needs calibration data; pass data= (CLI: --data)")
+            needs = sorted({m.needs for m in calibrating})[0]  # "training" where a method retrains
+            raise DataError(f"{' + '.join(m.name for m in calibrating)} needs {needs} data; pass data= (CLI: --data)")
         return prepared
     text = own_texts is not None or (own is None and _is_text(handle, name))
     if calibrating:
@@ -1120,7 +1128,7 @@ def _is_text(handle: ModelHandle, dataset: str) -> bool:
     """Whether ``dataset`` is text for a Hugging Face model (else images for a classifier); a mismatch is refused."""
     text_model = hf.is_hf_source(handle.source)
     if text_model and not is_text_data(dataset):
-        raise DataError(f"a Hugging Face model is measured on text: --data {TEXT_DATA}, not {dataset!r}")
+        raise DataError(f"a Hugging Face model is measured on text: data={TEXT_DATA} (CLI: --data), not {dataset!r}")
     if not text_model:
         _refuse_text(dataset)
     return text_model
@@ -1139,8 +1147,9 @@ def _encoder(handle: ModelHandle) -> hf.TextEncoder | hf.TokenPredictor:
     if handle.path is not None and Path(handle.path).suffix.lower() == ".press":
         raise DataError(
             f"{handle.path} holds the network, not its tokenizer, so it cannot read text: compress it with a data-free "
-            "method and no --data, and measure a file against the directory it came from, "
-            "`netpress eval FILE --data fortunes --reference DIR`"
+            "method and no data (CLI: no --data), and measure a file against the directory it came from with "
+            "netpress.fidelity(netpress.load_model(FILE), netpress.load_model(DIR)) "
+            "(CLI: `netpress eval FILE --data fortunes --reference DIR`)"
         )
     raise DataError(f"{handle.path or 'the model'} has no tokenizer, so netpress cannot read text with it")
 

@@ -525,8 +525,8 @@ def _print_report(report: dict) -> None:
         err.print(f"note: kept uncompressed, by request: {', '.join(report['kept_layers'])}")
     if report["uncompressed_layers"]:
         listed = report["uncompressed_layers"].items()
-        layers = ", ".join(f"{name or 'the model itself'} ({v['type']}, {v['params']:,} weights)" for name, v in listed)
-        err.print(f"note: stored uncompressed, no method here compresses their type: {layers}")
+        layers = ", ".join(f"{name or 'the model itself'} ({v['type']}, {v['params']:,} parameters)" for name, v in listed)
+        err.print(f"note: stored uncompressed, no method here codes these layers' weights: {layers}")
 
 
 @app.command()

@@ -149,6 +149,18 @@ def prefix_hint(missing: list[str], unexpected: list[str], fix: str = "save {}.s
     return ""
 
 
+def _source_label(source: dict) -> str:
+    """A model source in a few words: ``zoo:NAME``, the factory, a Hugging Face class (its whole config would be a page)."""
+    if isinstance(source.get("zoo"), str):
+        return f"zoo:{source['zoo']}"
+    if isinstance(source.get("arch"), str):
+        return source["arch"]
+    hf_source = source.get("hf")
+    if isinstance(hf_source, dict):
+        return f"Hugging Face {hf_source.get('class', 'model')}"
+    return "a module passed in"
+
+
 @dataclass
 class CompressedModel:
     """The full state of a compressed model.
@@ -170,7 +182,7 @@ class CompressedModel:
         for a small model, gigabytes for a large one)."""
         coded = sum(not isinstance(v, torch.Tensor) for v in self.tensors.values())
         methods = " + ".join(str(m.get("name")) for m in self.summary.get("methods", []) if isinstance(m, dict))
-        parts = [f"{len(self.tensors)} tensors ({coded} coded)", f"source={self.source!r}"]
+        parts = [f"{len(self.tensors)} tensors ({coded} coded)", f"source={_source_label(self.source)!r}"]
         parts += [f"methods={methods!r}"] if methods else []
         parts += [f"budget={self.summary['budget']!r}"] if self.summary.get("budget") else []
         return f"CompressedModel({', '.join(parts)})"

@@ -639,7 +639,7 @@ def test_layers_no_method_compresses_are_named(weights, tmp_path):
     model, arch = weights / "mlp_with_custom_layer.safetensors", "tests.archs:mlp_with_custom_layer"
     result = run("compress", model, "--arch", arch, "-m", "uniform", "-o", tmp_path / "c.press")
     assert result.exit_code == 0, result.output
-    assert "stored uncompressed" in result.output and "3 (_Mixer, 1,024 weights)" in " ".join(result.output.split())
+    assert "stored uncompressed" in result.output and "3 (_Mixer, 1,024 parameters)" in " ".join(result.output.split())
 
 
 def test_arch_is_found_in_the_current_directory(weights, tmp_path, monkeypatch):

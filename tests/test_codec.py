@@ -50,6 +50,7 @@ def test_a_compressed_model_prints_in_one_line_not_its_streams(tmp_path):
         text = repr(shown)
         assert len(text) < 200 and "\n" not in text, text
         assert "8 tensors (4 coded)" in text and "magnitude + uniform" in text and "'sparsity': 0.8" in text
+        assert "source='zoo:lenet5'" in text
     assert repr(compressed.tensors["conv1.weight"]).startswith("Packed('conv1.weight', shape=(20, 1, 5, 5), kind='codes', ")
 
 

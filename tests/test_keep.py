@@ -58,7 +58,7 @@ def test_keep_takes_patterns_and_works_with_methods_that_need_data():
 @pytest.mark.parametrize(
     "keep, methods, message",
     [
-        (["fc9"], [MagnitudePruning()], "names no compressible layer; they are 1, 3"),
+        (["fc9"], [MagnitudePruning()], "names no compressible layer or its weight; the layers are 1, 3"),
         (["*"], [MagnitudePruning()], "every compressible layer"),
         ([3], [MagnitudePruning()], "strings"),
         (["1"], [Fold()], "fold changes the widths"),

@@ -310,3 +310,17 @@ def test_self_compression_picks_its_critical_examples_by_the_layer_that_runs_las
     method = SelfCompression(steps=3, batch_size=32, preserve=50)
     report = netpress.press(model, method, out=tmp_path / "sc.press", data=(train, test))
     assert report["layers"]["self-compress"][0]["preservation"]["size"] == 50
+
+
+@pytest.mark.parametrize(
+    ("keep", "raw"),
+    [
+        (["enc.layers.0.self_attn"], {"enc.layers.0.self_attn.in_proj_weight", "enc.layers.0.self_attn.out_proj.weight"}),
+        (["*.in_proj_weight"], {"enc.layers.0.self_attn.in_proj_weight", "enc.layers.1.self_attn.in_proj_weight"}),
+        (["head.weight"], {"head.weight"}),
+    ],
+)
+def test_keep_takes_an_attention_layer_whole_or_a_weight_by_the_name_inspect_shows(keep, raw):
+    compressed = netpress.compress(_Encoder().eval(), UniformQuantization(8), keep=keep)
+    floats = {n for n, v in compressed.tensors.items() if isinstance(v, torch.Tensor) and v.dim() > 1}
+    assert floats == raw

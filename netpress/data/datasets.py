@@ -311,7 +311,7 @@ def calibration_subset(train: Dataset, n: int, seed: int = 0) -> Subset:
     if n > total:
         raise DataError(
             f"asked for {n} calibration samples but the training split has only {total}; "
-            f"ask for calib={total} or fewer (CLI: --calib)"
+            f"ask for {total} or fewer (calib=, CLI: --calib)"
         )
     check_seed(seed)
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]

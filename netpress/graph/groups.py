@@ -199,19 +199,23 @@ def _role(module: nn.Module, out_side: bool) -> Role | None:
 # The operation a step of Torch-Pruning's dependency analysis follows, by a word in its function's name.
 TRACED_STEPS = (
     ("reshape", "a reshape or view of the channel axis (a flatten, a channel shuffle)"),
+    ("flatten", "a flatten"),
     ("concat", "a concatenation"),
     ("split", "a split or chunk"),
+    ("unbind", "an unbind"),
+    ("expand", "an expand"),
     ("slice", "a slice"),
 )
 
 
 def _failing_step(exc: BaseException) -> str:
-    """`` at <operation>`` where Torch-Pruning failed, read from the innermost of its frames in the traceback:
-    its own error (a division by zero) names none of the user's model."""
+    """`` at <operation>`` where Torch-Pruning failed, read from the innermost of its frames in the traceback that
+    names one (a helper it called may not): its own error (a division by zero) names none of the user's model."""
     frames = [f.name for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
-    for word, operation in TRACED_STEPS:
-        if frames and word in frames[-1]:
-            return f" at {operation}"
+    for frame in reversed(frames):
+        for word, operation in TRACED_STEPS:
+            if word in frame:
+                return f" at {operation}"
     return ""
 
 

@@ -474,7 +474,7 @@ def absorb_batchnorm_statistics(model: nn.Module) -> dict[str, float]:
 def labelled_training_data(data: Subset | None, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The training inputs and their class labels, or an error that says what a retraining ``method`` needs."""
     if data is None:
-        raise DataError(f"{method} retrains the model: it needs the training split (--data)")
+        raise DataError(f"{method} retrains the model: it needs the training split (data=, CLI: --data)")
     if isinstance(data.dataset, Sentences):
         raise DataError(f"{method} retrains a classifier on labelled images; it does not train a Hugging Face model on sentences")
     inputs, labels = data.tensors()

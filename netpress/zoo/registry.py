@@ -112,11 +112,13 @@ def _check_device(device: str) -> None:
     except RuntimeError:
         raise BudgetError(f"unknown device {device!r}; use cpu or cuda") from None
     if parsed.type == "cpu" and parsed.index not in (None, 0):
-        raise BudgetError(f"device {device!r}: torch has one cpu device; use --device cpu")
+        raise BudgetError(f"device {device!r}: torch has one cpu device; use device='cpu' (CLI: --device cpu)")
     if parsed.type not in ("cpu", "cuda"):
         raise BudgetError(f"device {device!r}: netpress trains on cpu or cuda")
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise BudgetError(f"device {device!r}: this machine or torch build has no usable CUDA; use --device cpu")
+        raise BudgetError(
+            f"device {device!r}: this machine or torch build has no usable CUDA; use device='cpu' (CLI: --device cpu)"
+        )
     if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
         raise BudgetError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
 
@@ -180,9 +182,13 @@ def _read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OutputError(f"{path} is not a readable manifest ({exc}); move it away or give another --out-dir") from exc
+        raise OutputError(
+            f"{path} is not a readable manifest ({exc}); move it away or give another out_dir (CLI: --out-dir)"
+        ) from exc
     if not isinstance(manifest, dict):
-        raise OutputError(f"{path} holds no manifest (a JSON object of records); move it away or give another --out-dir")
+        raise OutputError(
+            f"{path} holds no manifest (a JSON object of records); move it away or give another out_dir (CLI: --out-dir)"
+        )
     return manifest
 
 

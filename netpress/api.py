@@ -93,7 +93,7 @@ from netpress.methods.base import (
     method_record,
     one_at_a_time,
     uncompressed_layers,
-    weight_attribute,
+    weight_name,
 )
 from netpress.methods.sizing import UNDRAWN_CALIBRATION
 from netpress.sources import ModelHandle, architecture_for, build_architecture, input_bytes, kept_float_dtype, load_model
@@ -340,7 +340,7 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
         )
     modules = handle.module.named_modules(remove_duplicate=False)  # a layer under two names answers to both
     layers = {name: module for name, module in modules if is_compressible(module)}
-    weights = {name: f"{name}.{weight_attribute(m)}" if name else weight_attribute(m) for name, m in layers.items()}
+    weights = {name: weight_name(name, m) for name, m in layers.items()}
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(weights[name], pattern) for name in layers):
             shown = ", ".join(list(layers)[:12]) + (", …" if len(layers) > 12 else "")

@@ -73,6 +73,11 @@ def weight_attribute(module: nn.Module) -> str:
     return "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
 
 
+def weight_name(layer: str, module: nn.Module) -> str:
+    """The state-dict name of the weight a weight stage codes in the compressible layer ``layer``."""
+    return f"{layer}.{weight_attribute(module)}" if layer else weight_attribute(module)
+
+
 @dataclass
 class MethodResult:
     """A method's output: the model with its new weights, the codes of what it compressed, report rows.
@@ -182,10 +187,7 @@ def _weight_key(module: nn.Module) -> int:
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """``{state-dict name: weight}`` of every layer a weight stage codes (``is_compressible``), in model order."""
-    layers = _coded_layers(model).items()
-    return {
-        f"{name}.{weight_attribute(m)}" if name else weight_attribute(m): getattr(m, weight_attribute(m)) for name, m in layers
-    }
+    return {weight_name(name, m): getattr(m, weight_attribute(m)) for name, m in _coded_layers(model).items()}
 
 
 def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | None = None) -> dict[str, dict]:

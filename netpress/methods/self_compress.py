@@ -443,7 +443,11 @@ def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.
     logits themselves if it runs none as a module)."""
     layer = _last_layer_run(model, inputs[:1])
     seen: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().flatten(1))) if layer else None
+    hook = (
+        layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().flatten(1)))
+        if layer is not None
+        else None
+    )
     try:
         logits = predict(model, inputs)
     finally:

@@ -67,7 +67,7 @@ COLUMNS = {
     "fp16 under L², which stores what it does not code in fp16 by default)",
     "file_bytes": "bytes of the .press file on disk",
     "in_proj_bytes": "of them, the in-projection weights' streams (coded, or raw floats)",
-    "ratio": "fp32 bytes of the model / file_bytes",
+    "ratio": "bytes of the model's fp32 safetensors file / file_bytes",
     "sparsity": "zeros among the weights the method coded, in the file (the kept in-projections are not among them)",
     "accuracy": "Fashion-MNIST test accuracy (%) of the model loaded back from the file",
     "agreement": "test images (%) on which the file's top-1 class is the dense model's",
@@ -182,7 +182,8 @@ def main() -> None:
                 print(rows[-1], flush=True)
 
     notes = [
-        f"Model: {args.layers} encoder layers, {params:,} parameters ({4 * params:,} fp32 bytes); the in-projections' "
+        f"Model: {args.layers} encoder layers, {params:,} parameters (an fp32 safetensors file of "
+        f"{next(iter(reports.values()))['original_bytes']:,} bytes, the ratios' reference); the in-projections' "
         f"weights (in_proj_weight, {args.layers} × 3·64×64) hold {in_proj:,} of them: {100 * in_proj / params:.1f} % of "
         f"all parameters and {100 * in_proj / coded_numel:.1f} % of the {coded_numel:,} weights the methods code when "
         "they are coded. Biases, LayerNorms and the position table are stored raw in both rows.",

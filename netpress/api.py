@@ -93,6 +93,7 @@ from netpress.methods.base import (
     method_record,
     one_at_a_time,
     uncompressed_layers,
+    weight_key,
     weight_name,
 )
 from netpress.methods.sizing import UNDRAWN_CALIBRATION
@@ -350,7 +351,7 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
     # An attention layer kept by name is kept whole: its output projection is a Linear of its own, run by its weight.
     named += [m.out_proj for m in by_name if isinstance(m, nn.MultiheadAttention)]
     kept = list({id(m): m for m in named}.values())
-    if len(kept) == len({id(handle.module.get_submodule(n)) for n in layers}):
+    if {weight_key(m) for m in kept} >= {weight_key(m) for m in layers.values()}:  # a tie is kept with its weight
         raise BudgetError("keep names every compressible layer: nothing would be compressed")
     for module in kept:
         setattr(module, KEPT, True)
@@ -392,7 +393,7 @@ def _compress(
             size = len(codec.to_bytes(compressed))
             if size > budget.target_bytes():
                 raise BudgetError(
-                    f"the file would take {size} bytes, over the {budget.target_bytes()} a {budget.ratio:g}x ratio "
+                    f"the file would take {size:,} bytes, over the {budget.target_bytes():,} a {budget.ratio:g}x ratio "
                     f"allows: {' + '.join(m.name for m in methods)} did not meet the target it accepted"
                 )
     _warn_emptied_layers(handle.module, compressed, methods, budget)  # the final file's, not a search's trials
@@ -895,7 +896,7 @@ def _prepare_data(handle: ModelHandle, methods: list[Method], data: str | None, 
         _check_encoder_calibration(calibrating)
     if name is None:
         if calibrating:
-            needs = sorted({m.needs for m in calibrating})[0]  # "training" where a method retrains
+            needs = "training" if any(m.needs == "training" for m in calibrating) else "calibration"
             raise DataError(f"{' + '.join(m.name for m in calibrating)} needs {needs} data; pass data= (CLI: --data)")
         return prepared
     text = own_texts is not None or (own is None and _is_text(handle, name))

@@ -307,3 +307,16 @@ def test_the_fp32_size_is_the_length_of_the_file_safetensors_writes(seed):
 def test_the_fp32_size_of_a_zoo_model_is_its_file_length(name):
     model = netpress.load_model(f"zoo:{name}").module
     assert fp32_bytes(model) == len(save(model.state_dict()))
+
+
+@pytest.mark.parametrize(
+    ("source", "label"),
+    [
+        ({"zoo": "vgg"}, "zoo:vgg"),
+        ({"arch": "mypkg.models:build"}, "mypkg.models:build"),
+        ({"hf": {"class": "BertModel", "config": {"hidden_size": 8}}}, "Hugging Face BertModel"),
+        ({}, "a module passed in"),
+    ],
+)
+def test_a_compressed_models_source_prints_in_a_few_words(source, label):
+    assert f"source={label!r}" in repr(CompressedModel({}, source))

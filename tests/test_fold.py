@@ -573,3 +573,22 @@ def test_a_tracing_failure_names_the_operation_torch_pruning_failed_at(monkeypat
     monkeypatch.setattr(torch_pruning.DependencyGraph, "build_dependency", scope["update_reshape_index_mapping"])
     with pytest.raises(UnsupportedModelError, match="forward pass at a reshape or view of the channel axis .*ZeroDivision"):
         channel_groups(tiny_cnn(), torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("frames", "label"),
+    [
+        (["update_flatten_index_mapping"], " at a flatten"),
+        (["update_concat_index_mapping", "infer_channels_between"], " at a concatenation"),  # a helper names no step
+        (["build_dependency"], ""),
+    ],
+)
+def test_the_operation_named_is_the_innermost_torch_pruning_step_that_names_one(frames, label):
+    from netpress.graph.groups import _failing_step
+
+    source = "".join(f"def {a}():\n    return {b}()\n" for a, b in zip(frames, frames[1:])) + f"def {frames[-1]}():\n    1 // 0\n"
+    scope: dict = {}
+    exec(compile(source, "/site-packages/torch_pruning/dependency/graph.py", "exec"), scope)
+    with pytest.raises(ZeroDivisionError) as error:
+        scope[frames[0]]()
+    assert _failing_step(error.value) == label

@@ -3,6 +3,7 @@ report. Data-free stages leave them exactly as they were; methods that tune weig
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 import netpress
@@ -85,3 +86,20 @@ def test_keep_takes_any_collection_of_names():
     assert compressed.summary["kept"] == ["3"]
     with pytest.raises(BudgetError, match="keep takes layer names"):
         api.compress(_handle(tiny_mlp()), UniformQuantization(4), keep=[3])
+
+
+def test_keep_that_leaves_only_the_ties_of_kept_weights_is_refused_as_keeping_everything():
+    torch.manual_seed(0)
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc, self.out = nn.Embedding(10, 16), nn.Linear(16, 16), nn.Linear(16, 10, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.fc(self.emb(x)))
+
+    for keep in (["emb", "fc"], ["out.weight", "fc"]):
+        with pytest.raises(BudgetError, match="keep names every compressible layer"):
+            netpress.compress(Tied(), UniformQuantization(8), keep=keep)

@@ -324,3 +324,31 @@ def test_keep_takes_an_attention_layer_whole_or_a_weight_by_the_name_inspect_sho
     compressed = netpress.compress(_Encoder().eval(), UniformQuantization(8), keep=keep)
     floats = {n for n, v in compressed.tensors.items() if isinstance(v, torch.Tensor) and v.dim() > 1}
     assert floats == raw
+
+
+class _SequenceFirst(nn.Module):
+    """nn.TransformerEncoder as PyTorch builds it by default: (sequence, batch, features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(8, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0), 1, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.inp(x.reshape(x.shape[0], 8, 8)).transpose(0, 1)).mean(0))
+
+
+def test_self_compression_takes_the_logits_as_features_where_the_last_layer_sees_no_row_per_sample(tmp_path):
+    """With the head kept, the last coded layer runs sequence-first: its input rows are positions, not samples."""
+    from netpress.methods.self_compress import _logits_and_features
+
+    model = _SequenceFirst().eval()
+    inputs = torch.randn(20, *IMAGE)
+    with api._keeping(api._as_handle(model), [SelfCompression()], ["head"]):
+        logits, features = _logits_and_features(model, inputs)
+    assert torch.equal(features, logits) and logits.shape == (20, 10)
+    train, test = _data(IMAGE)
+    method = SelfCompression(steps=3, batch_size=32, preserve=50)
+    netpress.press(model, method, out=tmp_path / "sc.press", data=(train, test), keep=["head"])

@@ -168,17 +168,17 @@ def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
     embedding tied to its output layer, one layer used twice) is coded once, under its first layer: the
     file stores it under that name only, and loading ties the others to it. A layer the caller asked to
     keep (marked ``KEPT``) is left raw, and so is every layer sharing its weight."""
-    kept = {_weight_key(m) for m in model.modules() if is_compressible(m) and getattr(m, KEPT, False)}
+    kept = {weight_key(m) for m in model.modules() if is_compressible(m) and getattr(m, KEPT, False)}
     layers: dict[str, nn.Module] = {}
     seen = set(kept)
     for name, module in model.named_modules():
-        if is_compressible(module) and _weight_key(module) not in seen:
-            seen.add(_weight_key(module))
+        if is_compressible(module) and weight_key(module) not in seen:
+            seen.add(weight_key(module))
             layers[name] = module
     return layers
 
 
-def _weight_key(module: nn.Module) -> int:
+def weight_key(module: nn.Module) -> int:
     """What identifies a layer's weight among its ties: the stored parameter (a parametrized layer computes a new
     ``weight`` at every access, so that layer stands for itself)."""
     stored = module._parameters.get(weight_attribute(module))
@@ -197,8 +197,8 @@ def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | N
     if kinds is None:  # a layer whose weight is tied to a coded or kept one's is coded or kept with it
         layers = [m for m in model.modules() if is_compressible(m)]
         chosen = [*_coded_layers(model).values(), *(m for m in layers if getattr(m, KEPT, False))]
-        weights = {_weight_key(m) for m in chosen}
-        coded = {m for m in layers if _weight_key(m) in weights}
+        weights = {weight_key(m) for m in chosen}
+        coded = {m for m in layers if weight_key(m) in weights}
     else:
         coded = {m for m in model.modules() if isinstance(m, kinds)}
     return {

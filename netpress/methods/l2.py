@@ -302,7 +302,7 @@ class _Run:
             while self.sizer.bytes(self._codes(high)) > self.target:
                 low, high = high, high * 1.25
                 if high > 1e6:
-                    raise BudgetError(f"cannot reach {self.target} bytes: the uncoded tensors and headers alone are larger")
+                    raise BudgetError(f"cannot reach {self.target:,} bytes: the uncoded tensors and headers alone are larger")
         for _ in range(10):
             mid = math.sqrt(low * high)
             if self.sizer.bytes(self._codes(mid)) > self.target:

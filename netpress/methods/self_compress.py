@@ -439,21 +439,26 @@ def preservation_set(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
 
 
 def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits (eval mode) and the flattened input of the last coded layer it runs, for every input (the
-    logits themselves if it runs none as a module)."""
+    """The model's logits (eval mode) and the flattened input of the last coded layer it runs, for every input.
+
+    That input stands for a sample only where the layer runs once per batch on a row per sample: a layer fed
+    sequence-first (``nn.TransformerEncoder`` without ``batch_first``), by keywords, or twice in a pass gives the
+    logits instead."""
     layer = _last_layer_run(model, inputs[:1])
-    seen: list[torch.Tensor] = []
-    hook = (
-        layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().flatten(1)))
-        if layer is not None
-        else None
-    )
+    batches: list[int] = []
+    seen: list[torch.Tensor | None] = []
+    hooks = [model.register_forward_pre_hook(lambda _m, args: batches.append(len(args[0])))]
+    if layer is not None:
+        hooks.append(layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach() if args else None)))
     try:
         logits = predict(model, inputs)
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
-    return logits, torch.cat(seen)[: len(inputs)] if seen else logits  # predict pads its last batch: padding comes last
+    rows = len(seen) == len(batches) and all(s is not None and s.dim() > 0 and len(s) == b for s, b in zip(seen, batches))
+    if not rows:
+        return logits, logits
+    return logits, torch.cat([s.flatten(1) for s in seen])[: len(inputs)]  # predict pads its last batch: padding comes last
 
 
 def _last_layer_run(model: nn.Module, sample: torch.Tensor) -> nn.Module | None:

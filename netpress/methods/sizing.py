@@ -92,7 +92,7 @@ class FileSizer:
         minimum = self.bytes(zero_codes)
         if minimum > self.target:
             raise BudgetError(
-                f"a ratio of {self.budget.ratio:g}x allows {self.target:,} bytes, but the uncoded tensors and headers, with "
+                f"a {self.budget.ratio:g}x ratio allows {self.target:,} bytes, but the uncoded tensors and headers, with "
                 f"{SUMMARY_ALLOWANCE} bytes kept for the summary, take {minimum:,}; {self.budget.advice(minimum)}"
             )
         return minimum

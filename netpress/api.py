@@ -605,7 +605,7 @@ def _compress_by_layer(
     for method in methods:
         given = _given(budget, method)
         check_budget(method, given)
-        settings.append(method.plan(list(weights.values()), given))
+        settings.append(method.plan(weights, given))
     rows: dict[str, list[dict]] = {m.name: [] for m in methods}
     packed: dict[str, Packed] = {}
     with torch.no_grad():

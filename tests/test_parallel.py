@@ -29,7 +29,7 @@ MEASURED = ("file_bytes", "ratio", "accuracy_after", "sparsity", "layers")  # al
 class RefusesHalf(MagnitudePruning):
     """Magnitude pruning that fails while compressing at sparsity 0.5 (after the checks a sweep makes)."""
 
-    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[int]:
+    def plan(self, weights: dict[str, torch.Tensor], budget: Budget | None) -> list[list[int]]:
         if budget.value == 0.5:
             raise BudgetError(f"refused {budget.value:g} in process {os.getpid()}")
         return super().plan(weights, budget)

@@ -257,6 +257,37 @@ def test_fcpts_learns_attention_in_projections_and_keeps_the_exact_target(tmp_pa
     assert netpress.inspect(tmp_path / "f.press")["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "erk", "lamp"])
+def test_allocations_count_the_query_key_and_value_rows_as_three_layers(allocation):
+    """The packed in-projection is allocated as the three Linear layers a model that writes them apart would have."""
+    model = _Encoder().eval()
+    name = "enc.layers.0.self_attn.in_proj_weight"
+    compressed = netpress.compress(model, netpress.MagnitudePruning(allocation), Budget(sparsity=0.6))
+    parts = [int((p == 0).sum()) for p in compressed.state_dict()[name].chunk(3)]
+    row = next(r for r in compressed.details["layers"]["magnitude"] if r["name"] == name)
+    assert row["part_sparsity"] == [c / 256 for c in parts] and row["sparsity"] == sum(parts) / 768
+    weights = netpress.methods.compressible_weights(model)
+    separate = [q for n, w in weights.items() for q in (w.chunk(3) if n.endswith("in_proj_weight") else [w])]
+    counts = netpress.methods.baselines.prune_counts(separate, 0.6, allocation)
+    first = [n for n in weights].index(name)
+    assert parts == counts[first : first + 3]
+    if allocation == "uniform":
+        assert parts == [154, 154, 154]  # 0.6 of each 16×16 part, where one share of the 48×16 rows let them differ
+
+
+def test_fcpts_learns_a_threshold_for_each_of_the_query_key_and_value_rows(tmp_path):
+    train, test = _data(IMAGE)
+    out = tmp_path / "f.press"
+    report = netpress.press(
+        _Encoder().eval(), FCPTS(iterations=5, batch_size=16), Budget(sparsity=0.7), out=out, data=(train, test)
+    )
+    name = "enc.layers.1.self_attn.in_proj_weight"
+    row = next(r for r in report["layers"]["fcpts"] if r["name"] == name)
+    stored = netpress.load(out, model=_Encoder()).state_dict()[name]
+    assert row["part_sparsity"] == [int((p == 0).sum()) / 256 for p in stored.chunk(3)]
+    assert len(set(row["part_sparsity"])) > 1  # learned apart
+
+
 def test_attention_with_separate_query_key_value_weights_is_named_as_stored_raw():
     compressed = netpress.compress(_Encoder(separate=True).eval(), UniformQuantization(8))
     assert compressed.details["uncompressed_layers"] == {

@@ -17,11 +17,14 @@ from netpress.data import Subset
 from netpress.errors import BudgetError, check_choice, check_flag, check_whole
 from netpress.methods.base import (
     MethodResult,
+    all_parts,
     apply_by_layer,
     check_budget,
     check_model,
     check_not_below_zeros,
+    layer_parts,
     one_at_a_time,
+    per_weight,
     split_exact,
     target_zeros,
 )
@@ -172,13 +175,18 @@ class MagnitudePruning:
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         return apply_by_layer(self, model, budget)
 
-    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[int]:
-        """How many weights each layer loses: the one decision that reads the whole model."""
-        return prune_counts(weights, check_budget(self, budget).sparsity, self.allocation)
+    def plan(self, weights: dict[str, torch.Tensor], budget: Budget | None) -> list[list[int]]:
+        """How many weights each layer loses (per part of a packed attention weight, ``layer_parts``): the one
+        decision that reads the whole model."""
+        parts, lengths = all_parts(weights)
+        return per_weight(prune_counts(parts, check_budget(self, budget).sparsity, self.allocation), lengths)
 
-    def code_layer(self, name: str, weight: torch.Tensor, count: int) -> tuple[SparseValues, dict]:
-        pruned = weight.masked_fill(smallest_mask(weight.abs(), count), 0.0)
-        row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "sparsity": count / weight.numel()}
+    def code_layer(self, name: str, weight: torch.Tensor, counts: list[int]) -> tuple[SparseValues, dict]:
+        mask = torch.cat([smallest_mask(part.abs(), c) for part, c in zip(layer_parts(name, weight), counts)])
+        pruned = weight.masked_fill(mask, 0.0)
+        row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "sparsity": sum(counts) / weight.numel()}
+        if len(counts) > 1:
+            row["part_sparsity"] = [c / (weight.numel() // len(counts)) for c in counts]
         return SparseValues.from_tensor(pruned), row
 
 
@@ -194,7 +202,7 @@ class _LayerByLayer:
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         return apply_by_layer(self, model, budget)
 
-    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
+    def plan(self, weights: dict[str, torch.Tensor], budget: Budget | None) -> list[None]:
         check_budget(self, budget, required=False)
         return [None] * len(weights)
 
@@ -233,11 +241,11 @@ class UniformQuantization(_LayerByLayer):
                     "scales of their own within each channel"
                 )
 
-    def plan(self, weights: list[torch.Tensor], budget: Budget | None) -> list[None]:
+    def plan(self, weights: dict[str, torch.Tensor], budget: Budget | None) -> list[None]:
         """Refuse, before any layer is coded, level tables this machine cannot build: a table of 2^bits float32
         levels per scale (16 bits with a scale per weight would take 57 GiB for LeNet-300's first layer)."""
         limit = _memory_bytes() // 2
-        for w in weights:
+        for w in weights.values():
             table_bytes = self._tables(w) * 2**self.bits * 4
             if table_bytes > limit:
                 fix = (

@@ -28,9 +28,12 @@ from netpress.data import Subset
 from netpress.errors import BudgetError, DataError, check_choice, check_real, check_seed, check_whole
 from netpress.methods.base import (
     MethodResult,
+    all_parts,
     check_budget,
     check_model,
     compressible_weights,
+    layer_parts,
+    per_weight,
     split_exact,
     target_zeros,
     zero_masks,
@@ -134,7 +137,7 @@ class FCPTS:
     def most_sparsity(self, model: nn.Module) -> float:
         """The most sparsity FCPTS reaches on ``model``, every layer keeping 1 % of its weights: a ratio search
         stops there."""
-        sizes = [w.numel() for w in compressible_weights(model).values()]
+        sizes = [p.numel() for p in all_parts(compressible_weights(model))[0]]
         return _most_zeros(sizes) / max(1, sum(sizes))
 
     def _initial_pruned(self, model: nn.Module, weights: dict, target: float, teacher: Teacher) -> tuple:
@@ -147,7 +150,7 @@ class FCPTS:
         best = None  # (score, allocation, counts, buffers): no pruned copy of the model is kept
         with torch.no_grad():
             for allocation in candidates:
-                counts = prune_counts(list(weights.values()), target, allocation)
+                counts = prune_counts(all_parts(weights)[0], target, allocation)
                 pruned = copy.deepcopy(model).eval()
                 _prune(pruned, counts, teacher)
                 score = teacher.score(pruned)
@@ -159,7 +162,7 @@ class FCPTS:
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
         """Refuse a sparsity FCPTS cannot reach, before any data is loaded or work done (sweep checks every point)."""
-        _reachable_keeping_minimum(list(check_model(model, trains=True).values()), check_budget(self, budget).sparsity)
+        _reachable_keeping_minimum(all_parts(check_model(model, trains=True))[0], check_budget(self, budget).sparsity)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
@@ -169,13 +172,16 @@ class FCPTS:
         student = copy.deepcopy(model).eval()
         weights = check_model(student, trains=True)
         names = list(weights)
-        sizes = [w.numel() for w in weights.values()]
+        # One threshold per layer part (an attention layer's packed in-projection is three: layer_parts).
+        with torch.no_grad():
+            parts, lengths = all_parts(weights)
+        sizes = [p.numel() for p in parts]
         total = sum(sizes)
         min_keep = _min_keep(sizes)
         # Weights an earlier stage pruned stay zero (stages never undo each other): masked after every step.
-        zeros = _reachable_keeping_minimum(list(weights.values()), target)
+        zeros = _reachable_keeping_minimum(parts, target)
         pruned_before = zero_masks(weights)
-        erk_counts = prune_counts(list(weights.values()), target, "erk")
+        erk_counts = prune_counts(parts, target, "erk")
         teacher = teacher_for(model, data, self.temperature)
         init_counts, init, start_buffers, start_loss = self._initial_pruned(model, weights, target, teacher)
         # Optimise under the start's re-estimated BatchNorm statistics, not the dense model's: weights
@@ -185,7 +191,7 @@ class FCPTS:
                 buffer.copy_(start_buffer)
 
         log_thresholds = nn.Parameter(
-            torch.tensor([math.log(max(_kth_magnitude(w, c), 1e-12)) for w, c in zip(weights.values(), init_counts)])
+            torch.tensor([math.log(max(_kth_magnitude(p, c), 1e-12)) for p, c in zip(parts, init_counts)])
         )
         generator = torch.Generator().manual_seed(self.seed)
         teacher.add_mixtures(model, self.mixed, generator)
@@ -202,10 +208,14 @@ class FCPTS:
                 thresholds = log_thresholds.exp()
                 params = {k: v if self.weight_lr > 0 else v.detach() for k, v in student.named_parameters()}
                 layer_rates = []
-                for i, name in enumerate(names):
-                    w = params[name]
-                    params[name] = _masked(w, thresholds[i])
-                    layer_rates.append(layer_sparsity(thresholds[i], w, generator) * sizes[i])
+                first = 0
+                for name in names:
+                    pieces = layer_parts(name, params[name])
+                    masked = [_masked(p, thresholds[first + j]) for j, p in enumerate(pieces)]
+                    params[name] = masked[0] if len(masked) == 1 else torch.cat(masked)
+                    for p in pieces:
+                        layer_rates.append(layer_sparsity(thresholds[first], p, generator) * sizes[first])
+                        first += 1
                 sparsity = torch.stack(layer_rates).sum() / total
                 outputs = teacher.outputs(student, idx, params)
                 loss = teacher.loss(outputs, idx) + self.penalty * (sparsity - target).abs()
@@ -217,7 +227,7 @@ class FCPTS:
                     for name, mask in pruned_before.items():
                         weights[name].masked_fill_(mask, 0.0)
                     stepped = log_thresholds.exp()
-                    for i, w in enumerate(weights.values()):
+                    for i, w in enumerate(parts):
                         # More than the minimum kept above CLAMP_MARGIN · t: t is under the ceiling, and a count
                         # spares the selection the ceiling costs (a tenth of a step on MiniLM).
                         if int((w.abs() > stepped[i] * CLAMP_MARGIN).sum()) > min_keep[i]:
@@ -232,7 +242,7 @@ class FCPTS:
         # Projection: exactly ⌈target · N⌉ zeros, in the learned per-layer proportions.
         with torch.no_grad():
             thresholds = log_thresholds.exp()
-            learned = [float((w.abs() <= t).sum()) for w, t in zip(weights.values(), thresholds)]  # what _masked prunes
+            learned = [float((p.abs() <= t).sum()) for p, t in zip(parts, thresholds)]  # what _masked prunes
             caps = [n - k for n, k in zip(sizes, min_keep)]
             counts = split_exact(target_zeros(target, total), learned, caps, zeros)
             _prune(student, counts, teacher)
@@ -241,26 +251,20 @@ class FCPTS:
             if start_loss < teacher.score(student):
                 student, counts, kept = _start(model, init_counts, start_buffers), init_counts, init
             result = MethodResult(student)
-            for (name, w), count, erk in zip(compressible_weights(student).items(), counts, erk_counts):
+            weights = compressible_weights(student)
+            for (name, w), part_counts, erk in zip(weights.items(), per_weight(counts, lengths), per_weight(erk_counts, lengths)):
                 result.codes[name] = SparseValues.from_tensor(w.detach().clone())
-                result.rows.append(
-                    {
-                        "name": name,
-                        "shape": list(w.shape),
-                        "params": w.numel(),
-                        "sparsity": count / w.numel(),
-                        "erk_sparsity": erk / w.numel(),
-                        "init": init,
-                        "kept": kept,
-                    }
-                )
+                row = {"name": name, "shape": list(w.shape), "params": w.numel(), "sparsity": sum(part_counts) / w.numel()}
+                if len(part_counts) > 1:
+                    row["part_sparsity"] = [c / (w.numel() // len(part_counts)) for c in part_counts]
+                result.rows.append({**row, "erk_sparsity": sum(erk) / w.numel(), "init": init, "kept": kept})
         return result
 
 
 def _prune_weights(model: nn.Module, counts: list[int]) -> None:
-    """Zero each layer's ``count`` smallest weights."""
-    for w, count in zip(compressible_weights(model).values(), counts):
-        w.masked_fill_(smallest_mask(w.abs(), count), 0.0)
+    """Zero each layer part's ``count`` smallest weights (``layer_parts``)."""
+    for part, count in zip(all_parts(compressible_weights(model))[0], counts):
+        part.masked_fill_(smallest_mask(part.abs(), count), 0.0)
 
 
 def _prune(model: nn.Module, counts: list[int], teacher: Teacher) -> None:

@@ -1,4 +1,5 @@
 import copy
+import functools
 import re
 import warnings
 
@@ -723,11 +724,17 @@ LAYERWISE = {
 }
 
 
+def _attention_layer() -> nn.Module:
+    torch.manual_seed(5)
+    return nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0)  # a packed in-projection: three parts to allocate
+
+
 @pytest.mark.parametrize("setting", LAYERWISE)
 @pytest.mark.parametrize("raw_dtype", ["fp32", "fp16"])
-def test_data_free_stages_run_layer_by_layer_write_the_file_the_whole_model_stages_write(setting, raw_dtype):
+@pytest.mark.parametrize("build", [functools.partial(random_model, 5), _attention_layer], ids=["random", "attention"])
+def test_data_free_stages_run_layer_by_layer_write_the_file_the_whole_model_stages_write(setting, raw_dtype, build):
     methods, budget = LAYERWISE[setting]
-    model = random_model(5)
+    model = build()
     assert api._layerwise(methods)
     by_layer = api._compress_by_layer(model, methods, budget, raw_dtype)
     by_model = api._compress_by_model(model, methods, budget, None, raw_dtype)

@@ -2,6 +2,7 @@
 state, fixed-width reshapes, tiny models. Each is compressed into a file that loads back, or refused in one
 line that says why."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -285,7 +286,9 @@ def test_fcpts_learns_a_threshold_for_each_of_the_query_key_and_value_rows(tmp_p
     row = next(r for r in report["layers"]["fcpts"] if r["name"] == name)
     stored = netpress.load(out, model=_Encoder()).state_dict()[name]
     assert row["part_sparsity"] == [int((p == 0).sum()) / 256 for p in stored.chunk(3)]
-    assert len(set(row["part_sparsity"])) > 1  # learned apart
+    assert row["kept"] == "learned" and len(set(row["part_sparsity"])) > 1  # learned apart
+    sizes = [(math.prod(t["shape"]), t["sparsity"]) for t in netpress.inspect(out)["tensors"] if t["kind"] != "raw"]
+    assert sum(round(s * n) for n, s in sizes) == netpress.methods.base.target_zeros(0.7, sum(n for n, _ in sizes))
 
 
 def test_attention_with_separate_query_key_value_weights_is_named_as_stored_raw():

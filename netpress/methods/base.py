@@ -89,16 +89,26 @@ def layer_parts(name: str, weight: torch.Tensor) -> list[torch.Tensor]:
     return [weight]
 
 
-def all_parts(weights: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
-    """Every layer the weights hold (``layer_parts``), in order, and how many each weight holds."""
-    parts = [layer_parts(name, w) for name, w in weights.items()]
-    return [p for ps in parts for p in ps], [len(ps) for ps in parts]
+def all_parts(weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Every layer the weights hold (``layer_parts``), in order."""
+    return [part for name, w in weights.items() for part in layer_parts(name, w)]
 
 
-def per_weight(values: list[T], lengths: list[int]) -> list[list[T]]:
-    """Values listed per layer part (``all_parts``), grouped by the weight holding the parts."""
+def per_weight(values: list[T], weights: dict[str, torch.Tensor]) -> list[list[T]]:
+    """Values listed per layer part (``all_parts(weights)``), grouped by the weight holding the parts."""
+    lengths = [len(layer_parts(name, w)) for name, w in weights.items()]
+    if len(values) != sum(lengths):
+        raise ValueError(f"internal error: {len(values)} values for {sum(lengths)} layer parts")
     it = iter(values)
     return [[next(it) for _ in range(n)] for n in lengths]
+
+
+def pruned_row(name: str, weight: torch.Tensor, counts: list[int]) -> dict:
+    """A pruned weight's report row: its sparsity, and each part's (``part_sparsity``) where it holds several."""
+    row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "sparsity": sum(counts) / weight.numel()}
+    if len(counts) > 1:
+        row["part_sparsity"] = [c / (weight.numel() // len(counts)) for c in counts]
+    return row
 
 
 @dataclass

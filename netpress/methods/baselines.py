@@ -25,6 +25,7 @@ from netpress.methods.base import (
     layer_parts,
     one_at_a_time,
     per_weight,
+    pruned_row,
     split_exact,
     target_zeros,
 )
@@ -170,7 +171,7 @@ class MagnitudePruning:
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
         """Refuse a sparsity no file can have, before any work (sweep checks every point)."""
-        reachable_zeros(list(check_model(model).values()), check_budget(self, budget).sparsity)
+        reachable_zeros(all_parts(check_model(model)), check_budget(self, budget).sparsity)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         return apply_by_layer(self, model, budget)
@@ -178,16 +179,11 @@ class MagnitudePruning:
     def plan(self, weights: dict[str, torch.Tensor], budget: Budget | None) -> list[list[int]]:
         """How many weights each layer loses (per part of a packed attention weight, ``layer_parts``): the one
         decision that reads the whole model."""
-        parts, lengths = all_parts(weights)
-        return per_weight(prune_counts(parts, check_budget(self, budget).sparsity, self.allocation), lengths)
+        return per_weight(prune_counts(all_parts(weights), check_budget(self, budget).sparsity, self.allocation), weights)
 
     def code_layer(self, name: str, weight: torch.Tensor, counts: list[int]) -> tuple[SparseValues, dict]:
         mask = torch.cat([smallest_mask(part.abs(), c) for part, c in zip(layer_parts(name, weight), counts)])
-        pruned = weight.masked_fill(mask, 0.0)
-        row = {"name": name, "shape": list(weight.shape), "params": weight.numel(), "sparsity": sum(counts) / weight.numel()}
-        if len(counts) > 1:
-            row["part_sparsity"] = [c / (weight.numel() // len(counts)) for c in counts]
-        return SparseValues.from_tensor(pruned), row
+        return SparseValues.from_tensor(weight.masked_fill(mask, 0.0)), pruned_row(name, weight, counts)
 
 
 class _LayerByLayer:

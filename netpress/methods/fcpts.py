@@ -1,7 +1,8 @@
 """FCPTS: fast and controllable post-training sparsity (Gong et al., AAAI 2024).
 
-One learnable magnitude threshold per layer, initialised from whichever magnitude allocation (ERK,
-the paper's, or global, uniform, LAMP) distils best on the calibration subset. The loss is
+One learnable magnitude threshold per layer (three for an attention layer's packed query/key/value rows),
+initialised from whichever magnitude allocation (ERK, the paper's, or global, uniform, LAMP) distils best on the
+calibration subset. The loss is
 distillation from the dense model on a calibration subset (a classifier: KL at temperature 4, also
 on mixtures of its inputs; a sentence encoder: cosine distance of its embeddings; a causal language model:
 KL of its next-token distributions; see
@@ -34,6 +35,7 @@ from netpress.methods.base import (
     compressible_weights,
     layer_parts,
     per_weight,
+    pruned_row,
     split_exact,
     target_zeros,
     zero_masks,
@@ -137,7 +139,7 @@ class FCPTS:
     def most_sparsity(self, model: nn.Module) -> float:
         """The most sparsity FCPTS reaches on ``model``, every layer keeping 1 % of its weights: a ratio search
         stops there."""
-        sizes = [p.numel() for p in all_parts(compressible_weights(model))[0]]
+        sizes = [p.numel() for p in all_parts(compressible_weights(model))]
         return _most_zeros(sizes) / max(1, sum(sizes))
 
     def _initial_pruned(self, model: nn.Module, weights: dict, target: float, teacher: Teacher) -> tuple:
@@ -150,7 +152,7 @@ class FCPTS:
         best = None  # (score, allocation, counts, buffers): no pruned copy of the model is kept
         with torch.no_grad():
             for allocation in candidates:
-                counts = prune_counts(all_parts(weights)[0], target, allocation)
+                counts = prune_counts(all_parts(weights), target, allocation)
                 pruned = copy.deepcopy(model).eval()
                 _prune(pruned, counts, teacher)
                 score = teacher.score(pruned)
@@ -162,7 +164,7 @@ class FCPTS:
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
         """Refuse a sparsity FCPTS cannot reach, before any data is loaded or work done (sweep checks every point)."""
-        _reachable_keeping_minimum(all_parts(check_model(model, trains=True))[0], check_budget(self, budget).sparsity)
+        _reachable_keeping_minimum(all_parts(check_model(model, trains=True)), check_budget(self, budget).sparsity)
 
     def apply(self, model: nn.Module, data: Subset | None = None, budget: Budget | None = None) -> MethodResult:
         budget = check_budget(self, budget)
@@ -172,9 +174,10 @@ class FCPTS:
         student = copy.deepcopy(model).eval()
         weights = check_model(student, trains=True)
         names = list(weights)
-        # One threshold per layer part (an attention layer's packed in-projection is three: layer_parts).
+        # One threshold per layer part (an attention layer's packed in-projection is three: layer_parts). The parts
+        # are views the in-place clamps and pruning below read and write through, so autograd does not track them.
         with torch.no_grad():
-            parts, lengths = all_parts(weights)
+            parts = all_parts(weights)
         sizes = [p.numel() for p in parts]
         total = sum(sizes)
         min_keep = _min_keep(sizes)
@@ -208,14 +211,14 @@ class FCPTS:
                 thresholds = log_thresholds.exp()
                 params = {k: v if self.weight_lr > 0 else v.detach() for k, v in student.named_parameters()}
                 layer_rates = []
-                first = 0
+                part = 0  # the index of the name's first part among all parts
                 for name in names:
                     pieces = layer_parts(name, params[name])
-                    masked = [_masked(p, thresholds[first + j]) for j, p in enumerate(pieces)]
+                    masked = [_masked(p, thresholds[part + j]) for j, p in enumerate(pieces)]
                     params[name] = masked[0] if len(masked) == 1 else torch.cat(masked)
-                    for p in pieces:
-                        layer_rates.append(layer_sparsity(thresholds[first], p, generator) * sizes[first])
-                        first += 1
+                    for j, p in enumerate(pieces):
+                        layer_rates.append(layer_sparsity(thresholds[part + j], p, generator) * sizes[part + j])
+                    part += len(pieces)
                 sparsity = torch.stack(layer_rates).sum() / total
                 outputs = teacher.outputs(student, idx, params)
                 loss = teacher.loss(outputs, idx) + self.penalty * (sparsity - target).abs()
@@ -251,24 +254,22 @@ class FCPTS:
             if start_loss < teacher.score(student):
                 student, counts, kept = _start(model, init_counts, start_buffers), init_counts, init
             result = MethodResult(student)
-            weights = compressible_weights(student)
-            for (name, w), part_counts, erk in zip(weights.items(), per_weight(counts, lengths), per_weight(erk_counts, lengths)):
+            pruned = compressible_weights(student)
+            for (name, w), part_counts, erk in zip(pruned.items(), per_weight(counts, pruned), per_weight(erk_counts, pruned)):
                 result.codes[name] = SparseValues.from_tensor(w.detach().clone())
-                row = {"name": name, "shape": list(w.shape), "params": w.numel(), "sparsity": sum(part_counts) / w.numel()}
-                if len(part_counts) > 1:
-                    row["part_sparsity"] = [c / (w.numel() // len(part_counts)) for c in part_counts]
+                row = pruned_row(name, w, part_counts)
                 result.rows.append({**row, "erk_sparsity": sum(erk) / w.numel(), "init": init, "kept": kept})
         return result
 
 
 def _prune_weights(model: nn.Module, counts: list[int]) -> None:
     """Zero each layer part's ``count`` smallest weights (``layer_parts``)."""
-    for part, count in zip(all_parts(compressible_weights(model))[0], counts):
+    for part, count in zip(all_parts(compressible_weights(model)), counts):
         part.masked_fill_(smallest_mask(part.abs(), count), 0.0)
 
 
 def _prune(model: nn.Module, counts: list[int], teacher: Teacher) -> None:
-    """Zero each layer's ``count`` smallest weights, then re-estimate BatchNorm statistics."""
+    """Zero each layer part's ``count`` smallest weights, then re-estimate BatchNorm statistics."""
     _prune_weights(model, counts)
     teacher.recalibrate(model)
 

@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -93,10 +94,10 @@ class RowEncoder(nn.Module):
         return self.head(self.encoder(tokens).mean(1))
 
 
-def train(layers: int, epochs: int) -> tuple[RowEncoder, float]:
-    """The classifier trained seeded on the training split, and the seconds it took."""
+def train(build: Callable[[], nn.Module], epochs: int) -> tuple[nn.Module, float]:
+    """The classifier ``build`` makes, trained seeded on the training split, and the seconds it took."""
     torch.manual_seed(0)
-    model = RowEncoder(layers)
+    model = build()
     inputs, labels = load_dataset("fashion-mnist", "train").tensors
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     steps = epochs * -(-len(inputs) // BATCH)
@@ -132,7 +133,7 @@ def main() -> None:
         parser.error(f"unknown --settings {sorted(unknown)}; choose from {list(SETTINGS)}")
     torch.set_num_threads(args.threads)
 
-    model, train_seconds = train(args.layers, args.epochs)
+    model, train_seconds = train(lambda: RowEncoder(args.layers), args.epochs)
     test_inputs, test_labels = load_dataset("fashion-mnist", "test").tensors
     with torch.no_grad():
         dense_accuracy = (predict(model, test_inputs).argmax(1) == test_labels).float().mean().item()

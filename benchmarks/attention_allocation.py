@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
 
-from attention import ROWS, train  # noqa: E402
+from attention import ROWS, RowEncoder, train  # noqa: E402
 from common import regenerate_results_md, timed_press, write_result  # noqa: E402
 
 import netpress  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--name", default="attention-allocation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = train(2, 4)
+    model, _ = train(lambda: RowEncoder(2), 4)
     inputs, labels = load_dataset("fashion-mnist", "test").tensors
     with torch.no_grad():
         dense_classes = predict(model, inputs).argmax(1)

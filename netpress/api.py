@@ -93,8 +93,8 @@ from netpress.methods.base import (
     method_record,
     one_at_a_time,
     uncompressed_layers,
-    weight_key,
-    weight_name,
+    weight_keys,
+    weight_names,
 )
 from netpress.methods.sizing import UNDRAWN_CALIBRATION
 from netpress.sources import ModelHandle, architecture_for, build_architecture, input_bytes, kept_float_dtype, load_model
@@ -307,7 +307,7 @@ def compress(
     by default in the precision the last method chose for them, else fp16 for a model read from a .press file whose
     floats are all fp16 (``ModelHandle.raw_dtype``), else fp32.
     A ratio budget is checked on the serialised file. ``details["uncompressed_layers"]`` names the layers stored as
-    floats because no method here codes their type (an LSTM, attention with separate query/key/value weights).
+    floats because no method here codes their type (attention with separate query/key/value weights, a custom layer).
     Data-free layer-wise stages (magnitude pruning, then uniform or k-means quantization) run one layer at a time and
     hold each coded tensor as its stream (``Packed``; ``.unpack()`` gives its codes), so a large model is never in memory twice.
     """
@@ -341,17 +341,18 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
         )
     modules = handle.module.named_modules(remove_duplicate=False)  # a layer under two names answers to both
     layers = {name: module for name, module in modules if is_compressible(module)}
-    weights = {name: weight_name(name, m) for name, m in layers.items()}
+    weights = {name: weight_names(name, m) for name, m in layers.items()}
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(weights[name], pattern) for name in layers):
+        if not any(fnmatch.fnmatchcase(n, pattern) for name in layers for n in [name, *weights[name]]):
             shown = ", ".join(list(layers)[:12]) + (", …" if len(layers) > 12 else "")
             raise BudgetError(f"keep: {pattern!r} names no compressible layer or its weight; the layers are {shown}")
     by_name = [m for n, m in layers.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    named = by_name + [m for n, m in layers.items() if any(fnmatch.fnmatchcase(weights[n], p) for p in patterns)]
+    # A recurrent layer named by one of its weights is kept whole.
+    named = by_name + [m for n, m in layers.items() if any(fnmatch.fnmatchcase(w, p) for w in weights[n] for p in patterns)]
     # An attention layer kept by name is kept whole: its output projection is a Linear of its own, run by its weight.
     named += [m.out_proj for m in by_name if isinstance(m, nn.MultiheadAttention)]
     kept = list({id(m): m for m in named}.values())
-    if {weight_key(m) for m in kept} >= {weight_key(m) for m in layers.values()}:  # a tie is kept with its weight
+    if {k for m in kept for k in weight_keys(m)} >= {k for m in layers.values() for k in weight_keys(m)}:  # ties too
         raise BudgetError("keep names every compressible layer: nothing would be compressed")
     for module in kept:
         setattr(module, KEPT, True)

@@ -816,18 +816,59 @@ def test_press_and_sweep_check_their_outputs_before_a_ratio_search_compresses_a_
 
 
 class _Recurrent(nn.Module):
-    def __init__(self):
+    def __init__(self, kind: type[nn.RNNBase] = nn.GRU, **options):
         super().__init__()
-        self.rnn, self.fc = nn.GRU(8, 16, batch_first=True), nn.Linear(16, 4)
+        torch.manual_seed(0)
+        width = (options.get("proj_size") or 16) * (1 + options.get("bidirectional", 0))
+        self.rnn, self.fc = kind(8, 16, batch_first=True, **options), nn.Linear(width, 4)
 
     def forward(self, x):
         return self.fc(self.rnn(x)[0][:, -1])
 
 
 def test_compress_names_the_layers_it_stores_as_floats():
-    """A GRU is no layer a method codes: compress() says so, as press's report does."""
-    compressed = netpress.compress(_Recurrent(), MagnitudePruning(), Budget(sparsity=0.5))
-    assert compressed.details["uncompressed_layers"] == {"rnn": {"type": "GRU", "params": 1248}}
+    """A bilinear layer is no layer a method codes: compress() says so, as press's report does."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Bilinear(8, 8, 4))
+    compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5))
+    assert compressed.details["uncompressed_layers"] == {"1": {"type": "Bilinear", "params": 260}}
+
+
+@pytest.mark.parametrize(
+    "kind, options, coded",
+    [
+        (nn.GRU, {}, ["rnn.weight_ih_l0", "rnn.weight_hh_l0"]),
+        (nn.LSTM, {"num_layers": 2}, ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_ih_l1", "rnn.weight_hh_l1"]),
+        (
+            nn.RNN,
+            {"bidirectional": True},
+            ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_ih_l0_reverse", "rnn.weight_hh_l0_reverse"],
+        ),
+        (nn.LSTM, {"proj_size": 8}, ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_hr_l0"]),
+    ],
+)
+def test_recurrent_weights_are_coded_and_come_back_exactly(tmp_path, kind, options, coded):
+    """Every input, recurrent and projection weight of an RNN / LSTM / GRU is coded (its biases stay raw), counts
+    toward the sparsity target, and the loaded model runs as the compressed one."""
+    model = _Recurrent(kind, **options).eval()
+    assert list(netpress.methods.compressible_weights(model)) == [*coded, "fc.weight"]
+    compressed = netpress.compress(model, [MagnitudePruning("lamp"), UniformQuantization(6)], Budget(sparsity=0.6))
+    assert compressed.details["uncompressed_layers"] == {}
+    weights = netpress.methods.compressible_weights(model)
+    zeros = sum(int((compressed.state_dict()[n] == 0).sum()) for n in weights)
+    assert zeros >= netpress.methods.base.target_zeros(0.6, sum(w.numel() for w in weights.values()))
+    netpress.save(compressed, tmp_path / "r.press")
+    kinds = {t["name"]: t["kind"] for t in netpress.inspect(tmp_path / "r.press")["tensors"]}
+    assert all(kinds[n] != "raw" for n in coded) and all(kinds[n] == "raw" for n in kinds if ".bias" in n)
+    loaded = netpress.load(tmp_path / "r.press", model=_Recurrent(kind, **options)).eval()
+    x = torch.randn(3, 5, 8)
+    assert torch.equal(loaded(x), compressed.to_module(_Recurrent(kind, **options)).eval()(x))
+
+
+def test_a_recurrent_layer_named_by_one_weight_is_kept_whole():
+    model = _Recurrent(nn.LSTM)
+    compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5), keep=["rnn.weight_hh_l0"])
+    assert compressed.summary["kept"] == ["rnn"]
+    assert all(torch.equal(compressed.state_dict()[n], w) for n, w in model.rnn.named_parameters(prefix="rnn"))
 
 
 def test_a_transposed_convolution_is_coded_like_any_convolution(tmp_path):

@@ -47,35 +47,46 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Embedding,
 )
 COMPRESSIBLE_NAMES = ", ".join(
-    [*(t.__name__ for t in COMPRESSIBLE_LAYERS), "MultiheadAttention's packed in-projection", "transformers' Conv1D (GPT-2)"]
+    [
+        *(t.__name__ for t in COMPRESSIBLE_LAYERS),
+        "MultiheadAttention's packed in-projection",
+        "RNN / LSTM / GRU weights",
+        "transformers' Conv1D (GPT-2)",
+    ]
 )
 # Training samples the retraining methods re-estimate BatchNorm statistics on once their weights are final.
 BATCHNORM_SAMPLES = 1024
 
 
 def is_compressible(module: nn.Module) -> bool:
-    """Whether a weight stage codes the layer's weight: ``COMPRESSIBLE_LAYERS``; ``nn.MultiheadAttention``'s packed
+    """Whether a weight stage codes the layer's weights: ``COMPRESSIBLE_LAYERS``; ``nn.MultiheadAttention``'s packed
     query/key/value projection (``nn.TransformerEncoderLayer``, torchvision's ViT: a quarter of their weights; its
-    output projection is an ``nn.Linear`` of its own); and transformers' ``Conv1D``, the linear layer of GPT-2 and its
-    kin (a weight stored (in, out), so its rows are input features), recognised by name, so that netpress does not
-    import transformers for models without it."""
+    output projection is an ``nn.Linear`` of its own); the input and recurrent weights of ``nn.RNN``, ``nn.LSTM`` and
+    ``nn.GRU`` (their rows the gates' units, as a Linear's outputs); and transformers' ``Conv1D``, the linear layer of
+    GPT-2 and its kin (a weight stored (in, out), so its rows are input features), recognised by name, so that netpress
+    does not import transformers for models without it."""
     kind = type(module)
     return (
-        isinstance(module, COMPRESSIBLE_LAYERS)
+        isinstance(module, (*COMPRESSIBLE_LAYERS, nn.RNNBase))
         or (isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None)
         or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
     )
 
 
-def weight_attribute(module: nn.Module) -> str:
-    """The name of the parameter a weight stage codes in a compressible layer: ``weight``, or an attention layer's
-    ``in_proj_weight`` (its rows the outputs, queries then keys then values, as a Linear's)."""
-    return "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
+def weight_attributes(module: nn.Module) -> list[str]:
+    """The names of the parameters a weight stage codes in a compressible layer: ``weight``; an attention layer's
+    ``in_proj_weight`` (its rows the outputs, queries then keys then values, as a Linear's); or a recurrent layer's
+    weights, layer by layer and direction by direction (``weight_ih_l0``, ``weight_hh_l0``, …; its biases stay raw)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return ["in_proj_weight"]
+    if isinstance(module, nn.RNNBase):
+        return [name for name in module._flat_weights_names if name.startswith("weight_")]  # parametrized ones too
+    return ["weight"]
 
 
-def weight_name(layer: str, module: nn.Module) -> str:
-    """The state-dict name of the weight a weight stage codes in the compressible layer ``layer``."""
-    return f"{layer}.{weight_attribute(module)}" if layer else weight_attribute(module)
+def weight_names(layer: str, module: nn.Module) -> list[str]:
+    """The state-dict names of the weights a weight stage codes in the compressible layer ``layer``."""
+    return [f"{layer}.{attribute}" if layer else attribute for attribute in weight_attributes(module)]
 
 
 def layer_parts(name: str, weight: torch.Tensor) -> list[torch.Tensor]:
@@ -194,44 +205,47 @@ def kept_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if getattr(module, KEPT, False)]
 
 
-def _coded_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """``{module name: layer}`` of the layers whose weight a weight stage codes, in model order.
+def _coded_weights(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """``{state-dict name: (layer, attribute)}`` of the weights a weight stage codes, in model order.
 
     A weight reachable under several names (T5's table shared by encoder and decoder, a language model's
     embedding tied to its output layer, one layer used twice) is coded once, under its first layer: the
     file stores it under that name only, and loading ties the others to it. A layer the caller asked to
-    keep (marked ``KEPT``) is left raw, and so is every layer sharing its weight."""
-    kept = {weight_key(m) for m in model.modules() if is_compressible(m) and getattr(m, KEPT, False)}
-    layers: dict[str, nn.Module] = {}
+    keep (marked ``KEPT``) is left raw, and so is every layer sharing its weights."""
+    kept = {key for m in model.modules() if is_compressible(m) and getattr(m, KEPT, False) for key in weight_keys(m)}
+    weights: dict[str, tuple[nn.Module, str]] = {}
     seen = set(kept)
     for name, module in model.named_modules():
-        if is_compressible(module) and weight_key(module) not in seen:
-            seen.add(weight_key(module))
-            layers[name] = module
-    return layers
+        if not is_compressible(module):
+            continue
+        for weight, attribute, key in zip(weight_names(name, module), weight_attributes(module), weight_keys(module)):
+            if key not in seen:
+                seen.add(key)
+                weights[weight] = (module, attribute)
+    return weights
 
 
-def weight_key(module: nn.Module) -> int:
-    """What identifies a layer's weight among its ties: the stored parameter (a parametrized layer computes a new
-    ``weight`` at every access, so that layer stands for itself)."""
-    stored = module._parameters.get(weight_attribute(module))
-    return id(stored) if stored is not None else id(module)
+def weight_keys(module: nn.Module) -> list[object]:
+    """What identifies each of a layer's coded weights among its ties: the stored parameter (a parametrized layer
+    computes a new ``weight`` at every access, so that weight of that layer stands for itself)."""
+    stored = [(module._parameters.get(attribute), attribute) for attribute in weight_attributes(module)]
+    return [id(weight) if weight is not None else (id(module), attribute) for weight, attribute in stored]
 
 
 def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """``{state-dict name: weight}`` of every layer a weight stage codes (``is_compressible``), in model order."""
-    return {weight_name(name, m): getattr(m, weight_attribute(m)) for name, m in _coded_layers(model).items()}
+    """``{state-dict name: weight}`` of every weight a weight stage codes (``is_compressible``), in model order."""
+    return {name: getattr(module, attribute) for name, (module, attribute) in _coded_weights(model).items()}
 
 
 def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | None = None) -> dict[str, dict]:
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
-    (an LSTM, attention with separate query/key/value weights, a custom layer): they go into the
+    (attention with separate query/key/value weights, a bilinear or custom layer): they go into the
     file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
     if kinds is None:  # a layer whose weight is tied to a coded or kept one's is coded or kept with it
         layers = [m for m in model.modules() if is_compressible(m)]
-        chosen = [*_coded_layers(model).values(), *(m for m in layers if getattr(m, KEPT, False))]
-        weights = {weight_key(m) for m in chosen}
-        coded = {m for m in layers if weight_key(m) in weights}
+        chosen = [*(m for m, _ in _coded_weights(model).values()), *(m for m in layers if getattr(m, KEPT, False))]
+        weights = {key for m in chosen for key in weight_keys(m)}
+        coded = {m for m in layers if set(weight_keys(m)) & weights}
     else:
         coded = {m for m in model.modules() if isinstance(m, kinds)}
     return {

@@ -8,7 +8,7 @@ split). Each setting runs through ``netpress.press`` with the LSTM's weights cod
 Calibration: 1,024 training images, seed 0; accuracy and agreement from the written file on the test split.
 
     .venv/bin/python benchmarks/recurrent.py [--hidden 128] [--epochs 3] [--threads 2]
-        [--settings uniform-8,uniform-4,lamp-50,lamp-80,fcpts-50,fcpts-80,l2-8,l2-16] [--name recurrent]
+        [--settings uniform-8-tensor,uniform-8,uniform-4,lamp-50,lamp-80,fcpts-50,fcpts-80,l2-8,l2-16] [--name recurrent]
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from netpress.compressed import fp32_bytes  # noqa: E402
 from netpress.data import load_dataset  # noqa: E402
 from netpress.errors import BudgetError  # noqa: E402
 from netpress.evaluate import predict  # noqa: E402
-from netpress.methods import compressible_weights  # noqa: E402
+from netpress.methods import UniformQuantization, compressible_weights  # noqa: E402
 
+# torch.ao's dynamic int8 gives the LSTM one scale per tensor: the like-for-like netpress setting.
+RECURRENT_SETTINGS = {"uniform-8-tensor": ("uniform 8-bit per tensor", lambda: [UniformQuantization(8)], None), **SETTINGS}
 CODED, RAW = "coded", "raw (kept)"
 COLUMNS = {
     "lstm": "coded: the LSTM's weights go through the method (the default since commit 3443180); raw (kept): "
@@ -76,13 +78,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--settings", default="uniform-8,uniform-4,lamp-50,lamp-80,fcpts-50,fcpts-80,l2-8,l2-16")
+    parser.add_argument("--settings", default="uniform-8-tensor,uniform-8,uniform-4,lamp-50,lamp-80,fcpts-50,fcpts-80,l2-8,l2-16")
     parser.add_argument("--name", default="recurrent")
     args = parser.parse_args()
     chosen = args.settings.split(",")
-    unknown = set(chosen) - set(SETTINGS)
+    unknown = set(chosen) - set(RECURRENT_SETTINGS)
     if unknown:
-        parser.error(f"unknown --settings {sorted(unknown)}; choose from {list(SETTINGS)}")
+        parser.error(f"unknown --settings {sorted(unknown)}; choose from {list(RECURRENT_SETTINGS)}")
     torch.set_num_threads(args.threads)
 
     model, train_seconds = train(lambda: RowLSTM(args.hidden), args.epochs)
@@ -100,7 +102,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in chosen:
-            setting, methods, budget = SETTINGS[key]
+            setting, methods, budget = RECURRENT_SETTINGS[key]
             for mode, keep in ((CODED, []), (RAW, ["rnn"])):
                 out = Path(tmp) / f"{key}-{'raw' if keep else 'coded'}.press"
                 try:

@@ -864,6 +864,27 @@ def test_recurrent_weights_are_coded_and_come_back_exactly(tmp_path, kind, optio
     assert torch.equal(loaded(x), compressed.to_module(_Recurrent(kind, **options)).eval()(x))
 
 
+@pytest.mark.parametrize(
+    "kind, options, counts",
+    [
+        (nn.LSTM, {}, [4, 4]),
+        (nn.GRU, {"bidirectional": True}, [3, 3, 3, 3]),
+        (nn.RNN, {"num_layers": 2}, [1, 1, 1, 1]),
+        (nn.LSTM, {"proj_size": 8}, [4, 4, 1]),
+    ],
+)
+def test_an_allocation_counts_each_gate_of_a_recurrent_weight_as_a_layer(kind, options, counts):
+    model = _Recurrent(kind, **options)
+    weights = netpress.methods.compressible_weights(model)
+    assert netpress.methods.base.part_counts(weights) == [*counts, 1]
+    compressed = netpress.compress(model, MagnitudePruning("uniform"), Budget(sparsity=0.5))
+    rows = {r["name"]: r for r in compressed.details["layers"]["magnitude"]}
+    for name, parts in zip(weights, counts):
+        gates = compressed.state_dict()[name].chunk(parts)
+        assert {int((g == 0).sum()) for g in gates} == {gates[0].numel() // 2}  # each gate's rows lose half
+        assert rows[name].get("part_sparsity", [0.5]) == [0.5] * parts
+
+
 def test_a_recurrent_layer_named_by_one_weight_is_kept_whole():
     model = _Recurrent(nn.LSTM)
     compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5), keep=["rnn.weight_hh_l0"])

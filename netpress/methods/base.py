@@ -11,6 +11,7 @@ import copy
 import ctypes
 import functools
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol, TypeVar
@@ -89,25 +90,46 @@ def weight_names(layer: str, module: nn.Module) -> list[str]:
     return [f"{layer}.{attribute}" if layer else attribute for attribute in weight_attributes(module)]
 
 
-def layer_parts(name: str, weight: torch.Tensor) -> list[torch.Tensor]:
-    """The layers the coded weight ``name`` holds as a per-layer allocation counts them, as views of it: an attention
-    layer's packed in-projection is three, its query, key and value rows, as in the models that write them as three
-    Linear layers (Hugging Face's BERT, LLaMA); any other weight is one. The three differ in scale and in how much
-    pruning they bear: allocated as one layer (one ERK density, one LAMP normalisation, one FCPTS threshold), LAMP
-    at 80 % lost 18 more points on benchmarks/attention.py's model."""
-    if name.rpartition(".")[2] == "in_proj_weight":
-        return list(weight.chunk(3))
-    return [weight]
+RECURRENT_WEIGHT = re.compile(r"weight_(?:ih|hh)(_l\d+(?:_reverse)?)")  # an RNN's gated weights, by layer and direction
+
+
+def part_counts(weights: dict[str, torch.Tensor]) -> list[int]:
+    """How many layers each coded weight holds as a per-layer allocation counts them (``{state-dict name: weight}`` of
+    ``compressible_weights``): an attention layer's packed in-projection three, its query, key and value rows, as in
+    the models that write them as three Linear layers (Hugging Face's BERT, LLaMA); a recurrent layer's input and
+    recurrent weights one per gate (LSTM 4, GRU 3, RNN 1: rows of the hidden size, read from the layer's recurrent or
+    projection weight); any other weight one. Stacked maps differ in scale and in how much pruning they bear:
+    allocated as one layer (one ERK density, one LAMP normalisation, one FCPTS threshold), LAMP at 80 % lost 18 more
+    points on benchmarks/attention.py's model."""
+    counts = []
+    for name, weight in weights.items():
+        prefix, _, last = name.rpartition(".")
+        gated = RECURRENT_WEIGHT.fullmatch(last)
+        if last == "in_proj_weight":
+            counts.append(3)
+        elif gated:
+            layer = f"{prefix}." if prefix else ""
+            projection, recurrent = (weights.get(f"{layer}weight_{w}{gated[1]}") for w in ("hr", "hh"))
+            hidden = projection.shape[1] if projection is not None else recurrent.shape[1] if recurrent is not None else 0
+            counts.append(weight.shape[0] // hidden if hidden and weight.shape[0] % hidden == 0 else 1)
+        else:
+            counts.append(1)
+    return counts
+
+
+def layer_parts(weight: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``weight``'s ``count`` layers (``part_counts``), as views of its rows: pruning a part prunes the weight."""
+    return list(weight.chunk(count)) if count > 1 else [weight]
 
 
 def all_parts(weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Every layer the weights hold (``layer_parts``), in order."""
-    return [part for name, w in weights.items() for part in layer_parts(name, w)]
+    """Every layer the weights hold (``part_counts``), in order."""
+    return [part for w, n in zip(weights.values(), part_counts(weights)) for part in layer_parts(w, n)]
 
 
 def per_weight(values: list[T], weights: dict[str, torch.Tensor]) -> list[list[T]]:
     """Values listed per layer part (``all_parts(weights)``), grouped by the weight holding the parts."""
-    lengths = [len(layer_parts(name, w)) for name, w in weights.items()]
+    lengths = part_counts(weights)
     if len(values) != sum(lengths):
         raise ValueError(f"internal error: {len(values)} values for {sum(lengths)} layer parts")
     it = iter(values)

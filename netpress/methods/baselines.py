@@ -177,12 +177,12 @@ class MagnitudePruning:
         return apply_by_layer(self, model, budget)
 
     def plan(self, weights: dict[str, torch.Tensor], budget: Budget | None) -> list[list[int]]:
-        """How many weights each layer loses (per part of a packed attention weight, ``layer_parts``): the one
+        """How many weights each layer loses (per part of a weight that stacks several, ``part_counts``): the one
         decision that reads the whole model."""
         return per_weight(prune_counts(all_parts(weights), check_budget(self, budget).sparsity, self.allocation), weights)
 
     def code_layer(self, name: str, weight: torch.Tensor, counts: list[int]) -> tuple[SparseValues, dict]:
-        mask = torch.cat([smallest_mask(part.abs(), c) for part, c in zip(layer_parts(name, weight), counts)])
+        mask = torch.cat([smallest_mask(part.abs(), c) for part, c in zip(layer_parts(weight, len(counts)), counts)])
         return SparseValues.from_tensor(weight.masked_fill(mask, 0.0)), pruned_row(name, weight, counts)
 
 

@@ -1,8 +1,8 @@
 """FCPTS: fast and controllable post-training sparsity (Gong et al., AAAI 2024).
 
-One learnable magnitude threshold per layer (three for an attention layer's packed query/key/value rows),
-initialised from whichever magnitude allocation (ERK, the paper's, or global, uniform, LAMP) distils best on the
-calibration subset. The loss is
+One learnable magnitude threshold per layer (per query, key and value of an attention layer's packed rows, per gate
+of a recurrent weight), initialised from whichever magnitude allocation (ERK, the paper's, or global, uniform, LAMP)
+distils best on the calibration subset. The loss is
 distillation from the dense model on a calibration subset (a classifier: KL at temperature 4, also
 on mixtures of its inputs; a sentence encoder: cosine distance of its embeddings; a causal language model:
 KL of its next-token distributions; see
@@ -34,6 +34,7 @@ from netpress.methods.base import (
     check_model,
     compressible_weights,
     layer_parts,
+    part_counts,
     per_weight,
     pruned_row,
     split_exact,
@@ -174,10 +175,12 @@ class FCPTS:
         student = copy.deepcopy(model).eval()
         weights = check_model(student, trains=True)
         names = list(weights)
-        # One threshold per layer part (an attention layer's packed in-projection is three: layer_parts). The parts
-        # are views the in-place clamps and pruning below read and write through, so autograd does not track them.
+        # One threshold per layer part (an attention layer's packed in-projection is three, an LSTM weight four:
+        # part_counts). The parts are views the in-place clamps and pruning below read and write through, so autograd
+        # does not track them.
         with torch.no_grad():
             parts = all_parts(weights)
+        stacked = dict(zip(names, part_counts(weights)))
         sizes = [p.numel() for p in parts]
         total = sum(sizes)
         min_keep = _min_keep(sizes)
@@ -213,7 +216,7 @@ class FCPTS:
                 layer_rates = []
                 part = 0  # the index of the name's first part among all parts
                 for name in names:
-                    pieces = layer_parts(name, params[name])
+                    pieces = layer_parts(params[name], stacked[name])
                     masked = [_masked(p, thresholds[part + j]) for j, p in enumerate(pieces)]
                     params[name] = masked[0] if len(masked) == 1 else torch.cat(masked)
                     for j, p in enumerate(pieces):
@@ -255,9 +258,9 @@ class FCPTS:
                 student, counts, kept = _start(model, init_counts, start_buffers), init_counts, init
             result = MethodResult(student)
             pruned = compressible_weights(student)
-            for (name, w), part_counts, erk in zip(pruned.items(), per_weight(counts, pruned), per_weight(erk_counts, pruned)):
+            for (name, w), removed, erk in zip(pruned.items(), per_weight(counts, pruned), per_weight(erk_counts, pruned)):
                 result.codes[name] = SparseValues.from_tensor(w.detach().clone())
-                row = pruned_row(name, w, part_counts)
+                row = pruned_row(name, w, removed)
                 result.rows.append({**row, "erk_sparsity": sum(erk) / w.numel(), "init": init, "kept": kept})
         return result
 

@@ -159,8 +159,8 @@ def main() -> None:
         f"{args.threads} threads).",
         "A sparsity budget counts the coded weights only, so a raw row prunes the head alone to that share; an L² ratio "
         "budget counts the whole file, which the raw LSTM weights alone exceed.",
-        "Each of the LSTM's weights (weight_ih_l0, weight_hh_l0) is one layer to an allocation (LAMP's scores, FCPTS's "
-        "thresholds), its four gates' rows together.",
+        "To an allocation (LAMP's scores, FCPTS's thresholds) each gate's rows of the LSTM's weights (weight_ih_l0, "
+        "weight_hh_l0) are a layer, four per weight (since commit 836568d; before it each weight was one layer).",
         f"The peer's file holds the quantized LSTM's packed parameters: {readable}.",
     ]
     write_result(

@@ -168,8 +168,9 @@ PRESERVATION_HELP = (
 )
 KEEP_HELP = (
     "comma-separated layers to keep uncompressed, stored as floats (module names or shell patterns: conv1,fc3 or "
-    "'layer3.*'; or their weights' names as inspect shows them: fc3.weight, '*.in_proj_weight'); the targets count the "
-    "other layers' weights; fcpts, l2 and the retraining methods still tune them"
+    "'layer3.*'; or their weights' names as inspect shows them: fc3.weight, '*.in_proj_weight'; a recurrent layer named by "
+    "one of its weights is kept whole); the targets count the other layers' weights; fcpts, l2 and the retraining methods "
+    "still tune them"
 )
 CALIB_HELP = (
     f"calibration samples from the training split (default {api.DEFAULT_CALIB}, or the whole split if it is smaller; sws and "

@@ -366,6 +366,30 @@ def test_a_model_fold_cannot_change_names_the_layers_it_leaves_alone(attention):
     assert "not reached by tracing" not in str(error.value)  # the attention block's own projections are not "unused"
 
 
+class _IntoBidirectional(nn.Module):
+    """A Linear feeding a bidirectional GRU: Torch-Pruning cannot follow its channels into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.rnn = nn.Linear(28, 16), nn.GRU(16, 12, batch_first=True, bidirectional=True)
+        self.mid, self.fc = nn.Linear(24, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.rnn(torch.relu(self.inp(x.reshape(x.shape[0], 28, 28))))[0][:, -1]
+        return self.fc(torch.relu(self.mid(h)))
+
+
+def test_channels_the_tracing_cannot_follow_into_a_layer_are_left_alone_with_the_reason():
+    model = _IntoBidirectional().eval()
+    result = Fold(input_shape=IMAGE).apply(model, budget=Budget(params=0.05))
+    rows = {r["group"]: r for r in result.rows if "group" in r}
+    assert rows["inp"]["folded"] is False and "cannot follow its channels" in rows["inp"]["reason"]
+    assert rows["mid"]["folded"] is True
+    for name, weight in model.rnn.named_parameters():
+        assert torch.equal(getattr(result.model.rnn, name), weight)
+
+
 class _Reused(nn.Module):
     """fc1 runs twice, fed its own output: its input and output channels are one axis."""
 

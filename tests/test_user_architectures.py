@@ -386,3 +386,26 @@ def test_self_compression_takes_the_logits_as_features_where_the_last_layer_sees
     train, test = _data(IMAGE)
     method = SelfCompression(steps=3, batch_size=32, preserve=50)
     netpress.press(model, method, out=tmp_path / "sc.press", data=(train, test), keep=["head"])
+
+
+class _PackedLSTM(nn.Module):
+    """An LSTM fed a packed sequence, the last coded layer its forward pass runs (the head kept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn, self.head = nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(x.shape[0], 8, 8)
+        packed = nn.utils.rnn.pack_padded_sequence(rows, [8] * len(rows), batch_first=True)
+        return self.head(self.rnn(packed)[1][0][-1])
+
+
+def test_self_compression_takes_the_logits_where_the_last_layer_reads_a_packed_sequence():
+    from netpress.methods.self_compress import _logits_and_features
+
+    model = _PackedLSTM().eval()
+    with api._keeping(api._as_handle(model), [SelfCompression()], ["head"]):
+        logits, features = _logits_and_features(model, torch.randn(20, *IMAGE))
+    assert torch.equal(features, logits) and logits.shape == (20, 10)

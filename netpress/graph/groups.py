@@ -159,8 +159,9 @@ def _layer_calls(model: nn.Module, example_inputs: torch.Tensor | dict) -> dict[
 
 
 def _a(noun: str) -> str:
-    """``noun`` with its indefinite article: "an Embedding", "a Conv2d"."""
-    return f"{'an' if noun[:1] in 'AEIOU' else 'a'} {noun}"
+    """``noun`` with its indefinite article: "an Embedding", "a Conv2d", "an LSTM" (an initialism read letter by letter)."""
+    vowels = "AEFHILMNORSX" if noun[:2].isupper() else "AEIOU"
+    return f"{'an' if noun[:1] in vowels else 'a'} {noun}"
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -252,8 +253,14 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
             continue
         pruner = graph.get_pruner_of_module(module)
         n = pruner.get_out_channels(module)
-        tp_group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
         group = ChannelGroup(names[module], n)
+        try:
+            tp_group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
+        except Exception as exc:  # Torch-Pruning cannot follow the channels into a consumer (a bidirectional RNN's)
+            failure = f"{type(exc).__name__}: {one_line(exc)}"
+            group.reason = f"the channel tracing (Torch-Pruning) cannot follow its channels ({failure})"
+            groups.append(group)
+            continue
         for item in tp_group:
             dep, node = item.dep, item.dep.target
             out_side = graph.is_out_channel_pruning_fn(dep.handler)

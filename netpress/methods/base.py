@@ -37,7 +37,7 @@ DataNeed = Literal["none", "calibration", "training"]
 # A transposed convolution's weight is (in, out, kernel...): its rows are input channels, as GPT-2's Conv1D's are
 # input features; a weight stage codes rows alike, and only fold and the channel cut need output channels (they
 # refuse it).
-COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (
+COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (  # a recurrent layer codes several weights: weight_attributes
     nn.Linear,
     nn.Conv1d,
     nn.Conv2d,
@@ -46,12 +46,14 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
     nn.Embedding,
+    nn.RNN,
+    nn.LSTM,
+    nn.GRU,
 )
 COMPRESSIBLE_NAMES = ", ".join(
     [
         *(t.__name__ for t in COMPRESSIBLE_LAYERS),
         "MultiheadAttention's packed in-projection",
-        "RNN / LSTM / GRU weights",
         "transformers' Conv1D (GPT-2)",
     ]
 )
@@ -68,7 +70,7 @@ def is_compressible(module: nn.Module) -> bool:
     does not import transformers for models without it."""
     kind = type(module)
     return (
-        isinstance(module, (*COMPRESSIBLE_LAYERS, nn.RNNBase))
+        isinstance(module, COMPRESSIBLE_LAYERS)
         or (isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None)
         or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
     )
@@ -232,8 +234,8 @@ def _coded_weights(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
 
     A weight reachable under several names (T5's table shared by encoder and decoder, a language model's
     embedding tied to its output layer, one layer used twice) is coded once, under its first layer: the
-    file stores it under that name only, and loading ties the others to it. A layer the caller asked to
-    keep (marked ``KEPT``) is left raw, and so is every layer sharing its weights."""
+    file stores it under that name only, and loading ties the others to it. The weights of a layer the caller asked
+    to keep (marked ``KEPT``) are left raw, under every name they are tied to."""
     kept = {key for m in model.modules() if is_compressible(m) and getattr(m, KEPT, False) for key in weight_keys(m)}
     weights: dict[str, tuple[nn.Module, str]] = {}
     seen = set(kept)
@@ -372,9 +374,9 @@ def check_model(model: nn.Module, *, trains: bool = False) -> dict[str, nn.Param
     for name, weight in weights.items():
         if name not in state:
             raise UnsupportedModelError(
-                f"{name.rpartition('.')[0] or 'the model'} computes its weight (weight_norm, spectral_norm or another "
-                "parametrization), "
-                "so there is no stored weight to compress; remove it first (torch.nn.utils.parametrize.remove_parametrizations)"
+                f"{name} is computed at every forward pass (weight_norm, spectral_norm or another parametrization), so "
+                "there is no stored weight to compress; remove it first (torch.nn.utils.parametrize.remove_parametrizations, "
+                "or torch.nn.utils.remove_weight_norm for the older weight_norm)"
             )
         if weight.dtype not in (torch.float32, torch.float64):
             raise UnsupportedModelError(

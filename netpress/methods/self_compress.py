@@ -449,7 +449,12 @@ def _logits_and_features(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.
     seen: list[torch.Tensor | None] = []
     hooks = [model.register_forward_pre_hook(lambda _m, args: batches.append(len(args[0])))]
     if layer is not None:
-        hooks.append(layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach() if args else None)))
+        # A tensor of rows, or nothing (a packed sequence into an RNN): then the logits stand in.
+        hooks.append(
+            layer.register_forward_hook(
+                lambda _m, args, _out: seen.append(args[0].detach() if args and torch.is_tensor(args[0]) else None)
+            )
+        )
     try:
         logits = predict(model, inputs)
     finally:

@@ -885,6 +885,34 @@ def test_an_allocation_counts_each_gate_of_a_recurrent_weight_as_a_layer(kind, o
         assert rows[name].get("part_sparsity", [0.5]) == [0.5] * parts
 
 
+class _Cell(nn.Module):
+    """An LSTMCell run step by step over the 8 rows of an 8×8 image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.cell, self.fc = nn.LSTMCell(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = None
+        for row in x.reshape(x.shape[0], 8, 8).unbind(1):
+            state = self.cell(row, state)
+        return self.fc(state[0])
+
+
+def test_a_recurrent_cell_is_coded_gate_by_gate(tmp_path):
+    model = _Cell().eval()
+    weights = netpress.methods.compressible_weights(model)
+    assert list(weights) == ["cell.weight_ih", "cell.weight_hh", "fc.weight"]
+    assert netpress.methods.base.part_counts(weights) == [4, 4, 1]
+    compressed = netpress.compress(model, [MagnitudePruning("uniform"), UniformQuantization(8)], Budget(sparsity=0.5))
+    gates = compressed.state_dict()["cell.weight_hh"].chunk(4)
+    assert {int((g == 0).sum()) for g in gates} == {128} and compressed.details["uncompressed_layers"] == {}
+    netpress.save(compressed, tmp_path / "c.press")
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(netpress.load(tmp_path / "c.press", model=_Cell()).eval()(x), compressed.to_module(_Cell()).eval()(x))
+
+
 def test_a_recurrent_layer_named_by_one_weight_is_kept_whole():
     model = _Recurrent(nn.LSTM)
     compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5), keep=["rnn.weight_hh_l0"])

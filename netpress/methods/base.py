@@ -49,6 +49,9 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (  # a recurrent layer codes 
     nn.RNN,
     nn.LSTM,
     nn.GRU,
+    nn.RNNCell,
+    nn.LSTMCell,
+    nn.GRUCell,
 )
 COMPRESSIBLE_NAMES = ", ".join(
     [
@@ -62,12 +65,12 @@ BATCHNORM_SAMPLES = 1024
 
 
 def is_compressible(module: nn.Module) -> bool:
-    """Whether a weight stage codes the layer's weights: ``COMPRESSIBLE_LAYERS``; ``nn.MultiheadAttention``'s packed
-    query/key/value projection (``nn.TransformerEncoderLayer``, torchvision's ViT: a quarter of their weights; its
-    output projection is an ``nn.Linear`` of its own); the input and recurrent weights of ``nn.RNN``, ``nn.LSTM`` and
-    ``nn.GRU`` (their rows the gates' units, as a Linear's outputs); and transformers' ``Conv1D``, the linear layer of
-    GPT-2 and its kin (a weight stored (in, out), so its rows are input features), recognised by name, so that netpress
-    does not import transformers for models without it."""
+    """Whether a weight stage codes the layer's weights: ``COMPRESSIBLE_LAYERS`` (among them the input and recurrent
+    weights of ``nn.RNN``, ``nn.LSTM``, ``nn.GRU`` and their cells: their rows the gates' units, as a Linear's
+    outputs); ``nn.MultiheadAttention``'s packed query/key/value projection (``nn.TransformerEncoderLayer``,
+    torchvision's ViT: a quarter of their weights; its output projection is an ``nn.Linear`` of its own); and
+    transformers' ``Conv1D``, the linear layer of GPT-2 and its kin (a weight stored (in, out), so its rows are input
+    features), recognised by name, so that netpress does not import transformers for models without it."""
     kind = type(module)
     return (
         isinstance(module, COMPRESSIBLE_LAYERS)
@@ -84,6 +87,8 @@ def weight_attributes(module: nn.Module) -> list[str]:
         return ["in_proj_weight"]
     if isinstance(module, nn.RNNBase):
         return [name for name in module._flat_weights_names if name.startswith("weight_")]  # parametrized ones too
+    if isinstance(module, nn.RNNCellBase):
+        return ["weight_ih", "weight_hh"]
     return ["weight"]
 
 
@@ -92,7 +97,7 @@ def weight_names(layer: str, module: nn.Module) -> list[str]:
     return [f"{layer}.{attribute}" if layer else attribute for attribute in weight_attributes(module)]
 
 
-RECURRENT_WEIGHT = re.compile(r"weight_(?:ih|hh)(_l\d+(?:_reverse)?)")  # an RNN's gated weights, by layer and direction
+RECURRENT_WEIGHT = re.compile(r"weight_(?:ih|hh)((?:_l\d+(?:_reverse)?)?)")  # gated weights, by layer and direction
 
 
 def part_counts(weights: dict[str, torch.Tensor]) -> list[int]:

@@ -119,6 +119,38 @@ def train(build: Callable[[], nn.Module], epochs: int) -> tuple[nn.Module, float
     return model.eval(), time.perf_counter() - start
 
 
+def chosen_settings(parser: argparse.ArgumentParser, settings: str, table: dict) -> list[str]:
+    """The keys ``--settings`` names, each checked against ``table``."""
+    chosen = settings.split(",")
+    unknown = set(chosen) - set(table)
+    if unknown:
+        parser.error(f"unknown --settings {sorted(unknown)}; choose from {list(table)}")
+    return chosen
+
+
+def dense_predictions(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The dense model's top-1 classes on the Fashion-MNIST test split, the labels, and its accuracy."""
+    inputs, labels = load_dataset("fashion-mnist", "test").tensors
+    with torch.no_grad():
+        classes = predict(model, inputs).argmax(1)
+    return classes, labels, (classes == labels).float().mean().item()
+
+
+def file_row(setting: str, column: str, mode: str, report: dict, **extra) -> dict:
+    """A result row from a press report: the file's bytes (``extra`` after them), ratio, sparsity, accuracy and time."""
+    return {
+        "setting": setting,
+        column: mode,
+        "file_bytes": report["file_bytes"],
+        **extra,
+        "ratio": round(report["ratio"], 2),
+        "sparsity": round(report["sparsity"], 4),
+        "accuracy": round(100 * report["accuracy_after"], 2),
+        "agreement": round(100 * report["agreement"], 2),
+        "seconds": round(report["seconds"], 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=2, help="encoder layers")
@@ -127,16 +159,11 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--name", default="attention")
     args = parser.parse_args()
-    chosen = args.settings.split(",")
-    unknown = set(chosen) - set(SETTINGS)
-    if unknown:
-        parser.error(f"unknown --settings {sorted(unknown)}; choose from {list(SETTINGS)}")
+    chosen = chosen_settings(parser, args.settings, SETTINGS)
     torch.set_num_threads(args.threads)
 
     model, train_seconds = train(lambda: RowEncoder(args.layers), args.epochs)
-    test_inputs, test_labels = load_dataset("fashion-mnist", "test").tensors
-    with torch.no_grad():
-        dense_accuracy = (predict(model, test_inputs).argmax(1) == test_labels).float().mean().item()
+    dense_accuracy = dense_predictions(model)[2]
     print(f"dense test accuracy {100 * dense_accuracy:.2f} % after {train_seconds:.0f} s of training", flush=True)
 
     attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
@@ -167,19 +194,7 @@ def main() -> None:
                 assert len(tensors) == args.layers and all((t["kind"] == "raw") == bool(keep) for t in tensors)
                 stored[(key, in_proj_mode)] = "/".join(sorted({f"{t['kind']} {t.get('dtype', '')}".strip() for t in tensors}))
                 reports[(key, in_proj_mode)] = report
-                rows.append(
-                    {
-                        "setting": setting,
-                        "in_proj": in_proj_mode,
-                        "file_bytes": report["file_bytes"],
-                        "in_proj_bytes": sum(t["bytes"] for t in tensors),
-                        "ratio": round(report["ratio"], 2),
-                        "sparsity": round(report["sparsity"], 4),
-                        "accuracy": round(100 * report["accuracy_after"], 2),
-                        "agreement": round(100 * report["agreement"], 2),
-                        "seconds": round(report["seconds"], 1),
-                    }
-                )
+                rows.append(file_row(setting, "in_proj", in_proj_mode, report, in_proj_bytes=sum(t["bytes"] for t in tensors)))
                 print(rows[-1], flush=True)
 
     notes = [

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
 
-from attention import ROWS, RowEncoder, train  # noqa: E402
+from attention import ROWS, RowEncoder, dense_predictions, train  # noqa: E402
 from common import regenerate_results_md, timed_press, write_result  # noqa: E402
 
 import netpress  # noqa: E402
@@ -80,10 +80,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = train(lambda: RowEncoder(2), 4)
-    inputs, labels = load_dataset("fashion-mnist", "test").tensors
-    with torch.no_grad():
-        dense_classes = predict(model, inputs).argmax(1)
-    dense = (dense_classes == labels).float().mean().item()
+    dense_classes, labels, dense = dense_predictions(model)
+    inputs = load_dataset("fashion-mnist", "test").tensors[0]
     handle = ModelHandle(model, {}, "fashion-mnist", (1, ROWS, ROWS))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

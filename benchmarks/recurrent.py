@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
 
-from attention import ROWS, SETTINGS, train  # noqa: E402
+from attention import ROWS, SETTINGS, chosen_settings, dense_predictions, file_row, train  # noqa: E402
 from common import regenerate_results_md, timed_press, write_result  # noqa: E402
 
 from netpress import ModelHandle  # noqa: E402
@@ -81,17 +81,12 @@ def main() -> None:
     parser.add_argument("--settings", default="uniform-8-tensor,uniform-8,uniform-4,lamp-50,lamp-80,fcpts-50,fcpts-80,l2-8,l2-16")
     parser.add_argument("--name", default="recurrent")
     args = parser.parse_args()
-    chosen = args.settings.split(",")
-    unknown = set(chosen) - set(RECURRENT_SETTINGS)
-    if unknown:
-        parser.error(f"unknown --settings {sorted(unknown)}; choose from {list(RECURRENT_SETTINGS)}")
+    chosen = chosen_settings(parser, args.settings, RECURRENT_SETTINGS)
     torch.set_num_threads(args.threads)
 
     model, train_seconds = train(lambda: RowLSTM(args.hidden), args.epochs)
-    inputs, labels = load_dataset("fashion-mnist", "test").tensors
-    with torch.no_grad():
-        dense_classes = predict(model, inputs).argmax(1)
-    dense = (dense_classes == labels).float().mean().item()
+    dense_classes, labels, dense = dense_predictions(model)
+    inputs = load_dataset("fashion-mnist", "test").tensors[0]
     print(f"dense test accuracy {100 * dense:.2f} % after {train_seconds:.0f} s of training", flush=True)
     weights = compressible_weights(model)
     recurrent = sum(w.numel() for n, w in weights.items() if n.startswith("rnn."))
@@ -112,18 +107,7 @@ def main() -> None:
                     print(rows[-1], flush=True)
                     continue
                 assert report["uncompressed_layers"] == {}, report["uncompressed_layers"]
-                rows.append(
-                    {
-                        "setting": setting,
-                        "lstm": mode,
-                        "file_bytes": report["file_bytes"],
-                        "ratio": round(report["ratio"], 2),
-                        "sparsity": round(report["sparsity"], 4),
-                        "accuracy": round(100 * report["accuracy_after"], 2),
-                        "agreement": round(100 * report["agreement"], 2),
-                        "seconds": round(report["seconds"], 1),
-                    }
-                )
+                rows.append(file_row(setting, "lstm", mode, report))
                 print(rows[-1], flush=True)
 
     quantized = _quantized(model)

@@ -289,3 +289,30 @@ def test_on_a_press_input_the_ratio_l2_suggests_is_one_it_can_reach(tmp_path):
     largest = float(re.search(r"at most ([\d.]+)x", str(refused.value)).group(1))
     run = _Run(L2(), handle.module, api._with_source(Budget(ratio=largest), handle))
     assert run.smallest_file_bytes() <= run.target
+
+
+class _RowsLSTM(nn.Module):
+    """An LSTM over the 8 rows of an 8×8 digit: 48 gate rows, each with its own edge and step under per_channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn, self.fc = nn.LSTM(8, 12, batch_first=True), nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x.reshape(x.shape[0], 8, 8))[0][:, -1])
+
+
+def test_a_size_the_grids_cannot_reach_is_a_budget_error_not_a_non_finite_loss(calibration):
+    """A trained small LSTM at 3x with an edge and a step per gate row: the tables leave the codes a byte, the rate
+    multiplier overflows, and the message says to ask for less, not that the inputs are out of range."""
+    model = _RowsLSTM()
+    inputs, labels = load_dataset("digits", "train").tensors
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(100):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    method = L2(rounds=1, transform_steps=10, reconstruction_steps=10, per_channel=True)
+    with pytest.raises(BudgetError, match="cannot bring the file to .* or drop per_channel"):
+        method.apply(model.eval(), calibration, Budget(ratio=3))

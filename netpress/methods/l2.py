@@ -201,15 +201,22 @@ class _Run:
             idx = self.teacher.batch(self.config.batch_size, self.generator)
             loss = self.teacher.loss(self.teacher.outputs(self.student, idx, self._quantized()), idx)
             loss.backward()
-            rate = self.last_rate
-            if with_rate:
-                rate_tensor = self._backward_rate(self.multiplier)
-                loss, rate = loss.detach() + self.multiplier * rate_tensor, rate_tensor.item()
             if not math.isfinite(loss.item()):
                 raise NetpressError(
                     f"L² {label}: the loss is not finite; calibration inputs far outside the range the model was "
                     "trained on (standardise them as for training) overflow it"
                 )
+            rate = self.last_rate
+            if with_rate:
+                rate_tensor = self._backward_rate(self.multiplier)
+                loss, rate = loss.detach() + self.multiplier * rate_tensor, rate_tensor.item()
+                if not math.isfinite(loss.item()):  # the multiplier overflowed: the size stayed far over the budget
+                    raise BudgetError(
+                        f"L² cannot bring the file to {self.target:,} bytes on these grids: the weights' codes stayed "
+                        f"{rate:.0f}× the {self.rate_budget:,.0f} bytes the headers, tables and uncoded tensors leave them; "
+                        "ask for a smaller ratio"
+                        + (", or drop per_channel (CLI: --per-channel)" if self.config.per_channel else "")
+                    )
             optimizer.step()
             schedule.step()
             self._keep_edges_wide()

@@ -1,5 +1,5 @@
 """Per-layer allocations on nn.MultiheadAttention's packed in-projection: its query, key and value rows allocated
-as three layers (netpress since commit 1bb3470, ``part_counts``) against as one (before it).
+as three layers (netpress since commit 1bb3470; ``part_counts`` in netpress/methods/base.py) against as one (before it).
 
 The model is benchmarks/attention.py's (a 2-layer nn.TransformerEncoder over the rows of a Fashion-MNIST image,
 trained here with the same seed and recipe). For each magnitude allocation and sparsity, the "three layers" row is

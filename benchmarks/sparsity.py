@@ -54,7 +54,7 @@ from netpress.compressed import RAW_DTYPES, fp32_bytes  # noqa: E402
 from netpress.data import load_dataset  # noqa: E402
 from netpress.evaluate import predict  # noqa: E402
 from netpress.methods import ALLOCATIONS, FCPTS, MagnitudePruning  # noqa: E402
-from netpress.methods.base import COMPRESSIBLE_LAYERS, target_zeros  # noqa: E402
+from netpress.methods.base import is_compressible, target_zeros, weight_attributes  # noqa: E402
 from netpress.report import plot_allocation, save_figure  # noqa: E402
 
 TIME_TARGET = 180.0  # seconds for FCPTS on ResNet-20 at 80 % with 1024 calibration samples (issue 5)
@@ -76,13 +76,13 @@ def torch_prune_files(module: nn.Module, level: float, raw_dtype: str = "fp32") 
 
     start = time.perf_counter()
     model = copy.deepcopy(module)
-    params = [(m, "weight") for m in model.modules() if isinstance(m, COMPRESSIBLE_LAYERS)]
+    params = [(m, name) for m in model.modules() if is_compressible(m) for name in weight_attributes(m)]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=level)
     for m, name in params:
         prune.remove(m, name)
     seconds = time.perf_counter() - start
     state = model.to(RAW_DTYPES[raw_dtype]).state_dict()  # as a user stores fp16: model.half(), then its state dict
-    weights = {id(m.weight) for m, _ in params}
+    weights = {id(getattr(m, name)) for m, name in params}
     pruned = {key for key, value in model.state_dict(keep_vars=True).items() if id(value) in weights}
     assert len(pruned) == len(params), "every pruned weight must be found in the state dict"
     csr = {key: _csr(value) if key in pruned else value for key, value in state.items()}

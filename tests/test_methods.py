@@ -913,6 +913,16 @@ def test_a_recurrent_cell_is_coded_gate_by_gate(tmp_path):
     assert torch.equal(netpress.load(tmp_path / "c.press", model=_Cell()).eval()(x), compressed.to_module(_Cell()).eval()(x))
 
 
+def test_a_gate_count_a_tie_hides_splits_nothing():
+    """Without its projection weight (coded under a tied layer's name), an LSTM's hidden size cannot be read: the
+    recurrent weight's width is the projection's, which would give 8 parts, no gate count."""
+    lstm = nn.LSTM(8, 16, proj_size=4)
+    weights = {f"rnn.{n}": p for n, p in lstm.named_parameters() if n.startswith("weight_")}
+    assert netpress.methods.base.part_counts(weights) == [4, 4, 1]
+    del weights["rnn.weight_hr_l0"]
+    assert netpress.methods.base.part_counts(weights) == [1, 1]
+
+
 def test_a_recurrent_layer_named_by_one_weight_is_kept_whole():
     model = _Recurrent(nn.LSTM)
     compressed = netpress.compress(model, MagnitudePruning(), Budget(sparsity=0.5), keep=["rnn.weight_hh_l0"])

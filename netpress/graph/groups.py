@@ -256,7 +256,9 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
         group = ChannelGroup(names[module], n)
         try:
             tp_group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
-        except Exception as exc:  # Torch-Pruning cannot follow the channels into a consumer (a bidirectional RNN's)
+        except NetpressError:
+            raise
+        except Exception as exc:  # Torch-Pruning's pruners cannot follow the channels into a consumer (an RNN's)
             failure = f"{type(exc).__name__}: {one_line(exc)}"
             group.reason = f"the channel tracing (Torch-Pruning) cannot follow its channels ({failure})"
             groups.append(group)

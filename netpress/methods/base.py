@@ -82,7 +82,8 @@ def is_compressible(module: nn.Module) -> bool:
 def weight_attributes(module: nn.Module) -> list[str]:
     """The names of the parameters a weight stage codes in a compressible layer: ``weight``; an attention layer's
     ``in_proj_weight`` (its rows the outputs, queries then keys then values, as a Linear's); or a recurrent layer's
-    weights, layer by layer and direction by direction (``weight_ih_l0``, ``weight_hh_l0``, …; its biases stay raw)."""
+    weights, layer by layer and direction by direction (``weight_ih_l0``, ``weight_hh_l0``, …; a cell's ``weight_ih``
+    and ``weight_hh``; its biases stay raw)."""
     if isinstance(module, nn.MultiheadAttention):
         return ["in_proj_weight"]
     if isinstance(module, nn.RNNBase):
@@ -97,7 +98,8 @@ def weight_names(layer: str, module: nn.Module) -> list[str]:
     return [f"{layer}.{attribute}" if layer else attribute for attribute in weight_attributes(module)]
 
 
-RECURRENT_WEIGHT = re.compile(r"weight_(?:ih|hh)((?:_l\d+(?:_reverse)?)?)")  # gated weights, by layer and direction
+GATED_WEIGHT = re.compile(r"weight_(?:ih|hh)((?:_l\d+(?:_reverse)?)?)")  # a recurrent layer's, by layer and direction
+GATES = (1, 3, 4)  # an RNN's, a GRU's and an LSTM's gates: a count inferred otherwise is not one, and splits nothing
 
 
 def part_counts(weights: dict[str, torch.Tensor]) -> list[int]:
@@ -105,20 +107,22 @@ def part_counts(weights: dict[str, torch.Tensor]) -> list[int]:
     ``compressible_weights``): an attention layer's packed in-projection three, its query, key and value rows, as in
     the models that write them as three Linear layers (Hugging Face's BERT, LLaMA); a recurrent layer's input and
     recurrent weights one per gate (LSTM 4, GRU 3, RNN 1: rows of the hidden size, read from the layer's recurrent or
-    projection weight); any other weight one. Stacked maps differ in scale and in how much pruning they bear:
+    projection weight; where a tie leaves one of those out, a count that is no gate count splits nothing); any other
+    weight one. Stacked maps differ in scale and in how much pruning they bear:
     allocated as one layer (one ERK density, one LAMP normalisation, one FCPTS threshold), LAMP at 80 % lost 18 more
     points on benchmarks/attention.py's model."""
     counts = []
     for name, weight in weights.items():
         prefix, _, last = name.rpartition(".")
-        gated = RECURRENT_WEIGHT.fullmatch(last)
+        gated = GATED_WEIGHT.fullmatch(last)
         if last == "in_proj_weight":
             counts.append(3)
         elif gated:
             layer = f"{prefix}." if prefix else ""
             projection, recurrent = (weights.get(f"{layer}weight_{w}{gated[1]}") for w in ("hr", "hh"))
-            hidden = projection.shape[1] if projection is not None else recurrent.shape[1] if recurrent is not None else 0
-            counts.append(weight.shape[0] // hidden if hidden and weight.shape[0] % hidden == 0 else 1)
+            hidden = (projection if projection is not None else recurrent if recurrent is not None else weight).shape[1]
+            gates = weight.shape[0] // hidden if weight.shape[0] % hidden == 0 else 1
+            counts.append(gates if gates in GATES else 1)
         else:
             counts.append(1)
     return counts

@@ -85,7 +85,8 @@ def _reachable_keeping_minimum(weights: list[torch.Tensor], target: float) -> li
     most = _most_zeros([w.numel() for w in weights])
     if target_zeros(target, total) > most:
         raise BudgetError(
-            f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer, so the most it can remove from this model is "
+            f"FCPTS keeps at least {MIN_DENSITY:.0%} of every layer (of each gate of a recurrent weight, of each of an "
+            "attention layer's query, key and value rows), so the most it can remove from this model is "
             f"{math.floor(most / total * 1e4) / 1e4:.4f} of its weights; lower the sparsity target, or use MagnitudePruning "
             "(CLI: --method magnitude)"
         )

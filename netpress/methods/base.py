@@ -54,11 +54,7 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (  # a recurrent layer codes 
     nn.GRUCell,
 )
 COMPRESSIBLE_NAMES = ", ".join(
-    [
-        *(t.__name__ for t in COMPRESSIBLE_LAYERS),
-        "MultiheadAttention's packed in-projection",
-        "transformers' Conv1D (GPT-2)",
-    ]
+    [*(t.__name__ for t in COMPRESSIBLE_LAYERS), "MultiheadAttention's packed in-projection", "transformers' Conv1D (GPT-2)"]
 )
 # Training samples the retraining methods re-estimate BatchNorm statistics on once their weights are final.
 BATCHNORM_SAMPLES = 1024
@@ -108,9 +104,9 @@ def part_counts(weights: dict[str, torch.Tensor]) -> list[int]:
     the models that write them as three Linear layers (Hugging Face's BERT, LLaMA); a recurrent layer's input and
     recurrent weights one per gate (LSTM 4, GRU 3, RNN 1: rows of the hidden size, read from the layer's recurrent or
     projection weight; where a tie leaves one of those out, a count that is no gate count splits nothing); any other
-    weight one. Stacked maps differ in scale and in how much pruning they bear:
-    allocated as one layer (one ERK density, one LAMP normalisation, one FCPTS threshold), LAMP at 80 % lost 18 more
-    points on benchmarks/attention.py's model."""
+    weight one. Stacked maps differ in scale and in how much pruning they bear: allocated as one layer (one ERK
+    density, one LAMP normalisation, one FCPTS threshold), LAMP at 80 % lost 18 more points on
+    benchmarks/attention.py's model, FCPTS at 80 % 5 on benchmarks/recurrent.py's LSTM."""
     counts = []
     for name, weight in weights.items():
         prefix, _, last = name.rpartition(".")

@@ -90,8 +90,10 @@ from netpress.methods.base import (
     first_non_finite,
     is_compressible,
     kept_layers,
+    layer_parts,
     method_record,
     one_at_a_time,
+    part_counts,
     uncompressed_layers,
     weight_keys,
     weight_names,
@@ -459,21 +461,29 @@ def _warn_float64_rounded(model: nn.Module, compressed: CompressedModel) -> None
 
 def _warn_emptied_layers(model: nn.Module, compressed: CompressedModel, methods: list[Method], budget: Budget | None) -> None:
     """A layer whose every weight the methods set to zero passes only its bias: the file is smaller, but the model
-    has most likely lost what that layer computed, which a report's overall sparsity does not show."""
+    has most likely lost what that layer computed, which a report's overall sparsity does not show. The same holds for
+    a part of a stacked weight (an LSTM's gate, an attention layer's keys: ``part_counts``)."""
     before = compressible_weights(model)
     emptied = [
         name
         for name, value in compressed.tensors.items()
         if name in before and not isinstance(value, torch.Tensor) and value.sparsity() == 1.0 and bool(before[name].any())
     ]
+    for (name, weight), count in zip(before.items(), part_counts(before)):  # a gate's or the queries' rows
+        value = compressed.tensors.get(name)
+        if count == 1 or name in emptied or value is None or isinstance(value, torch.Tensor):
+            continue
+        coded = (value.unpack() if isinstance(value, Packed) else value).dequantize()
+        parts = zip(layer_parts(coded, count), layer_parts(weight, count))
+        emptied += [f"{name} (part {i + 1} of {count})" for i, (new, old) in enumerate(parts) if not new.any() and old.any()]
     if emptied:
         one = len(emptied) == 1
         remedy = "ask for a smaller target" if budget is not None else "choose settings that compress less"
         warnings.warn(
             f"every weight of {', '.join(emptied)} is zero after {' + '.join(m.name for m in methods)}"
             f"{f' at {budget.kind} {budget.value:g}' if budget is not None else ''}: "
-            f"{'that layer passes' if one else 'those layers pass'} only a bias, so the model has likely lost what it "
-            f"computed there; {remedy}, or keep {'it' if one else 'them'} uncompressed (--keep, keep=)",
+            f"{'that layer passes' if one else 'those layers pass'} only a bias there, so the model has likely lost what "
+            f"it computed; {remedy}, or keep {'it' if one else 'them'} uncompressed (--keep, keep=)",
             NetpressWarning,
             stacklevel=4,
         )

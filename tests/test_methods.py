@@ -913,6 +913,14 @@ def test_a_recurrent_cell_is_coded_gate_by_gate(tmp_path):
     assert torch.equal(netpress.load(tmp_path / "c.press", model=_Cell()).eval()(x), compressed.to_module(_Cell()).eval()(x))
 
 
+def test_a_gate_pruned_away_is_warned_about_as_an_emptied_layer_is():
+    model = _Recurrent(nn.LSTM)
+    with torch.no_grad():
+        model.rnn.weight_hh_l0[16:32] *= 1e-6  # the forget gate's recurrent rows: the smallest by far
+    with pytest.warns(netpress.NetpressWarning, match=r"every weight of rnn\.weight_hh_l0 \(part 2 of 4\) is zero"):
+        netpress.compress(model, MagnitudePruning("global"), Budget(sparsity=0.3))
+
+
 def test_a_gate_count_a_tie_hides_splits_nothing():
     """Without its projection weight (coded under a tied layer's name), an LSTM's hidden size cannot be read: the
     recurrent weight's width is the projection's, which would give 8 parts, no gate count."""

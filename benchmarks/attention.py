@@ -128,12 +128,12 @@ def chosen_settings(parser: argparse.ArgumentParser, settings: str, table: dict)
     return chosen
 
 
-def dense_predictions(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The dense model's top-1 classes on the Fashion-MNIST test split, the labels, and its accuracy."""
+def dense_predictions(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The Fashion-MNIST test split's inputs and labels, the dense model's top-1 classes on it, and its accuracy."""
     inputs, labels = load_dataset("fashion-mnist", "test").tensors
     with torch.no_grad():
         classes = predict(model, inputs).argmax(1)
-    return classes, labels, (classes == labels).float().mean().item()
+    return inputs, labels, classes, (classes == labels).float().mean().item()
 
 
 def file_row(setting: str, column: str, mode: str, report: dict, **extra) -> dict:
@@ -163,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model, train_seconds = train(lambda: RowEncoder(args.layers), args.epochs)
-    dense_accuracy = dense_predictions(model)[2]
+    dense_accuracy = dense_predictions(model)[3]
     print(f"dense test accuracy {100 * dense_accuracy:.2f} % after {train_seconds:.0f} s of training", flush=True)
 
     attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]

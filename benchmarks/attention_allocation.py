@@ -31,7 +31,6 @@ from common import regenerate_results_md, timed_press, write_result  # noqa: E40
 
 import netpress  # noqa: E402
 from netpress import Budget, ModelHandle  # noqa: E402
-from netpress.data import load_dataset  # noqa: E402
 from netpress.evaluate import predict  # noqa: E402
 from netpress.methods import MagnitudePruning, compressible_weights  # noqa: E402
 from netpress.methods.baselines import ALLOCATIONS, prune_counts, smallest_mask  # noqa: E402
@@ -80,8 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = train(lambda: RowEncoder(2), 4)
-    dense_classes, labels, dense = dense_predictions(model)
-    inputs = load_dataset("fashion-mnist", "test").tensors[0]
+    inputs, labels, dense_classes, dense = dense_predictions(model)
     handle = ModelHandle(model, {}, "fashion-mnist", (1, ROWS, ROWS))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

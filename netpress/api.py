@@ -309,7 +309,7 @@ def compress(
     by default in the precision the last method chose for them, else fp16 for a model read from a .press file whose
     floats are all fp16 (``ModelHandle.raw_dtype``), else fp32.
     A ratio budget is checked on the serialised file. ``details["uncompressed_layers"]`` names the layers stored as
-    floats because no method here codes their type (attention with separate query/key/value weights, a custom layer).
+    floats because no method here codes their type (``nn.Bilinear``, a custom layer).
     Data-free layer-wise stages (magnitude pruning, then uniform or k-means quantization) run one layer at a time and
     hold each coded tensor as its stream (``Packed``; ``.unpack()`` gives its codes), so a large model is never in memory twice.
     """

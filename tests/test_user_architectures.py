@@ -291,11 +291,27 @@ def test_fcpts_learns_a_threshold_for_each_of_the_query_key_and_value_rows(tmp_p
     assert sum(round(s * n) for n, s in sizes) == netpress.methods.base.target_zeros(0.7, sum(n for n, _ in sizes))
 
 
-def test_attention_with_separate_query_key_value_weights_is_named_as_stored_raw():
-    compressed = netpress.compress(_Encoder(separate=True).eval(), UniformQuantization(8))
-    assert compressed.details["uncompressed_layers"] == {
-        "mix": {"type": "MultiheadAttention", "params": 16 * 16 + 2 * 16 * 12 + 3 * 16}
-    }
+def test_attention_with_separate_query_key_value_weights_codes_all_three(tmp_path):
+    """Attention with its own key/value widths holds three weights in place of the packed in-projection: each is a
+    layer, as a Linear is, and named by its module it is kept with them all and its output projection."""
+    model = _Encoder(separate=True).eval()
+    names = [f"mix.{w}_proj_weight" for w in "qkv"]
+    weights = netpress.methods.compressible_weights(model)
+    assert set(names) <= set(weights)
+    compressed = netpress.compress(model, netpress.MagnitudePruning("erk"), Budget(sparsity=0.6))
+    assert compressed.details["uncompressed_layers"] == {}
+    state = compressed.state_dict()
+    assert all(0 < int((state[n] == 0).sum()) < state[n].numel() for n in names)
+    zeros = sum(int((state[n] == 0).sum()) for n in weights)
+    assert zeros == netpress.methods.base.target_zeros(0.6, sum(w.numel() for w in weights.values()))
+    netpress.save(compressed, tmp_path / "m.press")
+    loaded = netpress.load(tmp_path / "m.press", model=_Encoder(separate=True))
+    assert all(torch.equal(loaded.state_dict()[n], v) for n, v in state.items())
+    x = torch.randn(4, *IMAGE)
+    assert torch.equal(predict(loaded, x), predict(compressed.to_module(model), x))
+    kept = netpress.compress(model, UniformQuantization(4), keep=["mix"]).state_dict()
+    for name in [*names, "mix.out_proj.weight"]:
+        assert torch.equal(kept[name], model.state_dict()[name]), name
 
 
 class _Scaled(nn.Module):

@@ -46,6 +46,7 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (  # a recurrent layer codes 
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
     nn.Embedding,
+    nn.MultiheadAttention,
     nn.RNN,
     nn.LSTM,
     nn.GRU,
@@ -53,9 +54,7 @@ COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (  # a recurrent layer codes 
     nn.LSTMCell,
     nn.GRUCell,
 )
-COMPRESSIBLE_NAMES = ", ".join(
-    [*(t.__name__ for t in COMPRESSIBLE_LAYERS), "MultiheadAttention's packed in-projection", "transformers' Conv1D (GPT-2)"]
-)
+COMPRESSIBLE_NAMES = ", ".join([*(t.__name__ for t in COMPRESSIBLE_LAYERS), "transformers' Conv1D (GPT-2)"])
 # Training samples the retraining methods re-estimate BatchNorm statistics on once their weights are final.
 BATCHNORM_SAMPLES = 1024
 
@@ -63,25 +62,22 @@ BATCHNORM_SAMPLES = 1024
 def is_compressible(module: nn.Module) -> bool:
     """Whether a weight stage codes the layer's weights: ``COMPRESSIBLE_LAYERS`` (among them the input and recurrent
     weights of ``nn.RNN``, ``nn.LSTM``, ``nn.GRU`` and their cells: their rows the gates' units, as a Linear's
-    outputs); ``nn.MultiheadAttention``'s packed query/key/value projection (``nn.TransformerEncoderLayer``,
+    outputs); ``nn.MultiheadAttention``'s query/key/value projections (``nn.TransformerEncoderLayer``,
     torchvision's ViT: a quarter of their weights; its output projection is an ``nn.Linear`` of its own); and
     transformers' ``Conv1D``, the linear layer of GPT-2 and its kin (a weight stored (in, out), so its rows are input
     features), recognised by name, so that netpress does not import transformers for models without it."""
     kind = type(module)
-    return (
-        isinstance(module, COMPRESSIBLE_LAYERS)
-        or (isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None)
-        or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
-    )
+    return isinstance(module, COMPRESSIBLE_LAYERS) or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
 
 
 def weight_attributes(module: nn.Module) -> list[str]:
     """The names of the parameters a weight stage codes in a compressible layer: ``weight``; an attention layer's
-    ``in_proj_weight`` (its rows the outputs, queries then keys then values, as a Linear's); or a recurrent layer's
+    packed ``in_proj_weight`` (its rows the outputs, queries then keys then values, as a Linear's), or with other key
+    or value widths (``kdim``, ``vdim``) its ``q_proj_weight``, ``k_proj_weight`` and ``v_proj_weight``; or a recurrent layer's
     weights, layer by layer and direction by direction (``weight_ih_l0``, ``weight_hh_l0``, …; a cell's ``weight_ih``
     and ``weight_hh``; its biases stay raw)."""
     if isinstance(module, nn.MultiheadAttention):
-        return ["in_proj_weight"]
+        return ["in_proj_weight"] if module.in_proj_weight is not None else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
     if isinstance(module, nn.RNNBase):
         return [name for name in module._flat_weights_names if name.startswith("weight_")]  # parametrized ones too
     if isinstance(module, nn.RNNCellBase):

@@ -151,6 +151,33 @@ def file_row(setting: str, column: str, mode: str, report: dict, **extra) -> dic
     }
 
 
+def coded_against_raw(
+    handle: ModelHandle,
+    settings: dict,
+    chosen: list[str],
+    column: str,
+    raw_keep: list[str],
+    check: Callable[[str, str, dict, Path], dict],
+) -> list[dict]:
+    """Each chosen setting pressed twice, the layers under study coded and kept raw (``keep=raw_keep``): a row per
+    file (``file_row``, with the extra columns ``check(key, mode, report, path)`` returns after its asserts on the
+    file), or the refusal of a ratio the raw layers alone exceed."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in chosen:
+            setting, methods, budget = settings[key]
+            for mode, keep in ((CODED, []), (RAW, raw_keep)):
+                out = Path(tmp) / f"{key}-{'raw' if keep else 'coded'}.press"
+                try:
+                    report, _ = timed_press(handle, methods(), budget, out, keep=keep)
+                except BudgetError as exc:
+                    rows.append({"setting": setting, column: mode, "refused": str(exc)})
+                else:
+                    rows.append(file_row(setting, column, mode, report, **check(key, mode, report, out)))
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=2, help="encoder layers")
@@ -174,28 +201,22 @@ def main() -> None:
     assert len(attention) == args.layers and in_proj == args.layers * 3 * D_MODEL * D_MODEL
 
     handle = ModelHandle(model, {}, "fashion-mnist", (1, ROWS, ROWS))
-    rows, reports, listed, stored = [], {}, {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for key in chosen:
-            setting, methods, budget = SETTINGS[key]
-            for in_proj_mode, keep in ((CODED, []), (RAW, [f"{name}.in_proj_weight" for name in attention])):
-                out = Path(tmp) / f"{key}-{'raw' if keep else 'coded'}.press"
-                try:
-                    report, _ = timed_press(handle, methods(), budget, out, keep=keep)
-                except BudgetError as exc:  # a ratio the uncoded tensors alone exceed
-                    rows.append({"setting": setting, "in_proj": in_proj_mode, "refused": str(exc)})
-                    print(rows[-1], flush=True)
-                    continue
-                assert sorted(report.get("kept_layers", [])) == (attention if keep else []), report.get("kept_layers")
-                raw_attention = set(report["uncompressed_layers"]) & set(attention)
-                assert not raw_attention, f"listed as stored raw: {sorted(raw_attention)}"
-                listed.update(report["uncompressed_layers"])
-                tensors = [t for t in netpress.inspect(out)["tensors"] if t["name"].endswith("in_proj_weight")]
-                assert len(tensors) == args.layers and all((t["kind"] == "raw") == bool(keep) for t in tensors)
-                stored[(key, in_proj_mode)] = "/".join(sorted({f"{t['kind']} {t.get('dtype', '')}".strip() for t in tensors}))
-                reports[(key, in_proj_mode)] = report
-                rows.append(file_row(setting, "in_proj", in_proj_mode, report, in_proj_bytes=sum(t["bytes"] for t in tensors)))
-                print(rows[-1], flush=True)
+    reports, listed, stored = {}, {}, {}
+
+    def check(key: str, mode: str, report: dict, out: Path) -> dict:
+        kept = mode == RAW
+        assert sorted(report.get("kept_layers", [])) == (attention if kept else []), report.get("kept_layers")
+        raw_attention = set(report["uncompressed_layers"]) & set(attention)
+        assert not raw_attention, f"listed as stored raw: {sorted(raw_attention)}"
+        listed.update(report["uncompressed_layers"])
+        tensors = [t for t in netpress.inspect(out)["tensors"] if t["name"].endswith("in_proj_weight")]
+        assert len(tensors) == args.layers and all((t["kind"] == "raw") == kept for t in tensors)
+        stored[(key, mode)] = "/".join(sorted({f"{t['kind']} {t.get('dtype', '')}".strip() for t in tensors}))
+        reports[(key, mode)] = report
+        return {"in_proj_bytes": sum(t["bytes"] for t in tensors)}
+
+    raw_keep = [f"{name}.in_proj_weight" for name in attention]
+    rows = coded_against_raw(handle, SETTINGS, chosen, "in_proj", raw_keep, check)
 
     notes = [
         f"Model: {args.layers} encoder layers, {params:,} parameters (an fp32 safetensors file of "

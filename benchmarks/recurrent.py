@@ -18,7 +18,6 @@ import copy
 import io
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,18 +28,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NETPRESS_QUIET", "1")
 
-from attention import ROWS, SETTINGS, chosen_settings, dense_predictions, file_row, train  # noqa: E402
-from common import regenerate_results_md, timed_press, write_result  # noqa: E402
+from attention import ROWS, SETTINGS, chosen_settings, coded_against_raw, dense_predictions, train  # noqa: E402
+from common import regenerate_results_md, write_result  # noqa: E402
 
 from netpress import ModelHandle  # noqa: E402
 from netpress.compressed import fp32_bytes  # noqa: E402
-from netpress.errors import BudgetError  # noqa: E402
 from netpress.evaluate import predict  # noqa: E402
 from netpress.methods import UniformQuantization, compressible_weights  # noqa: E402
 
 # torch.ao's dynamic int8 gives the LSTM one scale per tensor: the like-for-like netpress setting.
 RECURRENT_SETTINGS = {"uniform-8-tensor": ("uniform 8-bit per tensor", lambda: [UniformQuantization(8)], None), **SETTINGS}
-CODED, RAW = "coded", "raw (kept)"
 COLUMNS = {
     "lstm": "coded: the LSTM's weights go through the method (the default since commit 3443180); raw (kept): "
     "press(keep=['rnn']) stores them as floats, as before it; the peer row: torch.ao's dynamic int8 LSTM and head",
@@ -91,22 +88,12 @@ def main() -> None:
     coded_numel = sum(w.numel() for w in weights.values())
     original = fp32_bytes(model)
 
+    def check(_key: str, _mode: str, report: dict, _out: Path) -> dict:
+        assert report["uncompressed_layers"] == {}, report["uncompressed_layers"]
+        return {}
+
     handle = ModelHandle(model, {}, "fashion-mnist", (1, ROWS, ROWS))
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for key in chosen:
-            setting, methods, budget = RECURRENT_SETTINGS[key]
-            for mode, keep in ((CODED, []), (RAW, ["rnn"])):
-                out = Path(tmp) / f"{key}-{'raw' if keep else 'coded'}.press"
-                try:
-                    report, _ = timed_press(handle, methods(), budget, out, keep=keep)
-                except BudgetError as exc:  # a ratio the raw LSTM alone exceeds
-                    rows.append({"setting": setting, "lstm": mode, "refused": str(exc)})
-                    print(rows[-1], flush=True)
-                    continue
-                assert report["uncompressed_layers"] == {}, report["uncompressed_layers"]
-                rows.append(file_row(setting, "lstm", mode, report))
-                print(rows[-1], flush=True)
+    rows = coded_against_raw(handle, RECURRENT_SETTINGS, chosen, "lstm", ["rnn"], check)
 
     quantized = _quantized(model)
     saved = io.BytesIO()

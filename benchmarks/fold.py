@@ -1,9 +1,9 @@
 """Model folding against structured pruning at the same parameter budget, no fine-tuning.
 
 CNNs (``--models resnet20 vgg mobilenetv2``): for 10 %–60 % of parameters removed, Fashion-MNIST accuracy of
-fold with each repair (none, ar, dir, data) under both group allocations (uniform, the paper's; adaptive, netpress's
-default), channel-l1 on the same groups (none, dir, data), and
-Torch-Pruning's MagnitudePruner (L1, global and uniform; its ratio bisected so the parameters
+fold (Ward clustering, the default; section fold-clustering compares k-means) with each repair (none, ar, dir, data)
+under both group allocations (uniform, the paper's; adaptive, netpress's default), channel-l1 on the same groups
+(none, dir, data), and Torch-Pruning's MagnitudePruner (L1, global and uniform; its ratio bisected so the parameters
 removed match fold's). The clustering runs once per level; repairs are applied to copies of the
 folded model, and the DeepInversion samples are drawn once per model. Accuracy is measured on a
 fixed seeded 2,000-image subset of the test split (the machine is shared; full-set evaluation of
@@ -56,8 +56,8 @@ MINILM_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5]
 TEST_SUBSET = 2000
 COLUMNS = {
     "removed": "fraction of parameters removed (achieved by fold; channel-l1 is identical, Torch-Pruning within 0.5 %)",
-    "fold_* / l1_*": "accuracy after fold / channel-l1, uniform allocation (the paper's), with that repair "
-    "(data = BatchNorm statistics from 1,024 training images)",
+    "fold_* / l1_*": "accuracy after fold (Ward clustering, the default) / channel-l1, uniform allocation (the "
+    "paper's), with that repair (data = BatchNorm statistics from 1,024 training images)",
     "adapt_*": "fold with the adaptive allocation (netpress's default): fewer channels removed from groups whose merges "
     "cost more; adapt_removed is the share of parameters it removed (at least the level, like the others)",
     "tp_global / tp_uniform": "Torch-Pruning MagnitudePruner, L1 importance, global / uniform ratio, data-free",
@@ -206,7 +206,7 @@ def run_minilm(levels: list[float]) -> list[dict]:
     for level in levels:
         row = {"model": "minilm", "level": level}
         for method, prefix in (
-            (Fold(allocation="uniform", **text), "fold"),
+            (Fold(clustering="kmeans", allocation="uniform", **text), "fold"),
             (Fold(clustering="ward", allocation="uniform", **text), "ward"),
             (Fold(clustering="ward", prune_fraction=0.5, allocation="uniform", **text), "hybrid"),
             (Fold(clustering="ward", prune_fraction=0.5, allocation="adaptive", **text), "adapt"),

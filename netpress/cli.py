@@ -192,7 +192,7 @@ REPAIR_HELP = (
     "none (channel-l1's default), ar (fold only; data-free), dir (DeepInversion samples), data (needs --data)"
 )
 RepairOpt = Annotated[RepairName | None, typer.Option(help=REPAIR_HELP)]
-ClusteringOpt = Annotated[ClusteringName, typer.Option(help="fold: kmeans (the paper's CNN code) or ward (its LLM code)")]
+ClusteringOpt = Annotated[ClusteringName, typer.Option(help="fold: ward (default; the paper's LLM code) or kmeans (its CNN code)")]
 PruneFractionOpt = Annotated[
     float, typer.Option(help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest")
 ]
@@ -230,7 +230,7 @@ def build_methods(
     seed: int,
     repair: str | None = None,
     levels: int | None = None,
-    clustering: str = "kmeans",
+    clustering: str = "ward",
     prune_fraction: float = 0.0,
     raw_dtype: str | None = None,
     clip: str = "max",
@@ -273,7 +273,7 @@ def build_methods(
     _check_allocation(method, allocation)
     if method not in (Fold.name, ChannelL1.name) and repair is not None:
         raise BudgetError("--repair configures --method fold and channel-l1 only")
-    if method != Fold.name and (clustering != "kmeans" or prune_fraction != 0.0):
+    if method != Fold.name and (clustering != "ward" or prune_fraction != 0.0):
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
     l2_schedule = _given(rounds=rounds, transform_steps=transform_steps, reconstruction_steps=reconstruction_steps)
     batch = _given(batch_size=batch_size)
@@ -547,7 +547,7 @@ def compress(
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
     repair: RepairOpt = None,
-    clustering: ClusteringOpt = "kmeans",
+    clustering: ClusteringOpt = "ward",
     prune_fraction: PruneFractionOpt = 0.0,
     iterations: IterationsOpt = None,
     init: InitOpt = None,
@@ -642,7 +642,7 @@ def sweep(
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
     repair: RepairOpt = None,
-    clustering: ClusteringOpt = "kmeans",
+    clustering: ClusteringOpt = "ward",
     prune_fraction: PruneFractionOpt = 0.0,
     iterations: IterationsOpt = None,
     init: InitOpt = None,

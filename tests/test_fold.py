@@ -2,9 +2,11 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch_pruning
+from scipy.cluster.hierarchy import linkage
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
@@ -13,6 +15,7 @@ import netpress
 from netpress.budget import Budget
 from netpress.errors import BudgetError, DataError, ModelSourceError, UnsupportedModelError
 from netpress.graph.groups import ParamCounter, channel_groups
+from netpress.methods import fold as fold_module
 from netpress.methods.fold import ChannelL1, Fold
 from netpress.zoo.models import VGG, LeNet5, MobileNetV2, ResNet20
 from tests.archs import tiny_cnn, tiny_mlp
@@ -270,8 +273,8 @@ def test_ward_clustering_and_pruning_share_the_same_budget():
     budget = Budget(params=0.3)
     shapes = {}
     for label, method in {
-        "kmeans": Fold(repair="none", input_shape=IMAGE),
-        "ward": Fold(repair="none", input_shape=IMAGE, clustering="ward"),
+        "kmeans": Fold(repair="none", input_shape=IMAGE, clustering="kmeans"),
+        "ward": Fold(repair="none", input_shape=IMAGE),
         "hybrid": Fold(repair="none", input_shape=IMAGE, clustering="ward", prune_fraction=0.5),
     }.items():
         folded = method.apply(model, budget=budget).model
@@ -283,6 +286,26 @@ def test_ward_clustering_and_pruning_share_the_same_budget():
     pruned = ChannelL1(repair="none", input_shape=IMAGE).apply(model, budget=budget)
     for key, value in pruned.model.state_dict().items():
         torch.testing.assert_close(dropped.model.state_dict()[key], value)
+
+
+def test_ward_linkage_from_matrix_products_is_scipys():
+    """The distances from |a|² + |b|² − 2a·b, built in blocks of rows, give scipy's own Ward tree (equal rows too)."""
+    torch.manual_seed(0)
+    features = torch.randn(300, 40, dtype=torch.float64) * torch.linspace(0.1, 3, 40)
+    features[7] = features[3]
+    ours = fold_module.ward_linkage(features)
+    theirs = linkage(features.numpy(), "ward")
+    np.testing.assert_array_equal(ours[:, [0, 1, 3]], theirs[:, [0, 1, 3]])
+    np.testing.assert_allclose(ours[:, 2], theirs[:, 2], rtol=1e-9, atol=1e-12)
+
+
+def test_ward_linkage_blocks_do_not_change_the_tree(monkeypatch):
+    features = torch.randn(50, 8, dtype=torch.float64)
+    whole = fold_module.ward_linkage(features)
+    monkeypatch.setattr(fold_module, "WARD_BLOCK", 7)
+    blocked = fold_module.ward_linkage(features)
+    np.testing.assert_array_equal(blocked[:, [0, 1, 3]], whole[:, [0, 1, 3]])
+    np.testing.assert_allclose(blocked[:, 2], whole[:, 2], rtol=1e-12)
 
 
 @pytest.mark.parametrize("clustering", ["kmeans", "ward"])

@@ -66,6 +66,7 @@ GroupAllocation = Literal["uniform", "adaptive"]
 GROUP_ALLOCATIONS: tuple[str, ...] = ("uniform", "adaptive")
 Clustering = Literal["kmeans", "ward"]
 CLUSTERINGS: tuple[str, ...] = ("kmeans", "ward")
+WARD_BLOCK = 1024  # rows of the distance matrix ward_linkage builds at a time: 8 MB per 1,024 channels
 
 
 @dataclass
@@ -136,11 +137,30 @@ def allocate(sizes: list[int], count: ParamCounter, limit: int, allocation: str,
     return kept
 
 
+def ward_linkage(features: torch.Tensor) -> np.ndarray:
+    """scipy's Ward linkage of the rows (n ≥ 2), their Euclidean distances from matrix products (float64, rows centred
+    first so that |a|² + |b|² − 2a·b loses few digits), built WARD_BLOCK rows at a time into the condensed matrix
+    scipy reads: scipy's own distance loop took 2–4 s of a 2,048-channel group's 2.5–4.5 s, this 0.3–0.5 s, with the
+    same clusters in all 58 groups of five models compared."""
+    x = features.double().numpy()
+    x = x - x.mean(axis=0)
+    n = len(x)
+    squares = np.einsum("ij,ij->i", x, x)
+    condensed = np.empty(n * (n - 1) // 2)
+    for start in range(0, n, WARD_BLOCK):
+        stop = min(start + WARD_BLOCK, n)
+        block = squares[start:stop, None] + squares[None, :] - 2 * (x[start:stop] @ x.T)
+        for i in range(start, stop):
+            first = i * n - i * (i + 1) // 2  # the condensed index of the pair (i, i + 1)
+            condensed[first : first + n - i - 1] = block[i - start, i + 1 :]
+    np.sqrt(np.maximum(condensed, 0, out=condensed), out=condensed)
+    return linkage(condensed, "ward")
+
+
 def ward_merge_costs(features: torch.Tensor) -> np.ndarray:
     """Increase of the within-cluster sum of squares of each successive Ward merge, relative to Σ‖x‖²."""
-    x = features.numpy()
-    heights = linkage(x, "ward")[:, 2] if len(x) > 1 else np.zeros(0)
-    return heights**2 / 2 / max(float((x**2).sum()), 1e-30)
+    heights = ward_linkage(features)[:, 2] if len(features) > 1 else np.zeros(0)
+    return heights**2 / 2 / max(float((features.double() ** 2).sum()), 1e-30)
 
 
 def _groups(labels, k: int) -> list[list[int]]:
@@ -171,7 +191,7 @@ def _ward_clusters(features: torch.Tensor, k: int) -> list[list[int]]:
     """Exactly k clusters of Ward's agglomerative clustering (deterministic)."""
     if k >= len(features):
         return [[c] for c in range(len(features))]
-    return _groups(cut_tree(linkage(features.numpy(), "ward"), n_clusters=k).ravel(), k)
+    return _groups(cut_tree(ward_linkage(features), n_clusters=k).ravel(), k)
 
 
 def _largest_l1(features: torch.Tensor, k: int) -> list[int]:
@@ -442,7 +462,7 @@ class Fold(_GroupReduction):
     repair: Repair = "auto"
     allocation: GroupAllocation = "adaptive"
     n_init: int = 3
-    clustering: Clustering = "kmeans"
+    clustering: Clustering = "ward"
     prune_fraction: float = 0.0
     name: ClassVar[str] = "fold"
 

@@ -192,7 +192,7 @@ REPAIR_HELP = (
     "none (channel-l1's default), ar (fold only; data-free), dir (DeepInversion samples), data (needs --data)"
 )
 RepairOpt = Annotated[RepairName | None, typer.Option(help=REPAIR_HELP)]
-ClusteringOpt = Annotated[ClusteringName, typer.Option(help="fold: ward (default; the paper's LLM code) or kmeans (its CNN code)")]
+ClusteringOpt = Annotated[ClusteringName, typer.Option(help="fold: ward (the paper's LLM code) or kmeans (its CNN code)")]
 PruneFractionOpt = Annotated[
     float, typer.Option(help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest")
 ]

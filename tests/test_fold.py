@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch_pruning
-from scipy.cluster.hierarchy import linkage
 from safetensors.torch import save_file
+from scipy.cluster.hierarchy import linkage
 from torch import nn
 from torch.nn import functional as F
 

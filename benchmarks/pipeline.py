@@ -4,7 +4,7 @@ For each model and each overall ratio R (the original fp32 safetensors bytes ove
 bytes), three pipelines aim at the same final size:
 
 - ``l2``: L² alone at ratio R;
-- ``fold → l2``: fold (k-means, adaptive allocation, BatchNorm statistics repaired from the calibration images) removing a
+- ``fold → l2``: fold (Ward, adaptive allocation, BatchNorm statistics repaired from the calibration images) removing a
   share of the parameters, written to a .press file, reloaded, then L² aimed at 1/R of the *original*
   fp32 bytes (``Budget(ratio=R, reference_bytes=...)``);
 - ``fcpts → l2``: FCPTS at a global sparsity, written, reloaded, then L² the same way (L² keeps

@@ -35,7 +35,7 @@ from netpress.methods.fold import Fold, GroupPlan, repair
 CLUSTERINGS = ("ward", "kmeans")
 COLUMNS = {
     "allocation": "fold's group allocation: uniform (the paper's) or adaptive (netpress's default)",
-    "removed": "fraction of parameters removed (both clusterings remove the same channels per group)",
+    "removed": "fraction of parameters removed (both clusterings keep the same number of channels per group)",
     "inertia_ward / inertia_kmeans": "within-cluster sum of squares of the standardised feature rows, summed over the "
     "groups (what both clusterings minimise)",
     "inertia_ratio": "inertia_ward / inertia_kmeans (below 1: Ward's clusters are tighter)",

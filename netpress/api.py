@@ -325,8 +325,9 @@ def _keeping(handle: ModelHandle, methods: list[Method], keep: Sequence[str]) ->
     """Within it, the layers ``keep`` names (shell-style patterns on module names, ``"fc3"``, ``"features.*"``, or on
     the names of the weights they code, as ``inspect`` shows them, ``"fc3.weight"``) are marked ``KEPT``: every weight
     stage leaves them out, and they are stored as floats. An attention layer named by its module name is kept whole,
-    its output projection too; by ``….in_proj_weight``, only its in-projection. A recurrent layer named by one of its
-    weights is kept whole (the mark is on the module). The marks go when the call ends, so
+    its output projection too; by ``….in_proj_weight``, only its in-projection (with ``kdim``/``vdim``, by any of its
+    three projections, all three). A recurrent layer named by one of its weights is kept whole (the mark is on the
+    module). The marks go when the call ends, so
     the caller's model is as it was."""
     if not isinstance(keep, str | Iterable):
         raise BudgetError(f"keep takes layer names or patterns (strings), e.g. keep=['conv1', 'fc3'], got {keep!r}")

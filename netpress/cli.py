@@ -168,9 +168,9 @@ PRESERVATION_HELP = (
 )
 KEEP_HELP = (
     "comma-separated layers to keep uncompressed, stored as floats (module names or shell patterns: conv1,fc3 or "
-    "'layer3.*'; or their weights' names as inspect shows them: fc3.weight, '*.in_proj_weight'; a recurrent layer named by "
-    "one of its weights is kept whole); the targets count the other layers' weights; fcpts, l2 and the retraining methods "
-    "still tune them"
+    "'layer3.*'; or their weights' names as inspect shows them: fc3.weight, '*.in_proj_weight'; a recurrent layer, or "
+    "attention's three separate projections, named by one of its weights is kept whole); the targets count the other "
+    "layers' weights; fcpts, l2 and the retraining methods still tune them"
 )
 CALIB_HELP = (
     f"calibration samples from the training split (default {api.DEFAULT_CALIB}, or the whole split if it is smaller; sws and "
@@ -192,7 +192,9 @@ REPAIR_HELP = (
     "none (channel-l1's default), ar (fold only; data-free), dir (DeepInversion samples), data (needs --data)"
 )
 RepairOpt = Annotated[RepairName | None, typer.Option(help=REPAIR_HELP)]
-ClusteringOpt = Annotated[ClusteringName, typer.Option(help="fold: ward (the paper's LLM code) or kmeans (its CNN code)")]
+ClusteringOpt = Annotated[
+    ClusteringName | None, typer.Option(help="fold: ward (default; the paper's LLM code) or kmeans (its CNN code)")
+]
 PruneFractionOpt = Annotated[
     float, typer.Option(help="fold: share of the removed channels dropped outright (smallest L1 first) before folding the rest")
 ]
@@ -230,7 +232,7 @@ def build_methods(
     seed: int,
     repair: str | None = None,
     levels: int | None = None,
-    clustering: str = "ward",
+    clustering: str | None = None,
     prune_fraction: float = 0.0,
     raw_dtype: str | None = None,
     clip: str = "max",
@@ -273,7 +275,7 @@ def build_methods(
     _check_allocation(method, allocation)
     if method not in (Fold.name, ChannelL1.name) and repair is not None:
         raise BudgetError("--repair configures --method fold and channel-l1 only")
-    if method != Fold.name and (clustering != "ward" or prune_fraction != 0.0):
+    if method != Fold.name and (clustering is not None or prune_fraction != 0.0):
         raise BudgetError("--clustering and --prune-fraction configure --method fold only")
     l2_schedule = _given(rounds=rounds, transform_steps=transform_steps, reconstruction_steps=reconstruction_steps)
     batch = _given(batch_size=batch_size)
@@ -311,8 +313,8 @@ def build_methods(
         return [L2(per_channel=per_channel, seed=seed, **_given(raw_dtype=raw_dtype), **l2_schedule, **batch)]
     if method in (Fold.name, ChannelL1.name):
         if method == Fold.name:
-            options = {"clustering": clustering, "prune_fraction": prune_fraction}
-            chain = [Fold(seed=seed, **options, **_given(repair=repair, allocation=allocation))]
+            options = _given(repair=repair, allocation=allocation, clustering=clustering)
+            chain = [Fold(seed=seed, prune_fraction=prune_fraction, **options)]
         else:
             chain = [ChannelL1(seed=seed, **_given(repair=repair, allocation=allocation))]
     else:
@@ -336,7 +338,7 @@ def methods_for(options: dict) -> list:
         o["seed"] or 0,
         repair=o["repair"] and o["repair"].value,
         levels=o["levels"],
-        clustering=o["clustering"].value,
+        clustering=o["clustering"] and o["clustering"].value,
         prune_fraction=o["prune_fraction"],
         raw_dtype=o["raw_dtype"],
         clip=o["clip"].value,
@@ -547,7 +549,7 @@ def compress(
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
     repair: RepairOpt = None,
-    clustering: ClusteringOpt = "ward",
+    clustering: ClusteringOpt = None,
     prune_fraction: PruneFractionOpt = 0.0,
     iterations: IterationsOpt = None,
     init: InitOpt = None,
@@ -642,7 +644,7 @@ def sweep(
     clip: ClipOpt = "max",
     group_size: GroupSizeOpt = None,
     repair: RepairOpt = None,
-    clustering: ClusteringOpt = "ward",
+    clustering: ClusteringOpt = None,
     prune_fraction: PruneFractionOpt = 0.0,
     iterations: IterationsOpt = None,
     init: InitOpt = None,

@@ -428,7 +428,7 @@ def test_a_half_precision_input_is_compared_with_its_own_bytes_too(tmp_path):
         ),
         (["compress", *MLP, "-m", "magnitude", "-o", "x.press"], ["--sparsity"]),
         (
-            ["compress", *MLP, "-m", "channel-l1"] + ["--clustering", "kmeans", "-o", "x.press"],
+            ["compress", *MLP, "-m", "channel-l1"] + ["--clustering", "ward", "-o", "x.press"],
             ["--method fold only"],
         ),
         (

@@ -312,6 +312,9 @@ def test_attention_with_separate_query_key_value_weights_codes_all_three(tmp_pat
     kept = netpress.compress(model, UniformQuantization(4), keep=["mix"]).state_dict()
     for name in [*names, "mix.out_proj.weight"]:
         assert torch.equal(kept[name], model.state_dict()[name]), name
+    by_weight = netpress.compress(model, UniformQuantization(4), keep=["mix.k_proj_weight"]).state_dict()
+    assert all(torch.equal(by_weight[n], model.state_dict()[n]) for n in names)  # the three, as a recurrent layer's
+    assert not torch.equal(by_weight["mix.out_proj.weight"], model.state_dict()["mix.out_proj.weight"])
 
 
 class _Scaled(nn.Module):

@@ -264,7 +264,7 @@ def compressible_weights(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def uncompressed_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] | None = None) -> dict[str, dict]:
     """``{module name: {"type", "params"}}`` of layers that hold weight matrices no weight stage compresses
-    (attention with separate query/key/value weights, a bilinear or custom layer): they go into the
+    (a bilinear or custom layer): they go into the
     file raw, and the user should know. ``kinds``: the layer types a method changes, if not those."""
     if kinds is None:  # a layer whose weight is tied to a coded or kept one's is coded or kept with it
         layers = [m for m in model.modules() if is_compressible(m)]

@@ -18,7 +18,7 @@ from netpress.graph.groups import ParamCounter, channel_groups
 from netpress.methods import fold as fold_module
 from netpress.methods.fold import ChannelL1, Fold
 from netpress.zoo.models import VGG, LeNet5, MobileNetV2, ResNet20
-from tests.archs import tiny_cnn, tiny_mlp
+from tests.archs import tiny_cnn, tiny_mlp, tiny_mobilenet
 
 
 class Block18(nn.Module):
@@ -639,3 +639,24 @@ def test_the_operation_named_is_the_innermost_torch_pruning_step_that_names_one(
     with pytest.raises(ZeroDivisionError) as error:
         scope[frames[0]]()
     assert _failing_step(error.value) == label
+
+
+@pytest.mark.parametrize("prune_fraction", [0.0, 0.5])
+def test_the_adaptive_allocation_and_ward_clustering_build_each_tree_once(monkeypatch, prune_fraction):
+    """The merge costs and the clusters read the same tree (a second build cost seconds per wide layer); once
+    channels are dropped the clusters build the tree of those left. Either way the clusters are those of a
+    fresh tree."""
+    built = []
+    linkage_of, clusters_of = fold_module.ward_linkage, fold_module._ward_clusters
+    monkeypatch.setattr(fold_module, "ward_linkage", lambda f: built.append(len(f)) or linkage_of(f))
+    method = Fold(repair="none", input_shape=(1, 8, 8), prune_fraction=prune_fraction)
+    folded = method.apply(tiny_mobilenet(), budget=Budget(params=0.3))
+    groups = [r for r in folded.rows if r.get("channels", 0) > 1 and "channels_after" in r]
+    if prune_fraction == 0:
+        assert len(built) == len(groups)
+    else:
+        assert len(built) > len(groups)
+    monkeypatch.setattr(fold_module, "_ward_clusters", lambda f, k, tree=None: clusters_of(f, k))
+    fresh = method.apply(tiny_mobilenet(), budget=Budget(params=0.3))
+    for key, value in folded.model.state_dict().items():
+        assert torch.equal(fresh.model.state_dict()[key], value)

@@ -158,10 +158,15 @@ def ward_linkage(features: torch.Tensor) -> np.ndarray:
     return linkage(condensed, "ward")
 
 
-def ward_merge_costs(features: torch.Tensor) -> np.ndarray:
-    """Increase of the within-cluster sum of squares of each successive Ward merge, relative to Σ‖x‖²."""
-    heights = ward_linkage(features)[:, 2] if len(features) > 1 else np.zeros(0)
-    return heights**2 / 2 / max(float((features.double() ** 2).sum()), 1e-30)
+def ward_tree(features: torch.Tensor) -> np.ndarray:
+    """``ward_linkage`` of the rows, or an empty tree for a single row (nothing to merge)."""
+    return ward_linkage(features) if len(features) > 1 else np.zeros((0, 4))
+
+
+def ward_merge_costs(features: torch.Tensor, tree: np.ndarray) -> np.ndarray:
+    """Increase of the within-cluster sum of squares of each successive Ward merge (``tree``, the rows'
+    ``ward_tree``), relative to Σ‖x‖²."""
+    return tree[:, 2] ** 2 / 2 / max(float((features.double() ** 2).sum()), 1e-30)
 
 
 def _groups(labels, k: int) -> list[list[int]]:
@@ -188,11 +193,12 @@ def _kmeans_clusters(features: torch.Tensor, k: int, seed: int, n_init: int) -> 
     return _groups(labels, k)
 
 
-def _ward_clusters(features: torch.Tensor, k: int) -> list[list[int]]:
-    """Exactly k clusters of Ward's agglomerative clustering (deterministic)."""
+def _ward_clusters(features: torch.Tensor, k: int, tree: np.ndarray | None = None) -> list[list[int]]:
+    """Exactly k clusters of Ward's agglomerative clustering (deterministic), cut from ``tree`` where the rows'
+    ``ward_tree`` is already built."""
     if k >= len(features):
         return [[c] for c in range(len(features))]
-    return _groups(cut_tree(ward_linkage(features), n_clusters=k).ravel(), k)
+    return _groups(cut_tree(ward_tree(features) if tree is None else tree, n_clusters=k).ravel(), k)
 
 
 def _largest_l1(features: torch.Tensor, k: int) -> list[int]:
@@ -354,7 +360,9 @@ class _GroupReduction:
         search sizes with this first. ``ar`` costs next to nothing and stays (``auto`` runs at most it)."""
         return self if self.repair in ("auto", "none", "ar") else replace(self, repair="none")
 
-    def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
+    def clusters(self, features: torch.Tensor, k: int, tree: np.ndarray | None = None) -> list[list[int]]:
+        """``k`` clusters of the group's channels (their ``features`` rows); ``tree`` is the rows' ``ward_tree`` where
+        the adaptive allocation built it, so that Ward clustering does not build it again."""
         raise NotImplementedError
 
     def check_target(self, model: nn.Module, budget: Budget | None) -> None:
@@ -377,14 +385,15 @@ class _GroupReduction:
             standardize_norms(reduced, group)
         before = count_params(model)
         features = [group_features(reduced, g) for g in foldable]
-        merge_costs = [ward_merge_costs(f) for f in features] if self.allocation == "adaptive" else []
+        trees = [ward_tree(f) if self.allocation == "adaptive" else None for f in features]
+        merge_costs = [ward_merge_costs(f, t) for f, t in zip(features, trees)] if self.allocation == "adaptive" else []
         limit = _params_limit(before, budget)
         kept = allocate([g.channels for g in foldable], ParamCounter(reduced, foldable), limit, self.allocation, merge_costs)
         plans, rows = [], []
         with progress_bar() as progress:
             task = progress.add_task(f"{self.name}: channel groups", total=len(foldable))
-            for group, feats, k in zip(foldable, features, kept):
-                plan = GroupPlan(group, self.clusters(feats, k), feats)
+            for group, feats, k, tree in zip(foldable, features, kept, trees):
+                plan = GroupPlan(group, self.clusters(feats, k, tree), feats)
                 transform_group(reduced, group, *plan.matrices(self.merge))
                 plans.append(plan)
                 rows.append({**group.row(), "channels_after": k, "folded": k < group.channels})
@@ -474,12 +483,12 @@ class Fold(_GroupReduction):
         check_real("prune_fraction", self.prune_fraction, 0.0, maximum=1.0)
         check_whole("n_init", self.n_init, 1)
 
-    def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
+    def clusters(self, features: torch.Tensor, k: int, tree: np.ndarray | None = None) -> list[list[int]]:
         n = len(features)
         live = _largest_l1(features, n - round(self.prune_fraction * (n - k)))
         kept = features[live]
         if self.clustering == "ward":
-            clusters = _ward_clusters(kept, k)
+            clusters = _ward_clusters(kept, k, tree if len(live) == n else None)  # a tree of all the rows
         else:
             clusters = _kmeans_clusters(kept, k, self.seed, self.n_init)
         return sorted([live[i] for i in members] for members in clusters)
@@ -500,5 +509,5 @@ class ChannelL1(_GroupReduction):
                 f"the {self.repair} repair corrects merged channels and channel-l1 merges none; use none, dir or data"
             )
 
-    def clusters(self, features: torch.Tensor, k: int) -> list[list[int]]:
+    def clusters(self, features: torch.Tensor, k: int, tree: np.ndarray | None = None) -> list[list[int]]:
         return [[c] for c in _largest_l1(features, k)]

@@ -75,8 +75,30 @@ COLUMNS = {
 }
 
 
-def train_model(epochs: int) -> None:
-    """Tokenizer and model, seeded, into ``MODEL_DIR`` (a few minutes on 2 cores)."""
+def build_llama():
+    """The LLaMA of this section, seeded (random weights)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        tie_word_embeddings=True,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def train_model(build, out_dir: Path, epochs: int) -> None:
+    """Tokenizer and the model ``build()`` makes, trained seeded on the fortunes training split, into ``out_dir`` (a few
+    minutes on 2 cores)."""
     import tokenizers
     import transformers
 
@@ -92,21 +114,7 @@ def train_model(epochs: int) -> None:
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="</s>", model_max_length=256
     )
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=96,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        tie_word_embeddings=True,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     order = random.Random(0)
     batches_per_epoch = (len(texts) + 31) // 32
@@ -131,21 +139,23 @@ def train_model(epochs: int) -> None:
             total += float(loss.detach())
         print(f"epoch {epoch + 1}: train loss {total / len(chunks):.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     model.eval()
-    MODEL_DIR.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(MODEL_DIR)
-    tokenizer.save_pretrained(MODEL_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", action="store_true", help=f"train the model into {MODEL_DIR} first")
+def measure(name: str, build, model_dir: Path, description: str) -> None:
+    """The section ``name``: ``--train`` makes the model (``train_model(build, ...)``) first; every setting and peer
+    is measured on the directory, and the rows go to results/<name>.json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--train", action="store_true", help=f"train the model into {model_dir} first")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (with --train)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.train:
-        train_model(args.epochs)
-    handle = api.load_model(MODEL_DIR)
+        train_model(build, model_dir, args.epochs)
+    handle = api.load_model(model_dir)
     rows = []
     with TemporaryDirectory() as tmp:
         for label, methods, budget in SETTINGS:
@@ -168,11 +178,11 @@ def main() -> None:
     rows += peer_rows(handle)
     before = rows[0]["ppl_before"]
     write_result(
-        "llama",
+        name,
         {
-            "description": f"A 4-layer LLaMA (0.5 M parameters, {VOCAB}-token BPE) trained on the fortunes training split "
-            f"(benchmarks/models/llama-fortunes, `--train`), compressed by each setting; perplexity of the original on the "
-            f"2,000 test fortunes: {before:.2f}. Every figure is measured on the model rebuilt from the written file.",
+            "description": f"{description} ({model_dir.relative_to(Path(__file__).parent.parent)}, `--train`), compressed "
+            f"by each setting; perplexity of the original on the 2,000 test fortunes: {before:.2f}. Every figure is "
+            "measured on the model rebuilt from the written file.",
             "columns": COLUMNS,
             "notes": notes(rows),
             "rows": rows,
@@ -258,4 +268,9 @@ def notes(rows: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    measure(
+        "llama",
+        build_llama,
+        MODEL_DIR,
+        f"A 4-layer LLaMA (0.5 M parameters, {VOCAB}-token BPE) trained on the fortunes training split",
+    )

@@ -12,8 +12,8 @@ from netpress import api, hf
 from netpress.budget import Budget
 from netpress.data import calibration_subset
 from netpress.data.text import Sentences, load_sentences
-from netpress.errors import DataError, UnsupportedModelError
-from netpress.methods import FCPTS, L2, Fold, MagnitudePruning, UniformQuantization
+from netpress.errors import DataError
+from netpress.methods import FCPTS, L2, ChannelL1, Fold, MagnitudePruning, UniformQuantization
 from netpress.methods.teacher import TokenTeacher, teacher_for
 from tests.test_cli import assert_one_line_error, run
 from tests.test_hf import WORDS, fortunes  # noqa: F401  (the fortunes fixture: sentences of the tiny vocabulary)
@@ -194,5 +194,26 @@ def test_gpt2_is_a_causal_lm_whose_conv1d_layers_are_coded(tmp_path):
         assert report["uncompressed_layers"] == {} and report["perplexity"]["after"] > 0
         assert netpress.perplexity(api.load_model(tmp_path / "g.press"), handle) == report["perplexity"]
     assert report["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    with pytest.raises(UnsupportedModelError, match="channel tracing .* cannot follow"):
-        api.compress(handle, Fold(), Budget(params=0.1))
+
+
+@pytest.mark.parametrize("method", [Fold(), ChannelL1()])
+def test_gpt2s_conv1d_mlps_are_folded_and_stay_conv1d(tmp_path, method):
+    """Structural methods change GPT-2's Conv1D layers as the Linear layers they compute (their weights stored
+    (in, out)); the model keeps its own layers, so the file loads back into GPT-2's class."""
+    folder = tmp_path / "gpt2"
+    vocab = _save_word_tokenizer(folder)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    handle = api.load_model(folder)
+    report = api.press(handle, method, Budget(params=0.2), out=tmp_path / "f.press", data="fortunes")
+    assert report["params_after"] <= 0.8 * report["params_before"]
+    loaded = netpress.load(tmp_path / "f.press")
+    for block in loaded.transformer.h:
+        c_fc, c_proj = block.mlp.c_fc, block.mlp.c_proj
+        assert type(c_fc).__name__ == "Conv1D" and c_fc.weight.shape == (32, c_fc.nf) and c_fc.nf < 128
+        assert c_proj.weight.shape == (c_fc.nf, 32) and c_proj.nx == c_fc.nf
+        assert block.attn.c_attn.weight.shape == (32, 96)  # attention heads are not folded
+    assert netpress.perplexity(loaded, handle) == report["perplexity"]
+    rows = report["layers"][method.name]
+    assert [r["reason"] for r in rows if r["group"].endswith("attn")] == ["attention heads are not folded"] * 2

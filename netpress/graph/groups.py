@@ -229,6 +229,8 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | dict) -> lis
     traced = copy.deepcopy(model).eval()
     for param in traced.parameters():  # tracing follows autograd: a frozen layer would look unused
         param.requires_grad_(True)
+    if getattr(getattr(traced, "config", None), "use_cache", False):  # a Hugging Face model: no key/value cache, whose
+        traced.config.use_cache = False  # concatenation Torch-Pruning cannot size (GPT-2's)
     names = {module: name for name, module in traced.named_modules()}
     parameters = {id(p): name for name, p in traced.named_parameters()}
     opaque = [m for m in traced.modules() if type(m).__name__.endswith(OPAQUE_BLOCKS)]

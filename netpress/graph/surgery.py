@@ -21,6 +21,46 @@ _AXIS_ATTRS: dict[type, dict[str, tuple[str, ...]]] = {
 }
 
 
+# transformers' Conv1D (GPT-2's linear layer) stores its weight (in, out): ``nx`` inputs, ``nf`` outputs.
+_CONV1D_ATTRS = {"weight": ("nx", "nf"), "bias": ("nf",)}
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D``, the linear layer of GPT-2 and its kin, recognised by name so that netpress does not
+    import transformers for models without it."""
+    kind = type(module)
+    return kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers.")
+
+
+def conv1d_as_linear(model: nn.Module) -> dict[str, type[nn.Module]]:
+    """Replace, in place, every transformers ``Conv1D`` by the ``nn.Linear`` it computes (its weight transposed):
+    channel tracing and the structural methods know Linear layers. Returns ``{name: Conv1D class}`` for
+    ``linear_as_conv1d``, which puts them back."""
+    replaced = {}
+    for name, module in list(model.named_modules()):
+        if not is_conv1d(module):
+            continue
+        linear = nn.Linear(module.nx, module.nf, device="meta")
+        linear.weight = nn.Parameter(module.weight.detach().t().contiguous(), requires_grad=module.weight.requires_grad)
+        linear.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=module.bias.requires_grad)
+        model.set_submodule(name, linear)
+        replaced[name] = type(module)
+    return replaced
+
+
+def linear_as_conv1d(model: nn.Module, replaced: dict[str, type[nn.Module]]) -> None:
+    """Undo ``conv1d_as_linear`` in place, at the Linear layers' present widths, so that the model keeps its own
+    architecture (a Hugging Face model's state dict holds Conv1D weights as (in, out))."""
+    for name, kind in replaced.items():
+        linear = model.get_submodule(name)
+        conv = kind.__new__(kind)
+        nn.Module.__init__(conv)
+        conv.nf, conv.nx = linear.out_features, linear.in_features
+        conv.weight = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=linear.weight.requires_grad)
+        conv.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        model.set_submodule(name, conv)
+
+
 def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
     """Resize, in place, every parameter or buffer whose shape differs from ``shapes``.
 
@@ -36,9 +76,9 @@ def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module
         current = getattr(module, tensor_name, None)
         if not isinstance(current, torch.Tensor) or tuple(current.shape) == tuple(shape):
             continue
-        attrs = _AXIS_ATTRS.get(type(module), {}).get(tensor_name)
+        attrs = (_CONV1D_ATTRS if is_conv1d(module) else _AXIS_ATTRS.get(type(module), {})).get(tensor_name)
         if attrs is None or len(shape) != current.dim():
-            supported = ", ".join(t.__name__ for t in _AXIS_ATTRS)
+            supported = ", ".join([*(t.__name__ for t in _AXIS_ATTRS), "transformers' Conv1D"])
             raise UnsupportedModelError(
                 f"{full_name}: cannot change the shape of a {type(module).__name__} "
                 f"from {tuple(current.shape)} to {tuple(shape)}; resizable layers: {supported} (or this is not the "

@@ -29,6 +29,7 @@ from netpress.data import Subset, class_indices, dataset_sha256
 from netpress.data.text import Sentences
 from netpress.errors import BudgetError, DataError, UnsupportedModelError
 from netpress.evaluate import check_classes, kept_modes, predict
+from netpress.graph.surgery import is_conv1d
 
 T = TypeVar("T")
 DataNeed = Literal["none", "calibration", "training"]
@@ -66,8 +67,7 @@ def is_compressible(module: nn.Module) -> bool:
     torchvision's ViT: a quarter of their weights; its output projection is an ``nn.Linear`` of its own); and
     transformers' ``Conv1D``, the linear layer of GPT-2 and its kin (a weight stored (in, out), so its rows are input
     features), recognised by name, so that netpress does not import transformers for models without it."""
-    kind = type(module)
-    return isinstance(module, COMPRESSIBLE_LAYERS) or (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."))
+    return isinstance(module, COMPRESSIBLE_LAYERS) or is_conv1d(module)
 
 
 def weight_attributes(module: nn.Module) -> list[str]:

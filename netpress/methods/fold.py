@@ -50,6 +50,7 @@ from netpress.graph.groups import (
     standardize_norms,
     transform_group,
 )
+from netpress.graph.surgery import conv1d_as_linear, linear_as_conv1d
 from netpress.methods.base import (
     MethodResult,
     batchnorm_layers,
@@ -372,6 +373,7 @@ class _GroupReduction:
         check_model(model)  # an empty layer, NaN weights: named before the trace stumbles on them
         if self.input_shape is not None:
             copied = copy.deepcopy(model).eval()
+            conv1d_as_linear(copied)
             groups = _foldable(channel_groups(copied, example_inputs(self.input_shape, self.input_dtype, None)), copied)
             limit = _params_limit(count_params(model), budget)
             check_reachable([g.channels for g in groups], ParamCounter(copied, groups), limit)
@@ -379,6 +381,7 @@ class _GroupReduction:
     def reduce(self, model: nn.Module, budget: Budget, example: torch.Tensor) -> tuple[nn.Module, list[GroupPlan], list[dict]]:
         """The structural change without repair: a smaller copy of ``model``, the plans, report rows."""
         reduced = copy.deepcopy(model).eval()
+        transposed = conv1d_as_linear(reduced)  # GPT-2's Conv1D layers, changed as the Linear layers they compute
         groups = channel_groups(reduced, example)
         foldable = _foldable(groups, reduced)
         for group in foldable:
@@ -406,6 +409,7 @@ class _GroupReduction:
             f"; {self.name} supports channels that flow through Linear, Conv and BatchNorm layers and element-wise operations"
         )
         changed = [f"{r['group']} {r['channels']}→{r['channels_after']}" for r in rows if r.get("folded")]
+        linear_as_conv1d(reduced, transposed)
         check_still_runs(reduced, example, f"after {self.name} ({', '.join(changed)} channels)", advice)
         after = count_params(reduced)
         rows.append({"group": "total", "params_before": before, "params_after": after, "params_removed": 1 - after / before})

@@ -12,7 +12,9 @@ tokens at which the file's most likely next token is the original's. FCPTS and L
 fortunes; fold and channel-l1 change the MLPs only (the hidden stream passes RMSNorm weights, and attention
 heads are not folded). Peers in the same run, on the same model and sentences: the fp32 and fp16 state dicts
 and torch.ao's dynamic int8 (Linear layers), saved with ``torch.save``, raw and through zstd-19, each read back
-(``weights_only=True``) before it is measured.
+(``weights_only=True``) before it is measured; and Wanda (the usual post-training sparsity baseline for language
+models; reimplemented, see ``wanda``) at 50 and 70 % of the blocks' linear weights, calibrated on FCPTS's 1,024
+fortunes, against FCPTS and per-layer magnitude pruning told to keep the embeddings as Wanda does.
 
 Run: .venv/bin/python benchmarks/llama.py [--train]
 """
@@ -24,21 +26,28 @@ import copy
 import random
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
 import zstandard
 from common import dynamic_int8, regenerate_results_md, torch_loaded, torch_saved, write_result
+from torch import nn
 
+import netpress
 from netpress import api
 from netpress.budget import Budget
-from netpress.data.text import load_sentences
+from netpress.data import calibration_subset
+from netpress.data.text import Sentences, load_sentences
+from netpress.graph.surgery import is_conv1d
 from netpress.methods import FCPTS, L2, ChannelL1, Fold, MagnitudePruning, UniformQuantization
+from netpress.methods.base import compressible_weights, is_compressible
 
 MODEL_DIR = Path(__file__).parent / "models" / "llama-fortunes"
 VOCAB = 1024
 EPOCHS = 12
+KEPT = "(embeddings kept)"
 SETTINGS = [
     ("uniform 8-bit per-channel", [UniformQuantization(8, per_channel=True)], None),
     ("uniform 6-bit per-channel", [UniformQuantization(6, per_channel=True)], None),
@@ -49,6 +58,14 @@ SETTINGS = [
     ("FCPTS 70 %", [FCPTS()], Budget(sparsity=0.7)),
     ("L² 8x", [L2()], Budget(ratio=8)),
     ("L² 12x", [L2()], Budget(ratio=12)),
+    # Wanda's own setting: the blocks' linear layers pruned, the embeddings (and an output layer tied to them) dense;
+    # netpress's rows name the embeddings in keep=, so that the target counts the same weights. Wanda's rows are
+    # added by ``measure`` (a peer, reimplemented below).
+    *[
+        (f"{label} {level} % {KEPT}", [method], Budget(sparsity=level / 100))
+        for level in (50, 70)
+        for label, method in (("magnitude uniform", MagnitudePruning("uniform")), ("FCPTS", FCPTS()))
+    ],
     *[
         setting
         for level in (10, 20)
@@ -73,6 +90,7 @@ COLUMNS = {
     "weights_only=True), raw or through zstd-19",
     "seconds": "seconds to compress and write the file",
 }
+WANDA_LEVELS = (0.5, 0.7)
 
 
 def build_llama():
@@ -160,21 +178,10 @@ def measure(name: str, build, model_dir: Path, description: str) -> None:
     with TemporaryDirectory() as tmp:
         for label, methods, budget in SETTINGS:
             calib = 1024 if any(m.needs != "none" for m in methods) else None
-            report = api.press(handle, methods, budget, out=Path(tmp) / "m.press", data="fortunes", calib=calib)
-            row = {
-                "setting": label,
-                "storage": ".press",
-                "file_bytes": report["file_bytes"],
-                "ratio": round(report["ratio"], 2),
-                "params": report["params_after"],
-                "sparsity": round(report["sparsity"], 4),
-                "ppl_before": report["perplexity"]["before"],
-                "ppl": report["perplexity"]["after"],
-                "top1_agreement": report["perplexity"]["top1_agreement"],
-                "seconds": report["seconds"],
-            }
-            print(row, flush=True)
-            rows.append(row)
+            keep = embeddings(handle.module) if label.endswith(KEPT) else ()
+            report = api.press(handle, methods, budget, out=Path(tmp) / "m.press", data="fortunes", calib=calib, keep=keep)
+            rows.append(_row(label, report))
+        rows += wanda_rows(handle, Path(tmp))
     rows += peer_rows(handle)
     before = rows[0]["ppl_before"]
     write_result(
@@ -189,6 +196,88 @@ def measure(name: str, build, model_dir: Path, description: str) -> None:
         },
     )
     regenerate_results_md()
+
+
+def _row(label: str, report: dict) -> dict:
+    """A .press row of the section from its report."""
+    row = {
+        "setting": label,
+        "storage": ".press",
+        "file_bytes": report["file_bytes"],
+        "ratio": round(report["ratio"], 2),
+        "params": report["params_after"],
+        "sparsity": round(report["sparsity"], 4),
+        "ppl_before": report["perplexity"]["before"],
+        "ppl": report["perplexity"]["after"],
+        "top1_agreement": report["perplexity"]["top1_agreement"],
+        "seconds": report["seconds"],
+    }
+    print(row, flush=True)
+    return row
+
+
+def embeddings(model: nn.Module) -> list[str]:
+    """The names of the model's embedding layers (an output layer tied to one is kept with it)."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
+
+
+def wanda(handle: api.ModelHandle, sparsity: float, sentences: list[str]) -> nn.Module:
+    """Wanda (Sun et al., ICLR 2024), reimplemented here (it ships as a research repository, not a package): every
+    linear layer outside the embeddings keeps, in each output row, the weights of largest |W_ij| · ‖X_j‖₂, where X_j
+    is its j-th input over the calibration tokens; no weight is updated. The sentences are run one at a time, so
+    that no padding enters the norms."""
+    model = copy.deepcopy(handle.module).eval()
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if is_compressible(m) and not isinstance(m, nn.Embedding) and id(m.weight) not in tied
+    }
+    squares = {name: torch.zeros((), dtype=torch.float64) for name in layers}
+
+    def keep_norm(name: str, args: tuple) -> None:
+        x = args[0].detach().double()
+        squares[name] = squares[name] + (x * x).reshape(-1, x.shape[-1]).sum(0)
+
+    hooks = [m.register_forward_hook(lambda _m, args, _out, name=name: keep_norm(name, args)) for name, m in layers.items()]
+    with torch.no_grad():
+        for sentence in sentences:
+            model(**handle.encoder.tokenize([sentence]))
+        for hook in hooks:
+            hook.remove()
+        for name, m in layers.items():
+            rows = m.weight.t() if is_conv1d(m) else m.weight  # (out, in): a Conv1D stores (in, out)
+            score = rows.abs() * squares[name].sqrt().float()[None, :]
+            lowest = score.argsort(dim=1, stable=True)[:, : int(rows.shape[1] * sparsity)]
+            rows.scatter_(1, lowest, 0.0)
+    return model
+
+
+def wanda_rows(handle: api.ModelHandle, tmp: Path) -> list[dict]:
+    """Wanda at each level, calibrated on the 1,024 training fortunes FCPTS draws (seed 0), written through netpress
+    as its own zeros (global magnitude at exactly the model's sparsity over the weights outside the embeddings prunes
+    those zeros and no other weight), so that its file is coded as the other pruned files are."""
+    train = Sentences(load_sentences("fortunes", "train"), "train")
+    subset = calibration_subset(train, 1024, 0)
+    sentences = [train[i] for i in subset.indices]
+    keep = embeddings(handle.module)
+    rows = []
+    for level in WANDA_LEVELS:
+        start = time.perf_counter()
+        pruned = wanda(handle, level, sentences)
+        seconds = time.perf_counter() - start
+        kept_out = {id(p) for n in keep for p in pruned.get_submodule(n).parameters()}
+        weights = [w for w in compressible_weights(pruned).values() if id(w) not in kept_out]
+        zeros, total = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+        budget = Budget(sparsity=(zeros - 0.5) / total)  # ⌈target · N⌉ = zeros: the model's own
+        report = api.press(
+            replace(handle, module=pruned), MagnitudePruning("global"), budget, out=tmp / "w.press", data="fortunes", keep=keep
+        )
+        # press measured the pruned model against itself: the file is measured against the original instead.
+        report["perplexity"] = netpress.perplexity(netpress.load(tmp / "w.press"), handle)
+        report["seconds"] = round(seconds + report["seconds"], 3)  # Wanda's pass over the sentences, then the writing
+        rows.append(_row(f"Wanda (peer) {round(100 * level)} % {KEPT}", report))
+    return rows
 
 
 def peer_rows(handle: api.ModelHandle) -> list[dict]:
@@ -254,6 +343,16 @@ def notes(rows: list[dict]) -> list[str]:
         out.append(
             f"At {level} % sparsity FCPTS keeps perplexity {fc['ppl']:.2f} against {mag['ppl']:.2f} for global magnitude "
             f"(top-1 agreement {100 * fc['top1_agreement']:.1f} % against {100 * mag['top1_agreement']:.1f} %)."
+        )
+    for level in (50, 70):
+        fc, wa, mag = (by[f"{name} {level} % {KEPT}"] for name in ("FCPTS", "Wanda (peer)", "magnitude uniform"))
+        verdict = "below" if fc["ppl"] < wa["ppl"] else "NOT below"
+        out.append(
+            f"The blocks' linear layers at {level} % (embeddings dense, Wanda's setting): FCPTS's perplexity {fc['ppl']:.2f} "
+            f"is {verdict} Wanda's {wa['ppl']:.2f} (reimplemented; same 1,024 calibration fortunes; sparsity "
+            f"{wa['sparsity']:.4f} against {fc['sparsity']:.4f}), per-layer magnitude {mag['ppl']:.2f}; top-1 agreement "
+            f"{100 * fc['top1_agreement']:.1f} / {100 * wa['top1_agreement']:.1f} / {100 * mag['top1_agreement']:.1f} %; "
+            f"seconds {fc['seconds']:.0f} / {wa['seconds']:.0f} / {mag['seconds']:.0f}."
         )
     for level in (10, 20):
         fold, l1 = by[f"fold {level} % (Ward, adaptive)"], by[f"channel-l1 {level} %"]

@@ -36,8 +36,8 @@ DataNeed = Literal["none", "calibration", "training"]
 # Layers whose weight the weight stage compresses; every other tensor is stored raw. An embedding
 # table is a weight matrix like any other, and in a language model it is often the largest one.
 # A transposed convolution's weight is (in, out, kernel...): its rows are input channels, as GPT-2's Conv1D's are
-# input features; a weight stage codes rows alike, and only fold and the channel cut need output channels (they
-# refuse it).
+# input features; a weight stage codes rows alike. Fold and the channel cut need output channels: they refuse a
+# transposed convolution, and change a Conv1D as the Linear layer it computes (graph.surgery.conv1d_as_linear).
 COMPRESSIBLE_LAYERS: tuple[type[nn.Module], ...] = (  # a recurrent layer codes several weights: weight_attributes
     nn.Linear,
     nn.Conv1d,

@@ -178,13 +178,18 @@ def test_a_tied_embedding_is_coded_once_and_the_file_is_the_methods_model(tmp_pa
         assert torch.equal(loaded.lm_head.weight, result.model.lm_head.weight)
 
 
-def test_gpt2_is_a_causal_lm_whose_conv1d_layers_are_coded(tmp_path):
-    folder = tmp_path / "gpt2"
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
     vocab = _save_word_tokenizer(folder)
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1)
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    handle = api.load_model(folder)
+    return folder
+
+
+def test_gpt2_is_a_causal_lm_whose_conv1d_layers_are_coded(gpt2_dir, tmp_path):
+    handle = api.load_model(gpt2_dir)
     assert isinstance(handle.encoder, hf.TokenPredictor)
     coded = netpress.methods.compressible_weights(handle.module)
     assert "transformer.h.0.attn.c_attn.weight" in coded and "transformer.h.1.mlp.c_proj.weight" in coded
@@ -197,15 +202,10 @@ def test_gpt2_is_a_causal_lm_whose_conv1d_layers_are_coded(tmp_path):
 
 
 @pytest.mark.parametrize("method", [Fold(), ChannelL1()])
-def test_gpt2s_conv1d_mlps_are_folded_and_stay_conv1d(tmp_path, method):
+def test_gpt2s_conv1d_mlps_are_folded_and_stay_conv1d(gpt2_dir, tmp_path, method):
     """Structural methods change GPT-2's Conv1D layers as the Linear layers they compute (their weights stored
     (in, out)); the model keeps its own layers, so the file loads back into GPT-2's class."""
-    folder = tmp_path / "gpt2"
-    vocab = _save_word_tokenizer(folder)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1)
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    handle = api.load_model(folder)
+    handle = api.load_model(gpt2_dir)
     report = api.press(handle, method, Budget(params=0.2), out=tmp_path / "f.press", data="fortunes")
     assert report["params_after"] <= 0.8 * report["params_before"]
     loaded = netpress.load(tmp_path / "f.press")

@@ -643,7 +643,8 @@ def test_the_operation_named_is_the_innermost_torch_pruning_step_that_names_one(
 
 @pytest.mark.parametrize("prune_fraction", [0.0, 0.5])
 def test_the_adaptive_allocation_and_ward_clustering_build_each_tree_once(monkeypatch, prune_fraction):
-    """The merge costs and the clusters read the same tree (a second build cost seconds per wide layer); once
+    """The merge costs and the clusters read the same tree (a second build cost 0.1–3 s per layer of 2,048–8,192
+    channels); once
     channels are dropped the clusters build the tree of those left. Either way the clusters are those of a
     fresh tree."""
     built = []
